@@ -1,0 +1,10 @@
+"""The one exception type for user mistakes.
+
+A `UserError` carries a message written for the person at the keyboard: what was wrong, the
+value seen, and what to do. The CLI prints it without a traceback and exits non-zero; library
+callers can catch it like any exception.
+"""
+
+
+class UserError(ValueError):
+  """A mistake in a config, a path, data or an argument, explained for the user."""

@@ -1,0 +1,184 @@
+"""The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa and Llama-style.
+
+A family name fills in the architectural switches (norm, activation, positions, biases, …) that
+define it; every switch can still be set on its own. Derived quantities (head size, parameter
+count, FLOPs per token) are properties, so MFU, benchmarks and conversion all read them from
+here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from lmjax.errors import UserError
+
+
+class Family(enum.Enum):
+  GPT2 = "gpt2"
+  BERT = "bert"
+  LLAMA = "llama"
+
+
+class Norm(enum.Enum):
+  LAYER_NORM = "layer_norm"
+  RMS_NORM = "rms_norm"
+
+
+class NormPosition(enum.Enum):
+  PRE = "pre"    # x + f(norm(x)); a final norm after the last block (GPT-2, Llama)
+  POST = "post"  # norm(x + f(x)); a norm after the embeddings (BERT)
+
+
+class Activation(enum.Enum):
+  GELU_TANH = "gelu_tanh"  # GPT-2's "gelu_new"
+  GELU = "gelu"            # exact erf GELU, BERT's "gelu"
+  SILU = "silu"
+  RELU = "relu"
+
+
+class Positions(enum.Enum):
+  LEARNED = "learned"
+  ROTARY = "rotary"
+
+
+class Head(enum.Enum):
+  CAUSAL_LM = "causal_lm"            # next-token logits
+  MASKED_LM = "masked_lm"            # BERT's transform + tied decoder with its own bias
+  NONE = "none"                      # final hidden states (HF `last_hidden_state`)
+  CLASSIFICATION = "classification"  # sequence labels, from the pooled first token or last token
+
+
+class AttentionImpl(enum.Enum):
+  AUTO = "auto"      # cuDNN flash on NVIDIA GPUs, XLA elsewhere
+  XLA = "xla"        # einsum + float32 softmax, the reference
+  CUDNN = "cudnn"    # jax.nn.dot_product_attention(implementation="cudnn")
+
+
+class Remat(enum.Enum):
+  NONE = "none"              # keep all activations
+  FULL = "full"              # recompute the whole block in the backward pass
+  SAVE_DOTS = "save_dots"    # keep matmul outputs without batch dims, recompute the rest
+
+
+FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
+    Family.GPT2: dict(
+        norm=Norm.LAYER_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
+        activation=Activation.GELU_TANH, gated_mlp=False, positions=Positions.LEARNED,
+        use_bias=True, qkv_bias=True, causal=True, tie_embeddings=True, type_vocab_size=0,
+        head=Head.CAUSAL_LM),
+    Family.BERT: dict(
+        norm=Norm.LAYER_NORM, norm_eps=1e-12, norm_position=NormPosition.POST,
+        activation=Activation.GELU, gated_mlp=False, positions=Positions.LEARNED,
+        use_bias=True, qkv_bias=True, causal=False, tie_embeddings=True, type_vocab_size=2,
+        head=Head.MASKED_LM),
+    Family.LLAMA: dict(
+        norm=Norm.RMS_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
+        activation=Activation.SILU, gated_mlp=True, positions=Positions.ROTARY,
+        use_bias=False, qkv_bias=False, causal=True, tie_embeddings=False, type_vocab_size=0,
+        head=Head.CAUSAL_LM),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of a Transformer. Build with `ModelConfig.for_family` to get family defaults."""
+
+  family: Family
+  vocab_size: int
+  num_layers: int
+  embed_dim: int
+  num_heads: int
+  mlp_dim: int
+  max_seq_len: int
+  num_kv_heads: int | None = None        # None: as many as num_heads (no grouping)
+  head_dim: int | None = None            # None: embed_dim // num_heads
+  norm: Norm = Norm.LAYER_NORM
+  norm_eps: float = 1e-5
+  norm_position: NormPosition = NormPosition.PRE
+  activation: Activation = Activation.GELU_TANH
+  gated_mlp: bool = False                # SwiGLU-style: act(x W_gate) * (x W_up)
+  positions: Positions = Positions.LEARNED
+  position_offset: int = 0               # RoBERTa numbers positions from padding_idx + 1 = 2
+  rope_theta: float = 10_000.0
+  use_bias: bool = True                  # biases in the MLP and attention output projection
+  qkv_bias: bool = True                  # biases on query/key/value (Qwen2: on, Llama: off)
+  causal: bool = True
+  tie_embeddings: bool = True
+  type_vocab_size: int = 0               # BERT token-type embeddings; 0 for none
+  head: Head = Head.CAUSAL_LM
+  pooler: bool = False                   # BERT pooler (dense + tanh on the first token)
+  num_labels: int = 2                    # for Head.CLASSIFICATION
+  dropout_rate: float = 0.0
+  initializer_range: float = 0.02
+  scan_layers: bool = True
+  remat: Remat = Remat.NONE
+  attention: AttentionImpl = AttentionImpl.AUTO
+
+  @classmethod
+  def for_family(cls, family: Family | str, **fields) -> ModelConfig:
+    """A config with `family`'s architectural defaults, overridden by `fields`."""
+    family = Family(family)
+    return cls(family=family, **{**FAMILY_DEFAULTS[family], **fields})
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self) -> None:
+    """Raises UserError naming the first inconsistent field and how to fix it."""
+    for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "mlp_dim", "max_seq_len"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise UserError(f"model.{name} must be a positive integer, got {value!r}.")
+    if self.head_dim is None and self.embed_dim % self.num_heads:
+      raise UserError(
+          f"model.num_heads={self.num_heads} does not divide model.embed_dim={self.embed_dim}: "
+          f"choose a head count that divides the width (e.g. "
+          f"{_nearest_divisor(self.embed_dim, self.num_heads)}), or set model.head_dim.")
+    if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
+      raise UserError(
+          f"model.num_kv_heads={self.num_kv_heads} must divide model.num_heads={self.num_heads} "
+          f"(each key/value head serves a whole group of query heads).")
+    if self.positions is Positions.ROTARY and self.dim_per_head % 2:
+      raise UserError(f"rotary positions need an even head size, got {self.dim_per_head}.")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise UserError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    if self.head is Head.MASKED_LM and self.causal:
+      raise UserError("a masked-LM head needs a bidirectional model: set model.causal=false.")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.embed_dim // self.num_heads
+
+  @property
+  def num_position_embeddings(self) -> int:
+    return self.max_seq_len + self.position_offset
+
+  def block_param_count(self) -> int:
+    """Weights of one block's matmuls (biases and norms are negligible and left out)."""
+    d, h = self.embed_dim, self.dim_per_head
+    attention = d * h * (2 * self.num_heads + 2 * self.kv_heads)
+    mlp = d * self.mlp_dim * (3 if self.gated_mlp else 2)
+    return attention + mlp
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward) for one token of a `seq_len` sequence.
+
+    Matmuls count 2 FLOPs per multiply-add. Attention scores and the weighted sum cost
+    2 * 2 * seq_len * heads * head_dim per token and layer; a causal model only needs half of
+    the score matrix, so it is counted once, not twice. The output projection (or tied
+    decoder) is included; embedding lookups are free.
+    """
+    matmul_params = self.num_layers * self.block_param_count() + self.embed_dim * self.vocab_size
+    attention = 4 * seq_len * self.num_heads * self.dim_per_head * self.num_layers
+    if self.causal:
+      attention /= 2
+    return 3 * (2 * matmul_params + attention)
+
+
+def _nearest_divisor(n: int, target: int) -> int:
+  return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - target))

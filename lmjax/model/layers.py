@@ -1,0 +1,123 @@
+"""Building blocks: dense projections, norms, rotary positions and the MLP.
+
+Parameters are float32 and carry logical axis names; computation happens in `dtype`. Norm
+statistics are always taken in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmjax.model.config import Activation, ModelConfig, Norm
+
+
+def initializer(config: ModelConfig) -> nn.initializers.Initializer:
+  return nn.initializers.normal(stddev=config.initializer_range)
+
+
+class DenseGeneral(nn.Module):
+  """x @ kernel (+ bias) over the trailing `len(in_shape)` dims of x; kernel is in x out.
+
+  Shapes: x [..., *in_shape] -> [..., *out_shape]. `axes` names kernel dims (in then out).
+  """
+
+  in_shape: Sequence[int]
+  out_shape: Sequence[int]
+  axes: Sequence[str | None]
+  use_bias: bool
+  config: ModelConfig
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_shape, out_shape = tuple(self.in_shape), tuple(self.out_shape)
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(initializer(self.config), tuple(self.axes)),
+        in_shape + out_shape, jnp.float32)
+    n_in, n_out = len(in_shape), len(out_shape)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param(
+          "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(self.axes[n_in:])),
+          out_shape, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm (with bias) or RMSNorm, as the config says; statistics in float32."""
+
+  config: ModelConfig
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+                       (d,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    if self.config.norm is Norm.RMS_NORM:
+      # As HF's LlamaRMSNorm: normalise in float32, cast back, then scale.
+      y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.config.norm_eps)
+      return scale.astype(self.dtype) * y.astype(self.dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                      (d,), jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.config.norm_eps) * scale + bias
+    return y.astype(self.dtype)
+
+
+def activation(kind: Activation, x: jax.Array) -> jax.Array:
+  match kind:
+    case Activation.GELU_TANH:
+      return jax.nn.gelu(x, approximate=True)
+    case Activation.GELU:
+      return jax.nn.gelu(x, approximate=False)
+    case Activation.SILU:
+      return jax.nn.silu(x)
+    case Activation.RELU:
+      return jax.nn.relu(x)
+  raise ValueError(f"unknown activation {kind}")
+
+
+class Mlp(nn.Module):
+  """Feed-forward block: wo(act(wi x)) or, gated, wo(act(wi_gate x) * wi_up x)."""
+
+  config: ModelConfig
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    dense = lambda name, i, o, axes: DenseGeneral(
+        (i,), (o,), axes, cfg.use_bias, cfg, self.dtype, name=name)
+    if cfg.gated_mlp:
+      gate = dense("wi_gate", cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"))(x)
+      up = dense("wi_up", cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"))(x)
+      h = activation(cfg.activation, gate) * up  # [batch, length, mlp]
+    else:
+      h = activation(cfg.activation, dense("wi", cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"))(x))
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    return dense("wo", cfg.mlp_dim, cfg.embed_dim, ("mlp", "embed"))(h)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary positions in Hugging Face's rotate-half layout.
+
+  x: [batch, length, heads, head_dim]; positions: [batch, length] int. The first half of the
+  head dims pairs with the second half, so HF Llama q/k weights load without permutation.
+  """
+  head_dim = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, length, head_dim/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [batch, length, 1, head_dim]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)

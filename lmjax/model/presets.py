@@ -1,0 +1,48 @@
+"""Named model configs. The YAML files in `configs/` refer to these by `model.preset`."""
+
+from __future__ import annotations
+
+from lmjax.model.config import Family, ModelConfig
+
+_PRESETS: dict[str, dict] = {
+    # Small enough to train on a laptop CPU in minutes (the demo and the tests).
+    "tiny-gpt": dict(family=Family.GPT2, vocab_size=2048, num_layers=4, embed_dim=192,
+                     num_heads=6, mlp_dim=768, max_seq_len=256),
+    "tiny-bert": dict(family=Family.BERT, vocab_size=2048, num_layers=4, embed_dim=192,
+                      num_heads=6, mlp_dim=768, max_seq_len=256),
+    "tiny-llama": dict(family=Family.LLAMA, vocab_size=2048, num_layers=4, embed_dim=192,
+                       num_heads=6, num_kv_heads=2, mlp_dim=512, max_seq_len=256),
+    # Published architectures.
+    "gpt2-small": dict(family=Family.GPT2, vocab_size=50257, num_layers=12, embed_dim=768,
+                       num_heads=12, mlp_dim=3072, max_seq_len=1024),
+    "gpt2-medium": dict(family=Family.GPT2, vocab_size=50257, num_layers=24, embed_dim=1024,
+                        num_heads=16, mlp_dim=4096, max_seq_len=1024),
+    "bert-base": dict(family=Family.BERT, vocab_size=30522, num_layers=12, embed_dim=768,
+                      num_heads=12, mlp_dim=3072, max_seq_len=512),
+    "bert-large": dict(family=Family.BERT, vocab_size=30522, num_layers=24, embed_dim=1024,
+                       num_heads=16, mlp_dim=4096, max_seq_len=512),
+    "roberta-base": dict(family=Family.BERT, vocab_size=50265, num_layers=12, embed_dim=768,
+                         num_heads=12, mlp_dim=3072, max_seq_len=512, position_offset=2,
+                         type_vocab_size=1, norm_eps=1e-5),
+    "llama-1b": dict(family=Family.LLAMA, vocab_size=128256, num_layers=16, embed_dim=2048,
+                     num_heads=32, num_kv_heads=8, mlp_dim=8192, max_seq_len=8192,
+                     rope_theta=500_000.0, tie_embeddings=True),
+    "llama-7b": dict(family=Family.LLAMA, vocab_size=32000, num_layers=32, embed_dim=4096,
+                     num_heads=32, mlp_dim=11008, max_seq_len=4096, norm_eps=1e-6),
+}
+
+PRESET_NAMES = tuple(_PRESETS)
+
+
+def preset_fields(name: str) -> dict:
+  """The fields of preset `name` (family defaults not yet applied)."""
+  return dict(_PRESETS[name])
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+  """ModelConfig for preset `name`, e.g. `preset("gpt2-small", scan_layers=False)`."""
+  fields = {**preset_fields(name), **overrides}
+  return ModelConfig.for_family(fields.pop("family"), **fields)
+
+
+__all__ = ["PRESET_NAMES", "preset", "preset_fields"]

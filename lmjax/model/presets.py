@@ -6,12 +6,12 @@ from lmjax.model.config import Family, ModelConfig
 
 _PRESETS: dict[str, dict] = {
     # Small enough to train on a laptop CPU in minutes (the demo and the tests).
-    "tiny-gpt": dict(family=Family.GPT2, vocab_size=2048, num_layers=4, embed_dim=192,
-                     num_heads=6, mlp_dim=768, max_seq_len=256),
-    "tiny-bert": dict(family=Family.BERT, vocab_size=2048, num_layers=4, embed_dim=192,
-                      num_heads=6, mlp_dim=768, max_seq_len=256),
-    "tiny-llama": dict(family=Family.LLAMA, vocab_size=2048, num_layers=4, embed_dim=192,
-                       num_heads=6, num_kv_heads=2, mlp_dim=512, max_seq_len=256),
+    "tiny-gpt": dict(family=Family.GPT2, vocab_size=2048, num_layers=4, embed_dim=128,
+                     num_heads=4, mlp_dim=512, max_seq_len=256),
+    "tiny-bert": dict(family=Family.BERT, vocab_size=2048, num_layers=4, embed_dim=128,
+                      num_heads=4, mlp_dim=512, max_seq_len=256),
+    "tiny-llama": dict(family=Family.LLAMA, vocab_size=2048, num_layers=4, embed_dim=128,
+                       num_heads=4, num_kv_heads=2, mlp_dim=384, max_seq_len=256),
     # Published architectures.
     "gpt2-small": dict(family=Family.GPT2, vocab_size=50257, num_layers=12, embed_dim=768,
                        num_heads=12, mlp_dim=3072, max_seq_len=1024),

@@ -1,0 +1,89 @@
+"""Token documents -> fixed-length rows of `input_ids`, `segment_ids` and `positions`.
+
+Rows carry segment ids so that the model's attention masks keep documents apart: segment 0 is
+padding, segments 1, 2, … are the document pieces of a row, and positions restart at 0 for each
+piece. `pack_documents` fills rows end to end for pre-training; `pad_and_stack` puts one
+document per row for fine-tuning and evaluation on short texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from lmjax.errors import UserError
+
+Batch = dict[str, np.ndarray]  # {"input_ids", "segment_ids", "positions"}: int32 [rows, seq_len]
+
+
+def pack_documents(token_docs: Sequence[Sequence[int]], *, seq_len: int, eos_id: int | None,
+                   bos_id: int | None = None) -> Batch:
+  """Concatenates documents greedily into rows of `seq_len` tokens, dropping nothing.
+
+  token_docs: num_docs lists of token ids. Each document becomes [bos_id] + doc + [eos_id]
+  (each id only when not None) and is appended where the previous one ended; a document that
+  does not fit in what is left of a row continues at the start of the next, so a long document
+  spans several rows. Within a row each piece gets its own segment id (1, 2, 3, …) and positions
+  counting from 0. The tail of the last row is padding: input id 0, segment 0, position 0.
+
+  Returns int32 arrays `input_ids`, `segment_ids`, `positions`, each [num_rows, seq_len].
+  """
+  _check_seq_len(seq_len)
+  prefix = np.asarray([] if bos_id is None else [bos_id], dtype=np.int64)
+  suffix = np.asarray([] if eos_id is None else [eos_id], dtype=np.int64)
+  pieces = [np.concatenate([prefix, np.asarray(doc, dtype=np.int64).reshape(-1), suffix])
+            for doc in token_docs]
+  pieces = [p for p in pieces if p.size]
+  if not pieces:
+    raise UserError(f"There are no tokens to pack ({len(token_docs)} documents, all empty). "
+                    f"Check that the data source yields non-empty documents.")
+  tokens = np.concatenate(pieces)                                     # [total]
+  doc_index = np.repeat(np.arange(len(pieces)), [p.size for p in pieces])  # [total]
+  num_rows = -(-tokens.size // seq_len)
+  pad = num_rows * seq_len - tokens.size
+  tokens = np.pad(tokens, (0, pad)).reshape(num_rows, seq_len)            # [rows, seq_len]
+  doc_index = np.pad(doc_index, (0, pad), constant_values=-1).reshape(num_rows, seq_len)
+  is_token = doc_index >= 0
+  # A piece starts at column 0 of a row and wherever the document changes within a row.
+  starts = np.ones_like(is_token)
+  starts[:, 1:] = doc_index[:, 1:] != doc_index[:, :-1]
+  starts &= is_token
+  segment_ids = np.cumsum(starts, axis=1) * is_token
+  # Position = column - column where the current piece started.
+  columns = np.broadcast_to(np.arange(seq_len), (num_rows, seq_len))
+  piece_start = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
+  positions = (columns - piece_start) * is_token
+  return _as_batch(tokens, segment_ids, positions)
+
+
+def pad_and_stack(token_docs: Sequence[Sequence[int]], *, seq_len: int, pad_id: int) -> Batch:
+  """One document per row: truncated to `seq_len`, right-padded with `pad_id`.
+
+  token_docs: num_docs lists of token ids. Tokens get segment 1 and positions 0..n-1; padding
+  gets segment 0 and position 0. Returns int32 `input_ids`, `segment_ids`, `positions`, each
+  [num_docs, seq_len].
+  """
+  _check_seq_len(seq_len)
+  if len(token_docs) == 0:
+    raise UserError("There are no documents to stack; check that the data source yields some.")
+  input_ids = np.full((len(token_docs), seq_len), pad_id, dtype=np.int64)  # [docs, seq_len]
+  lengths = np.zeros(len(token_docs), dtype=np.int64)
+  for row, doc in enumerate(token_docs):
+    doc = np.asarray(doc, dtype=np.int64)[:seq_len]
+    input_ids[row, :doc.size] = doc
+    lengths[row] = doc.size
+  columns = np.arange(seq_len)[None, :]
+  is_token = columns < lengths[:, None]                                   # [docs, seq_len]
+  return _as_batch(input_ids, is_token, columns * is_token)
+
+
+def _check_seq_len(seq_len: int) -> None:
+  if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+    raise UserError(f"seq_len must be a positive integer (`train.seq_len`), got {seq_len!r}.")
+
+
+def _as_batch(input_ids: np.ndarray, segment_ids: np.ndarray, positions: np.ndarray) -> Batch:
+  return {"input_ids": input_ids.astype(np.int32),
+          "segment_ids": segment_ids.astype(np.int32),
+          "positions": positions.astype(np.int32)}

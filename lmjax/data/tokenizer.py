@@ -1,0 +1,302 @@
+"""Tokenizers: one wrapper around a Hugging Face `tokenizers.Tokenizer`, whatever its origin.
+
+Every tokenizer, made here or imported, is saved as a standard `tokenizer.json`, so a run's
+`RUN_DIR/tokenizer/` loads with the `tokenizers` library (and transformers) unchanged. What the
+file does not say is which token plays which role (padding, end of sequence, mask, …):
+tokenizers made by lmjax record that in a small sidecar `lmjax_tokenizer.json`; for foreign
+tokenizers the roles come from a Hugging Face `tokenizer_config.json` /
+`special_tokens_map.json` when present, else from common spellings such as "</s>" or "[MASK]".
+
+The tokenizers made here have the specials "<pad>" (id 0), "<eos>", "<bos>", "<mask>" and
+"<unk>" at ids 0-4, then a byte-level vocabulary, so every string encodes without unknowns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from lmjax.errors import UserError
+
+ROLES = ("pad", "eos", "bos", "mask", "cls", "sep", "unk")
+LMJAX_SPECIALS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "mask": "<mask>", "unk": "<unk>"}
+TOKENIZER_FILE = "tokenizer.json"
+SIDECAR_FILE = "lmjax_tokenizer.json"
+
+# Spellings recognised for each role when a tokenizer comes with no config naming its roles.
+_COMMON_SPELLINGS = {
+    "pad": ("<pad>", "[PAD]", "<|pad|>"),
+    "eos": ("<eos>", "</s>", "<|endoftext|>", "<|end_of_text|>"),
+    "bos": ("<bos>", "<s>", "<|begin_of_text|>"),
+    "mask": ("<mask>", "[MASK]"),
+    "cls": ("[CLS]",),
+    "sep": ("[SEP]",),
+    "unk": ("<unk>", "[UNK]"),
+}
+
+
+class Tokenizer:
+  """Text <-> token ids, with the ids of the special tokens by role.
+
+  Role ids (`eos_id`, `bos_id`, `mask_id`, `cls_id`, `sep_id`, `unk_id`) are None where the
+  tokenizer has no such token. `pad_id` is never None: without a pad token it falls back to
+  `eos_id`, then to 0 — padding positions are masked out by segment id 0 anyway, so any valid id
+  will do there.
+  """
+
+  def __init__(self, hf_tokenizer: tokenizers.Tokenizer, *, roles: Mapping[str, str]):
+    """Wraps `hf_tokenizer`; `roles` maps role names (see `ROLES`) to token strings."""
+    self.hf = hf_tokenizer
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+      raise UserError(f"Unknown tokenizer role(s) {sorted(unknown)}; valid roles are {ROLES}.")
+    self.roles = dict(roles)
+    role_ids = {}
+    for role, token in self.roles.items():
+      token_id = hf_tokenizer.token_to_id(token)
+      if token_id is None:
+        raise UserError(f"The tokenizer has no token {token!r} for role {role!r}. Name a token "
+                        f"of its vocabulary for that role, or drop the role.")
+      role_ids[role] = token_id
+    self._role_ids = role_ids
+    vocab = hf_tokenizer.get_vocab(with_added_tokens=True)
+    # One more than the largest id, not the number of tokens: some vocabularies have holes.
+    self.vocab_size = max(vocab.values()) + 1
+    added_special = {i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special}
+    self.special_ids = frozenset(added_special | set(role_ids.values()))
+
+  # -- roles ---------------------------------------------------------------------------------
+
+  @property
+  def pad_id(self) -> int:
+    """Id of the pad token; else `eos_id`; else 0."""
+    for role in ("pad", "eos"):
+      if role in self._role_ids:
+        return self._role_ids[role]
+    return 0
+
+  @property
+  def eos_id(self) -> int | None:
+    """Id of the end-of-sequence token, or None."""
+    return self._role_ids.get("eos")
+
+  @property
+  def bos_id(self) -> int | None:
+    """Id of the beginning-of-sequence token, or None."""
+    return self._role_ids.get("bos")
+
+  @property
+  def mask_id(self) -> int | None:
+    """Id of the mask token (masked-LM objectives, fill-mask), or None."""
+    return self._role_ids.get("mask")
+
+  @property
+  def cls_id(self) -> int | None:
+    """Id of the classification token (BERT's [CLS]), or None."""
+    return self._role_ids.get("cls")
+
+  @property
+  def sep_id(self) -> int | None:
+    """Id of the separator token (BERT's [SEP]), or None."""
+    return self._role_ids.get("sep")
+
+  @property
+  def unk_id(self) -> int | None:
+    """Id of the unknown token, or None."""
+    return self._role_ids.get("unk")
+
+  # -- encoding ------------------------------------------------------------------------------
+
+  def encode(self, text: str, *, parse_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text` -> list[int] of length num_tokens; no special tokens are added.
+
+    By default text is only text: a literal "<eos>" in a document encodes as its characters,
+    never as the eos id. `parse_special_tokens=True` maps special-token spellings in `text` to
+    their ids (for prompts such as fill-mask's "... [MASK] ...").
+    """
+    self._set_parse_special(parse_special_tokens)
+    return self.hf.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str], *,
+                   parse_special_tokens: bool = False) -> list[list[int]]:
+    """Token ids of each text, in parallel: [num_texts] -> [num_texts][num_tokens_i]."""
+    self._set_parse_special(parse_special_tokens)
+    encodings = self.hf.encode_batch_fast(list(texts), add_special_tokens=False)
+    return [e.ids for e in encodings]
+
+  def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+    """The text of token ids [num_tokens] (special tokens left out unless asked for)."""
+    return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+  def token_to_id(self, token: str) -> int | None:
+    """The id of a token string, or None when it is not in the vocabulary."""
+    return self.hf.token_to_id(token)
+
+  def id_to_token(self, token_id: int) -> str | None:
+    """The token string of an id, or None when the id is out of range."""
+    return self.hf.id_to_token(int(token_id))
+
+  def _set_parse_special(self, parse: bool) -> None:
+    # `encode_special_tokens=True` means "encode special spellings as plain text"; it is a
+    # runtime flag of the HF tokenizer, not saved in tokenizer.json.
+    if self.hf.encode_special_tokens != (not parse):
+      self.hf.encode_special_tokens = not parse
+
+  def __repr__(self) -> str:
+    roles = ", ".join(f"{r}={self._role_ids[r]}" for r in ROLES if r in self._role_ids)
+    return f"Tokenizer(vocab_size={self.vocab_size}, {roles})"
+
+  # -- construction --------------------------------------------------------------------------
+
+  @classmethod
+  def byte_level(cls) -> Tokenizer:
+    """A tokenizer of raw UTF-8 bytes: the 5 lmjax specials, then byte b at id 5 + b.
+
+    vocab_size is 261 and decode(encode(s)) == s for every string s.
+    """
+    vocab = {token: i for i, token in enumerate(LMJAX_SPECIALS.values())}
+    for byte, char in enumerate(_byte_to_unicode()):
+      vocab[char] = len(LMJAX_SPECIALS) + byte
+    # BPE without merges splits each pre-token into its characters, one per byte. No regex
+    # splitting: with no merges to apply, word boundaries change nothing.
+    hf = _byte_level_pipeline(models.BPE(vocab=vocab, merges=[]), use_regex=False)
+    return cls(hf, roles=LMJAX_SPECIALS)
+
+  @classmethod
+  def train_bpe(cls, documents: Iterable[str], *, vocab_size: int) -> Tokenizer:
+    """A byte-level BPE tokenizer (GPT-2 style) trained on `documents`.
+
+    The vocabulary holds the 5 lmjax specials, all 256 bytes (so any text encodes) and up to
+    vocab_size - 261 merges; it is smaller than `vocab_size` when the corpus runs out of pairs.
+    """
+    minimum = len(LMJAX_SPECIALS) + 256
+    if vocab_size < minimum:
+      raise UserError(f"A byte-level BPE vocabulary needs at least {minimum} tokens (5 specials "
+                      f"+ 256 bytes), but vocab_size is {vocab_size}. Raise it.")
+    hf = _byte_level_pipeline(models.BPE(), use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(LMJAX_SPECIALS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    hf.train_from_iterator(documents, trainer)
+    return cls(hf, roles=LMJAX_SPECIALS)
+
+  @classmethod
+  def from_file(cls, path: str | os.PathLike) -> Tokenizer:
+    """A Hugging Face tokenizer: a `tokenizer.json` file, or a directory that holds one.
+
+    Roles come from `tokenizer_config.json` / `special_tokens_map.json` beside it when either
+    exists (tokenizer_config wins where both name a role; roles naming a token missing from the
+    vocabulary are ignored), else from common spellings ("</s>", "[MASK]", "<|endoftext|>", …).
+    """
+    path = os.fspath(path)
+    file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+      hint = ""
+      if os.path.isfile(os.path.join(path, "tokenizer.model")):
+        hint = (" It holds a sentencepiece `tokenizer.model`; write a tokenizer.json with "
+                "transformers: `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`.")
+      raise UserError(f"No tokenizer file at {file!r}. Point to a `tokenizer.json` or to a "
+                      f"Hugging Face tokenizer directory that contains one.{hint}")
+    hf = _load_hf(file)
+    roles = _roles_from_hf_configs(os.path.dirname(file), hf)
+    if roles is None:
+      roles = _roles_from_spellings(hf)
+    return cls(hf, roles=roles)
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike) -> Tokenizer:
+    """The tokenizer that `save` wrote to `directory` (or any HF tokenizer directory)."""
+    directory = os.fspath(directory)
+    sidecar = os.path.join(directory, SIDECAR_FILE)
+    if not os.path.isfile(sidecar):
+      return cls.from_file(directory)
+    try:
+      with open(sidecar, encoding="utf-8") as f:
+        roles = json.load(f)["roles"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise UserError(f"The tokenizer sidecar {sidecar!r} is malformed ({e!r}); it should be "
+                      f'{{"roles": {{"pad": "<pad>", ...}}}}. Fix or delete it.') from None
+    file = os.path.join(directory, TOKENIZER_FILE)
+    if not os.path.isfile(file):
+      raise UserError(f"{directory!r} has {SIDECAR_FILE} but no {TOKENIZER_FILE}; the tokenizer "
+                      f"directory is incomplete. Save the tokenizer again.")
+    return cls(_load_hf(file), roles=roles)
+
+  def save(self, directory: str | os.PathLike) -> None:
+    """Writes `tokenizer.json` and the roles sidecar `lmjax_tokenizer.json` into `directory`."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    self.hf.save(os.path.join(directory, TOKENIZER_FILE))
+    with open(os.path.join(directory, SIDECAR_FILE), "w", encoding="utf-8") as f:
+      json.dump({"roles": self.roles}, f, indent=2, ensure_ascii=False)
+      f.write("\n")
+
+
+def _byte_level_pipeline(model: models.Model, *, use_regex: bool) -> tokenizers.Tokenizer:
+  """An HF tokenizer that maps text to ByteLevel characters before `model`, and back."""
+  hf = tokenizers.Tokenizer(model)
+  hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
+  hf.decoder = decoders.ByteLevel()
+  hf.add_special_tokens(list(LMJAX_SPECIALS.values()))
+  return hf
+
+
+def _byte_to_unicode() -> list[str]:
+  """GPT-2's printable stand-in character for each byte 0..255 (the ByteLevel alphabet)."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+               *range(ord("®"), ord("ÿ") + 1)]
+  chars, extra = {}, 0
+  for byte in range(256):
+    if byte in printable:
+      chars[byte] = chr(byte)
+    else:  # control bytes, space and a few others map to code points from 256 upward
+      chars[byte] = chr(256 + extra)
+      extra += 1
+  return [chars[b] for b in range(256)]
+
+
+def _load_hf(file: str) -> tokenizers.Tokenizer:
+  try:
+    return tokenizers.Tokenizer.from_file(file)
+  except Exception as e:  # the Rust side raises a plain Exception with a parse message
+    raise UserError(
+        f"Could not read the tokenizer file {file!r}: {e}. It must be a Hugging Face "
+        f"`tokenizer.json` (as written by `tokenizers` or transformers).") from None
+
+
+def _roles_from_hf_configs(directory: str, hf: tokenizers.Tokenizer) -> dict[str, str] | None:
+  """Roles named in tokenizer_config.json / special_tokens_map.json; None if neither exists."""
+  found = False
+  roles: dict[str, str] = {}
+  for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      continue
+    found = True
+    try:
+      with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path!r} is not valid JSON ({e}). Fix or delete it.") from None
+    for role in ROLES:
+      token = config.get(f"{role}_token")
+      if isinstance(token, dict):  # transformers' serialised AddedToken
+        token = token.get("content")
+      if isinstance(token, str) and role not in roles and hf.token_to_id(token) is not None:
+        roles[role] = token
+  return roles if found else None
+
+
+def _roles_from_spellings(hf: tokenizers.Tokenizer) -> dict[str, str]:
+  """Roles guessed from the first common spelling of each that the vocabulary holds."""
+  roles = {}
+  for role, spellings in _COMMON_SPELLINGS.items():
+    for token in spellings:
+      if hf.token_to_id(token) is not None:
+        roles[role] = token
+        break
+  return roles

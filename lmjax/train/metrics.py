@@ -1,0 +1,100 @@
+"""Where metrics go: metrics.jsonl, TensorBoard events and a live progress bar; MFU.
+
+Only process 0 writes. MFU divides achieved model FLOPs by the device's published dense peak
+for the compute dtype; devices missing from the table report `mfu: null` rather than a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any, Mapping
+
+import jax
+import tqdm
+
+# Dense peak FLOP/s per chip by compute dtype, from the vendors' spec sheets. Keys are matched
+# as substrings of `device.device_kind`, most specific first.
+PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H200", {"bfloat16": 989e12, "float32": 67e12}),
+    ("H100", {"bfloat16": 989e12, "float32": 67e12}),
+    ("A100", {"bfloat16": 312e12, "float32": 19.5e12}),
+    ("L4", {"bfloat16": 121e12, "float32": 30.3e12}),
+    ("TPU v6", {"bfloat16": 918e12}),
+    ("TPU v5p", {"bfloat16": 459e12}),
+    ("TPU v5 lite", {"bfloat16": 197e12}),
+    ("TPU v5e", {"bfloat16": 197e12}),
+    ("TPU v4", {"bfloat16": 275e12}),
+)
+
+
+def peak_flops_per_device(device_kind: str, dtype: str) -> float | None:
+  """The device's dense peak for `dtype`, or None when it is not in the table."""
+  for key, peaks in PEAK_FLOPS:
+    if key.lower() in device_kind.lower():
+      return peaks.get(dtype)
+  return None
+
+
+def model_flops_utilization(flops_per_token: float, tokens_per_second: float, *, dtype: str,
+                            devices=None) -> float | None:
+  """Achieved / peak FLOP/s over all devices, or None when the peak is unknown."""
+  devices = list(devices if devices is not None else jax.devices())
+  peak = peak_flops_per_device(devices[0].device_kind, dtype)
+  if peak is None:
+    return None
+  return flops_per_token * tokens_per_second / (peak * len(devices))
+
+
+class MetricsWriter:
+  """Appends rows to metrics.jsonl and TensorBoard, and drives a tqdm bar, on process 0."""
+
+  def __init__(self, run_dir: pathlib.Path, *, total_steps: int, start_step: int,
+               enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # imported only by the writing process
+    self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+    self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                          file=sys.stderr, mininterval=1.0, disable=None)
+
+  def write(self, row: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    for key, value in row.items():
+      if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._tensorboard.add_scalar(key, value, row["step"])
+    self._tensorboard.flush()
+
+  def progress(self, step: int, row: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    self._bar.update(step - self._bar.n)
+    shown = {k: row[k] for k in ("loss", "eval_loss", "tokens_per_second") if row.get(k) is not None}
+    self._bar.set_postfix({k.replace("tokens_per_second", "tok/s"): f"{v:.4g}" for k, v in shown.items()},
+                          refresh=False)
+
+  def message(self, text: str) -> None:
+    if self.enabled:
+      tqdm.tqdm.write(text, file=sys.stderr)
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    self._bar.close()
+    self._tensorboard.close()
+    self._jsonl.close()
+
+
+def truncate_metrics_after(path: pathlib.Path, step: int) -> None:
+  """Drops rows logged after `step`, so a resumed run does not log those steps twice."""
+  if not path.exists():
+    return
+  kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+          if line.strip() and json.loads(line).get("step", 0) <= step]
+  path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -1,0 +1,100 @@
+"""The pure train and eval steps, and their jitted, sharded forms.
+
+`train_step(state, batch) -> (state, metrics)` splits the global batch into
+`grad_accum_steps` micro-batches, sums losses and gradients over them under `lax.scan`, and
+divides once by the number of tokens that counted, so the update is the same token-weighted
+mean whatever the accumulation. Dropout keys derive from (seed, step), so a resumed run draws
+the same masks as an uninterrupted one without storing RNG state.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lmjax.model import Transformer
+from lmjax.objectives import LossSums, objective_loss
+from lmjax.sharding import batch_sharding
+from lmjax.train.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+
+_MODEL_INPUTS = ("segment_ids", "positions", "token_type_ids")
+
+
+def _forward_sums(model: Transformer, params, batch: Batch, *, train: bool,
+                  dropout_rng: jax.Array | None = None) -> LossSums:
+  inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+  rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+  logits = model.apply({"params": params}, batch["input_ids"], train=train, rngs=rngs, **inputs)
+  return objective_loss(model.config.head, logits, batch)
+
+
+def train_step(state: TrainState, batch: Batch, *, model: Transformer,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, grad_accum_steps: int,
+               seed: int) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on a global batch; returns the new state and scalar metrics."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
+  def sums_and_grads(micro_batch, micro_rng):
+    def loss_fn(params):
+      sums = _forward_sums(model, params, micro_batch, train=True, dropout_rng=micro_rng)
+      return sums.loss, sums
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    return sums, grads
+
+  if grad_accum_steps == 1:
+    sums, grads = sums_and_grads(batch, rng)
+  else:
+    micro = jax.tree.map(
+        lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+
+    def accumulate(carry, xs):
+      micro_batch, i = xs
+      sums, grads = sums_and_grads(micro_batch, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, (sums, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, (LossSums(*(jnp.zeros((), jnp.float32),) * 3), state.params))
+    (sums, grads), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(grad_accum_steps)))
+
+  weight = jnp.maximum(sums.weight, 1.0)
+  grads = jax.tree.map(lambda g: g / weight, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state)
+  metrics = {
+      "loss": sums.loss / weight,
+      "accuracy": sums.correct / weight,
+      "grad_norm": optax.global_norm(grads),
+      "learning_rate": schedule(state.step),
+      "target_tokens": sums.weight,
+  }
+  return new_state, metrics
+
+
+def eval_step(params, batch: Batch, *, model: Transformer) -> LossSums:
+  """Loss sums on one batch without dropout; callers add them over batches."""
+  return _forward_sums(model, params, batch, train=False)
+
+
+def jit_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                   mesh: Mesh, state_shardings: Any, *, grad_accum_steps: int, seed: int
+                   ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """train_step jitted with explicit shardings; the input state is donated."""
+  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                           grad_accum_steps=grad_accum_steps, seed=seed)
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
+def jit_eval_step(model: Transformer, mesh: Mesh, params_shardings: Any
+                  ) -> Callable[[Any, Batch], LossSums]:
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(params_shardings, batch_sharding(mesh)), out_shardings=replicated)

@@ -1,0 +1,131 @@
+"""The Transformer's shapes, masking and numerics on tiny configs."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax.model import Head, ModelConfig, PRESET_NAMES, Remat, Transformer, preset
+
+SMALL = dict(vocab_size=97, num_layers=2, embed_dim=48, num_heads=6, mlp_dim=80, max_seq_len=32)
+
+
+def small(family: str, **overrides) -> ModelConfig:
+  return ModelConfig.for_family(family, **{**SMALL, **overrides})
+
+
+def init(config: ModelConfig, seq_len: int = 12):
+  model = Transformer(config)
+  params = model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
+  return model, nn.unbox(params)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("scan", [True, False])
+def test_every_preset_has_the_expected_shapes(name, scan):
+  config = preset(name, scan_layers=scan)
+  model = Transformer(config)
+  ids = jax.ShapeDtypeStruct((2, 16), jnp.int32)
+  variables = nn.unbox(jax.eval_shape(lambda i: model.init(jax.random.key(0), i), ids))
+  out = jax.eval_shape(lambda v, i: model.apply(v, i), variables, ids)
+  expected = {Head.NONE: (2, 16, config.embed_dim)}.get(config.head, (2, 16, config.vocab_size))
+  assert out.shape == expected and out.dtype == jnp.float32
+  params = jax.tree.leaves(variables["params"])
+  count = sum(int(np.prod(p.shape)) for p in params)
+  # The analytic count of block matmuls is a lower bound that dominates the total.
+  assert count >= config.num_layers * config.block_param_count()
+  if scan:
+    attention = variables["params"]["layers"]["attention"]["query"]["kernel"]
+    assert attention.shape[0] == config.num_layers  # params carry a leading `layers` axis
+
+
+def test_gpt2_small_has_its_published_parameter_count():
+  config = preset("gpt2-small")
+  model = Transformer(config)
+  variables = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))))
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  assert count == 124_439_808  # HF GPT2LMHeadModel, tied embeddings counted once
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_changing_a_future_token_never_changes_an_earlier_logit(family):
+  model, params = init(small(family, num_kv_heads=3 if family == "llama" else None))
+  ids = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)
+  changed = ids.at[:, 7].set((ids[:, 7] + 1) % 97)
+  a, b = model.apply({"params": params}, ids), model.apply({"params": params}, changed)
+  np.testing.assert_array_equal(a[:, :7], b[:, :7])
+  assert not np.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_bert_is_bidirectional():
+  model, params = init(small("bert"))
+  ids = jax.random.randint(jax.random.key(1), (1, 12), 0, 97)
+  a = model.apply({"params": params}, ids)
+  b = model.apply({"params": params}, ids.at[:, 10].set((ids[:, 10] + 1) % 97))
+  assert not np.allclose(a[:, :10], b[:, :10])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
+def test_padding_does_not_change_the_logits_of_real_tokens(family):
+  model, params = init(small(family))
+  ids = jax.random.randint(jax.random.key(2), (1, 9), 0, 97)
+  alone = model.apply({"params": params}, ids)
+  padded = jnp.concatenate([ids, jnp.zeros((1, 5), jnp.int32)], axis=1)
+  mask = jnp.concatenate([jnp.ones((1, 9)), jnp.zeros((1, 5))], axis=1).astype(jnp.int32)
+  out = model.apply({"params": params}, padded, attention_mask=mask)
+  np.testing.assert_allclose(out[:, :9], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
+def test_packed_documents_do_not_see_each_other(family):
+  model, params = init(small(family))
+  first = jax.random.randint(jax.random.key(3), (1, 5), 0, 97)
+  second = jax.random.randint(jax.random.key(4), (1, 7), 0, 97)
+  packed = jnp.concatenate([first, second], axis=1)
+  segments = jnp.array([[1] * 5 + [2] * 7])
+  positions = jnp.array([list(range(5)) + list(range(7))])
+  out = model.apply({"params": params}, packed, segment_ids=segments, positions=positions)
+  np.testing.assert_allclose(out[:, :5], model.apply({"params": params}, first), atol=1e-5)
+  np.testing.assert_allclose(out[:, 5:], model.apply({"params": params}, second), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
+def test_scan_and_unrolled_layers_compute_the_same_function(family):
+  scanned_model, scanned = init(small(family, scan_layers=True))
+  unrolled_model, _ = init(small(family, scan_layers=False))
+  unrolled = {k: v for k, v in scanned.items() if k != "layers"}
+  for i in range(SMALL["num_layers"]):
+    unrolled[f"layers_{i}"] = jax.tree.map(lambda x: x[i], scanned["layers"])
+  ids = jax.random.randint(jax.random.key(5), (2, 10), 0, 97)
+  np.testing.assert_allclose(scanned_model.apply({"params": scanned}, ids),
+                             unrolled_model.apply({"params": unrolled}, ids), atol=1e-5)
+
+
+def test_remat_changes_memory_not_values():
+  plain_model, params = init(small("llama"))
+  remat_model = Transformer(small("llama", remat=Remat.FULL))
+  ids = jax.random.randint(jax.random.key(6), (2, 10), 0, 97)
+  loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, ids) ** 2)
+  g1 = jax.grad(loss(plain_model))(params)
+  g2 = jax.grad(loss(remat_model))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g1, g2)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_logits():
+  config = small("llama")
+  model, params = init(config)
+  ids = jax.random.randint(jax.random.key(7), (2, 10), 0, 97)
+  full = model.apply({"params": params}, ids)
+  half = Transformer(config, dtype=jnp.bfloat16).apply({"params": params}, ids)
+  assert half.dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  assert float(jnp.max(jnp.abs(full - half))) < 0.1
+
+
+def test_every_param_carries_logical_axis_names():
+  model = Transformer(small("bert", pooler=True))
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+  leaves = jax.tree.leaves(boxed["params"], is_leaf=lambda x: hasattr(x, "names"))
+  assert leaves and all(hasattr(leaf, "names") and len(leaf.names) == leaf.value.ndim
+                        for leaf in leaves)

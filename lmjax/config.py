@@ -247,6 +247,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
   elif hint is float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+      try:
+        return float(value)
+      except ValueError:
+        pass
   elif hint is str:
     if isinstance(value, str):
       return value

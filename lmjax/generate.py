@@ -183,7 +183,7 @@ def _check_sampling(*, max_new_tokens: int, temperature: float, top_k: int | Non
                     top_p: float | None) -> None:
   if max_new_tokens < 0:
     raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
-  if temperature < 0:
+  if not temperature >= 0:  # NaN too
     raise UserError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
   if top_k is not None and top_k < 1:
     raise UserError(f"top_k must be >= 1 (or None to keep every token), got {top_k}.")

@@ -97,18 +97,18 @@ class Transformer(nn.Module):
     embedding = self.param("token_embedding",
                            nn.with_logical_partitioning(initializer(cfg), ("vocab", "embed")),
                            (cfg.vocab_size, cfg.embed_dim), jnp.float32)
-    x = jnp.take(embedding, input_ids, axis=0).astype(self.dtype)
+    x = jnp.take(embedding, input_ids, axis=0, mode="clip").astype(self.dtype)
     if cfg.positions is Positions.LEARNED:
       table = self.param("position_embedding",
                          nn.with_logical_partitioning(initializer(cfg), (None, "embed")),
                          (cfg.num_position_embeddings, cfg.embed_dim), jnp.float32)
-      x = x + jnp.take(table, positions + cfg.position_offset, axis=0).astype(self.dtype)
+      x = x + jnp.take(table, positions + cfg.position_offset, axis=0, mode="clip").astype(self.dtype)
     if cfg.type_vocab_size:
       table = self.param("token_type_embedding",
                          nn.with_logical_partitioning(initializer(cfg), (None, "embed")),
                          (cfg.type_vocab_size, cfg.embed_dim), jnp.float32)
       types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-      x = x + jnp.take(table, types, axis=0).astype(self.dtype)
+      x = x + jnp.take(table, types, axis=0, mode="clip").astype(self.dtype)
     if cfg.norm_position is NormPosition.POST:
       x = LayerNorm(cfg, self.dtype, name="embedding_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)

@@ -72,8 +72,13 @@ def evaluate(eval_fn, params, source: BatchSource, mesh, num_batches: int) -> di
   return {"eval_loss": total.loss / weight, "eval_accuracy": total.correct / weight}
 
 
-def train(config: Config, run_dir: str | pathlib.Path) -> TrainResult:
-  """Trains (or resumes) the run in `run_dir` up to `train.steps`."""
+def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None = None
+          ) -> TrainResult:
+  """Trains (or resumes) the run in `run_dir` up to `train.steps`.
+
+  `stop_after` ends this invocation early, with a checkpoint, after that step (e.g. to fit a
+  job's time slot); rerunning continues exactly where it stopped.
+  """
   initialize_distributed(config)
   run = RunDir(run_dir)
   saved = run.read_config()
@@ -117,8 +122,9 @@ def train(config: Config, run_dir: str | pathlib.Path) -> TrainResult:
   flops_per_token = config.model.flops_per_token(config.train.seq_len)
   t_start = time.perf_counter()
   t_mark, step_mark, row = None, start, None
+  end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
   try:
-    for step in range(start, config.train.steps):
+    for step in range(start, end):
       state, metrics = step_fn(state, shard_batch(train_source.batch(step), mesh))
       done = step + 1
       if t_mark is None:  # the first step compiles: time throughput from its end
@@ -147,7 +153,7 @@ def train(config: Config, run_dir: str | pathlib.Path) -> TrainResult:
           row.update(evaluate(eval_fn, state.params, eval_source, mesh, config.train.eval_batches))
         writer.write(row)
         writer.progress(done, row)
-      if done % config.train.checkpoint_every == 0 or done == config.train.steps:
+      if done % config.train.checkpoint_every == 0 or done == end:
         checkpointer.save(done, state, {
             "step": done, "data_position": done, "lmjax_version": __version__,
             "elapsed_seconds": elapsed_before + time.perf_counter() - t_start,
@@ -155,4 +161,4 @@ def train(config: Config, run_dir: str | pathlib.Path) -> TrainResult:
   finally:
     checkpointer.close()
     writer.close()
-  return TrainResult(start_step=start, final_step=max(start, config.train.steps), last_row=row)
+  return TrainResult(start_step=start, final_step=max(start, end), last_row=row)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import time
 from typing import Any, Mapping
 
 import jax
@@ -58,6 +59,7 @@ class MetricsWriter:
     from tensorboardX import SummaryWriter  # imported only by the writing process
     self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
     self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+    self._start_step, self._t0 = start_step, time.monotonic()
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                           file=sys.stderr, mininterval=1.0, disable=None)
 
@@ -72,12 +74,19 @@ class MetricsWriter:
     self._tensorboard.flush()
 
   def progress(self, step: int, row: Mapping[str, Any]) -> None:
+    """Advances the bar to `step`; without a terminal, prints one line per logged step."""
     if not self.enabled:
       return
-    self._bar.update(step - self._bar.n)
     shown = {k: row[k] for k in ("loss", "eval_loss", "tokens_per_second") if row.get(k) is not None}
-    self._bar.set_postfix({k.replace("tokens_per_second", "tok/s"): f"{v:.4g}" for k, v in shown.items()},
-                          refresh=False)
+    postfix = {k.replace("tokens_per_second", "tok/s"): f"{v:.4g}" for k, v in shown.items()}
+    if self._bar.disable:
+      done = step - self._start_step
+      eta = (self._bar.total - step) * (time.monotonic() - self._t0) / max(done, 1)
+      fields = "  ".join(f"{k} {v}" for k, v in postfix.items())
+      print(f"step {step}/{self._bar.total}  {fields}  eta {eta:.0f}s", file=sys.stderr, flush=True)
+      return
+    self._bar.update(step - self._bar.n)
+    self._bar.set_postfix(postfix, refresh=False)
 
   def message(self, text: str) -> None:
     if self.enabled:
@@ -95,6 +104,10 @@ def truncate_metrics_after(path: pathlib.Path, step: int) -> None:
   """Drops rows logged after `step`, so a resumed run does not log those steps twice."""
   if not path.exists():
     return
-  kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-          if line.strip() and json.loads(line).get("step", 0) <= step]
+  def keep(line: str) -> bool:
+    try:
+      return json.loads(line).get("step", 0) <= step
+    except ValueError:  # a row torn by a crash mid-write
+      return False
+  kept = [line for line in path.read_text(encoding="utf-8").splitlines() if keep(line)]
   path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

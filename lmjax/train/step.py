@@ -70,7 +70,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer,
   metrics = {
       "loss": sums.loss / weight,
       "accuracy": sums.correct / weight,
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
       "learning_rate": schedule(state.step),
       "target_tokens": sums.weight,
   }

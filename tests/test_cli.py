@@ -1,0 +1,108 @@
+"""The `lmjax` command as a user runs it: outputs, exit codes and the messages for mistakes."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmjax.cli import main
+
+
+def run_cli(capsys, *argv):
+  code = main(list(argv))
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def tree_digest(path):
+  """A digest of every file under `path` (names and bytes), to prove nothing changed."""
+  digest = hashlib.sha256()
+  for root, _, files in sorted(os.walk(path)):
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      digest.update(full.encode())
+      digest.update(open(full, "rb").read())
+  return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained_gpt(tmp_path_factory):
+  from lmjax.config import load_config
+  from lmjax.train.loop import train
+  from tests.conftest import TINY
+  run_dir = tmp_path_factory.mktemp("gpt")
+  train(load_config("tiny-gpt", TINY + ["train.steps=10"]), run_dir)
+  return run_dir
+
+
+def test_generate_prints_the_prompt_and_its_continuation(trained_gpt, capsys):
+  code, out, _ = run_cli(capsys, "generate", "--run-dir", str(trained_gpt), "--prompt", "The",
+                         "--prompt", "In Python", "--max-new-tokens", "12", "--temperature", "0")
+  assert code == 0
+  first, second = out.rstrip("\n").split("\n\n", 1) if "\n\n" in out else (out, "")
+  assert first.startswith("The") and len(first) > len("The")
+  assert "In Python" in out
+
+
+def test_eval_prints_the_held_out_loss(trained_gpt, capsys, tiny):
+  code, out, _ = run_cli(capsys, "eval", "tiny-gpt", "--run-dir", str(trained_gpt), "--set",
+                         *tiny, "train.steps=10")
+  assert code == 0
+  result = json.loads(out)
+  assert result["step"] == 10 and result["eval_loss"] > 0
+
+
+def test_fill_mask_answers_with_a_trained_bert(tmp_path, capsys, tiny):
+  assert run_cli(capsys, "train", "tiny-bert", "--run-dir", str(tmp_path), "--set", *tiny,
+                 "train.steps=10")[0] == 0
+  code, out, _ = run_cli(capsys, "fill-mask", "--run-dir", str(tmp_path), "--text",
+                         "The [MASK] statement", "--top-k", "3")
+  assert code == 0
+  assert out.startswith("mask 1:") and len(out.strip().splitlines()) == 4
+
+
+def bad_file(tmp_path, name, content: bytes):
+  path = tmp_path / name
+  path.write_bytes(content)
+  return str(path)
+
+
+@pytest.mark.parametrize("make_overrides, expected", [
+    (lambda d: ["data.source=text", f"data.paths=[{d}/missing.txt]"], "missing.txt"),
+    (lambda d: ["data.source=text", f"data.paths=[{bad_file(d, 'empty.txt', b'')}]"], "empty.txt"),
+    (lambda d: ["data.source=text", f"data.paths=[{bad_file(d, 'latin1.txt', b'caf' + bytes([0xE9]) * 50)}]"],
+     "data.encoding_errors"),
+    (lambda d: ["model.vocab_size=200"], "raise model.vocab_size to at least"),
+    (lambda d: ["train.seq_len=100"], "train.seq_len=100 is longer than the model's positions"),
+    (lambda d: ["model.num_heads=5"], "does not divide model.embed_dim=32"),
+    (lambda d: ["train.stepz=5"], "did you mean train.steps?"),
+    (lambda d: ["train.batch_size=many"], "train.batch_size must be an integer"),
+])
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, tiny,
+                                                             make_overrides, expected):
+  run_dir = tmp_path / "run"
+  code, out, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", str(run_dir), "--set",
+                           *tiny, *make_overrides(tmp_path))
+  assert code == 2
+  assert expected in err and "Traceback" not in err
+  assert not run_dir.exists()
+
+
+def test_a_failed_restart_leaves_the_run_directory_untouched(trained_gpt, capsys, tiny):
+  before = tree_digest(trained_gpt)
+  for overrides in (["model.embed_dim=64"], ["data.source=jsonl", "data.paths=[nowhere.jsonl]"]):
+    code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", str(trained_gpt), "--set",
+                           *tiny, *overrides)
+    assert code == 2 and "error" in err
+  assert tree_digest(trained_gpt) == before
+
+
+def test_the_console_script_reports_mistakes_without_a_traceback(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "lmjax", "train", "tiny-gpt", "--run-dir",
+                           str(tmp_path / "r"), "--set", "model.embed_dimm=3"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "did you mean model.embed_dim?" in result.stderr and "Traceback" not in result.stderr

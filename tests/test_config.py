@@ -1,0 +1,70 @@
+"""Config loading, overrides and the messages for config mistakes."""
+
+import pathlib
+
+import pytest
+
+from lmjax.config import CONFIG_DIR, load_config
+from lmjax.errors import UserError
+from lmjax.model import Family, Transformer
+
+ALL_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_shipped_config_loads_and_builds_a_model(name):
+  import jax
+  import jax.numpy as jnp
+  config = load_config(name)
+  model = Transformer(config.model)
+  jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+
+
+def test_overrides_reach_nested_keys_and_parse_types():
+  config = load_config("tiny-gpt", ["model.num_layers=3", "train.learning_rate=1e-4",
+                                    "mesh.fsdp=2", "train.compute_dtype=bfloat16"])
+  assert config.model.num_layers == 3 and config.model.family is Family.GPT2
+  assert config.train.learning_rate == 1e-4 and config.mesh.fsdp == 2
+  assert config.train.compute_dtype.value == "bfloat16"
+
+
+def test_a_resolved_config_round_trips_through_yaml(tmp_path):
+  from lmjax.config import dump_config
+  config = load_config("tiny-bert", ["model.dropout_rate=0.1"])
+  path = tmp_path / "c.yaml"
+  path.write_text(dump_config(config))
+  assert load_config(path) == config
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.stepz=3", "unknown config key train.stepz (did you mean train.steps?)"),
+    ("trian.steps=3", "unknown config section 'trian' (did you mean train?)"),
+    ("model.num_layer=3", "did you mean model.num_layers?"),
+    ("train.steps=ten", "train.steps must be an integer, got 'ten'"),
+    ("train.learning_rate=true", "train.learning_rate must be a number"),
+    ("model.family=gpt3", "model.family='gpt3' is not one of gpt2, bert, llama"),
+    ("model.num_heads=5", "model.num_heads=5 does not divide model.embed_dim=128"),
+    ("train.seq_len=4096", "train.seq_len=4096 is longer than the model's positions"),
+    ("model.num_kv_heads=3", "model.num_kv_heads=3 must divide model.num_heads=4"),
+    ("train.compute_dtype=fp16", "train.compute_dtype='fp16' is not one of float32, bfloat16"),
+    ("model.preset=gpt5", "unknown model.preset 'gpt5'"),
+    ("novalue", "--set expects key.path=value"),
+])
+def test_config_mistakes_are_explained(override, expected):
+  with pytest.raises(UserError, match=None) as info:
+    load_config("tiny-gpt", [override])
+  assert expected in str(info.value)
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones():
+  with pytest.raises(UserError) as info:
+    load_config("tiny-gtp")
+  assert "tiny-gpt" in str(info.value)
+
+
+def test_invalid_yaml_names_the_file(tmp_path: pathlib.Path):
+  path = tmp_path / "bad.yaml"
+  path.write_text("model: [unclosed\n")
+  with pytest.raises(UserError) as info:
+    load_config(path)
+  assert str(path) in str(info.value)

@@ -1,11 +1,11 @@
 """The model: config, layers, attention and the Transformer."""
 
 from lmjax.model.config import (Activation, AttentionImpl, Family, Head, ModelConfig, Norm,
-                                NormPosition, Positions, Remat)
+                                NormPosition, Positions, Remat, RopeScaling)
 from lmjax.model.presets import PRESET_NAMES, preset
 from lmjax.model.transformer import Cache, Transformer, init_cache
 
 __all__ = [
     "Activation", "AttentionImpl", "Cache", "Family", "Head", "ModelConfig", "Norm",
-    "NormPosition", "Positions", "PRESET_NAMES", "Remat", "Transformer", "init_cache", "preset",
+    "NormPosition", "Positions", "PRESET_NAMES", "Remat", "RopeScaling", "Transformer", "init_cache", "preset",
 ]

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.model.config import AttentionImpl, ModelConfig, Positions
-from lmjax.model.layers import DenseGeneral, rotary_embedding
+from lmjax.model.layers import DenseGeneral, rope_inverse_frequencies, rotary_embedding
 
 LayerCache = dict[str, jax.Array]  # {"key", "value"}: [batch, cache_len, kv_heads, head_dim]
 
@@ -83,8 +83,9 @@ class Attention(nn.Module):
     k = project("key", cfg.kv_heads)       # [batch, length, kv_heads, head_dim]
     v = project("value", cfg.kv_heads)
     if cfg.positions is Positions.ROTARY:
-      q = rotary_embedding(q, positions, cfg.rope_theta)
-      k = rotary_embedding(k, positions, cfg.rope_theta)
+      inv_freq = rope_inverse_frequencies(cfg)  # [head_dim / 2], a constant
+      q = rotary_embedding(q, positions, inv_freq)
+      k = rotary_embedding(k, positions, inv_freq)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     if cache is not None:
       start = (0, cache_index, 0, 0)

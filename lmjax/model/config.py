@@ -42,6 +42,11 @@ class Positions(enum.Enum):
   ROTARY = "rotary"
 
 
+class RopeScaling(enum.Enum):
+  NONE = "none"
+  LLAMA3 = "llama3"  # Llama 3.1: low frequencies slowed by a factor, smooth between (HF "llama3")
+
+
 class Head(enum.Enum):
   CAUSAL_LM = "causal_lm"            # next-token logits
   MASKED_LM = "masked_lm"            # BERT's transform + tied decoder with its own bias
@@ -101,6 +106,11 @@ class ModelConfig:
   positions: Positions = Positions.LEARNED
   position_offset: int = 0               # RoBERTa numbers positions from padding_idx + 1 = 2
   rope_theta: float = 10_000.0
+  rope_scaling: RopeScaling = RopeScaling.NONE
+  rope_scaling_factor: float = 8.0       # llama3: wavelengths beyond the original context / factor
+  rope_low_freq_factor: float = 1.0      # llama3: wavelengths > original_len / low are scaled
+  rope_high_freq_factor: float = 4.0     # llama3: wavelengths < original_len / high are kept
+  rope_original_max_len: int = 8192      # llama3: the context length the model was pre-trained at
   use_bias: bool = True                  # biases in the MLP and attention output projection
   qkv_bias: bool = True                  # biases on query/key/value (Qwen2: on, Llama: off)
   causal: bool = True
@@ -114,6 +124,10 @@ class ModelConfig:
   scan_layers: bool = True
   remat: Remat = Remat.NONE
   attention: AttentionImpl = AttentionImpl.AUTO
+  # The Hugging Face model_type to export as, where the graph alone does not say (mistral is
+  # llama's graph); None: inferred (gpt2, bert, roberta when position_offset > 0, llama, qwen2
+  # when only q/k/v have biases). Only lmjax.convert reads it.
+  hf_model_type: str | None = None
 
   @classmethod
   def for_family(cls, family: Family | str, **fields) -> ModelConfig:
@@ -141,6 +155,17 @@ class ModelConfig:
           f"(each key/value head serves a whole group of query heads).")
     if self.positions is Positions.ROTARY and self.dim_per_head % 2:
       raise UserError(f"rotary positions need an even head size, got {self.dim_per_head}.")
+    if self.rope_scaling is RopeScaling.LLAMA3:
+      if self.positions is not Positions.ROTARY:
+        raise UserError("model.rope_scaling=llama3 needs model.positions=rotary.")
+      if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+        raise UserError(
+            f"model.rope_low_freq_factor={self.rope_low_freq_factor} must be positive and below "
+            f"model.rope_high_freq_factor={self.rope_high_freq_factor} (Llama 3.1 uses 1 and 4).")
+      if self.rope_scaling_factor <= 0 or self.rope_original_max_len <= 0:
+        raise UserError(
+            f"model.rope_scaling_factor={self.rope_scaling_factor} and model.rope_original_max_len="
+            f"{self.rope_original_max_len} must be positive (Llama 3.1 uses 8 and 8192).")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UserError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
     if self.head is Head.MASKED_LM and self.causal:

@@ -11,8 +11,9 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from lmjax.model.config import Activation, ModelConfig, Norm
+from lmjax.model.config import Activation, ModelConfig, Norm, RopeScaling
 
 
 def initializer(config: ModelConfig) -> nn.initializers.Initializer:
@@ -107,14 +108,42 @@ class Mlp(nn.Module):
     return dense("wo", cfg.mlp_dim, cfg.embed_dim, ("mlp", "embed"))(h)
 
 
-def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+  """The rotary inverse frequencies, float32 [head_dim / 2], computed as Hugging Face does.
+
+  theta^(-2j/head_dim) for j < head_dim/2, in float32 as HF's `rope_init_fn`s; with Llama 3.1's
+  `llama3` scaling, wavelengths longer than original_len / low_freq_factor are slowed by `factor`,
+  those shorter than original_len / high_freq_factor are kept, and those between are blended.
+  A static numpy constant: it depends only on the config.
+  """
+  head_dim = config.dim_per_head
+  exponents = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
+  # torch raises a Python-float base to float32 exponents in float64, then rounds: so do we.
+  powers = (np.float64(config.rope_theta) ** exponents.astype(np.float64)).astype(np.float32)
+  inv_freq = np.float32(1.0) / powers  # [head_dim / 2]
+  if config.rope_scaling is RopeScaling.NONE:
+    return inv_freq
+  # Scalars combine in float64 and meet the float32 arrays as float32, as HF's torch code does.
+  factor, low, high = (config.rope_scaling_factor, config.rope_low_freq_factor,
+                       config.rope_high_freq_factor)
+  original_len = config.rope_original_max_len
+  f32 = np.float32
+  low_freq_wavelen, high_freq_wavelen = f32(original_len / low), f32(original_len / high)
+  wavelen = f32(2 * np.pi) / inv_freq
+  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / f32(factor), inv_freq)
+  smooth = (f32(original_len) / wavelen - f32(low)) / f32(high - low)
+  smoothed = (f32(1) - smooth) * scaled / f32(factor) + smooth * scaled
+  medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
   """Rotary positions in Hugging Face's rotate-half layout.
 
-  x: [batch, length, heads, head_dim]; positions: [batch, length] int. The first half of the
-  head dims pairs with the second half, so HF Llama q/k weights load without permutation.
+  x: [batch, length, heads, head_dim]; positions: [batch, length] int; inv_freq: [head_dim / 2]
+  from `rope_inverse_frequencies`. The first half of the head dims pairs with the second half,
+  so HF Llama q/k weights load without permutation.
   """
-  head_dim = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, length, head_dim/2]
   angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [batch, length, 1, head_dim]
   x32 = x.astype(jnp.float32)

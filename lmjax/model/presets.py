@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmjax.model.config import Family, ModelConfig
+from lmjax.model.config import Family, ModelConfig, RopeScaling
 
 _PRESETS: dict[str, dict] = {
     # Small enough to train on a laptop CPU in minutes (the demo and the tests).
@@ -26,7 +26,9 @@ _PRESETS: dict[str, dict] = {
                          type_vocab_size=1, norm_eps=1e-5),
     "llama-1b": dict(family=Family.LLAMA, vocab_size=128256, num_layers=16, embed_dim=2048,
                      num_heads=32, num_kv_heads=8, mlp_dim=8192, max_seq_len=8192,
-                     rope_theta=500_000.0, tie_embeddings=True),
+                     rope_theta=500_000.0, tie_embeddings=True,  # Llama 3.2 1B
+                     rope_scaling=RopeScaling.LLAMA3, rope_scaling_factor=32.0,
+                     rope_original_max_len=8192),
     "llama-7b": dict(family=Family.LLAMA, vocab_size=32000, num_layers=32, embed_dim=4096,
                      num_heads=32, mlp_dim=11008, max_seq_len=4096, norm_eps=1e-6),
 }

@@ -1,0 +1,118 @@
+"""The generic half of conversion: params as dotted keys, and key-map rules bound to them.
+
+A params tree flattens to dotted keys ("layers.attention.query.kernel"). A rule with `{i}` is
+bound once per layer: with scanned layers to slice i of the stacked param (leading [layers]
+axis), unrolled to the param of module `layers_{i}`. Binding against the model's abstract params
+(`jax.eval_shape` of init, no memory) drops rules for params this variant lacks and checks that
+every param has a rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax.convert.key_maps import KeyMap
+from lmjax.convert.transforms import Transform, hf_shape
+from lmjax.errors import UserError
+from lmjax.model import ModelConfig, Transformer
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": x}} -> {"a.b": x}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{"a.b": x} -> {"a": {"b": x}}."""
+  tree: dict[str, Any] = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+@functools.lru_cache(maxsize=32)
+def abstract_params(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
+  """Flat shapes of the params `Transformer(config)` creates (nothing is allocated)."""
+  model = Transformer(config)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+  return flatten(nn.unbox(variables["params"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+  """One HF tensor and the lmjax arrays it becomes."""
+
+  hf_name: str                             # body names relative to the base model
+  in_body: bool
+  layer: int | None
+  targets: tuple[tuple[str, int | None], ...]  # (flat lmjax key, layer slice or None)
+  transform: Transform
+
+  def lmjax_shapes(self, params: Mapping[str, Any]) -> list[tuple[int, ...]]:
+    """Shapes of the target arrays (one layer's slice where stacked)."""
+    return [tuple(params[key].shape[1:] if i is not None else params[key].shape)
+            for key, i in self.targets]
+
+  def hf_shape(self, params: Mapping[str, Any], config: ModelConfig) -> tuple[int, ...]:
+    return hf_shape(self.transform, self.lmjax_shapes(params), np.float32, config)
+
+
+def _target(path: str, layer: int | None, config: ModelConfig) -> tuple[str, int | None]:
+  if layer is None:
+    return path, None
+  if config.scan_layers:
+    return path.replace(".{i}", ""), layer          # layers.attention… [layers, …], slice i
+  return path.replace(".{i}", f"_{layer}"), None    # layers_3.attention…
+
+
+def bind(key_map: KeyMap, config: ModelConfig) -> list[Binding]:
+  """The key map's rules for `config`'s params, in file order (embeddings, each layer, head).
+
+  Raises UserError if a param has no rule (a head or option HF cannot express).
+  """
+  params = abstract_params(config)
+  bindings, covered = [], set()
+  seen_layers = False
+  for in_body, rules in ((True, key_map.body), (False, key_map.head)):
+    for rule in rules:
+      per_layer = "{i}" in rule.hf
+      seen_layers |= per_layer
+      # File order: embeddings, then layer by layer, then final norm, pooler and head.
+      group = 1 if per_layer else (2 if seen_layers else 0)
+      for layer in range(config.num_layers) if per_layer else [None]:
+        targets = tuple(_target(path, layer, config) for path in rule.lmjax)
+        present = [key in params for key, _ in targets]
+        if not any(present):
+          continue  # this variant has no such param (a bias, an untied head, …)
+        if not all(present):
+          raise RuntimeError(f"key map rule {rule} matches only some of its params")
+        hf_name = rule.hf.format(i=layer) if per_layer else rule.hf
+        bindings.append((group, layer or 0, Binding(hf_name, in_body, layer, targets,
+                                                      rule.transform)))
+        covered.update(key for key, _ in targets)
+  missing = sorted(set(params) - covered)
+  if missing:
+    raise UserError(f"lmjax param {missing[0]} has no Hugging Face counterpart in this model "
+                    f"family's key map (head={config.head.value}, pooler={config.pooler}); "
+                    f"such a model cannot be converted.")
+  return [b for _, _, b in sorted(bindings, key=lambda item: item[:2])]  # stable
+
+
+__all__ = ["Binding", "abstract_params", "bind", "flatten", "unflatten"]

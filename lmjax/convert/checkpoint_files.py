@@ -1,0 +1,224 @@
+"""Hugging Face weight files, read and written one tensor at a time.
+
+Reading: `model.safetensors`, or the shards listed by `model.safetensors.index.json`, through
+`safetensors.safe_open` (headers first, tensor data only on request; bfloat16 arrives as
+ml_dtypes.bfloat16). Pickled `pytorch_model.bin` files run code when loaded, so they are refused
+unless the caller allows them; then `torch.load(weights_only=True)` reads them.
+
+Writing: shards of at most `max_shard_size` bytes (one tensor may exceed it alone), each built
+only when it is written; one `model.safetensors`, or `model-0000k-of-0000n.safetensors` plus
+`model.safetensors.index.json`. Output goes to a hidden sibling directory that is renamed into
+place once complete, so a failed conversion leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from typing import Any, Callable, Iterator, Sequence
+
+import ml_dtypes
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from lmjax.errors import UserError
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+
+def _read_index(path: pathlib.Path) -> dict[str, str]:
+  """weight_map of a sharded checkpoint's index file: tensor name -> shard file name."""
+  try:
+    weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{path} is not a valid checkpoint index (a JSON object with a "
+                    f"\"weight_map\"): {e}") from None
+  return dict(weight_map)
+
+
+class CheckpointReader:
+  """Tensor names, shapes and data of the weights in a Hugging Face model directory.
+
+  Use as a context manager; `shapes` comes from file headers, `read(name)` loads one tensor as
+  a numpy array in its stored dtype.
+  """
+
+  def __init__(self, hf_dir: pathlib.Path, *, allow_pickle: bool = False):
+    self.dir = hf_dir
+    self._pickled = False
+    self._handles: dict[str, Any] = {}   # open files: safe_open handles or torch state dicts
+    self._file_of: dict[str, str] = {}
+    self.shapes: dict[str, tuple[int, ...]] = {}
+    if (hf_dir / SAFETENSORS_INDEX).is_file():
+      files = self._shard_files(SAFETENSORS_INDEX)
+    elif (hf_dir / SAFETENSORS).is_file():
+      files = [SAFETENSORS]
+    elif (hf_dir / PICKLE_INDEX).is_file() or (hf_dir / PICKLE).is_file():
+      if not allow_pickle:
+        raise UserError(
+            f"{hf_dir} holds only pickled PyTorch weights ({PICKLE}), which can run arbitrary "
+            f"code when loaded. Convert them to safetensors, or, if you trust the source, pass "
+            f"--allow-pickle (allow_pickle=True).")
+      self._pickled = True
+      files = self._shard_files(PICKLE_INDEX) if (hf_dir / PICKLE_INDEX).is_file() else [PICKLE]
+    else:
+      raise UserError(f"{hf_dir} has no weights: expected {SAFETENSORS} or {SAFETENSORS_INDEX} "
+                      f"(or {PICKLE} with --allow-pickle).")
+    for file in files:  # headers only; at most one file stays open at a time
+      for name, shape in self._tensor_shapes(file):
+        if self._file_of.setdefault(name, file) == file:
+          self.shapes[name] = shape
+      self.release(file)
+
+  def _shard_files(self, index_name: str) -> list[str]:
+    files = sorted(set(_read_index(self.dir / index_name).values()))
+    for name in files:
+      if not (self.dir / name).is_file():
+        raise UserError(f"{self.dir / index_name} lists shard {name}, which is missing.")
+    return files
+
+  def _tensor_shapes(self, file: str) -> list[tuple[str, tuple[int, ...]]]:
+    handle = self._open(file)
+    if self._pickled:
+      return [(name, tuple(tensor.shape)) for name, tensor in handle.items()]
+    return [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()]
+
+  def _open(self, file: str):
+    if file in self._handles:
+      return self._handles[file]
+    path = self.dir / file
+    if self._pickled:
+      import torch  # only this path needs torch
+
+      try:  # mmap keeps memory bounded: tensors are paged in when read
+        handle = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+      except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise UserError(f"{path} could not be loaded as a PyTorch state dict: {e}") from None
+    else:
+      try:
+        handle = safetensors.safe_open(path, framework="numpy")
+      except (safetensors.SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
+                        f"{e}") from None
+    self._handles[file] = handle
+    return handle
+
+  def file_of(self, name: str) -> str:
+    return self._file_of[name]
+
+  def release(self, file: str) -> None:
+    """Closes `file` (its mapped pages stop counting as ours); a later read reopens it."""
+    self._handles.pop(file, None)
+
+  def read(self, name: str) -> np.ndarray:
+    """Tensor `name` as a numpy array in its stored dtype (bfloat16 as ml_dtypes.bfloat16)."""
+    file = self._file_of[name]
+    handle = self._open(file)
+    if self._pickled:
+      return _torch_to_numpy(handle[name])
+    try:
+      return handle.get_tensor(name)
+    except (safetensors.SafetensorError, OSError) as e:
+      raise UserError(f"{self.dir / file}: tensor {name} could not be read (corrupt or "
+                      f"truncated?): {e}") from None
+
+  def __enter__(self) -> CheckpointReader:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._handles.clear()
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+  import torch
+
+  tensor = tensor.detach().cpu()
+  if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+    return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return tensor.numpy()
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+  name: str
+  nbytes: int
+  make: Callable[[], np.ndarray]  # builds the tensor when its shard is written
+
+
+def plan_shards(entries: Sequence[TensorEntry], max_shard_size: int) -> list[list[TensorEntry]]:
+  """Consecutive groups of at most `max_shard_size` bytes (a bigger tensor goes alone)."""
+  shards: list[list[TensorEntry]] = [[]]
+  size = 0
+  for entry in entries:
+    if shards[-1] and size + entry.nbytes > max_shard_size:
+      shards.append([])
+      size = 0
+    shards[-1].append(entry)
+    size += entry.nbytes
+  return shards
+
+
+def write_safetensors(directory: pathlib.Path, entries: Sequence[TensorEntry], *,
+                      max_shard_size: int) -> list[str]:
+  """Writes `entries` as one file or as shards plus an index; returns the file names."""
+  if max_shard_size <= 0:
+    raise UserError(f"max_shard_size must be a positive number of bytes, got {max_shard_size}.")
+  shards = plan_shards(entries, max_shard_size)
+  if len(shards) == 1:
+    names = [SAFETENSORS]
+  else:
+    names = [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+  weight_map = {}
+  file_mode = directory.stat().st_mode & 0o666  # the umask's default (save_file makes 0600)
+  for name, shard in zip(names, shards):
+    tensors = {entry.name: np.ascontiguousarray(entry.make()) for entry in shard}
+    safetensors.numpy.save_file(tensors, str(directory / name), metadata={"format": "pt"})
+    os.chmod(directory / name, file_mode)
+    weight_map.update({entry.name: name for entry in shard})
+    del tensors
+  if len(shards) > 1:
+    index = {"metadata": {"total_size": sum(e.nbytes for e in entries)},
+             "weight_map": dict(sorted(weight_map.items()))}
+    (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    names.append(SAFETENSORS_INDEX)
+  return names
+
+
+@contextlib.contextmanager
+def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """A fresh sibling directory of `destination`, renamed to it when the block succeeds.
+
+  Refuses a destination that exists and is not an empty directory; on failure the staging
+  directory is removed and `destination` is untouched.
+  """
+  destination = pathlib.Path(destination)
+  if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+    raise UserError(f"{destination} already exists and is not empty: choose a new directory or "
+                    f"remove it first.")
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+  staging.mkdir()
+  try:
+    yield staging
+    if destination.exists():
+      destination.rmdir()  # empty, checked above
+    os.replace(staging, destination)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
+__all__ = ["CheckpointReader", "TensorEntry", "plan_shards", "staged_directory",
+           "write_safetensors"]

@@ -1,0 +1,211 @@
+"""Hugging Face checkpoints -> (Transformer, params) and back, for every family in one engine.
+
+    model, params = from_hf("gpt2-dir")             # float32, scanned layers
+    to_hf(model, params, "out-dir", dtype="bfloat16", tokenizer_dir="gpt2-dir")
+
+`from_hf` reads config.json, checks every tensor name and shape against the family's key map
+before reading any data, then fills preallocated params tensor by tensor (memory: the params
+plus one HF tensor). `to_hf` builds each HF tensor only when its shard is written, in a staging
+directory renamed into place on success.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import pathlib
+import re
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from lmjax.convert.bindings import Binding, abstract_params, bind, flatten, unflatten
+from lmjax.convert.checkpoint_files import (CheckpointReader, TensorEntry, staged_directory,
+                                            write_safetensors)
+from lmjax.convert.hf_config import (hf_config_to_model_config, model_config_to_hf_config,
+                                     model_type_of)
+from lmjax.convert.key_maps import KEY_MAPS, KeyMap
+from lmjax.convert.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
+from lmjax.errors import UserError
+from lmjax.model import Family, Head, ModelConfig, Transformer
+
+CONFIG_FILE = "config.json"
+_EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
+  """The config.json of a Hugging Face model directory, as a dict."""
+  path = pathlib.Path(hf_dir) / CONFIG_FILE
+  if not path.is_file():
+    raise UserError(f"{hf_dir} is not a Hugging Face model directory: it has no {CONFIG_FILE}.")
+  try:
+    config = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(config, dict):
+    raise UserError(f"{path} must hold a JSON object, got {type(config).__name__}.")
+  return config
+
+
+def _shown(names: list[str], limit: int = 5) -> str:
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
+
+
+def _relative_names(names, key_map: KeyMap) -> dict[str, str]:
+  """Stored tensor names by their name relative to the base model (head names unchanged)."""
+  prefix = key_map.base_prefix + "."
+  return {name[len(prefix):] if name.startswith(prefix) else name: name for name in names}
+
+
+def _check_tensors(bindings: list[Binding], stored: Mapping[str, str], reader: CheckpointReader,
+                   key_map: KeyMap, config: ModelConfig) -> None:
+  """Missing, unexpected and misshapen tensors -> UserError, before any data is read."""
+  params = abstract_params(config)
+  expected = {b.hf_name: b for b in bindings}
+  missing = [name for name in expected if name not in stored]
+  if missing:
+    prefix = key_map.base_prefix + "."
+    if not any(name.startswith(prefix) for name in stored.values()):
+      prefix = ""  # a bare base-model checkpoint
+    shapes = [f"{prefix if expected[n].in_body else ''}{n} "
+              f"{list(expected[n].hf_shape(params, config))}" for n in missing]
+    raise UserError(f"{reader.dir} is missing tensor(s) that its config.json implies: "
+                    f"{_shown(shapes)}.")
+  tolerated = [re.compile(pattern) for pattern in key_map.ignored]
+  aliases = set(key_map.tied_aliases) if config.tie_embeddings else set()
+  unexpected = [stored[name] for name in stored if name not in expected and name not in aliases
+                and not any(p.fullmatch(name) for p in tolerated)]
+  if unexpected:
+    raise UserError(f"{reader.dir} holds tensor(s) this {config.family.value}-family model has no "
+                    f"place for: {_shown(sorted(unexpected))}. Is config.json "
+                    f"(architectures, sizes, tie_word_embeddings) the one these weights belong to?")
+  for name, binding in expected.items():
+    want, got = binding.hf_shape(params, config), reader.shapes[stored[name]]
+    if want != got:
+      raise UserError(f"tensor {stored[name]} in {reader.dir} has shape {list(got)}, but "
+                      f"config.json implies {list(want)}.")
+
+
+def from_hf(hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32, scan_layers: bool = True,
+            allow_pickle: bool = False) -> tuple[Transformer, dict[str, Any]]:
+  """A Hugging Face model directory -> (Transformer, params) computing the same function.
+
+  Params are `dtype` (float32 by default; bfloat16 keeps a bf16 checkpoint bit for bit) jax
+  arrays, with a leading [layers] axis when `scan_layers`. Reads safetensors tensor by tensor;
+  `pytorch_model.bin` only with `allow_pickle`. Raises UserError for unsupported configs and for
+  missing, unexpected or misshapen tensors, naming them.
+  """
+  hf_dir = pathlib.Path(hf_dir)
+  hf_config = read_hf_config(hf_dir)
+  key_map = KEY_MAPS[model_type_of(hf_config)]
+  config = hf_config_to_model_config(hf_config, scan_layers=scan_layers)
+  param_dtype = _dtype(dtype)
+  if param_dtype not in (*_EXPORT_DTYPES.values(), np.dtype(np.float16)):
+    raise UserError(f"dtype={dtype!r} is not a parameter dtype; use float32 (the default), "
+                    f"bfloat16 or float16.")
+  with CheckpointReader(hf_dir, allow_pickle=allow_pickle) as reader:
+    stored = _relative_names(reader.shapes, key_map)
+    if config.family is Family.BERT:  # BertModel checkpoints may be saved with or without one
+      config = dataclasses.replace(config, pooler="pooler.dense.weight" in stored)
+    bindings = bind(key_map, config)
+    _check_tensors(bindings, stored, reader, key_map, config)
+    flat = {key: np.empty(s.shape, param_dtype) for key, s in abstract_params(config).items()}
+    # File by file, each closed once read, so that memory holds the params and one tensor.
+    file_of = lambda b: reader.file_of(stored[b.hf_name])
+    for file, group in itertools.groupby(sorted(bindings, key=file_of), key=file_of):
+      for binding in group:
+        arrays = binding.transform.to_lmjax(reader.read(stored[binding.hf_name]), config)
+        for (key, layer), array in zip(binding.targets, arrays):
+          destination = flat[key] if layer is None else flat[key][layer]
+          destination[...] = array  # casts to the param dtype
+      reader.release(file)
+  params = unflatten({key: jnp.asarray(flat.pop(key)) for key in list(flat)})
+  return Transformer(config), params
+
+
+def _dtype(dtype: Any) -> np.dtype:
+  try:
+    return np.dtype(dtype)
+  except TypeError:
+    raise UserError(f"dtype={dtype!r} is not a dtype; use float32 or bfloat16.") from None
+
+
+def _export_dtype(dtype: Any, flat: Mapping[str, Any]) -> np.dtype:
+  if dtype is None:
+    found = {np.dtype(leaf.dtype) for leaf in flat.values()}
+    if len(found) != 1 or next(iter(found)) not in _EXPORT_DTYPES.values():
+      raise UserError(f"params have dtypes {sorted(map(str, found))}: pass dtype= one of "
+                      f"{', '.join(_EXPORT_DTYPES)} to choose the file dtype.")
+    return next(iter(found))
+  name = dtype if isinstance(dtype, str) else str(_dtype(dtype))
+  if name not in _EXPORT_DTYPES:
+    raise UserError(f"dtype={dtype!r} is not supported for export; choose one of "
+                    f"{', '.join(_EXPORT_DTYPES)}.")
+  return _EXPORT_DTYPES[name]
+
+
+def _check_params(flat: Mapping[str, Any], config: ModelConfig) -> None:
+  expected = abstract_params(config)
+  for key in sorted(set(expected) | set(flat)):
+    if key not in flat:
+      raise UserError(f"params lack {key} (shape {list(expected[key].shape)}), which a model "
+                      f"with this config has: are these the params of this model?")
+    if key not in expected:
+      raise UserError(f"params hold {key}, which a model with this config does not have "
+                      f"(scan_layers={config.scan_layers}): are these the params of this model?")
+    if tuple(flat[key].shape) != tuple(expected[key].shape):
+      raise UserError(f"param {key} has shape {list(flat[key].shape)}, but the config implies "
+                      f"{list(expected[key].shape)}.")
+
+
+def _hf_tensor(binding: Binding, flat: Mapping[str, Any], dtype: np.dtype,
+               config: ModelConfig) -> np.ndarray:
+  """One HF tensor in `dtype`, from its lmjax arrays (a layer's slice where stacked)."""
+  arrays = [np.asarray(flat[key] if layer is None else flat[key][layer]).astype(dtype, copy=False)
+            for key, layer in binding.targets]
+  return binding.transform.to_hf(arrays, config)
+
+
+def to_hf(model: Transformer, params: Mapping[str, Any], out_dir: str | os.PathLike, *,
+          dtype: str | None = None, max_shard_size: int = 2 * 2**30,
+          tokenizer_dir: str | os.PathLike | None = None,
+          config_overrides: Mapping[str, Any] | None = None) -> None:
+  """Writes `model`/`params` as a Hugging Face model directory `out_dir` (new or empty).
+
+  Writes config.json and model.safetensors, or shards of at most `max_shard_size` bytes plus
+  model.safetensors.index.json, in `dtype` ("float32" or "bfloat16"; default: the params'
+  dtype), and copies the tokenizer files of `tokenizer_dir`. `config_overrides` are merged into
+  config.json (e.g. {"eos_token_id": 2}: special token ids are not part of a ModelConfig).
+  Nothing appears at `out_dir` unless the whole conversion succeeds.
+  """
+  config = model.config
+  hf_config = model_config_to_hf_config(config)
+  key_map = KEY_MAPS[hf_config["model_type"]]
+  flat = flatten(nn.unbox(params))
+  _check_params(flat, config)
+  out_dtype = _export_dtype(dtype, flat)
+  hf_config.update(config_overrides or {}, dtype=str(out_dtype))
+  prefix = "" if config.head is Head.NONE else key_map.base_prefix + "."
+  abstract = abstract_params(config)
+  entries = []
+  for binding in bind(key_map, config):
+    shape = binding.hf_shape(abstract, config)
+    entries.append(TensorEntry(
+        name=prefix + binding.hf_name if binding.in_body else binding.hf_name,
+        nbytes=int(np.prod(shape)) * out_dtype.itemsize,
+        make=lambda b=binding: _hf_tensor(b, flat, out_dtype, config)))
+  with staged_directory(out_dir) as staging:
+    (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    write_safetensors(staging, entries, max_shard_size=max_shard_size)
+    if tokenizer_dir is not None and not copy_tokenizer_files(tokenizer_dir, staging):
+      raise UserError(f"tokenizer_dir {tokenizer_dir} holds no tokenizer files (looked for "
+                      f"{', '.join(TOKENIZER_FILES)}, *.model).")
+
+
+__all__ = ["from_hf", "read_hf_config", "to_hf"]

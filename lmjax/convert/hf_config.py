@@ -1,0 +1,355 @@
+"""Hugging Face `config.json` <-> ModelConfig, for gpt2, bert, roberta, llama, mistral and qwen2.
+
+Reading fills keys a config.json leaves out with the defaults of the matching `transformers`
+config class (old checkpoints only store what differs), and refuses what the lmjax graph cannot
+compute exactly: the error names the key, the value and what is supported. Writing checks the
+reverse: every switch of the ModelConfig must be expressible in the target `model_type`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from lmjax.errors import UserError
+from lmjax.model.config import (FAMILY_DEFAULTS, Activation, Family, Head, ModelConfig,
+                                RopeScaling)
+
+# The `model_type`s we convert, each to the lmjax family whose graph it is.
+MODEL_TYPES: dict[str, Family] = {
+    "gpt2": Family.GPT2, "bert": Family.BERT, "roberta": Family.BERT,
+    "llama": Family.LLAMA, "mistral": Family.LLAMA, "qwen2": Family.LLAMA,
+}
+
+# Per model_type, the head each HF class computes. The class name is `architectures[0]`.
+ARCHITECTURES: dict[str, dict[str, Head]] = {
+    "gpt2": {"GPT2LMHeadModel": Head.CAUSAL_LM, "GPT2Model": Head.NONE},
+    "bert": {"BertForMaskedLM": Head.MASKED_LM, "BertModel": Head.NONE},
+    "roberta": {"RobertaForMaskedLM": Head.MASKED_LM, "RobertaModel": Head.NONE},
+    "llama": {"LlamaForCausalLM": Head.CAUSAL_LM, "LlamaModel": Head.NONE},
+    "mistral": {"MistralForCausalLM": Head.CAUSAL_LM, "MistralModel": Head.NONE},
+    "qwen2": {"Qwen2ForCausalLM": Head.CAUSAL_LM, "Qwen2Model": Head.NONE},
+}
+
+# HF `hidden_act` / `activation_function` names with the exact lmjax equivalent.
+ACTIVATIONS: dict[str, Activation] = {
+    "gelu_new": Activation.GELU_TANH, "gelu_pytorch_tanh": Activation.GELU_TANH,
+    "gelu": Activation.GELU, "silu": Activation.SILU, "swish": Activation.SILU,
+    "relu": Activation.RELU,
+}
+_ACTIVATION_NAMES = {Activation.GELU_TANH: "gelu_new", Activation.GELU: "gelu",
+                     Activation.SILU: "silu", Activation.RELU: "relu"}
+
+# The `transformers` v5 class defaults of every key read below (config.json may omit them).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                 n_inner=None, activation_function="gelu_new", resid_pdrop=0.1,
+                 layer_norm_epsilon=1e-5, initializer_range=0.02, scale_attn_weights=True,
+                 scale_attn_by_inverse_layer_idx=False, add_cross_attention=False,
+                 tie_word_embeddings=True),
+    "bert": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+                 max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02,
+                 layer_norm_eps=1e-12, pad_token_id=0, is_decoder=False,
+                 add_cross_attention=False, position_embedding_type="absolute",
+                 tie_word_embeddings=True),
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None,
+                  head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+                  initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                  rope_theta=10000.0, attention_bias=False, mlp_bias=False),
+}
+_DEFAULTS["roberta"] = {**_DEFAULTS["bert"], "vocab_size": 50265, "pad_token_id": 1}
+_DEFAULTS["mistral"] = {**_DEFAULTS["llama"], "intermediate_size": 14336,
+                        "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
+                        "sliding_window": 4096}
+_DEFAULTS["qwen2"] = {**_DEFAULTS["llama"], "vocab_size": 151936, "intermediate_size": 22016,
+                      "max_position_embeddings": 32768, "use_sliding_window": False,
+                      "sliding_window": 4096, "max_window_layers": 28}
+
+
+def _supported(names) -> str:
+  return ", ".join(sorted(names))
+
+
+def model_type_of(hf_config: Mapping[str, Any]) -> str:
+  """The checked `model_type` of a config.json dict."""
+  model_type = hf_config.get("model_type")
+  if model_type not in MODEL_TYPES:
+    raise UserError(f"Hugging Face model_type {model_type!r} is not supported; lmjax converts "
+                    f"{_supported(MODEL_TYPES)}.")
+  return model_type
+
+
+def _head(model_type: str, hf_config: Mapping[str, Any]) -> Head:
+  architectures = hf_config.get("architectures") or []
+  heads = ARCHITECTURES[model_type]
+  if not architectures:  # a bare config: decoders are language models, encoders bare bodies
+    return Head.NONE if MODEL_TYPES[model_type] is Family.BERT else Head.CAUSAL_LM
+  if architectures[0] not in heads:
+    raise UserError(f"architecture {architectures[0]!r} is not supported for model_type "
+                    f"{model_type!r}; lmjax converts {_supported(heads)}.")
+  return heads[architectures[0]]
+
+
+def _activation(name: str, key: str) -> Activation:
+  if name not in ACTIVATIONS:
+    raise UserError(f"{key}={name!r} has no exact lmjax equivalent; supported: "
+                    f"{_supported(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
+
+
+def _refuse(d: Mapping[str, Any], key: str, bad: Any, why: str) -> None:
+  if d.get(key) == bad:
+    raise UserError(f"{key}={bad!r} is not supported by lmjax ({why}); convert a model with "
+                    f"{key}={not bad!r}.")
+
+
+def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool = True
+                              ) -> ModelConfig:
+  """The ModelConfig computing the same function as a Hugging Face config.json dict.
+
+  Raises UserError for an unsupported model_type, architecture, activation, RoPE scaling or
+  other option, naming it and listing what is supported.
+  """
+  model_type = model_type_of(hf_config)
+  d = {**_DEFAULTS[model_type], **hf_config}  # an explicit null means what it means to HF
+  family = MODEL_TYPES[model_type]
+  fields: dict[str, Any] = dict(head=_head(model_type, hf_config), scan_layers=scan_layers,
+                                initializer_range=float(d["initializer_range"]),
+                                hf_model_type="mistral" if model_type == "mistral" else None)
+  family_fields = {Family.GPT2: _gpt2_fields, Family.BERT: _bert_fields,
+                   Family.LLAMA: _llama_fields}[family]
+  fields.update(family_fields(model_type, d, fields["head"]))
+  return ModelConfig.for_family(family, **fields)
+
+
+def _gpt2_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
+  _refuse(d, "scale_attn_weights", False, "attention is always scaled by 1/sqrt(head_dim)")
+  _refuse(d, "scale_attn_by_inverse_layer_idx", True, "no per-layer attention scaling")
+  _refuse(d, "add_cross_attention", True, "decoder-only")
+  # reorder_and_upcast_attn only changes rounding in half precision: lmjax's softmax is float32.
+  return dict(
+      vocab_size=d["vocab_size"], num_layers=d["n_layer"], embed_dim=d["n_embd"],
+      num_heads=d["n_head"], mlp_dim=d["n_inner"] or 4 * d["n_embd"],
+      max_seq_len=d["n_positions"], norm_eps=float(d["layer_norm_epsilon"]),
+      activation=_activation(d["activation_function"], "activation_function"),
+      tie_embeddings=bool(d["tie_word_embeddings"]), dropout_rate=float(d["resid_pdrop"]))
+
+
+def _bert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
+  """Fields of bert and roberta: the same graph, with RoBERTa's positions offset."""
+  _refuse(d, "is_decoder", True, "bidirectional encoders only")
+  _refuse(d, "add_cross_attention", True, "no cross-attention")
+  if d["position_embedding_type"] != "absolute":
+    raise UserError(f"position_embedding_type={d['position_embedding_type']!r} is not "
+                    f"supported; lmjax converts 'absolute'.")
+  activation = _activation(d["hidden_act"], "hidden_act")
+  offset = 0
+  if model_type == "roberta":
+    if activation is not Activation.GELU and head is Head.MASKED_LM:
+      raise UserError(f"hidden_act={d['hidden_act']!r}: RoBERTa's LM head always applies exact "
+                      f"gelu while lmjax's uses hidden_act; only hidden_act='gelu' converts.")
+    if not isinstance(d["pad_token_id"], int):
+      raise UserError(f"pad_token_id={d['pad_token_id']!r}: RoBERTa numbers positions from "
+                      f"pad_token_id + 1, so it must be an integer (1 in RoBERTa checkpoints).")
+    offset = d["pad_token_id"] + 1
+  return dict(
+      vocab_size=d["vocab_size"], num_layers=d["num_hidden_layers"], embed_dim=d["hidden_size"],
+      num_heads=d["num_attention_heads"], mlp_dim=d["intermediate_size"],
+      max_seq_len=d["max_position_embeddings"] - offset, position_offset=offset,
+      type_vocab_size=d["type_vocab_size"], norm_eps=float(d["layer_norm_eps"]),
+      activation=activation, tie_embeddings=bool(d["tie_word_embeddings"]),
+      dropout_rate=float(d["hidden_dropout_prob"]),
+      pooler=head is Head.NONE)  # as HF's BertModel; from_hf then goes by the weights
+
+
+def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
+  """Fields of llama, mistral and qwen2, which share one graph."""
+  hidden, heads = d["hidden_size"], d["num_attention_heads"]
+  activation = _activation(d["hidden_act"], "hidden_act")
+  if model_type == "qwen2":
+    qkv_bias, use_bias = True, False
+  elif model_type == "mistral":
+    qkv_bias = use_bias = False
+  else:
+    if d["attention_bias"] != d["mlp_bias"]:
+      raise UserError(f"attention_bias={d['attention_bias']} with mlp_bias={d['mlp_bias']} is not "
+                      f"supported: lmjax has one switch for the output-projection and MLP biases; "
+                      f"convert a model where both are equal.")
+    qkv_bias = use_bias = bool(d["attention_bias"])
+  _check_sliding_window(model_type, d)
+  head_dim = d["head_dim"]
+  return dict(
+      vocab_size=d["vocab_size"], num_layers=d["num_hidden_layers"], embed_dim=hidden,
+      num_heads=heads, num_kv_heads=d["num_key_value_heads"] or heads,
+      head_dim=None if head_dim in (None, hidden // heads) else head_dim,
+      mlp_dim=d["intermediate_size"], max_seq_len=d["max_position_embeddings"],
+      norm_eps=float(d["rms_norm_eps"]), activation=activation,
+      tie_embeddings=bool(d["tie_word_embeddings"]), qkv_bias=qkv_bias, use_bias=use_bias,
+      **_rope_fields(d))
+
+
+def _check_sliding_window(model_type: str, d: Mapping[str, Any]) -> None:
+  """Refuses a sliding window shorter than the positions; one that never binds is the same."""
+  window = d.get("sliding_window")
+  if model_type == "qwen2":
+    layer_types = d.get("layer_types") or []
+    if not d["use_sliding_window"] or (layer_types and "sliding_attention" not in layer_types) or (
+        not layer_types and d["max_window_layers"] >= d["num_hidden_layers"]):
+      window = None
+  if window is not None and window < d["max_position_embeddings"]:
+    raise UserError(f"sliding_window={window} is shorter than max_position_embeddings="
+                    f"{d['max_position_embeddings']}: lmjax attention has no sliding window. Set "
+                    f"sliding_window to null (or max_position_embeddings to at most {window}) if "
+                    f"the model should attend to the whole context.")
+
+
+_ROPE_TYPES = ("default", "llama3")
+
+
+def _rope_fields(d: Mapping[str, Any]) -> dict[str, Any]:
+  """RoPE fields from v5 `rope_parameters` or the older `rope_theta` + `rope_scaling`.
+
+  Where both are given, `rope_scaling` wins, as in transformers v5.
+  """
+  rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  theta = float(rope.get("rope_theta") or d["rope_theta"] or 10000.0)
+  if rope_type not in _ROPE_TYPES:
+    raise UserError(f"RoPE type {rope_type!r} is not supported; lmjax converts "
+                    f"{', '.join(_ROPE_TYPES)}.")
+  if (rope.get("partial_rotary_factor") or d.get("partial_rotary_factor") or 1.0) != 1.0:
+    raise UserError("partial_rotary_factor != 1 is not supported: lmjax rotates every head dim.")
+  if rope_type == "default":
+    return dict(rope_theta=theta)
+  return dict(rope_theta=theta, rope_scaling=RopeScaling.LLAMA3,
+              rope_scaling_factor=float(rope["factor"]),
+              rope_low_freq_factor=float(rope["low_freq_factor"]),
+              rope_high_freq_factor=float(rope["high_freq_factor"]),
+              rope_original_max_len=int(rope.get("original_max_position_embeddings")
+                                        or d["max_position_embeddings"]))
+
+
+# -- lmjax -> Hugging Face ----------------------------------------------------------------------
+
+
+def export_model_type(config: ModelConfig) -> str:
+  """The HF model_type `config` exports as (see ModelConfig.hf_model_type)."""
+  if config.hf_model_type is not None:
+    if config.hf_model_type not in MODEL_TYPES:
+      raise UserError(f"model.hf_model_type={config.hf_model_type!r} is not one of "
+                      f"{_supported(MODEL_TYPES)}.")
+    if MODEL_TYPES[config.hf_model_type] is not config.family:
+      raise UserError(f"model.hf_model_type={config.hf_model_type!r} is not a "
+                      f"{config.family.value}-family model: set it to null.")
+    return config.hf_model_type
+  if config.family is Family.BERT:
+    return "roberta" if config.position_offset else "bert"
+  if config.family is Family.LLAMA and config.qkv_bias and not config.use_bias:
+    return "qwen2"
+  return config.family.value
+
+
+# Switches every HF model of a family has fixed; the rest are config.json keys.
+_FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal")
+
+
+def _require(config: ModelConfig, model_type: str, **expected) -> None:
+  """UserError unless each named field of `config` has the expected value."""
+  plain = lambda value: getattr(value, "value", value)  # enums as their config spelling
+  for name, value in expected.items():
+    if getattr(config, name) != value:
+      raise UserError(f"model.{name}={plain(getattr(config, name))!r} cannot be expressed as a "
+                      f"Hugging Face {model_type} model, which needs {name}={plain(value)!r}.")
+
+
+def _require_plain_heads(config: ModelConfig, model_type: str) -> None:
+  if config.kv_heads != config.num_heads or config.dim_per_head * config.num_heads != config.embed_dim:
+    raise UserError(f"model.num_kv_heads={config.num_kv_heads} / model.head_dim={config.head_dim}: "
+                    f"a Hugging Face {model_type} model has as many key/value heads as query heads "
+                    f"and head_dim = embed_dim / num_heads; set both to null.")
+
+
+def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
+  """The config.json dict (with "architectures" and "model_type") of the HF twin of `config`."""
+  model_type = export_model_type(config)
+  family = config.family
+  _require(config, model_type, **{k: FAMILY_DEFAULTS[family][k] for k in _FIXED})
+  heads = {head: name for name, head in ARCHITECTURES[model_type].items()}
+  if config.head not in heads:
+    raise UserError(f"model.head={config.head.value!r} has no Hugging Face {model_type} "
+                    f"counterpart; lmjax exports heads "
+                    f"{', '.join(h.value for h in heads)}.")
+  if config.activation not in _ACTIVATION_NAMES:
+    raise UserError(f"model.activation={config.activation.value!r} cannot be exported.")
+  out: dict[str, Any] = {"architectures": [heads[config.head]], "model_type": model_type}
+  act = _ACTIVATION_NAMES[config.activation]
+  common = dict(vocab_size=config.vocab_size, initializer_range=config.initializer_range,
+                tie_word_embeddings=config.tie_embeddings)
+  if family is Family.GPT2:
+    _require(config, model_type, use_bias=True, qkv_bias=True, type_vocab_size=0,
+             position_offset=0)
+    _require_plain_heads(config, model_type)
+    out.update(common, n_positions=config.max_seq_len, n_embd=config.embed_dim,
+               n_layer=config.num_layers, n_head=config.num_heads, n_inner=config.mlp_dim,
+               activation_function=act, layer_norm_epsilon=config.norm_eps,
+               resid_pdrop=config.dropout_rate, embd_pdrop=config.dropout_rate, attn_pdrop=0.0,
+               bos_token_id=None, eos_token_id=None)
+  elif family is Family.BERT:
+    _require(config, model_type, use_bias=True, qkv_bias=True)
+    _require_plain_heads(config, model_type)
+    if model_type == "roberta":
+      if config.position_offset < 1:
+        raise UserError("a RoBERTa model numbers positions from pad_token_id + 1: set "
+                        "model.position_offset (2 for RoBERTa's pad_token_id=1).")
+      if config.head is Head.MASKED_LM:
+        _require(config, model_type, activation=Activation.GELU)
+    else:
+      _require(config, model_type, position_offset=0)
+    out.update(common, hidden_size=config.embed_dim, num_hidden_layers=config.num_layers,
+               num_attention_heads=config.num_heads, intermediate_size=config.mlp_dim,
+               hidden_act=act, hidden_dropout_prob=config.dropout_rate,
+               attention_probs_dropout_prob=0.0,
+               max_position_embeddings=config.num_position_embeddings,
+               type_vocab_size=config.type_vocab_size, layer_norm_eps=config.norm_eps,
+               pad_token_id=config.position_offset - 1 if model_type == "roberta" else 0)
+  else:
+    out.update(common, **_llama_hf_fields(config, model_type, act))
+  return out
+
+
+def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
+  _require(config, model_type, type_vocab_size=0)
+  if model_type == "qwen2":
+    _require(config, model_type, qkv_bias=True, use_bias=False)
+  elif model_type == "mistral":
+    _require(config, model_type, qkv_bias=False, use_bias=False)
+  else:
+    _require(config, model_type, qkv_bias=config.use_bias)
+  rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
+  if config.rope_scaling is RopeScaling.LLAMA3:
+    rope = {"rope_type": "llama3", "rope_theta": config.rope_theta,
+            "factor": config.rope_scaling_factor,
+            "low_freq_factor": config.rope_low_freq_factor,
+            "high_freq_factor": config.rope_high_freq_factor,
+            "original_max_position_embeddings": config.rope_original_max_len}
+  fields = dict(
+      hidden_size=config.embed_dim, intermediate_size=config.mlp_dim,
+      num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+      num_key_value_heads=config.kv_heads, head_dim=config.dim_per_head, hidden_act=act,
+      max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps,
+      rope_parameters=rope, attention_dropout=0.0, bos_token_id=None, eos_token_id=None,
+      # The same RoPE in the keys of transformers v4 (and of tools that read them).
+      rope_theta=config.rope_theta,
+      rope_scaling=None if rope["rope_type"] == "default" else dict(rope))
+  if model_type == "llama":
+    fields.update(attention_bias=config.use_bias, mlp_bias=config.use_bias)
+  elif model_type == "mistral":
+    fields.update(sliding_window=None)
+  else:
+    fields.update(use_sliding_window=False, sliding_window=None)
+  return fields
+
+
+__all__ = ["hf_config_to_model_config", "model_config_to_hf_config", "export_model_type",
+           "model_type_of", "MODEL_TYPES", "ARCHITECTURES"]

@@ -1,0 +1,142 @@
+"""One small table per Hugging Face family: lmjax param paths <-> HF tensor names.
+
+A rule reads: these lmjax params (dotted paths, `{i}` for the layer) are this HF tensor after
+`transform`. A table lists every param any variant of the family can have; the engine keeps the
+rules whose params the model at hand has (no biases in Llama, an `lm_head` only when untied,
+a pooler only when present), so one table covers all heads and options of a family.
+
+Body names are relative to the HF base model; head models nest the body under `base_prefix`
+(`transformer.`, `bert.`, `roberta.`, `model.`) while bare base models (GPT2Model, BertModel, as
+sentence-embedding checkpoints are saved) do not. Head names are absolute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lmjax.convert.transforms import (BIAS_TO_HEADS, CONV1D_FROM_HEADS, FUSED_QKV_BIAS,
+                                      FUSED_QKV_KERNEL, IDENTITY, LINEAR_FROM_HEADS,
+                                      LINEAR_TO_HEADS, TRANSPOSE, Transform)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  lmjax: tuple[str, ...]  # dotted lmjax param paths, e.g. "layers.{i}.attention.query.kernel"
+  hf: str                 # HF tensor name, e.g. "h.{i}.attn.c_attn.weight"
+  transform: Transform
+
+
+def rule(lmjax: str | tuple[str, ...], hf: str, transform: Transform = IDENTITY) -> Rule:
+  return Rule((lmjax,) if isinstance(lmjax, str) else lmjax, hf, transform)
+
+
+def norm(lmjax: str, hf: str) -> list[Rule]:
+  """A norm's scale (HF `weight`) and, for LayerNorm, its bias; RMSNorm has no bias param."""
+  return [rule(f"{lmjax}.scale", f"{hf}.weight"), rule(f"{lmjax}.bias", f"{hf}.bias")]
+
+
+def dense(lmjax: str, hf: str, transform: Transform = TRANSPOSE,
+          bias: Transform = IDENTITY) -> list[Rule]:
+  """A projection's kernel and (when the model has one) bias."""
+  return [rule(f"{lmjax}.kernel", f"{hf}.weight", transform),
+          rule(f"{lmjax}.bias", f"{hf}.bias", bias)]
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyMap:
+  base_prefix: str             # HF `base_model_prefix`
+  body: tuple[Rule, ...]       # names relative to the base model
+  head: tuple[Rule, ...]       # absolute names
+  tied_aliases: tuple[str, ...] = ()  # names a checkpoint may hold as copies of tied weights
+  ignored: tuple[str, ...] = ()       # regexes: buffers and heads HF itself drops on load
+
+
+_QKV = ("attention.query", "attention.key", "attention.value")
+
+GPT2 = KeyMap(
+    base_prefix="transformer",
+    body=(
+        rule("token_embedding", "wte.weight"),
+        rule("position_embedding", "wpe.weight"),
+        *norm("layers.{i}.attention_norm", "h.{i}.ln_1"),
+        rule(tuple(f"layers.{{i}}.{p}.kernel" for p in _QKV), "h.{i}.attn.c_attn.weight",
+             FUSED_QKV_KERNEL),
+        rule(tuple(f"layers.{{i}}.{p}.bias" for p in _QKV), "h.{i}.attn.c_attn.bias",
+             FUSED_QKV_BIAS),
+        *dense("layers.{i}.attention.out", "h.{i}.attn.c_proj", CONV1D_FROM_HEADS),
+        *norm("layers.{i}.mlp_norm", "h.{i}.ln_2"),
+        *dense("layers.{i}.mlp.wi", "h.{i}.mlp.c_fc", IDENTITY),   # Conv1D: already in x out
+        *dense("layers.{i}.mlp.wo", "h.{i}.mlp.c_proj", IDENTITY),
+        *norm("final_norm", "ln_f"),
+    ),
+    head=(rule("lm_head.kernel", "lm_head.weight", TRANSPOSE),),
+    tied_aliases=("lm_head.weight",),
+    ignored=(r"h\.\d+\.attn\.(bias|masked_bias)",),  # causal-mask buffers of old checkpoints
+)
+
+_BERT_BODY = (
+    rule("token_embedding", "embeddings.word_embeddings.weight"),
+    rule("position_embedding", "embeddings.position_embeddings.weight"),
+    rule("token_type_embedding", "embeddings.token_type_embeddings.weight"),
+    *norm("embedding_norm", "embeddings.LayerNorm"),
+    *(r for name in ("query", "key", "value")
+      for r in dense(f"layers.{{i}}.attention.{name}", f"encoder.layer.{{i}}.attention.self.{name}",
+                     LINEAR_TO_HEADS, BIAS_TO_HEADS)),
+    *dense("layers.{i}.attention.out", "encoder.layer.{i}.attention.output.dense",
+           LINEAR_FROM_HEADS),
+    *norm("layers.{i}.attention_norm", "encoder.layer.{i}.attention.output.LayerNorm"),
+    *dense("layers.{i}.mlp.wi", "encoder.layer.{i}.intermediate.dense"),
+    *dense("layers.{i}.mlp.wo", "encoder.layer.{i}.output.dense"),
+    *norm("layers.{i}.mlp_norm", "encoder.layer.{i}.output.LayerNorm"),
+    *dense("pooler", "pooler.dense"),
+)
+_BERT_IGNORED = (r"embeddings\.(position_ids|token_type_ids)",)
+
+BERT = KeyMap(
+    base_prefix="bert",
+    body=_BERT_BODY,
+    head=(*dense("mlm_transform", "cls.predictions.transform.dense"),
+          *norm("mlm_norm", "cls.predictions.transform.LayerNorm"),
+          rule("output_bias", "cls.predictions.bias"),
+          rule("lm_head.kernel", "cls.predictions.decoder.weight", TRANSPOSE)),
+    tied_aliases=("cls.predictions.decoder.weight",),
+    # The decoder bias is the same tensor as cls.predictions.bias; the next-sentence head of
+    # pre-training checkpoints is dropped by HF's BertForMaskedLM too.
+    ignored=(*_BERT_IGNORED, r"cls\.predictions\.decoder\.bias", r"cls\.seq_relationship\..*"),
+)
+
+ROBERTA = KeyMap(
+    base_prefix="roberta",
+    body=_BERT_BODY,
+    head=(*dense("mlm_transform", "lm_head.dense"),
+          *norm("mlm_norm", "lm_head.layer_norm"),
+          rule("output_bias", "lm_head.bias"),
+          rule("lm_head.kernel", "lm_head.decoder.weight", TRANSPOSE)),
+    tied_aliases=("lm_head.decoder.weight",),
+    ignored=(*_BERT_IGNORED, r"lm_head\.decoder\.bias"),
+)
+
+LLAMA = KeyMap(  # also Mistral and Qwen2: the same names, biases where the model has them
+    base_prefix="model",
+    body=(
+        rule("token_embedding", "embed_tokens.weight"),
+        *norm("layers.{i}.attention_norm", "layers.{i}.input_layernorm"),
+        *(r for lm, hf in zip(_QKV, ("q_proj", "k_proj", "v_proj"))
+          for r in dense(f"layers.{{i}}.{lm}", f"layers.{{i}}.self_attn.{hf}", LINEAR_TO_HEADS,
+                         BIAS_TO_HEADS)),
+        *dense("layers.{i}.attention.out", "layers.{i}.self_attn.o_proj", LINEAR_FROM_HEADS),
+        *norm("layers.{i}.mlp_norm", "layers.{i}.post_attention_layernorm"),
+        *dense("layers.{i}.mlp.wi_gate", "layers.{i}.mlp.gate_proj"),
+        *dense("layers.{i}.mlp.wi_up", "layers.{i}.mlp.up_proj"),
+        *dense("layers.{i}.mlp.wo", "layers.{i}.mlp.down_proj"),
+        *norm("final_norm", "norm"),
+    ),
+    head=(rule("lm_head.kernel", "lm_head.weight", TRANSPOSE),),
+    tied_aliases=("lm_head.weight",),
+    ignored=(r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+)
+
+KEY_MAPS: dict[str, KeyMap] = {"gpt2": GPT2, "bert": BERT, "roberta": ROBERTA, "llama": LLAMA,
+                               "mistral": LLAMA, "qwen2": LLAMA}
+
+__all__ = ["KEY_MAPS", "KeyMap", "Rule"]

@@ -1,0 +1,422 @@
+"""Hugging Face conversion: exact logits both ways, bit-exact round trips, streaming, refusals.
+
+Every HF model here is a tiny random `transformers` model (odd sizes, all weights and biases
+randomised), saved with `save_pretrained`; nothing is downloaded. Tolerances are the project's
+policy (1e-4, atol and rtol, float32) and are never loosened.
+"""
+
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lmjax.convert import (copy_tokenizer_files, from_hf, hf_config_to_model_config,  # noqa: E402
+                           model_config_to_hf_config, to_hf)
+from lmjax.errors import UserError  # noqa: E402
+from lmjax.generate import fill_mask, generate  # noqa: E402
+from lmjax.model import Head, ModelConfig, RopeScaling, Transformer  # noqa: E402
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+_GPT2 = dict(n_embd=48, n_layer=2, n_head=6, n_inner=80, vocab_size=97, n_positions=32)
+_BERT = dict(hidden_size=36, num_hidden_layers=2, num_attention_heads=6, intermediate_size=80,
+             vocab_size=101, max_position_embeddings=32)
+_LLAMA = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
+              intermediate_size=80, vocab_size=113, max_position_embeddings=64)
+_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 5000.0, "factor": 4.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16}
+
+# name -> (HF model class, config class, config kwargs, extra constructor kwargs, Auto class)
+HF_CASES = {
+    "gpt2_lm": ("GPT2LMHeadModel", "GPT2Config", _GPT2, {}, "AutoModelForCausalLM"),
+    "gpt2_base": ("GPT2Model", "GPT2Config", _GPT2, {}, "AutoModel"),
+    "bert_mlm": ("BertForMaskedLM", "BertConfig", _BERT, {}, "AutoModelForMaskedLM"),
+    "bert_base": ("BertModel", "BertConfig", _BERT, {}, "AutoModel"),
+    # As sentence-embedding models are saved: no `bert.` prefix, no pooler.
+    "bert_no_pooler": ("BertModel", "BertConfig", _BERT, {"add_pooling_layer": False},
+                       "AutoModel"),
+    "roberta_mlm": ("RobertaForMaskedLM", "RobertaConfig",
+                    {**_BERT, "vocab_size": 103, "max_position_embeddings": 34,
+                     "type_vocab_size": 1, "layer_norm_eps": 1e-5}, {}, "AutoModelForMaskedLM"),
+    "llama": ("LlamaForCausalLM", "LlamaConfig", {**_LLAMA, "rope_parameters": _LLAMA3_ROPE}, {},
+              "AutoModelForCausalLM"),
+    "llama_tied": ("LlamaForCausalLM", "LlamaConfig",
+                   {**_LLAMA, "tie_word_embeddings": True, "rope_theta": 500000.0}, {},
+                   "AutoModelForCausalLM"),
+    "mistral": ("MistralForCausalLM", "MistralConfig", {**_LLAMA, "sliding_window": None}, {},
+                "AutoModelForCausalLM"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config",
+              {**_LLAMA, "hidden_size": 36, "num_key_value_heads": 2}, {}, "AutoModelForCausalLM"),
+}
+
+
+def randomise(model, seed: int = 0):
+  """Every weight, bias and norm of `model` random, large enough that greedy text varies."""
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0.0, 0.3) if p.dim() > 1 else p.uniform_(-0.5, 0.5)
+  return model.eval()
+
+
+def build_hf(name: str, seed: int = 0):
+  cls, config_cls, kwargs, extra, _ = HF_CASES[name]
+  config = getattr(transformers, config_cls)(**kwargs)
+  return randomise(getattr(transformers, cls)(config, **extra), seed)
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+  """name -> (saved directory, the torch model), built once per module on first use."""
+  cache = {}
+
+  def get(name: str):
+    if name not in cache:
+      model = build_hf(name)
+      path = tmp_path_factory.mktemp(name)
+      model.save_pretrained(path)
+      cache[name] = (path, model)
+    return cache[name]
+  return get
+
+
+def sample_inputs(vocab_size: int, pad_id: int):
+  """ids [2, 11] (ids >= 3, clear of special ids) and a mask with row 1 right-padded."""
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, vocab_size, (2, 11)).astype(np.int64)
+  mask = np.ones_like(ids)
+  mask[1, 7:] = 0
+  ids[1, 7:] = pad_id
+  return ids, mask
+
+
+def hf_forward(model, ids, mask):
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+  main = out.logits if hasattr(out, "logits") else out.last_hidden_state
+  pooled = getattr(out, "pooler_output", None)
+  return main.numpy(), None if pooled is None else pooled.numpy()
+
+
+def lmjax_forward(model, params, ids, mask):
+  apply = jax.jit(lambda p, i, m: model.apply({"params": p}, i, attention_mask=m,
+                                              mutable=["intermediates"]))
+  out, state = apply(params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+  pooled = state.get("intermediates", {}).get("pooled")
+  return np.asarray(out), None if pooled is None else np.asarray(pooled[0])
+
+
+def assert_same_outputs(hf_model, model, params):
+  pad_id = hf_model.config.pad_token_id or 0
+  ids, mask = sample_inputs(hf_model.config.vocab_size, pad_id)
+  expected, expected_pooled = hf_forward(hf_model, ids, mask)
+  got, got_pooled = lmjax_forward(model, params, ids, mask)
+  real = mask.astype(bool)  # padded positions compute different garbage in each library
+  np.testing.assert_allclose(got[real], expected[real], **TOL)
+  assert (got_pooled is None) == (expected_pooled is None)
+  if expected_pooled is not None:
+    np.testing.assert_allclose(got_pooled[0], expected_pooled[0], **TOL)  # row 0: unpadded
+
+
+def read_tensors(directory: pathlib.Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+  """name -> (dtype, shape, raw bytes) over every safetensors file of a directory."""
+  tensors = {}
+  for path in sorted(directory.glob("*.safetensors")):
+    with safe_open(path, framework="numpy") as f:
+      for name in f.keys():
+        array = f.get_tensor(name)
+        tensors[name] = (str(array.dtype), tuple(array.shape), array.tobytes())
+  return tensors
+
+
+# -- HF -> lmjax ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("name", list(HF_CASES))
+def test_converted_model_matches_transformers(hf_dirs, name, scan_layers):
+  path, hf_model = hf_dirs(name)
+  model, params = from_hf(path, scan_layers=scan_layers)
+  assert model.config.scan_layers == scan_layers
+  assert jax.tree.leaves(params)[0].dtype == jnp.float32
+  assert_same_outputs(hf_model, model, params)
+
+
+def test_converted_configs_carry_the_hf_options(hf_dirs):
+  roberta, _ = from_hf(hf_dirs("roberta_mlm")[0])
+  assert (roberta.config.position_offset, roberta.config.type_vocab_size,
+          roberta.config.max_seq_len) == (2, 1, 32)
+  llama, _ = from_hf(hf_dirs("llama")[0])
+  assert (llama.config.kv_heads, llama.config.rope_scaling, llama.config.rope_theta,
+          llama.config.tie_embeddings) == (3, RopeScaling.LLAMA3, 5000.0, False)
+  qwen2, _ = from_hf(hf_dirs("qwen2")[0])
+  assert (qwen2.config.qkv_bias, qwen2.config.use_bias) == (True, False)
+  assert from_hf(hf_dirs("bert_no_pooler")[0])[0].config.pooler is False
+  assert from_hf(hf_dirs("bert_base")[0])[0].config.pooler is True
+
+
+@pytest.mark.parametrize("head_dim, theta, factor", [(64, 500000.0, 32.0), (128, 500000.0, 8.0)])
+def test_llama3_rope_frequencies_equal_transformers_at_published_sizes(head_dim, theta, factor):
+  from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+  from lmjax.model.layers import rope_inverse_frequencies
+  rope = {**_LLAMA3_ROPE, "rope_theta": theta, "factor": factor,
+          "original_max_position_embeddings": 8192}
+  hf_config = transformers.LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4,
+                                       rope_parameters=rope)
+  expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_config, "cpu")
+  config = hf_config_to_model_config({**hf_config.to_dict(), "architectures": None})
+  np.testing.assert_allclose(rope_inverse_frequencies(config), expected.numpy(), rtol=1e-6, atol=0)
+
+
+# -- round trips ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(HF_CASES))
+def test_hf_to_lmjax_to_hf_reproduces_every_tensor_bit_for_bit(hf_dirs, tmp_path, name):
+  path, _ = hf_dirs(name)
+  model, params = from_hf(path, scan_layers=name != "gpt2_lm")
+  to_hf(model, params, tmp_path / "out")
+  assert read_tensors(tmp_path / "out") == read_tensors(path)
+  original = json.loads((path / "config.json").read_text())
+  exported = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert exported["architectures"] == original["architectures"]
+  assert exported["model_type"] == original["model_type"]
+
+
+def test_bfloat16_checkpoints_round_trip_without_a_float32_detour(tmp_path):
+  hf_model = build_hf("llama").to(torch.bfloat16)
+  hf_model.save_pretrained(tmp_path / "hf")
+  model, params = from_hf(tmp_path / "hf", dtype=jnp.bfloat16)
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  to_hf(model, params, tmp_path / "bf16")  # default: the params' dtype
+  original = read_tensors(tmp_path / "hf")
+  assert {dtype for dtype, _, _ in original.values()} == {"bfloat16"}
+  assert read_tensors(tmp_path / "bf16") == original
+  # Upcasting is exact, so float32 params written as bfloat16 give the same bits too.
+  model32, params32 = from_hf(tmp_path / "hf")
+  to_hf(model32, params32, tmp_path / "via32", dtype="bfloat16")
+  assert read_tensors(tmp_path / "via32") == original
+  assert json.loads((tmp_path / "via32" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_sharded_checkpoints_read_and_write_with_an_index(hf_dirs, tmp_path):
+  path, hf_model = hf_dirs("llama")
+  hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+  assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+  model, params = from_hf(tmp_path / "sharded")
+  assert_same_outputs(hf_model, model, params)
+
+  to_hf(model, params, tmp_path / "out", max_shard_size=40_000)
+  out = tmp_path / "out"
+  shards = sorted(p.name for p in out.glob("*.safetensors"))
+  assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+  index = json.loads((out / "model.safetensors.index.json").read_text())
+  tensors = read_tensors(out)
+  assert set(index["weight_map"]) == set(tensors) and set(index["weight_map"].values()) == set(shards)
+  assert index["metadata"]["total_size"] == sum(len(raw) for _, _, raw in tensors.values())
+  assert tensors == read_tensors(path)
+  for shard in shards:
+    with safe_open(out / shard, framework="numpy") as f:
+      assert f.metadata() == {"format": "pt"}
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+  assert_same_outputs(reloaded, model, params)
+
+
+# -- lmjax -> HF ------------------------------------------------------------------------------------
+
+_SMALL = dict(vocab_size=107, num_layers=2, embed_dim=36, num_heads=6, mlp_dim=80, max_seq_len=32)
+LMJAX_CASES = {
+    "gpt2": ModelConfig.for_family("gpt2", **_SMALL),
+    "gpt2_base": ModelConfig.for_family("gpt2", **_SMALL, head=Head.NONE, scan_layers=False),
+    "bert_mlm": ModelConfig.for_family("bert", **_SMALL),
+    "bert_base": ModelConfig.for_family("bert", **_SMALL, head=Head.NONE, pooler=True),
+    "roberta_mlm": ModelConfig.for_family("bert", **_SMALL, position_offset=2, type_vocab_size=1,
+                                          norm_eps=1e-5),
+    "llama": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=3, rope_theta=5000.0,
+                                    rope_scaling=RopeScaling.LLAMA3, rope_scaling_factor=4.0,
+                                    rope_original_max_len=16),
+    "llama_tied": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=2, tie_embeddings=True,
+                                         scan_layers=False),
+    "mistral": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=3, hf_model_type="mistral"),
+    "qwen2": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=2, qkv_bias=True,
+                                    use_bias=False),
+}
+_AUTO = {Head.CAUSAL_LM: "AutoModelForCausalLM", Head.MASKED_LM: "AutoModelForMaskedLM",
+         Head.NONE: "AutoModel"}
+
+
+def random_lmjax(config: ModelConfig, seed: int = 0):
+  """A model whose every param (biases and norms too) is random; shapes from an abstract init."""
+  model = Transformer(config)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  rng = np.random.default_rng(seed)
+  params = jax.tree_util.tree_map_with_path(  # norm scales around 1, everything else around 0
+      lambda path, s: (rng.normal(0, 0.3, s.shape) + (path[-1].key == "scale")).astype(np.float32),
+      nn.unbox(shapes))
+  return model, params
+
+
+@pytest.mark.parametrize("name", list(LMJAX_CASES))
+def test_exported_model_loads_with_auto_classes_and_matches(tmp_path, name):
+  config = LMJAX_CASES[name]
+  model, params = random_lmjax(config)
+  to_hf(model, params, tmp_path / "hf")
+  auto = getattr(transformers, _AUTO[config.head])
+  hf_model, info = auto.from_pretrained(tmp_path / "hf", output_loading_info=True)
+  assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
+  assert hf_model.config.model_type == {"roberta_mlm": "roberta", "mistral": "mistral",
+                                        "qwen2": "qwen2"}.get(name, config.family.value)
+  assert_same_outputs(hf_model.eval(), model, params)
+  # And back: the exported directory converts to the same model.
+  model2, params2 = from_hf(tmp_path / "hf", scan_layers=config.scan_layers)
+  assert model2.config == config
+  jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def test_model_config_survives_the_hf_config_round_trip():
+  for config in LMJAX_CASES.values():
+    back = hf_config_to_model_config(model_config_to_hf_config(config),
+                                     scan_layers=config.scan_layers)
+    assert back == config
+
+
+# -- inference parity --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt2_lm", "llama"])
+def test_greedy_generation_matches_transformers_token_for_token(hf_dirs, name):
+  path, hf_model = hf_dirs(name)
+  model, params = from_hf(path)
+  prompt = [5, 17, 3, 42, 9]
+  eos_id = hf_model.generation_config.eos_token_id  # HF stops there; so must we
+  with torch.no_grad():
+    expected = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones_like(
+        torch.tensor([prompt])), max_new_tokens=14, do_sample=False, pad_token_id=0)
+  expected = expected[0, len(prompt):].tolist()
+  (got,) = generate(model, params, [prompt], max_new_tokens=14, temperature=0, eos_id=eos_id)
+  assert len(set(expected)) > 2  # a non-degenerate continuation
+  assert got == expected
+
+
+def test_fill_mask_matches_hf_masked_lm_top_k(hf_dirs):
+  path, hf_model = hf_dirs("bert_mlm")
+  model, params = from_hf(path)
+  mask_id = 4
+  ids = [2, 11, 57, mask_id, 23, 8, mask_id, 3]
+  with torch.no_grad():
+    logits = hf_model(input_ids=torch.tensor([ids])).logits[0]
+  expected = torch.softmax(logits, dim=-1).topk(5)
+  got = fill_mask(model, params, ids, mask_id=mask_id, top_k=5)
+  for candidates, position in zip(got, [3, 6]):
+    assert [i for i, _ in candidates] == expected.indices[position].tolist()
+    np.testing.assert_allclose([p for _, p in candidates], expected.values[position].numpy(),
+                               atol=1e-5, rtol=1e-5)
+
+
+# -- safety and errors ---------------------------------------------------------------------------
+
+
+def copy_config(src: pathlib.Path, dst: pathlib.Path, **changes) -> dict:
+  config = {**json.loads((src / "config.json").read_text()), **changes}
+  dst.mkdir(exist_ok=True)
+  (dst / "config.json").write_text(json.dumps(config))
+  return config
+
+
+def test_pickled_weights_are_refused_unless_allowed(hf_dirs, tmp_path):
+  path, hf_model = hf_dirs("gpt2_lm")
+  copy_config(path, tmp_path)
+  torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
+  with pytest.raises(UserError, match="--allow-pickle"):
+    from_hf(tmp_path)
+  model, params = from_hf(tmp_path, allow_pickle=True)
+  assert_same_outputs(hf_model, model, params)
+
+
+def _rewrite_weights(src: pathlib.Path, dst: pathlib.Path, edit) -> None:
+  copy_config(src, dst)
+  with safe_open(src / "model.safetensors", framework="numpy") as f:
+    tensors = {name: f.get_tensor(name) for name in f.keys()}
+  edit(tensors)
+  save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.pop("transformer.h.1.mlp.c_fc.weight"),
+     r"missing .*transformer\.h\.1\.mlp\.c_fc\.weight \[48, 80\]"),
+    (lambda t: t.update({"transformer.h.0.attn.extra": np.zeros(3, np.float32)}),
+     r"no place for: transformer\.h\.0\.attn\.extra"),
+    (lambda t: t.update({"transformer.wpe.weight": np.zeros((31, 48), np.float32)}),
+     r"transformer\.wpe\.weight .* shape \[31, 48\], but config\.json implies \[32, 48\]"),
+])
+def test_missing_unexpected_and_misshapen_tensors_are_named(hf_dirs, tmp_path, edit, message):
+  _rewrite_weights(hf_dirs("gpt2_lm")[0], tmp_path, edit)
+  with pytest.raises(UserError, match=message):
+    from_hf(tmp_path)
+
+
+def test_a_truncated_safetensors_file_is_named(hf_dirs, tmp_path):
+  path, _ = hf_dirs("gpt2_lm")
+  copy_config(path, tmp_path)
+  data = (path / "model.safetensors").read_bytes()
+  (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+  with pytest.raises(UserError, match=r"model\.safetensors is not a readable safetensors file"):
+    from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("name, changes, message", [
+    ("gpt2_lm", {"model_type": "t5"}, r"model_type 't5' is not supported; .*gpt2, llama"),
+    ("gpt2_lm", {"architectures": ["GPT2ForSequenceClassification"]},
+     r"GPT2ForSequenceClassification.*GPT2LMHeadModel"),
+    ("gpt2_lm", {"activation_function": "quick_gelu"}, r"quick_gelu.*supported: gelu"),
+    ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},
+     r"RoPE type 'yarn' is not supported; .*default, llama3"),
+    ("mistral", {"sliding_window": 16}, r"sliding_window=16 is shorter than"),
+    ("llama", {"attention_bias": True}, r"attention_bias=True with mlp_bias=False"),
+])
+def test_unsupported_configs_are_refused_by_name(hf_dirs, tmp_path, name, changes, message):
+  path, _ = hf_dirs(name)
+  copy_config(path, tmp_path, **changes)
+  (tmp_path / "model.safetensors").symlink_to(path / "model.safetensors")
+  with pytest.raises(UserError, match=message):
+    from_hf(tmp_path)
+
+
+def test_export_refuses_a_non_empty_destination_and_leaves_no_partial_output(tmp_path):
+  model, params = random_lmjax(LMJAX_CASES["gpt2"])
+  (tmp_path / "taken").mkdir()
+  (tmp_path / "taken" / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match="already exists and is not empty"):
+    to_hf(model, params, tmp_path / "taken")
+  assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+  with pytest.raises(UserError, match="holds no tokenizer files"):  # fails after writing weights
+    to_hf(model, params, tmp_path / "new", tokenizer_dir=tmp_path / "taken")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+  (tmp_path / "empty").mkdir()
+  to_hf(model, params, tmp_path / "empty")  # an empty directory is fine
+  assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+def test_tokenizer_files_travel_with_the_weights(tmp_path):
+  src = tmp_path / "tok"
+  src.mkdir()
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "notes.md"):
+    (src / name).write_text(name)
+  assert copy_tokenizer_files(src, tmp_path / "copy") == [
+      "tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model"]
+  model, params = random_lmjax(LMJAX_CASES["llama_tied"])
+  to_hf(model, params, tmp_path / "hf", tokenizer_dir=src)
+  assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+      "config.json", "model.safetensors", "spiece.model", "tokenizer.json",
+      "tokenizer_config.json", "vocab.txt"]
+  assert (tmp_path / "hf" / "vocab.txt").read_text() == "vocab.txt"

@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument("--run-dir", default=None, help="where the run lives (default: runs/<config>)")
   train.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                      metavar="KEY=VALUE", help="dotted config overrides, e.g. train.steps=100")
+  train.add_argument("--compile-only", action="store_true",
+                     help="compile the step for the configured mesh, print each device's memory "
+                          "and the FLOPs per step, and exit without training or writing anything")
 
   evaluate = commands.add_parser("eval", help="evaluate a checkpoint on the held-out data")
   evaluate.add_argument("config", metavar="CONFIG")
@@ -44,7 +47,44 @@ def _parser() -> argparse.ArgumentParser:
   _add_source(fill)
   fill.add_argument("--text", required=True, help='text with a mask token, e.g. "a [MASK] b"')
   fill.add_argument("--top-k", type=int, default=5)
+  _add_convert(commands)
   return parser
+
+
+def _add_convert(commands) -> None:
+  convert = commands.add_parser("convert", help="convert weights to and from Hugging Face")
+  directions = convert.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
+  hf_in = directions.add_parser("hf-to-lmjax", help="import a Hugging Face model as a run directory")
+  hf_in.add_argument("hf_dir", metavar="HF_DIR")
+  hf_in.add_argument("run_dir", metavar="RUN_DIR")
+  hf_in.add_argument("--allow-pickle", action="store_true",
+                     help="read a pickled pytorch_model.bin (with torch.load(weights_only=True))")
+  hf_in.add_argument("--no-scan", action="store_true", help="store layers unrolled, not stacked")
+  hf_out = directions.add_parser("lmjax-to-hf", help="export a run's checkpoint for Hugging Face")
+  hf_out.add_argument("run_dir", metavar="RUN_DIR")
+  hf_out.add_argument("hf_dir", metavar="HF_DIR")
+  hf_out.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  hf_out.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                      help="dtype of the written tensors (default: the params' own)")
+  hf_out.add_argument("--max-shard-size", type=_byte_size, default=2 * 2**30,
+                      help="largest safetensors file, e.g. 2GB, 500MB or bytes (default 2GB)")
+  check = directions.add_parser("verify", help="compare a run's model with a Hugging Face model")
+  check.add_argument("hf_dir", metavar="HF_DIR")
+  check.add_argument("run_dir", metavar="RUN_DIR")
+  check.add_argument("--step", type=int, default=None)
+  check.add_argument("--tolerance", type=float, default=1e-4,
+                     help="largest |Δlogit| accepted (default 1e-4, for float32 weights)")
+
+
+def _byte_size(text: str) -> int:
+  units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
+  upper = text.strip().upper()
+  for unit, factor in units.items():
+    if upper.endswith(unit) and upper[:-len(unit)].strip().replace(".", "", 1).isdigit():
+      return int(float(upper[:-len(unit)]) * factor)
+  if upper.isdigit():
+    return int(upper)
+  raise argparse.ArgumentTypeError(f"{text!r} is not a size: write e.g. 2GB, 500MB or 1000000")
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +98,10 @@ def _cmd_train(args) -> int:
   from lmjax.config import load_config, resolve_config_path
   from lmjax.train.loop import train
   config = load_config(args.config, args.overrides)
+  if args.compile_only:
+    from lmjax.train.compile import print_compile_report
+    print_compile_report(config)
+    return 0
   run_dir = args.run_dir or f"runs/{resolve_config_path(args.config).stem}"
   result = train(config, run_dir)
   if result.start_step >= config.train.steps:
@@ -78,10 +122,11 @@ def _cmd_eval(args) -> int:
 
 def _load(args):
   """(model, params, tokenizer) from --run-dir or --hf."""
-  if args.hf:
-    raise UserError("--hf needs Hugging Face conversion, which this version does not have yet; "
-                    "use --run-dir.")
   from lmjax.data.tokenizer import Tokenizer
+  if args.hf:
+    from lmjax.convert import from_hf
+    model, params = from_hf(args.hf)
+    return model, params, Tokenizer.from_file(args.hf)
   from lmjax.load import load_run
   from lmjax.run_dir import RunDir
   model, params = load_run(args.run_dir, step=args.step)
@@ -91,7 +136,7 @@ def _load(args):
 def _cmd_generate(args) -> int:
   from lmjax.generate import generate
   model, params, tokenizer = _load(args)
-  prompts = [tokenizer.encode(p) for p in args.prompt]
+  prompts = [tokenizer.encode(p, add_special_tokens=True) for p in args.prompt]
   for text, ids in zip(args.prompt, prompts):
     if not ids:
       raise UserError(f"--prompt {text!r} has no tokens: give some text to continue.")
@@ -129,8 +174,32 @@ def _cmd_fill_mask(args) -> int:
   return 0
 
 
+def _cmd_convert(args) -> int:
+  from lmjax.convert import runs
+  if args.direction == "hf-to-lmjax":
+    config = runs.hf_to_run(args.hf_dir, args.run_dir, allow_pickle=args.allow_pickle,
+                            scan_layers=not args.no_scan)
+    print(f"imported {args.hf_dir} as {args.run_dir} ({config.model.family.value}, "
+          f"{config.model.num_layers} layers, width {config.model.embed_dim})")
+  elif args.direction == "lmjax-to-hf":
+    runs.run_to_hf(args.run_dir, args.hf_dir, step=args.step, dtype=args.dtype,
+                   max_shard_size=args.max_shard_size)
+    print(f"exported {args.run_dir} to {args.hf_dir}")
+  else:
+    agreement = runs.verify(args.hf_dir, args.run_dir, step=args.step)
+    print(f"max |Δlogit|: {agreement.max_abs_diff:.3g}")
+    if agreement.mean_kl is not None:
+      print(f"mean KL:      {agreement.mean_kl:.3g}")
+      print(f"top-1 agree:  {agreement.top1_agreement:.2%}")
+    if not agreement.max_abs_diff <= args.tolerance:
+      print(f"lmjax convert verify: error: max |Δlogit| {agreement.max_abs_diff:.3g} is above the "
+            f"tolerance {args.tolerance:g}", file=sys.stderr)
+      return 1
+  return 0
+
+
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate,
-             "fill-mask": _cmd_fill_mask}
+             "fill-mask": _cmd_fill_mask, "convert": _cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,6 +64,14 @@ class MeshConfig:
   data: int = -1    # -1: all devices not used by the other axes
   fsdp: int = 1
   tensor: int = 1
+  # [[logical_name, mesh_axis | [mesh_axis, ...] | null], ...] replacing the default table
+  # (lmjax.sharding.LOGICAL_AXIS_RULES); null keeps the default.
+  rules: Any = None
+
+  def __post_init__(self):
+    if self.rules is not None:
+      from lmjax.sharding import parse_rules  # sharding imports this module
+      object.__setattr__(self, "rules", parse_rules(self.rules))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +79,34 @@ class DistributedConfig:
   coordinator_address: str | None = None   # host:port of process 0; None for one process
   num_processes: int | None = None
   process_id: int | None = None
+  # true: let JAX find the job from its environment (TPU pod slices, SLURM, Open MPI, GKE);
+  # keys given above still win over what it detects.
+  auto: bool = False
+  initialization_timeout: int = 300        # seconds to wait for all processes to join
+
+  def __post_init__(self):
+    if self.initialization_timeout < 1:
+      raise UserError(f"distributed.initialization_timeout must be at least 1 (seconds), got "
+                      f"{self.initialization_timeout}.")
+    if self.auto:
+      return
+    given = [self.coordinator_address is not None, self.num_processes is not None,
+             self.process_id is not None]
+    if any(given) and not all(given):
+      raise UserError(
+          "distributed.coordinator_address, distributed.num_processes and "
+          "distributed.process_id go together: set all three (process_id differs per process), "
+          "or set distributed.auto=true on a TPU pod slice or under SLURM.")
+    if all(given):
+      address = self.coordinator_address
+      host, _, port = address.rpartition(":")
+      if not host or not port.isdigit():
+        raise UserError(f"distributed.coordinator_address={address!r} must be host:port of "
+                        f"process 0, e.g. 10.0.0.2:1234.")
+      if self.num_processes < 1 or not 0 <= self.process_id < self.num_processes:
+        raise UserError(
+            f"distributed.process_id={self.process_id} must be in [0, "
+            f"distributed.num_processes={self.num_processes}).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +114,8 @@ class DataConfig:
   source: str = "builtin"              # builtin (CPython's pydoc topics) | text | jsonl
   paths: tuple[str, ...] = ()          # files or globs, for text and jsonl
   field: str = "text"                  # JSON field holding the document, for jsonl
-  tokenizer: str = "bpe"               # byte | bpe (trained on the corpus) | path to tokenizer.json/dir
+  tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json or
+                                       # HF tokenizer dir; unset: model.init_from's, else bpe
   encoding_errors: EncodingErrors = EncodingErrors.STRICT
   eval_fraction: float = 0.05          # documents held out for evaluation
 
@@ -196,12 +233,30 @@ def model_config_from_dict(raw: Mapping[str, Any]) -> ModelConfig:
       raise UserError(f"unknown model.preset {name!r}{_did_you_mean(str(name), PRESET_NAMES)}; "
                       f"presets are {', '.join(PRESET_NAMES)}.")
     fields = preset_fields(name)
+  if raw.get("init_from"):  # the source's architecture overrides the preset's
+    fields.update(source_model_fields(str(raw["init_from"])))
   fields.update(raw)
   if "family" not in fields:
     raise UserError(f"model.family is missing: set it to one of "
                     f"{', '.join(f.value for f in Family)}, or give model.preset.")
   family = _coerce(fields["family"], Family, "model.family")
   return _build(ModelConfig, {**_plain(FAMILY_DEFAULTS[family]), **fields}, "model")
+
+
+def source_model_fields(source: str) -> dict[str, Any]:
+  """The `model.*` fields of an lmjax run directory or a Hugging Face model directory."""
+  path = pathlib.Path(source)
+  if (path / "config.yaml").is_file():
+    fields = read_yaml(path / "config.yaml").get("model") or {}
+  elif (path / "config.json").is_file():
+    from lmjax.convert.engine import read_hf_config  # local: conversion is only needed here
+    from lmjax.convert.hf_config import hf_config_to_model_config
+    fields = _plain(dataclasses.asdict(hf_config_to_model_config(read_hf_config(path))))
+  else:
+    raise UserError(f"model.init_from={source!r} is neither an lmjax run directory (with "
+                    f"config.yaml) nor a Hugging Face model directory (with config.json).")
+  fields.pop("init_from", None)
+  return fields
 
 
 def _build(cls, raw: Mapping[str, Any], section: str):

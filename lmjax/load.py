@@ -48,6 +48,8 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None, *,
   tx = make_optimizer(config.train)
   abstract, _ = state_shardings(model, tx, mesh or make_mesh(MeshConfig()), seq_len=config.train.seq_len)
   try:
+    if checkpointer.restore_record(step).get("params_only"):  # imported: no optimizer state yet
+      abstract = abstract.replace(opt_state=None)
     state, _ = checkpointer.restore(step, abstract)
   finally:
     checkpointer.close()

@@ -1,14 +1,23 @@
 """The device mesh, the logical-axis rules, and shardings for state and batches.
 
-The model names logical axes only (`batch, length, embed, heads, kv, mlp, vocab, layers`);
-`LOGICAL_AXIS_RULES` maps them to the mesh axes ('data', 'fsdp', 'tensor'). Rules are tried in
-order and a mesh axis is used at most once per array, so activations, whose batch dim takes
-('data', 'fsdp') first, keep `embed` whole while parameters shard `embed` over 'fsdp'.
+The model names logical axes only (`LOGICAL_AXES`); a rules table maps them to the mesh axes
+('data', 'fsdp', 'tensor'). Rules are tried in order and a mesh axis is used at most once per
+array, so activations, whose batch dim takes ('data', 'fsdp') first, keep `embed` whole while
+parameters shard `embed` over 'fsdp'. The default table gives, in any combination:
+
+  data parallel   the batch split over `data` (and `fsdp`), state replicated on `data`;
+  FSDP (ZeRO-3)   params and optimizer state split along `embed` over `fsdp`, gathered per use;
+  tensor (Megatron) attention heads (query and key/value), MLP units and the vocabulary split
+                  over `tensor`.
+
+`mesh.rules` in a config replaces the table, e.g. `[[batch, [data, fsdp]], [embed, null]]`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+import math
+from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,8 +29,13 @@ from lmjax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+# Every logical name the model uses. `kv` is the size of one head (head_dim), kept whole;
+# key/value heads are named `heads` like query heads, so they split over `tensor` too.
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers")
 
-LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+Rules = tuple[tuple[str, Any], ...]
+
+LOGICAL_AXIS_RULES: Rules = (
     ("batch", BATCH_AXES),   # data parallel over both; FSDP is data parallel with sharded state
     ("embed", "fsdp"),       # ZeRO-3: parameters and optimizer state sharded over fsdp
     ("heads", "tensor"),     # Megatron: attention heads …
@@ -31,6 +45,40 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("layers", None),
 )
+
+
+def parse_rules(raw: Any) -> Rules:
+  """`mesh.rules` as read from YAML -> a validated, hashable rules table.
+
+  `raw` is a list of [logical_name, mesh_axis | [mesh_axis, ...] | null] pairs.
+  """
+  example = "e.g. [[batch, [data, fsdp]], [embed, fsdp], [heads, tensor]]"
+  if not isinstance(raw, (list, tuple)):
+    raise UserError(f"mesh.rules must be a list of [logical_name, mesh_axis] pairs ({example}), "
+                    f"got {raw!r}.")
+  rules = []
+  for item in raw:
+    if not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], str):
+      raise UserError(f"mesh.rules entry {item!r} must be a pair [logical_name, mesh_axis] "
+                      f"({example}).")
+    name, target = item
+    if name not in LOGICAL_AXES:
+      raise UserError(f"mesh.rules names the logical axis {name!r}, which the model does not "
+                      f"use; logical axes are {', '.join(LOGICAL_AXES)}.")
+    axes = [target] if isinstance(target, str) else list(target or [])
+    for axis in axes:
+      if axis not in MESH_AXES:
+        raise UserError(f"mesh.rules maps {name!r} to {axis!r}, which is not a mesh axis; mesh "
+                        f"axes are {', '.join(MESH_AXES)} (or null for 'not sharded').")
+    if len(set(axes)) != len(axes):
+      raise UserError(f"mesh.rules maps {name!r} to {target!r}, which repeats a mesh axis.")
+    rules.append((name, target if target is None or isinstance(target, str) else tuple(axes)))
+  return tuple(rules)
+
+
+def axis_rules(config: MeshConfig) -> Rules:
+  """The rules table a run uses: `mesh.rules` when given, else `LOGICAL_AXIS_RULES`."""
+  return LOGICAL_AXIS_RULES if config.rules is None else config.rules
 
 
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
@@ -55,28 +103,84 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh over all devices, with Auto axis types."""
+  """A ('data', 'fsdp', 'tensor') mesh over all devices (of all processes), Auto axis types."""
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(config, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_mesh_sharding(logical_specs: Any, mesh: Mesh,
-                             rules: Sequence = LOGICAL_AXIS_RULES) -> Any:
+def mesh_axes_size(mesh: Mesh, axes: Any) -> int:
+  """How many ways a PartitionSpec entry (None, an axis or a tuple of axes) splits a dim."""
+  if axes is None:
+    return 1
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def describe_axes(mesh: Mesh, axes: Any) -> str:
+  """'mesh.tensor=2' or 'mesh.data x mesh.fsdp = 4', for error messages."""
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  if len(axes) == 1:
+    return f"mesh.{axes[0]}={mesh.shape[axes[0]]}"
+  return f"{' x '.join(f'mesh.{a}' for a in axes)} = {mesh_axes_size(mesh, axes)}"
+
+
+def logical_to_mesh_sharding(logical_specs: Any, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES
+                             ) -> Any:
   """A tree of logical PartitionSpecs -> a tree of NamedShardings on `mesh`."""
   return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batches are split along their first dim over ('data', 'fsdp') and replicated on tensor."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> Iterator[None]:
+  """Makes the model's `nn.with_logical_constraint`s bind to `mesh`, while tracing under jit.
 
-
-def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Process-local numpy rows -> global jax Arrays sharded over the batch axes.
-
-  Each process passes only its own rows (global_batch / process_count of them); with one
-  process that is the whole batch.
+  Without both a mesh and rules in context Flax drops those constraints silently, and XLA is
+  left to guess the activations' layout at block boundaries.
   """
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(list(rules)):
+    yield
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> NamedSharding:
+  """Where the rows of [batch, length] inputs live: by default rows over ('data', 'fsdp')."""
+  return logical_to_mesh_sharding(P("batch", "length"), mesh, rules)
+
+
+def process_batch_positions(mesh: Mesh, batch_size: int, rules: Rules = LOGICAL_AXIS_RULES
+                            ) -> np.ndarray:
+  """Positions in the global batch whose rows this process's devices hold: sorted [n] int.
+
+  With one process that is every row; on a pod, each host reads only these rows.
+  """
+  rows = NamedSharding(mesh, P(batch_sharding(mesh, rules).spec[0]))
+  index_map = rows.addressable_devices_indices_map((batch_size,))
+  slices = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+            for s in index_map.values()}
+  return np.concatenate([np.arange(start, stop) for start, stop in sorted(slices)])
+
+
+def shard_batch(local_rows: Mapping[str, np.ndarray], mesh: Mesh, batch_size: int,
+                rules: Rules = LOGICAL_AXIS_RULES) -> dict[str, jax.Array]:
+  """This process's rows ([n, length] each, at `process_batch_positions`) -> global Arrays.
+
+  The global arrays are [batch_size, length], sharded as `batch_sharding` says.
+  """
+  sharding = batch_sharding(mesh, rules)
+  return {k: jax.make_array_from_process_local_data(
+              sharding, np.asarray(v), (batch_size, *np.shape(v)[1:]))
+          for k, v in local_rows.items()}
+
+
+def check_divisible(shape: Sequence[int], sharding: NamedSharding, *, describe_dim) -> None:
+  """Raises UserError for the first dim of `shape` that its mesh axes do not split evenly.
+
+  `describe_dim(i)` names dim i for the message (e.g. "model.num_heads=6 (…)").
+  """
+  for i, axes in enumerate(sharding.spec):
+    size = mesh_axes_size(sharding.mesh, axes)
+    if shape[i] % size:
+      raise UserError(
+          f"{describe_dim(i)} has size {shape[i]}, which {describe_axes(sharding.mesh, axes)} "
+          f"does not divide: change the mesh (mesh.data/fsdp/tensor) or that size so that "
+          f"{size} divides {shape[i]}.")

@@ -201,7 +201,7 @@ def test_bpe_vocab_size_below_byte_alphabet_is_a_user_error():
 def test_save_load_round_trip_preserves_ids_and_roles(bpe, tmp_path):
   bpe.save(tmp_path / "tok")
   assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == [
-      "lmjax_tokenizer.json", "tokenizer.json"]
+      "tokenizer.json", "tokenizer_config.json"]
   loaded = Tokenizer.load(tmp_path / "tok")
   text = "def f(x):\n  return x  # 🙂"
   assert loaded.encode(text) == bpe.encode(text)
@@ -220,9 +220,9 @@ def test_saved_tokenizer_json_loads_in_transformers(bpe, tmp_path):
   assert fast.decode(bpe.encode(text)) == text
 
 
-def test_load_without_sidecar_falls_back_to_common_spellings(tmp_path):
+def test_load_without_tokenizer_config_falls_back_to_common_spellings(tmp_path):
   Tokenizer.byte_level().save(tmp_path)
-  (tmp_path / "lmjax_tokenizer.json").unlink()
+  (tmp_path / "tokenizer_config.json").unlink()
   tok = Tokenizer.load(tmp_path)
   assert (tok.pad_id, tok.eos_id, tok.bos_id, tok.mask_id, tok.unk_id) == (0, 1, 2, 3, 4)
 

@@ -8,12 +8,11 @@ import shutil
 
 from lmjax.errors import UserError
 
-# Files of HF fast and slow tokenizers (and lmjax's role sidecar); plus any `*.model`
+# Files of HF fast and slow tokenizers; plus any `*.model`
 # (sentencepiece).
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
-    "lmjax_tokenizer.json",
 )
 
 

@@ -1,16 +1,17 @@
 """From documents to step-indexed batches: tokenize, pack, split, shuffle, mask.
 
 The batch for step k is a pure function of (seed, k): rows are drawn from a fresh seeded
-permutation each epoch, and MLM masks from a generator seeded by (seed, k). The data position a
-checkpoint needs is therefore the step itself, and a resumed run sees exactly the batches an
-uninterrupted one would have.
+permutation each epoch, and each row's MLM mask from a generator seeded by (seed, k, its position
+in the batch). The data position a checkpoint needs is therefore the step itself, a resumed run
+sees exactly the batches an uninterrupted one would have, and on a pod each host builds only the
+rows its devices hold yet gets the same rows one host would.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
-import jax
 import numpy as np
 
 from lmjax.config import Config
@@ -26,7 +27,7 @@ Rows = dict[str, np.ndarray]  # input_ids, segment_ids, positions: [num_rows, se
 
 @dataclasses.dataclass(frozen=True)
 class BatchSource:
-  """Deterministic batches over packed rows. `process_index/count` pick this host's share."""
+  """Deterministic batches over packed rows; each process asks only for the rows it holds."""
 
   rows: Rows
   batch_size: int             # global, in rows
@@ -35,8 +36,6 @@ class BatchSource:
   tokenizer: Tokenizer
   vocab_size: int
   mlm_probability: float = 0.15
-  process_index: int = 0
-  process_count: int = 1
 
   @property
   def num_rows(self) -> int:
@@ -52,21 +51,38 @@ class BatchSource:
       out[epochs == epoch] = permutation[offsets[epochs == epoch]]
     return out
 
-  def batch(self, step: int, *, shuffle: bool = True) -> dict[str, np.ndarray]:
-    """This process's rows of the global batch for `step` (all rows with one process)."""
+  def batch(self, step: int, *, shuffle: bool = True, positions: np.ndarray | None = None
+            ) -> dict[str, np.ndarray]:
+    """Rows `positions` (default: all) of the global batch of `step`: [len(positions), seq_len].
+
+    A row's content depends only on (seed, step, its position in the batch), MLM masks
+    included, so processes that each build their own positions agree with one process that
+    builds them all.
+    """
+    positions = np.arange(self.batch_size) if positions is None else np.asarray(positions)
     indices = self.row_indices(step) if shuffle else (
         np.arange(step * self.batch_size, (step + 1) * self.batch_size) % self.num_rows)
-    batch = {k: v[indices] for k, v in self.rows.items()}
+    batch = {k: v[indices[positions]] for k, v in self.rows.items()}
     if self.head is Head.MASKED_LM:
-      rng = np.random.default_rng([self.seed, step, 1])
-      special = np.isin(batch["input_ids"], np.fromiter(self.tokenizer.special_ids, np.int64))
-      batch.update(mask_tokens_for_mlm(
-          rng, batch["input_ids"], maskable=(batch["segment_ids"] != 0) & ~special,
-          mask_id=self.tokenizer.mask_id, vocab_size=self.vocab_size,
-          probability=self.mlm_probability))
-    per_process = self.batch_size // self.process_count
-    start = self.process_index * per_process
-    return {k: v[start:start + per_process] for k, v in batch.items()}
+      special = np.fromiter(self.tokenizer.special_ids, np.int64)
+      maskable = (batch["segment_ids"] != 0) & ~np.isin(batch["input_ids"], special)
+      masked = [mask_tokens_for_mlm(
+                    np.random.default_rng([self.seed, step, 1, int(p)]),
+                    batch["input_ids"][i:i + 1], maskable=maskable[i:i + 1],
+                    mask_id=self.tokenizer.mask_id, vocab_size=self.vocab_size,
+                    probability=self.mlm_probability)
+                for i, p in enumerate(positions)]
+      batch.update({k: np.concatenate([m[k] for m in masked]) for k in masked[0]})
+    return batch
+
+
+def batch_fields(head: Head) -> dict[str, np.dtype]:
+  """The arrays of a batch for `head` and their dtypes; each is [batch, seq_len]."""
+  fields = {"input_ids": np.dtype(np.int32), "segment_ids": np.dtype(np.int32),
+            "positions": np.dtype(np.int32)}
+  if head is Head.MASKED_LM:
+    fields.update(targets=np.dtype(np.int32), target_weights=np.dtype(np.float32))
+  return fields
 
 
 def pack_for(head: Head, tokenizer: Tokenizer, token_docs: list[list[int]], seq_len: int) -> Rows:
@@ -79,12 +95,18 @@ def pack_for(head: Head, tokenizer: Tokenizer, token_docs: list[list[int]], seq_
 
 
 def build_tokenizer(config: Config, documents: list[str]) -> Tokenizer:
-  """The tokenizer `data.tokenizer` names: byte, bpe (trained on `documents`) or a path."""
+  """The tokenizer `data.tokenizer` names: byte, bpe (trained on `documents`) or a path.
+
+  Unset, it is the tokenizer of `model.init_from` when fine-tuning, else a trained BPE.
+  """
   kind = config.data.tokenizer
+  if kind is None and config.model.init_from:
+    source = pathlib.Path(config.model.init_from)
+    return Tokenizer.load(source / "tokenizer" if (source / "config.yaml").is_file() else source)
+  if kind is None or kind == "bpe":
+    return Tokenizer.train_bpe(documents, vocab_size=config.model.vocab_size)
   if kind == "byte":
     return Tokenizer.byte_level()
-  if kind == "bpe":
-    return Tokenizer.train_bpe(documents, vocab_size=config.model.vocab_size)
   return Tokenizer.from_file(kind)
 
 
@@ -126,9 +148,8 @@ def load_corpus(config: Config, tokenizer: Tokenizer | None = None
 
 def batch_sources(config: Config, tokenizer: Tokenizer, train: Rows, held_out: Rows
                   ) -> tuple[BatchSource, BatchSource]:
-  """Train and eval BatchSources for this process."""
+  """Train and eval BatchSources."""
   common = dict(batch_size=config.train.batch_size, head=config.model.head, tokenizer=tokenizer,
-                vocab_size=config.model.vocab_size, mlm_probability=config.train.mlm_probability,
-                process_index=jax.process_index(), process_count=jax.process_count())
+                vocab_size=config.model.vocab_size, mlm_probability=config.train.mlm_probability)
   return (BatchSource(train, seed=config.train.seed, **common),
           BatchSource(held_out, seed=config.train.seed + 1, **common))

@@ -2,10 +2,9 @@
 
 Every tokenizer, made here or imported, is saved as a standard `tokenizer.json`, so a run's
 `RUN_DIR/tokenizer/` loads with the `tokenizers` library (and transformers) unchanged. What the
-file does not say is which token plays which role (padding, end of sequence, mask, …):
-tokenizers made by lmjax record that in a small sidecar `lmjax_tokenizer.json`; for foreign
-tokenizers the roles come from a Hugging Face `tokenizer_config.json` /
-`special_tokens_map.json` when present, else from common spellings such as "</s>" or "[MASK]".
+file does not say is which token plays which role (padding, end of sequence, mask, …): the
+roles come from a Hugging Face `tokenizer_config.json` / `special_tokens_map.json` (which `save`
+writes too), else from common spellings such as "</s>" or "[MASK]".
 
 The tokenizers made here have the specials "<pad>" (id 0), "<eos>", "<bos>", "<mask>" and
 "<unk>" at ids 0-4, then a byte-level vocabulary, so every string encodes without unknowns.
@@ -25,7 +24,7 @@ from lmjax.errors import UserError
 ROLES = ("pad", "eos", "bos", "mask", "cls", "sep", "unk")
 LMJAX_SPECIALS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "mask": "<mask>", "unk": "<unk>"}
 TOKENIZER_FILE = "tokenizer.json"
-SIDECAR_FILE = "lmjax_tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
 
 # Spellings recognised for each role when a tokenizer comes with no config naming its roles.
 _COMMON_SPELLINGS = {
@@ -111,15 +110,18 @@ class Tokenizer:
 
   # -- encoding ------------------------------------------------------------------------------
 
-  def encode(self, text: str, *, parse_special_tokens: bool = False) -> list[int]:
-    """Token ids of `text` -> list[int] of length num_tokens; no special tokens are added.
+  def encode(self, text: str, *, parse_special_tokens: bool = False,
+             add_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text` -> list[int] of length num_tokens.
 
     By default text is only text: a literal "<eos>" in a document encodes as its characters,
     never as the eos id. `parse_special_tokens=True` maps special-token spellings in `text` to
-    their ids (for prompts such as fill-mask's "... [MASK] ...").
+    their ids (for prompts such as fill-mask's "... [MASK] ..."). `add_special_tokens=True`
+    applies the tokenizer's own template (e.g. Llama's leading <|begin_of_text|>), as
+    Hugging Face does for prompts; tokenizers made by lmjax have none.
     """
     self._set_parse_special(parse_special_tokens)
-    return self.hf.encode(text, add_special_tokens=False).ids
+    return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
 
   def encode_batch(self, texts: Sequence[str], *,
                    parse_special_tokens: bool = False) -> list[list[int]]:
@@ -210,29 +212,21 @@ class Tokenizer:
   @classmethod
   def load(cls, directory: str | os.PathLike) -> Tokenizer:
     """The tokenizer that `save` wrote to `directory` (or any HF tokenizer directory)."""
-    directory = os.fspath(directory)
-    sidecar = os.path.join(directory, SIDECAR_FILE)
-    if not os.path.isfile(sidecar):
-      return cls.from_file(directory)
-    try:
-      with open(sidecar, encoding="utf-8") as f:
-        roles = json.load(f)["roles"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-      raise UserError(f"The tokenizer sidecar {sidecar!r} is malformed ({e!r}); it should be "
-                      f'{{"roles": {{"pad": "<pad>", ...}}}}. Fix or delete it.') from None
-    file = os.path.join(directory, TOKENIZER_FILE)
-    if not os.path.isfile(file):
-      raise UserError(f"{directory!r} has {SIDECAR_FILE} but no {TOKENIZER_FILE}; the tokenizer "
-                      f"directory is incomplete. Save the tokenizer again.")
-    return cls(_load_hf(file), roles=roles)
+    return cls.from_file(directory)
 
   def save(self, directory: str | os.PathLike) -> None:
-    """Writes `tokenizer.json` and the roles sidecar `lmjax_tokenizer.json` into `directory`."""
+    """Writes `tokenizer.json` and a `tokenizer_config.json` naming the special tokens' roles.
+
+    The pair is a standard Hugging Face fast-tokenizer directory: `transformers.AutoTokenizer`
+    loads it as it is, and `load` reads the roles back from it.
+    """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     self.hf.save(os.path.join(directory, TOKENIZER_FILE))
-    with open(os.path.join(directory, SIDECAR_FILE), "w", encoding="utf-8") as f:
-      json.dump({"roles": self.roles}, f, indent=2, ensure_ascii=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+              **{f"{role}_token": token for role, token in self.roles.items()}}
+    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2, ensure_ascii=False)
       f.write("\n")
 
 

@@ -128,6 +128,9 @@ class ModelConfig:
   # llama's graph); None: inferred (gpt2, bert, roberta when position_offset > 0, llama, qwen2
   # when only q/k/v have biases). Only lmjax.convert reads it.
   hf_model_type: str | None = None
+  # Where the initial weights come from: an lmjax run directory or a Hugging Face model
+  # directory (fine-tuning). Not part of the graph; lmjax.config fills the other fields from it.
+  init_from: str | None = None
 
   @classmethod
   def for_family(cls, family: Family | str, **fields) -> ModelConfig:

@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
 
 from lmjax.config import ComputeDtype, Config
-from lmjax.data.batches import BatchSource, batch_sources, load_corpus
-from lmjax.data.tokenizer import Tokenizer
-from lmjax.errors import UserError
+from lmjax.data.batches import BatchSource, batch_sources
 from lmjax.model import Transformer
 from lmjax.objectives import LossSums
 from lmjax.run_dir import RunDir, check_resumable
-from lmjax.sharding import make_mesh, shard_batch
+from lmjax.sharding import (LOGICAL_AXIS_RULES, Rules, axis_rules, batch_sharding,
+                            check_divisible, make_mesh, process_batch_positions, shard_batch)
 from lmjax.train.checkpoint import Checkpointer
+from lmjax.train.init_from import start_from_source
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
+from lmjax.train.multihost import initialize_distributed, is_writer, shared_corpus
 from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
-from lmjax.train.state import create_train_state, state_shardings
+from lmjax.train.state import TrainState, create_train_state, state_shardings
 from lmjax.train.step import jit_eval_step, jit_train_step
 from lmjax import __version__
-
 
 
 @dataclasses.dataclass
@@ -39,34 +42,67 @@ class TrainResult:
   last_row: dict[str, Any] | None
 
 
+@dataclasses.dataclass(frozen=True)
+class StepSetup:
+  """What one config needs to take steps on a mesh; nothing allocated yet."""
+
+  model: Transformer
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  mesh: Mesh
+  rules: Rules
+  abstract_state: TrainState    # ShapeDtypeStructs carrying their shardings
+  shardings: TrainState         # NamedShardings
+  step_fn: Callable             # jitted, donating (state, global batch) -> (state, metrics)
+
+
 def make_model(config: Config) -> Transformer:
   dtype = jnp.bfloat16 if config.train.compute_dtype is ComputeDtype.BFLOAT16 else jnp.float32
   return Transformer(config.model, dtype=dtype)
 
 
-def initialize_distributed(config: Config) -> None:
-  """Joins the multi-process job described by `distributed.*` (no-op for one process)."""
-  dist = config.distributed
-  if dist.coordinator_address is None or jax.distributed.is_initialized():
-    return
-  jax.distributed.initialize(coordinator_address=dist.coordinator_address,
-                             num_processes=dist.num_processes, process_id=dist.process_id)
+def setup_step(config: Config, mesh: Mesh) -> StepSetup:
+  """Checks that the config fits `mesh`, then builds the sharded, jitted train step for it."""
+  check_batch_fits_mesh(config, mesh)
+  model, rules = make_model(config), axis_rules(config.mesh)
+  tx, schedule = make_optimizer(config.train), learning_rate_schedule(config.train)
+  abstract_state, shardings = state_shardings(model, tx, mesh, seq_len=config.train.seq_len,
+                                              rules=rules)
+  step_fn = jit_train_step(model, tx, schedule, mesh, shardings, seed=config.train.seed,
+                           grad_accum_steps=config.train.grad_accum_steps, rules=rules)
+  return StepSetup(model, tx, schedule, mesh, rules, abstract_state, shardings, step_fn)
 
 
-def check_batch_fits_mesh(config: Config, mesh) -> None:
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  per_micro = config.train.batch_size // config.train.grad_accum_steps
-  if per_micro % shards or config.train.batch_size % jax.process_count():
-    raise UserError(
-        f"train.batch_size={config.train.batch_size} (per micro-batch {per_micro}) must be "
-        f"divisible by mesh data x fsdp = {shards} and by the {jax.process_count()} processes.")
+def check_batch_fits_mesh(config: Config, mesh: Mesh) -> None:
+  """Refuses a (micro-)batch or sequence length that the mesh axes sharding it do not divide."""
+  train = config.train
+  per_micro = train.batch_size // train.grad_accum_steps
+  names = (f"train.batch_size={train.batch_size}" + (
+      f" / train.grad_accum_steps={train.grad_accum_steps} (rows per micro-batch)"
+      if train.grad_accum_steps > 1 else ""), f"train.seq_len={train.seq_len}")
+  check_divisible((per_micro, train.seq_len), batch_sharding(mesh, axis_rules(config.mesh)),
+                  describe_dim=lambda i: names[i])
 
 
-def evaluate(eval_fn, params, source: BatchSource, mesh, num_batches: int) -> dict[str, float]:
+class GlobalBatches:
+  """Step-indexed global batches: this process builds only the rows its devices hold."""
+
+  def __init__(self, source: BatchSource, mesh: Mesh, rules: Rules):
+    self.source, self.mesh, self.rules = source, mesh, rules
+    self.positions = process_batch_positions(mesh, source.batch_size, rules)
+
+  def __call__(self, step: int, *, shuffle: bool = True) -> dict[str, jax.Array]:
+    rows = self.source.batch(step, shuffle=shuffle, positions=self.positions)
+    return shard_batch(rows, self.mesh, self.source.batch_size, self.rules)
+
+
+def evaluate(eval_fn, params, source: BatchSource, mesh, num_batches: int, *,
+             rules: Rules = LOGICAL_AXIS_RULES) -> dict[str, float]:
   """Token-weighted eval loss and accuracy over the first `num_batches` held-out batches."""
+  batches = GlobalBatches(source, mesh, rules)
   total = LossSums(0.0, 0.0, 0.0)
   for i in range(num_batches):
-    sums = eval_fn(params, shard_batch(source.batch(i, shuffle=False), mesh))
+    sums = eval_fn(params, batches(i, shuffle=False))
     total = LossSums(*(float(a) + float(b) for a, b in zip(total, sums)))
   weight = max(total.weight, 1.0)
   return {"eval_loss": total.loss / weight, "eval_accuracy": total.correct / weight}
@@ -79,43 +115,46 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
   `stop_after` ends this invocation early, with a checkpoint, after that step (e.g. to fit a
   job's time slot); rerunning continues exactly where it stopped.
   """
-  initialize_distributed(config)
+  initialize_distributed(config.distributed)
   run = RunDir(run_dir)
   saved = run.read_config()
   if saved is not None:
     check_resumable(saved, config, run.path)
-  tokenizer = Tokenizer.load(run.tokenizer_dir) if run.tokenizer_dir.is_dir() else None
-  tokenizer, train_rows, eval_rows = load_corpus(config, tokenizer)
   mesh = make_mesh(config.mesh)
-  check_batch_fits_mesh(config, mesh)
+  setup = setup_step(config, mesh)
+  tokenizer, train_rows, eval_rows = shared_corpus(config, run)
   train_source, eval_source = batch_sources(config, tokenizer, train_rows, eval_rows)
+  writes = is_writer()
 
-  model = make_model(config)
-  tx, schedule = make_optimizer(config.train), learning_rate_schedule(config.train)
-  abstract_state, shardings = state_shardings(model, tx, mesh, seq_len=config.train.seq_len)
-  is_writer = jax.process_index() == 0
-
-  # Validation is over: from here on the run directory is written.
-  if is_writer:
+  # Validation is over: from here on the run directory is written (by process 0 only; the
+  # checkpoints by all processes together).
+  if writes:
     run.write_config(config)
     if not run.tokenizer_dir.is_dir():
       tokenizer.save(run.tokenizer_dir)
   checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
   start = checkpointer.latest_step()
   elapsed_before = 0.0
-  if start is None:
+  fresh = start is None or checkpointer.restore_record(start).get("params_only", False)
+  if fresh:  # a new run, or an imported run directory (weights but no optimizer state yet)
+    state = create_train_state(setup.model, setup.tx, mesh, seed=config.train.seed,
+                               seq_len=config.train.seq_len, rules=setup.rules)
+    source = config.model.init_from or (str(run.path) if start is not None else None)
+    if source:
+      state, report = start_from_source(state, setup.tx, setup.shardings.opt_state,
+                                        dataclasses.replace(config.model, init_from=source))
+      if writes:
+        print(f"lmjax: {report}", file=sys.stderr)
     start = 0
-    state = create_train_state(model, tx, mesh, seed=config.train.seed, seq_len=config.train.seq_len)
   else:
-    state, record = checkpointer.restore(start, abstract_state)
+    state, record = checkpointer.restore(start, setup.abstract_state)
     elapsed_before = float(record.get("elapsed_seconds", 0.0))
-    if is_writer:
+    if writes:
       truncate_metrics_after(run.metrics_file, start)
 
-  step_fn = jit_train_step(model, tx, schedule, mesh, shardings, seed=config.train.seed,
-                           grad_accum_steps=config.train.grad_accum_steps)
-  eval_fn = jit_eval_step(model, mesh, shardings.params)
-  writer = MetricsWriter(run.path, total_steps=config.train.steps, start_step=start, enabled=is_writer)
+  step_fn, train_batches = setup.step_fn, GlobalBatches(train_source, mesh, setup.rules)
+  eval_fn = jit_eval_step(setup.model, mesh, setup.shardings.params, rules=setup.rules)
+  writer = MetricsWriter(run.path, total_steps=config.train.steps, start_step=start, enabled=writes)
   if start:
     writer.message(f"resuming {run.path} from step {start}")
   tokens_per_step = config.train.batch_size * config.train.seq_len
@@ -125,7 +164,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
   end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
   try:
     for step in range(start, end):
-      state, metrics = step_fn(state, shard_batch(train_source.batch(step), mesh))
+      state, metrics = step_fn(state, train_batches(step))
       done = step + 1
       if t_mark is None:  # the first step compiles: time throughput from its end
         jax.block_until_ready(metrics)
@@ -150,7 +189,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
         if config.model.head.value != "causal_lm":
           row["accuracy"] = float(metrics["accuracy"])
         if is_eval:
-          row.update(evaluate(eval_fn, state.params, eval_source, mesh, config.train.eval_batches))
+          row.update(evaluate(eval_fn, state.params, eval_source, mesh, config.train.eval_batches,
+                              rules=setup.rules))
         writer.write(row)
         writer.progress(done, row)
       if done % config.train.checkpoint_every == 0 or done == end:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -19,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lmjax.model import Transformer
 from lmjax.objectives import LossSums, objective_loss
-from lmjax.sharding import batch_sharding
+from lmjax.sharding import LOGICAL_AXIS_RULES, Rules, activation_sharding, batch_sharding
 from lmjax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -51,8 +52,13 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer,
   if grad_accum_steps == 1:
     sums, grads = sums_and_grads(batch, rng)
   else:
+    # Micro-batch i takes rows i, i + n, i + 2n, …: each device keeps feeding its own rows, so
+    # splitting the global batch moves no data between devices.
     micro = jax.tree.map(
-        lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps,
+                                         *x.shape[1:]), 0, 1), batch)  # [accum, batch/accum, …]
+    micro = nn.with_logical_constraint(micro, jax.tree.map(
+        lambda x: (None, "batch", *(None,) * (x.ndim - 2)), micro))
 
     def accumulate(carry, xs):
       micro_batch, i = xs
@@ -83,18 +89,33 @@ def eval_step(params, batch: Batch, *, model: Transformer) -> LossSums:
 
 
 def jit_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                   mesh: Mesh, state_shardings: Any, *, grad_accum_steps: int, seed: int
+                   mesh: Mesh, state_shardings: Any, *, grad_accum_steps: int, seed: int,
+                   rules: Rules = LOGICAL_AXIS_RULES
                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-  """train_step jitted with explicit shardings; the input state is donated."""
-  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                           grad_accum_steps=grad_accum_steps, seed=seed)
+  """train_step jitted with explicit shardings; the input state is donated.
+
+  Activations follow the model's logical constraints under `rules`; metrics are replicated.
+  """
+  step = _with_activation_sharding(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                        grad_accum_steps=grad_accum_steps, seed=seed), mesh, rules)
   replicated = NamedSharding(mesh, P())
-  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
+  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh, rules)),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
-def jit_eval_step(model: Transformer, mesh: Mesh, params_shardings: Any
-                  ) -> Callable[[Any, Batch], LossSums]:
+def jit_eval_step(model: Transformer, mesh: Mesh, params_shardings: Any, *,
+                  rules: Rules = LOGICAL_AXIS_RULES) -> Callable[[Any, Batch], LossSums]:
+  """eval_step jitted with explicit shardings; the loss sums come back replicated."""
+  step = _with_activation_sharding(functools.partial(eval_step, model=model), mesh, rules)
   replicated = NamedSharding(mesh, P())
-  return jax.jit(functools.partial(eval_step, model=model),
-                 in_shardings=(params_shardings, batch_sharding(mesh)), out_shardings=replicated)
+  return jax.jit(step, in_shardings=(params_shardings, batch_sharding(mesh, rules)),
+                 out_shardings=replicated)
+
+
+def _with_activation_sharding(fn: Callable, mesh: Mesh, rules: Rules) -> Callable:
+  @functools.wraps(fn)
+  def traced_with_rules(*args):
+    with activation_sharding(mesh, rules):
+      return fn(*args)
+  return traced_with_rules

@@ -1,0 +1,143 @@
+"""`lmjax train CONFIG --compile-only`: what a train step costs each device, before hiring a pod.
+
+The step is lowered with abstract inputs (ShapeDtypeStructs carrying their shardings), so
+nothing is allocated, no data is read and no run directory is written. XLA's memory analysis
+of the compiled, partitioned step gives each device's bytes; its cost analysis gives the FLOPs
+each device executes, shown beside the model FLOPs from `ModelConfig.flops_per_token`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Any, TextIO
+
+import jax
+
+from lmjax.config import Config
+from lmjax.data.batches import batch_fields
+from lmjax.sharding import batch_sharding, make_mesh
+from lmjax.train.loop import setup_step
+from lmjax.train.multihost import initialize_distributed, is_writer
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileReport:
+  mesh: dict[str, int]                 # axis name -> size
+  device_kind: str
+  memory: dict[str, int] | None        # per device, bytes, from XLA (None: backend has none)
+  device_memory: int | None            # what one device has, where the backend says
+  xla_flops_per_device: float | None   # per step, from XLA's cost analysis
+  model_flops_per_step: float          # flops_per_token x tokens, over all devices
+  tokens_per_step: int
+  scanned_layers: bool                 # XLA's count then covers one layer of the scanned stack
+
+  @property
+  def num_devices(self) -> int:
+    return math.prod(self.mesh.values())
+
+  @property
+  def bytes_per_device(self) -> int | None:
+    """Peak estimate: arguments + outputs - donated (aliased) + temporaries + generated code."""
+    if self.memory is None:
+      return None
+    m = self.memory
+    return m["argument"] + m["output"] - m["alias"] + m["temp"] + m["generated_code"]
+
+  def format(self) -> str:
+    mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
+    lines = [f"train step compiled for mesh {mesh} ({self.num_devices} x {self.device_kind}), "
+             f"{self.tokens_per_step:,} tokens per step"]
+    if self.memory is None:
+      lines.append("memory per device: not reported by this backend")
+    else:
+      lines.append("memory per device (XLA memory analysis):")
+      rows = [("arguments", "argument", "params, optimizer state and batch shards"),
+              ("outputs", "output", "the new state and metrics"),
+              ("aliased", "alias", "outputs written over donated arguments, counted once"),
+              ("temporaries", "temp", "activations, gradients, collectives' buffers"),
+              ("generated code", "generated_code", "")]
+      for label, key, note in rows:
+        lines.append(f"  {label:<15}{_bytes(self.memory[key]):>12}  {note}".rstrip())
+      lines.append(f"  {'total':<15}{_bytes(self.bytes_per_device):>12}  "
+                   f"arguments + outputs - aliased + temporaries + code")
+      if self.device_memory:
+        verdict = "fits" if self.bytes_per_device <= self.device_memory else "DOES NOT FIT"
+        lines.append(f"  device memory  {_bytes(self.device_memory):>12}  {verdict}")
+    lines.append("FLOPs per step:")
+    if self.xla_flops_per_device is None:
+      lines.append("  XLA cost analysis: not reported by this backend")
+    else:
+      lines.append(f"  XLA cost analysis  {self.xla_flops_per_device:.4g} per device, "
+                   f"{self.xla_flops_per_device * self.num_devices:.4g} on all devices")
+      if self.scanned_layers:
+        lines.append("                     (XLA counts a loop body once: with model.scan_layers "
+                     "this covers one layer of the stack)")
+    lines.append(f"  model (config)     {self.model_flops_per_step:.4g} "
+                 f"(flops_per_token x tokens; forward + backward)")
+    return "\n".join(lines)
+
+
+def abstract_batch(config: Config, mesh, rules) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch as ShapeDtypeStructs with their shardings: [batch_size, seq_len] each."""
+  shape = (config.train.batch_size, config.train.seq_len)
+  sharding = batch_sharding(mesh, rules)
+  return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+          for name, dtype in batch_fields(config.model.head).items()}
+
+
+def compile_train_step(config: Config) -> CompileReport:
+  """Compiles the configured train step on the configured mesh and reads XLA's analyses."""
+  initialize_distributed(config.distributed)
+  mesh = make_mesh(config.mesh)
+  setup = setup_step(config, mesh)
+  lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, mesh, setup.rules))
+  compiled = lowered.compile()
+  tokens = config.train.batch_size * config.train.seq_len
+  device = jax.local_devices()[0]
+  return CompileReport(
+      mesh=dict(mesh.shape), device_kind=device.device_kind,
+      memory=_memory(compiled.memory_analysis()), device_memory=_device_memory(device),
+      xla_flops_per_device=_flops(compiled.cost_analysis()),
+      model_flops_per_step=config.model.flops_per_token(config.train.seq_len) * tokens,
+      tokens_per_step=tokens, scanned_layers=config.model.scan_layers)
+
+
+def print_compile_report(config: Config, file: TextIO | None = None) -> CompileReport:
+  """`compile_train_step`, printed (to stdout by default) by process 0."""
+  report = compile_train_step(config)
+  if is_writer():
+    print(report.format(), file=file or sys.stdout, flush=True)
+  return report
+
+
+def _memory(stats: Any) -> dict[str, int] | None:
+  if stats is None:
+    return None
+  names = ("argument", "output", "alias", "temp", "generated_code")
+  return {n: int(getattr(stats, f"{n}_size_in_bytes", 0) or 0) for n in names}
+
+
+def _device_memory(device: jax.Device) -> int | None:
+  try:
+    stats = device.memory_stats()
+  except Exception:  # backends without allocator stats (CPU) raise or return None
+    return None
+  return (stats or {}).get("bytes_limit")
+
+
+def _flops(cost: Any) -> float | None:
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def _bytes(n: int) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024 or unit == "TiB":
+      return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+    n /= 1024
+  return f"{n} B"

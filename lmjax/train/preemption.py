@@ -1,0 +1,47 @@
+"""Turning SIGTERM/SIGINT into a clean stop at the next step boundary.
+
+The first signal only raises a flag: the loop finishes the step it is in, saves a checkpoint,
+waits for the write and exits 0. A second signal means "now": it exits at once (status 130 for
+SIGINT, 143 for SIGTERM), which the async checkpointer survives because Orbax only publishes a
+checkpoint once it is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class PreemptionGuard:
+  """Context manager that records the first SIGTERM/SIGINT instead of dying of it."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous: dict[int, object] = {}
+
+  def _handle(self, signum: int, frame: FrameType | None) -> None:
+    if self.received is not None:
+      print(f"lmjax: second {signal.Signals(signum).name}: exiting now", file=sys.stderr, flush=True)
+      os._exit(128 + signum)
+    self.received = signum
+    print(f"lmjax: {signal.Signals(signum).name} received: saving a checkpoint at the end of this "
+          f"step, then exiting (send it again to exit at once)", file=sys.stderr, flush=True)
+
+  @property
+  def requested(self) -> bool:
+    return self.received is not None
+
+  def __enter__(self) -> PreemptionGuard:
+    if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+      for sig in _SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)

@@ -1,0 +1,137 @@
+"""Runs in a subprocess with 8 fake CPU devices (tests/test_sharding.py starts it).
+
+XLA reads `--xla_force_host_platform_device_count` once, when JAX starts, so everything that
+needs 8 devices happens here, in one process, to pay JAX's start-up once:
+
+  * trains each (model, scan) for a few steps on one device and on every mesh in MESHES,
+    saving per-step losses and the final params (and, on fsdp=8, every state shard's shape);
+  * compiles the step with `--compile-only` on two meshes;
+  * runs `lmjax train` on configs that must be refused, recording exit code and stderr.
+
+Usage: python -m tests.sharded_worker OUT_DIR PART [PART ...]
+PART: causal | mlm (equivalence runs of that model), compile, bad_inputs. Writes
+OUT_DIR/<parts>.json and OUT_DIR/<run>.npz.
+"""
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lmjax.cli import main as cli_main  # noqa: E402
+from lmjax.config import load_config  # noqa: E402
+from lmjax.data.batches import batch_sources, load_corpus  # noqa: E402
+from lmjax.sharding import make_mesh  # noqa: E402
+from lmjax.train.compile import compile_train_step  # noqa: E402
+from lmjax.train.loop import GlobalBatches, setup_step  # noqa: E402
+from lmjax.train.state import create_train_state  # noqa: E402
+from tests.conftest import TINY  # noqa: E402
+
+STEPS = 3
+MODELS = {"causal": "tiny-llama", "mlm": "tiny-bert"}
+MESHES = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
+          "tensor2_fsdp4": dict(data=1, fsdp=4, tensor=2),
+          "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
+OVERRIDES = TINY + ["train.warmup_steps=1", "train.learning_rate=3e-3", "train.batch_size=16"]
+
+# (name, config, overrides) that `lmjax train` must refuse before compiling.
+BAD_INPUTS = {
+    "mesh_size": ("tiny-gpt", ["mesh.data=4"]),
+    "heads": ("tiny-gpt", ["mesh.data=1", "mesh.tensor=8"]),
+    "kv_heads": ("tiny-llama", ["mesh.data=2", "mesh.tensor=4"]),
+    "vocab": ("tiny-gpt", ["mesh.data=4", "mesh.tensor=2", "model.vocab_size=289"]),
+    "mlp": ("tiny-gpt", ["mesh.data=2", "mesh.tensor=4", "model.mlp_dim=66"]),
+    "embed": ("tiny-gpt", ["mesh.data=1", "mesh.fsdp=8", "model.embed_dim=36"]),
+    "batch": ("tiny-gpt", ["mesh.data=8", "train.batch_size=12"]),
+    "micro_batch": ("tiny-gpt", ["mesh.data=8", "train.batch_size=16", "train.grad_accum_steps=4"]),
+}
+
+
+def train_steps(config, mesh, corpus):
+  """Losses of STEPS steps and the final state, with the loop's own pieces (no run directory)."""
+  setup = setup_step(config, mesh)
+  train_source, _ = batch_sources(config, *corpus)
+  batches = GlobalBatches(train_source, mesh, setup.rules)
+  state = create_train_state(setup.model, setup.tx, mesh, seed=config.train.seed,
+                             seq_len=config.train.seq_len, rules=setup.rules)
+  losses = []
+  for step in range(STEPS):
+    state, metrics = setup.step_fn(state, batches(step))
+    losses.append(float(metrics["loss"]))
+  return losses, state
+
+
+def flat(tree):
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def shard_shapes(tree):
+  """{path: {"shape": global shape, "shards": the shape held by each device}}."""
+  return {jax.tree_util.keystr(path): {
+              "shape": list(leaf.shape),
+              "shards": [list(s.data.shape) for s in leaf.addressable_shards]}
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0] if leaf.ndim}
+
+
+def equivalence_runs(out: pathlib.Path, results: dict, kind: str) -> None:
+  name, corpus = MODELS[kind], None
+  for scan in (True, False):
+    base = OVERRIDES + [f"model.scan_layers={str(scan).lower()}"]
+    config = load_config(name, base + ["mesh.data=1"])
+    corpus = corpus or load_corpus(config)
+    one = make_mesh(config.mesh, devices=jax.devices()[:1])
+    runs = {"one_device": (config, one)}
+    for mesh_name, sizes in MESHES.items():
+      sharded = load_config(name, base + [f"mesh.{k}={v}" for k, v in sizes.items()])
+      runs[mesh_name] = (sharded, make_mesh(sharded.mesh))
+    for mesh_name, (run_config, mesh) in runs.items():
+      losses, state = train_steps(run_config, mesh, corpus)
+      key = f"{kind}-scan{int(scan)}-{mesh_name}"
+      results["losses"][key] = losses
+      np.savez(out / f"{key}.npz", **flat(state.params))
+      if mesh_name == "fsdp8":
+        results["fsdp_shards"][key] = {"params": shard_shapes(state.params),
+                                       "opt_state": shard_shapes(state.opt_state)}
+      print(f"{key}: {losses}", file=sys.stderr, flush=True)
+
+
+def compile_reports(results: dict) -> None:
+  for mesh_name in ("data8", "fsdp8"):
+    overrides = OVERRIDES + [f"mesh.{k}={v}" for k, v in MESHES[mesh_name].items()]
+    report = compile_train_step(load_config("tiny-llama", overrides))
+    results["compile"][mesh_name] = {"memory": report.memory,
+                                     "xla_flops_per_device": report.xla_flops_per_device}
+
+
+def bad_inputs(results: dict) -> None:
+  with tempfile.TemporaryDirectory() as tmp:
+    for case, (name, overrides) in BAD_INPUTS.items():
+      run_dir = pathlib.Path(tmp) / case
+      out, err = io.StringIO(), io.StringIO()
+      with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(["train", name, "--run-dir", str(run_dir), "--set", *TINY, *overrides])
+      results["bad_inputs"][case] = {"code": code, "stderr": err.getvalue(),
+                                     "wrote": run_dir.exists()}
+
+
+if __name__ == "__main__":
+  out_dir, parts = pathlib.Path(sys.argv[1]), sys.argv[2:]
+  assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+  results = {"losses": {}, "fsdp_shards": {}, "compile": {}, "bad_inputs": {}}
+  for part in parts:
+    if part in MODELS:
+      equivalence_runs(out_dir, results, part)
+    elif part == "compile":
+      compile_reports(results)
+    else:
+      bad_inputs(results)
+  (out_dir / f"{'-'.join(parts)}.json").write_text(json.dumps(results))

@@ -1,0 +1,90 @@
+"""Two JAX processes joined by `jax.distributed` train like one process with all the devices.
+
+Every child runs `python -m lmjax train`, the command a pod worker runs, on 127.0.0.1 with
+gloo collectives and fake CPU devices (see tests/processes.py).
+"""
+
+import json
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import lmjax
+from tests.conftest import TINY
+from tests.processes import children, cpu_env, free_port
+
+pytestmark = pytest.mark.xdist_group("multihost")
+
+# A BPE tokenizer on purpose: process 0 trains it and hands it to process 1.
+RUN = TINY + ["data.tokenizer=bpe", "train.warmup_steps=1", "train.learning_rate=3e-3",
+              "train.log_every=1", "train.eval_every=4", "train.checkpoint_every=4"]
+MESH_2x2x2 = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+GLOO = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+
+
+def train_args(run_dir, *overrides):
+  return ["-m", "lmjax", "train", "tiny-llama", "--run-dir", str(run_dir), "--set", *RUN,
+          *overrides]
+
+
+def rows(run_dir):
+  return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_like_one_and_their_checkpoint_restores_on_other_meshes(tmp_path):
+  pair, single = tmp_path / "two_processes", tmp_path / "one_process"
+  with children(tmp_path) as group:
+    # Phase 1: 2 processes x 4 devices and 1 process x 8 devices, same 2x2x2 mesh, 4 steps.
+    address = f"127.0.0.1:{free_port()}"
+    for process_id in (0, 1):
+      group.start(f"process{process_id}", train_args(
+          pair, "train.steps=4", *MESH_2x2x2, f"distributed.coordinator_address={address}",
+          "distributed.num_processes=2", f"distributed.process_id={process_id}",
+          "distributed.initialization_timeout=60"), cpu_env(4, **GLOO))
+    group.start("reference", train_args(single, "train.steps=4", *MESH_2x2x2), cpu_env(8))
+    group.check(timeout=240)
+    # Phase 2: one process with another mesh (fsdp=8) resumes the pair's
+    # checkpoint; the reference resumes its own, and both run to step 6.
+    group.start("resumed", train_args(pair, "train.steps=6", "mesh.data=1", "mesh.fsdp=8"),
+                cpu_env(8))
+    group.start("reference_resumed", train_args(single, "train.steps=6", *MESH_2x2x2), cpu_env(8))
+    group.check(timeout=180)
+
+  logged, expected = rows(pair), rows(single)
+  assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]  # one writer: one row per step
+  for key in ("loss", "grad_norm"):
+    np.testing.assert_allclose([r[key] for r in logged], [r[key] for r in expected],
+                               rtol=1e-5, atol=1e-6, err_msg=key)
+  evals = [(r["step"], r["eval_loss"]) for r in logged if "eval_loss" in r]
+  assert [s for s, _ in evals] == [4, 6]
+  np.testing.assert_allclose([e for _, e in evals],
+                             [r["eval_loss"] for r in expected if "eval_loss" in r], rtol=1e-5)
+  assert (pair / "tokenizer" / "tokenizer.json").read_bytes() == \
+      (single / "tokenizer" / "tokenizer.json").read_bytes()
+  assert len(list((pair / "tensorboard").iterdir())) == 2  # one event file per invocation
+  assert sorted(int(p.name) for p in (pair / "checkpoints").iterdir()) == [4, 6]
+
+  # The 2-process checkpoint at step 4 restores onto this test's single device.
+  assert jax.device_count() == 1
+  _, params = lmjax.load_run(pair, step=4)
+  _, expected_params = lmjax.load_run(single, step=4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               params, expected_params)
+
+
+def test_a_process_that_cannot_reach_the_coordinator_fails_naming_the_address(tmp_path):
+  address = f"127.0.0.1:{free_port()}"  # nothing listens there
+  started = time.monotonic()
+  with children(tmp_path) as group:
+    group.start("orphan", train_args(
+        tmp_path / "run", f"distributed.coordinator_address={address}",
+        "distributed.num_processes=2", "distributed.process_id=1",
+        "distributed.initialization_timeout=3"), cpu_env(1))
+    codes = group.wait(timeout=90)
+  log = (tmp_path / "orphan.log").read_text()
+  assert codes["orphan"] == 2, log
+  assert time.monotonic() - started < 60  # the 3 s timeout, plus starting Python and JAX
+  assert f"could not reach the coordinator at distributed.coordinator_address={address}" in log
+  assert "Traceback" not in log and not (tmp_path / "run").exists()

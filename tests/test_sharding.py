@@ -1,0 +1,158 @@
+"""Sharded training computes what one device computes; FSDP shards; bad meshes are refused.
+
+The 8-device work runs in two children of tests/sharded_worker.py (one per model, side by
+side), started once for the module; the tests below read what they recorded. The rest runs
+here, on the suite's one device.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from lmjax.cli import main
+from lmjax.config import load_config
+from lmjax.data.batches import batch_sources, load_corpus
+from lmjax.errors import UserError
+from lmjax.sharding import LOGICAL_AXIS_RULES, make_mesh
+from lmjax.train.loop import setup_step
+from tests.processes import children, cpu_env
+from tests.sharded_worker import BAD_INPUTS, MESHES
+
+pytestmark = pytest.mark.xdist_group("sharded_worker")  # one worker runs the children once
+
+CASES = [f"{kind}-scan{scan}" for kind in ("causal", "mlm") for scan in (1, 0)]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+  """(results of both children, the directory holding their params) — about a minute."""
+  out = tmp_path_factory.mktemp("sharded")
+  parts = {"causal": ["causal", "compile"], "mlm": ["mlm", "bad_inputs"]}
+  with children(out) as group:
+    for name, args in parts.items():
+      group.start(name, ["-m", "tests.sharded_worker", str(out), *args], cpu_env(8))
+    group.check(timeout=420)
+  results = {"losses": {}, "fsdp_shards": {}, "compile": {}, "bad_inputs": {}}
+  for args in parts.values():
+    for key, value in json.loads((out / f"{'-'.join(args)}.json").read_text()).items():
+      results[key].update(value)
+  return results, out
+
+
+@pytest.mark.parametrize("mesh", list(MESHES))
+@pytest.mark.parametrize("case", CASES)
+def test_sharded_training_matches_one_device(recorded, case, mesh):
+  results, out = recorded
+  one, sharded = f"{case}-one_device", f"{case}-{mesh}"
+  np.testing.assert_allclose(results["losses"][sharded], results["losses"][one],
+                             rtol=1e-5, atol=1e-6)
+  expected, actual = np.load(out / f"{one}.npz"), np.load(out / f"{sharded}.npz")
+  assert sorted(expected.files) == sorted(actual.files)
+  for name in expected.files:
+    np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+  # The params moved: the comparison is not between two untouched initialisations.
+  assert results["losses"][one][-1] < results["losses"][one][0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fsdp_puts_an_eighth_of_every_large_param_and_its_adam_moments_on_each_device(recorded,
+                                                                                      case):
+  shards = recorded[0]["fsdp_shards"][f"{case}-fsdp8"]
+
+  def large(tree):  # kernels and embeddings; biases and norm scales may stay whole
+    return {path: leaf for path, leaf in tree.items() if np.prod(leaf["shape"]) >= 1024}
+
+  params, moments = large(shards["params"]), large(shards["opt_state"])
+  assert params and len(moments) == 2 * len(params)  # Adam's mu and nu for each
+  for path, leaf in {**params, **moments}.items():
+    assert len(leaf["shards"]) == 8, path
+    for shard in leaf["shards"]:
+      assert np.prod(shard) * 8 == np.prod(leaf["shape"]), (path, leaf)
+
+
+def test_compile_only_memory_per_device_shrinks_under_fsdp(recorded):
+  data, fsdp = recorded[0]["compile"]["data8"], recorded[0]["compile"]["fsdp8"]
+  # data=8 replicates the state on every device; fsdp=8 keeps an eighth of it on each.
+  assert fsdp["memory"]["argument"] * 6 < data["memory"]["argument"]
+  assert data["xla_flops_per_device"] > 0 and fsdp["xla_flops_per_device"] > 0
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("mesh_size", ["mesh data=4 x fsdp=1 x tensor=1 needs 4 devices but 8 are available"]),
+    ("heads", ["model.num_heads", "size 4", "mesh.tensor=8"]),
+    ("kv_heads", ["model.num_kv_heads", "size 2", "mesh.tensor=4"]),
+    ("vocab", ["model.vocab_size", "size 289", "mesh.tensor=2"]),
+    ("mlp", ["model.mlp_dim", "size 66", "mesh.tensor=4"]),
+    ("embed", ["model.embed_dim", "size 36", "mesh.fsdp=8"]),
+    ("batch", ["train.batch_size=12", "size 12", "mesh.data x mesh.fsdp = 8"]),
+    ("micro_batch", ["train.grad_accum_steps=4", "size 4", "mesh.data x mesh.fsdp = 8"]),
+])
+def test_a_mesh_that_does_not_fit_is_refused_naming_the_size_and_the_axis(recorded, case, expected):
+  assert case in BAD_INPUTS
+  result = recorded[0]["bad_inputs"][case]
+  assert result["code"] == 2, result
+  for text in expected:
+    assert text in result["stderr"], (text, result["stderr"])
+  assert "Traceback" not in result["stderr"] and not result["wrote"]
+
+
+# -- on the suite's one device --------------------------------------------------------------
+
+
+def test_compile_only_prints_memory_and_flops_and_writes_nothing(tmp_path, capsys, tiny):
+  run_dir = tmp_path / "run"
+  assert main(["train", "tiny-llama", "--run-dir", str(run_dir), "--compile-only",
+               "--set", *tiny]) == 0
+  out = capsys.readouterr().out
+  for text in ("mesh data=1 x fsdp=1 x tensor=1", "memory per device", "arguments", "outputs",
+               "temporaries", "generated code", "total", "FLOPs per step", "XLA cost analysis",
+               "model (config)"):
+    assert text in out, (text, out)
+  assert not run_dir.exists() and not (tmp_path / "runs").exists()
+
+
+def test_rules_from_the_config_replace_the_default_table(tiny):
+  rules = "mesh.rules=[[batch, data], [mlp, fsdp], [embed, null]]"
+  config = load_config("tiny-gpt", tiny + [rules])
+  setup = setup_step(config, make_mesh(config.mesh))
+  kernels = setup.shardings.params["layers"]["mlp"]
+  assert kernels["wi"]["kernel"].spec == P(None, None, "fsdp")  # [layers, embed, mlp]
+  assert kernels["wo"]["kernel"].spec == P(None, "fsdp", None)
+  default = setup_step(load_config("tiny-gpt", tiny), make_mesh(config.mesh))
+  assert default.rules == LOGICAL_AXIS_RULES
+  assert default.shardings.params["layers"]["mlp"]["wi"]["kernel"].spec == P(None, "fsdp", "tensor")
+
+
+@pytest.mark.parametrize("rules, expected", [
+    ("[[batch, data], [hidden, fsdp]]", "logical axes are batch, length, embed"),
+    ("[[embed, model]]", "'model', which is not a mesh axis"),
+    ("[[embed, [fsdp, fsdp]]]", "repeats a mesh axis"),
+    ("[embed, fsdp]", "must be a pair"),
+])
+def test_bad_rules_are_refused_when_the_config_loads(tiny, rules, expected):
+  with pytest.raises(UserError, match=expected):
+    load_config("tiny-gpt", tiny + [f"mesh.rules={rules}"])
+
+
+def test_a_process_building_only_its_rows_gets_what_one_process_builds(tiny):
+  # Hosts of a pod each ask for the positions their devices hold; MLM masks included, the rows
+  # must be those one host would have built for the whole batch.
+  config = load_config("tiny-bert", tiny + ["train.batch_size=8"])
+  source, _ = batch_sources(config, *load_corpus(config))
+  whole = source.batch(3)
+  for positions in ([0, 1, 2, 3], [4, 5, 6, 7], [2, 6]):
+    part = source.batch(3, positions=np.array(positions))
+    for key in whole:
+      np.testing.assert_array_equal(part[key], whole[key][positions], err_msg=key)
+  assert whole["target_weights"].sum() > 0
+
+
+def test_distributed_keys_are_refused_unless_complete(tiny):
+  with pytest.raises(UserError, match="go together"):
+    load_config("tiny-gpt", tiny + ["distributed.coordinator_address=127.0.0.1:1234"])
+  with pytest.raises(UserError, match=r"process_id=2 must be in \[0, distributed.num_proc"):
+    load_config("tiny-gpt", tiny + ["distributed.coordinator_address=127.0.0.1:1234",
+                                    "distributed.num_processes=2", "distributed.process_id=2"])
+  assert load_config("tiny-gpt", tiny + ["distributed.auto=true"]).distributed.auto

@@ -1,5 +1,7 @@
 """The Transformer's shapes, masking and numerics on tiny configs."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,8 +19,14 @@ def small(family: str, **overrides) -> ModelConfig:
 
 def init(config: ModelConfig, seq_len: int = 12):
   model = Transformer(config)
-  params = model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
   return model, nn.unbox(params)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted(model: Transformer):
+  """model.apply compiled once per model (eager dispatch of every op is slow on CPU)."""
+  return jax.jit(model.apply)
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -53,7 +61,7 @@ def test_changing_a_future_token_never_changes_an_earlier_logit(family):
   model, params = init(small(family, num_kv_heads=3 if family == "llama" else None))
   ids = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)
   changed = ids.at[:, 7].set((ids[:, 7] + 1) % 97)
-  a, b = model.apply({"params": params}, ids), model.apply({"params": params}, changed)
+  a, b = jitted(model)({"params": params}, ids), jitted(model)({"params": params}, changed)
   np.testing.assert_array_equal(a[:, :7], b[:, :7])
   assert not np.allclose(a[:, 7:], b[:, 7:])
 
@@ -61,8 +69,8 @@ def test_changing_a_future_token_never_changes_an_earlier_logit(family):
 def test_bert_is_bidirectional():
   model, params = init(small("bert"))
   ids = jax.random.randint(jax.random.key(1), (1, 12), 0, 97)
-  a = model.apply({"params": params}, ids)
-  b = model.apply({"params": params}, ids.at[:, 10].set((ids[:, 10] + 1) % 97))
+  a = jitted(model)({"params": params}, ids)
+  b = jitted(model)({"params": params}, ids.at[:, 10].set((ids[:, 10] + 1) % 97))
   assert not np.allclose(a[:, :10], b[:, :10])
 
 
@@ -70,10 +78,10 @@ def test_bert_is_bidirectional():
 def test_padding_does_not_change_the_logits_of_real_tokens(family):
   model, params = init(small(family))
   ids = jax.random.randint(jax.random.key(2), (1, 9), 0, 97)
-  alone = model.apply({"params": params}, ids)
+  alone = jitted(model)({"params": params}, ids)
   padded = jnp.concatenate([ids, jnp.zeros((1, 5), jnp.int32)], axis=1)
   mask = jnp.concatenate([jnp.ones((1, 9)), jnp.zeros((1, 5))], axis=1).astype(jnp.int32)
-  out = model.apply({"params": params}, padded, attention_mask=mask)
+  out = jitted(model)({"params": params}, padded, attention_mask=mask)
   np.testing.assert_allclose(out[:, :9], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -85,9 +93,9 @@ def test_packed_documents_do_not_see_each_other(family):
   packed = jnp.concatenate([first, second], axis=1)
   segments = jnp.array([[1] * 5 + [2] * 7])
   positions = jnp.array([list(range(5)) + list(range(7))])
-  out = model.apply({"params": params}, packed, segment_ids=segments, positions=positions)
-  np.testing.assert_allclose(out[:, :5], model.apply({"params": params}, first), atol=1e-5)
-  np.testing.assert_allclose(out[:, 5:], model.apply({"params": params}, second), atol=1e-5)
+  out = jitted(model)({"params": params}, packed, segment_ids=segments, positions=positions)
+  np.testing.assert_allclose(out[:, :5], jitted(model)({"params": params}, first), atol=1e-5)
+  np.testing.assert_allclose(out[:, 5:], jitted(model)({"params": params}, second), atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
@@ -98,15 +106,15 @@ def test_scan_and_unrolled_layers_compute_the_same_function(family):
   for i in range(SMALL["num_layers"]):
     unrolled[f"layers_{i}"] = jax.tree.map(lambda x: x[i], scanned["layers"])
   ids = jax.random.randint(jax.random.key(5), (2, 10), 0, 97)
-  np.testing.assert_allclose(scanned_model.apply({"params": scanned}, ids),
-                             unrolled_model.apply({"params": unrolled}, ids), atol=1e-5)
+  np.testing.assert_allclose(jitted(scanned_model)({"params": scanned}, ids),
+                             jitted(unrolled_model)({"params": unrolled}, ids), atol=1e-5)
 
 
 def test_remat_changes_memory_not_values():
   plain_model, params = init(small("llama"))
   remat_model = Transformer(small("llama", remat=Remat.FULL))
   ids = jax.random.randint(jax.random.key(6), (2, 10), 0, 97)
-  loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, ids) ** 2)
+  loss = lambda m: lambda p: jnp.sum(jitted(m)({"params": p}, ids) ** 2)
   g1 = jax.grad(loss(plain_model))(params)
   g2 = jax.grad(loss(remat_model))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g1, g2)
@@ -116,7 +124,7 @@ def test_bfloat16_compute_keeps_float32_params_and_close_logits():
   config = small("llama")
   model, params = init(config)
   ids = jax.random.randint(jax.random.key(7), (2, 10), 0, 97)
-  full = model.apply({"params": params}, ids)
+  full = jitted(model)({"params": params}, ids)
   half = Transformer(config, dtype=jnp.bfloat16).apply({"params": params}, ids)
   assert half.dtype == jnp.float32
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))

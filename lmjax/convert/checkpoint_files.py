@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator, Sequence
 import ml_dtypes
 import numpy as np
 import safetensors
-import safetensors.numpy
 
 from lmjax.errors import UserError
 
@@ -153,8 +152,13 @@ def _torch_to_numpy(tensor) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class TensorEntry:
   name: str
-  nbytes: int
+  shape: tuple[int, ...]
+  dtype: np.dtype
   make: Callable[[], np.ndarray]  # builds the tensor when its shard is written
+
+  @property
+  def nbytes(self) -> int:
+    return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
 
 def plan_shards(entries: Sequence[TensorEntry], max_shard_size: int) -> list[list[TensorEntry]]:
@@ -181,19 +185,43 @@ def write_safetensors(directory: pathlib.Path, entries: Sequence[TensorEntry], *
   else:
     names = [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
   weight_map = {}
-  file_mode = directory.stat().st_mode & 0o666  # the umask's default (save_file makes 0600)
   for name, shard in zip(names, shards):
-    tensors = {entry.name: np.ascontiguousarray(entry.make()) for entry in shard}
-    safetensors.numpy.save_file(tensors, str(directory / name), metadata={"format": "pt"})
-    os.chmod(directory / name, file_mode)
+    _write_shard(directory / name, shard)
     weight_map.update({entry.name: name for entry in shard})
-    del tensors
   if len(shards) > 1:
     index = {"metadata": {"total_size": sum(e.nbytes for e in entries)},
              "weight_map": dict(sorted(weight_map.items()))}
     (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     names.append(SAFETENSORS_INDEX)
   return names
+
+
+_SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64",
+                       "int64": "I64", "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def _write_shard(path: pathlib.Path, entries: Sequence[TensorEntry]) -> None:
+  """One safetensors file, written tensor by tensor: memory holds one tensor at a time.
+
+  The format is an 8-byte little-endian header length, a JSON header (names, dtypes, shapes,
+  byte offsets, padded with spaces to a multiple of 8), then the tensors' bytes back to back.
+  """
+  header, offset = {"__metadata__": {"format": "pt"}}, 0
+  for entry in entries:
+    header[entry.name] = {"dtype": _SAFETENSORS_DTYPES[np.dtype(entry.dtype).name],
+                          "shape": list(entry.shape), "data_offsets": [offset, offset + entry.nbytes]}
+    offset += entry.nbytes
+  encoded = json.dumps(header, separators=(",", ":")).encode()
+  encoded += b" " * (-len(encoded) % 8)
+  with open(path, "wb") as f:
+    f.write(len(encoded).to_bytes(8, "little"))
+    f.write(encoded)
+    for entry in entries:
+      tensor = np.ascontiguousarray(entry.make(), dtype=entry.dtype)
+      if tensor.shape != tuple(entry.shape):
+        raise ValueError(f"{entry.name}: made shape {tensor.shape}, planned {entry.shape}")
+      f.write(tensor.reshape(-1).view(np.uint8).data)  # bytes as they are (bf16 too)
+      del tensor
 
 
 @contextlib.contextmanager

@@ -198,7 +198,7 @@ def to_hf(model: Transformer, params: Mapping[str, Any], out_dir: str | os.PathL
     shape = binding.hf_shape(abstract, config)
     entries.append(TensorEntry(
         name=prefix + binding.hf_name if binding.in_body else binding.hf_name,
-        nbytes=int(np.prod(shape)) * out_dtype.itemsize,
+        shape=tuple(shape), dtype=out_dtype,
         make=lambda b=binding: _hf_tensor(b, flat, out_dtype, config)))
   with staged_directory(out_dir) as staging:
     (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")

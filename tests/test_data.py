@@ -358,3 +358,42 @@ def test_pad_and_stack_truncates_and_pads_one_document_per_row():
   assert all(a.dtype == np.int32 for a in batch.values())
   with pytest.raises(UserError):
     pad_and_stack([], seq_len=4, pad_id=0)
+
+
+# -- Parquet ----------------------------------------------------------------------------------
+
+
+def _write_parquet(path, columns, row_group_size=2):
+  pa = pytest.importorskip("pyarrow")
+  import pyarrow.parquet as pq
+  columns = {k: pa.array(v[1], type=getattr(pa, v[0])()) if isinstance(v, tuple) else v
+             for k, v in columns.items()}  # (type name, values) for columns of only nulls
+  pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+  return str(path)
+
+
+def test_parquet_rows_become_documents_in_order_and_nulls_are_skipped(tmp_path):
+  path = _write_parquet(tmp_path / "a.parquet", {"body": ["one", None, "two", "three", "four"],
+                                                 "id": [1, 2, 3, 4, 5]})
+  assert read_documents(source="parquet", paths=[path], field="body") == [
+      "one", "two", "three", "four"]
+
+
+@pytest.mark.parametrize("columns, field, expected", [
+    ({"body": ["x"]}, "text", "has no column 'text' (columns: 'body')"),
+    ({"body": [1, 2]}, "body", "holds int64, not strings"),
+    ({"body": ("string", [None, None])}, "body", "has no text"),
+])
+def test_parquet_mistakes_name_the_file_and_column(tmp_path, columns, field, expected):
+  path = _write_parquet(tmp_path / "bad.parquet", columns)
+  with pytest.raises(UserError) as info:
+    read_documents(source="parquet", paths=[path], field=field)
+  assert expected in str(info.value) and "bad.parquet" in str(info.value)
+
+
+def test_a_file_that_is_not_parquet_is_named(tmp_path):
+  pytest.importorskip("pyarrow")
+  path = tmp_path / "fake.parquet"
+  path.write_text("not parquet at all")
+  with pytest.raises(UserError, match="fake.parquet.*not a readable Parquet file"):
+    read_documents(source="parquet", paths=[str(path)])

@@ -1,4 +1,4 @@
-"""Where documents come from: the built-in corpus, plain-text files and JSON Lines files.
+"""Where documents come from: the built-in corpus, text, JSON Lines and Parquet files.
 
 A document is one `str`. Readers return every document of a source, in a deterministic order,
 and turn user mistakes (a glob that matches nothing, an empty file, bytes that are not UTF-8, a
@@ -23,6 +23,7 @@ class Source(enum.Enum):
   BUILTIN = "builtin"  # CPython's documentation topics, shipped with every Python
   TEXT = "text"        # one document per file
   JSONL = "jsonl"      # one document per line, from a string field of a JSON object
+  PARQUET = "parquet"  # one document per row, from a string column (needs pyarrow)
 
 
 class EncodingErrors(enum.Enum):
@@ -46,8 +47,9 @@ def read_documents(*, source: str | Source, paths: Sequence[str] = (), field: st
                    encoding_errors: str | EncodingErrors = "strict") -> list[str]:
   """Every document of a source, in order: -> list[str] of length num_documents.
 
-  source: "builtin" (ignores `paths`), "text" (one document per file, its content unchanged)
-  or "jsonl" (one document per non-blank line, the string in JSON field `field`).
+  source: "builtin" (ignores `paths`), "text" (one document per file, its content unchanged),
+  "jsonl" (one document per non-blank line, the string in JSON field `field`) or "parquet"
+  (one document per row, the string in column `field`; null rows are skipped).
   paths: files or globs (`**` recurses); each glob's matches are sorted, patterns keep their
   order, and a file named twice is read once.
   encoding_errors: "strict" raises a UserError on bytes that are not UTF-8; "replace"
@@ -63,6 +65,9 @@ def read_documents(*, source: str | Source, paths: Sequence[str] = (), field: st
     files = _expand_paths(paths, source=source)
     documents = []
     for file in files:
+      if source is Source.PARQUET:
+        documents.extend(_read_parquet(file, column=field))
+        continue
       text = _read_text(file, errors=errors)
       if source is Source.TEXT:
         documents.append(text)
@@ -88,7 +93,7 @@ def _parse_enum(kind: type[enum.Enum], value, *, key: str):
 
 def _expand_paths(paths: Sequence[str], *, source: Source) -> list[str]:
   """Files named by `paths` (files or globs), in order, each once."""
-  suffix = {Source.TEXT: "txt", Source.JSONL: "jsonl"}[source]
+  suffix = {Source.TEXT: "txt", Source.JSONL: "jsonl", Source.PARQUET: "parquet"}[source]
   if not paths:
     raise UserError(
         f"The {source.value!r} source needs files, but `data.paths` is empty. Set `data.paths` "
@@ -158,4 +163,33 @@ def _parse_jsonl(text: str, *, file: str, field: str) -> list[str]:
       raise UserError(f"Line {where} {problem} {field!r} (keys present: {keys}). Set "
                       f"`data.field` to the key that holds the text, or fix that line.")
     documents.append(value)
+  return documents
+
+
+def _read_parquet(file: str, *, column: str) -> list[str]:
+  """The non-null strings of `column` in a Parquet file, read one row group at a time."""
+  try:
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError("Parquet sources need pyarrow: pip install 'lmjax[data]' (or pyarrow).") from None
+  try:
+    parquet = pq.ParquetFile(file)
+  except Exception as e:  # pyarrow raises ArrowInvalid / OSError for files that are not Parquet
+    raise UserError(f"The data file {file!r} is not a readable Parquet file ({e}).") from None
+  names = parquet.schema_arrow.names
+  if column not in names:
+    raise UserError(f"The Parquet file {file!r} has no column {column!r} (columns: "
+                    f"{', '.join(map(repr, names)) or 'none'}). Set `data.field` to the column "
+                    f"that holds the text.")
+  kind = parquet.schema_arrow.field(column).type
+  if not (str(kind) in ("string", "large_string", "string_view")):
+    raise UserError(f"Column {column!r} of {file!r} holds {kind}, not strings. Set `data.field` "
+                    f"to a text column.")
+  documents = []
+  for group in range(parquet.num_row_groups):
+    values = parquet.read_row_group(group, columns=[column]).column(0).to_pylist()
+    documents.extend(v for v in values if v is not None)
+  if not documents:
+    raise UserError(f"Column {column!r} of the Parquet file {file!r} has no text (no rows, or "
+                    f"only nulls). Remove it from `data.paths` or give it some rows.")
   return documents

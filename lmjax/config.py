@@ -30,6 +30,11 @@ class ComputeDtype(enum.Enum):
   BFLOAT16 = "bfloat16"
 
 
+class NanPolicy(enum.Enum):
+  STOP = "stop"            # end the run (exit code 3) naming the step, the loss and the bad param
+  SKIP_STEP = "skip_step"  # discard that update, count it in `skipped_steps`, carry on
+
+
 class EncodingErrors(enum.Enum):
   STRICT = "strict"    # a file that is not UTF-8 is an error naming it
   REPLACE = "replace"  # undecodable bytes become U+FFFD
@@ -55,7 +60,10 @@ class TrainConfig:
   eval_every: int = 200                # 0 disables periodic eval
   eval_batches: int = 4
   checkpoint_every: int = 200
-  keep_checkpoints: int = 3
+  keep_checkpoints: int = 3             # the newest K are kept…
+  keep_every: int = 0                  # …plus every step divisible by this, forever; 0: none
+  nan_policy: NanPolicy = NanPolicy.STOP  # what a non-finite loss or gradient norm does
+  debug_nan_at_step: int | None = None  # testing hook: multiplies that step's loss by NaN
   compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
 
 
@@ -110,14 +118,31 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSource:
+  """One component of a weighted mixture (`data.mixture`)."""
+  source: str = "builtin"
+  paths: tuple[str, ...] = ()
+  field: str = "text"
+  weight: float = 1.0                  # relative share of training rows drawn from it
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = "builtin"              # builtin (CPython's pydoc topics) | text | jsonl
-  paths: tuple[str, ...] = ()          # files or globs, for text and jsonl
-  field: str = "text"                  # JSON field holding the document, for jsonl
+  source: str = "builtin"              # builtin (CPython's pydoc topics) | text | jsonl | parquet
+  paths: tuple[str, ...] = ()          # files or globs, for text, jsonl and parquet
+  field: str = "text"                  # JSON field (jsonl) or column (parquet) holding the text
   tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json or
                                        # HF tokenizer dir; unset: model.init_from's, else bpe
   encoding_errors: EncodingErrors = EncodingErrors.STRICT
-  eval_fraction: float = 0.05          # documents held out for evaluation
+  eval_fraction: float = 0.05          # packed rows held out for evaluation (of each source)
+  # A weighted mixture replaces source/paths/field: [{source, paths, field, weight}, ...]; each
+  # training row comes from source i with probability weight_i / sum(weights).
+  mixture: tuple[DataSource, ...] = ()
+
+  @property
+  def sources(self) -> tuple[DataSource, ...]:
+    """The mixture, or the single source as a one-component mixture."""
+    return self.mixture or (DataSource(self.source, self.paths, self.field, 1.0),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,12 +163,21 @@ class Config:
                  "checkpoint_every", "eval_batches"):
       if getattr(self.train, name) < 1:
         raise UserError(f"train.{name} must be at least 1, got {getattr(self.train, name)}.")
+    if self.train.keep_every < 0:
+      raise UserError(f"train.keep_every must be 0 (keep no milestones) or a step interval, got "
+                      f"{self.train.keep_every}.")
     if self.train.batch_size % self.train.grad_accum_steps:
       raise UserError(
           f"train.batch_size={self.train.batch_size} is not divisible by "
           f"train.grad_accum_steps={self.train.grad_accum_steps}.")
     if not 0 < self.train.mlm_probability < 1:
       raise UserError(f"train.mlm_probability must be in (0, 1), got {self.train.mlm_probability}.")
+    for i, component in enumerate(self.data.mixture):
+      if not component.weight > 0:
+        raise UserError(f"data.mixture[{i}].weight must be positive, got {component.weight}.")
+    if self.data.mixture and (self.data.paths or self.data.source != DataConfig.source):
+      raise UserError("data.mixture replaces data.source and data.paths: give the sources inside "
+                      "the mixture only.")
     if not 0 < self.data.eval_fraction < 1:
       raise UserError(f"data.eval_fraction must be in (0, 1), got {self.data.eval_fraction}.")
 
@@ -284,7 +318,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
       value = [value]
     if not isinstance(value, (list, tuple)):
       raise UserError(f"{where} must be a list, got {value!r}.")
-    return tuple(_coerce(v, args[0], where) for v in value)
+    return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+  if dataclasses.is_dataclass(hint):
+    return value if isinstance(value, hint) else _build(hint, value, where)
   if isinstance(hint, type) and issubclass(hint, enum.Enum):
     if isinstance(value, hint):
       return value

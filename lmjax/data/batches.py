@@ -22,7 +22,8 @@ from lmjax.errors import UserError
 from lmjax.model.config import Head
 from lmjax.objectives import mask_tokens_for_mlm
 
-Rows = dict[str, np.ndarray]  # input_ids, segment_ids, positions: [num_rows, seq_len] int32
+# input_ids, segment_ids, positions: [num_rows, seq_len] int32; source: [num_rows] int32
+Rows = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +37,28 @@ class BatchSource:
   tokenizer: Tokenizer
   vocab_size: int
   mlm_probability: float = 0.15
+  # Mixture weights by `rows["source"]` id; empty: one source, read in seeded epochs.
+  weights: tuple[float, ...] = ()
 
   @property
   def num_rows(self) -> int:
     return len(self.rows["input_ids"])
 
   def row_indices(self, step: int) -> np.ndarray:
-    """Global row indices of step `step`'s batch: [batch_size]."""
+    """Global row indices of step `step`'s batch: [batch_size].
+
+    One source: each epoch is a fresh seeded permutation of all rows. A mixture: each row
+    draws its source with probability proportional to the weights, then a uniformly random row
+    of that source (sampling with replacement), from a generator seeded by (seed, step).
+    """
+    if self.weights:
+      rng = np.random.default_rng([self.seed, step, 2])
+      probabilities = np.asarray(self.weights) / np.sum(self.weights)
+      chosen = rng.choice(len(probabilities), size=self.batch_size, p=probabilities)
+      ids = self.rows["source"]
+      starts = np.searchsorted(ids, np.arange(len(probabilities)))
+      counts = np.searchsorted(ids, np.arange(len(probabilities)), side="right") - starts
+      return starts[chosen] + rng.integers(0, counts[chosen])
     flat = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
     epochs, offsets = np.divmod(flat, self.num_rows)
     out = np.empty_like(flat)
@@ -62,7 +78,7 @@ class BatchSource:
     positions = np.arange(self.batch_size) if positions is None else np.asarray(positions)
     indices = self.row_indices(step) if shuffle else (
         np.arange(step * self.batch_size, (step + 1) * self.batch_size) % self.num_rows)
-    batch = {k: v[indices[positions]] for k, v in self.rows.items()}
+    batch = {k: v[indices[positions]] for k, v in self.rows.items() if k != "source"}
     if self.head is Head.MASKED_LM:
       special = np.fromiter(self.tokenizer.special_ids, np.int64)
       maskable = (batch["segment_ids"] != 0) & ~np.isin(batch["input_ids"], special)
@@ -125,25 +141,31 @@ def load_corpus(config: Config, tokenizer: Tokenizer | None = None
                 ) -> tuple[Tokenizer, Rows, Rows]:
   """Reads, tokenizes and packs the corpus; returns (tokenizer, train rows, eval rows).
 
-  The last `data.eval_fraction` of the packed rows (at least one) are held out for evaluation.
-  Pass `tokenizer` to reuse one (a resumed run keeps its own); otherwise one is built.
+  Each source's last `data.eval_fraction` of packed rows (at least one) is held out for
+  evaluation. Rows carry `source`, the index of their source in `data.sources`, sorted. Pass
+  `tokenizer` to reuse one (a resumed run keeps its own); otherwise one is built from all text.
   """
   data = config.data
-  documents = read_documents(source=data.source, paths=data.paths, field=data.field,
-                             encoding_errors=data.encoding_errors.value)
-  tokenizer = tokenizer or build_tokenizer(config, documents)
+  documents = [read_documents(source=s.source, paths=s.paths, field=s.field,
+                              encoding_errors=data.encoding_errors.value) for s in data.sources]
+  tokenizer = tokenizer or build_tokenizer(config, [d for docs in documents for d in docs])
   check_tokenizer(config, tokenizer)
-  rows = pack_for(config.model.head, tokenizer, tokenizer.encode_batch(documents),
-                  config.train.seq_len)
-  num_rows = len(rows["input_ids"])
-  if num_rows < 2:
-    raise UserError(
-        f"the corpus makes only {num_rows} row(s) of train.seq_len={config.train.seq_len} tokens; "
-        f"training and evaluation need at least 2: add data or lower train.seq_len.")
-  num_eval = min(max(1, round(num_rows * data.eval_fraction)), num_rows - 1)
-  train = {k: v[:-num_eval] for k, v in rows.items()}
-  held_out = {k: v[-num_eval:] for k, v in rows.items()}
-  return tokenizer, train, held_out
+  train, held_out = [], []
+  for i, docs in enumerate(documents):
+    rows = pack_for(config.model.head, tokenizer, tokenizer.encode_batch(docs),
+                    config.train.seq_len)
+    num_rows = len(rows["input_ids"])
+    if num_rows < 2:
+      named = f"data.mixture[{i}]" if data.mixture else "the corpus"
+      raise UserError(
+          f"{named} makes only {num_rows} row(s) of train.seq_len={config.train.seq_len} tokens; "
+          f"training and evaluation need at least 2: add data or lower train.seq_len.")
+    rows["source"] = np.full(num_rows, i, np.int32)
+    num_eval = min(max(1, round(num_rows * data.eval_fraction)), num_rows - 1)
+    train.append({k: v[:-num_eval] for k, v in rows.items()})
+    held_out.append({k: v[-num_eval:] for k, v in rows.items()})
+  concat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return tokenizer, concat(train), concat(held_out)
 
 
 def batch_sources(config: Config, tokenizer: Tokenizer, train: Rows, held_out: Rows
@@ -151,5 +173,6 @@ def batch_sources(config: Config, tokenizer: Tokenizer, train: Rows, held_out: R
   """Train and eval BatchSources."""
   common = dict(batch_size=config.train.batch_size, head=config.model.head, tokenizer=tokenizer,
                 vocab_size=config.model.vocab_size, mlm_probability=config.train.mlm_probability)
-  return (BatchSource(train, seed=config.train.seed, **common),
+  weights = tuple(s.weight for s in config.data.mixture)
+  return (BatchSource(train, seed=config.train.seed, weights=weights, **common),
           BatchSource(held_out, seed=config.train.seed + 1, **common))

@@ -123,14 +123,18 @@ class DataSource:
   source: str = "builtin"
   paths: tuple[str, ...] = ()
   field: str = "text"
+  split: str = "train"
+  data_dir: str | None = None
   weight: float = 1.0                  # relative share of training rows drawn from it
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = "builtin"              # builtin (CPython's pydoc topics) | text | jsonl | parquet
-  paths: tuple[str, ...] = ()          # files or globs, for text, jsonl and parquet
-  field: str = "text"                  # JSON field (jsonl) or column (parquet) holding the text
+  source: str = "builtin"              # builtin (CPython's pydoc) | text | jsonl | parquet | tfds
+  paths: tuple[str, ...] = ()          # files or globs; for tfds: names name[/config][:version]
+  field: str = "text"                  # JSON field, Parquet column or TFDS feature with the text
+  split: str = "train"                 # TFDS split (slicing works: train[:90%])
+  data_dir: str | None = None          # TFDS data_dir (default: TFDS's own)
   tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json or
                                        # HF tokenizer dir; unset: model.init_from's, else bpe
   encoding_errors: EncodingErrors = EncodingErrors.STRICT
@@ -142,7 +146,8 @@ class DataConfig:
   @property
   def sources(self) -> tuple[DataSource, ...]:
     """The mixture, or the single source as a one-component mixture."""
-    return self.mixture or (DataSource(self.source, self.paths, self.field, 1.0),)
+    return self.mixture or (DataSource(source=self.source, paths=self.paths, field=self.field,
+                                       split=self.split, data_dir=self.data_dir),)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -146,8 +146,9 @@ def load_corpus(config: Config, tokenizer: Tokenizer | None = None
   `tokenizer` to reuse one (a resumed run keeps its own); otherwise one is built from all text.
   """
   data = config.data
-  documents = [read_documents(source=s.source, paths=s.paths, field=s.field,
-                              encoding_errors=data.encoding_errors.value) for s in data.sources]
+  documents = [read_documents(source=s.source, paths=s.paths, field=s.field, split=s.split,
+                              data_dir=s.data_dir, encoding_errors=data.encoding_errors.value)
+               for s in data.sources]
   tokenizer = tokenizer or build_tokenizer(config, [d for docs in documents for d in docs])
   check_tokenizer(config, tokenizer)
   train, held_out = [], []

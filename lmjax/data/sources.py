@@ -24,6 +24,7 @@ class Source(enum.Enum):
   TEXT = "text"        # one document per file
   JSONL = "jsonl"      # one document per line, from a string field of a JSON object
   PARQUET = "parquet"  # one document per row, from a string column (needs pyarrow)
+  TFDS = "tfds"        # one document per example, from a text feature of a TFDS dataset
 
 
 class EncodingErrors(enum.Enum):
@@ -44,12 +45,15 @@ def builtin_corpus() -> list[str]:
 
 
 def read_documents(*, source: str | Source, paths: Sequence[str] = (), field: str = "text",
-                   encoding_errors: str | EncodingErrors = "strict") -> list[str]:
+                   encoding_errors: str | EncodingErrors = "strict", split: str = "train",
+                   data_dir: str | None = None) -> list[str]:
   """Every document of a source, in order: -> list[str] of length num_documents.
 
   source: "builtin" (ignores `paths`), "text" (one document per file, its content unchanged),
   "jsonl" (one document per non-blank line, the string in JSON field `field`) or "parquet"
-  (one document per row, the string in column `field`; null rows are skipped).
+  (one document per row, the string in column `field`; null rows are skipped), or "tfds"
+  (each `paths` entry a TFDS dataset `name[/config][:version]`, read as `split` from
+  `data_dir`; one document per example, its text feature `field`).
   paths: files or globs (`**` recurses); each glob's matches are sorted, patterns keep their
   order, and a file named twice is read once.
   encoding_errors: "strict" raises a UserError on bytes that are not UTF-8; "replace"
@@ -61,6 +65,13 @@ def read_documents(*, source: str | Source, paths: Sequence[str] = (), field: st
   errors = _parse_enum(EncodingErrors, encoding_errors, key="data.encoding_errors")
   if source is Source.BUILTIN:
     documents = builtin_corpus()
+  elif source is Source.TFDS:
+    from lmjax.data.tfds_source import read_tfds  # local: tensorflow_datasets is an extra
+    if not paths:
+      raise UserError("The 'tfds' source needs dataset names in `data.paths`, e.g. "
+                      "['imdb_reviews/plain_text:1.0.0'], with `data.split` and `data.data_dir`.")
+    documents = [doc for name in paths for doc in read_tfds(
+        name, split=split, data_dir=data_dir, field=field, errors=errors.value)]
   else:
     files = _expand_paths(paths, source=source)
     documents = []

@@ -1,0 +1,65 @@
+"""Input-pipeline throughput next to the trainer's consumption (run by hand).
+
+    .venv/bin/python benchmarks/pipeline_throughput.py [CONFIG] [--steps 200] [--set k=v ...]
+
+Reports, for a config (default: the demo, tiny-gpt): tokenizer training, tokenization and
+packing speed over the whole corpus, how fast step-indexed batches are produced afterwards
+(tokens/s, MLM masking included for MLM configs), and the trainer's own tokens/s from a short run
+on the same config, so the two rates can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from lmjax.config import load_config
+from lmjax.data.batches import batch_sources, build_tokenizer, pack_for
+from lmjax.data.sources import read_documents
+from lmjax.train.loop import train
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("config", nargs="?", default="tiny-gpt")
+  parser.add_argument("--steps", type=int, default=200, help="batches to draw / steps to train")
+  parser.add_argument("--set", dest="overrides", nargs="*", default=[])
+  args = parser.parse_args()
+  config = load_config(args.config, args.overrides)
+  source = config.data.sources[0]
+
+  t0 = time.perf_counter()
+  documents = read_documents(source=source.source, paths=source.paths, field=source.field,
+                             split=source.split, data_dir=source.data_dir)
+  t1 = time.perf_counter()
+  tokenizer = build_tokenizer(config, documents)
+  t2 = time.perf_counter()
+  token_docs = tokenizer.encode_batch(documents)
+  t3 = time.perf_counter()
+  rows = pack_for(config.model.head, tokenizer, token_docs, config.train.seq_len)
+  t4 = time.perf_counter()
+  num_tokens = sum(map(len, token_docs))
+  num_bytes = sum(len(d.encode()) for d in documents)
+  print(f"corpus: {len(documents)} documents, {num_bytes / 1e6:.2f} MB, {num_tokens} tokens")
+  print(f"read {t1 - t0:.2f} s | tokenizer ({config.data.tokenizer or 'bpe'}) {t2 - t1:.2f} s | "
+        f"tokenize {num_tokens / (t3 - t2):,.0f} tokens/s | pack {num_tokens / (t4 - t3):,.0f} tokens/s")
+
+  train_source, _ = batch_sources(config, tokenizer, rows, rows)
+  t5 = time.perf_counter()
+  for step in range(args.steps):
+    train_source.batch(step)
+  t6 = time.perf_counter()
+  tokens_per_step = config.train.batch_size * config.train.seq_len
+  print(f"batches: {args.steps * tokens_per_step / (t6 - t5):,.0f} tokens/s "
+        f"({(t6 - t5) / args.steps * 1e3:.2f} ms per batch of {tokens_per_step} tokens)")
+
+  with tempfile.TemporaryDirectory() as run_dir:
+    result = train(load_config(args.config, args.overrides + [
+        f"train.steps={args.steps}", f"train.log_every={args.steps}", "train.eval_every=0",
+        f"train.checkpoint_every={args.steps}"]), run_dir)
+  print(f"trainer: {result.last_row['tokens_per_second']:,.0f} tokens/s consumed")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,12 +1,15 @@
 """The `lmjax` command: train, eval, generate and fill-mask.
 
 User mistakes (`UserError`) print one paragraph and exit with status 2, without a traceback.
+A run stopped by a non-finite loss (`train.nan_policy=stop`) exits with status 3; one stopped
+by SIGTERM/SIGINT exits 0 after saving a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 from typing import Sequence
 
@@ -48,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
   fill.add_argument("--text", required=True, help='text with a mask token, e.g. "a [MASK] b"')
   fill.add_argument("--top-k", type=int, default=5)
   _add_convert(commands)
+
+  listing = commands.add_parser("checkpoints", help="list a run's checkpoints and whether they restore")
+  listing.add_argument("run_dir", metavar="RUN_DIR")
+  listing.add_argument("--verify", action="store_true",
+                       help="restore every checkpoint in full (slower; catches truncated arrays)")
+
+  tokenizer = commands.add_parser("tokenizer", help="train a BPE tokenizer on a config's data")
+  tokenizer_commands = tokenizer.add_subparsers(dest="action", required=True, metavar="ACTION")
+  fit = tokenizer_commands.add_parser("train", help="byte-level BPE on the corpus of CONFIG")
+  fit.add_argument("config", metavar="CONFIG")
+  fit.add_argument("--out", required=True, help="new directory for tokenizer.json (+ config)")
+  fit.add_argument("--vocab-size", type=int, default=None,
+                   help="tokens, specials included (default: the config's model.vocab_size)")
+  fit.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                   metavar="KEY=VALUE")
   return parser
 
 
@@ -104,7 +122,10 @@ def _cmd_train(args) -> int:
     return 0
   run_dir = args.run_dir or f"runs/{resolve_config_path(args.config).stem}"
   result = train(config, run_dir)
-  if result.start_step >= config.train.steps:
+  if result.stopped_by:
+    print(f"stopped {run_dir} by {result.stopped_by} at step {result.final_step} (saved); rerun "
+          f"the same command to resume")
+  elif result.start_step >= config.train.steps:
     print(f"{run_dir} is already trained to step {result.start_step} "
           f"(train.steps={config.train.steps}); raise train.steps to continue.")
   else:
@@ -198,8 +219,37 @@ def _cmd_convert(args) -> int:
   return 0
 
 
+def _cmd_checkpoints(args) -> int:
+  from lmjax.checkpoints import format_table, inspect_checkpoints
+  infos = inspect_checkpoints(args.run_dir, verify=args.verify)
+  if not infos:
+    print(f"{args.run_dir} has no checkpoints yet")
+    return 0
+  print(format_table(infos, verified=args.verify))
+  return 0
+
+
+def _cmd_tokenizer(args) -> int:
+  from lmjax.config import load_config
+  from lmjax.data.sources import read_documents
+  from lmjax.data.tokenizer import Tokenizer
+  config = load_config(args.config, args.overrides)
+  out = pathlib.Path(args.out)
+  if out.exists() and any(out.iterdir()):
+    raise UserError(f"--out {out} exists and is not empty: choose a new directory.")
+  documents = [doc for s in config.data.sources for doc in read_documents(
+      source=s.source, paths=s.paths, field=s.field, split=s.split, data_dir=s.data_dir,
+      encoding_errors=config.data.encoding_errors.value)]
+  tokenizer = Tokenizer.train_bpe(documents, vocab_size=args.vocab_size or config.model.vocab_size)
+  tokenizer.save(out)
+  print(f"trained a {tokenizer.vocab_size}-token BPE on {len(documents)} documents into {out}; "
+        f"use it with --set data.tokenizer={out}")
+  return 0
+
+
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate,
-             "fill-mask": _cmd_fill_mask, "convert": _cmd_convert}
+             "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,
+             "tokenizer": _cmd_tokenizer}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _COMMANDS[args.command](args)
   except UserError as e:
     print(f"lmjax {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    return getattr(e, "exit_code", 2)
   except KeyboardInterrupt:
     print(f"lmjax {args.command}: interrupted", file=sys.stderr)
     return 130

@@ -8,3 +8,12 @@ callers can catch it like any exception.
 
 class UserError(ValueError):
   """A mistake in a config, a path, data or an argument, explained for the user."""
+
+
+class NonFiniteLoss(UserError):
+  """A training step's loss or gradient norm was NaN or infinite (`train.nan_policy=stop`).
+
+  The CLI exits with `exit_code` (3), so job scripts can tell divergence from a bad config (2).
+  """
+
+  exit_code = 3

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from lmjax.config import load_config
 from lmjax.data.batches import batch_sources, load_corpus
 from lmjax.data.tokenizer import Tokenizer
-from lmjax.load import checkpoint_step, load_run
+from lmjax.load import checkpoint_step, load_run_at
 from lmjax.run_dir import RunDir, check_resumable
 from lmjax.sharding import make_mesh
 from lmjax.train.loop import check_batch_fits_mesh, evaluate, make_model
@@ -19,18 +19,18 @@ from lmjax.train.optimizer import make_optimizer
 
 def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *,
                  step: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-  """Evaluates checkpoint `step` (default: latest) over `train.eval_batches` held-out batches."""
+  """Evaluates checkpoint `step` (default: the latest complete one) over `train.eval_batches`
+  held-out batches."""
   config = load_config(config_name, overrides)
   run = RunDir(run_dir)
   check_resumable(run.require_config(), config, run.path)
-  checkpointer, step = checkpoint_step(run, step)
-  checkpointer.close()
+  checkpoint_step(run, step)[0].close()  # a missing step fails before the data is read
   tokenizer, train_rows, eval_rows = load_corpus(config, Tokenizer.load(run.tokenizer_dir))
   mesh = make_mesh(config.mesh)
   check_batch_fits_mesh(config, mesh)
   _, eval_source = batch_sources(config, tokenizer, train_rows, eval_rows)
   model = make_model(config)
-  _, params = load_run(run.path, step=step, mesh=mesh)
+  _, params, step = load_run_at(run.path, step=step, mesh=mesh)
   _, shardings = state_shardings(model, make_optimizer(config.train), mesh,
                                  seq_len=config.train.seq_len)
   eval_fn = jit_eval_step(model, mesh, shardings.params)

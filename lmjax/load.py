@@ -17,8 +17,8 @@ from lmjax.train.optimizer import make_optimizer
 from lmjax.train.state import state_shardings
 
 
-def checkpoint_step(run: RunDir, step: int | None) -> tuple[Checkpointer, int]:
-  """The run's checkpointer and the step to load (the latest when `step` is None)."""
+def checkpoint_step(run: RunDir, step: int | None) -> tuple[Checkpointer, int | None]:
+  """The run's checkpointer and the step to load (None: the newest that restores)."""
   if not run.checkpoints.is_dir():
     raise UserError(f"{run.path} has no checkpoints yet: train it first (lmjax train … --run-dir "
                     f"{run.path}).")
@@ -28,7 +28,7 @@ def checkpoint_step(run: RunDir, step: int | None) -> tuple[Checkpointer, int]:
   if not steps:
     raise UserError(f"{run.path} has no complete checkpoint yet: train it first.")
   if step is None:
-    return checkpointer, max(steps)
+    return checkpointer, None
   if step not in steps:
     raise UserError(f"{run.path} has no checkpoint at step {step}; it has steps "
                     f"{', '.join(map(str, sorted(steps)))}.")
@@ -37,20 +37,36 @@ def checkpoint_step(run: RunDir, step: int | None) -> tuple[Checkpointer, int]:
 
 def load_run(run_dir: str | pathlib.Path, step: int | None = None, *,
              mesh: Mesh | None = None) -> tuple[Transformer, Any]:
-  """The run's float32 model and params at `step` (default: the latest checkpoint).
+  """The run's float32 model and params at `step` (default: the latest complete checkpoint).
 
   Params are placed by the logical-axis rules on `mesh` (default: all devices, data parallel).
+  With `step=None`, a newest checkpoint that cannot be restored (a torn or damaged write) is
+  skipped with a message on stderr and the next older one is loaded.
   """
+  model, params, _ = load_run_at(run_dir, step, mesh=mesh)
+  return model, params
+
+
+def load_run_at(run_dir: str | pathlib.Path, step: int | None = None, *,
+                mesh: Mesh | None = None) -> tuple[Transformer, Any, int]:
+  """`load_run`, also returning the step it loaded."""
   run = RunDir(run_dir)
   config = run.require_config()
   checkpointer, step = checkpoint_step(run, step)
   model = Transformer(config.model)
   tx = make_optimizer(config.train)
   abstract, _ = state_shardings(model, tx, mesh or make_mesh(MeshConfig()), seq_len=config.train.seq_len)
+
+  def restore(at: int):
+    if checkpointer.restore_record(at).get("params_only"):  # imported: no optimizer state yet
+      return checkpointer.restore(at, abstract.replace(opt_state=None))[0]
+    return checkpointer.restore(at, abstract)[0]
+
   try:
-    if checkpointer.restore_record(step).get("params_only"):  # imported: no optimizer state yet
-      abstract = abstract.replace(opt_state=None)
-    state, _ = checkpointer.restore(step, abstract)
+    if step is None:
+      step, state, _ = checkpointer.restore_newest(restore)
+    else:
+      state = restore(step)
   finally:
     checkpointer.close()
-  return model, state.params
+  return model, state.params, step

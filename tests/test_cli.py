@@ -106,3 +106,19 @@ def test_the_console_script_reports_mistakes_without_a_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert "did you mean model.embed_dim?" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tokenizer_train_writes_a_tokenizer_that_training_then_uses(tmp_path, capsys, tiny):
+  out = tmp_path / "tok"
+  code, text, _ = run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", str(out),
+                          "--vocab-size", "300")
+  assert code == 0 and f"data.tokenizer={out}" in text
+  from lmjax.data.tokenizer import Tokenizer
+  assert Tokenizer.load(out).vocab_size <= 300
+  overrides = [o for o in tiny if not o.startswith("data.tokenizer")]
+  code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", str(tmp_path / "run"), "--set",
+                         *overrides, f"data.tokenizer={out}", "model.vocab_size=300",
+                         "train.steps=2")
+  assert code == 0, err
+  assert Tokenizer.load(tmp_path / "run" / "tokenizer").encode("def") == Tokenizer.load(out).encode("def")
+  assert run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", str(out))[0] == 2  # not empty

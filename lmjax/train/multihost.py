@@ -100,6 +100,17 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is true on any (e.g. one host was sent SIGTERM).
+
+  Free with one process; with several it is a small all-gather, so every process stops at
+  the same step.
+  """
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
 def broadcast_json(value: Any) -> Any:
   """Process 0's JSON-able `value`, on every process (others may pass anything)."""
   if jax.process_count() == 1:

@@ -36,6 +36,10 @@ class PreemptionGuard:
   def requested(self) -> bool:
     return self.received is not None
 
+  @property
+  def signal_name(self) -> str | None:
+    return signal.Signals(self.received).name if self.received is not None else None
+
   def __enter__(self) -> PreemptionGuard:
     if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
       for sig in _SIGNALS:
@@ -45,3 +49,4 @@ class PreemptionGuard:
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous.clear()

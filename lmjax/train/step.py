@@ -5,6 +5,10 @@
 divides once by the number of tokens that counted, so the update is the same token-weighted
 mean whatever the accumulation. Dropout keys derive from (seed, step), so a resumed run draws
 the same masks as an uninterrupted one without storing RNG state.
+
+A step whose loss or gradient norm is not finite applies no update: it returns the old params
+and optimizer state (only `step` advances) with `finite: False` and the index of the first
+non-finite gradient leaf, and the loop decides what to do (`train.nan_policy`).
 """
 
 from __future__ import annotations
@@ -38,13 +42,21 @@ def _forward_sums(model: Transformer, params, batch: Batch, *, train: bool,
 
 def train_step(state: TrainState, batch: Batch, *, model: Transformer,
                tx: optax.GradientTransformation, schedule: optax.Schedule, grad_accum_steps: int,
-               seed: int) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on a global batch; returns the new state and scalar metrics."""
+               seed: int, nan_at_step: int | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on a global batch; returns the new state and scalar metrics.
+
+  `nan_at_step` (a testing hook) multiplies the loss of the step numbered so (1-based, as
+  logged) by NaN.
+  """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
   def sums_and_grads(micro_batch, micro_rng):
     def loss_fn(params):
       sums = _forward_sums(model, params, micro_batch, train=True, dropout_rng=micro_rng)
+      if nan_at_step is not None:
+        poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
+        sums = sums._replace(loss=sums.loss * poison)
       return sums.loss, sums
     grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
     return sums, grads
@@ -71,16 +83,29 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer,
   weight = jnp.maximum(sums.weight, 1.0)
   grads = jax.tree.map(lambda g: g / weight, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state)
+  loss, grad_norm = sums.loss / weight, optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep_old = lambda new, old: jnp.where(finite, new, old)  # never apply a non-finite update
+  new_state = state.replace(
+      step=state.step + 1,
+      params=jax.tree.map(keep_old, optax.apply_updates(state.params, updates), state.params),
+      opt_state=jax.tree.map(keep_old, opt_state, state.opt_state))
   metrics = {
-      "loss": sums.loss / weight,
+      "loss": loss,
       "accuracy": sums.correct / weight,
-      "grad_norm": optax.tree.norm(grads),
+      "grad_norm": grad_norm,
       "learning_rate": schedule(state.step),
       "target_tokens": sums.weight,
+      "finite": finite,
+      "first_nonfinite_grad": first_nonfinite_leaf(grads),
   }
   return new_state, metrics
+
+
+def first_nonfinite_leaf(tree) -> jax.Array:
+  """Index (in `jax.tree.leaves` order) of the first leaf holding a NaN or inf; -1 if none."""
+  finite = jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)])  # [leaves]
+  return jnp.where(finite.all(), -1, jnp.argmin(finite)).astype(jnp.int32)
 
 
 def eval_step(params, batch: Batch, *, model: Transformer) -> LossSums:
@@ -90,7 +115,7 @@ def eval_step(params, batch: Batch, *, model: Transformer) -> LossSums:
 
 def jit_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
                    mesh: Mesh, state_shardings: Any, *, grad_accum_steps: int, seed: int,
-                   rules: Rules = LOGICAL_AXIS_RULES
+                   nan_at_step: int | None = None, rules: Rules = LOGICAL_AXIS_RULES
                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """train_step jitted with explicit shardings; the input state is donated.
 
@@ -98,7 +123,8 @@ def jit_train_step(model: Transformer, tx: optax.GradientTransformation, schedul
   """
   step = _with_activation_sharding(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        grad_accum_steps=grad_accum_steps, seed=seed), mesh, rules)
+                        grad_accum_steps=grad_accum_steps, seed=seed, nan_at_step=nan_at_step),
+      mesh, rules)
   replicated = NamedSharding(mesh, P())
   return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh, rules)),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)

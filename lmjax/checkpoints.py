@@ -1,0 +1,118 @@
+"""`lmjax checkpoints RUN_DIR`: a run's checkpoints, their size on disk and whether they restore.
+
+The default check is cheap and reads no arrays: the step directory was committed (Orbax's
+`commit_success.txt` markers and metadata files are there), no file in it is empty, and its
+JSON record reads. `verify=True` restores every step's full state as well, which also catches a
+truncated array file; that restore is what training and loading rely on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from lmjax.run_dir import RunDir
+from lmjax.train.checkpoint import TMP_MARKER, Checkpointer, _first_line, quiet_orbax_leftovers
+
+# Files every committed lmjax checkpoint has (Orbax's markers and metadata of both items).
+REQUIRED_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt", "state/commit_success.txt",
+                  "state/_METADATA", "state/manifest.ocdbt", "record/commit_success.txt",
+                  "record/metadata")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+  name: str                     # the directory name: the step, or a temporary write's name
+  step: int | None
+  size_bytes: int
+  problem: str | None           # None: restorable (as far as the check went)
+  data_position: int | None
+  record: dict | None = None
+
+
+def inspect_checkpoints(run_dir: str | pathlib.Path, *, verify: bool = False
+                        ) -> list[CheckpointInfo]:
+  """One entry per checkpoint directory of the run (unfinished writes included), by step."""
+  run = RunDir(run_dir)
+  config = run.require_config()
+  if not run.checkpoints.is_dir():
+    return []
+  checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
+  try:
+    committed = set(checkpointer.steps())
+    infos = []
+    for path in run.checkpoints.iterdir():
+      if not path.is_dir():
+        continue
+      if TMP_MARKER in path.name:
+        step = int(path.name.split(".")[0]) if path.name.split(".")[0].isdigit() else None
+        infos.append(CheckpointInfo(path.name, step, _size(path),
+                                    "unfinished write (its process died); never loaded", None))
+      elif path.name.isdigit():
+        infos.append(_inspect_step(checkpointer, path, int(path.name) in committed))
+    if verify:
+      infos = [_verify(checkpointer, config, info) for info in infos]
+  finally:
+    checkpointer.close()
+  return sorted(infos, key=lambda i: (i.step is None, i.step, i.name))
+
+
+def _inspect_step(checkpointer: Checkpointer, path: pathlib.Path, committed: bool
+                  ) -> CheckpointInfo:
+  step, size = int(path.name), _size(path)
+  missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+  empty = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()
+                 and f.stat().st_size == 0)
+  problem, record = None, None
+  if not committed:
+    problem = "not committed"
+  elif missing:
+    problem = f"missing {', '.join(missing)}"
+  elif empty:
+    problem = f"empty file(s) {', '.join(empty[:3])}"
+  else:
+    try:
+      record = checkpointer.restore_record(step)
+    except Exception as e:  # noqa: BLE001 -- any failure makes the step unusable
+      problem = f"record unreadable: {_first_line(e)}"
+  position = record.get("data_position", record.get("step")) if record else None
+  return CheckpointInfo(path.name, step, size, problem, position, record)
+
+
+def _verify(checkpointer: Checkpointer, config, info: CheckpointInfo) -> CheckpointInfo:
+  """`info`, with the failure of a full restore (onto this host's devices) as its problem."""
+  if info.problem is not None:
+    return info
+  from lmjax.config import MeshConfig
+  from lmjax.model import Transformer
+  from lmjax.sharding import make_mesh
+  from lmjax.train.optimizer import make_optimizer
+  from lmjax.train.state import state_shardings
+  abstract, _ = state_shardings(Transformer(config.model), make_optimizer(config.train),
+                                make_mesh(MeshConfig()), seq_len=config.train.seq_len)
+  if info.record.get("params_only"):
+    abstract = abstract.replace(opt_state=None)
+  try:
+    checkpointer.restore(info.step, abstract)
+  except Exception as e:  # noqa: BLE001
+    quiet_orbax_leftovers()
+    return dataclasses.replace(info, problem=f"restore failed: {_first_line(e)}")
+  return info
+
+
+def _size(path: pathlib.Path) -> int:
+  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def format_table(infos: list[CheckpointInfo], *, verified: bool) -> str:
+  """The `lmjax checkpoints` table: step, bytes on disk, data position, status."""
+  ok = "restorable (verified)" if verified else "complete"
+  lines = [f"{'step':>8}  {'bytes':>12}  {'data_position':>13}  status"]
+  for info in infos:
+    step = str(info.step) if info.step is not None else "?"
+    position = str(info.data_position) if info.data_position is not None else "-"
+    status = ok if info.problem is None else f"NOT RESTORABLE: {info.problem}"
+    if info.name != step:
+      status += f" [{info.name}]"
+    lines.append(f"{step:>8}  {info.size_bytes:>12}  {position:>13}  {status}")
+  return "\n".join(lines)

@@ -90,8 +90,6 @@ def _verify(checkpointer: Checkpointer, config, info: CheckpointInfo) -> Checkpo
   from lmjax.train.state import state_shardings
   abstract, _ = state_shardings(Transformer(config.model), make_optimizer(config.train),
                                 make_mesh(MeshConfig()), seq_len=config.train.seq_len)
-  if info.record.get("params_only"):
-    abstract = abstract.replace(opt_state=None)
   try:
     checkpointer.restore(info.step, abstract)
   except Exception as e:  # noqa: BLE001

@@ -58,8 +58,6 @@ def load_run_at(run_dir: str | pathlib.Path, step: int | None = None, *,
   abstract, _ = state_shardings(model, tx, mesh or make_mesh(MeshConfig()), seq_len=config.train.seq_len)
 
   def restore(at: int):
-    if checkpointer.restore_record(at).get("params_only"):  # imported: no optimizer state yet
-      return checkpointer.restore(at, abstract.replace(opt_state=None))[0]
     return checkpointer.restore(at, abstract)[0]
 
   try:

@@ -1,7 +1,5 @@
 """TFDS datasets built for real in a temporary data_dir, read without TensorFlow."""
 
-import pathlib
-
 import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")

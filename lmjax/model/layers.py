@@ -39,7 +39,7 @@ class DenseGeneral(nn.Module):
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(initializer(self.config), tuple(self.axes)),
         in_shape + out_shape, jnp.float32)
-    n_in, n_out = len(in_shape), len(out_shape)
+    n_in = len(in_shape)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
     if self.use_bias:

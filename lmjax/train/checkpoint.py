@@ -74,10 +74,16 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
 
   def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
-    """Restores checkpoint `step` onto the shardings carried by `abstract_state`."""
+    """Restores checkpoint `step` onto the shardings carried by `abstract_state`.
+
+    An imported checkpoint (record `params_only`) has no optimizer state: it comes back None.
+    """
+    record = self.restore_record(step)
+    if record.get("params_only"):
+      abstract_state = abstract_state.replace(opt_state=None)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["record"] or {})
+        state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"], record
 
   def restore_record(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))

@@ -4,8 +4,10 @@
 
 Reports, for a config (default: the demo, tiny-gpt): tokenizer training, tokenization and
 packing speed over the whole corpus, how fast step-indexed batches are produced afterwards
-(tokens/s, MLM masking included for MLM configs), and the trainer's own tokens/s from a short run
-on the same config, so the two rates can be compared.
+(tokens/s, MLM masking included for MLM configs) directly and through the Grain iterator the
+trainer uses (one prefetch thread, or 2 worker processes), `lmjax data prepare` speed and
+batches read back from its array_record shards, and the trainer's own tokens/s from a short
+run on the same config, so the rates can be compared.
 """
 
 from __future__ import annotations
@@ -14,10 +16,27 @@ import argparse
 import tempfile
 import time
 
+import numpy as np
+
 from lmjax.config import load_config
-from lmjax.data.batches import batch_sources, build_tokenizer, pack_for
+from lmjax.data.batches import Corpus, batch_sources, build_tokenizer, load_corpus, pack_for
+from lmjax.data.pipeline import BatchIterator
+from lmjax.data.prepared import prepare
+from lmjax.data.rows import MemoryRows
 from lmjax.data.sources import read_documents
 from lmjax.train.loop import train
+
+
+def iterator_rate(source, positions, steps: int, workers: int) -> float:
+  """Tokens/s handed out by the trainer's Grain iterator, after its first batch."""
+  batches = BatchIterator(source, positions, num_steps=steps + 1, workers=workers)
+  next(batches)
+  start = time.perf_counter()
+  for _ in range(steps):
+    next(batches)
+  elapsed = time.perf_counter() - start
+  batches.close()
+  return steps * len(positions) * source.rows.take(np.arange(1))["input_ids"].shape[1] / elapsed
 
 
 def main() -> None:
@@ -45,7 +64,8 @@ def main() -> None:
   print(f"read {t1 - t0:.2f} s | tokenizer ({config.data.tokenizer or 'bpe'}) {t2 - t1:.2f} s | "
         f"tokenize {num_tokens / (t3 - t2):,.0f} tokens/s | pack {num_tokens / (t4 - t3):,.0f} tokens/s")
 
-  train_source, _ = batch_sources(config, tokenizer, rows, rows)
+  memory_rows = MemoryRows(rows, np.zeros(len(rows["input_ids"]), np.int32))
+  train_source, _ = batch_sources(config, Corpus(tokenizer, memory_rows, memory_rows))
   t5 = time.perf_counter()
   for step in range(args.steps):
     train_source.batch(step)
@@ -53,6 +73,24 @@ def main() -> None:
   tokens_per_step = config.train.batch_size * config.train.seq_len
   print(f"batches: {args.steps * tokens_per_step / (t6 - t5):,.0f} tokens/s "
         f"({(t6 - t5) / args.steps * 1e3:.2f} ms per batch of {tokens_per_step} tokens)")
+
+  positions = np.arange(config.train.batch_size)
+  for workers in (0, 2):
+    print(f"grain iterator, {workers or 'no'} worker processes: "
+          f"{iterator_rate(train_source, positions, args.steps, workers):,.0f} tokens/s")
+
+  with tempfile.TemporaryDirectory() as data_dir:
+    for workers in (0, 2):
+      t7 = time.perf_counter()
+      prepare(config, f"{data_dir}/w{workers}", workers=workers, log=lambda _: None)
+      print(f"data prepare, {workers or 'no'} worker processes: "
+            f"{num_tokens / (time.perf_counter() - t7):,.0f} tokens/s (tokenizer training included)")
+    prepared = load_corpus(load_config(args.config, args.overrides + [
+        "data.source=prepared", f"data.paths=[{data_dir}/w0]"]))
+    prepared_source, _ = batch_sources(config, prepared)
+    for workers in (0, 2):
+      print(f"grain iterator over prepared shards, {workers or 'no'} worker processes: "
+            f"{iterator_rate(prepared_source, positions, args.steps, workers):,.0f} tokens/s")
 
   with tempfile.TemporaryDirectory() as run_dir:
     result = train(load_config(args.config, args.overrides + [
@@ -62,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  main()  # under a main guard: Grain's worker processes start by importing this module

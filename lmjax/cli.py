@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="tokens, specials included (default: the config's model.vocab_size)")
   fit.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                    metavar="KEY=VALUE")
+
+  data = commands.add_parser("data", help="pre-tokenize a config's data for training")
+  data_commands = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+  prepare = data_commands.add_parser(
+      "prepare", help="tokenize and pack CONFIG's data into array_record shards in OUT_DIR")
+  prepare.add_argument("config", metavar="CONFIG")
+  prepare.add_argument("out_dir", metavar="OUT_DIR", help="a new directory")
+  prepare.add_argument("--workers", type=int, default=0,
+                       help="processes reading and tokenizing files in parallel (default 0: this one)")
+  prepare.add_argument("--rows-per-shard", type=int, default=65536)
+  prepare.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                       metavar="KEY=VALUE")
   return parser
 
 
@@ -231,15 +243,13 @@ def _cmd_checkpoints(args) -> int:
 
 def _cmd_tokenizer(args) -> int:
   from lmjax.config import load_config
-  from lmjax.data.sources import read_documents
+  from lmjax.data.batches import iter_corpus
   from lmjax.data.tokenizer import Tokenizer
   config = load_config(args.config, args.overrides)
   out = pathlib.Path(args.out)
   if out.exists() and any(out.iterdir()):
     raise UserError(f"--out {out} exists and is not empty: choose a new directory.")
-  documents = [doc for s in config.data.sources for doc in read_documents(
-      source=s.source, paths=s.paths, field=s.field, split=s.split, data_dir=s.data_dir,
-      encoding_errors=config.data.encoding_errors.value)]
+  documents = list(iter_corpus(config))
   tokenizer = Tokenizer.train_bpe(documents, vocab_size=args.vocab_size or config.model.vocab_size)
   tokenizer.save(out)
   print(f"trained a {tokenizer.vocab_size}-token BPE on {len(documents)} documents into {out}; "
@@ -247,9 +257,21 @@ def _cmd_tokenizer(args) -> int:
   return 0
 
 
+def _cmd_data(args) -> int:
+  from lmjax.config import load_config
+  from lmjax.data.prepared import prepare
+  if args.workers < 0:
+    raise UserError(f"--workers must be 0 or more, got {args.workers}.")
+  prepare(load_config(args.config, args.overrides), args.out_dir, workers=args.workers,
+          rows_per_shard=args.rows_per_shard)
+  print(f"train on it with: lmjax train {args.config} --set data.source=prepared "
+        f"'data.paths=[{args.out_dir}]'")
+  return 0
+
+
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate,
              "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,
-             "tokenizer": _cmd_tokenizer}
+             "tokenizer": _cmd_tokenizer, "data": _cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,11 @@ class EncodingErrors(enum.Enum):
   REPLACE = "replace"  # undecodable bytes become U+FFFD
 
 
+class BadRecords(enum.Enum):
+  ERROR = "error"      # a bad JSON Lines record is an error naming its file and line
+  SKIP = "skip"        # it is left out and counted (`skipped_records` in metrics.jsonl)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   steps: int = 1000
@@ -131,13 +136,17 @@ class DataSource:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   source: str = "builtin"              # builtin (CPython's pydoc) | text | jsonl | parquet | tfds
+                                       # | prepared (a directory `lmjax data prepare` wrote)
   paths: tuple[str, ...] = ()          # files or globs; for tfds: names name[/config][:version]
   field: str = "text"                  # JSON field, Parquet column or TFDS feature with the text
   split: str = "train"                 # TFDS split (slicing works: train[:90%])
   data_dir: str | None = None          # TFDS data_dir (default: TFDS's own)
-  tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json or
+  tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json,
+                                       # sentencepiece .model or
                                        # HF tokenizer dir; unset: model.init_from's, else bpe
   encoding_errors: EncodingErrors = EncodingErrors.STRICT
+  bad_records: BadRecords = BadRecords.ERROR  # error | skip (and count) a bad JSON Lines record
+  workers: int = 0                     # Grain worker processes assembling batches (0: a thread)
   eval_fraction: float = 0.05          # packed rows held out for evaluation (of each source)
   # A weighted mixture replaces source/paths/field: [{source, paths, field, weight}, ...]; each
   # training row comes from source i with probability weight_i / sum(weights).
@@ -183,6 +192,9 @@ class Config:
     if self.data.mixture and (self.data.paths or self.data.source != DataConfig.source):
       raise UserError("data.mixture replaces data.source and data.paths: give the sources inside "
                       "the mixture only.")
+    if self.data.workers < 0:
+      raise UserError(f"data.workers must be 0 (a background thread) or a number of worker "
+                      f"processes, got {self.data.workers}.")
     if not 0 < self.data.eval_fraction < 1:
       raise UserError(f"data.eval_fraction must be in (0, 1), got {self.data.eval_fraction}.")
 

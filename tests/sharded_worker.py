@@ -31,7 +31,7 @@ from lmjax.config import load_config  # noqa: E402
 from lmjax.data.batches import batch_sources, load_corpus  # noqa: E402
 from lmjax.sharding import make_mesh  # noqa: E402
 from lmjax.train.compile import compile_train_step  # noqa: E402
-from lmjax.train.loop import GlobalBatches, setup_step  # noqa: E402
+from lmjax.train.loop import TrainBatches, setup_step  # noqa: E402
 from lmjax.train.state import create_train_state  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
@@ -58,13 +58,14 @@ BAD_INPUTS = {
 def train_steps(config, mesh, corpus):
   """Losses of STEPS steps and the final state, with the loop's own pieces (no run directory)."""
   setup = setup_step(config, mesh)
-  train_source, _ = batch_sources(config, *corpus)
-  batches = GlobalBatches(train_source, mesh, setup.rules)
+  train_source, _ = batch_sources(config, corpus)
+  batches = TrainBatches(train_source, mesh, setup.rules, num_steps=STEPS, start=0, workers=0,
+                         state=None)
   state = create_train_state(setup.model, setup.tx, mesh, seed=config.train.seed,
                              seq_len=config.train.seq_len, rules=setup.rules)
   losses = []
   for step in range(STEPS):
-    state, metrics = setup.step_fn(state, batches(step))
+    state, metrics = setup.step_fn(state, next(batches))
     losses.append(float(metrics["loss"]))
   return losses, state
 

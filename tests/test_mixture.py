@@ -25,22 +25,22 @@ def mixture_overrides(tmp_path):
 
 def test_observed_proportions_match_the_weights(mixture_overrides):
   config = load_config("tiny-gpt", mixture_overrides)
-  tokenizer, train, held_out = load_corpus(config)
-  assert set(np.unique(held_out["source"])) == {0, 1}  # each source keeps held-out rows
-  source, _ = batch_sources(config, tokenizer, train, held_out)
+  corpus = load_corpus(config)
+  assert set(np.unique(corpus.held_out.source_ids)) == {0, 1}  # each source keeps held-out rows
+  source, _ = batch_sources(config, corpus)
   rows = np.concatenate([source.row_indices(step) for step in range(400)])
-  share = np.mean(train["source"][rows] == 0)
+  share = np.mean(corpus.train.source_ids[rows] == 0)
   assert abs(share - 0.75) < 0.02  # 3200 draws: the standard error is 0.008
   # Every draw is a real row: the batch holds exactly the rows the indices name.
   np.testing.assert_array_equal(source.batch(3)["input_ids"],
-                                train["input_ids"][source.row_indices(3)])
+                                corpus.train.take(source.row_indices(3))["input_ids"])
 
 
 def test_mixture_batches_are_a_function_of_the_step(mixture_overrides):
   config = load_config("tiny-gpt", mixture_overrides)
-  tokenizer, train, held_out = load_corpus(config)
-  a, _ = batch_sources(config, tokenizer, train, held_out)
-  b, _ = batch_sources(config, tokenizer, train, held_out)
+  corpus = load_corpus(config)
+  a, _ = batch_sources(config, corpus)
+  b, _ = batch_sources(config, corpus)
   for step in (0, 7, 123):
     np.testing.assert_array_equal(a.batch(step)["input_ids"], b.batch(step)["input_ids"])
   assert not np.array_equal(a.batch(1)["input_ids"], a.batch(2)["input_ids"])

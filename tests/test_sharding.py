@@ -140,7 +140,7 @@ def test_a_process_building_only_its_rows_gets_what_one_process_builds(tiny):
   # Hosts of a pod each ask for the positions their devices hold; MLM masks included, the rows
   # must be those one host would have built for the whole batch.
   config = load_config("tiny-bert", tiny + ["train.batch_size=8"])
-  source, _ = batch_sources(config, *load_corpus(config))
+  source, _ = batch_sources(config, load_corpus(config))
   whole = source.batch(3)
   for positions in ([0, 1, 2, 3], [4, 5, 6, 7], [2, 6]):
     part = source.batch(3, positions=np.array(positions))

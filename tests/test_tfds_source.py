@@ -1,21 +1,39 @@
-"""TFDS datasets built for real in a temporary data_dir, read without TensorFlow."""
+"""TFDS datasets built for real in temporary data_dirs, in both file formats.
 
+array_record datasets are read through `tfds.data_source`, without TensorFlow; tfrecord datasets
+through TensorFlow (the `tfrecord` extra). Each format is built once per module: importing
+TensorFlow and building take seconds.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from lmjax.config import load_config
-from lmjax.data.sources import read_documents
+from lmjax.data.sources import ReadStats, read_documents
 from lmjax.errors import UserError
 from lmjax.train.loop import train
 from tests.conftest import TINY
 
+FORMATS = ["array_record", "tfrecord"]
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+# 40 examples in 2 shards of ~20: more than tf.data's interleave block (16), so reading the
+# shards interleaved instead of one after the other would change the order.
 TRAIN_TEXTS = [f"train document {i}: the quick brown fox jumps over the lazy dog." for i in range(40)]
 TEST_TEXTS = [f"test document {i}." for i in range(5)]
+LATIN1_TEXTS = [b"caf\xe9 au lait", b"cr\xe8me"]  # not UTF-8
 
 
 class LmjaxTinyText(tfds.core.GeneratorBasedBuilder):
-  """A two-split text dataset, written in whatever file format the test asks for."""
+  """A text dataset with a clean `train` and `test` split and a `latin1` split of bad bytes."""
 
   VERSION = tfds.core.Version("1.0.0")
 
@@ -25,7 +43,8 @@ class LmjaxTinyText(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples(TRAIN_TEXTS),
-            "test": self._generate_examples(TEST_TEXTS)}
+            "test": self._generate_examples(TEST_TEXTS),
+            "latin1": self._generate_examples(LATIN1_TEXTS)}
 
   def _generate_examples(self, texts):
     for i, text in enumerate(texts):
@@ -33,13 +52,27 @@ class LmjaxTinyText(tfds.core.GeneratorBasedBuilder):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-  directory = tmp_path_factory.mktemp("tfds")
-  LmjaxTinyText(data_dir=str(directory), file_format="array_record").download_and_prepare()
-  return str(directory)
+def data_dirs(tmp_path_factory) -> dict[str, str]:
+  """The dataset prepared once in each file format (tfrecord only where TensorFlow is installed)."""
+  directories = {}
+  for file_format in FORMATS:
+    if file_format == "tfrecord" and not HAS_TENSORFLOW:
+      continue
+    directory = str(tmp_path_factory.mktemp(file_format))
+    LmjaxTinyText(data_dir=directory, file_format=file_format).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=2))
+    directories[file_format] = directory
+  return directories
 
 
-def test_array_record_splits_read_without_tensorflow(data_dir):
+@pytest.fixture(params=FORMATS)
+def data_dir(request, data_dirs) -> str:
+  if request.param not in data_dirs:
+    pytest.skip("tfrecord datasets need TensorFlow: pip install 'lmjax[tfrecord]'")
+  return data_dirs[request.param]
+
+
+def test_splits_read_every_generated_document(data_dir):
   docs = read_documents(source="tfds", paths=["lmjax_tiny_text:1.0.0"], split="train",
                         data_dir=data_dir)
   assert sorted(docs) == sorted(TRAIN_TEXTS)
@@ -47,8 +80,32 @@ def test_array_record_splits_read_without_tensorflow(data_dir):
                                data_dir=data_dir)) == sorted(TEST_TEXTS)
 
 
+@pytest.mark.skipif(not HAS_TENSORFLOW, reason="tfrecord datasets need TensorFlow")
+def test_both_formats_give_the_stored_order(data_dirs):
+  def read(file_format, split):
+    return read_documents(source="tfds", paths=["lmjax_tiny_text"], split=split,
+                          data_dir=data_dirs[file_format])
+  for split in ("train", "test"):
+    assert read("tfrecord", split) == read("array_record", split)
+  assert read("tfrecord", "train") != TRAIN_TEXTS  # TFDS stores examples shuffled by key
+
+
+def test_bytes_that_are_not_utf8_follow_encoding_errors(data_dir):
+  with pytest.raises(UserError, match="is not valid UTF-8"):
+    read_documents(source="tfds", paths=["lmjax_tiny_text"], split="latin1", data_dir=data_dir)
+  assert sorted(read_documents(source="tfds", paths=["lmjax_tiny_text"], split="latin1",
+                               data_dir=data_dir, encoding_errors="replace")) == [
+                                   "caf\ufffd au lait", "cr\ufffdme"]
+  stats = ReadStats()  # data.bad_records=skip leaves them out and counts them
+  with pytest.raises(UserError, match="yielded no documents.*or skipped"):
+    read_documents(source="tfds", paths=["lmjax_tiny_text"], split="latin1", data_dir=data_dir,
+                   bad_records="skip", stats=stats)
+  assert stats.skipped == 2 and "is not valid UTF-8" in stats.first_problem
+
+
 @pytest.mark.parametrize("kwargs, expected", [
-    (dict(paths=["no_such_dataset"]), "is not prepared in"),
+    (dict(paths=["no_such_dataset"]), "TFDS dataset 'no_such_dataset' is not prepared in"),
+    (dict(paths=["lmjax_tiny_text:9.9.9"]), "'lmjax_tiny_text:9.9.9' is not prepared in"),
     (dict(paths=["lmjax_tiny_text"], split="validation"), "has no split 'validation'"),
     (dict(paths=["lmjax_tiny_text"], field="body"), "has no feature 'body' (features: "),
     (dict(paths=["lmjax_tiny_text"], field="label"), "not text"),
@@ -60,13 +117,62 @@ def test_tfds_mistakes_are_explained(data_dir, kwargs, expected):
 
 
 def test_a_data_dir_without_the_dataset_is_named(tmp_path):
-  with pytest.raises(UserError, match=str(tmp_path)):
+  with pytest.raises(UserError, match=f"'lmjax_tiny_text' is not prepared in {tmp_path}"):
     read_documents(source="tfds", paths=["lmjax_tiny_text"], data_dir=str(tmp_path))
 
 
-def test_training_reads_a_tfds_dataset(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  """A persistent XLA cache for this module: the second training run reuses the first's programs
+  instead of compiling them again (most of a tiny run's time)."""
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  saved = {key: getattr(jax.config, key) for key in keys}
+  compilation_cache_lib.reset_cache()  # a cache another test started would ignore the new dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  yield
+  for key, value in saved.items():
+    jax.config.update(key, value)
+  compilation_cache_lib.reset_cache()  # forget the deleted directory; later tests start from `saved`
+
+
+def test_training_reads_a_tfds_dataset(data_dir, tmp_path, compilation_cache):
   config = load_config("tiny-gpt", TINY + [
       "data.source=tfds", "data.paths=[lmjax_tiny_text]", f"data.data_dir={data_dir}",
-      "train.steps=4", "train.eval_every=0"])
+      "train.steps=2", "train.eval_every=0"])
   result = train(config, tmp_path)
-  assert result.final_step == 4
+  assert result.final_step == 2
+
+
+# In a fresh process: the array_record path must work for users without TensorFlow; a tfrecord
+# dataset is then refused with the install advice, and read once TensorFlow can be imported.
+FRESH_PROCESS = textwrap.dedent("""
+    import sys
+    from lmjax.data.sources import ReadStats, read_documents
+    from lmjax.errors import UserError
+    array_record, tfrecord = sys.argv[1:]
+    docs = read_documents(source="tfds", paths=["lmjax_tiny_text"], data_dir=array_record)
+    assert len(docs) == 40, len(docs)
+    assert "tensorflow" not in sys.modules, "reading array_record imported tensorflow"
+    if tfrecord:
+      sys.modules["tensorflow"] = None  # as if it were not installed: importing it fails
+      try:
+        read_documents(source="tfds", paths=["lmjax_tiny_text"], data_dir=tfrecord)
+      except UserError as e:
+        print(e)
+      del sys.modules["tensorflow"]
+      assert read_documents(source="tfds", paths=["lmjax_tiny_text"], data_dir=tfrecord) == docs
+""")
+
+
+def test_array_record_needs_no_tensorflow_and_tfrecord_says_how_to_get_it(data_dirs):
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  result = subprocess.run(
+      [sys.executable, "-c", FRESH_PROCESS, data_dirs["array_record"], data_dirs.get("tfrecord", "")],
+      capture_output=True, text=True, env=env, timeout=300, check=False,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr
+  if HAS_TENSORFLOW:
+    assert "stored as tfrecord, which only TensorFlow reads: pip install 'lmjax[tfrecord]'" in (
+        result.stdout)
+    assert "cpu_feature_guard" not in result.stderr  # TensorFlow's C++ INFO lines stay hidden

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from lmjax.config import Config
 from lmjax.data.packing import pack_documents
-from lmjax.data.sources import read_documents
+from lmjax.data.rows import ArrayRecordRows, MemoryRows, Rows
+from lmjax.data.sources import ReadStats, iter_documents, read_documents
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.model.config import Head
 from lmjax.objectives import mask_tokens_for_mlm
-
-# input_ids, segment_ids, positions: [num_rows, seq_len] int32; source: [num_rows] int32
-Rows = dict[str, np.ndarray]
-
 
 @dataclasses.dataclass(frozen=True)
 class BatchSource:
@@ -37,12 +36,12 @@ class BatchSource:
   tokenizer: Tokenizer
   vocab_size: int
   mlm_probability: float = 0.15
-  # Mixture weights by `rows["source"]` id; empty: one source, read in seeded epochs.
+  # Mixture weights by `rows.source_ids`; empty: one source, read in seeded epochs.
   weights: tuple[float, ...] = ()
 
   @property
   def num_rows(self) -> int:
-    return len(self.rows["input_ids"])
+    return len(self.rows)
 
   def row_indices(self, step: int) -> np.ndarray:
     """Global row indices of step `step`'s batch: [batch_size].
@@ -55,9 +54,7 @@ class BatchSource:
       rng = np.random.default_rng([self.seed, step, 2])
       probabilities = np.asarray(self.weights) / np.sum(self.weights)
       chosen = rng.choice(len(probabilities), size=self.batch_size, p=probabilities)
-      ids = self.rows["source"]
-      starts = np.searchsorted(ids, np.arange(len(probabilities)))
-      counts = np.searchsorted(ids, np.arange(len(probabilities)), side="right") - starts
+      starts, counts = self.rows.source_ranges(len(probabilities))
       return starts[chosen] + rng.integers(0, counts[chosen])
     flat = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
     epochs, offsets = np.divmod(flat, self.num_rows)
@@ -78,7 +75,7 @@ class BatchSource:
     positions = np.arange(self.batch_size) if positions is None else np.asarray(positions)
     indices = self.row_indices(step) if shuffle else (
         np.arange(step * self.batch_size, (step + 1) * self.batch_size) % self.num_rows)
-    batch = {k: v[indices[positions]] for k, v in self.rows.items() if k != "source"}
+    batch = self.rows.take(indices[positions])
     if self.head is Head.MASKED_LM:
       special = np.fromiter(self.tokenizer.special_ids, np.int64)
       maskable = (batch["segment_ids"] != 0) & ~np.isin(batch["input_ids"], special)
@@ -101,16 +98,23 @@ def batch_fields(head: Head) -> dict[str, np.dtype]:
   return fields
 
 
-def pack_for(head: Head, tokenizer: Tokenizer, token_docs: list[list[int]], seq_len: int) -> Rows:
-  """Packs documents as the objective expects: text<eos> for causal LM, <bos>text<eos> for MLM."""
-  bos = None
-  if head is Head.MASKED_LM:
-    bos = tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id
-  eos = tokenizer.sep_id if head is Head.MASKED_LM and tokenizer.sep_id is not None else tokenizer.eos_id
+def packing_ids(head: Head, tokenizer: Tokenizer) -> tuple[int | None, int | None]:
+  """(bos, eos) ids around each packed document: text<eos> for causal LM, <bos>text<eos> (the
+  tokenizer's CLS/SEP where it has them) for MLM."""
+  if head is not Head.MASKED_LM:
+    return None, tokenizer.eos_id
+  bos = tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id
+  return bos, tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id
+
+
+def pack_for(head: Head, tokenizer: Tokenizer, token_docs: list[list[int]], seq_len: int
+             ) -> dict[str, np.ndarray]:
+  """Packs documents as the objective expects (see `packing_ids`)."""
+  bos, eos = packing_ids(head, tokenizer)
   return pack_documents(token_docs, seq_len=seq_len, eos_id=eos, bos_id=bos)
 
 
-def build_tokenizer(config: Config, documents: list[str]) -> Tokenizer:
+def build_tokenizer(config: Config, documents: Iterable[str]) -> Tokenizer:
   """The tokenizer `data.tokenizer` names: byte, bpe (trained on `documents`) or a path.
 
   Unset, it is the tokenizer of `model.init_from` when fine-tuning, else a trained BPE.
@@ -137,43 +141,109 @@ def check_tokenizer(config: Config, tokenizer: Tokenizer) -> None:
                     "data.tokenizer=bpe or byte, or a tokenizer with [MASK]/<mask>.")
 
 
-def load_corpus(config: Config, tokenizer: Tokenizer | None = None
-                ) -> tuple[Tokenizer, Rows, Rows]:
-  """Reads, tokenizes and packs the corpus; returns (tokenizer, train rows, eval rows).
+def iter_corpus(config: Config, stats: ReadStats | None = None) -> Iterator[str]:
+  """Every document of every source of `config`, read one file at a time."""
+  for s in config.data.sources:
+    for chunk in iter_documents(source=s.source, paths=s.paths, field=s.field, split=s.split,
+                                data_dir=s.data_dir, encoding_errors=config.data.encoding_errors.value,
+                                bad_records=config.data.bad_records.value, stats=stats):
+      yield from chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Packed training and held-out rows, the tokenizer that made them and the mixture weights."""
+
+  tokenizer: Tokenizer
+  train: Rows
+  held_out: Rows
+  weights: tuple[float, ...] = ()   # by source id; () for one source
+  skipped_records: int = 0          # bad records left out under data.bad_records=skip
+
+
+def load_corpus(config: Config, tokenizer: Tokenizer | None = None) -> Corpus:
+  """Reads, tokenizes and packs the corpus, or opens prepared rows (`data.source: prepared`).
 
   Each source's last `data.eval_fraction` of packed rows (at least one) is held out for
-  evaluation. Rows carry `source`, the index of their source in `data.sources`, sorted. Pass
-  `tokenizer` to reuse one (a resumed run keeps its own); otherwise one is built from all text.
+  evaluation. Rows carry the index of their source in `data.sources`, sorted. Pass `tokenizer`
+  to reuse one (a resumed run keeps its own); otherwise one is built from all text.
   """
   data = config.data
+  kinds = {s.source == "prepared" for s in data.sources}
+  if kinds == {True}:
+    return _open_prepared(config, tokenizer)
+  if len(kinds) > 1:
+    raise UserError("data.mixture mixes 'prepared' sources with document sources; prepare the "
+                    "others too (lmjax data prepare), or tokenize all of them on the fly.")
+  stats = ReadStats()
   documents = [read_documents(source=s.source, paths=s.paths, field=s.field, split=s.split,
-                              data_dir=s.data_dir, encoding_errors=data.encoding_errors.value)
+                              data_dir=s.data_dir, encoding_errors=data.encoding_errors.value,
+                              bad_records=data.bad_records.value, stats=stats)
                for s in data.sources]
+  if stats.skipped:
+    print(f"lmjax: skipped {stats.skipped} bad record(s) (data.bad_records=skip); the first: "
+          f"{stats.first_problem}", file=sys.stderr)
   tokenizer = tokenizer or build_tokenizer(config, [d for docs in documents for d in docs])
   check_tokenizer(config, tokenizer)
   train, held_out = [], []
   for i, docs in enumerate(documents):
-    rows = pack_for(config.model.head, tokenizer, tokenizer.encode_batch(docs),
-                    config.train.seq_len)
-    num_rows = len(rows["input_ids"])
+    packed = pack_for(config.model.head, tokenizer, tokenizer.encode_batch(docs),
+                      config.train.seq_len)
+    num_rows = len(packed["input_ids"])
     if num_rows < 2:
       named = f"data.mixture[{i}]" if data.mixture else "the corpus"
       raise UserError(
           f"{named} makes only {num_rows} row(s) of train.seq_len={config.train.seq_len} tokens; "
           f"training and evaluation need at least 2: add data or lower train.seq_len.")
-    rows["source"] = np.full(num_rows, i, np.int32)
+    rows = MemoryRows(packed, np.full(num_rows, i, np.int32))
     num_eval = min(max(1, round(num_rows * data.eval_fraction)), num_rows - 1)
-    train.append({k: v[:-num_eval] for k, v in rows.items()})
-    held_out.append({k: v[-num_eval:] for k, v in rows.items()})
-  concat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  return tokenizer, concat(train), concat(held_out)
+    train.append(rows.slice(0, num_rows - num_eval))
+    held_out.append(rows.slice(num_rows - num_eval, num_rows))
+  return Corpus(tokenizer, MemoryRows.concatenate(train), MemoryRows.concatenate(held_out),
+                tuple(s.weight for s in data.mixture), stats.skipped)
 
 
-def batch_sources(config: Config, tokenizer: Tokenizer, train: Rows, held_out: Rows
-                  ) -> tuple[BatchSource, BatchSource]:
+def _open_prepared(config: Config, tokenizer: Tokenizer | None) -> Corpus:
+  """Rows of prepared directories: one directory keeps its own sources and weights; a mixture
+  of directories makes each one source with the mixture's weight."""
+  from lmjax.data.prepared import open_prepared  # pylint: disable=import-outside-toplevel
+  paths = [p for s in config.data.sources for p in s.paths]
+  if not paths or (config.data.mixture and any(len(s.paths) != 1 for s in config.data.sources)):
+    raise UserError("A 'prepared' source needs the directory `lmjax data prepare` wrote, one per "
+                    "source: `data.paths: [DIR]` (or one path in each data.mixture entry).")
+  opened = [open_prepared(p) for p in paths]
+  first = opened[0]
+  for p in opened:
+    if p.meta["seq_len"] != config.train.seq_len:
+      raise UserError(f"{p.path} holds rows of {p.meta['seq_len']} tokens but train.seq_len is "
+                      f"{config.train.seq_len}: set train.seq_len={p.meta['seq_len']}, or prepare "
+                      f"the data again with train.seq_len={config.train.seq_len}.")
+    if (p.meta["bos_id"], p.meta["eos_id"]) != packing_ids(config.model.head, p.tokenizer):
+      raise UserError(f"{p.path} was packed for a {p.meta['head']} model, not for this "
+                      f"{config.model.head.value} one: prepare it with this model's config.")
+    if p.tokenizer.to_dict() != first.tokenizer.to_dict():
+      raise UserError(f"{p.path} and {first.path} were made with different tokenizers; prepare "
+                      f"them with the same data.tokenizer.")
+  if tokenizer is not None and tokenizer.to_dict() != first.tokenizer.to_dict():
+    raise UserError(f"this run's tokenizer (RUN_DIR/tokenizer) differs from the one {first.path} "
+                    f"was prepared with; resume with the same data, or start a new run directory.")
+  check_tokenizer(config, first.tokenizer)
+  skipped = sum(s["skipped_records"] for p in opened for s in p.meta["sources"])
+  if len(opened) == 1:
+    weights = tuple(first.meta["weights"])
+    return Corpus(first.tokenizer, first.train, first.held_out, weights, skipped)
+  def joined(part: str) -> ArrayRecordRows:
+    parts = [getattr(p, part) for p in opened]
+    return ArrayRecordRows([f for r in parts for f in r.files], seq_len=config.train.seq_len,
+                           source_ids=np.repeat(np.arange(len(parts)), [len(r) for r in parts]))
+  return Corpus(first.tokenizer, joined("train"), joined("held_out"),
+                tuple(s.weight for s in config.data.mixture), skipped)
+
+
+def batch_sources(config: Config, corpus: Corpus) -> tuple[BatchSource, BatchSource]:
   """Train and eval BatchSources."""
-  common = dict(batch_size=config.train.batch_size, head=config.model.head, tokenizer=tokenizer,
-                vocab_size=config.model.vocab_size, mlm_probability=config.train.mlm_probability)
-  weights = tuple(s.weight for s in config.data.mixture)
-  return (BatchSource(train, seed=config.train.seed, weights=weights, **common),
-          BatchSource(held_out, seed=config.train.seed + 1, **common))
+  common = dict(batch_size=config.train.batch_size, head=config.model.head,
+                tokenizer=corpus.tokenizer, vocab_size=config.model.vocab_size,
+                mlm_probability=config.train.mlm_probability)
+  return (BatchSource(corpus.train, seed=config.train.seed, weights=corpus.weights, **common),
+          BatchSource(corpus.held_out, seed=config.train.seed + 1, **common))

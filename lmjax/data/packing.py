@@ -29,17 +29,53 @@ def pack_documents(token_docs: Sequence[Sequence[int]], *, seq_len: int, eos_id:
 
   Returns int32 arrays `input_ids`, `segment_ids`, `positions`, each [num_rows, seq_len].
   """
-  _check_seq_len(seq_len)
-  prefix = np.asarray([] if bos_id is None else [bos_id], dtype=np.int64)
-  suffix = np.asarray([] if eos_id is None else [eos_id], dtype=np.int64)
-  pieces = [np.concatenate([prefix, np.asarray(doc, dtype=np.int64).reshape(-1), suffix])
-            for doc in token_docs]
-  pieces = [p for p in pieces if p.size]
-  if not pieces:
+  packer = RowPacker(seq_len=seq_len, eos_id=eos_id, bos_id=bos_id)
+  full, last = packer.add(token_docs), packer.finish()
+  if not len(full["input_ids"]) and not len(last["input_ids"]):
     raise UserError(f"There are no tokens to pack ({len(token_docs)} documents, all empty). "
                     f"Check that the data source yields non-empty documents.")
-  tokens = np.concatenate(pieces)                                     # [total]
-  doc_index = np.repeat(np.arange(len(pieces)), [p.size for p in pieces])  # [total]
+  return {k: np.concatenate([full[k], last[k]]) for k in full}
+
+
+class RowPacker:
+  """`pack_documents` fed in chunks, for corpora that do not fit in memory at once.
+
+  `add(docs)` returns the rows completed so far and keeps the unfinished one; `finish()` returns
+  that last row, padded (or no rows). Feeding a corpus in any chunks gives exactly the rows
+  `pack_documents` gives for all of it.
+  """
+
+  def __init__(self, *, seq_len: int, eos_id: int | None, bos_id: int | None = None):
+    _check_seq_len(seq_len)
+    self.seq_len = seq_len
+    self._prefix = np.asarray([] if bos_id is None else [bos_id], dtype=np.int64)
+    self._suffix = np.asarray([] if eos_id is None else [eos_id], dtype=np.int64)
+    self._tokens = np.zeros(0, np.int64)     # the unfinished row's tokens
+    self._doc_index = np.zeros(0, np.int64)  # and the document each came from
+    self._num_docs = 0
+
+  def add(self, token_docs: Sequence[Sequence[int]]) -> Batch:
+    pieces = [np.concatenate([self._prefix, np.asarray(doc, dtype=np.int64).reshape(-1),
+                              self._suffix]) for doc in token_docs]
+    pieces = [p for p in pieces if p.size]
+    doc_index = np.repeat(np.arange(self._num_docs, self._num_docs + len(pieces)),
+                          [p.size for p in pieces])
+    self._num_docs += len(pieces)
+    tokens = np.concatenate([self._tokens, *pieces])
+    doc_index = np.concatenate([self._doc_index, doc_index])
+    done = tokens.size // self.seq_len * self.seq_len
+    self._tokens, self._doc_index = tokens[done:], doc_index[done:]
+    return _rows(tokens[:done], doc_index[:done], self.seq_len)
+
+  def finish(self) -> Batch:
+    tokens, doc_index = self._tokens, self._doc_index
+    self._tokens, self._doc_index = tokens[:0], doc_index[:0]
+    return _rows(tokens, doc_index, self.seq_len)
+
+
+def _rows(tokens: np.ndarray, doc_index: np.ndarray, seq_len: int) -> Batch:
+  """Rows of `seq_len` from a token stream [total] and its document indices (the last row
+  padded): segment ids count the pieces of each row, positions restart with each piece."""
   num_rows = -(-tokens.size // seq_len)
   pad = num_rows * seq_len - tokens.size
   tokens = np.pad(tokens, (0, pad)).reshape(num_rows, seq_len)            # [rows, seq_len]

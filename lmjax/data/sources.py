@@ -8,11 +8,12 @@ where that helps.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import glob
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from lmjax.errors import UserError
 
@@ -25,6 +26,7 @@ class Source(enum.Enum):
   JSONL = "jsonl"      # one document per line, from a string field of a JSON object
   PARQUET = "parquet"  # one document per row, from a string column (needs pyarrow)
   TFDS = "tfds"        # one document per example, from a text feature of a TFDS dataset
+  PREPARED = "prepared"  # packed rows that `lmjax data prepare` wrote (lmjax.data.prepared)
 
 
 class EncodingErrors(enum.Enum):
@@ -32,6 +34,27 @@ class EncodingErrors(enum.Enum):
 
   STRICT = "strict"    # raise a UserError naming the file and the byte offset
   REPLACE = "replace"  # substitute U+FFFD for each bad byte sequence
+
+
+class BadRecords(enum.Enum):
+  """What to do with one unreadable record (`data.bad_records` in a config): a JSON Lines line
+  that is not a JSON object with a string field, or a line or TFDS example holding bytes that
+  are not UTF-8 (under `data.encoding_errors: strict`)."""
+
+  ERROR = "error"      # stop with a UserError naming the file and line
+  SKIP = "skip"        # leave the record out, count it (logged, and in metrics.jsonl)
+
+
+@dataclasses.dataclass
+class ReadStats:
+  """What reading skipped under `data.bad_records: skip`."""
+
+  skipped: int = 0
+  first_problem: str | None = None   # the first skipped record's problem, for the log
+
+  def skip(self, problem: str) -> None:
+    self.skipped += 1
+    self.first_problem = self.first_problem or problem
 
 
 def builtin_corpus() -> list[str]:
@@ -46,7 +69,8 @@ def builtin_corpus() -> list[str]:
 
 def read_documents(*, source: str | Source, paths: Sequence[str] = (), field: str = "text",
                    encoding_errors: str | EncodingErrors = "strict", split: str = "train",
-                   data_dir: str | None = None) -> list[str]:
+                   data_dir: str | None = None, bad_records: str | BadRecords = "error",
+                   stats: ReadStats | None = None) -> list[str]:
   """Every document of a source, in order: -> list[str] of length num_documents.
 
   source: "builtin" (ignores `paths`), "text" (one document per file, its content unchanged),
@@ -58,37 +82,77 @@ def read_documents(*, source: str | Source, paths: Sequence[str] = (), field: st
   order, and a file named twice is read once.
   encoding_errors: "strict" raises a UserError on bytes that are not UTF-8; "replace"
   substitutes U+FFFD for them.
+  bad_records: "error" raises a UserError on a bad JSON Lines record; "skip" leaves it out and
+  counts it in `stats`.
   """
+  documents = [doc for chunk in iter_documents(
+      source=source, paths=paths, field=field, encoding_errors=encoding_errors, split=split,
+      data_dir=data_dir, bad_records=bad_records, stats=stats) for doc in chunk]
+  if not documents:
+    raise UserError(
+        f"The {Source(source).value} source yielded no documents from `data.paths` "
+        f"{list(paths) if not isinstance(paths, str) else [paths]}: every line was blank"
+        f"{' or skipped' if stats and stats.skipped else ''}. Add documents to those files or "
+        f"point `data.paths` elsewhere.")
+  return documents
+
+
+def iter_documents(*, source: str | Source, paths: Sequence[str] = (), field: str = "text",
+                   encoding_errors: str | EncodingErrors = "strict", split: str = "train",
+                   data_dir: str | None = None, bad_records: str | BadRecords = "error",
+                   stats: ReadStats | None = None) -> Iterator[list[str]]:
+  """`read_documents` one unit (file or TFDS dataset) at a time: yields each one's documents.
+
+  Units are read only when their turn comes, so a corpus never has to fit in memory at once;
+  path errors (a glob matching nothing) are raised before the first unit is read.
+  """
+  for unit in list_units(source=source, paths=paths):
+    yield read_unit(unit, source=source, field=field, encoding_errors=encoding_errors,
+                    split=split, data_dir=data_dir, bad_records=bad_records, stats=stats)
+
+
+def list_units(*, source: str | Source, paths: Sequence[str] = ()) -> list[str]:
+  """The units a source is read in, in order: its files, its TFDS dataset names, or [""] for
+  the built-in corpus. Raises a UserError for paths that name nothing."""
   source = _parse_enum(Source, source, key="data.source")
   if isinstance(paths, (str, os.PathLike)):  # one path, not a sequence of characters
     paths = [paths]
-  errors = _parse_enum(EncodingErrors, encoding_errors, key="data.encoding_errors")
+  if source is Source.PREPARED:
+    raise UserError("A 'prepared' source holds packed rows, not documents; `lmjax train` reads "
+                    "it directly.")
   if source is Source.BUILTIN:
-    documents = builtin_corpus()
-  elif source is Source.TFDS:
-    from lmjax.data.tfds_source import read_tfds  # local: tensorflow_datasets is an extra
+    return [""]
+  if source is Source.TFDS:
     if not paths:
       raise UserError("The 'tfds' source needs dataset names in `data.paths`, e.g. "
                       "['imdb_reviews/plain_text:1.0.0'], with `data.split` and `data.data_dir`.")
-    documents = [doc for name in paths for doc in read_tfds(
-        name, split=split, data_dir=data_dir, field=field, errors=errors.value)]
-  else:
-    files = _expand_paths(paths, source=source)
-    documents = []
-    for file in files:
-      if source is Source.PARQUET:
-        documents.extend(_read_parquet(file, column=field))
-        continue
-      text = _read_text(file, errors=errors)
-      if source is Source.TEXT:
-        documents.append(text)
-      else:
-        documents.extend(_parse_jsonl(text, file=file, field=field))
-  if not documents:
-    raise UserError(
-        f"The {source.value} source yielded no documents from `data.paths` {list(paths)}: "
-        f"every line was blank. Add documents to those files or point `data.paths` elsewhere.")
-  return documents
+    return [os.fspath(p) for p in paths]
+  return _expand_paths(paths, source=source)
+
+
+def read_unit(unit: str, *, source: str | Source, field: str = "text",
+              encoding_errors: str | EncodingErrors = "strict", split: str = "train",
+              data_dir: str | None = None, bad_records: str | BadRecords = "error",
+              stats: ReadStats | None = None) -> list[str]:
+  """The documents of one unit of `list_units` (arguments as for `read_documents`)."""
+  source = _parse_enum(Source, source, key="data.source")
+  errors = _parse_enum(EncodingErrors, encoding_errors, key="data.encoding_errors")
+  policy = _parse_enum(BadRecords, bad_records, key="data.bad_records")
+  stats = stats if stats is not None else ReadStats()
+  if source is Source.BUILTIN:
+    return builtin_corpus()
+  if source is Source.TFDS:
+    from lmjax.data.tfds_source import read_tfds  # local: tensorflow_datasets is an extra
+    return read_tfds(unit, split=split, data_dir=data_dir, field=field, errors=errors.value,
+                     skip=stats.skip if policy is BadRecords.SKIP else None)
+  if source is Source.PARQUET:
+    return _read_parquet(unit, column=field)
+  if source is Source.TEXT:
+    return [_read_text(unit, errors=errors)]
+  if policy is BadRecords.SKIP and errors is EncodingErrors.STRICT:
+    return _parse_jsonl_lines(_read_bytes(unit), file=unit, field=field, stats=stats)
+  return _parse_jsonl(_read_text(unit, errors=errors), file=unit, field=field,
+                      stats=stats if policy is BadRecords.SKIP else None)
 
 
 def _parse_enum(kind: type[enum.Enum], value, *, key: str):
@@ -128,13 +192,19 @@ def _expand_paths(paths: Sequence[str], *, source: Source) -> list[str]:
   return list(files)
 
 
-def _read_text(file: str, *, errors: EncodingErrors) -> str:
-  """A whole file decoded as UTF-8 (a leading byte-order mark is dropped)."""
+def _read_bytes(file: str) -> bytes:
+  """A whole file's bytes; UserError when it is empty."""
   with open(file, "rb") as f:
     data = f.read()
   if not data.strip():
     raise UserError(f"The data file {file!r} is empty (or holds only whitespace). Remove it "
                     f"from `data.paths` or give it some text.")
+  return data
+
+
+def _read_text(file: str, *, errors: EncodingErrors) -> str:
+  """A whole file decoded as UTF-8 (a leading byte-order mark is dropped)."""
+  data = _read_bytes(file)
   try:
     text = data.decode("utf-8", errors=errors.value)
   except UnicodeDecodeError as e:
@@ -147,34 +217,63 @@ def _read_text(file: str, *, errors: EncodingErrors) -> str:
   return text.removeprefix("\ufeff")
 
 
-def _parse_jsonl(text: str, *, file: str, field: str) -> list[str]:
-  """The string in `field` of each non-blank line of a JSON Lines file."""
+def _parse_jsonl_lines(data: bytes, *, file: str, field: str, stats: ReadStats) -> list[str]:
+  """`_parse_jsonl` decoding line by line, skipping (and counting) lines that are not UTF-8."""
+  documents = []
+  for line_number, line in enumerate(data.split(b"\n"), start=1):
+    try:
+      text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+      stats.skip(f"{file}:{line_number}: byte offset {e.start} of the line is not UTF-8")
+      continue
+    documents.extend(_parse_jsonl(text.removeprefix("\ufeff") if line_number == 1 else text,
+                                  file=file, field=field, stats=stats, first_line=line_number))
+  return documents
+
+
+def _parse_jsonl(text: str, *, file: str, field: str, stats: ReadStats | None = None,
+                 first_line: int = 1) -> list[str]:
+  """The string in `field` of each non-blank line of a JSON Lines file.
+
+  A bad line raises a UserError naming it, or with `stats` is skipped and counted there.
+  """
   documents = []
   # Split on "\n" only: str.splitlines would also split at U+2028 and friends, which JSON
   # allows unescaped inside strings.
-  for line_number, line in enumerate(text.split("\n"), start=1):
+  for line_number, line in enumerate(text.split("\n"), start=first_line):
     if not line.strip():
       continue
     where = f"{file}:{line_number}"
     try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f"Line {where} is not valid JSON ({e.msg} at column {e.colno}). Each "
-                      f"line of a JSON Lines file must be one JSON object, e.g. "
-                      f'{{"{field}": "..."}}; fix or remove that line.') from None
-    if not isinstance(record, dict):
-      raise UserError(f"Line {where} holds a JSON {type(record).__name__}, not an object. Each "
-                      f'line must be one JSON object with a string field, e.g. {{"{field}": '
-                      f'"..."}}.')
-    value = record.get(field)
-    if not isinstance(value, str):
-      problem = "has no field" if field not in record else (
-          f"has a value of type {type(value).__name__}, not a string, in field")
-      keys = ", ".join(repr(k) for k in record) or "none"
-      raise UserError(f"Line {where} {problem} {field!r} (keys present: {keys}). Set "
-                      f"`data.field` to the key that holds the text, or fix that line.")
-    documents.append(value)
+      documents.append(_json_record(line, where=where, field=field))
+    except UserError as e:
+      if stats is None:
+        raise
+      stats.skip(str(e).split(". ")[0])
   return documents
+
+
+def _json_record(line: str, *, where: str, field: str) -> str:
+  """The string in `field` of one JSON Lines line; UserError naming `where` otherwise."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise UserError(f"Line {where} is not valid JSON ({e.msg} at column {e.colno}). Each "
+                    f"line of a JSON Lines file must be one JSON object, e.g. "
+                    f'{{"{field}": "..."}}; fix or remove that line, or set `data.bad_records: skip`.'
+                    ) from None
+  if not isinstance(record, dict):
+    raise UserError(f"Line {where} holds a JSON {type(record).__name__}, not an object. Each "
+                    f'line must be one JSON object with a string field, e.g. {{"{field}": '
+                    f'"..."}}.')
+  value = record.get(field)
+  if not isinstance(value, str):
+    problem = "has no field" if field not in record else (
+        f"has a value of type {type(value).__name__}, not a string, in field")
+    keys = ", ".join(repr(k) for k in record) or "none"
+    raise UserError(f"Line {where} {problem} {field!r} (keys present: {keys}). Set "
+                    f"`data.field` to the key that holds the text, or fix that line.")
+  return value
 
 
 def _read_parquet(file: str, *, column: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 array_record datasets are read by random access through `tfds.data_source`, which needs no
 TensorFlow. tfrecord datasets can only be read through TensorFlow (`pip install
-tensorflow-cpu`); without it they are refused with that advice.
+'lmjax[tfrecord]'`); without it they are refused with that advice. Either way the examples come
+in their stored order (shard after shard), so both formats of a dataset give the same documents.
 """
 
 from __future__ import annotations
@@ -41,9 +42,53 @@ def _builder(tfds, name: str, data_dir: str | None):
   return builder
 
 
+_tensorflow_configured = False
+
+
+def _tensorflow(name: str, file_format: str):
+  """TensorFlow, kept off GPUs and spare threads: here it only reads files.
+
+  Hiding GPUs keeps TensorFlow from reserving the accelerator memory that JAX needs. Its C++
+  INFO lines stay hidden because JAX, imported with lmjax, sets TF_CPP_MIN_LOG_LEVEL=1 unless
+  the user chose a level.
+  """
+  global _tensorflow_configured  # pylint: disable=global-statement
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError(f"TFDS dataset {name!r} is stored as {file_format}, which only TensorFlow "
+                    f"reads: pip install 'lmjax[tfrecord]' (or tensorflow-cpu), or prepare it as "
+                    f"array_record (tfds build --file_format=array_record).") from None
+  if not _tensorflow_configured:
+    _tensorflow_configured = True
+    try:  # only possible before TensorFlow's runtime starts; once it has, it is the user's
+      tf.config.set_visible_devices([], "GPU")
+      tf.config.threading.set_inter_op_parallelism_threads(1)
+      tf.config.threading.set_intra_op_parallelism_threads(1)
+    except RuntimeError:
+      pass
+  return tf
+
+
+def _tfrecord_values(tfds, builder, *, name: str, split: str, field: str, file_format: str):
+  """The `field` of each example, in stored order, read through TensorFlow."""
+  _tensorflow(name, file_format)
+  # One file at a time (no interleaving of shards) and no shuffling: the stored order, which is
+  # also the order `as_data_source` gives for an array_record copy of the dataset.
+  read_config = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
+  dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+  return (example[field] for example in tfds.as_numpy(dataset))
+
+
 def read_tfds(name: str, *, split: str, data_dir: str | None, field: str,
-              errors: str = "strict") -> list[str]:
-  """The text feature `field` of every example of `name`'s `split`, in stored order."""
+              errors: str = "strict", skip=None) -> list[str]:
+  """The text feature `field` of every example of `name`'s `split`, in stored order.
+
+  errors: how bytes that are not UTF-8 are decoded ("strict" raises a UserError, "replace"
+  substitutes U+FFFD).
+  skip: None, or a callable taking a problem: then an example that is not UTF-8 is left out
+  and `skip` is called with its description instead of raising.
+  """
   tfds = _tfds()
   builder = _builder(tfds, name, data_dir)
   splits = sorted(builder.info.splits.keys())
@@ -59,25 +104,24 @@ def read_tfds(name: str, *, split: str, data_dir: str | None, field: str,
     examples = builder.as_data_source(split=split)
     values = (examples[i][field] for i in range(len(examples)))
   else:
-    try:
-      import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    except ImportError:
-      raise UserError(f"TFDS dataset {name!r} is stored as {file_format}, which only TensorFlow "
-                      f"reads: pip install tensorflow-cpu, or prepare it as array_record "
-                      f"(tfds build --file_format=array_record).") from None
-    values = (example[field] for example in tfds.as_numpy(builder.as_dataset(split=split)))
-  documents = []
+    values = _tfrecord_values(tfds, builder, name=name, split=split, field=field,
+                              file_format=file_format)
+  documents, index = [], -1
   for index, value in enumerate(values):
     if isinstance(value, bytes):
       try:
         value = value.decode("utf-8", errors=errors)
       except UnicodeDecodeError as e:
-        raise UserError(f"Example {index} of TFDS {name!r}[{split}] is not valid UTF-8 ({e.reason}); "
-                        f"set `data.encoding_errors: replace` to substitute U+FFFD.") from None
+        problem = f"Example {index} of TFDS {name!r}[{split}] is not valid UTF-8 ({e.reason})"
+        if skip is not None:
+          skip(problem)
+          continue
+        raise UserError(f"{problem}; set `data.encoding_errors: replace` to substitute U+FFFD, "
+                        f"or `data.bad_records: skip` to leave such examples out.") from None
     if not isinstance(value, str):
       raise UserError(f"Feature {field!r} of TFDS {name!r} holds {type(value).__name__}, not "
                       f"text. Set `data.field` to a text feature.")
     documents.append(value)
-  if not documents:
+  if index < 0:
     raise UserError(f"TFDS dataset {name!r} split {split!r} has no examples.")
   return documents

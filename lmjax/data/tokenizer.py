@@ -1,10 +1,15 @@
-"""Tokenizers: one wrapper around a Hugging Face `tokenizers.Tokenizer`, whatever its origin.
+"""Tokenizers: text <-> token ids, with the ids of the special tokens by role.
 
-Every tokenizer, made here or imported, is saved as a standard `tokenizer.json`, so a run's
-`RUN_DIR/tokenizer/` loads with the `tokenizers` library (and transformers) unchanged. What the
-file does not say is which token plays which role (padding, end of sequence, mask, …): the
-roles come from a Hugging Face `tokenizer_config.json` / `special_tokens_map.json` (which `save`
-writes too), else from common spellings such as "</s>" or "[MASK]".
+`Tokenizer` wraps a Hugging Face `tokenizers.Tokenizer`, whatever its origin; its subclass
+`SentencePieceTokenizer` (sentencepiece_tokenizer.py) wraps a sentencepiece `.model` as it is.
+`Tokenizer.from_file` / `load` pick the backend from what a path holds: a `tokenizer.json`
+(preferred where both exist), else a sentencepiece model.
+
+A `Tokenizer` is saved as a standard `tokenizer.json` (a sentencepiece one as its `.model`), so
+a run's `RUN_DIR/tokenizer/` loads with the `tokenizers` library (and transformers) unchanged.
+What the file does not say is which token plays which role (padding, end of sequence, mask, …):
+the roles come from a Hugging Face `tokenizer_config.json` / `special_tokens_map.json` (which
+`save` writes too), else from common spellings such as "</s>" or "[MASK]".
 
 The tokenizers made here have the specials "<pad>" (id 0), "<eos>", "<bos>", "<mask>" and
 "<unk>" at ids 0-4, then a byte-level vocabulary, so every string encodes without unknowns.
@@ -14,7 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -45,28 +51,39 @@ class Tokenizer:
   tokenizer has no such token. `pad_id` is never None: without a pad token it falls back to
   `eos_id`, then to 0 — padding positions are masked out by segment id 0 anyway, so any valid id
   will do there.
+
+  This class is the Hugging Face `tokenizers` backend; `SentencePieceTokenizer` is the same
+  interface over a sentencepiece model. Make either with `from_file` / `load`.
   """
 
   def __init__(self, hf_tokenizer: tokenizers.Tokenizer, *, roles: Mapping[str, str]):
     """Wraps `hf_tokenizer`; `roles` maps role names (see `ROLES`) to token strings."""
     self.hf = hf_tokenizer
+    vocab = hf_tokenizer.get_vocab(with_added_tokens=True)
+    added_special = {i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special}
+    # One more than the largest id, not the number of tokens: some vocabularies have holes.
+    self._set_roles(roles, vocab_size=max(vocab.values()) + 1, special_ids=added_special)
+
+  def _set_roles(self, roles: Mapping[str, str], *, vocab_size: int,
+                 special_ids: Iterable[int]) -> None:
+    """Sets `roles`, their ids, `vocab_size` and `special_ids` (which gain the role ids).
+
+    Shared by the backends; needs `token_to_id` to work already.
+    """
     unknown = set(roles) - set(ROLES)
     if unknown:
       raise UserError(f"Unknown tokenizer role(s) {sorted(unknown)}; valid roles are {ROLES}.")
     self.roles = dict(roles)
     role_ids = {}
     for role, token in self.roles.items():
-      token_id = hf_tokenizer.token_to_id(token)
+      token_id = self.token_to_id(token)
       if token_id is None:
         raise UserError(f"The tokenizer has no token {token!r} for role {role!r}. Name a token "
                         f"of its vocabulary for that role, or drop the role.")
       role_ids[role] = token_id
     self._role_ids = role_ids
-    vocab = hf_tokenizer.get_vocab(with_added_tokens=True)
-    # One more than the largest id, not the number of tokens: some vocabularies have holes.
-    self.vocab_size = max(vocab.values()) + 1
-    added_special = {i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special}
-    self.special_ids = frozenset(added_special | set(role_ids.values()))
+    self.vocab_size = vocab_size
+    self.special_ids = frozenset(set(special_ids) | set(role_ids.values()))
 
   # -- roles ---------------------------------------------------------------------------------
 
@@ -150,12 +167,26 @@ class Tokenizer:
 
   def __repr__(self) -> str:
     roles = ", ".join(f"{r}={self._role_ids[r]}" for r in ROLES if r in self._role_ids)
-    return f"Tokenizer(vocab_size={self.vocab_size}, {roles})"
+    return f"{type(self).__name__}(vocab_size={self.vocab_size}, {roles})"
+
+  # -- between processes ---------------------------------------------------------------------
+
+  def to_dict(self) -> dict[str, Any]:
+    """A JSON-able copy of this tokenizer (to send it to other processes); see `from_dict`."""
+    return {"backend": "tokenizers", "tokenizer": self.hf.to_str(), "roles": self.roles}
+
+  @staticmethod
+  def from_dict(data: Mapping[str, Any]) -> Tokenizer:
+    """The tokenizer that `to_dict` described, of either backend."""
+    if data["backend"] == "sentencepiece":
+      from lmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+      return SentencePieceTokenizer.from_dict(data)
+    return Tokenizer(tokenizers.Tokenizer.from_str(data["tokenizer"]), roles=data["roles"])
 
   # -- construction --------------------------------------------------------------------------
 
-  @classmethod
-  def byte_level(cls) -> Tokenizer:
+  @staticmethod
+  def byte_level() -> Tokenizer:
     """A tokenizer of raw UTF-8 bytes: the 5 lmjax specials, then byte b at id 5 + b.
 
     vocab_size is 261 and decode(encode(s)) == s for every string s.
@@ -166,10 +197,10 @@ class Tokenizer:
     # BPE without merges splits each pre-token into its characters, one per byte. No regex
     # splitting: with no merges to apply, word boundaries change nothing.
     hf = _byte_level_pipeline(models.BPE(vocab=vocab, merges=[]), use_regex=False)
-    return cls(hf, roles=LMJAX_SPECIALS)
+    return Tokenizer(hf, roles=LMJAX_SPECIALS)
 
-  @classmethod
-  def train_bpe(cls, documents: Iterable[str], *, vocab_size: int) -> Tokenizer:
+  @staticmethod
+  def train_bpe(documents: Iterable[str], *, vocab_size: int) -> Tokenizer:
     """A byte-level BPE tokenizer (GPT-2 style) trained on `documents`.
 
     The vocabulary holds the 5 lmjax specials, all 256 bytes (so any text encodes) and up to
@@ -184,35 +215,40 @@ class Tokenizer:
         vocab_size=vocab_size, special_tokens=list(LMJAX_SPECIALS.values()),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     hf.train_from_iterator(documents, trainer)
-    return cls(hf, roles=LMJAX_SPECIALS)
+    return Tokenizer(hf, roles=LMJAX_SPECIALS)
 
-  @classmethod
-  def from_file(cls, path: str | os.PathLike) -> Tokenizer:
-    """A Hugging Face tokenizer: a `tokenizer.json` file, or a directory that holds one.
+  @staticmethod
+  def from_file(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer at `path`: a `tokenizer.json`, a sentencepiece `.model`, or a directory.
 
-    Roles come from `tokenizer_config.json` / `special_tokens_map.json` beside it when either
-    exists (tokenizer_config wins where both name a role; roles naming a token missing from the
-    vocabulary are ignored), else from common spellings ("</s>", "[MASK]", "<|endoftext|>", …).
+    A directory's `tokenizer.json` is used where it has one, else its sentencepiece model
+    (`tokenizer.model`, or its only `*.model`), which gives a `SentencePieceTokenizer`.
+    Roles come from `tokenizer_config.json` / `special_tokens_map.json` beside the file when
+    either exists (tokenizer_config wins where both name a role; roles naming a token missing
+    from the vocabulary are ignored), else from common spellings ("</s>", "[MASK]",
+    "<|endoftext|>", …); a sentencepiece model's own pad/eos/bos/unk ids come first.
     """
+    from lmjax.data import sentencepiece_tokenizer  # it imports this module
     path = os.fspath(path)
+    model_file = sentencepiece_tokenizer.model_file_in(path)
+    if model_file is not None:
+      return sentencepiece_tokenizer.SentencePieceTokenizer.from_model_file(model_file)
     file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
-      hint = ""
-      if os.path.isfile(os.path.join(path, "tokenizer.model")):
-        hint = (" It holds a sentencepiece `tokenizer.model`; write a tokenizer.json with "
-                "transformers: `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`.")
-      raise UserError(f"No tokenizer file at {file!r}. Point to a `tokenizer.json` or to a "
-                      f"Hugging Face tokenizer directory that contains one.{hint}")
+      raise UserError(f"No tokenizer file at {file!r}. Point to a `tokenizer.json`, a "
+                      f"sentencepiece `.model`, or a Hugging Face tokenizer directory that "
+                      f"contains one.{sentencepiece_tokenizer.ambiguity_hint(path)}")
     hf = _load_hf(file)
-    roles = _roles_from_hf_configs(os.path.dirname(file), hf)
+    roles = roles_from_hf_configs(os.path.dirname(file), _has_token(hf))
     if roles is None:
-      roles = _roles_from_spellings(hf)
-    return cls(hf, roles=roles)
+      roles = roles_from_spellings(_has_token(hf))
+    return Tokenizer(hf, roles=roles)
 
-  @classmethod
-  def load(cls, directory: str | os.PathLike) -> Tokenizer:
-    """The tokenizer that `save` wrote to `directory` (or any HF tokenizer directory)."""
-    return cls.from_file(directory)
+  @staticmethod
+  def load(directory: str | os.PathLike) -> Tokenizer:
+    """The tokenizer that `save` wrote to `directory` (or any tokenizer directory, see
+    `from_file`), of either backend."""
+    return Tokenizer.from_file(directory)
 
   def save(self, directory: str | os.PathLike) -> None:
     """Writes `tokenizer.json` and a `tokenizer_config.json` naming the special tokens' roles.
@@ -262,35 +298,54 @@ def _load_hf(file: str) -> tokenizers.Tokenizer:
         f"`tokenizer.json` (as written by `tokenizers` or transformers).") from None
 
 
-def _roles_from_hf_configs(directory: str, hf: tokenizers.Tokenizer) -> dict[str, str] | None:
-  """Roles named in tokenizer_config.json / special_tokens_map.json; None if neither exists."""
+def _has_token(hf: tokenizers.Tokenizer) -> Callable[[str], bool]:
+  return lambda token: hf.token_to_id(token) is not None
+
+
+def roles_from_hf_configs(directory: str, has_token: Callable[[str], bool]
+                          ) -> dict[str, str] | None:
+  """Roles named in tokenizer_config.json / special_tokens_map.json; None if neither exists.
+
+  `has_token(token)` says whether the vocabulary holds a token; roles naming one it lacks are
+  left out.
+  """
   found = False
   roles: dict[str, str] = {}
-  for name in ("tokenizer_config.json", "special_tokens_map.json"):
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
+  for name in (CONFIG_FILE, "special_tokens_map.json"):
+    config = read_json_config(os.path.join(directory, name))
+    if config is None:
       continue
     found = True
-    try:
-      with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path!r} is not valid JSON ({e}). Fix or delete it.") from None
     for role in ROLES:
       token = config.get(f"{role}_token")
       if isinstance(token, dict):  # transformers' serialised AddedToken
         token = token.get("content")
-      if isinstance(token, str) and role not in roles and hf.token_to_id(token) is not None:
+      if isinstance(token, str) and role not in roles and has_token(token):
         roles[role] = token
   return roles if found else None
 
 
-def _roles_from_spellings(hf: tokenizers.Tokenizer) -> dict[str, str]:
+def read_json_config(path: str) -> dict[str, Any] | None:
+  """The JSON object in `path`, or None when there is no such file."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path!r} is not valid JSON ({e}). Fix or delete it.") from None
+  if not isinstance(config, dict):
+    raise UserError(f"{path!r} holds a JSON {type(config).__name__}, not an object. Fix or "
+                    f"delete it.")
+  return config
+
+
+def roles_from_spellings(has_token: Callable[[str], bool]) -> dict[str, str]:
   """Roles guessed from the first common spelling of each that the vocabulary holds."""
   roles = {}
   for role, spellings in _COMMON_SPELLINGS.items():
     for token in spellings:
-      if hf.token_to_id(token) is not None:
+      if has_token(token):
         roles[role] = token
         break
   return roles

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from lmjax.config import ComputeDtype, Config, NanPolicy
 from lmjax.errors import NonFiniteLoss
 from lmjax.data.batches import BatchSource, batch_sources
+from lmjax.data.pipeline import BatchIterator
 from lmjax.model import Transformer
 from lmjax.objectives import LossSums
 from lmjax.run_dir import RunDir, check_resumable
@@ -92,25 +93,35 @@ def check_batch_fits_mesh(config: Config, mesh: Mesh) -> None:
                   describe_dim=lambda i: names[i])
 
 
-class GlobalBatches:
-  """Step-indexed global batches: this process builds only the rows its devices hold."""
+class TrainBatches:
+  """The training batches, step after step, from the Grain pipeline (lmjax.data.pipeline),
+  placed on the mesh; `state()` is the pipeline position a checkpoint records."""
 
-  def __init__(self, source: BatchSource, mesh: Mesh, rules: Rules):
+  def __init__(self, source: BatchSource, mesh: Mesh, rules: Rules, *, num_steps: int,
+               start: int, workers: int, state: dict | None):
     self.source, self.mesh, self.rules = source, mesh, rules
-    self.positions = process_batch_positions(mesh, source.batch_size, rules)
+    positions = process_batch_positions(mesh, source.batch_size, rules)
+    self._iterator = BatchIterator(source, positions, num_steps=num_steps, start=start,
+                                   workers=workers, state=state)
 
-  def __call__(self, step: int, *, shuffle: bool = True) -> dict[str, jax.Array]:
-    rows = self.source.batch(step, shuffle=shuffle, positions=self.positions)
-    return shard_batch(rows, self.mesh, self.source.batch_size, self.rules)
+  def __next__(self) -> dict[str, jax.Array]:
+    return shard_batch(next(self._iterator), self.mesh, self.source.batch_size, self.rules)
+
+  def state(self) -> dict:
+    return self._iterator.state()
+
+  def close(self) -> None:
+    self._iterator.close()
 
 
 def evaluate(eval_fn, params, source: BatchSource, mesh, num_batches: int, *,
              rules: Rules = LOGICAL_AXIS_RULES) -> dict[str, float]:
   """Token-weighted eval loss and accuracy over the first `num_batches` held-out batches."""
-  batches = GlobalBatches(source, mesh, rules)
+  positions = process_batch_positions(mesh, source.batch_size, rules)
   total = LossSums(0.0, 0.0, 0.0)
   for i in range(num_batches):
-    sums = eval_fn(params, batches(i, shuffle=False))
+    rows = source.batch(i, shuffle=False, positions=positions)
+    sums = eval_fn(params, shard_batch(rows, mesh, source.batch_size, rules))
     total = LossSums(*(float(a) + float(b) for a, b in zip(total, sums)))
   weight = max(total.weight, 1.0)
   return {"eval_loss": total.loss / weight, "eval_accuracy": total.correct / weight}
@@ -131,8 +142,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
     check_resumable(saved, config, run.path)
   mesh = make_mesh(config.mesh)
   setup = setup_step(config, mesh)
-  tokenizer, train_rows, eval_rows = shared_corpus(config, run)
-  train_source, eval_source = batch_sources(config, tokenizer, train_rows, eval_rows)
+  corpus = shared_corpus(config, run)
+  train_source, eval_source = batch_sources(config, corpus)
   writes = is_writer()
 
   # Validation is over: from here on the run directory is written (by process 0 only; the
@@ -140,7 +151,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
   if writes:
     run.write_config(config)
     if not run.tokenizer_dir.is_dir():
-      tokenizer.save(run.tokenizer_dir)
+      corpus.tokenizer.save(run.tokenizer_dir)
   checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints,
                               keep_every=config.train.keep_every, async_save=async_checkpoints)
 
@@ -152,6 +163,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
 
   start, restored, skipped = checkpointer.restore_newest(restore)
   state, record = restored or (None, {})
+  state_restored = state is not None
   if skipped:
     checkpointer.quarantine([s.step for s in skipped], run.path / "corrupt_checkpoints")
   elapsed_before = float(record.get("elapsed_seconds", 0.0)) if state is not None else 0.0
@@ -169,7 +181,10 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
   if writes:  # rows of steps after the checkpoint (a run that died) are logged again
     truncate_metrics_after(run.metrics_file, start)
 
-  step_fn, train_batches = setup.step_fn, GlobalBatches(train_source, mesh, setup.rules)
+  step_fn = setup.step_fn
+  train_batches = TrainBatches(train_source, mesh, setup.rules, num_steps=config.train.steps,
+                               start=start, workers=config.data.workers,
+                               state=record.get("data_iterator") if state_restored else None)
   eval_fn = jit_eval_step(setup.model, mesh, setup.shardings.params, rules=setup.rules)
   writer = MetricsWriter(run.path, total_steps=config.train.steps, start_step=start, enabled=writes)
   if start:
@@ -206,7 +221,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
   def save(done: int) -> None:
     nonlocal last_saved
     checkpointer.save(done, state, {
-        "step": done, "data_position": done, "lmjax_version": __version__,
+        "step": done, "data_position": done, "data_iterator": train_batches.state(),
+        "lmjax_version": __version__,
         "rng": {"seed": config.train.seed, "derived_from": "step"},
         "skipped_steps": skipped_steps,
         "elapsed_seconds": elapsed_before + time.perf_counter() - t_start,
@@ -216,7 +232,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
   try:
     with PreemptionGuard() as guard:
       for step in range(start, end):
-        state, metrics = step_fn(state, train_batches(step))
+        state, metrics = step_fn(state, next(train_batches))
         done = step + 1
         unchecked.append((done, metrics))
         check_finite(keep_newest=True)
@@ -241,6 +257,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
                   flops_per_token, tokens_per_second, dtype=config.train.compute_dtype.value),
               "elapsed_seconds": elapsed_before + now - t_start,
               "skipped_steps": skipped_steps,
+              "skipped_records": corpus.skipped_records,
           }
           if config.model.head.value != "causal_lm":
             row["accuracy"] = float(metrics["accuracy"])
@@ -262,6 +279,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
           break
       check_finite(keep_newest=False)
   finally:
+    train_batches.close()
     checkpointer.close()
     writer.close()
   return TrainResult(start_step=start, final_step=max(start, end), last_row=row,

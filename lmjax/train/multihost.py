@@ -20,11 +20,10 @@ from typing import Any
 
 import jax
 import numpy as np
-import tokenizers
 from jax.experimental import multihost_utils
 
 from lmjax.config import Config, DistributedConfig
-from lmjax.data.batches import Rows, load_corpus
+from lmjax.data.batches import Corpus, load_corpus
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.run_dir import RunDir
@@ -122,7 +121,7 @@ def broadcast_json(value: Any) -> Any:
   return json.loads(bytes(multihost_utils.broadcast_one_to_all(padded)).decode("utf-8"))
 
 
-def shared_corpus(config: Config, run: RunDir) -> tuple[Tokenizer, Rows, Rows]:
+def shared_corpus(config: Config, run: RunDir) -> Corpus:
   """`load_corpus` with one tokenizer for all processes: the run's own, or one process 0 builds.
 
   A UserError on process 0 (bad data, a tokenizer too large for the model) is raised on every
@@ -133,7 +132,7 @@ def shared_corpus(config: Config, run: RunDir) -> tuple[Tokenizer, Rows, Rows]:
   if is_writer():
     try:
       loaded = load_corpus(config, _saved_tokenizer(run))
-      message = {"tokenizer": loaded[0].hf.to_str(), "roles": loaded[0].roles}
+      message = {"tokenizer": loaded.tokenizer.to_dict()}
     except UserError as e:
       message = {"error": str(e)}
   message = broadcast_json(message if is_writer() else None)
@@ -141,8 +140,7 @@ def shared_corpus(config: Config, run: RunDir) -> tuple[Tokenizer, Rows, Rows]:
     raise UserError(message["error"])
   if is_writer():
     return loaded
-  tokenizer = Tokenizer(tokenizers.Tokenizer.from_str(message["tokenizer"]), roles=message["roles"])
-  return load_corpus(config, tokenizer)
+  return load_corpus(config, Tokenizer.from_dict(message["tokenizer"]))
 
 
 def _saved_tokenizer(run: RunDir) -> Tokenizer | None:

@@ -1,0 +1,39 @@
+"""One JAX process of tests/test_pipeline.py's two-process run: reads its share of an epoch.
+
+    python tests/pipeline_worker.py PREPARED_DIR OUT.npy ADDRESS PROCESS_ID NUM_PROCESSES
+
+Joins the others through `jax.distributed`, builds the training pipeline of a `prepared` run on
+a data-parallel mesh over all processes, and saves the input_ids rows it was given for one
+epoch of steps: [steps * rows per process, seq_len].
+"""
+
+import sys
+
+import numpy as np
+
+from lmjax.config import load_config
+from lmjax.data.batches import batch_sources, load_corpus
+from lmjax.data.pipeline import BatchIterator
+from lmjax.sharding import axis_rules, make_mesh, process_batch_positions
+from lmjax.train.multihost import initialize_distributed
+from tests.conftest import TINY
+
+
+def main(prepared: str, out: str, address: str, process_id: int, num_processes: int) -> None:
+  config = load_config("tiny-gpt", TINY + [
+      "data.source=prepared", f"data.paths=[{prepared}]", f"mesh.data={num_processes}",
+      f"distributed.coordinator_address={address}", f"distributed.num_processes={num_processes}",
+      f"distributed.process_id={process_id}", "distributed.initialization_timeout=60"])
+  initialize_distributed(config.distributed)
+  mesh = make_mesh(config.mesh)
+  source, _ = batch_sources(config, load_corpus(config))
+  positions = process_batch_positions(mesh, source.batch_size, axis_rules(config.mesh))
+  steps = source.num_rows // source.batch_size
+  batches = BatchIterator(source, positions, num_steps=steps)
+  rows = np.concatenate([next(batches)["input_ids"] for _ in range(steps)])
+  batches.close()
+  np.save(out, rows)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))

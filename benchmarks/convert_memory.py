@@ -6,6 +6,11 @@ Writes a random Llama-style Hugging Face checkpoint of about `--gib` GiB (float3
 safetensors with an index), then times `lmjax convert hf-to-lmjax` and `lmjax convert
 lmjax-to-hf` in child processes and reports each one's peak resident memory (ru_maxrss) next
 to the checkpoint's size and its largest shard.
+
+Both directions hold one param at a time (a stacked param: all its layers) plus its compressed
+copy, so their peak stays under the checkpoint's size. Measured on a 2-core CPU VM with
+`--gib 2.5 --shard-gib 0.5`: hf-to-lmjax 1.30 GiB in 27 s, lmjax-to-hf 1.25 GiB in 28 s
+(before streaming: 5.67 GiB and 4.29 GiB).
 """
 
 from __future__ import annotations
@@ -110,8 +115,9 @@ def main() -> None:
                                         "--max-shard-size", str(int(args.shard_gib * 2**30))])
   gib = lambda b: f"{b / 2**30:.2f} GiB"
   print(f"checkpoint: {gib(total)} float32 in shards of at most {gib(largest)}")
-  print(f"hf-to-lmjax: {t_in:.1f} s, peak RSS {gib(rss_in)}")
-  print(f"lmjax-to-hf: {t_out:.1f} s, peak RSS {gib(rss_out)}")
+  for name, seconds, rss in (("hf-to-lmjax", t_in, rss_in), ("lmjax-to-hf", t_out, rss_out)):
+    print(f"{name}: {seconds:.1f} s, peak RSS {gib(rss)} ({rss / total:.2f}x the checkpoint; "
+          f"bound: under {gib(total + largest)}, its size plus one shard)")
 
 
 if __name__ == "__main__":

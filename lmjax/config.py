@@ -60,6 +60,8 @@ class TrainConfig:
   adam_eps: float = 1e-8
   grad_accum_steps: int = 1            # micro-batches per step; batch_size must divide evenly
   mlm_probability: float = 0.15
+  loss_chunk_size: int = 0             # LM heads: project to the vocabulary this many positions
+                                       # at a time (0: all), bounding logits memory
   seed: int = 0
   log_every: int = 10
   eval_every: int = 200                # 0 disables periodic eval
@@ -184,6 +186,9 @@ class Config:
       raise UserError(
           f"train.batch_size={self.train.batch_size} is not divisible by "
           f"train.grad_accum_steps={self.train.grad_accum_steps}.")
+    if self.train.loss_chunk_size < 0:
+      raise UserError(f"train.loss_chunk_size must be 0 (no chunking) or a number of positions, "
+                      f"got {self.train.loss_chunk_size}.")
     if not 0 < self.train.mlm_probability < 1:
       raise UserError(f"train.mlm_probability must be in (0, 1), got {self.train.mlm_probability}.")
     for i, component in enumerate(self.data.mixture):

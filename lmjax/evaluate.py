@@ -33,6 +33,7 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
   _, params, step = load_run_at(run.path, step=step, mesh=mesh)
   _, shardings = state_shardings(model, make_optimizer(config.train), mesh,
                                  seq_len=config.train.seq_len, rules=rules)
-  eval_fn = jit_eval_step(model, mesh, shardings.params, rules=rules)
+  eval_fn = jit_eval_step(model, mesh, shardings.params, rules=rules,
+                          loss_chunk=config.train.loss_chunk_size)
   metrics = evaluate(eval_fn, params, eval_source, mesh, config.train.eval_batches, rules=rules)
   return {"step": step, **metrics}

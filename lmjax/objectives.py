@@ -8,7 +8,7 @@ softmax statistics are computed in float32.
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,15 +34,46 @@ def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
                   jnp.sum(correct * weights))
 
 
-def causal_lm_loss(logits: jax.Array, input_ids: jax.Array, segment_ids: jax.Array) -> LossSums:
-  """Next-token loss. logits [batch, len, vocab]; input_ids, segment_ids [batch, len].
+def chunked_cross_entropy_sums(hidden: jax.Array, logits_fn: Callable[[jax.Array], jax.Array],
+                               targets: jax.Array, weights: jax.Array, chunk: int) -> LossSums:
+  """`cross_entropy_sums(logits_fn(hidden), targets, weights)`, `chunk` positions at a time.
 
-  Position t predicts token t+1 only when both lie in the same (non-padding) document, so
-  padding and the first token of each packed document are excluded.
+  hidden [batch, len, embed]; targets, weights [batch, len]; logits_fn maps hidden states to
+  float32 logits. Each chunk's logits are recomputed in the backward pass (jax.checkpoint), so
+  at most [batch, chunk, vocab] logits exist at once instead of [batch, len, vocab].
   """
-  targets = input_ids[:, 1:]
+  b, n = targets.shape
+  num_chunks = -(-n // chunk)
+  pad = num_chunks * chunk - n
+
+  def chunks(a):  # [batch, len, ...] -> [num_chunks, batch, chunk, ...]
+    a = jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))
+    return jnp.swapaxes(a.reshape(b, num_chunks, chunk, *a.shape[2:]), 0, 1)
+
+  @jax.checkpoint
+  def one(args):
+    h, t, w = args
+    return cross_entropy_sums(logits_fn(h), t, w)
+
+  sums = jax.lax.map(one, (chunks(hidden), chunks(targets), chunks(weights.astype(jnp.float32))))
+  return LossSums(*(jnp.sum(x) for x in sums))
+
+
+def causal_lm_targets(input_ids: jax.Array, segment_ids: jax.Array
+                      ) -> tuple[jax.Array, jax.Array]:
+  """(targets, weights) [batch, len]: position t predicts token t+1 only when both lie in the
+  same (non-padding) document, so padding and the first token of each packed document are
+  excluded; the last position predicts nothing (weight 0)."""
+  targets = jnp.pad(input_ids[:, 1:], ((0, 0), (0, 1)))
   weights = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
-  return cross_entropy_sums(logits[:, :-1], targets, weights)
+  return targets, jnp.pad(weights, ((0, 0), (0, 1)))
+
+
+def causal_lm_loss(logits: jax.Array, input_ids: jax.Array, segment_ids: jax.Array) -> LossSums:
+  """Next-token loss (see `causal_lm_targets`). logits [batch, len, vocab]; input_ids,
+  segment_ids [batch, len]."""
+  targets, weights = causal_lm_targets(input_ids, segment_ids)
+  return cross_entropy_sums(logits[:, :-1], targets[:, :-1], weights[:, :-1])
 
 
 def masked_lm_loss(logits: jax.Array, targets: jax.Array, target_weights: jax.Array) -> LossSums:
@@ -65,6 +96,21 @@ def objective_loss(head: Head, logits: jax.Array, batch: Mapping[str, jax.Array]
     case Head.CLASSIFICATION:
       return classification_loss(logits, batch["labels"])
   raise ValueError(f"no training objective for a model with head {head.value!r}")
+
+
+def chunked_objective_loss(head: Head, hidden: jax.Array,
+                           logits_fn: Callable[[jax.Array], jax.Array],
+                           batch: Mapping[str, jax.Array], chunk: int) -> LossSums:
+  """`objective_loss` for LM heads from the hidden states before the vocabulary projection
+  (`logits_fn`), `chunk` positions at a time (see `chunked_cross_entropy_sums`)."""
+  match head:
+    case Head.CAUSAL_LM:
+      targets, weights = causal_lm_targets(batch["input_ids"], batch["segment_ids"])
+    case Head.MASKED_LM:
+      targets, weights = batch["targets"], batch["target_weights"]
+    case _:
+      raise ValueError(f"chunked losses are for LM heads, not {head.value!r}")
+  return chunked_cross_entropy_sums(hidden, logits_fn, targets, weights, chunk)
 
 
 def mask_tokens_for_mlm(rng: np.random.Generator, input_ids: np.ndarray, *, maskable: np.ndarray,

@@ -4,6 +4,14 @@ import os
 
 # Tests run on CPU; keep XLA from grabbing every core in every xdist worker.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiling dominates these tiny models' tests: skip XLA's CPU backend optimisations (they change
+# no result a test compares; child processes use the same flag, see tests/processes.py) and keep
+# compiled programs in a persistent cache that all test processes share, so the many tests that
+# train the same tiny model compile it once. Set before JAX starts; children inherit both.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest
 

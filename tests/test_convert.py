@@ -283,6 +283,24 @@ def test_exported_model_loads_with_auto_classes_and_matches(tmp_path, name):
   jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert_mlm"])
+def test_causal_lm_exports_carry_the_generation_config_transformers_derives(tmp_path, name):
+  model, params = random_lmjax(LMJAX_CASES[name])
+  to_hf(model, params, tmp_path / "hf",
+        config_overrides={"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
+  if model.config.head is not Head.CAUSAL_LM:
+    assert not (tmp_path / "hf" / "generation_config.json").exists()
+    return
+  loaded = transformers.GenerationConfig.from_pretrained(tmp_path / "hf")
+  derived = transformers.GenerationConfig.from_model_config(
+      transformers.AutoConfig.from_pretrained(tmp_path / "hf"))
+  for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    assert getattr(loaded, key) == getattr(derived, key) == {"bos_token_id": 1, "eos_token_id": 2,
+                                                            "pad_token_id": 0}[key]
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+  assert hf_model.generation_config.eos_token_id == 2
+
+
 def test_model_config_survives_the_hf_config_round_trip():
   for config in LMJAX_CASES.values():
     back = hf_config_to_model_config(model_config_to_hf_config(config),
@@ -417,6 +435,6 @@ def test_tokenizer_files_travel_with_the_weights(tmp_path):
   model, params = random_lmjax(LMJAX_CASES["llama_tied"])
   to_hf(model, params, tmp_path / "hf", tokenizer_dir=src)
   assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
-      "config.json", "model.safetensors", "spiece.model", "tokenizer.json",
-      "tokenizer_config.json", "vocab.txt"]
+      "config.json", "generation_config.json", "model.safetensors", "spiece.model",
+      "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
   assert (tmp_path / "hf" / "vocab.txt").read_text() == "vocab.txt"

@@ -1,10 +1,17 @@
 """Losses and MLM masking."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from lmjax.config import load_config
+from lmjax.data.batches import batch_sources, load_corpus
+from lmjax.model import Transformer
 from lmjax.objectives import causal_lm_loss, cross_entropy_sums, mask_tokens_for_mlm
+from lmjax.train.step import _forward_sums
+from tests.conftest import TINY
 
 
 def test_causal_loss_is_shifted_and_skips_padding_and_document_starts():
@@ -50,3 +57,32 @@ def test_mlm_masking_statistics_follow_bert():
   assert abs(kept.sum() / n - 0.1) < 0.015  # (a random draw equal to the original counts as kept)
   assert abs(replaced.sum() / n - 0.1) < 0.015
   np.testing.assert_array_equal(out["input_ids"][~selected], ids[~selected])
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("tiny-gpt", []),                                    # causal, tied embeddings
+    ("tiny-llama", ["model.tie_embeddings=false"]),      # causal, separate lm_head
+    ("tiny-bert", []),                                   # MLM, with the decoder bias
+])
+def test_chunked_loss_and_gradients_equal_the_whole_batch_ones(name, extra):
+  # 32 positions in chunks of 5: the last chunk is partial, so padding must not count.
+  config = load_config(name, TINY + extra)
+  model = Transformer(config.model)
+  corpus = load_corpus(config)
+  source, _ = batch_sources(config, corpus)
+  batch = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
+  params = nn.unbox(model.init(jax.random.key(0), batch["input_ids"])["params"])
+
+  def loss_and_grads(chunk):
+    def loss(p):
+      sums = _forward_sums(model, p, batch, train=False, loss_chunk=chunk)
+      return sums.loss / sums.weight, sums
+    (_, sums), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return sums, grads
+
+  (whole, whole_grads), (chunked, chunked_grads) = loss_and_grads(0), loss_and_grads(5)
+  assert float(whole.weight) > 0
+  for a, b in zip(whole, chunked):
+    np.testing.assert_allclose(float(b), float(a), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(whole_grads), jax.tree.leaves(chunked_grads)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)

@@ -223,8 +223,6 @@ def test_generate_hf_reads_a_directory_with_only_tokenizer_model(llama_dir, gene
   assert generated_from_hf.strip() == sp.decode([i for i in generated if i not in special]).strip()
 
 
-@pytest.mark.xfail(reason="needs convert/runs.py's _import_tokenizer to keep a sentencepiece "
-                          "model as it is instead of converting it", strict=False)
 def test_convert_keeps_the_model_file_and_the_run_generates_the_same(llama_dir, generated_from_hf,
                                                                       tmp_path, capsys):
   run_dir = tmp_path / "run"

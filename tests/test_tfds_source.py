@@ -11,9 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -121,22 +119,7 @@ def test_a_data_dir_without_the_dataset_is_named(tmp_path):
     read_documents(source="tfds", paths=["lmjax_tiny_text"], data_dir=str(tmp_path))
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-  """A persistent XLA cache for this module: the second training run reuses the first's programs
-  instead of compiling them again (most of a tiny run's time)."""
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  saved = {key: getattr(jax.config, key) for key in keys}
-  compilation_cache_lib.reset_cache()  # a cache another test started would ignore the new dir
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  yield
-  for key, value in saved.items():
-    jax.config.update(key, value)
-  compilation_cache_lib.reset_cache()  # forget the deleted directory; later tests start from `saved`
-
-
-def test_training_reads_a_tfds_dataset(data_dir, tmp_path, compilation_cache):
+def test_training_reads_a_tfds_dataset(data_dir, tmp_path):
   config = load_config("tiny-gpt", TINY + [
       "data.source=tfds", "data.paths=[lmjax_tiny_text]", f"data.data_dir={data_dir}",
       "train.steps=2", "train.eval_every=0"])

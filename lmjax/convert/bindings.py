@@ -115,4 +115,30 @@ def bind(key_map: KeyMap, config: ModelConfig) -> list[Binding]:
   return [b for _, _, b in sorted(bindings, key=lambda item: item[:2])]  # stable
 
 
-__all__ = ["Binding", "abstract_params", "bind", "flatten", "unflatten"]
+def param_groups(bindings: list[Binding]) -> list[tuple[list[str], list[Binding]]]:
+  """(params, bindings) groups such that each binding's params lie in one group: a param with
+  the bindings of its layers, or params one HF tensor fills together (GPT-2's q/k/v kernels).
+
+  Groups come in order of their first binding in `bindings`, and bindings keep their order.
+  """
+  group_of: dict[str, int] = {}              # param -> index into `members`
+  members: list[list[Binding]] = []
+  for binding in bindings:
+    keys = [key for key, _ in binding.targets]
+    found = sorted({group_of[key] for key in keys if key in group_of})
+    if not found:
+      found = [len(members)]
+      members.append([])
+    first = found[0]
+    for other in found[1:]:  # this binding joins groups: merge them into the first
+      members[first] += members[other]
+      members[other] = []
+      group_of.update({key: first for key, g in group_of.items() if g == other})
+    members[first].append(binding)
+    group_of.update({key: first for key in keys})
+  order = {id(b): i for i, b in enumerate(bindings)}
+  return [([key for key, g in group_of.items() if g == i],
+           sorted(group, key=lambda b: order[id(b)])) for i, group in enumerate(members) if group]
+
+
+__all__ = ["Binding", "abstract_params", "bind", "flatten", "param_groups", "unflatten"]

@@ -48,13 +48,14 @@ class CheckpointReader:
   """Tensor names, shapes and data of the weights in a Hugging Face model directory.
 
   Use as a context manager; `shapes` comes from file headers, `read(name)` loads one tensor as
-  a numpy array in its stored dtype.
+  a numpy array in its stored dtype. At most one file is open at a time, so that the mapped
+  pages of one file at most count as this process's memory.
   """
 
   def __init__(self, hf_dir: pathlib.Path, *, allow_pickle: bool = False):
     self.dir = hf_dir
     self._pickled = False
-    self._handles: dict[str, Any] = {}   # open files: safe_open handles or torch state dicts
+    self._open_file: tuple[str, Any] | None = None  # (name, safe_open handle or state dict)
     self._file_of: dict[str, str] = {}
     self.shapes: dict[str, tuple[int, ...]] = {}
     if (hf_dir / SAFETENSORS_INDEX).is_file():
@@ -72,11 +73,11 @@ class CheckpointReader:
     else:
       raise UserError(f"{hf_dir} has no weights: expected {SAFETENSORS} or {SAFETENSORS_INDEX} "
                       f"(or {PICKLE} with --allow-pickle).")
-    for file in files:  # headers only; at most one file stays open at a time
+    for file in files:  # headers only
       for name, shape in self._tensor_shapes(file):
         if self._file_of.setdefault(name, file) == file:
           self.shapes[name] = shape
-      self.release(file)
+    self.close()
 
   def _shard_files(self, index_name: str) -> list[str]:
     files = sorted(set(_read_index(self.dir / index_name).values()))
@@ -92,8 +93,9 @@ class CheckpointReader:
     return [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()]
 
   def _open(self, file: str):
-    if file in self._handles:
-      return self._handles[file]
+    if self._open_file is not None and self._open_file[0] == file:
+      return self._open_file[1]
+    self.close()
     path = self.dir / file
     if self._pickled:
       import torch  # only this path needs torch
@@ -108,15 +110,11 @@ class CheckpointReader:
       except (safetensors.SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
                         f"{e}") from None
-    self._handles[file] = handle
+    self._open_file = (file, handle)
     return handle
 
   def file_of(self, name: str) -> str:
     return self._file_of[name]
-
-  def release(self, file: str) -> None:
-    """Closes `file` (its mapped pages stop counting as ours); a later read reopens it."""
-    self._handles.pop(file, None)
 
   def read(self, name: str) -> np.ndarray:
     """Tensor `name` as a numpy array in its stored dtype (bfloat16 as ml_dtypes.bfloat16)."""
@@ -130,11 +128,15 @@ class CheckpointReader:
       raise UserError(f"{self.dir / file}: tensor {name} could not be read (corrupt or "
                       f"truncated?): {e}") from None
 
+  def close(self) -> None:
+    """Closes the open file (its mapped pages stop counting as ours); reads reopen it."""
+    self._open_file = None
+
   def __enter__(self) -> CheckpointReader:
     return self
 
   def __exit__(self, *exc) -> None:
-    self._handles.clear()
+    self.close()
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:
@@ -224,6 +226,15 @@ def _write_shard(path: pathlib.Path, entries: Sequence[TensorEntry]) -> None:
       del tensor
 
 
+def check_new_directory(destination: str | os.PathLike) -> pathlib.Path:
+  """`destination` as a path; UserError if it exists and is not an empty directory."""
+  destination = pathlib.Path(destination)
+  if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+    raise UserError(f"{destination} already exists and is not empty: choose a new directory or "
+                    f"remove it first.")
+  return destination
+
+
 @contextlib.contextmanager
 def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
   """A fresh sibling directory of `destination`, renamed to it when the block succeeds.
@@ -231,10 +242,7 @@ def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
   Refuses a destination that exists and is not an empty directory; on failure the staging
   directory is removed and `destination` is untouched.
   """
-  destination = pathlib.Path(destination)
-  if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-    raise UserError(f"{destination} already exists and is not empty: choose a new directory or "
-                    f"remove it first.")
+  destination = check_new_directory(destination)
   destination.parent.mkdir(parents=True, exist_ok=True)
   staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
   staging.mkdir()
@@ -248,5 +256,5 @@ def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
     raise
 
 
-__all__ = ["CheckpointReader", "TensorEntry", "plan_shards", "staged_directory",
-           "write_safetensors"]
+__all__ = ["CheckpointReader", "TensorEntry", "check_new_directory", "plan_shards",
+           "staged_directory", "write_safetensors"]

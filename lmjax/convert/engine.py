@@ -5,8 +5,10 @@
 
 `from_hf` reads config.json, checks every tensor name and shape against the family's key map
 before reading any data, then fills preallocated params tensor by tensor (memory: the params
-plus one HF tensor). `to_hf` builds each HF tensor only when its shard is written, in a staging
-directory renamed into place on success.
+plus one HF tensor); `HfWeights` also makes one param at a time, for imports that write each
+param as soon as it is made. `to_hf` builds each HF tensor only when its shard is written, in
+a staging directory renamed into place on success; `export_params` does the same for params
+read from disk a group at a time.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from lmjax.convert.bindings import Binding, abstract_params, bind, flatten, unflatten
+from lmjax.convert.bindings import (Binding, abstract_params, bind, flatten, param_groups,
+                                    unflatten)
 from lmjax.convert.checkpoint_files import (CheckpointReader, TensorEntry, staged_directory,
                                             write_safetensors)
 from lmjax.convert.hf_config import (hf_config_to_model_config, model_config_to_hf_config,
@@ -35,6 +39,7 @@ from lmjax.errors import UserError
 from lmjax.model import Family, Head, ModelConfig, Transformer
 
 CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 _EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
@@ -92,6 +97,75 @@ def _check_tensors(bindings: list[Binding], stored: Mapping[str, str], reader: C
                       f"config.json implies {list(want)}.")
 
 
+class HfWeights:
+  """A Hugging Face model directory opened for import: its ModelConfig, and its tensors, checked
+  against the family's key map before any data is read, made into lmjax params on request.
+
+      with HfWeights(hf_dir) as weights:
+        weights.config, weights.specs        # ModelConfig; flat key -> ShapeDtypeStruct
+        flat = weights.read_params()         # every param: memory holds them and one HF tensor
+        kernel = weights.read_param(key)     # one param: memory holds it and one HF tensor
+
+  Raises UserError for unsupported configs and for missing, unexpected or misshapen tensors,
+  naming them.
+  """
+
+  def __init__(self, hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32,
+               scan_layers: bool = True, allow_pickle: bool = False):
+    hf_dir = pathlib.Path(hf_dir)
+    self.hf_config = read_hf_config(hf_dir)
+    key_map = KEY_MAPS[model_type_of(self.hf_config)]
+    config = hf_config_to_model_config(self.hf_config, scan_layers=scan_layers)
+    self.dtype = _dtype(dtype)
+    if self.dtype not in (*_EXPORT_DTYPES.values(), np.dtype(np.float16)):
+      raise UserError(f"dtype={dtype!r} is not a parameter dtype; use float32 (the default), "
+                      f"bfloat16 or float16.")
+    self._reader = CheckpointReader(hf_dir, allow_pickle=allow_pickle)  # reads headers only
+    self._stored = _relative_names(self._reader.shapes, key_map)
+    if config.family is Family.BERT:  # BertModel checkpoints may be saved with or without one
+      config = dataclasses.replace(config, pooler="pooler.dense.weight" in self._stored)
+    self.config = config
+    self._bindings = bind(key_map, config)
+    _check_tensors(self._bindings, self._stored, self._reader, key_map, config)
+    self.specs = {key: jax.ShapeDtypeStruct(s.shape, self.dtype)
+                  for key, s in abstract_params(config).items()}
+
+  def _fill(self, flat: Mapping[str, np.ndarray], binding: Binding) -> None:
+    """Reads `binding`'s HF tensor into those of its targets that `flat` holds."""
+    arrays = binding.transform.to_lmjax(self._reader.read(self._stored[binding.hf_name]),
+                                        self.config)
+    for (key, layer), array in zip(binding.targets, arrays):
+      if key in flat:
+        destination = flat[key] if layer is None else flat[key][layer]
+        destination[...] = array  # casts to the param dtype
+
+  def read_params(self) -> dict[str, np.ndarray]:
+    """Every param (flat keys), reading the weight files in turn, each once."""
+    flat = {key: np.empty(spec.shape, self.dtype) for key, spec in self.specs.items()}
+    file_of = lambda b: self._reader.file_of(self._stored[b.hf_name])
+    for _, group in itertools.groupby(sorted(self._bindings, key=file_of), key=file_of):
+      for binding in group:
+        self._fill(flat, binding)
+    return flat
+
+  def read_param(self, key: str) -> np.ndarray:
+    """Param `key`, from the HF tensors it is made of (each layer's, where stacked)."""
+    flat = {key: np.empty(self.specs[key].shape, self.dtype)}
+    for binding in self._bindings:
+      if any(target == key for target, _ in binding.targets):
+        self._fill(flat, binding)  # GPT-2's fused q/k/v tensor is read once per param
+    return flat[key]
+
+  def close(self) -> None:
+    self._reader.close()
+
+  def __enter__(self) -> HfWeights:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
 def from_hf(hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32, scan_layers: bool = True,
             allow_pickle: bool = False) -> tuple[Transformer, dict[str, Any]]:
   """A Hugging Face model directory -> (Transformer, params) computing the same function.
@@ -101,32 +175,11 @@ def from_hf(hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32, scan_layers:
   `pytorch_model.bin` only with `allow_pickle`. Raises UserError for unsupported configs and for
   missing, unexpected or misshapen tensors, naming them.
   """
-  hf_dir = pathlib.Path(hf_dir)
-  hf_config = read_hf_config(hf_dir)
-  key_map = KEY_MAPS[model_type_of(hf_config)]
-  config = hf_config_to_model_config(hf_config, scan_layers=scan_layers)
-  param_dtype = _dtype(dtype)
-  if param_dtype not in (*_EXPORT_DTYPES.values(), np.dtype(np.float16)):
-    raise UserError(f"dtype={dtype!r} is not a parameter dtype; use float32 (the default), "
-                    f"bfloat16 or float16.")
-  with CheckpointReader(hf_dir, allow_pickle=allow_pickle) as reader:
-    stored = _relative_names(reader.shapes, key_map)
-    if config.family is Family.BERT:  # BertModel checkpoints may be saved with or without one
-      config = dataclasses.replace(config, pooler="pooler.dense.weight" in stored)
-    bindings = bind(key_map, config)
-    _check_tensors(bindings, stored, reader, key_map, config)
-    flat = {key: np.empty(s.shape, param_dtype) for key, s in abstract_params(config).items()}
-    # File by file, each closed once read, so that memory holds the params and one tensor.
-    file_of = lambda b: reader.file_of(stored[b.hf_name])
-    for file, group in itertools.groupby(sorted(bindings, key=file_of), key=file_of):
-      for binding in group:
-        arrays = binding.transform.to_lmjax(reader.read(stored[binding.hf_name]), config)
-        for (key, layer), array in zip(binding.targets, arrays):
-          destination = flat[key] if layer is None else flat[key][layer]
-          destination[...] = array  # casts to the param dtype
-      reader.release(file)
+  with HfWeights(hf_dir, dtype=dtype, scan_layers=scan_layers,
+                 allow_pickle=allow_pickle) as weights:
+    flat = weights.read_params()
   params = unflatten({key: jnp.asarray(flat.pop(key)) for key in list(flat)})
-  return Transformer(config), params
+  return Transformer(weights.config), params
 
 
 def _dtype(dtype: Any) -> np.dtype:
@@ -136,9 +189,9 @@ def _dtype(dtype: Any) -> np.dtype:
     raise UserError(f"dtype={dtype!r} is not a dtype; use float32 or bfloat16.") from None
 
 
-def _export_dtype(dtype: Any, flat: Mapping[str, Any]) -> np.dtype:
+def _export_dtype(dtype: Any, specs: Mapping[str, Any]) -> np.dtype:
   if dtype is None:
-    found = {np.dtype(leaf.dtype) for leaf in flat.values()}
+    found = {np.dtype(spec.dtype) for spec in specs.values()}
     if len(found) != 1 or next(iter(found)) not in _EXPORT_DTYPES.values():
       raise UserError(f"params have dtypes {sorted(map(str, found))}: pass dtype= one of "
                       f"{', '.join(_EXPORT_DTYPES)} to choose the file dtype.")
@@ -150,18 +203,41 @@ def _export_dtype(dtype: Any, flat: Mapping[str, Any]) -> np.dtype:
   return _EXPORT_DTYPES[name]
 
 
-def _check_params(flat: Mapping[str, Any], config: ModelConfig) -> None:
+def _check_params(specs: Mapping[str, Any], config: ModelConfig) -> None:
   expected = abstract_params(config)
-  for key in sorted(set(expected) | set(flat)):
-    if key not in flat:
+  for key in sorted(set(expected) | set(specs)):
+    if key not in specs:
       raise UserError(f"params lack {key} (shape {list(expected[key].shape)}), which a model "
                       f"with this config has: are these the params of this model?")
     if key not in expected:
       raise UserError(f"params hold {key}, which a model with this config does not have "
                       f"(scan_layers={config.scan_layers}): are these the params of this model?")
-    if tuple(flat[key].shape) != tuple(expected[key].shape):
-      raise UserError(f"param {key} has shape {list(flat[key].shape)}, but the config implies "
+    if tuple(specs[key].shape) != tuple(expected[key].shape):
+      raise UserError(f"param {key} has shape {list(specs[key].shape)}, but the config implies "
                       f"{list(expected[key].shape)}.")
+
+
+class _OneGroupAtATime(Mapping[str, Any]):
+  """Params by flat key, read a group at a time through `read`; the previous group is dropped
+  before the next is read, so memory holds one group."""
+
+  def __init__(self, read: Callable[[Sequence[str]], Mapping[str, Any]],
+               groups: Sequence[Sequence[str]]):
+    self._read = read
+    self._group_of = {key: tuple(group) for group in groups for key in group}
+    self._held: dict[str, Any] = {}
+
+  def __getitem__(self, key: str) -> Any:
+    if key not in self._held:
+      self._held = {}
+      self._held = dict(self._read(self._group_of[key]))
+    return self._held[key]
+
+  def __iter__(self):
+    return iter(self._group_of)
+
+  def __len__(self) -> int:
+    return len(self._group_of)
 
 
 def _hf_tensor(binding: Binding, flat: Mapping[str, Any], dtype: np.dtype,
@@ -178,34 +254,70 @@ def to_hf(model: Transformer, params: Mapping[str, Any], out_dir: str | os.PathL
           config_overrides: Mapping[str, Any] | None = None) -> None:
   """Writes `model`/`params` as a Hugging Face model directory `out_dir` (new or empty).
 
-  Writes config.json and model.safetensors, or shards of at most `max_shard_size` bytes plus
-  model.safetensors.index.json, in `dtype` ("float32" or "bfloat16"; default: the params'
-  dtype), and copies the tokenizer files of `tokenizer_dir`. `config_overrides` are merged into
-  config.json (e.g. {"eos_token_id": 2}: special token ids are not part of a ModelConfig).
-  Nothing appears at `out_dir` unless the whole conversion succeeds.
+  Writes config.json (plus generation_config.json for causal LMs) and model.safetensors, or
+  shards of at most `max_shard_size` bytes plus model.safetensors.index.json, in `dtype`
+  ("float32" or "bfloat16"; default: the params' dtype), and copies the tokenizer files of
+  `tokenizer_dir`. `config_overrides` are merged into config.json (e.g. {"eos_token_id": 2}:
+  special token ids are not part of a ModelConfig). Nothing appears at `out_dir` unless the
+  whole conversion succeeds.
   """
-  config = model.config
+  flat = flatten(nn.unbox(params))
+  specs = {key: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype) for key, leaf in flat.items()}
+  export_params(model.config, specs, lambda keys: {key: flat[key] for key in keys}, out_dir,
+                dtype=dtype, max_shard_size=max_shard_size, tokenizer_dir=tokenizer_dir,
+                config_overrides=config_overrides)
+
+
+def export_params(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct],
+                  read: Callable[[Sequence[str]], Mapping[str, Any]],
+                  out_dir: str | os.PathLike, *, dtype: str | None = None,
+                  max_shard_size: int = 2 * 2**30, tokenizer_dir: str | os.PathLike | None = None,
+                  config_overrides: Mapping[str, Any] | None = None) -> None:
+  """`to_hf` for params that are read on demand, e.g. from a checkpoint on disk.
+
+  `specs` gives each param's shape and dtype (flat keys); `read(keys)` returns those params as
+  host arrays. Tensors are written param by param (all layers of a stacked param in a row), and
+  `read` is called once per group of params that HF tensors need together (a single param, or
+  GPT-2's query/key/value, fused in HF), the previous group dropped first: memory holds one
+  group and one HF tensor.
+  """
   hf_config = model_config_to_hf_config(config)
   key_map = KEY_MAPS[hf_config["model_type"]]
-  flat = flatten(nn.unbox(params))
-  _check_params(flat, config)
-  out_dtype = _export_dtype(dtype, flat)
+  _check_params(specs, config)
+  out_dtype = _export_dtype(dtype, specs)
   hf_config.update(config_overrides or {}, dtype=str(out_dtype))
   prefix = "" if config.head is Head.NONE else key_map.base_prefix + "."
   abstract = abstract_params(config)
+  groups = param_groups(bind(key_map, config))
+  flat = _OneGroupAtATime(read, [keys for keys, _ in groups])
   entries = []
-  for binding in bind(key_map, config):
-    shape = binding.hf_shape(abstract, config)
-    entries.append(TensorEntry(
-        name=prefix + binding.hf_name if binding.in_body else binding.hf_name,
-        shape=tuple(shape), dtype=out_dtype,
-        make=lambda b=binding: _hf_tensor(b, flat, out_dtype, config)))
+  for _, bindings in groups:
+    for binding in bindings:
+      entries.append(TensorEntry(
+          name=prefix + binding.hf_name if binding.in_body else binding.hf_name,
+          shape=tuple(binding.hf_shape(abstract, config)), dtype=out_dtype,
+          make=lambda b=binding: _hf_tensor(b, flat, out_dtype, config)))
   with staged_directory(out_dir) as staging:
-    (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    _write_json(staging / CONFIG_FILE, hf_config)
+    if config.head is Head.CAUSAL_LM:
+      _write_json(staging / GENERATION_CONFIG_FILE, generation_config(hf_config))
     write_safetensors(staging, entries, max_shard_size=max_shard_size)
     if tokenizer_dir is not None and not copy_tokenizer_files(tokenizer_dir, staging):
       raise UserError(f"tokenizer_dir {tokenizer_dir} holds no tokenizer files (looked for "
                       f"{', '.join(TOKENIZER_FILES)}, *.model).")
 
 
-__all__ = ["from_hf", "read_hf_config", "to_hf"]
+def generation_config(hf_config: Mapping[str, Any]) -> dict[str, Any]:
+  """The generation_config.json of a causal LM: its special token ids, as transformers'
+  `GenerationConfig.from_model_config` derives them from config.json."""
+  ids = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+         if hf_config.get(key) is not None}
+  return {"_from_model_config": True, **ids}
+
+
+def _write_json(path: pathlib.Path, content: Mapping[str, Any]) -> None:
+  path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+__all__ = ["HfWeights", "export_params", "from_hf", "generation_config", "read_hf_config",
+           "to_hf"]

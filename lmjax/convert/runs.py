@@ -12,21 +12,26 @@ checkpoint holds params only (no optimizer state yet): `lmjax.load_run`, `genera
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
+
 import jax.numpy as jnp
 import numpy as np
 
 from lmjax import __version__
 from lmjax.config import Config, TrainConfig
-from lmjax.convert.checkpoint_files import staged_directory
-from lmjax.convert.engine import from_hf, read_hf_config, to_hf
+from lmjax.convert.bindings import unflatten
+from lmjax.convert.checkpoint_files import check_new_directory, staged_directory
+from lmjax.convert.engine import HfWeights, export_params, read_hf_config
 from lmjax.convert.tokenizer_files import copy_tokenizer_files
+from lmjax.data.sentencepiece_tokenizer import model_file_in
 from lmjax.errors import UserError
 from lmjax.model import Head
 from lmjax.run_dir import RunDir
 from lmjax.train.checkpoint import Checkpointer
+from lmjax.train.streamed_arrays import DeferredArray
 from lmjax.train.state import TrainState
 
 HF_CONFIG_COPY = "hf_config.json"  # the source's config.json, kept for token ids on export
@@ -36,30 +41,41 @@ _TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id"
 
 def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
               allow_pickle: bool = False, scan_layers: bool = True) -> Config:
-  """Imports a Hugging Face model directory as a new run directory; returns the run's config."""
-  hf_config = read_hf_config(hf_dir)
-  model, params = from_hf(hf_dir, scan_layers=scan_layers, allow_pickle=allow_pickle)
-  train = TrainConfig(seq_len=min(TrainConfig().seq_len, model.config.max_seq_len))
-  config = Config(model=model.config, train=train)
-  with staged_directory(run_dir) as staging:
-    run = RunDir(staging)
-    run.write_config(config)
-    (staging / HF_CONFIG_COPY).write_text(json.dumps(hf_config, indent=2), encoding="utf-8")
-    _import_tokenizer(hf_dir, run.tokenizer_dir)
-    checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
-    try:
-      checkpointer.save(0, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None),
-                        {"step": 0, "params_only": True, "source": str(hf_dir),
-                         "lmjax_version": __version__, "config": config.to_dict()})
-    finally:
-      checkpointer.close()
+  """Imports a Hugging Face model directory as a new run directory; returns the run's config.
+
+  Each param is made from its HF tensors only when the checkpoint writes it: memory holds one
+  param (a stacked one: all its layers) and its compressed copy, not the model.
+  """
+  with HfWeights(hf_dir, scan_layers=scan_layers, allow_pickle=allow_pickle) as weights:
+    model_config = weights.config
+    train = TrainConfig(seq_len=min(TrainConfig().seq_len, model_config.max_seq_len))
+    config = Config(model=model_config, train=train)
+    params = unflatten({key: DeferredArray(spec.shape, spec.dtype,
+                                           functools.partial(weights.read_param, key))
+                        for key, spec in weights.specs.items()})
+    with staged_directory(run_dir) as staging:
+      run = RunDir(staging)
+      run.write_config(config)
+      (staging / HF_CONFIG_COPY).write_text(json.dumps(weights.hf_config, indent=2),
+                                            encoding="utf-8")
+      _import_tokenizer(hf_dir, run.tokenizer_dir)
+      checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
+      try:
+        checkpointer.save_streamed(
+            0, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None),
+            {"step": 0, "params_only": True, "source": str(hf_dir),
+             "lmjax_version": __version__, "config": config.to_dict()})
+      finally:
+        checkpointer.close()
   return config
 
 
 def _import_tokenizer(hf_dir, destination: pathlib.Path) -> None:
-  """Copies the tokenizer files; makes a tokenizer.json from vocab files when there is none."""
+  """Copies the tokenizer files; makes a tokenizer.json from vocab files when there is none
+  (a sentencepiece model is kept as it is: lmjax reads it through sentencepiece itself)."""
   copied = copy_tokenizer_files(hf_dir, destination)
-  if not copied or (destination / "tokenizer.json").is_file():
+  if (not copied or (destination / "tokenizer.json").is_file()
+      or model_file_in(str(destination)) is not None):
     return
   try:  # e.g. a BERT with vocab.txt only: transformers builds the fast tokenizer offline
     from transformers import AutoTokenizer
@@ -71,13 +87,39 @@ def _import_tokenizer(hf_dir, destination: pathlib.Path) -> None:
 
 def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: int | None = None,
               dtype: str | None = None, max_shard_size: int = 2 * 2**30) -> None:
-  """Exports a run's checkpoint (default: latest) as a Hugging Face model directory."""
-  from lmjax.load import load_run
+  """Exports a run's checkpoint (default: the newest that reads) as a Hugging Face directory.
+
+  Params are read from the checkpoint a group at a time (one param, or GPT-2's q/k/v) and
+  written as HF tensors before the next group is read: memory holds one group, not the model.
+  """
+  from lmjax.load import checkpoint_step
   run = RunDir(run_dir)
-  model, params = load_run(run.path, step=step)
+  config = run.require_config()
+  check_new_directory(hf_dir)  # before any step is tried: not a reason to try an older one
   tokenizer_dir = run.tokenizer_dir if any(run.tokenizer_dir.glob("*")) else None
-  to_hf(model, params, hf_dir, dtype=dtype, max_shard_size=max_shard_size,
-        tokenizer_dir=tokenizer_dir, config_overrides=_token_ids(run))
+  overrides = _token_ids(run)
+  checkpointer, step = checkpoint_step(run, step)
+
+  def export(at: int) -> None:
+    specs = {".".join(path[1:]): spec for path, spec in checkpointer.array_specs(at).items()
+             if path[0] == "params"}
+
+    def read(keys):
+      arrays = checkpointer.restore_arrays(at, {("params", *key.split(".")): specs[key]
+                                                for key in keys})
+      return {".".join(path[1:]): array for path, array in arrays.items()}
+
+    export_params(config.model, specs, read, hf_dir, dtype=dtype,
+                  max_shard_size=max_shard_size, tokenizer_dir=tokenizer_dir,
+                  config_overrides=overrides)
+
+  try:
+    if step is None:  # a damaged newest step is skipped (said on stderr), as load_run does
+      checkpointer.restore_newest(export)
+    else:
+      export(step)
+  finally:
+    checkpointer.close()
 
 
 def _token_ids(run: RunDir) -> dict[str, int]:
@@ -86,7 +128,8 @@ def _token_ids(run: RunDir) -> dict[str, int]:
   if source.is_file():
     saved = json.loads(source.read_text(encoding="utf-8"))
     return {k: saved[k] for k in _TOKEN_ID_KEYS if saved.get(k) is not None}
-  if not (run.tokenizer_dir / "tokenizer.json").is_file():
+  if (not (run.tokenizer_dir / "tokenizer.json").is_file()
+      and model_file_in(str(run.tokenizer_dir)) is None):
     return {}
   from lmjax.data.tokenizer import Tokenizer
   tokenizer = Tokenizer.load(run.tokenizer_dir)

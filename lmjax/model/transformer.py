@@ -77,13 +77,16 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
-               segment_ids=None, cache: Cache | None = None, train: bool = False):
+               segment_ids=None, cache: Cache | None = None, train: bool = False,
+               before_decoder: bool = False):
     """input_ids: [batch, length] int -> logits [batch, length, vocab] (or per the head).
 
     attention_mask: [batch, length], 1 for tokens and 0 for padding. segment_ids: the same as
     integers, one id per packed document (0 = padding); it replaces attention_mask. positions:
     [batch, length] position ids (default 0, 1, … after what the cache holds). With `cache`,
-    returns (output, updated cache).
+    returns (output, updated cache). `before_decoder` (LM heads): returns the hidden states
+    [batch, length, embed] that the vocabulary projection would take; `decode_logits` applies
+    it, e.g. a chunk of positions at a time.
     """
     cfg = self.config
     b, s = input_ids.shape
@@ -123,7 +126,7 @@ class Transformer(nn.Module):
     x, layer_caches = self._blocks(x, layer_caches, mask, positions,
                                    None if cache is None else offset, train)
 
-    out = self._head(x, embedding, segment_ids, train)
+    out = self._head(x, embedding, segment_ids, train, before_decoder)
     if cache is None:
       return out
     return out, {"layers": layer_caches, "segment_ids": key_segment_ids, "index": offset + s}
@@ -148,7 +151,7 @@ class Transformer(nn.Module):
       return x, None
     return x, jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
 
-  def _head(self, x, embedding, segment_ids, train):
+  def _head(self, x, embedding, segment_ids, train, before_decoder=False):
     cfg = self.config
     if cfg.norm_position is NormPosition.PRE:
       x = LayerNorm(cfg, self.dtype, name="final_norm")(x)
@@ -160,12 +163,12 @@ class Transformer(nn.Module):
       case Head.NONE:
         return x.astype(jnp.float32)
       case Head.CAUSAL_LM:
-        return self._decode(x, embedding, bias=False)
+        return x if before_decoder else self._decode(x, embedding, bias=False)
       case Head.MASKED_LM:
         h = DenseGeneral((cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), True, cfg, self.dtype,
                          name="mlm_transform")(x)
         h = LayerNorm(cfg, self.dtype, name="mlm_norm")(activation(cfg.activation, h))
-        return self._decode(h, embedding, bias=True)
+        return h if before_decoder else self._decode(h, embedding, bias=True)
       case Head.CLASSIFICATION:
         if cfg.pooler:
           features = pooled
@@ -191,3 +194,19 @@ class Transformer(nn.Module):
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return logits.astype(jnp.float32)
 
+
+
+def decode_logits(config: ModelConfig, params, hidden: jax.Array, *,
+                  dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """The LM heads' vocabulary projection, outside the module: what `Transformer` computes from
+  the hidden states that `before_decoder=True` returns. hidden [..., embed] -> float32 logits
+  [..., vocab], with the same operations (and so the same numbers) as the module."""
+  x = hidden.astype(dtype)
+  if config.tie_embeddings:
+    logits = jnp.einsum("...d,vd->...v", x, params["token_embedding"].astype(dtype))
+  else:
+    kernel = params["lm_head"]["kernel"].astype(dtype)                # [embed, vocab]
+    logits = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  if config.head is Head.MASKED_LM:
+    logits = logits + params["output_bias"].astype(dtype)
+  return logits.astype(jnp.float32)

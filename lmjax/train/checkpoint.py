@@ -4,6 +4,10 @@ Step N lives in RUN_DIR/checkpoints/N/. Saves are asynchronous: `save` returns o
 are copied off the devices and the write finishes in the background; `wait` blocks until it has.
 The newest `keep` checkpoints are kept, plus every step divisible by `keep_every` forever.
 
+`save_streamed` writes a checkpoint whose arrays are made one at a time (DeferredArray leaves),
+and `restore_arrays` reads some arrays of one back: imports and exports use them to hold one
+array at a time rather than the whole state. Such checkpoints restore like any other.
+
 Orbax writes each checkpoint under a temporary name and renames it once complete, so a process
 killed mid-write leaves `N.orbax-checkpoint-tmp-*`, which is never a step. A committed step can
 still be damaged afterwards (a truncated or deleted file): `restore_newest` treats a failed
@@ -20,7 +24,7 @@ import pathlib
 import shutil
 import sys
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import jax
 import numpy as np
@@ -28,10 +32,13 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from lmjax.errors import UserError
+from lmjax.train.streamed_arrays import streaming_handlers
 from lmjax.train.state import TrainState
 
 T = TypeVar("T")
 TMP_MARKER = ".orbax-checkpoint-tmp"
+ITEMS = ("state", "record")
+ArrayPath = tuple[str, ...]  # keys from the state's root, e.g. ("params", "lm_head", "kernel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +56,11 @@ class Checkpointer:
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
     if keep_every:
       policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_every))
-    options = ocp.CheckpointManagerOptions(
+    self._options = ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=async_save,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "record"))
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options,
+                                          item_names=ITEMS)
 
   def steps(self) -> list[int]:
     """Committed steps, oldest first (whether they are readable is only known on restore)."""
@@ -72,6 +79,65 @@ class Checkpointer:
     """Starts writing `state` and the JSON `record` as checkpoint `step`."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+
+  def save_streamed(self, step: int, state: TrainState, record: dict[str, Any]) -> None:
+    """Writes checkpoint `step` before returning, making each DeferredArray leaf of `state`
+    only when it is written and dropping it after: memory holds one array, not the state.
+
+    For states that are not in memory to begin with (imported weights); it restores like a
+    `save`d checkpoint. Leaves that are not DeferredArrays are saved as `save` saves them.
+    """
+    self.wait()
+    options = dataclasses.replace(self._options, enable_async_checkpointing=False)
+    # A manager of its own: `self._manager` ties item "state" to StandardSave's handler,
+    # which accepts array leaves only.
+    manager = ocp.CheckpointManager(self.directory, options=options,
+                                    handler_registry=streaming_handlers())
+    try:
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state), record=ocp.args.JsonSave(record)))
+    finally:
+      manager.close()
+    self._manager.reload()
+
+  def array_specs(self, step: int) -> dict[ArrayPath, jax.ShapeDtypeStruct]:
+    """Shape and dtype of every array in checkpoint `step`'s state, from its metadata alone."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(self._step_dir(step) / "state")
+    leaves, _ = jax.tree_util.tree_flatten_with_path(metadata.tree)
+    return {tuple(str(getattr(k, "key", k)) for k in path): jax.ShapeDtypeStruct(leaf.shape,
+                                                                                leaf.dtype)
+            for path, leaf in leaves if hasattr(leaf, "shape")}
+
+  def restore_arrays(self, step: int, specs: Mapping[ArrayPath, jax.ShapeDtypeStruct]
+                     ) -> dict[ArrayPath, np.ndarray]:
+    """The arrays `specs` names (some of `array_specs(step)`) as host numpy arrays, reading no
+    others: memory holds these arrays (and a read buffer), not the state."""
+    item, restore_args = {}, {}
+    for path, spec in specs.items():
+      *parents, leaf = path
+      node, node_args = item, restore_args
+      for key in parents:
+        node, node_args = node.setdefault(key, {}), node_args.setdefault(key, {})
+      node[leaf] = jax.ShapeDtypeStruct(spec.shape, spec.dtype)
+      node_args[leaf] = ocp.RestoreArgs(restore_type=np.ndarray)
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      restored = handler.restore(self._step_dir(step) / "state", args=ocp.args.PyTreeRestore(
+          item, restore_args=restore_args, partial_restore=True))
+    finally:
+      handler.close()
+    arrays = {}
+    for path in specs:
+      node = restored
+      for key in path:
+        node = node[key]
+      arrays[path] = node
+    return arrays
+
+  def _step_dir(self, step: int) -> pathlib.Path:
+    if step not in self.steps():
+      raise UserError(f"{self.directory} has no checkpoint at step {step}.")
+    return self.directory / str(step)
 
   def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
     """Restores checkpoint `step` onto the shardings carried by `abstract_state`.

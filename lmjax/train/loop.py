@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import sys
 import time
 from typing import Any, Callable
 
@@ -22,8 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from lmjax.config import ComputeDtype, Config, NanPolicy
-from lmjax.errors import NonFiniteLoss
+from lmjax.config import ComputeDtype, Config
 from lmjax.data.batches import BatchSource, batch_sources
 from lmjax.data.pipeline import BatchIterator
 from lmjax.model import Transformer
@@ -32,12 +30,13 @@ from lmjax.run_dir import RunDir, check_resumable
 from lmjax.sharding import (LOGICAL_AXIS_RULES, Rules, axis_rules, batch_sharding,
                             check_divisible, make_mesh, process_batch_positions, shard_batch)
 from lmjax.train.checkpoint import Checkpointer
-from lmjax.train.init_from import start_from_source
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
 from lmjax.train.multihost import any_process, initialize_distributed, is_writer, shared_corpus
 from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
+from lmjax.train.nonfinite import NonFiniteSteps
 from lmjax.train.preemption import PreemptionGuard
-from lmjax.train.state import TrainState, create_train_state, state_shardings
+from lmjax.train.resume import start_or_resume
+from lmjax.train.state import TrainState, state_shardings
 from lmjax.train.step import jit_eval_step, jit_train_step
 from lmjax import __version__
 
@@ -78,7 +77,8 @@ def setup_step(config: Config, mesh: Mesh) -> StepSetup:
                                               rules=rules)
   step_fn = jit_train_step(model, tx, schedule, mesh, shardings, seed=config.train.seed,
                            grad_accum_steps=config.train.grad_accum_steps,
-                           nan_at_step=config.train.debug_nan_at_step, rules=rules)
+                           nan_at_step=config.train.debug_nan_at_step, rules=rules,
+                           loss_chunk=config.train.loss_chunk_size)
   return StepSetup(model, tx, schedule, mesh, rules, abstract_state, shardings, step_fn)
 
 
@@ -154,69 +154,24 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
       corpus.tokenizer.save(run.tokenizer_dir)
   checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints,
                               keep_every=config.train.keep_every, async_save=async_checkpoints)
-
-  def restore(step: int):
-    record = checkpointer.restore_record(step)
-    if record.get("params_only"):  # an imported run directory: weights, no optimizer state yet
-      return None, record
-    return checkpointer.restore(step, setup.abstract_state)
-
-  start, restored, skipped = checkpointer.restore_newest(restore)
-  state, record = restored or (None, {})
-  state_restored = state is not None
-  if skipped:
-    checkpointer.quarantine([s.step for s in skipped], run.path / "corrupt_checkpoints")
-  elapsed_before = float(record.get("elapsed_seconds", 0.0)) if state is not None else 0.0
-  skipped_steps = int(record.get("skipped_steps", 0)) if state is not None else 0
-  if state is None:  # a new run, or an imported run directory
-    state = create_train_state(setup.model, setup.tx, mesh, seed=config.train.seed,
-                               seq_len=config.train.seq_len, rules=setup.rules)
-    source = config.model.init_from or (str(run.path) if start is not None else None)
-    if source:
-      state, report = start_from_source(state, setup.tx, setup.shardings.opt_state,
-                                        dataclasses.replace(config.model, init_from=source))
-      if writes:
-        print(f"lmjax: {report}", file=sys.stderr)
-    start = 0
+  begin = start_or_resume(config, run, setup, checkpointer, report=writes)
+  start, state = begin.step, begin.state
   if writes:  # rows of steps after the checkpoint (a run that died) are logged again
     truncate_metrics_after(run.metrics_file, start)
 
-  step_fn = setup.step_fn
   train_batches = TrainBatches(train_source, mesh, setup.rules, num_steps=config.train.steps,
-                               start=start, workers=config.data.workers,
-                               state=record.get("data_iterator") if state_restored else None)
-  eval_fn = jit_eval_step(setup.model, mesh, setup.shardings.params, rules=setup.rules)
+                               start=start, workers=config.data.workers, state=begin.data_state)
+  eval_fn = jit_eval_step(setup.model, mesh, setup.shardings.params, rules=setup.rules,
+                          loss_chunk=config.train.loss_chunk_size)
   writer = MetricsWriter(run.path, total_steps=config.train.steps, start_step=start, enabled=writes)
   if start:
     writer.message(f"resuming {run.path} from step {start}")
-  tokens_per_step = config.train.batch_size * config.train.seq_len
-  flops_per_token = config.model.flops_per_token(config.train.seq_len)
+  nonfinite = NonFiniteSteps(config.train.nan_policy, setup.abstract_state.params,
+                             skipped=begin.skipped_steps, say=writer.message)
+  speed = _Throughput(config, start)
   t_start = time.perf_counter()
-  t_mark, step_mark, row, last_saved, stopped_by = None, start, None, start, None
+  row, last_saved, stopped_by = None, start, None
   end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
-  unchecked: list[tuple[int, dict]] = []  # (step, metrics) whose finiteness is not yet known
-
-  def check_finite(*, keep_newest: bool) -> None:
-    """Acts on non-finite steps; `keep_newest` leaves the step just dispatched unchecked, so
-    the host does not wait for it (the check trails the device by one step)."""
-    nonlocal skipped_steps
-    while len(unchecked) > keep_newest:
-      step, metrics = unchecked.pop(0)
-      if bool(metrics["finite"]):
-        continue
-      loss, bad_leaf = float(metrics["loss"]), int(metrics["first_nonfinite_grad"])
-      if config.train.nan_policy is NanPolicy.SKIP_STEP:
-        skipped_steps += 1
-        writer.message(f"lmjax: step {step}: non-finite loss {loss} (grad_norm "
-                       f"{float(metrics['grad_norm'])}): update skipped (train.nan_policy="
-                       f"skip_step; {skipped_steps} skipped so far)")
-        continue
-      raise NonFiniteLoss(
-          f"step {step}: the loss is {loss} and the first non-finite gradient is "
-          f"{_leaf_path(setup.abstract_state.params, bad_leaf)}; no update was applied and "
-          f"nothing after step {last_saved} was saved (the latest checkpoint is "
-          f"{last_saved or 'none'}). Lower train.learning_rate or raise train.warmup_steps and "
-          f"rerun to resume from it, or set train.nan_policy=skip_step to skip such steps.")
 
   def save(done: int) -> None:
     nonlocal last_saved
@@ -224,43 +179,27 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
         "step": done, "data_position": done, "data_iterator": train_batches.state(),
         "lmjax_version": __version__,
         "rng": {"seed": config.train.seed, "derived_from": "step"},
-        "skipped_steps": skipped_steps,
-        "elapsed_seconds": elapsed_before + time.perf_counter() - t_start,
+        "skipped_steps": nonfinite.skipped,
+        "elapsed_seconds": begin.elapsed_seconds + time.perf_counter() - t_start,
         "config": config.to_dict()})
     last_saved = done
 
   try:
     with PreemptionGuard() as guard:
       for step in range(start, end):
-        state, metrics = step_fn(state, next(train_batches))
+        state, metrics = setup.step_fn(state, next(train_batches))
         done = step + 1
-        unchecked.append((done, metrics))
-        check_finite(keep_newest=True)
-        if t_mark is None:  # the first step compiles: time throughput from its end
-          jax.block_until_ready(metrics)
-          t_mark, step_mark = time.perf_counter(), done
+        nonfinite.add(done, metrics)
+        nonfinite.check(last_saved=last_saved, keep_newest=True)
+        speed.started(done, metrics)
         is_eval = config.train.eval_every and (done % config.train.eval_every == 0
                                                or done == config.train.steps)
         if is_eval or done % config.train.log_every == 0 or done == config.train.steps:
-          check_finite(keep_newest=False)
-          metrics = jax.device_get(metrics)
-          now = time.perf_counter()
-          tokens_per_second = (tokens_per_step * (done - step_mark) / (now - t_mark)
-                               if done > step_mark else None)
-          t_mark, step_mark = now, done
-          row = {
-              "step": done, "loss": float(metrics["loss"]),
-              "learning_rate": float(metrics["learning_rate"]),
-              "grad_norm": float(metrics["grad_norm"]),
-              "tokens_per_second": tokens_per_second,
-              "mfu": tokens_per_second and model_flops_utilization(
-                  flops_per_token, tokens_per_second, dtype=config.train.compute_dtype.value),
-              "elapsed_seconds": elapsed_before + now - t_start,
-              "skipped_steps": skipped_steps,
-              "skipped_records": corpus.skipped_records,
-          }
-          if config.model.head.value != "causal_lm":
-            row["accuracy"] = float(metrics["accuracy"])
+          nonfinite.check(last_saved=last_saved)
+          row = _metrics_row(config, done, jax.device_get(metrics), speed.rate(done),
+                             elapsed=begin.elapsed_seconds + time.perf_counter() - t_start,
+                             skipped_steps=nonfinite.skipped,
+                             skipped_records=corpus.skipped_records)
           if is_eval:
             row.update(evaluate(eval_fn, state.params, eval_source, mesh,
                                 config.train.eval_batches, rules=setup.rules))
@@ -268,7 +207,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
           writer.progress(done, row)
         stop = any_process(guard.requested)
         if done % config.train.checkpoint_every == 0 or done == end or stop:
-          check_finite(keep_newest=False)  # a poisoned state is never written
+          nonfinite.check(last_saved=last_saved)  # a poisoned state is never written
           save(done)
         if stop:
           checkpointer.wait()
@@ -277,7 +216,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
                          f"{run.checkpoints / str(done)}; rerun the same command to resume")
           end = done
           break
-      check_finite(keep_newest=False)
+      nonfinite.check(last_saved=last_saved)
   finally:
     train_batches.close()
     checkpointer.close()
@@ -286,9 +225,41 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
                      stopped_by=stopped_by)
 
 
-def _leaf_path(params: Any, index: int) -> str:
-  """The '/'-joined path of leaf `index` of `params` (in jax.tree.leaves order)."""
-  if index < 0:
-    return "none (the gradients are finite; the loss itself is not)"
-  path, _ = jax.tree_util.tree_flatten_with_path(params)[0][index]
-  return "params/" + "/".join(str(getattr(k, "key", k)) for k in path)
+class _Throughput:
+  """Tokens per second between logged steps, timed from the end of the first (compiling) step."""
+
+  def __init__(self, config: Config, start: int):
+    self.tokens_per_step = config.train.batch_size * config.train.seq_len
+    self.mark_time, self.mark_step = None, start
+
+  def started(self, done: int, metrics) -> None:
+    if self.mark_time is None:  # the first step compiles: time throughput from its end
+      jax.block_until_ready(metrics)
+      self.mark_time, self.mark_step = time.perf_counter(), done
+
+  def rate(self, done: int) -> float | None:
+    now = time.perf_counter()
+    rate = (self.tokens_per_step * (done - self.mark_step) / (now - self.mark_time)
+            if done > self.mark_step else None)
+    self.mark_time, self.mark_step = now, done
+    return rate
+
+
+def _metrics_row(config: Config, done: int, metrics: dict, tokens_per_second: float | None, *,
+                 elapsed: float, skipped_steps: int, skipped_records: int) -> dict[str, Any]:
+  """One row of metrics.jsonl (see DESIGN.md) from the step's metrics, fetched to the host."""
+  row = {
+      "step": done, "loss": float(metrics["loss"]),
+      "learning_rate": float(metrics["learning_rate"]),
+      "grad_norm": float(metrics["grad_norm"]),
+      "tokens_per_second": tokens_per_second,
+      "mfu": tokens_per_second and model_flops_utilization(
+          config.model.flops_per_token(config.train.seq_len), tokens_per_second,
+          dtype=config.train.compute_dtype.value),
+      "elapsed_seconds": elapsed,
+      "skipped_steps": skipped_steps,
+      "skipped_records": skipped_records,
+  }
+  if config.model.head.value != "causal_lm":
+    row["accuracy"] = float(metrics["accuracy"])
+  return row

@@ -23,7 +23,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lmjax.model import Transformer
-from lmjax.objectives import LossSums, objective_loss
+from lmjax.model.config import Head
+from lmjax.model.transformer import decode_logits
+from lmjax.objectives import LossSums, chunked_objective_loss, objective_loss
 from lmjax.sharding import LOGICAL_AXIS_RULES, Rules, activation_sharding, batch_sharding
 from lmjax.train.state import TrainState
 
@@ -33,16 +35,24 @@ _MODEL_INPUTS = ("segment_ids", "positions", "token_type_ids")
 
 
 def _forward_sums(model: Transformer, params, batch: Batch, *, train: bool,
-                  dropout_rng: jax.Array | None = None) -> LossSums:
+                  dropout_rng: jax.Array | None = None, loss_chunk: int = 0) -> LossSums:
+  """The objective's loss sums; `loss_chunk` > 0 (LM heads) projects to the vocabulary that
+  many positions at a time, never holding the whole batch's logits."""
   inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+  head = model.config.head
+  if loss_chunk and head in (Head.CAUSAL_LM, Head.MASKED_LM):
+    hidden = model.apply({"params": params}, batch["input_ids"], train=train, rngs=rngs,
+                         before_decoder=True, **inputs)
+    logits_fn = functools.partial(decode_logits, model.config, params, dtype=model.dtype)
+    return chunked_objective_loss(head, hidden, logits_fn, batch, loss_chunk)
   logits = model.apply({"params": params}, batch["input_ids"], train=train, rngs=rngs, **inputs)
-  return objective_loss(model.config.head, logits, batch)
+  return objective_loss(head, logits, batch)
 
 
 def train_step(state: TrainState, batch: Batch, *, model: Transformer,
                tx: optax.GradientTransformation, schedule: optax.Schedule, grad_accum_steps: int,
-               seed: int, nan_at_step: int | None = None
+               seed: int, nan_at_step: int | None = None, loss_chunk: int = 0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and scalar metrics.
 
@@ -53,7 +63,8 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer,
 
   def sums_and_grads(micro_batch, micro_rng):
     def loss_fn(params):
-      sums = _forward_sums(model, params, micro_batch, train=True, dropout_rng=micro_rng)
+      sums = _forward_sums(model, params, micro_batch, train=True, dropout_rng=micro_rng,
+                           loss_chunk=loss_chunk)
       if nan_at_step is not None:
         poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
         sums = sums._replace(loss=sums.loss * poison)
@@ -108,14 +119,15 @@ def first_nonfinite_leaf(tree) -> jax.Array:
   return jnp.where(finite.all(), -1, jnp.argmin(finite)).astype(jnp.int32)
 
 
-def eval_step(params, batch: Batch, *, model: Transformer) -> LossSums:
+def eval_step(params, batch: Batch, *, model: Transformer, loss_chunk: int = 0) -> LossSums:
   """Loss sums on one batch without dropout; callers add them over batches."""
-  return _forward_sums(model, params, batch, train=False)
+  return _forward_sums(model, params, batch, train=False, loss_chunk=loss_chunk)
 
 
 def jit_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
                    mesh: Mesh, state_shardings: Any, *, grad_accum_steps: int, seed: int,
-                   nan_at_step: int | None = None, rules: Rules = LOGICAL_AXIS_RULES
+                   nan_at_step: int | None = None, rules: Rules = LOGICAL_AXIS_RULES,
+                   loss_chunk: int = 0
                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """train_step jitted with explicit shardings; the input state is donated.
 
@@ -123,7 +135,8 @@ def jit_train_step(model: Transformer, tx: optax.GradientTransformation, schedul
   """
   step = _with_activation_sharding(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        grad_accum_steps=grad_accum_steps, seed=seed, nan_at_step=nan_at_step),
+                        grad_accum_steps=grad_accum_steps, seed=seed, nan_at_step=nan_at_step,
+                        loss_chunk=loss_chunk),
       mesh, rules)
   replicated = NamedSharding(mesh, P())
   return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh, rules)),
@@ -131,9 +144,9 @@ def jit_train_step(model: Transformer, tx: optax.GradientTransformation, schedul
 
 
 def jit_eval_step(model: Transformer, mesh: Mesh, params_shardings: Any, *,
-                  rules: Rules = LOGICAL_AXIS_RULES) -> Callable[[Any, Batch], LossSums]:
+                  rules: Rules = LOGICAL_AXIS_RULES, loss_chunk: int = 0) -> Callable[[Any, Batch], LossSums]:
   """eval_step jitted with explicit shardings; the loss sums come back replicated."""
-  step = _with_activation_sharding(functools.partial(eval_step, model=model), mesh, rules)
+  step = _with_activation_sharding(functools.partial(eval_step, model=model, loss_chunk=loss_chunk), mesh, rules)
   replicated = NamedSharding(mesh, P())
   return jax.jit(step, in_shardings=(params_shardings, batch_sharding(mesh, rules)),
                  out_shardings=replicated)

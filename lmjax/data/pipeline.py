@@ -48,13 +48,7 @@ class BatchIterator:
     # The dataset starts at `offset`; Grain's own state counts from there.
     self._offset, self._workers = (int(state["offset"]) if state else start), workers
     dataset = grain.MapDataset.source(_StepBatches(source, positions, num_steps))[self._offset:]
-    iterable = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
-    if workers:
-      _absl_flags_ready()
-      iterable = iterable.mp_prefetch(
-          grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch))
-    self._iterator = iter(iterable)
+    self._iterator = iter(prefetched(dataset, workers=workers, buffer=prefetch))
     if state:
       self._iterator.set_state(state["grain"])
 
@@ -74,8 +68,14 @@ class BatchIterator:
             "grain": self._iterator.get_state()}
 
 
-def _absl_flags_ready() -> None:
-  """Grain's worker processes read absl flags, which only an absl `app.run` main parses."""
+def prefetched(dataset: grain.MapDataset, *, workers: int, buffer: int = 2) -> grain.IterDataset:
+  """`dataset` in order, its elements made ahead by one thread (workers=0) or `workers` Grain
+  worker processes, `buffer` ahead (per worker)."""
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer))
+  if not workers:
+    return iterable
   from absl import flags  # pylint: disable=import-outside-toplevel
-  if not flags.FLAGS.is_parsed():
+  if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; only absl's app.run parses them
     flags.FLAGS.mark_as_parsed()
+  return iterable.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))

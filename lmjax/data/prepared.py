@@ -119,11 +119,8 @@ def _tokenized(config: Config, source: DataSource, units: list[str], tokenizer: 
   if not workers:
     yield from map(work, units)
     return
-  from lmjax.data.pipeline import _absl_flags_ready  # pylint: disable=import-outside-toplevel
-  _absl_flags_ready()
-  dataset = grain.MapDataset.source(units).map(work).to_iter_dataset(
-      grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-  yield from dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  from lmjax.data.pipeline import prefetched  # pylint: disable=import-outside-toplevel
+  yield from prefetched(grain.MapDataset.source(units).map(work), workers=workers)
 
 
 class _Shards:

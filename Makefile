@@ -28,7 +28,9 @@ demo: $(VENV)/.installed-core
 	$(BIN)/lmjax generate --run-dir $(RUN_DIR) --prompt "The" --prompt "A list" \
 	  --max-new-tokens 48 --temperature 0.8 --top-k 40
 
+# The layering contracts (pyproject.toml, import-linter) first: a broken one fails in seconds.
 test: $(VENV)/.installed-test
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
 
 clean:

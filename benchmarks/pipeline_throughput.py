@@ -19,11 +19,13 @@ import time
 import numpy as np
 
 from lmjax.config import load_config
-from lmjax.data.batches import Corpus, batch_sources, build_tokenizer, load_corpus, pack_for
+from lmjax.data.batches import pack_for
+from lmjax.data.corpus import Corpus
 from lmjax.data.pipeline import BatchIterator
-from lmjax.data.prepared import prepare
 from lmjax.data.rows import MemoryRows
 from lmjax.data.sources import read_documents
+from lmjax.data.tokenizer_setup import build_tokenizer
+from lmjax.train.inputs import batch_sources, batch_spec, load_corpus, prepare_data
 from lmjax.train.loop import train
 
 
@@ -52,11 +54,12 @@ def main() -> None:
   documents = read_documents(source=source.source, paths=source.paths, field=source.field,
                              split=source.split, data_dir=source.data_dir)
   t1 = time.perf_counter()
-  tokenizer = build_tokenizer(config, documents)
+  spec = batch_spec(config)
+  tokenizer = build_tokenizer(config.tokenizer_choice, documents, vocab_size=spec.vocab_size)
   t2 = time.perf_counter()
   token_docs = tokenizer.encode_batch(documents)
   t3 = time.perf_counter()
-  rows = pack_for(config.model.head, tokenizer, token_docs, config.train.seq_len)
+  rows = pack_for(spec.objective, tokenizer, token_docs, spec.seq_len)
   t4 = time.perf_counter()
   num_tokens = sum(map(len, token_docs))
   num_bytes = sum(len(d.encode()) for d in documents)
@@ -82,7 +85,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as data_dir:
     for workers in (0, 2):
       t7 = time.perf_counter()
-      prepare(config, f"{data_dir}/w{workers}", workers=workers, log=lambda _: None)
+      prepare_data(config, f"{data_dir}/w{workers}", workers=workers)
       print(f"data prepare, {workers or 'no'} worker processes: "
             f"{num_tokens / (time.perf_counter() - t7):,.0f} tokens/s (tokenizer training included)")
     prepared = load_corpus(load_config(args.config, args.overrides + [

@@ -1,8 +1,9 @@
-"""The `lmjax` command: train, eval, generate and fill-mask.
+"""The `lmjax` command: train, eval, generate, fill-mask, convert, checkpoints, tokenizer, data.
 
 User mistakes (`UserError`) print one paragraph and exit with status 2, without a traceback.
 A run stopped by a non-finite loss (`train.nan_policy=stop`) exits with status 3; one stopped
-by SIGTERM/SIGINT exits 0 after saving a checkpoint.
+by SIGTERM/SIGINT exits 0 after saving a checkpoint. What the library reports (lmjax loggers)
+shows on stderr as "lmjax: …" (lmjax.app).
 """
 
 from __future__ import annotations
@@ -13,7 +14,20 @@ import pathlib
 import sys
 from typing import Sequence
 
+from lmjax import app
+from lmjax.config import load_config, resolve_config_path
+from lmjax.convert import from_hf, runs, verify
+from lmjax.data.sources import iter_sources
+from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
+from lmjax.generate import fill_mask, generate
+from lmjax.run import RunDir, load_run
+from lmjax.run.inspection import format_table, inspect_checkpoints
+from lmjax.train.compile import compile_train_step
+from lmjax.train.evaluate import evaluate_run
+from lmjax.train.inputs import prepare_data
+from lmjax.train.loop import train
+from lmjax.train.multihost import is_writer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,12 +139,11 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args) -> int:
-  from lmjax.config import load_config, resolve_config_path
-  from lmjax.train.loop import train
   config = load_config(args.config, args.overrides)
   if args.compile_only:
-    from lmjax.train.compile import print_compile_report
-    print_compile_report(config)
+    report = compile_train_step(config)
+    if is_writer():
+      print(report.format(), flush=True)
     return 0
   run_dir = args.run_dir or f"runs/{resolve_config_path(args.config).stem}"
   result = train(config, run_dir)
@@ -148,26 +161,20 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-  from lmjax.evaluate import evaluate_run
   print(json.dumps(evaluate_run(args.config, args.run_dir, step=args.step, overrides=args.overrides)))
   return 0
 
 
 def _load(args):
   """(model, params, tokenizer) from --run-dir or --hf."""
-  from lmjax.data.tokenizer import Tokenizer
   if args.hf:
-    from lmjax.convert import from_hf
     model, params = from_hf(args.hf)
     return model, params, Tokenizer.from_file(args.hf)
-  from lmjax.load import load_run
-  from lmjax.run_dir import RunDir
   model, params = load_run(args.run_dir, step=args.step)
   return model, params, Tokenizer.load(RunDir(args.run_dir).tokenizer_dir)
 
 
 def _cmd_generate(args) -> int:
-  from lmjax.generate import generate
   model, params, tokenizer = _load(args)
   prompts = [tokenizer.encode(p, add_special_tokens=True) for p in args.prompt]
   for text, ids in zip(args.prompt, prompts):
@@ -184,7 +191,6 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_fill_mask(args) -> int:
-  from lmjax.generate import fill_mask
   model, params, tokenizer = _load(args)
   if tokenizer.mask_id is None:
     raise UserError("this model's tokenizer has no mask token, so it cannot fill masks.")
@@ -208,7 +214,6 @@ def _cmd_fill_mask(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-  from lmjax.convert import runs
   if args.direction == "hf-to-lmjax":
     config = runs.hf_to_run(args.hf_dir, args.run_dir, allow_pickle=args.allow_pickle,
                             scan_layers=not args.no_scan)
@@ -219,7 +224,7 @@ def _cmd_convert(args) -> int:
                    max_shard_size=args.max_shard_size)
     print(f"exported {args.run_dir} to {args.hf_dir}")
   else:
-    agreement = runs.verify(args.hf_dir, args.run_dir, step=args.step)
+    agreement = verify.verify(args.hf_dir, args.run_dir, step=args.step)
     print(f"max |Δlogit|: {agreement.max_abs_diff:.3g}")
     if agreement.mean_kl is not None:
       print(f"mean KL:      {agreement.mean_kl:.3g}")
@@ -232,7 +237,6 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_checkpoints(args) -> int:
-  from lmjax.checkpoints import format_table, inspect_checkpoints
   infos = inspect_checkpoints(args.run_dir, verify=args.verify)
   if not infos:
     print(f"{args.run_dir} has no checkpoints yet")
@@ -242,14 +246,11 @@ def _cmd_checkpoints(args) -> int:
 
 
 def _cmd_tokenizer(args) -> int:
-  from lmjax.config import load_config
-  from lmjax.data.batches import iter_corpus
-  from lmjax.data.tokenizer import Tokenizer
   config = load_config(args.config, args.overrides)
   out = pathlib.Path(args.out)
   if out.exists() and any(out.iterdir()):
     raise UserError(f"--out {out} exists and is not empty: choose a new directory.")
-  documents = list(iter_corpus(config))
+  documents = list(iter_sources(config.data))
   tokenizer = Tokenizer.train_bpe(documents, vocab_size=args.vocab_size or config.model.vocab_size)
   tokenizer.save(out)
   print(f"trained a {tokenizer.vocab_size}-token BPE on {len(documents)} documents into {out}; "
@@ -258,12 +259,10 @@ def _cmd_tokenizer(args) -> int:
 
 
 def _cmd_data(args) -> int:
-  from lmjax.config import load_config
-  from lmjax.data.prepared import prepare
   if args.workers < 0:
     raise UserError(f"--workers must be 0 or more, got {args.workers}.")
-  prepare(load_config(args.config, args.overrides), args.out_dir, workers=args.workers,
-          rows_per_shard=args.rows_per_shard)
+  prepare_data(load_config(args.config, args.overrides), args.out_dir, workers=args.workers,
+               rows_per_shard=args.rows_per_shard)
   print(f"train on it with: lmjax train {args.config} --set data.source=prepared "
         f"'data.paths=[{args.out_dir}]'")
   return 0
@@ -276,6 +275,7 @@ _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate,
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  app.configure_process()
   try:
     return _COMMANDS[args.command](args)
   except UserError as e:

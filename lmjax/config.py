@@ -2,27 +2,39 @@
 
 A run config has five sections, `model`, `train`, `mesh`, `distributed` and `data`. Unknown
 keys are errors that name the key and suggest the nearest valid one; values are checked against
-the field's type. `model.preset` starts from a named architecture (see lmjax.model.presets) that
-the other `model.*` keys then override.
+the field's type (lmjax.config_schema). `model.preset` starts from a named architecture (see
+lmjax.model.presets) that the other `model.*` keys then override; `model.init_from` (an lmjax
+run directory or a Hugging Face model directory) starts from that model's architecture and
+weights. Each layer owns its section's dataclass: `ModelConfig` (lmjax.model, the graph only),
+`MeshConfig` (lmjax.sharding) and `DataConfig` (lmjax.data); this module adds the trainer's and
+assembles them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
+import logging
+import os
 import pathlib
-import types
-import typing
 from typing import Any, Mapping, Sequence
 
 import yaml
 
+from lmjax.config_schema import build, coerce_enum, did_you_mean, plain
+from lmjax.data.config import DataConfig
 from lmjax.errors import UserError
+from lmjax.files import read_json_object
 from lmjax.model.config import FAMILY_DEFAULTS, Family, ModelConfig
+from lmjax.model.hf_config import hf_config_to_model_config
 from lmjax.model.presets import PRESET_NAMES, preset_fields
+from lmjax.sharding import MeshConfig
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+RUN_CONFIG_FILE = "config.yaml"  # a run directory is a directory holding its config as this
+HF_CONFIG_FILE = "config.json"
 
 
 class ComputeDtype(enum.Enum):
@@ -33,16 +45,6 @@ class ComputeDtype(enum.Enum):
 class NanPolicy(enum.Enum):
   STOP = "stop"            # end the run (exit code 3) naming the step, the loss and the bad param
   SKIP_STEP = "skip_step"  # discard that update, count it in `skipped_steps`, carry on
-
-
-class EncodingErrors(enum.Enum):
-  STRICT = "strict"    # a file that is not UTF-8 is an error naming it
-  REPLACE = "replace"  # undecodable bytes become U+FFFD
-
-
-class BadRecords(enum.Enum):
-  ERROR = "error"      # a bad JSON Lines record is an error naming its file and line
-  SKIP = "skip"        # it is left out and counted (`skipped_records` in metrics.jsonl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,20 +75,22 @@ class TrainConfig:
   debug_nan_at_step: int | None = None  # testing hook: multiplies that step's loss by NaN
   compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
 
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-  data: int = -1    # -1: all devices not used by the other axes
-  fsdp: int = 1
-  tensor: int = 1
-  # [[logical_name, mesh_axis | [mesh_axis, ...] | null], ...] replacing the default table
-  # (lmjax.sharding.LOGICAL_AXIS_RULES); null keeps the default.
-  rules: Any = None
-
   def __post_init__(self):
-    if self.rules is not None:
-      from lmjax.sharding import parse_rules  # sharding imports this module
-      object.__setattr__(self, "rules", parse_rules(self.rules))
+    for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every",
+                 "keep_checkpoints", "checkpoint_every", "eval_batches"):
+      if getattr(self, name) < 1:
+        raise UserError(f"train.{name} must be at least 1, got {getattr(self, name)}.")
+    if self.keep_every < 0:
+      raise UserError(f"train.keep_every must be 0 (keep no milestones) or a step interval, got "
+                      f"{self.keep_every}.")
+    if self.batch_size % self.grad_accum_steps:
+      raise UserError(f"train.batch_size={self.batch_size} is not divisible by "
+                      f"train.grad_accum_steps={self.grad_accum_steps}.")
+    if self.loss_chunk_size < 0:
+      raise UserError(f"train.loss_chunk_size must be 0 (no chunking) or a number of positions, "
+                      f"got {self.loss_chunk_size}.")
+    if not 0 < self.mlm_probability < 1:
+      raise UserError(f"train.mlm_probability must be in (0, 1), got {self.mlm_probability}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,49 +129,15 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSource:
-  """One component of a weighted mixture (`data.mixture`)."""
-  source: str = "builtin"
-  paths: tuple[str, ...] = ()
-  field: str = "text"
-  split: str = "train"
-  data_dir: str | None = None
-  weight: float = 1.0                  # relative share of training rows drawn from it
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  source: str = "builtin"              # builtin (CPython's pydoc) | text | jsonl | parquet | tfds
-                                       # | prepared (a directory `lmjax data prepare` wrote)
-  paths: tuple[str, ...] = ()          # files or globs; for tfds: names name[/config][:version]
-  field: str = "text"                  # JSON field, Parquet column or TFDS feature with the text
-  split: str = "train"                 # TFDS split (slicing works: train[:90%])
-  data_dir: str | None = None          # TFDS data_dir (default: TFDS's own)
-  tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json,
-                                       # sentencepiece .model or
-                                       # HF tokenizer dir; unset: model.init_from's, else bpe
-  encoding_errors: EncodingErrors = EncodingErrors.STRICT
-  bad_records: BadRecords = BadRecords.ERROR  # error | skip (and count) a bad JSON Lines record
-  workers: int = 0                     # Grain worker processes assembling batches (0: a thread)
-  eval_fraction: float = 0.05          # packed rows held out for evaluation (of each source)
-  # A weighted mixture replaces source/paths/field: [{source, paths, field, weight}, ...]; each
-  # training row comes from source i with probability weight_i / sum(weights).
-  mixture: tuple[DataSource, ...] = ()
-
-  @property
-  def sources(self) -> tuple[DataSource, ...]:
-    """The mixture, or the single source as a one-component mixture."""
-    return self.mixture or (DataSource(source=self.source, paths=self.paths, field=self.field,
-                                       split=self.split, data_dir=self.data_dir),)
-
-
-@dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelConfig
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
   distributed: DistributedConfig = DistributedConfig()
   data: DataConfig = DataConfig()
+  # Where the initial weights come from (`model.init_from` in YAML): an lmjax run directory or a
+  # Hugging Face model directory (fine-tuning); `model` already has its architecture.
+  init_from: str | None = None
 
   def __post_init__(self):
     if self.train.seq_len > self.model.max_seq_len:
@@ -175,41 +145,31 @@ class Config:
           f"train.seq_len={self.train.seq_len} is longer than the model's positions "
           f"(model.max_seq_len={self.model.max_seq_len}): lower train.seq_len or raise "
           f"model.max_seq_len.")
-    for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every", "keep_checkpoints",
-                 "checkpoint_every", "eval_batches"):
-      if getattr(self.train, name) < 1:
-        raise UserError(f"train.{name} must be at least 1, got {getattr(self.train, name)}.")
-    if self.train.keep_every < 0:
-      raise UserError(f"train.keep_every must be 0 (keep no milestones) or a step interval, got "
-                      f"{self.train.keep_every}.")
-    if self.train.batch_size % self.train.grad_accum_steps:
-      raise UserError(
-          f"train.batch_size={self.train.batch_size} is not divisible by "
-          f"train.grad_accum_steps={self.train.grad_accum_steps}.")
-    if self.train.loss_chunk_size < 0:
-      raise UserError(f"train.loss_chunk_size must be 0 (no chunking) or a number of positions, "
-                      f"got {self.train.loss_chunk_size}.")
-    if not 0 < self.train.mlm_probability < 1:
-      raise UserError(f"train.mlm_probability must be in (0, 1), got {self.train.mlm_probability}.")
-    for i, component in enumerate(self.data.mixture):
-      if not component.weight > 0:
-        raise UserError(f"data.mixture[{i}].weight must be positive, got {component.weight}.")
-    if self.data.mixture and (self.data.paths or self.data.source != DataConfig.source):
-      raise UserError("data.mixture replaces data.source and data.paths: give the sources inside "
-                      "the mixture only.")
-    if self.data.workers < 0:
-      raise UserError(f"data.workers must be 0 (a background thread) or a number of worker "
-                      f"processes, got {self.data.workers}.")
-    if not 0 < self.data.eval_fraction < 1:
-      raise UserError(f"data.eval_fraction must be in (0, 1), got {self.data.eval_fraction}.")
 
   def to_dict(self) -> dict[str, Any]:
     """A plain, YAML-ready dict (enums as their values) that `from_dict` reads back."""
-    return _plain(dataclasses.asdict(self))
+    sections = {name: plain(dataclasses.asdict(getattr(self, name)))
+                for name in ("model", *_SECTIONS)}
+    sections["model"]["init_from"] = self.init_from
+    return sections
+
+  @property
+  def tokenizer_choice(self) -> str | None:
+    """`data.tokenizer`, else the tokenizer of `model.init_from` when fine-tuning, else None
+    (a BPE trained on the corpus)."""
+    if self.data.tokenizer is not None or self.init_from is None:
+      return self.data.tokenizer
+    source = pathlib.Path(self.init_from)
+    return str(source / "tokenizer" if is_run_directory(source) else source)
 
 
 _SECTIONS = {"train": TrainConfig, "mesh": MeshConfig, "distributed": DistributedConfig,
              "data": DataConfig}
+
+
+def is_run_directory(path: str | os.PathLike) -> bool:
+  """Whether `path` is an lmjax run directory (it holds the run's config.yaml)."""
+  return (pathlib.Path(path) / RUN_CONFIG_FILE).is_file()
 
 
 def load_config(path_or_name: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:
@@ -229,7 +189,7 @@ def resolve_config_path(path_or_name: str | pathlib.Path) -> pathlib.Path:
       return candidate
   names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
   raise UserError(f"config {str(path_or_name)!r} is neither a YAML file nor a name in configs/ "
-                  f"({', '.join(names) or 'none found'}){_did_you_mean(str(path_or_name), names)}.")
+                  f"({', '.join(names) or 'none found'}){did_you_mean(str(path_or_name), names)}.")
 
 
 def read_yaml(path: pathlib.Path) -> dict[str, Any]:
@@ -268,130 +228,69 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
   sections = {"model", *_SECTIONS}
   for name in raw:
     if name not in sections:
-      raise UserError(f"unknown config section {name!r}{_did_you_mean(name, sections)}; "
+      raise UserError(f"unknown config section {name!r}{did_you_mean(name, sections)}; "
                       f"sections are {', '.join(sorted(sections))}.")
   if "model" not in raw:
     raise UserError("the config has no `model` section: give model.preset "
                     f"({', '.join(PRESET_NAMES)}) or model.family and its sizes.")
-  kwargs = {name: _build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
-  return Config(model=model_config_from_dict(raw["model"]), **kwargs)
+  model = raw["model"]
+  if not isinstance(model, Mapping):
+    raise UserError(f"config section `model` must be a mapping, got {model!r}.")
+  init_from = model.get("init_from")
+  kwargs = {name: build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
+  return Config(model=model_config_from_dict(model), init_from=None if init_from is None
+                else str(init_from), **kwargs)
 
 
 def model_config_from_dict(raw: Mapping[str, Any]) -> ModelConfig:
-  """ModelConfig from `model.*` values: preset fields, then family defaults, then the rest."""
-  if not isinstance(raw, Mapping):
-    raise UserError(f"config section `model` must be a mapping, got {raw!r}.")
+  """ModelConfig from `model.*` values: preset fields, then `init_from`'s architecture, then
+  family defaults, then the rest (`init_from` itself is the run config's, not the graph's)."""
   raw = dict(raw)
   fields: dict[str, Any] = {}
   name = raw.pop("preset", None)
   if name is not None:
     if name not in PRESET_NAMES:
-      raise UserError(f"unknown model.preset {name!r}{_did_you_mean(str(name), PRESET_NAMES)}; "
+      raise UserError(f"unknown model.preset {name!r}{did_you_mean(str(name), PRESET_NAMES)}; "
                       f"presets are {', '.join(PRESET_NAMES)}.")
     fields = preset_fields(name)
-  if raw.get("init_from"):  # the source's architecture overrides the preset's
-    fields.update(source_model_fields(str(raw["init_from"])))
+  init_from = raw.pop("init_from", None)
+  if init_from:  # the source's architecture overrides the preset's
+    fields.update(source_model_fields(str(init_from)))
   fields.update(raw)
+  _fold_legacy_hf_model_type(fields)
   if "family" not in fields:
     raise UserError(f"model.family is missing: set it to one of "
                     f"{', '.join(f.value for f in Family)}, or give model.preset.")
-  family = _coerce(fields["family"], Family, "model.family")
-  return _build(ModelConfig, {**_plain(FAMILY_DEFAULTS[family]), **fields}, "model")
+  family = coerce_enum(fields["family"], Family, "model.family")
+  return build(ModelConfig, {**plain(FAMILY_DEFAULTS[family]), **fields}, "model")
+
+
+def _fold_legacy_hf_model_type(fields: dict[str, Any]) -> None:
+  """`model.hf_model_type`, which configs (and run directories) written before the model config
+  became graph-only carry: `mistral` on a llama is now `family: mistral`; the other model types
+  follow from the graph (qwen2: biases on q/k/v only; roberta: positions offset)."""
+  value = fields.pop("hf_model_type", None)
+  if value == "mistral" and fields.get("family") in ("llama", Family.LLAMA):
+    fields["family"] = Family.MISTRAL.value
+  elif value is not None and value != "mistral":
+    log.warning("model.hf_model_type=%r is no longer a setting and is ignored: the exported model "
+                "type follows from the graph (set model.family=mistral for Mistral).", value)
 
 
 def source_model_fields(source: str) -> dict[str, Any]:
   """The `model.*` fields of an lmjax run directory or a Hugging Face model directory."""
   path = pathlib.Path(source)
-  if (path / "config.yaml").is_file():
-    fields = read_yaml(path / "config.yaml").get("model") or {}
-  elif (path / "config.json").is_file():
-    from lmjax.convert.engine import read_hf_config  # local: conversion is only needed here
-    from lmjax.convert.hf_config import hf_config_to_model_config
-    fields = _plain(dataclasses.asdict(hf_config_to_model_config(read_hf_config(path))))
+  if is_run_directory(path):
+    fields = dict(read_yaml(path / RUN_CONFIG_FILE).get("model") or {})
+  elif (path / HF_CONFIG_FILE).is_file():
+    fields = plain(dataclasses.asdict(hf_config_to_model_config(
+        read_json_object(path / HF_CONFIG_FILE))))
   else:
     raise UserError(f"model.init_from={source!r} is neither an lmjax run directory (with "
-                    f"config.yaml) nor a Hugging Face model directory (with config.json).")
+                    f"{RUN_CONFIG_FILE}) nor a Hugging Face model directory (with "
+                    f"{HF_CONFIG_FILE}).")
   fields.pop("init_from", None)
   return fields
-
-
-def _build(cls, raw: Mapping[str, Any], section: str):
-  if not isinstance(raw, Mapping):
-    raise UserError(f"config section `{section}` must be a mapping, got {raw!r}.")
-  hints = typing.get_type_hints(cls)
-  names = [f.name for f in dataclasses.fields(cls)]
-  for key in raw:
-    if key not in names:
-      raise UserError(f"unknown config key {section}.{key}{_did_you_mean(key, names, section)}.")
-  values = {key: _coerce(value, hints[key], f"{section}.{key}") for key, value in raw.items()}
-  return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-  """Checks `value` against type `hint`, converting lossless cases (int -> float, str -> Enum)."""
-  origin, args = typing.get_origin(hint), typing.get_args(hint)
-  if origin in (types.UnionType, typing.Union):
-    if value is None and type(None) in args:
-      return None
-    (inner,) = [a for a in args if a is not type(None)]
-    return _coerce(value, inner, where)
-  if origin is tuple:
-    if isinstance(value, str):
-      value = [value]
-    if not isinstance(value, (list, tuple)):
-      raise UserError(f"{where} must be a list, got {value!r}.")
-    return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-  if dataclasses.is_dataclass(hint):
-    return value if isinstance(value, hint) else _build(hint, value, where)
-  if isinstance(hint, type) and issubclass(hint, enum.Enum):
-    if isinstance(value, hint):
-      return value
-    choices = [m.value for m in hint]
-    if value not in choices:
-      raise UserError(f"{where}={value!r} is not one of {', '.join(map(str, choices))}"
-                      f"{_did_you_mean(str(value), [str(c) for c in choices])}.")
-    return hint(value)
-  if hint is bool:
-    if isinstance(value, bool):
-      return value
-  elif hint is int:
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-  elif hint is float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-      try:
-        return float(value)
-      except ValueError:
-        pass
-  elif hint is str:
-    if isinstance(value, str):
-      return value
-  else:
-    return value
-  raise UserError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__}).")
-
-
-def _type_name(hint) -> str:
-  return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
-
-
-def _did_you_mean(word: str, options, section: str | None = None) -> str:
-  close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-  if not close:
-    return ""
-  return f" (did you mean {section + '.' if section else ''}{close[0]}?)"
-
-
-def _plain(value: Any) -> Any:
-  if isinstance(value, enum.Enum):
-    return value.value
-  if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
 
 
 def dump_config(config: Config) -> str:

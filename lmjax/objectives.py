@@ -1,4 +1,4 @@
-"""Training objectives: causal-LM, masked-LM (masking + loss) and sequence classification.
+"""Training losses: causal-LM, masked-LM and sequence classification.
 
 Losses return *sums* (`LossSums`) rather than means, so that gradient accumulation and
 multi-device reductions combine micro-batches exactly: the reported loss is always
@@ -12,8 +12,8 @@ from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from lmjax.data.spec import Objective
 from lmjax.model.config import Head
 
 
@@ -86,47 +86,42 @@ def classification_loss(logits: jax.Array, labels: jax.Array) -> LossSums:
   return cross_entropy_sums(logits, jnp.maximum(labels, 0), labels >= 0)
 
 
-def objective_loss(head: Head, logits: jax.Array, batch: Mapping[str, jax.Array]) -> LossSums:
-  """The loss that matches the model's head, from a batch as the data pipeline builds it."""
+def default_objective(head: Head) -> Objective:
+  """The objective a model with `head` trains on."""
   match head:
     case Head.CAUSAL_LM:
-      return causal_lm_loss(logits, batch["input_ids"], batch["segment_ids"])
+      return Objective.CAUSAL_LM
     case Head.MASKED_LM:
-      return masked_lm_loss(logits, batch["targets"], batch["target_weights"])
-    case Head.CLASSIFICATION:
-      return classification_loss(logits, batch["labels"])
+      return Objective.MASKED_LM
   raise ValueError(f"no training objective for a model with head {head.value!r}")
 
 
-def chunked_objective_loss(head: Head, hidden: jax.Array,
+def objective_loss(objective: Objective, logits: jax.Array, batch: Mapping[str, jax.Array]
+                   ) -> LossSums:
+  """The loss of `objective` from the model's output and a batch as the data pipeline builds it."""
+  match objective:
+    case Objective.CAUSAL_LM:
+      return causal_lm_loss(logits, batch["input_ids"], batch["segment_ids"])
+    case Objective.MASKED_LM:
+      return masked_lm_loss(logits, batch["targets"], batch["target_weights"])
+  raise ValueError(f"unknown objective {objective}")
+
+
+def token_targets(objective: Objective, batch: Mapping[str, jax.Array]
+                  ) -> tuple[jax.Array, jax.Array]:
+  """(targets, weights) [batch, len] of a token-level objective: what position t predicts."""
+  match objective:
+    case Objective.CAUSAL_LM:
+      return causal_lm_targets(batch["input_ids"], batch["segment_ids"])
+    case Objective.MASKED_LM:
+      return batch["targets"], batch["target_weights"]
+  raise ValueError(f"{objective.value!r} is not a token-level objective")
+
+
+def chunked_objective_loss(objective: Objective, hidden: jax.Array,
                            logits_fn: Callable[[jax.Array], jax.Array],
                            batch: Mapping[str, jax.Array], chunk: int) -> LossSums:
-  """`objective_loss` for LM heads from the hidden states before the vocabulary projection
-  (`logits_fn`), `chunk` positions at a time (see `chunked_cross_entropy_sums`)."""
-  match head:
-    case Head.CAUSAL_LM:
-      targets, weights = causal_lm_targets(batch["input_ids"], batch["segment_ids"])
-    case Head.MASKED_LM:
-      targets, weights = batch["targets"], batch["target_weights"]
-    case _:
-      raise ValueError(f"chunked losses are for LM heads, not {head.value!r}")
+  """`objective_loss` of a token-level objective from the hidden states before the vocabulary
+  projection (`logits_fn`), `chunk` positions at a time (see `chunked_cross_entropy_sums`)."""
+  targets, weights = token_targets(objective, batch)
   return chunked_cross_entropy_sums(hidden, logits_fn, targets, weights, chunk)
-
-
-def mask_tokens_for_mlm(rng: np.random.Generator, input_ids: np.ndarray, *, maskable: np.ndarray,
-                        mask_id: int, vocab_size: int, probability: float = 0.15
-                        ) -> dict[str, np.ndarray]:
-  """BERT's masking, in numpy so that it runs in the input pipeline.
-
-  Selects each maskable token (not special, not padding) with `probability`; of those, 80%
-  become `mask_id`, 10% a uniformly random token and 10% stay as they are.
-  input_ids, maskable: [batch, len]. Returns `input_ids` (corrupted), `targets` (the originals)
-  and `target_weights` (1.0 on selected positions), each [batch, len].
-  """
-  selected = (rng.random(input_ids.shape) < probability) & maskable
-  action = rng.random(input_ids.shape)
-  corrupted = np.where(selected & (action < 0.8), mask_id, input_ids)
-  random_tokens = rng.integers(0, vocab_size, size=input_ids.shape)
-  corrupted = np.where(selected & (action >= 0.8) & (action < 0.9), random_tokens, corrupted)
-  return {"input_ids": corrupted.astype(np.int32), "targets": input_ids.astype(np.int32),
-          "target_weights": selected.astype(np.float32)}

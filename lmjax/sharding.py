@@ -11,11 +11,13 @@ parameters shard `embed` over 'fsdp'. The default table gives, in any combinatio
                   over `tensor`.
 
 `mesh.rules` in a config replaces the table, e.g. `[[batch, [data, fsdp]], [embed, null]]`.
+A mesh and the rules that place arrays on it travel together as one `MeshRules`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -24,7 +26,6 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from lmjax.config import MeshConfig
 from lmjax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -76,6 +77,22 @@ def parse_rules(raw: Any) -> Rules:
   return tuple(rules)
 
 
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """The `mesh` section of a run config."""
+
+  data: int = -1    # -1: all devices not used by the other axes
+  fsdp: int = 1
+  tensor: int = 1
+  # [[logical_name, mesh_axis | [mesh_axis, ...] | null], ...] replacing the default table
+  # (LOGICAL_AXIS_RULES); null keeps the default.
+  rules: Any = None
+
+  def __post_init__(self):
+    if self.rules is not None:
+      object.__setattr__(self, "rules", parse_rules(self.rules))
+
+
 def axis_rules(config: MeshConfig) -> Rules:
   """The rules table a run uses: `mesh.rules` when given, else `LOGICAL_AXIS_RULES`."""
   return LOGICAL_AXIS_RULES if config.rules is None else config.rules
@@ -125,51 +142,71 @@ def describe_axes(mesh: Mesh, axes: Any) -> str:
   return f"{' x '.join(f'mesh.{a}' for a in axes)} = {mesh_axes_size(mesh, axes)}"
 
 
-def logical_to_mesh_sharding(logical_specs: Any, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES
-                             ) -> Any:
-  """A tree of logical PartitionSpecs -> a tree of NamedShardings on `mesh`."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+@dataclasses.dataclass(frozen=True)
+class MeshRules:
+  """A mesh and the logical-axis rules that place arrays on it: where any array of the model,
+  the state or a batch lives follows from these two together."""
+
+  mesh: Mesh
+  rules: Rules = LOGICAL_AXIS_RULES
+
+  def sharding(self, logical_specs: Any) -> Any:
+    """A tree of logical PartitionSpecs -> a tree of NamedShardings on the mesh."""
+    return nn.logical_to_mesh_sharding(logical_specs, self.mesh, list(self.rules))
+
+  @contextlib.contextmanager
+  def activation_context(self) -> Iterator[None]:
+    """Makes the model's `nn.with_logical_constraint`s bind to the mesh, while tracing under jit.
+
+    Without both a mesh and rules in context Flax drops those constraints silently, and XLA is
+    left to guess the activations' layout at block boundaries.
+    """
+    with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), \
+         nn.logical_axis_rules(list(self.rules)):
+      yield
+
+  def batch_sharding(self) -> NamedSharding:
+    """Where the rows of [batch, length] inputs live: by default rows over ('data', 'fsdp')."""
+    return self.sharding(P("batch", "length"))
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def process_batch_positions(self, batch_size: int) -> np.ndarray:
+    """Positions in the global batch whose rows this process's devices hold: sorted [n] int.
+
+    With one process that is every row; on a pod, each host reads only these rows.
+    """
+    rows = NamedSharding(self.mesh, P(self.batch_sharding().spec[0]))
+    index_map = rows.addressable_devices_indices_map((batch_size,))
+    slices = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+              for s in index_map.values()}
+    return np.concatenate([np.arange(start, stop) for start, stop in sorted(slices)])
+
+  def shard_batch(self, local_rows: Mapping[str, np.ndarray], batch_size: int
+                  ) -> dict[str, jax.Array]:
+    """This process's rows ([n, ...] each, at `process_batch_positions`) -> global Arrays of
+    [batch_size, ...], sharded over rows as `batch_sharding` says."""
+    rows = self.batch_sharding()
+    return {k: jax.make_array_from_process_local_data(
+                rows if np.ndim(v) > 1 else NamedSharding(self.mesh, P(rows.spec[0])),
+                np.asarray(v), (batch_size, *np.shape(v)[1:]))
+            for k, v in local_rows.items()}
+
+  def place_abstract(self, boxed: Any) -> tuple[Any, Any, Any]:
+    """A tree of abstract values in Flax's logically partitioned boxes (`jax.eval_shape` of an
+    init) -> (ShapeDtypeStructs carrying their shardings, the matching NamedShardings, the
+    logical PartitionSpecs)."""
+    logical = nn.get_partition_spec(boxed)
+    shardings = self.sharding(logical)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nn.unbox(boxed), shardings)
+    return abstract, shardings, logical
 
 
-@contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> Iterator[None]:
-  """Makes the model's `nn.with_logical_constraint`s bind to `mesh`, while tracing under jit.
-
-  Without both a mesh and rules in context Flax drops those constraints silently, and XLA is
-  left to guess the activations' layout at block boundaries.
-  """
-  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(list(rules)):
-    yield
-
-
-def batch_sharding(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> NamedSharding:
-  """Where the rows of [batch, length] inputs live: by default rows over ('data', 'fsdp')."""
-  return logical_to_mesh_sharding(P("batch", "length"), mesh, rules)
-
-
-def process_batch_positions(mesh: Mesh, batch_size: int, rules: Rules = LOGICAL_AXIS_RULES
-                            ) -> np.ndarray:
-  """Positions in the global batch whose rows this process's devices hold: sorted [n] int.
-
-  With one process that is every row; on a pod, each host reads only these rows.
-  """
-  rows = NamedSharding(mesh, P(batch_sharding(mesh, rules).spec[0]))
-  index_map = rows.addressable_devices_indices_map((batch_size,))
-  slices = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
-            for s in index_map.values()}
-  return np.concatenate([np.arange(start, stop) for start, stop in sorted(slices)])
-
-
-def shard_batch(local_rows: Mapping[str, np.ndarray], mesh: Mesh, batch_size: int,
-                rules: Rules = LOGICAL_AXIS_RULES) -> dict[str, jax.Array]:
-  """This process's rows ([n, length] each, at `process_batch_positions`) -> global Arrays.
-
-  The global arrays are [batch_size, length], sharded as `batch_sharding` says.
-  """
-  sharding = batch_sharding(mesh, rules)
-  return {k: jax.make_array_from_process_local_data(
-              sharding, np.asarray(v), (batch_size, *np.shape(v)[1:]))
-          for k, v in local_rows.items()}
+def mesh_rules(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> MeshRules:
+  """The mesh of `config` over all devices (or `devices`) with the rules it names."""
+  return MeshRules(make_mesh(config, devices), axis_rules(config))
 
 
 def check_divisible(shape: Sequence[int], sharding: NamedSharding, *, describe_dim) -> None:

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 
 from lmjax.config import load_config
-from lmjax.data.batches import batch_sources, load_corpus
 from lmjax.data.pipeline import BatchIterator
-from lmjax.sharding import axis_rules, make_mesh, process_batch_positions
+from lmjax.sharding import mesh_rules
+from lmjax.train.inputs import batch_sources, load_corpus
 from lmjax.train.multihost import initialize_distributed
 from tests.conftest import TINY
 
@@ -25,9 +25,9 @@ def main(prepared: str, out: str, address: str, process_id: int, num_processes: 
       f"distributed.coordinator_address={address}", f"distributed.num_processes={num_processes}",
       f"distributed.process_id={process_id}", "distributed.initialization_timeout=60"])
   initialize_distributed(config.distributed)
-  mesh = make_mesh(config.mesh)
+  placement = mesh_rules(config.mesh)
   source, _ = batch_sources(config, load_corpus(config))
-  positions = process_batch_positions(mesh, source.batch_size, axis_rules(config.mesh))
+  positions = placement.process_batch_positions(source.batch_size)
   steps = source.num_rows // source.batch_size
   batches = BatchIterator(source, positions, num_steps=steps)
   rows = np.concatenate([next(batches)["input_ids"] for _ in range(steps)])

@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 
 from lmjax.cli import main as cli_main  # noqa: E402
 from lmjax.config import load_config  # noqa: E402
-from lmjax.data.batches import batch_sources, load_corpus  # noqa: E402
-from lmjax.sharding import make_mesh  # noqa: E402
+from lmjax.sharding import mesh_rules  # noqa: E402
 from lmjax.train.compile import compile_train_step  # noqa: E402
-from lmjax.train.loop import TrainBatches, setup_step  # noqa: E402
+from lmjax.train.inputs import TrainBatches, batch_sources, load_corpus  # noqa: E402
+from lmjax.train.setup import setup_step  # noqa: E402
 from lmjax.train.state import create_train_state  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
@@ -55,14 +55,14 @@ BAD_INPUTS = {
 }
 
 
-def train_steps(config, mesh, corpus):
+def train_steps(config, placement, corpus):
   """Losses of STEPS steps and the final state, with the loop's own pieces (no run directory)."""
-  setup = setup_step(config, mesh)
+  setup = setup_step(config, placement)
   train_source, _ = batch_sources(config, corpus)
-  batches = TrainBatches(train_source, mesh, setup.rules, num_steps=STEPS, start=0, workers=0,
+  batches = TrainBatches(train_source, placement, num_steps=STEPS, start=0, workers=0,
                          state=None)
-  state = create_train_state(setup.model, setup.tx, mesh, seed=config.train.seed,
-                             seq_len=config.train.seq_len, rules=setup.rules)
+  state = create_train_state(setup.model, setup.tx, placement, seed=config.train.seed,
+                             seq_len=config.train.seq_len)
   losses = []
   for step in range(STEPS):
     state, metrics = setup.step_fn(state, next(batches))
@@ -89,13 +89,13 @@ def equivalence_runs(out: pathlib.Path, results: dict, kind: str) -> None:
     base = OVERRIDES + [f"model.scan_layers={str(scan).lower()}"]
     config = load_config(name, base + ["mesh.data=1"])
     corpus = corpus or load_corpus(config)
-    one = make_mesh(config.mesh, devices=jax.devices()[:1])
+    one = mesh_rules(config.mesh, devices=jax.devices()[:1])
     runs = {"one_device": (config, one)}
     for mesh_name, sizes in MESHES.items():
       sharded = load_config(name, base + [f"mesh.{k}={v}" for k, v in sizes.items()])
-      runs[mesh_name] = (sharded, make_mesh(sharded.mesh))
-    for mesh_name, (run_config, mesh) in runs.items():
-      losses, state = train_steps(run_config, mesh, corpus)
+      runs[mesh_name] = (sharded, mesh_rules(sharded.mesh))
+    for mesh_name, (run_config, placement) in runs.items():
+      losses, state = train_steps(run_config, placement, corpus)
       key = f"{kind}-scan{int(scan)}-{mesh_name}"
       results["losses"][key] = losses
       np.savez(out / f"{key}.npz", **flat(state.params))

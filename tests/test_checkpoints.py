@@ -126,7 +126,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_message(tmp_path, capsy
   assert all(int(size) > 0 and int(pos) == step for step, (_, size, pos, _) in listed.items())
   assert listed[6][3] == "restorable (verified)" and "NOT RESTORABLE" in listed[9][3]
 
-  _, _, loaded_step = lmjax.load.load_run_at(run)  # loading falls back too
+  _, _, loaded_step = lmjax.run.load_run_at(run)  # loading falls back too
   assert loaded_step == 6
   assert "skipping checkpoint step 9" in capsys.readouterr().err
 

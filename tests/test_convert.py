@@ -247,7 +247,7 @@ LMJAX_CASES = {
                                     rope_original_max_len=16),
     "llama_tied": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=2, tie_embeddings=True,
                                          scan_layers=False),
-    "mistral": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=3, hf_model_type="mistral"),
+    "mistral": ModelConfig.for_family("mistral", **_SMALL, num_kv_heads=3),
     "qwen2": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=2, qkv_bias=True,
                                     use_bias=False),
 }

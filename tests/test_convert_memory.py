@@ -17,16 +17,16 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import lmjax  # noqa: E402
-from lmjax.checkpoints import inspect_checkpoints  # noqa: E402
 from lmjax.config import load_config  # noqa: E402
 from lmjax.convert import from_hf, to_hf  # noqa: E402
 from lmjax.convert.bindings import flatten  # noqa: E402
 from lmjax.convert.engine import export_params  # noqa: E402
 from lmjax.convert.runs import hf_to_run, run_to_hf  # noqa: E402
-from lmjax.train.checkpoint import Checkpointer  # noqa: E402
-from lmjax.train.streamed_arrays import DeferredArray  # noqa: E402
+from lmjax.run.checkpointer import Checkpointer  # noqa: E402
+from lmjax.run.inspection import inspect_checkpoints  # noqa: E402
+from lmjax.run.record import CheckpointRecord, TrainState  # noqa: E402
+from lmjax.run.streamed_arrays import DeferredArray  # noqa: E402
 from lmjax.train.loop import train  # noqa: E402
-from lmjax.train.state import TrainState  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from tests.test_convert import LMJAX_CASES, build_hf, random_lmjax, read_tensors  # noqa: E402
 
@@ -53,14 +53,15 @@ def test_a_streamed_save_makes_each_array_after_dropping_the_previous_one(tmp_pa
   checkpointer = Checkpointer(tmp_path / "checkpoints", keep=1)
   try:
     checkpointer.save_streamed(0, TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                             opt_state=None), {"step": 0, "params_only": True})
+                                             opt_state=None),
+                               CheckpointRecord.imported(source="", lmjax_version="", config={}))
     # It restores like any checkpoint: whole, onto devices, …
     sharding = SingleDeviceSharding(jax.devices()[0])
     spec = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
     abstract = TrainState(step=spec(np.zeros((), np.int32)),
                           params={"block": jax.tree.map(spec, values)}, opt_state=None)
     state, record = checkpointer.restore(0, abstract)
-    assert record["params_only"] and int(state.step) == 0
+    assert record.params_only and int(state.step) == 0
     jax.tree.map(np.testing.assert_array_equal, state.params["block"], values)
     # … and array by array, to the host.
     specs = checkpointer.array_specs(0)
@@ -81,7 +82,7 @@ def test_import_then_export_through_a_run_reproduces_every_tensor_bit_for_bit(tm
   assert model.config == expected_model.config
   jax.tree.map(np.testing.assert_array_equal, params, expected)
   (info,) = inspect_checkpoints(tmp_path / "run", verify=True)  # what `lmjax checkpoints` sees
-  assert info.step == 0 and info.problem is None and info.record["params_only"]
+  assert info.step == 0 and info.problem is None and info.record.params_only
 
   run_to_hf(tmp_path / "run", tmp_path / "out", max_shard_size=40_000)
   assert (tmp_path / "out" / "model.safetensors.index.json").is_file()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmjax.config import load_config
-from lmjax.data.batches import batch_sources, load_corpus
+from lmjax.train.inputs import batch_sources, load_corpus
 from lmjax.errors import UserError
 from tests.conftest import TINY
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from lmjax.config import load_config
-from lmjax.data.batches import batch_sources, load_corpus
+from lmjax.data.masking import mask_tokens_for_mlm
 from lmjax.model import Transformer
-from lmjax.objectives import causal_lm_loss, cross_entropy_sums, mask_tokens_for_mlm
+from lmjax.objectives import causal_lm_loss, cross_entropy_sums
+from lmjax.train.inputs import batch_sources, load_corpus
+from lmjax.train.setup import objective_of
 from lmjax.train.step import _forward_sums
 from tests.conftest import TINY
 
@@ -75,7 +77,7 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch_ones(name, extra):
 
   def loss_and_grads(chunk):
     def loss(p):
-      sums = _forward_sums(model, p, batch, train=False, loss_chunk=chunk)
+      sums = _forward_sums(model, objective_of(config), p, batch, train=False, loss_chunk=chunk)
       return sums.loss / sums.weight, sums
     (_, sums), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return sums, grads

@@ -12,12 +12,11 @@ import pytest
 
 from lmjax.cli import main as cli_main
 from lmjax.config import load_config
-from lmjax.data.batches import batch_sources, load_corpus
 from lmjax.data.packing import RowPacker, pack_documents
 from lmjax.data.pipeline import BatchIterator
-from lmjax.data.prepared import prepare
 from lmjax.data.sources import ReadStats, read_documents
 from lmjax.errors import UserError
+from lmjax.train.inputs import batch_sources, load_corpus, prepare_data
 from lmjax.train.loop import train
 from tests.conftest import TINY
 from tests.processes import children, cpu_env, free_port
@@ -105,7 +104,7 @@ def jsonl_overrides(root) -> list[str]:
 
 def test_prepared_rows_are_the_rows_training_packs_on_the_fly(tmp_path, jsonl_corpus):
   config = load_config("tiny-gpt", jsonl_overrides(jsonl_corpus))
-  meta = prepare(config, tmp_path / "prepared", rows_per_shard=50, log=lambda _: None)
+  meta = prepare_data(config, tmp_path / "prepared", rows_per_shard=50)
   assert len(meta["train_files"]) > 1  # several shards
   prepared = load_corpus(load_config("tiny-gpt", jsonl_overrides(jsonl_corpus) +
                                      prepared_overrides(tmp_path / "prepared")))
@@ -127,8 +126,8 @@ def test_prepared_rows_are_the_rows_training_packs_on_the_fly(tmp_path, jsonl_co
 
 def test_preparing_with_worker_processes_writes_the_same_shards(tmp_path, jsonl_corpus):
   config = load_config("tiny-gpt", jsonl_overrides(jsonl_corpus))
-  prepare(config, tmp_path / "one", log=lambda _: None)
-  prepare(config, tmp_path / "two", workers=2, log=lambda _: None)
+  prepare_data(config, tmp_path / "one")
+  prepare_data(config, tmp_path / "two", workers=2)
   names = sorted(p.name for p in (tmp_path / "one").glob("*.array_record"))
   assert names == sorted(p.name for p in (tmp_path / "two").glob("*.array_record"))
   for name in names:
@@ -204,13 +203,13 @@ def test_skipped_records_reach_the_metrics_and_the_prepared_metadata(tmp_path, j
   train(load_config("tiny-gpt", skip), tmp_path / "run")
   rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
   assert [r["skipped_records"] for r in rows] == [12, 12]
-  meta = prepare(load_config("tiny-gpt", skip), tmp_path / "data", log=lambda _: None)
+  meta = prepare_data(load_config("tiny-gpt", skip), tmp_path / "data")
   assert meta["sources"][0]["skipped_records"] == 12
 
 
 def test_two_processes_read_disjoint_shares_whose_union_is_the_epoch(tmp_path, jsonl_corpus):
   config = load_config("tiny-gpt", jsonl_overrides(jsonl_corpus))
-  prepare(config, tmp_path / "data", log=lambda _: None)
+  prepare_data(config, tmp_path / "data")
   address = f"127.0.0.1:{free_port()}"
   with children(tmp_path) as group:
     for process_id in (0, 1):

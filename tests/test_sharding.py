@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import lmjax
 from lmjax.cli import main
 from lmjax.config import load_config
-from lmjax.data.batches import batch_sources, load_corpus
 from lmjax.errors import UserError
-from lmjax.sharding import LOGICAL_AXIS_RULES, make_mesh
-from lmjax.train.loop import setup_step
+from lmjax.sharding import LOGICAL_AXIS_RULES, MeshConfig, make_mesh, mesh_rules
+from lmjax.train.inputs import batch_sources, load_corpus
+from lmjax.train.loop import train
+from lmjax.train.setup import setup_step
 from tests.processes import children, cpu_env
 from tests.sharded_worker import BAD_INPUTS, MESHES
 
@@ -116,12 +118,12 @@ def test_compile_only_prints_memory_and_flops_and_writes_nothing(tmp_path, capsy
 def test_rules_from_the_config_replace_the_default_table(tiny):
   rules = "mesh.rules=[[batch, data], [mlp, fsdp], [embed, null]]"
   config = load_config("tiny-gpt", tiny + [rules])
-  setup = setup_step(config, make_mesh(config.mesh))
+  setup = setup_step(config, mesh_rules(config.mesh))
   kernels = setup.shardings.params["layers"]["mlp"]
   assert kernels["wi"]["kernel"].spec == P(None, None, "fsdp")  # [layers, embed, mlp]
   assert kernels["wo"]["kernel"].spec == P(None, "fsdp", None)
-  default = setup_step(load_config("tiny-gpt", tiny), make_mesh(config.mesh))
-  assert default.rules == LOGICAL_AXIS_RULES
+  default = setup_step(load_config("tiny-gpt", tiny), mesh_rules(load_config("tiny-gpt", tiny).mesh))
+  assert default.placement.rules == LOGICAL_AXIS_RULES
   assert default.shardings.params["layers"]["mlp"]["wi"]["kernel"].spec == P(None, "fsdp", "tensor")
 
 
@@ -156,3 +158,20 @@ def test_distributed_keys_are_refused_unless_complete(tiny):
     load_config("tiny-gpt", tiny + ["distributed.coordinator_address=127.0.0.1:1234",
                                     "distributed.num_processes=2", "distributed.process_id=2"])
   assert load_config("tiny-gpt", tiny + ["distributed.auto=true"]).distributed.auto
+
+
+def test_a_run_loads_onto_a_mesh_with_its_own_or_the_callers_rules(tmp_path, tiny):
+  # Trained with rules that keep `embed` whole and shard the MLM over fsdp; loading places the
+  # params by the run's own rules unless the caller names others (one device: the specs still
+  # say where each dimension would go).
+  rules = "mesh.rules=[[batch, data], [mlp, fsdp], [embed, null]]"
+  train(load_config("tiny-gpt", tiny + [rules, "train.steps=2", "train.eval_every=0"]), tmp_path)
+  mesh = make_mesh(MeshConfig())
+  _, params = lmjax.load_run(tmp_path, mesh=mesh)
+  assert params["layers"]["mlp"]["wi"]["kernel"].sharding.spec == P(None, None, "fsdp")
+  _, params = lmjax.load_run(tmp_path, mesh=mesh, rules=LOGICAL_AXIS_RULES)
+  assert params["layers"]["mlp"]["wi"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  _, params = lmjax.load_run(tmp_path, rules=[["embed", "tensor"], ["mlp", None]])
+  assert params["layers"]["mlp"]["wi"]["kernel"].sharding.spec == P(None, "tensor", None)
+  with pytest.raises(UserError, match="not a mesh axis"):
+    lmjax.load_run(tmp_path, rules=[["embed", "model"]])

@@ -8,7 +8,7 @@ import pytest
 
 import lmjax
 from lmjax.config import load_config
-from lmjax.evaluate import evaluate_run
+from lmjax.train.evaluate import evaluate_run
 from lmjax.train.loop import train
 
 

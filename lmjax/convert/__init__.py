@@ -3,15 +3,16 @@
     model, params = from_hf(hf_dir)                 # safetensors; float32; scanned layers
     to_hf(model, params, out_dir, dtype="bfloat16", tokenizer_dir=hf_dir)
 
-Modules: `hf_config` (config.json <-> ModelConfig), `key_maps` (per-family name tables),
-`transforms` (exact tensor reshapes), `bindings` (rules bound to a model's params, scan or not),
-`checkpoint_files` (streaming safetensors I/O, sharding, staged output), `tokenizer_files`,
-`engine` (from_hf / to_hf).
+Modules: `key_maps` (per-family name tables), `transforms` (exact tensor reshapes), `bindings`
+(rules bound to a model's params, scan or not), `safetensors_files` (streaming safetensors I/O
+and sharding), `tokenizer_files`, `engine` (from_hf / to_hf), `runs` (HF directory <-> run
+directory) and `verify` (an HF model against a run's). The config.json translation is the model
+config's twin, lmjax.model.hf_config.
 """
 
 from lmjax.convert.engine import from_hf, read_hf_config, to_hf
-from lmjax.convert.hf_config import hf_config_to_model_config, model_config_to_hf_config
 from lmjax.convert.tokenizer_files import copy_tokenizer_files
+from lmjax.model.hf_config import hf_config_to_model_config, model_config_to_hf_config
 
 __all__ = ["copy_tokenizer_files", "from_hf", "hf_config_to_model_config",
            "model_config_to_hf_config", "read_hf_config", "to_hf"]

@@ -10,18 +10,16 @@ every param has a rule.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lmjax.convert.key_maps import KeyMap
 from lmjax.convert.transforms import Transform, hf_shape
 from lmjax.errors import UserError
-from lmjax.model import ModelConfig, Transformer
+from lmjax.model import ModelConfig, param_shapes
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -47,12 +45,9 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return tree
 
 
-@functools.lru_cache(maxsize=32)
 def abstract_params(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
   """Flat shapes of the params `Transformer(config)` creates (nothing is allocated)."""
-  model = Transformer(config)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-  return flatten(nn.unbox(variables["params"]))
+  return flatten(nn.unbox(param_shapes(config)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,14 +29,14 @@ import numpy as np
 
 from lmjax.convert.bindings import (Binding, abstract_params, bind, flatten, param_groups,
                                     unflatten)
-from lmjax.convert.checkpoint_files import (CheckpointReader, TensorEntry, staged_directory,
-                                            write_safetensors)
-from lmjax.convert.hf_config import (hf_config_to_model_config, model_config_to_hf_config,
-                                     model_type_of)
 from lmjax.convert.key_maps import KEY_MAPS, KeyMap
+from lmjax.convert.safetensors_files import CheckpointReader, TensorEntry, write_safetensors
 from lmjax.convert.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
 from lmjax.errors import UserError
+from lmjax.files import read_json_object, staged_directory
 from lmjax.model import Family, Head, ModelConfig, Transformer
+from lmjax.model.hf_config import (hf_config_to_model_config, model_config_to_hf_config,
+                                   model_type_of)
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -45,15 +45,9 @@ _EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtype
 
 def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
   """The config.json of a Hugging Face model directory, as a dict."""
-  path = pathlib.Path(hf_dir) / CONFIG_FILE
-  if not path.is_file():
+  config = read_json_object(pathlib.Path(hf_dir) / CONFIG_FILE)
+  if config is None:
     raise UserError(f"{hf_dir} is not a Hugging Face model directory: it has no {CONFIG_FILE}.")
-  try:
-    config = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, ValueError) as e:
-    raise UserError(f"{path} is not valid JSON: {e}") from None
-  if not isinstance(config, dict):
-    raise UserError(f"{path} must hold a JSON object, got {type(config).__name__}.")
   return config
 
 

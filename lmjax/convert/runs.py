@@ -1,8 +1,7 @@
-"""Conversion between Hugging Face directories and lmjax run directories, and its verification.
+"""Conversion between Hugging Face directories and lmjax run directories.
 
     lmjax convert hf-to-lmjax HF_DIR RUN_DIR      -> hf_to_run
     lmjax convert lmjax-to-hf RUN_DIR HF_DIR      -> run_to_hf
-    lmjax convert verify HF_DIR RUN_DIR           -> verify
 
 An imported run directory is an ordinary one (config.yaml, tokenizer/, checkpoints/0/) whose
 checkpoint holds params only (no optimizer state yet): `lmjax.load_run`, `generate`,
@@ -11,28 +10,29 @@ checkpoint holds params only (no optimizer state yet): `lmjax.load_run`, `genera
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
+import logging
 import os
 import pathlib
 
 import jax.numpy as jnp
-import numpy as np
 
-from lmjax import __version__
 from lmjax.config import Config, TrainConfig
 from lmjax.convert.bindings import unflatten
-from lmjax.convert.checkpoint_files import check_new_directory, staged_directory
-from lmjax.convert.engine import HfWeights, export_params, read_hf_config
+from lmjax.convert.engine import HfWeights, export_params
 from lmjax.convert.tokenizer_files import copy_tokenizer_files
 from lmjax.data.sentencepiece_tokenizer import model_file_in
-from lmjax.errors import UserError
-from lmjax.model import Head
-from lmjax.run_dir import RunDir
-from lmjax.train.checkpoint import Checkpointer
-from lmjax.train.streamed_arrays import DeferredArray
-from lmjax.train.state import TrainState
+from lmjax.data.tokenizer import Tokenizer
+from lmjax.files import check_new_directory, staged_directory
+from lmjax.run.checkpointer import Checkpointer
+from lmjax.run.load import open_checkpoints
+from lmjax.run.record import CheckpointRecord, TrainState
+from lmjax.run.run_dir import RunDir
+from lmjax.run.streamed_arrays import DeferredArray
+from lmjax.version import __version__
+
+log = logging.getLogger(__name__)
 
 HF_CONFIG_COPY = "hf_config.json"  # the source's config.json, kept for token ids on export
 _TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id",
@@ -63,8 +63,8 @@ def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
       try:
         checkpointer.save_streamed(
             0, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None),
-            {"step": 0, "params_only": True, "source": str(hf_dir),
-             "lmjax_version": __version__, "config": config.to_dict()})
+            CheckpointRecord.imported(source=str(hf_dir), lmjax_version=__version__,
+                                      config=config.to_dict()))
       finally:
         checkpointer.close()
   return config
@@ -78,11 +78,11 @@ def _import_tokenizer(hf_dir, destination: pathlib.Path) -> None:
       or model_file_in(str(destination)) is not None):
     return
   try:  # e.g. a BERT with vocab.txt only: transformers builds the fast tokenizer offline
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers (with torch) is an extra
     AutoTokenizer.from_pretrained(str(hf_dir)).save_pretrained(str(destination))
   except Exception as e:  # no transformers, or a slow-only tokenizer: keep the copied files
-    print(f"lmjax: note: no tokenizer.json could be made from {hf_dir} ({type(e).__name__}); "
-          f"copied {', '.join(copied)} as they are.")
+    log.warning("no tokenizer.json could be made from %s (%s); copied %s as they are.", hf_dir,
+                type(e).__name__, ", ".join(copied))
 
 
 def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: int | None = None,
@@ -92,13 +92,12 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
   Params are read from the checkpoint a group at a time (one param, or GPT-2's q/k/v) and
   written as HF tensors before the next group is read: memory holds one group, not the model.
   """
-  from lmjax.load import checkpoint_step
   run = RunDir(run_dir)
   config = run.require_config()
   check_new_directory(hf_dir)  # before any step is tried: not a reason to try an older one
   tokenizer_dir = run.tokenizer_dir if any(run.tokenizer_dir.glob("*")) else None
   overrides = _token_ids(run)
-  checkpointer, step = checkpoint_step(run, step)
+  checkpointer, step = open_checkpoints(run, step)
 
   def export(at: int) -> None:
     specs = {".".join(path[1:]): spec for path, spec in checkpointer.array_specs(at).items()
@@ -114,7 +113,7 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
                   config_overrides=overrides)
 
   try:
-    if step is None:  # a damaged newest step is skipped (said on stderr), as load_run does
+    if step is None:  # a damaged newest step is skipped (with a warning), as load_run does
       checkpointer.restore_newest(export)
     else:
       export(step)
@@ -131,63 +130,7 @@ def _token_ids(run: RunDir) -> dict[str, int]:
   if (not (run.tokenizer_dir / "tokenizer.json").is_file()
       and model_file_in(str(run.tokenizer_dir)) is None):
     return {}
-  from lmjax.data.tokenizer import Tokenizer
   tokenizer = Tokenizer.load(run.tokenizer_dir)
   ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
          "pad_token_id": tokenizer.pad_id, "mask_token_id": tokenizer.mask_id}
   return {k: v for k, v in ids.items() if v is not None}
-
-
-@dataclasses.dataclass(frozen=True)
-class Agreement:
-  max_abs_diff: float          # max |lmjax - HF| over real positions (logits or hidden states)
-  mean_kl: float | None        # mean KL(HF || lmjax) per position; None for headless models
-  top1_agreement: float | None  # fraction of positions whose argmax agrees
-
-
-def verify(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, step: int | None = None,
-           batch_size: int = 2, seq_len: int = 32, seed: int = 0) -> Agreement:
-  """Runs the HF model (PyTorch) and the run's model on the same random tokens and compares."""
-  from lmjax.load import load_run
-  model, params = load_run(run_dir, step=step)
-  torch_model = _load_torch_model(hf_dir)
-  config = model.config
-  seq_len = min(seq_len, config.max_seq_len)
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(0, config.vocab_size, size=(batch_size, seq_len)).astype(np.int64)
-  mask = np.ones_like(ids)
-  mask[1:, seq_len - seq_len // 4:] = 0  # some right padding in every row but the first
-  ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
-                                attention_mask=jnp.asarray(mask, jnp.int32)))
-  import torch
-  with torch.no_grad():
-    out = torch_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
-  theirs = (out.logits if config.head is not Head.NONE else out.last_hidden_state).float().numpy()
-  real = mask.astype(bool)
-  diff = float(np.max(np.abs(ours[real] - theirs[real])))
-  if config.head is Head.NONE:
-    return Agreement(diff, None, None)
-  log_p, log_q = _log_softmax(theirs[real]), _log_softmax(ours[real])
-  kl = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
-  top1 = float(np.mean(np.argmax(ours[real], -1) == np.argmax(theirs[real], -1)))
-  return Agreement(diff, kl, top1)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-  x = x.astype(np.float64)
-  x = x - x.max(axis=-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def _load_torch_model(hf_dir):
-  try:
-    import transformers
-  except ImportError:
-    raise UserError("verify runs the Hugging Face model with PyTorch: install them with "
-                    "pip install 'lmjax[hf]'.") from None
-  architectures = read_hf_config(hf_dir).get("architectures") or []
-  cls = getattr(transformers, architectures[0], None) if architectures else None
-  if cls is None:
-    raise UserError(f"{hf_dir}/config.json names no architecture transformers knows "
-                    f"({architectures!r}).")
-  return cls.from_pretrained(str(hf_dir), torch_dtype="float32").eval()

@@ -16,6 +16,7 @@ import grain
 import numpy as np
 
 from lmjax.data.batches import BatchSource
+from lmjax.data.prefetch import prefetched
 
 
 class _StepBatches:
@@ -66,16 +67,3 @@ class BatchIterator:
     """The position after the last batch handed out (JSON-able), for `state=` on resume."""
     return {"offset": self._offset, "workers": self._workers,
             "grain": self._iterator.get_state()}
-
-
-def prefetched(dataset: grain.MapDataset, *, workers: int, buffer: int = 2) -> grain.IterDataset:
-  """`dataset` in order, its elements made ahead by one thread (workers=0) or `workers` Grain
-  worker processes, `buffer` ahead (per worker)."""
-  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer))
-  if not workers:
-    return iterable
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; only absl's app.run parses them
-    flags.FLAGS.mark_as_parsed()
-  return iterable.mp_prefetch(
-      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))

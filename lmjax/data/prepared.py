@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import time
@@ -26,25 +27,34 @@ from collections.abc import Iterator
 
 import grain
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 
-from lmjax.config import Config, DataSource
-from lmjax.data.batches import build_tokenizer, check_tokenizer, iter_corpus, packing_ids
+from lmjax.data.batches import packing_ids
+from lmjax.data.config import DataConfig, DataSource, Source
 from lmjax.data.packing import Batch, RowPacker
+from lmjax.data.prefetch import prefetched
 from lmjax.data.rows import ArrayRecordRows, encode_row
-from lmjax.data.sources import ReadStats, Source, list_units, read_unit
+from lmjax.data.sources import ReadStats, iter_sources, list_units, read_unit
+from lmjax.data.spec import BatchSpec
 from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenizer_setup import build_tokenizer, check_tokenizer
 from lmjax.errors import UserError
+from lmjax.files import staged_directory
+
+log = logging.getLogger(__name__)
 
 META_FILE = "prepared.json"
 FORMAT = "lmjax-prepared-rows-1"
 TOKENIZER_DIR = "tokenizer"
 
 
-def prepare(config: Config, out_dir: str | os.PathLike, *, workers: int = 0,
-            rows_per_shard: int = 65536, log=print) -> dict:
-  """Tokenizes and packs `config`'s data sources into `out_dir` (new); returns its metadata."""
-  from lmjax.convert.checkpoint_files import staged_directory  # pylint: disable=import-outside-toplevel
-  sources = config.data.sources
+def prepare(data: DataConfig, spec: BatchSpec, out_dir: str | os.PathLike, *,
+            tokenizer_choice: str | None = None, workers: int = 0,
+            rows_per_shard: int = 65536) -> dict:
+  """Tokenizes and packs `data`'s sources into `out_dir` (new) as `spec` says (sequence length,
+  objective, vocabulary size); returns the directory's metadata. `tokenizer_choice` as for
+  `build_tokenizer`."""
+  sources = data.sources
   if any(s.source == Source.PREPARED.value for s in sources):
     raise UserError("`lmjax data prepare` reads documents; the config's data source is already "
                     "'prepared'. Point it at text/jsonl/parquet/tfds sources.")
@@ -53,19 +63,20 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, workers: int = 0,
   units = [list_units(source=s.source, paths=s.paths) for s in sources]  # path errors first
   started = time.perf_counter()
   with staged_directory(out_dir) as staging:
-    tokenizer = build_tokenizer(config, iter_corpus(config))  # a BPE trains on a stream
-    check_tokenizer(config, tokenizer)
+    tokenizer = build_tokenizer(tokenizer_choice, iter_sources(data),  # a BPE trains on a stream
+                                vocab_size=spec.vocab_size)
+    check_tokenizer(spec, tokenizer)
     tokenizer.save(staging / TOKENIZER_DIR)
-    bos_id, eos_id = packing_ids(config.model.head, tokenizer)
-    period = max(2, round(1 / config.data.eval_fraction))
+    bos_id, eos_id = packing_ids(spec.objective, tokenizer)
+    period = max(2, round(1 / data.eval_fraction))
     with _Shards(staging, "train", rows_per_shard) as train, \
          _Shards(staging, "eval", rows_per_shard) as held_out:
       summaries = []
       for i, (source, source_units) in enumerate(zip(sources, units)):
-        packer = RowPacker(seq_len=config.train.seq_len, eos_id=eos_id, bos_id=bos_id)
+        packer = RowPacker(seq_len=spec.seq_len, eos_id=eos_id, bos_id=bos_id)
         split = _HeldOut(period, train, held_out)
         stats, documents, tokens = ReadStats(), 0, 0
-        for token_docs, skipped, problem in _tokenized(config, source, source_units, tokenizer,
+        for token_docs, skipped, problem in _tokenized(data, source, source_units, tokenizer,
                                                        workers):
           stats.skipped += skipped
           stats.first_problem = stats.first_problem or problem
@@ -73,22 +84,23 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, workers: int = 0,
           tokens += sum(len(d) for d in token_docs)
           split.add(packer.add(token_docs))
         split.add(packer.finish())
-        split.finish(where=f"data.mixture[{i}]" if config.data.mixture else "the corpus",
-                     seq_len=config.train.seq_len)
+        split.finish(where=f"data.mixture[{i}]" if data.mixture else "the corpus",
+                     seq_len=spec.seq_len)
         summaries.append({"source": dataclasses.asdict(source), "documents": documents,
                           "tokens": tokens, "train_rows": split.num_train,
                           "eval_rows": split.num_eval, "skipped_records": stats.skipped,
                           "first_skipped": stats.first_problem})
-        log(f"lmjax: source {i}: {documents} documents, {tokens} tokens -> {split.num_train} "
-            f"train + {split.num_eval} held-out rows" +
-            (f"; skipped {stats.skipped} bad records (first: {stats.first_problem})"
-             if stats.skipped else ""))
-    meta = {"format": FORMAT, "seq_len": config.train.seq_len, "head": config.model.head.value,
+        log.info("source %d: %d documents, %d tokens -> %d train + %d held-out rows%s", i,
+                 documents, tokens, split.num_train, split.num_eval,
+                 f"; skipped {stats.skipped} bad records (first: {stats.first_problem})"
+                 if stats.skipped else "")
+    # "head" keeps its name from when the objective was the model head's (the same values).
+    meta = {"format": FORMAT, "seq_len": spec.seq_len, "head": spec.objective.value,
             "bos_id": bos_id, "eos_id": eos_id, "vocab_size": tokenizer.vocab_size,
             "train_files": train.files, "eval_files": held_out.files, "sources": summaries,
-            "weights": [s.weight for s in config.data.mixture]}
+            "weights": [s.weight for s in data.mixture]}
     (staging / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-  log(f"lmjax: wrote {out_dir} in {time.perf_counter() - started:.1f}s")
+  log.info("wrote %s in %.1fs", out_dir, time.perf_counter() - started)
   return meta
 
 
@@ -111,15 +123,13 @@ class _ReadAndTokenize:
     return ids, stats.skipped, stats.first_problem
 
 
-def _tokenized(config: Config, source: DataSource, units: list[str], tokenizer: Tokenizer,
+def _tokenized(data: DataConfig, source: DataSource, units: list[str], tokenizer: Tokenizer,
                workers: int) -> Iterator[tuple[list[np.ndarray], int, str | None]]:
   """Each unit's token documents, in order; `workers` > 0 tokenizes in that many processes."""
-  work = _ReadAndTokenize(source, config.data.encoding_errors.value,
-                          config.data.bad_records.value, tokenizer)
+  work = _ReadAndTokenize(source, data.encoding_errors.value, data.bad_records.value, tokenizer)
   if not workers:
     yield from map(work, units)
     return
-  from lmjax.data.pipeline import prefetched  # pylint: disable=import-outside-toplevel
   yield from prefetched(grain.MapDataset.source(units).map(work), workers=workers)
 
 
@@ -132,7 +142,6 @@ class _Shards:
     self._writer, self._in_shard = None, 0
 
   def write(self, row: bytes) -> None:
-    from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
     if self._writer is None or self._in_shard == self.rows_per_shard:
       self.close()
       name = f"{self.prefix}-{len(self.files):05d}.array_record"

@@ -12,6 +12,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
+import grain
 import numpy as np
 
 ROW_FIELDS = ("input_ids", "segment_ids", "positions")
@@ -63,7 +64,6 @@ class ArrayRecordRows(Rows):
   """
 
   def __init__(self, files: Sequence[str | os.PathLike], *, seq_len: int, source_ids: np.ndarray):
-    import grain  # pylint: disable=import-outside-toplevel
     self.files = [os.fspath(f) for f in files]
     self.seq_len = seq_len
     self.source_ids = np.asarray(source_ids, np.int32)

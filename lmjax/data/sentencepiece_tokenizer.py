@@ -25,15 +25,17 @@ from typing import Any
 
 import sentencepiece
 
-from lmjax.data.tokenizer import (CONFIG_FILE, TOKENIZER_FILE, Tokenizer, read_json_config,
-                                  roles_from_hf_configs, roles_from_spellings)
+from lmjax.data.special_tokens import CONFIG_FILE, roles_from_hf_configs, roles_from_spellings
+from lmjax.data.tokenizer import TOKENIZER_FILE, Tokenizer
 from lmjax.errors import UserError
+from lmjax.files import read_json_object
 
 MODEL_FILE = "tokenizer.model"
 # Tokenizer classes of transformers whose `add_bos_token` is true when their config is silent.
 _BOS_BY_DEFAULT = ("Llama", "Gemma")
 
 
+@Tokenizer.register_backend
 class SentencePieceTokenizer(Tokenizer):
   """A `Tokenizer` backed by a sentencepiece model; ids are sentencepiece's own.
 
@@ -124,6 +126,20 @@ class SentencePieceTokenizer(Tokenizer):
 
   # -- files and processes -------------------------------------------------------------------
 
+  backend_name = "sentencepiece"
+
+  @classmethod
+  def file_in(cls, path: str) -> str | None:
+    return model_file_in(path)
+
+  @classmethod
+  def ambiguity_hint(cls, path: str) -> str:
+    return ambiguity_hint(path)
+
+  @classmethod
+  def load_file(cls, file: str) -> SentencePieceTokenizer:
+    return cls.from_model_file(file)
+
   @staticmethod
   def from_model_file(path: str | os.PathLike) -> SentencePieceTokenizer:
     """The sentencepiece model at `path`, with roles and bos/eos templates as the module says."""
@@ -135,7 +151,7 @@ class SentencePieceTokenizer(Tokenizer):
     roles = model_roles(processor)
     roles.update(roles_from_hf_configs(directory, lambda t: _piece_id(processor, t) is not None)
                  or {})
-    config = read_json_config(os.path.join(directory, CONFIG_FILE)) or {}
+    config = read_json_object(os.path.join(directory, CONFIG_FILE)) or {}
     bos_by_default = any(name in str(config.get("tokenizer_class")) for name in _BOS_BY_DEFAULT)
     return SentencePieceTokenizer(
         model_proto, roles=roles, add_bos_token=bool(config.get("add_bos_token", bos_by_default)),
@@ -156,12 +172,12 @@ class SentencePieceTokenizer(Tokenizer):
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-able copy of this tokenizer (to send it to other processes); see `from_dict`."""
-    return {"backend": "sentencepiece", "roles": self.roles,
+    return {"backend": self.backend_name, "roles": self.roles,
             "model": base64.b64encode(self.model_proto).decode("ascii"),
             "add_bos_token": self.add_bos_token, "add_eos_token": self.add_eos_token}
 
-  @staticmethod
-  def from_dict(data: Mapping[str, Any]) -> SentencePieceTokenizer:
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> SentencePieceTokenizer:
     """The tokenizer that `to_dict` described."""
     return SentencePieceTokenizer(base64.b64decode(data["model"]), roles=data["roles"],
                                   add_bos_token=data["add_bos_token"],

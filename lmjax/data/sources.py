@@ -15,34 +15,9 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 
+from lmjax.data.config import BadRecords, DataConfig, EncodingErrors, Source
+from lmjax.data.tfds_source import read_tfds
 from lmjax.errors import UserError
-
-
-class Source(enum.Enum):
-  """The kinds of document source `read_documents` understands (`data.source` in a config)."""
-
-  BUILTIN = "builtin"  # CPython's documentation topics, shipped with every Python
-  TEXT = "text"        # one document per file
-  JSONL = "jsonl"      # one document per line, from a string field of a JSON object
-  PARQUET = "parquet"  # one document per row, from a string column (needs pyarrow)
-  TFDS = "tfds"        # one document per example, from a text feature of a TFDS dataset
-  PREPARED = "prepared"  # packed rows that `lmjax data prepare` wrote (lmjax.data.prepared)
-
-
-class EncodingErrors(enum.Enum):
-  """What to do with bytes that are not UTF-8 (`data.encoding_errors` in a config)."""
-
-  STRICT = "strict"    # raise a UserError naming the file and the byte offset
-  REPLACE = "replace"  # substitute U+FFFD for each bad byte sequence
-
-
-class BadRecords(enum.Enum):
-  """What to do with one unreadable record (`data.bad_records` in a config): a JSON Lines line
-  that is not a JSON object with a string field, or a line or TFDS example holding bytes that
-  are not UTF-8 (under `data.encoding_errors: strict`)."""
-
-  ERROR = "error"      # stop with a UserError naming the file and line
-  SKIP = "skip"        # leave the record out, count it (logged, and in metrics.jsonl)
 
 
 @dataclasses.dataclass
@@ -63,7 +38,7 @@ def builtin_corpus() -> list[str]:
   One document per topic, sorted by topic name and stripped, so the order is deterministic for
   a given Python version (the text itself differs slightly between Python versions).
   """
-  from pydoc_data.topics import topics  # pylint: disable=import-outside-toplevel
+  from pydoc_data.topics import topics  # deferred: 0.5 MB of text, for this corpus only
   return [topics[name].strip() for name in sorted(topics)]
 
 
@@ -111,6 +86,15 @@ def iter_documents(*, source: str | Source, paths: Sequence[str] = (), field: st
                     split=split, data_dir=data_dir, bad_records=bad_records, stats=stats)
 
 
+def iter_sources(data: DataConfig, stats: ReadStats | None = None) -> Iterator[str]:
+  """Every document of every source of `data` (the mixture's, in order), one file at a time."""
+  for s in data.sources:
+    for chunk in iter_documents(source=s.source, paths=s.paths, field=s.field, split=s.split,
+                                data_dir=s.data_dir, encoding_errors=data.encoding_errors,
+                                bad_records=data.bad_records, stats=stats):
+      yield from chunk
+
+
 def list_units(*, source: str | Source, paths: Sequence[str] = ()) -> list[str]:
   """The units a source is read in, in order: its files, its TFDS dataset names, or [""] for
   the built-in corpus. Raises a UserError for paths that name nothing."""
@@ -142,7 +126,6 @@ def read_unit(unit: str, *, source: str | Source, field: str = "text",
   if source is Source.BUILTIN:
     return builtin_corpus()
   if source is Source.TFDS:
-    from lmjax.data.tfds_source import read_tfds  # local: tensorflow_datasets is an extra
     return read_tfds(unit, split=split, data_dir=data_dir, field=field, errors=errors.value,
                      skip=stats.skip if policy is BadRecords.SKIP else None)
   if source is Source.PARQUET:
@@ -279,7 +262,7 @@ def _json_record(line: str, *, where: str, field: str) -> str:
 def _read_parquet(file: str, *, column: str) -> list[str]:
   """The non-null strings of `column` in a Parquet file, read one row group at a time."""
   try:
-    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    import pyarrow.parquet as pq  # deferred: pyarrow is an extra (lmjax[data])
   except ImportError:
     raise UserError("Parquet sources need pyarrow: pip install 'lmjax[data]' (or pyarrow).") from None
   try:

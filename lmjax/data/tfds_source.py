@@ -16,7 +16,7 @@ from lmjax.errors import UserError
 
 def _tfds():
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    import tensorflow_datasets as tfds  # deferred: an extra (lmjax[tfds])
   except ImportError:
     raise UserError("TFDS sources need tensorflow-datasets: pip install 'lmjax[tfds]'.") from None
   return tfds
@@ -54,7 +54,7 @@ def _tensorflow(name: str, file_format: str):
   """
   global _tensorflow_configured  # pylint: disable=global-statement
   try:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # deferred: an extra (lmjax[tfrecord]), ~1.4 GB
   except ImportError:
     raise UserError(f"TFDS dataset {name!r} is stored as {file_format}, which only TensorFlow "
                     f"reads: pip install 'lmjax[tfrecord]' (or tensorflow-cpu), or prepare it as "

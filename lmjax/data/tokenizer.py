@@ -3,7 +3,9 @@
 `Tokenizer` wraps a Hugging Face `tokenizers.Tokenizer`, whatever its origin; its subclass
 `SentencePieceTokenizer` (sentencepiece_tokenizer.py) wraps a sentencepiece `.model` as it is.
 `Tokenizer.from_file` / `load` pick the backend from what a path holds: a `tokenizer.json`
-(preferred where both exist), else a sentencepiece model.
+(preferred where both exist), else a sentencepiece model. Other backends live in modules of
+their own that register with `Tokenizer.register_backend` (lmjax.data imports them all), so
+this module never imports them.
 
 A `Tokenizer` is saved as a standard `tokenizer.json` (a sentencepiece one as its `.model`), so
 a run's `RUN_DIR/tokenizer/` loads with the `tokenizers` library (and transformers) unchanged.
@@ -25,23 +27,11 @@ from typing import Any
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from lmjax.data.special_tokens import CONFIG_FILE, ROLES, roles_from_hf_configs, roles_from_spellings
 from lmjax.errors import UserError
 
-ROLES = ("pad", "eos", "bos", "mask", "cls", "sep", "unk")
 LMJAX_SPECIALS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "mask": "<mask>", "unk": "<unk>"}
 TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "tokenizer_config.json"
-
-# Spellings recognised for each role when a tokenizer comes with no config naming its roles.
-_COMMON_SPELLINGS = {
-    "pad": ("<pad>", "[PAD]", "<|pad|>"),
-    "eos": ("<eos>", "</s>", "<|endoftext|>", "<|end_of_text|>"),
-    "bos": ("<bos>", "<s>", "<|begin_of_text|>"),
-    "mask": ("<mask>", "[MASK]"),
-    "cls": ("[CLS]",),
-    "sep": ("[SEP]",),
-    "unk": ("<unk>", "[UNK]"),
-}
 
 
 class Tokenizer:
@@ -55,6 +45,33 @@ class Tokenizer:
   This class is the Hugging Face `tokenizers` backend; `SentencePieceTokenizer` is the same
   interface over a sentencepiece model. Make either with `from_file` / `load`.
   """
+
+  # Subclasses that read other files: each says which file of a path it reads (`file_in`), and
+  # is tried before tokenizer.json; `from_dict` finds them by `backend_name`.
+  _backends: list[type[Tokenizer]] = []
+  backend_name = "tokenizers"
+
+  @classmethod
+  def register_backend(cls, backend: type[Tokenizer]) -> type[Tokenizer]:
+    """Class decorator: makes `from_file` and `from_dict` use `backend` where it applies."""
+    cls._backends.append(backend)
+    return backend
+
+  @classmethod
+  def file_in(cls, path: str) -> str | None:
+    """The file of `path` (itself, or one in a directory) that this backend reads; None when
+    it reads none there. Backends override it."""
+    return None
+
+  @classmethod
+  def ambiguity_hint(cls, path: str) -> str:
+    """For an error message: why `path` names no single file of this backend ("" if none)."""
+    return ""
+
+  @classmethod
+  def load_file(cls, file: str) -> Tokenizer:
+    """The tokenizer in `file` (one that `file_in` named). Backends override it."""
+    raise NotImplementedError
 
   def __init__(self, hf_tokenizer: tokenizers.Tokenizer, *, roles: Mapping[str, str]):
     """Wraps `hf_tokenizer`; `roles` maps role names (see `ROLES`) to token strings."""
@@ -173,14 +190,14 @@ class Tokenizer:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-able copy of this tokenizer (to send it to other processes); see `from_dict`."""
-    return {"backend": "tokenizers", "tokenizer": self.hf.to_str(), "roles": self.roles}
+    return {"backend": self.backend_name, "tokenizer": self.hf.to_str(), "roles": self.roles}
 
-  @staticmethod
-  def from_dict(data: Mapping[str, Any]) -> Tokenizer:
-    """The tokenizer that `to_dict` described, of either backend."""
-    if data["backend"] == "sentencepiece":
-      from lmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
-      return SentencePieceTokenizer.from_dict(data)
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> Tokenizer:
+    """The tokenizer that `to_dict` described, of any backend."""
+    for backend in cls._backends:
+      if data["backend"] == backend.backend_name:
+        return backend.from_dict(data)
     return Tokenizer(tokenizers.Tokenizer.from_str(data["tokenizer"]), roles=data["roles"])
 
   # -- construction --------------------------------------------------------------------------
@@ -217,8 +234,8 @@ class Tokenizer:
     hf.train_from_iterator(documents, trainer)
     return Tokenizer(hf, roles=LMJAX_SPECIALS)
 
-  @staticmethod
-  def from_file(path: str | os.PathLike) -> Tokenizer:
+  @classmethod
+  def from_file(cls, path: str | os.PathLike) -> Tokenizer:
     """The tokenizer at `path`: a `tokenizer.json`, a sentencepiece `.model`, or a directory.
 
     A directory's `tokenizer.json` is used where it has one, else its sentencepiece model
@@ -228,16 +245,17 @@ class Tokenizer:
     from the vocabulary are ignored), else from common spellings ("</s>", "[MASK]",
     "<|endoftext|>", …); a sentencepiece model's own pad/eos/bos/unk ids come first.
     """
-    from lmjax.data import sentencepiece_tokenizer  # it imports this module
     path = os.fspath(path)
-    model_file = sentencepiece_tokenizer.model_file_in(path)
-    if model_file is not None:
-      return sentencepiece_tokenizer.SentencePieceTokenizer.from_model_file(model_file)
+    for backend in cls._backends:
+      file = backend.file_in(path)
+      if file is not None:
+        return backend.load_file(file)
     file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
+      hints = "".join(backend.ambiguity_hint(path) for backend in cls._backends)
       raise UserError(f"No tokenizer file at {file!r}. Point to a `tokenizer.json`, a "
                       f"sentencepiece `.model`, or a Hugging Face tokenizer directory that "
-                      f"contains one.{sentencepiece_tokenizer.ambiguity_hint(path)}")
+                      f"contains one.{hints}")
     hf = _load_hf(file)
     roles = roles_from_hf_configs(os.path.dirname(file), _has_token(hf))
     if roles is None:
@@ -247,7 +265,7 @@ class Tokenizer:
   @staticmethod
   def load(directory: str | os.PathLike) -> Tokenizer:
     """The tokenizer that `save` wrote to `directory` (or any tokenizer directory, see
-    `from_file`), of either backend."""
+    `from_file`), of any backend."""
     return Tokenizer.from_file(directory)
 
   def save(self, directory: str | os.PathLike) -> None:
@@ -300,52 +318,3 @@ def _load_hf(file: str) -> tokenizers.Tokenizer:
 
 def _has_token(hf: tokenizers.Tokenizer) -> Callable[[str], bool]:
   return lambda token: hf.token_to_id(token) is not None
-
-
-def roles_from_hf_configs(directory: str, has_token: Callable[[str], bool]
-                          ) -> dict[str, str] | None:
-  """Roles named in tokenizer_config.json / special_tokens_map.json; None if neither exists.
-
-  `has_token(token)` says whether the vocabulary holds a token; roles naming one it lacks are
-  left out.
-  """
-  found = False
-  roles: dict[str, str] = {}
-  for name in (CONFIG_FILE, "special_tokens_map.json"):
-    config = read_json_config(os.path.join(directory, name))
-    if config is None:
-      continue
-    found = True
-    for role in ROLES:
-      token = config.get(f"{role}_token")
-      if isinstance(token, dict):  # transformers' serialised AddedToken
-        token = token.get("content")
-      if isinstance(token, str) and role not in roles and has_token(token):
-        roles[role] = token
-  return roles if found else None
-
-
-def read_json_config(path: str) -> dict[str, Any] | None:
-  """The JSON object in `path`, or None when there is no such file."""
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      config = json.load(f)
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path!r} is not valid JSON ({e}). Fix or delete it.") from None
-  if not isinstance(config, dict):
-    raise UserError(f"{path!r} holds a JSON {type(config).__name__}, not an object. Fix or "
-                    f"delete it.")
-  return config
-
-
-def roles_from_spellings(has_token: Callable[[str], bool]) -> dict[str, str]:
-  """Roles guessed from the first common spelling of each that the vocabulary holds."""
-  roles = {}
-  for role, spellings in _COMMON_SPELLINGS.items():
-    for token in spellings:
-      if has_token(token):
-        roles[role] = token
-        break
-  return roles

@@ -3,7 +3,8 @@
 A family name fills in the architectural switches (norm, activation, positions, biases, …) that
 define it; every switch can still be set on its own. Derived quantities (head size, parameter
 count, FLOPs per token) are properties, so MFU, benchmarks and conversion all read them from
-here.
+here. The config describes the graph only: where initial weights come from is the run config's
+business (`model.init_from`, lmjax.config), and its Hugging Face twin is `hf_config.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from lmjax.errors import UserError
 
 class Family(enum.Enum):
   GPT2 = "gpt2"
-  BERT = "bert"
-  LLAMA = "llama"
+  BERT = "bert"      # also RoBERTa (learned positions offset by padding_idx + 1)
+  LLAMA = "llama"    # also Qwen2 (biases on q/k/v only)
+  MISTRAL = "mistral"  # Llama's graph under Mistral's name, so that it exports as Mistral
 
 
 class Norm(enum.Enum):
@@ -83,6 +85,7 @@ FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
         use_bias=False, qkv_bias=False, causal=True, tie_embeddings=False, type_vocab_size=0,
         head=Head.CAUSAL_LM),
 }
+FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,13 +127,6 @@ class ModelConfig:
   scan_layers: bool = True
   remat: Remat = Remat.NONE
   attention: AttentionImpl = AttentionImpl.AUTO
-  # The Hugging Face model_type to export as, where the graph alone does not say (mistral is
-  # llama's graph); None: inferred (gpt2, bert, roberta when position_offset > 0, llama, qwen2
-  # when only q/k/v have biases). Only lmjax.convert reads it.
-  hf_model_type: str | None = None
-  # Where the initial weights come from: an lmjax run directory or a Hugging Face model
-  # directory (fine-tuning). Not part of the graph; lmjax.config fills the other fields from it.
-  init_from: str | None = None
 
   @classmethod
   def for_family(cls, family: Family | str, **fields) -> ModelConfig:

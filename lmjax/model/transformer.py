@@ -8,9 +8,18 @@ variant. Call it as
 and, for incremental decoding, pass a cache from `init_cache` and get it back updated:
 
     logits, cache = model.apply({"params": params}, input_ids, cache=cache)
+
+LM heads split into two methods that `__call__` chains, so a loss can project to the vocabulary
+a chunk of positions at a time:
+
+    hidden = model.apply(variables, input_ids, method=Transformer.features)   # [b, l, embed]
+    logits = model.apply(variables, hidden, method=Transformer.decode)         # [b, l, vocab]
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,12 +50,11 @@ class Block(nn.Module):
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
-  deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, layer_cache, mask, positions, cache_index):
+  def __call__(self, x, layer_cache, mask, positions, cache_index, deterministic: bool):
     cfg = self.config
-    drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
+    drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     attention = Attention(cfg, self.dtype, name="attention")
     mlp = lambda y: drop(Mlp(cfg, self.dtype, name="mlp")(y))
     norm1 = LayerNorm(cfg, self.dtype, name="attention_norm")
@@ -67,6 +75,7 @@ _REMAT_POLICIES = {
     Remat.FULL: None,  # save nothing
     Remat.SAVE_DOTS: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+_DETERMINISTIC_ARG = 6  # Block.__call__'s `deterministic`, counting self: static under remat
 
 
 class Transformer(nn.Module):
@@ -75,19 +84,106 @@ class Transformer(nn.Module):
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    embedding = lambda axes: nn.with_logical_partitioning(initializer(cfg), axes)
+    self.token_embedding = self.param("token_embedding", embedding(("vocab", "embed")),
+                                      (cfg.vocab_size, cfg.embed_dim), jnp.float32)
+    if cfg.positions is Positions.LEARNED:
+      self.position_embedding = self.param("position_embedding", embedding((None, "embed")),
+                                           (cfg.num_position_embeddings, cfg.embed_dim),
+                                           jnp.float32)
+    if cfg.type_vocab_size:
+      self.token_type_embedding = self.param("token_type_embedding", embedding((None, "embed")),
+                                             (cfg.type_vocab_size, cfg.embed_dim), jnp.float32)
+    if cfg.norm_position is NormPosition.POST:
+      self.embedding_norm = LayerNorm(cfg, self.dtype)
+    else:
+      self.final_norm = LayerNorm(cfg, self.dtype)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.layers = self._stack()
+    square = lambda: DenseGeneral((cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), True, cfg,
+                                  self.dtype)
+    if cfg.pooler:
+      self.pooler = square()
+    if cfg.head is Head.MASKED_LM:
+      self.mlm_transform = square()
+      self.mlm_norm = LayerNorm(cfg, self.dtype)
+      self.output_bias = self.param("output_bias", nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), ("vocab",)), (cfg.vocab_size,), jnp.float32)
+    if cfg.head in (Head.CAUSAL_LM, Head.MASKED_LM) and not cfg.tie_embeddings:
+      self.lm_head = DenseGeneral((cfg.embed_dim,), (cfg.vocab_size,), ("embed", "vocab"), False,
+                                  cfg, self.dtype)
+    if cfg.head is Head.CLASSIFICATION:
+      self.classifier = DenseGeneral((cfg.embed_dim,), (cfg.num_labels,), ("embed", None), True,
+                                     cfg, self.dtype)
+
+  def _stack(self):
+    """The blocks: one module over a leading `layers` axis (scanned), or a list `layers_{i}`."""
+    cfg = self.config
+    block = Block
+    if cfg.remat is not Remat.NONE:
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
+                       static_argnums=(_DETERMINISTIC_ARG,))
+    if not cfg.scan_layers:
+      return [block(cfg, self.dtype) for _ in range(cfg.num_layers)]
+    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                    length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+    return stack(cfg, self.dtype)
+
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
-               segment_ids=None, cache: Cache | None = None, train: bool = False,
-               before_decoder: bool = False):
+               segment_ids=None, cache: Cache | None = None, train: bool = False):
     """input_ids: [batch, length] int -> logits [batch, length, vocab] (or per the head).
 
     attention_mask: [batch, length], 1 for tokens and 0 for padding. segment_ids: the same as
     integers, one id per packed document (0 = padding); it replaces attention_mask. positions:
     [batch, length] position ids (default 0, 1, … after what the cache holds). With `cache`,
-    returns (output, updated cache). `before_decoder` (LM heads): returns the hidden states
-    [batch, length, embed] that the vocabulary projection would take; `decode_logits` applies
-    it, e.g. a chunk of positions at a time.
+    returns (output, updated cache). Headless models return the final hidden states
+    [batch, length, embed]; classifiers [batch, num_labels] logits.
     """
+    x, pooled, segment_ids, cache = self._trunk(input_ids, attention_mask, token_type_ids,
+                                                positions, segment_ids, cache, train)
+    match self.config.head:
+      case Head.NONE:
+        out = x.astype(jnp.float32)
+      case Head.CAUSAL_LM | Head.MASKED_LM:
+        out = self.decode(self._lm_features(x))
+      case Head.CLASSIFICATION:
+        out = self._classify(x, pooled, segment_ids, train)
+      case head:
+        raise ValueError(f"unknown head {head}")
+    return out if cache is None else (out, cache)
+
+  def features(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
+               segment_ids=None, train: bool = False) -> jax.Array:
+    """LM heads: the hidden states [batch, length, embed] that `decode` projects to the
+    vocabulary (arguments as for `__call__`, without a cache)."""
+    if self.config.head not in (Head.CAUSAL_LM, Head.MASKED_LM):
+      raise ValueError(f"features() is for LM heads, not {self.config.head.value!r}")
+    x, _, _, _ = self._trunk(input_ids, attention_mask, token_type_ids, positions, segment_ids,
+                             None, train)
+    return self._lm_features(x)
+
+  def decode(self, hidden: jax.Array) -> jax.Array:
+    """The LM heads' vocabulary projection: hidden [..., embed] -> float32 logits [..., vocab]
+    (the tied embedding or `lm_head`, plus the MLM decoder's bias)."""
+    cfg = self.config
+    x = hidden.astype(self.dtype)
+    if cfg.tie_embeddings:
+      logits = jnp.einsum("...d,vd->...v", x, self.token_embedding.astype(self.dtype))
+    else:
+      logits = self.lm_head(x)
+    if cfg.head is Head.MASKED_LM:
+      logits = logits + self.output_bias.astype(self.dtype)
+    if logits.ndim == 3:
+      logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return logits.astype(jnp.float32)
+
+  def _trunk(self, input_ids, attention_mask, token_type_ids, positions, segment_ids, cache,
+             train):
+    """Embeddings and blocks: -> (hidden [batch, length, embed] after the final norm, pooled
+    [batch, embed] or None, segment ids [batch, length], updated cache or None)."""
     cfg = self.config
     b, s = input_ids.shape
     if segment_ids is None:
@@ -96,26 +192,7 @@ class Transformer(nn.Module):
     offset = 0 if cache is None else cache["index"]
     if positions is None:
       positions = jnp.broadcast_to(offset + jnp.arange(s, dtype=jnp.int32), (b, s))
-
-    embedding = self.param("token_embedding",
-                           nn.with_logical_partitioning(initializer(cfg), ("vocab", "embed")),
-                           (cfg.vocab_size, cfg.embed_dim), jnp.float32)
-    x = jnp.take(embedding, input_ids, axis=0, mode="clip").astype(self.dtype)
-    if cfg.positions is Positions.LEARNED:
-      table = self.param("position_embedding",
-                         nn.with_logical_partitioning(initializer(cfg), (None, "embed")),
-                         (cfg.num_position_embeddings, cfg.embed_dim), jnp.float32)
-      x = x + jnp.take(table, positions + cfg.position_offset, axis=0, mode="clip").astype(self.dtype)
-    if cfg.type_vocab_size:
-      table = self.param("token_type_embedding",
-                         nn.with_logical_partitioning(initializer(cfg), (None, "embed")),
-                         (cfg.type_vocab_size, cfg.embed_dim), jnp.float32)
-      types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-      x = x + jnp.take(table, types, axis=0, mode="clip").astype(self.dtype)
-    if cfg.norm_position is NormPosition.POST:
-      x = LayerNorm(cfg, self.dtype, name="embedding_norm")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))  # [batch, length, embed]
+    x = self._embed(input_ids, token_type_ids, positions, train)  # [batch, length, embed]
 
     if cache is None:
       key_segment_ids, layer_caches = segment_ids, None
@@ -125,88 +202,64 @@ class Transformer(nn.Module):
     mask = make_attention_mask(segment_ids, key_segment_ids, causal=cfg.causal, query_offset=offset)
     x, layer_caches = self._blocks(x, layer_caches, mask, positions,
                                    None if cache is None else offset, train)
+    if cfg.norm_position is NormPosition.PRE:
+      x = self.final_norm(x)
+    pooled = None
+    if cfg.pooler:
+      pooled = jnp.tanh(self.pooler(x[:, 0]))
+      self.sow("intermediates", "pooled", pooled)  # HF `pooler_output`, via mutable=["intermediates"]
+    new_cache = None if cache is None else {
+        "layers": layer_caches, "segment_ids": key_segment_ids, "index": offset + s}
+    return x, pooled, segment_ids, new_cache
 
-    out = self._head(x, embedding, segment_ids, train, before_decoder)
-    if cache is None:
-      return out
-    return out, {"layers": layer_caches, "segment_ids": key_segment_ids, "index": offset + s}
+  def _embed(self, input_ids, token_type_ids, positions, train):
+    cfg = self.config
+    x = jnp.take(self.token_embedding, input_ids, axis=0, mode="clip").astype(self.dtype)
+    if cfg.positions is Positions.LEARNED:
+      x = x + jnp.take(self.position_embedding, positions + cfg.position_offset, axis=0,
+                       mode="clip").astype(self.dtype)
+    if cfg.type_vocab_size:
+      types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+      x = x + jnp.take(self.token_type_embedding, types, axis=0, mode="clip").astype(self.dtype)
+    if cfg.norm_position is NormPosition.POST:
+      x = self.embedding_norm(x)
+    x = self.dropout(x, deterministic=not train)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
   def _blocks(self, x, caches, mask, positions, cache_index, train):
-    cfg = self.config
-    block = Block
-    if cfg.remat is not Remat.NONE:
-      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
-      return stack(cfg, self.dtype, not train, name="layers")(x, caches, mask, positions, cache_index)
+    if self.config.scan_layers:
+      return self.layers(x, caches, mask, positions, cache_index, not train)
     new_caches = []
-    for i in range(cfg.num_layers):
+    for i, block in enumerate(self.layers):
       layer_cache = None if caches is None else jax.tree.map(lambda a: a[i], caches)
-      x, layer_cache = block(cfg, self.dtype, not train, name=f"layers_{i}")(
-          x, layer_cache, mask, positions, cache_index)
+      x, layer_cache = block(x, layer_cache, mask, positions, cache_index, not train)
       new_caches.append(layer_cache)
     if caches is None:
       return x, None
     return x, jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
 
-  def _head(self, x, embedding, segment_ids, train, before_decoder=False):
-    cfg = self.config
-    if cfg.norm_position is NormPosition.PRE:
-      x = LayerNorm(cfg, self.dtype, name="final_norm")(x)
-    if cfg.pooler:
-      pooled = jnp.tanh(DenseGeneral((cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), True, cfg,
-                                     self.dtype, name="pooler")(x[:, 0]))
-      self.sow("intermediates", "pooled", pooled)  # HF `pooler_output`, via mutable=["intermediates"]
-    match cfg.head:
-      case Head.NONE:
-        return x.astype(jnp.float32)
-      case Head.CAUSAL_LM:
-        return x if before_decoder else self._decode(x, embedding, bias=False)
-      case Head.MASKED_LM:
-        h = DenseGeneral((cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), True, cfg, self.dtype,
-                         name="mlm_transform")(x)
-        h = LayerNorm(cfg, self.dtype, name="mlm_norm")(activation(cfg.activation, h))
-        return h if before_decoder else self._decode(h, embedding, bias=True)
-      case Head.CLASSIFICATION:
-        if cfg.pooler:
-          features = pooled
-        else:  # the last real token of each row, as HF's decoder classifiers do
-          last = jnp.maximum(jnp.sum(segment_ids != 0, axis=-1) - 1, 0)
-          features = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
-        features = nn.Dropout(cfg.dropout_rate)(features, deterministic=not train)
-        return DenseGeneral((cfg.embed_dim,), (cfg.num_labels,), ("embed", None), True, cfg,
-                            self.dtype, name="classifier")(features).astype(jnp.float32)
-    raise ValueError(f"unknown head {cfg.head}")
+  def _lm_features(self, x):
+    """What the vocabulary projection takes: the final hidden states, or for BERT's MLM head
+    their transform (dense, activation, norm)."""
+    if self.config.head is not Head.MASKED_LM:
+      return x
+    return self.mlm_norm(activation(self.config.activation, self.mlm_transform(x)))
 
-  def _decode(self, x, embedding, *, bias: bool):
-    """Hidden states [batch, length, embed] -> float32 logits [batch, length, vocab]."""
-    cfg = self.config
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("bld,vd->blv", x, embedding.astype(self.dtype))
+  def _classify(self, x, pooled, segment_ids, train):
+    """Sequence logits [batch, num_labels] from the pooled first token (BERT with a pooler) or
+    the last real token of each row, as HF's decoder classifiers do."""
+    if pooled is not None:
+      features = pooled
     else:
-      logits = DenseGeneral((cfg.embed_dim,), (cfg.vocab_size,), ("embed", "vocab"), False, cfg,
-                            self.dtype, name="lm_head")(x)
-    if bias:
-      logits = logits + self.param("output_bias", nn.with_logical_partitioning(
-          nn.initializers.zeros_init(), ("vocab",)), (cfg.vocab_size,), jnp.float32).astype(self.dtype)
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    return logits.astype(jnp.float32)
+      last = jnp.maximum(jnp.sum(segment_ids != 0, axis=-1) - 1, 0)
+      features = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    features = self.dropout(features, deterministic=not train)
+    return self.classifier(features).astype(jnp.float32)
 
 
-
-def decode_logits(config: ModelConfig, params, hidden: jax.Array, *,
-                  dtype: jnp.dtype = jnp.float32) -> jax.Array:
-  """The LM heads' vocabulary projection, outside the module: what `Transformer` computes from
-  the hidden states that `before_decoder=True` returns. hidden [..., embed] -> float32 logits
-  [..., vocab], with the same operations (and so the same numbers) as the module."""
-  x = hidden.astype(dtype)
-  if config.tie_embeddings:
-    logits = jnp.einsum("...d,vd->...v", x, params["token_embedding"].astype(dtype))
-  else:
-    kernel = params["lm_head"]["kernel"].astype(dtype)                # [embed, vocab]
-    logits = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-  if config.head is Head.MASKED_LM:
-    logits = logits + params["output_bias"].astype(dtype)
-  return logits.astype(jnp.float32)
+@functools.lru_cache(maxsize=32)
+def param_shapes(config: ModelConfig) -> Any:
+  """The params `Transformer(config)` creates, as ShapeDtypeStructs in Flax's logically
+  partitioned boxes (`nn.unbox` drops them): nothing is computed or allocated."""
+  init = lambda: Transformer(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+  return jax.eval_shape(init)["params"]

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-from typing import Any, TextIO
+from typing import Any
 
 import jax
 
 from lmjax.config import Config
-from lmjax.data.batches import batch_fields
-from lmjax.sharding import batch_sharding, make_mesh
-from lmjax.train.loop import setup_step
-from lmjax.train.multihost import initialize_distributed, is_writer
+from lmjax.data.spec import batch_fields
+from lmjax.sharding import MeshRules, mesh_rules
+from lmjax.train.multihost import initialize_distributed
+from lmjax.train.setup import objective_of, setup_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,37 +78,29 @@ class CompileReport:
     return "\n".join(lines)
 
 
-def abstract_batch(config: Config, mesh, rules) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(config: Config, placement: MeshRules) -> dict[str, jax.ShapeDtypeStruct]:
   """The global batch as ShapeDtypeStructs with their shardings: [batch_size, seq_len] each."""
   shape = (config.train.batch_size, config.train.seq_len)
-  sharding = batch_sharding(mesh, rules)
+  sharding = placement.batch_sharding()
   return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-          for name, dtype in batch_fields(config.model.head).items()}
+          for name, dtype in batch_fields(objective_of(config)).items()}
 
 
 def compile_train_step(config: Config) -> CompileReport:
   """Compiles the configured train step on the configured mesh and reads XLA's analyses."""
   initialize_distributed(config.distributed)
-  mesh = make_mesh(config.mesh)
-  setup = setup_step(config, mesh)
-  lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, mesh, setup.rules))
+  placement = mesh_rules(config.mesh)
+  setup = setup_step(config, placement)
+  lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, placement))
   compiled = lowered.compile()
   tokens = config.train.batch_size * config.train.seq_len
   device = jax.local_devices()[0]
   return CompileReport(
-      mesh=dict(mesh.shape), device_kind=device.device_kind,
+      mesh=dict(placement.mesh.shape), device_kind=device.device_kind,
       memory=_memory(compiled.memory_analysis()), device_memory=_device_memory(device),
       xla_flops_per_device=_flops(compiled.cost_analysis()),
       model_flops_per_step=config.model.flops_per_token(config.train.seq_len) * tokens,
       tokens_per_step=tokens, scanned_layers=config.model.scan_layers)
-
-
-def print_compile_report(config: Config, file: TextIO | None = None) -> CompileReport:
-  """`compile_train_step`, printed (to stdout by default) by process 0."""
-  report = compile_train_step(config)
-  if is_writer():
-    print(report.format(), file=file or sys.stdout, flush=True)
-  return report
 
 
 def _memory(stats: Any) -> dict[str, int] | None:

@@ -15,16 +15,18 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from lmjax.config import is_run_directory
+from lmjax.convert import from_hf
 from lmjax.model import ModelConfig
+from lmjax.run.load import load_run
 
-def load_source_params(config: ModelConfig) -> Any:
-  """The params of `config.init_from`, in `config`'s layer layout (host or device arrays)."""
-  source = pathlib.Path(config.init_from)
-  if (source / "config.yaml").is_file():
-    from lmjax.load import load_run
+
+def load_source_params(source: str | pathlib.Path, config: ModelConfig) -> Any:
+  """The params of run or HF directory `source`, in `config`'s layer layout (host or device
+  arrays)."""
+  if is_run_directory(source):
     _, params = load_run(source)
   else:
-    from lmjax.convert import from_hf
     _, params = from_hf(source, scan_layers=config.scan_layers)
   return to_layer_layout(params, scanned=config.scan_layers, num_layers=config.num_layers)
 
@@ -59,12 +61,12 @@ def merge_params(fresh: Any, loaded: Any) -> tuple[Any, list[str], list[str]]:
   return traverse_util.unflatten_dict(merged, sep="/"), kept_fresh, unused
 
 
-def start_from_source(state, tx, opt_state_shardings, config: ModelConfig):
-  """`state` (freshly initialised, sharded) with `config.init_from`'s weights and a new optimizer
-  state; also returns a one-line report of what was loaded."""
-  params, kept_fresh, unused = merge_params(state.params, load_source_params(config))
+def start_from_source(state, tx, opt_state_shardings, source: str, config: ModelConfig):
+  """`state` (freshly initialised, sharded) with the weights of `source` (a run or an HF
+  directory) and a new optimizer state; also returns a one-line report of what was loaded."""
+  params, kept_fresh, unused = merge_params(state.params, load_source_params(source, config))
   opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings)(params)
-  report = f"initialised from {config.init_from}"
+  report = f"initialised from {source}"
   if kept_fresh:
     report += f"; new (randomly initialised): {', '.join(kept_fresh)}"
   if unused:

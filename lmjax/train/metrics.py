@@ -88,10 +88,6 @@ class MetricsWriter:
     self._bar.update(step - self._bar.n)
     self._bar.set_postfix(postfix, refresh=False)
 
-  def message(self, text: str) -> None:
-    if self.enabled:
-      tqdm.tqdm.write(text, file=sys.stderr)
-
   def close(self) -> None:
     if not self.enabled:
       return

@@ -3,18 +3,18 @@
 Every process of a multi-host job runs the same command. `initialize_distributed` joins them
 through `jax.distributed` (explicit `distributed.*` keys, or `distributed.auto` to let JAX read
 the TPU pod / SLURM / MPI environment). Process 0 alone builds the tokenizer (BPE training is
-not worth trusting to be bit-identical across hosts) and writes the run directory; the other
-processes receive the tokenizer over JAX's own collectives, so no shared file system is needed
-for it. With one process every function here is a no-op or a plain call.
+not worth trusting to be bit-identical across hosts, lmjax.train.inputs) and writes the run
+directory; `broadcast_json` hands what it decided to the others. With one process every
+function here is a no-op or a plain call.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
-import sys
 import time
 from typing import Any
 
@@ -22,11 +22,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lmjax.config import Config, DistributedConfig
-from lmjax.data.batches import Corpus, load_corpus
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.config import DistributedConfig
 from lmjax.errors import UserError
-from lmjax.run_dir import RunDir
+
+log = logging.getLogger(__name__)
 
 
 def initialize_distributed(config: DistributedConfig) -> None:
@@ -47,10 +46,10 @@ def initialize_distributed(config: DistributedConfig) -> None:
   deadline = time.monotonic() + timeout
   if address is not None and config.process_id not in (None, 0):
     _wait_for_coordinator(address, deadline, timeout)
-  print(f"lmjax: process {config.process_id if config.process_id is not None else '?'} joining "
-        f"{config.num_processes or 'the detected'} processes through "
-        f"{address or 'the coordinator found in the environment'} (waiting up to {timeout}s)",
-        file=sys.stderr, flush=True)
+  log.info("process %s joining %s processes through %s (waiting up to %ds)",
+           config.process_id if config.process_id is not None else "?",
+           config.num_processes or "the detected",
+           address or "the coordinator found in the environment", timeout)
   try:
     jax.distributed.initialize(
         coordinator_address=address, num_processes=config.num_processes,
@@ -89,9 +88,9 @@ def _warn_if_launched_as_many(environ) -> None:
   hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
   many = int(environ.get("SLURM_NTASKS", "1") or 1) > 1 or hosts.count(",") > 0
   if many:
-    print("lmjax: warning: this looks like one of several processes (SLURM_NTASKS or "
-          "TPU_WORKER_HOSTNAMES), but distributed.* is not set, so each process will train on "
-          "its own: set distributed.auto=true to join them.", file=sys.stderr, flush=True)
+    log.warning("this looks like one of several processes (SLURM_NTASKS or "
+                "TPU_WORKER_HOSTNAMES), but distributed.* is not set, so each process will train "
+                "on its own: set distributed.auto=true to join them.")
 
 
 def is_writer() -> bool:
@@ -119,29 +118,3 @@ def broadcast_json(value: Any) -> Any:
   padded = np.zeros(size, np.uint8)
   padded[:len(data)] = data
   return json.loads(bytes(multihost_utils.broadcast_one_to_all(padded)).decode("utf-8"))
-
-
-def shared_corpus(config: Config, run: RunDir) -> Corpus:
-  """`load_corpus` with one tokenizer for all processes: the run's own, or one process 0 builds.
-
-  A UserError on process 0 (bad data, a tokenizer too large for the model) is raised on every
-  process, so none is left waiting.
-  """
-  if jax.process_count() == 1:
-    return load_corpus(config, _saved_tokenizer(run))
-  if is_writer():
-    try:
-      loaded = load_corpus(config, _saved_tokenizer(run))
-      message = {"tokenizer": loaded.tokenizer.to_dict()}
-    except UserError as e:
-      message = {"error": str(e)}
-  message = broadcast_json(message if is_writer() else None)
-  if "error" in message:
-    raise UserError(message["error"])
-  if is_writer():
-    return loaded
-  return load_corpus(config, Tokenizer.from_dict(message["tokenizer"]))
-
-
-def _saved_tokenizer(run: RunDir) -> Tokenizer | None:
-  return Tokenizer.load(run.tokenizer_dir) if run.tokenizer_dir.is_dir() else None

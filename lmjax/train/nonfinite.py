@@ -8,19 +8,23 @@ never waits for the step it just dispatched.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import logging
+from typing import Any
 
 import jax
 
 from lmjax.config import NanPolicy
 from lmjax.errors import NonFiniteLoss
 
+log = logging.getLogger(__name__)
+
 
 class NonFiniteSteps:
   """Steps whose finiteness is not checked yet, and how many were skipped."""
 
-  def __init__(self, policy: NanPolicy, params: Any, *, skipped: int, say: Callable[[str], None]):
-    self.policy, self.params, self.skipped, self.say = policy, params, skipped, say
+  def __init__(self, policy: NanPolicy, params: Any, *, skipped: int, report: bool):
+    """`report`: whether this process logs skipped steps (the writing process only)."""
+    self.policy, self.params, self.skipped, self.report = policy, params, skipped, report
     self._unchecked: list[tuple[int, dict]] = []  # (step, metrics)
 
   def add(self, step: int, metrics: dict) -> None:
@@ -35,9 +39,10 @@ class NonFiniteSteps:
       loss, bad_leaf = float(metrics["loss"]), int(metrics["first_nonfinite_grad"])
       if self.policy is NanPolicy.SKIP_STEP:
         self.skipped += 1
-        self.say(f"lmjax: step {step}: non-finite loss {loss} (grad_norm "
-                 f"{float(metrics['grad_norm'])}): update skipped (train.nan_policy="
-                 f"skip_step; {self.skipped} skipped so far)")
+        if self.report:
+          log.warning("step %d: non-finite loss %s (grad_norm %s): update skipped "
+                      "(train.nan_policy=skip_step; %d skipped so far)", step, loss,
+                      float(metrics["grad_norm"]), self.skipped)
         continue
       raise NonFiniteLoss(
           f"step {step}: the loss is {loss} and the first non-finite gradient is "

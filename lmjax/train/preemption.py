@@ -8,11 +8,13 @@ checkpoint once it is complete.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 import threading
 from types import FrameType
+
+log = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -26,11 +28,12 @@ class PreemptionGuard:
 
   def _handle(self, signum: int, frame: FrameType | None) -> None:
     if self.received is not None:
-      print(f"lmjax: second {signal.Signals(signum).name}: exiting now", file=sys.stderr, flush=True)
+      log.warning("second %s: exiting now", signal.Signals(signum).name)
+      logging.shutdown()  # flush the handlers: os._exit skips every exit hook
       os._exit(128 + signum)
     self.received = signum
-    print(f"lmjax: {signal.Signals(signum).name} received: saving a checkpoint at the end of this "
-          f"step, then exiting (send it again to exit at once)", file=sys.stderr, flush=True)
+    log.warning("%s received: saving a checkpoint at the end of this step, then exiting (send "
+                "it again to exit at once)", signal.Signals(signum).name)
 
   @property
   def requested(self) -> bool:

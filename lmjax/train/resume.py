@@ -8,14 +8,18 @@ optimizer.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 from typing import Any
 
 from lmjax.config import Config
-from lmjax.run_dir import RunDir
-from lmjax.train.checkpoint import Checkpointer
+from lmjax.run.checkpointer import Checkpointer
+from lmjax.run.record import TrainState
+from lmjax.run.run_dir import RunDir
 from lmjax.train.init_from import start_from_source
-from lmjax.train.state import TrainState, create_train_state
+from lmjax.train.setup import StepSetup
+from lmjax.train.state import create_train_state
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,32 +31,31 @@ class Start:
   data_state: dict[str, Any] | None  # the input pipeline's saved position, if any
 
 
-def start_or_resume(config: Config, run: RunDir, setup, checkpointer: Checkpointer, *,
-                    report: bool) -> Start:
-  """The state to train from, with what the checkpoint recorded (`setup`: a loop.StepSetup).
+def start_or_resume(config: Config, run: RunDir, setup: StepSetup, checkpointer: Checkpointer,
+                    *, report: bool) -> Start:
+  """The state to train from, with what the checkpoint recorded.
 
-  `report` prints on stderr what fine-tuning loaded (on the writing process only).
+  `report` logs what fine-tuning loaded (on the writing process only).
   """
   def restore(step: int):
     record = checkpointer.restore_record(step)
-    if record.get("params_only"):  # an imported run directory: weights, no optimizer state yet
+    if record.params_only:  # an imported run directory: weights, no optimizer state yet
       return None, record
     return checkpointer.restore(step, setup.abstract_state)
 
   step, restored, skipped = checkpointer.restore_newest(restore)
   if skipped:
-    checkpointer.quarantine([s.step for s in skipped], run.path / "corrupt_checkpoints")
-  state, record = restored or (None, {})
+    checkpointer.quarantine([s.step for s in skipped], run.corrupt_checkpoints)
+  state, record = restored or (None, None)
   if state is not None:
-    return Start(state, step, float(record.get("elapsed_seconds", 0.0)),
-                 int(record.get("skipped_steps", 0)), record.get("data_iterator"))
+    return Start(state, step, record.elapsed_seconds, record.skipped_steps, record.data_iterator)
   # A new run, or an imported run directory.
-  state = create_train_state(setup.model, setup.tx, setup.mesh, seed=config.train.seed,
-                             seq_len=config.train.seq_len, rules=setup.rules)
-  source = config.model.init_from or (str(run.path) if step is not None else None)
+  state = create_train_state(setup.model, setup.tx, setup.placement, seed=config.train.seed,
+                             seq_len=config.train.seq_len)
+  source = config.init_from or (str(run.path) if step is not None else None)
   if source:
-    state, message = start_from_source(state, setup.tx, setup.shardings.opt_state,
-                                       dataclasses.replace(config.model, init_from=source))
+    state, message = start_from_source(state, setup.tx, setup.shardings.opt_state, source,
+                                       config.model)
     if report:
-      print(f"lmjax: {message}", file=sys.stderr)
+      log.info("%s", message)
   return Start(state, 0, 0.0, 0, None)

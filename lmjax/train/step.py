@@ -20,37 +20,38 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lmjax.data.spec import Objective
 from lmjax.model import Transformer
-from lmjax.model.config import Head
-from lmjax.model.transformer import decode_logits
 from lmjax.objectives import LossSums, chunked_objective_loss, objective_loss
-from lmjax.sharding import LOGICAL_AXIS_RULES, Rules, activation_sharding, batch_sharding
-from lmjax.train.state import TrainState
+from lmjax.run.record import TrainState
+from lmjax.sharding import MeshRules
 
 Batch = Mapping[str, jax.Array]
 
 _MODEL_INPUTS = ("segment_ids", "positions", "token_type_ids")
 
 
-def _forward_sums(model: Transformer, params, batch: Batch, *, train: bool,
+_TOKEN_OBJECTIVES = (Objective.CAUSAL_LM, Objective.MASKED_LM)
+
+
+def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch, *, train: bool,
                   dropout_rng: jax.Array | None = None, loss_chunk: int = 0) -> LossSums:
-  """The objective's loss sums; `loss_chunk` > 0 (LM heads) projects to the vocabulary that
-  many positions at a time, never holding the whole batch's logits."""
+  """The objective's loss sums; `loss_chunk` > 0 (token-level objectives) projects to the
+  vocabulary that many positions at a time, never holding the whole batch's logits."""
   inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-  head = model.config.head
-  if loss_chunk and head in (Head.CAUSAL_LM, Head.MASKED_LM):
-    hidden = model.apply({"params": params}, batch["input_ids"], train=train, rngs=rngs,
-                         before_decoder=True, **inputs)
-    logits_fn = functools.partial(decode_logits, model.config, params, dtype=model.dtype)
-    return chunked_objective_loss(head, hidden, logits_fn, batch, loss_chunk)
-  logits = model.apply({"params": params}, batch["input_ids"], train=train, rngs=rngs, **inputs)
-  return objective_loss(head, logits, batch)
+  variables = {"params": params}
+  if loss_chunk and objective in _TOKEN_OBJECTIVES:
+    hidden = model.apply(variables, batch["input_ids"], train=train, rngs=rngs,
+                         method=Transformer.features, **inputs)
+    logits_fn = lambda h: model.apply(variables, h, method=Transformer.decode)
+    return chunked_objective_loss(objective, hidden, logits_fn, batch, loss_chunk)
+  logits = model.apply(variables, batch["input_ids"], train=train, rngs=rngs, **inputs)
+  return objective_loss(objective, logits, batch)
 
 
-def train_step(state: TrainState, batch: Batch, *, model: Transformer,
+def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective: Objective,
                tx: optax.GradientTransformation, schedule: optax.Schedule, grad_accum_steps: int,
                seed: int, nan_at_step: int | None = None, loss_chunk: int = 0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -63,8 +64,8 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer,
 
   def sums_and_grads(micro_batch, micro_rng):
     def loss_fn(params):
-      sums = _forward_sums(model, params, micro_batch, train=True, dropout_rng=micro_rng,
-                           loss_chunk=loss_chunk)
+      sums = _forward_sums(model, objective, params, micro_batch, train=True,
+                           dropout_rng=micro_rng, loss_chunk=loss_chunk)
       if nan_at_step is not None:
         poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
         sums = sums._replace(loss=sums.loss * poison)
@@ -119,42 +120,45 @@ def first_nonfinite_leaf(tree) -> jax.Array:
   return jnp.where(finite.all(), -1, jnp.argmin(finite)).astype(jnp.int32)
 
 
-def eval_step(params, batch: Batch, *, model: Transformer, loss_chunk: int = 0) -> LossSums:
+def eval_step(params, batch: Batch, *, model: Transformer, objective: Objective,
+              loss_chunk: int = 0) -> LossSums:
   """Loss sums on one batch without dropout; callers add them over batches."""
-  return _forward_sums(model, params, batch, train=False, loss_chunk=loss_chunk)
+  return _forward_sums(model, objective, params, batch, train=False, loss_chunk=loss_chunk)
 
 
-def jit_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                   mesh: Mesh, state_shardings: Any, *, grad_accum_steps: int, seed: int,
-                   nan_at_step: int | None = None, rules: Rules = LOGICAL_AXIS_RULES,
+def jit_train_step(model: Transformer, objective: Objective, tx: optax.GradientTransformation,
+                   schedule: optax.Schedule, placement: MeshRules, state_shardings: Any, *,
+                   grad_accum_steps: int, seed: int, nan_at_step: int | None = None,
                    loss_chunk: int = 0
                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """train_step jitted with explicit shardings; the input state is donated.
 
-  Activations follow the model's logical constraints under `rules`; metrics are replicated.
+  Activations follow the model's logical constraints under the placement's rules; metrics are
+  replicated.
   """
   step = _with_activation_sharding(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+      functools.partial(train_step, model=model, objective=objective, tx=tx, schedule=schedule,
                         grad_accum_steps=grad_accum_steps, seed=seed, nan_at_step=nan_at_step,
                         loss_chunk=loss_chunk),
-      mesh, rules)
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh, rules)),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+      placement)
+  return jax.jit(step, in_shardings=(state_shardings, placement.batch_sharding()),
+                 out_shardings=(state_shardings, placement.replicated()), donate_argnums=0)
 
 
-def jit_eval_step(model: Transformer, mesh: Mesh, params_shardings: Any, *,
-                  rules: Rules = LOGICAL_AXIS_RULES, loss_chunk: int = 0) -> Callable[[Any, Batch], LossSums]:
+def jit_eval_step(model: Transformer, objective: Objective, placement: MeshRules,
+                  params_shardings: Any, *, loss_chunk: int = 0
+                  ) -> Callable[[Any, Batch], LossSums]:
   """eval_step jitted with explicit shardings; the loss sums come back replicated."""
-  step = _with_activation_sharding(functools.partial(eval_step, model=model, loss_chunk=loss_chunk), mesh, rules)
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(step, in_shardings=(params_shardings, batch_sharding(mesh, rules)),
-                 out_shardings=replicated)
+  step = _with_activation_sharding(
+      functools.partial(eval_step, model=model, objective=objective, loss_chunk=loss_chunk),
+      placement)
+  return jax.jit(step, in_shardings=(params_shardings, placement.batch_sharding()),
+                 out_shardings=placement.replicated())
 
 
-def _with_activation_sharding(fn: Callable, mesh: Mesh, rules: Rules) -> Callable:
+def _with_activation_sharding(fn: Callable, placement: MeshRules) -> Callable:
   @functools.wraps(fn)
   def traced_with_rules(*args):
-    with activation_sharding(mesh, rules):
+    with placement.activation_context():
       return fn(*args)
   return traced_with_rules

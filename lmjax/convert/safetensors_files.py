@@ -7,20 +7,16 @@ unless the caller allows them; then `torch.load(weights_only=True)` reads them.
 
 Writing: shards of at most `max_shard_size` bytes (one tensor may exceed it alone), each built
 only when it is written; one `model.safetensors`, or `model-0000k-of-0000n.safetensors` plus
-`model.safetensors.index.json`. Output goes to a hidden sibling directory that is renamed into
-place once complete, so a failed conversion leaves nothing behind.
+`model.safetensors.index.json` (into the staged directory the caller made, lmjax.files).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import uuid
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -98,7 +94,7 @@ class CheckpointReader:
     self.close()
     path = self.dir / file
     if self._pickled:
-      import torch  # only this path needs torch
+      import torch  # deferred: PyTorch is an extra; only pickled weights need it
 
       try:  # mmap keeps memory bounded: tensors are paged in when read
         handle = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
@@ -140,7 +136,7 @@ class CheckpointReader:
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:
-  import torch
+  import torch  # deferred: PyTorch is an extra; only pickled weights need it
 
   tensor = tensor.detach().cpu()
   if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
@@ -226,35 +222,4 @@ def _write_shard(path: pathlib.Path, entries: Sequence[TensorEntry]) -> None:
       del tensor
 
 
-def check_new_directory(destination: str | os.PathLike) -> pathlib.Path:
-  """`destination` as a path; UserError if it exists and is not an empty directory."""
-  destination = pathlib.Path(destination)
-  if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-    raise UserError(f"{destination} already exists and is not empty: choose a new directory or "
-                    f"remove it first.")
-  return destination
-
-
-@contextlib.contextmanager
-def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
-  """A fresh sibling directory of `destination`, renamed to it when the block succeeds.
-
-  Refuses a destination that exists and is not an empty directory; on failure the staging
-  directory is removed and `destination` is untouched.
-  """
-  destination = check_new_directory(destination)
-  destination.parent.mkdir(parents=True, exist_ok=True)
-  staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
-  staging.mkdir()
-  try:
-    yield staging
-    if destination.exists():
-      destination.rmdir()  # empty, checked above
-    os.replace(staging, destination)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-
-
-__all__ = ["CheckpointReader", "TensorEntry", "check_new_directory", "plan_shards",
-           "staged_directory", "write_safetensors"]
+__all__ = ["CheckpointReader", "TensorEntry", "plan_shards", "write_safetensors"]

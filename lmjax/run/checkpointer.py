@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state plus a small JSON record (data position, config, version).
+"""Orbax checkpoints of the train state plus a small typed JSON record (lmjax.run.record).
 
 Step N lives in RUN_DIR/checkpoints/N/. Saves are asynchronous: `save` returns once the arrays
 are copied off the devices and the write finishes in the background; `wait` blocks until it has.
@@ -11,9 +11,12 @@ array at a time rather than the whole state. Such checkpoints restore like any o
 Orbax writes each checkpoint under a temporary name and renames it once complete, so a process
 killed mid-write leaves `N.orbax-checkpoint-tmp-*`, which is never a step. A committed step can
 still be damaged afterwards (a truncated or deleted file): `restore_newest` treats a failed
-restore as the ground truth, says on stderr which step it skipped and why, and falls back to
+restore as the ground truth, warns which step it skipped and why, and falls back to
 the next older one. Nothing is ever deleted for being unreadable; the trainer moves such steps
 aside (`quarantine`) so that the step can be written again.
+
+A failed Orbax restore can leave tracebacks in its pending coroutines and threads; the `lmjax`
+command hides those (lmjax.app), a library user's process is left as it is.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import dataclasses
 import logging
 import pathlib
 import shutil
-import sys
-import threading
 from typing import Any, Callable, Mapping, TypeVar
 
 import jax
@@ -32,8 +33,10 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from lmjax.errors import UserError
-from lmjax.train.streamed_arrays import streaming_handlers
-from lmjax.train.state import TrainState
+from lmjax.run.record import CheckpointRecord, TrainState
+from lmjax.run.streamed_arrays import streaming_handlers
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -75,12 +78,12 @@ class Checkpointer:
       return []
     return sorted(p for p in self.directory.iterdir() if TMP_MARKER in p.name)
 
-  def save(self, step: int, state: TrainState, record: dict[str, Any]) -> None:
-    """Starts writing `state` and the JSON `record` as checkpoint `step`."""
+  def save(self, step: int, state: TrainState, record: CheckpointRecord) -> None:
+    """Starts writing `state` and `record` as checkpoint `step`."""
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+        state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record.to_json())))
 
-  def save_streamed(self, step: int, state: TrainState, record: dict[str, Any]) -> None:
+  def save_streamed(self, step: int, state: TrainState, record: CheckpointRecord) -> None:
     """Writes checkpoint `step` before returning, making each DeferredArray leaf of `state`
     only when it is written and dropping it after: memory holds one array, not the state.
 
@@ -95,7 +98,7 @@ class Checkpointer:
                                     handler_registry=streaming_handlers())
     try:
       manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeSave(state), record=ocp.args.JsonSave(record)))
+          state=ocp.args.PyTreeSave(state), record=ocp.args.JsonSave(record.to_json())))
     finally:
       manager.close()
     self._manager.reload()
@@ -114,18 +117,9 @@ class Checkpointer:
     others: memory holds these arrays (and a read buffer), not the state."""
     item, restore_args = {}, {}
     for path, spec in specs.items():
-      *parents, leaf = path
-      node, node_args = item, restore_args
-      for key in parents:
-        node, node_args = node.setdefault(key, {}), node_args.setdefault(key, {})
-      node[leaf] = jax.ShapeDtypeStruct(spec.shape, spec.dtype)
-      node_args[leaf] = ocp.RestoreArgs(restore_type=np.ndarray)
-    handler = ocp.PyTreeCheckpointHandler()
-    try:
-      restored = handler.restore(self._step_dir(step) / "state", args=ocp.args.PyTreeRestore(
-          item, restore_args=restore_args, partial_restore=True))
-    finally:
-      handler.close()
+      _set_path(item, path, jax.ShapeDtypeStruct(spec.shape, spec.dtype))
+      _set_path(restore_args, path, ocp.RestoreArgs(restore_type=np.ndarray))
+    restored = self._restore_part(step, item, restore_args)
     arrays = {}
     for path in specs:
       node = restored
@@ -134,52 +128,93 @@ class Checkpointer:
       arrays[path] = node
     return arrays
 
+  def read_every_array(self, step: int, *, group_bytes: int) -> None:
+    """Reads every array of checkpoint `step`'s state to the host, consecutive groups of at most
+    `group_bytes` at a time (a larger array alone), each dropped before the next is read; raises
+    what a damaged file raises."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(self._step_dir(step) / "state").tree
+    leaves, treedef = jax.tree_util.tree_flatten(metadata, is_leaf=lambda x: hasattr(x, "shape"))
+    groups, size = [[]], 0
+    for i, leaf in enumerate(leaves):
+      nbytes = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+      if groups[-1] and size + nbytes > group_bytes:
+        groups.append([])
+        size = 0
+      groups[-1].append(i)
+      size += nbytes
+    for group in groups:  # the others are Orbax placeholders: not read
+      chosen = set(group)
+      pick = lambda make: jax.tree_util.tree_unflatten(treedef, [
+          make(leaf) if i in chosen else ocp.PLACEHOLDER for i, leaf in enumerate(leaves)])
+      self._restore_part(step, pick(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)),
+                         pick(lambda leaf: ocp.RestoreArgs(restore_type=np.ndarray)),
+                         partial=False)
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Checkpoint `step`'s params onto the shardings that `abstract_params` (ShapeDtypeStructs)
+    carry, reading nothing else (no optimizer state)."""
+    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
+                                abstract_params)
+    restored = self._restore_part(step, {"params": abstract_params}, {"params": restore_args})
+    return restored["params"]
+
+  def _restore_part(self, step: int, item: Any, restore_args: Any, *, partial: bool = True
+                    ) -> Any:
+    """Restores the part of step `step`'s state that `item` names (missing keys with
+    `partial`, Orbax placeholders otherwise)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      return handler.restore(self._step_dir(step) / "state", args=ocp.args.PyTreeRestore(
+          item, restore_args=restore_args, partial_restore=partial))
+    finally:
+      handler.close()
+
   def _step_dir(self, step: int) -> pathlib.Path:
     if step not in self.steps():
       raise UserError(f"{self.directory} has no checkpoint at step {step}.")
     return self.directory / str(step)
 
-  def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+  def restore(self, step: int, abstract_state: TrainState
+              ) -> tuple[TrainState, CheckpointRecord]:
     """Restores checkpoint `step` onto the shardings carried by `abstract_state`.
 
     An imported checkpoint (record `params_only`) has no optimizer state: it comes back None.
     """
     record = self.restore_record(step)
-    if record.get("params_only"):
+    if record.params_only:
       abstract_state = abstract_state.replace(opt_state=None)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], record
 
-  def restore_record(self, step: int) -> dict[str, Any]:
+  def restore_record(self, step: int) -> CheckpointRecord:
     restored = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
-    return dict(restored["record"] or {})
+    return CheckpointRecord.from_json(restored["record"])
 
   def restore_newest(self, restore: Callable[[int], T], *, below: int | None = None
                      ) -> tuple[int | None, T | None, list[SkippedStep]]:
     """(step, restore(step)) for the newest step whose restore succeeds, and the steps skipped.
 
-    Every skipped step is reported on stderr with the reason. Returns (None, None, []) when
+    Every skipped step is reported (a warning of this module's logger) with the reason. Returns (None, None, []) when
     there are no checkpoints; raises UserError when there are some but none restores (rather
     than let a caller start the run over on top of them). With several processes, a step
     counts as restored only if it restored on every process.
     """
     for path in self.unfinished_writes():
-      _say(f"ignoring {path.name}: a checkpoint write that never finished (its process died)")
+      _warn("ignoring %s: a checkpoint write that never finished (its process died)", path.name)
     skipped: list[SkippedStep] = []
     steps = [s for s in reversed(self.steps()) if below is None or s < below]
     for step in steps:
       try:
         result, reason = restore(step), None
       except Exception as e:  # noqa: BLE001 -- whatever a damaged file raises, try an older step
-        result, reason = None, _first_line(e)
-        quiet_orbax_leftovers()
+        result, reason = None, first_line(e)
       if _all_processes_agree(reason is None):
         return step, result, skipped
       reason = reason or "another process could not restore it"
       skipped.append(SkippedStep(step, reason))
-      _say(f"skipping checkpoint step {step} ({self.directory / str(step)}): it cannot be "
-           f"restored: {reason}")
+      _warn("skipping checkpoint step %d (%s): it cannot be restored: %s", step,
+            self.directory / str(step), reason)
     if steps:
       raise UserError(
           f"none of the checkpoints in {self.directory} (steps {', '.join(map(str, steps))}) can "
@@ -199,7 +234,7 @@ class Checkpointer:
         while target.exists():
           target, n = destination / f"{step}-{n}", n + 1
         shutil.move(str(self.directory / str(step)), target)
-        _say(f"moved unreadable checkpoint step {step} to {target}")
+        log.warning("moved unreadable checkpoint step %d to %s", step, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("lmjax_checkpoint_quarantine")
     self._manager.reload()
@@ -218,37 +253,7 @@ def _all_processes_agree(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
-def quiet_orbax_leftovers() -> None:
-  """Hides the tracebacks a failed Orbax restore leaves behind in its pending coroutines and
-  threads (the same error, already reported, and "Event loop is closed"); others still print."""
-  def is_leftover(exc) -> bool:
-    text = str(exc)
-    return "Encountered error while reading" in text or "Event loop is closed" in text
-
-  unraisable, thread_hook, excepthook = sys.unraisablehook, threading.excepthook, sys.excepthook
-  if getattr(unraisable, "lmjax_quiet", False):
-    return
-
-  def quiet_unraisable(info):
-    if not is_leftover(info.exc_value):
-      unraisable(info)
-
-  def quiet_thread(args):
-    if not is_leftover(args.exc_value):
-      thread_hook(args)
-
-  def quiet_except(kind, value, traceback):  # errors printed from Orbax's C++ callbacks
-    if not is_leftover(value):
-      excepthook(kind, value, traceback)
-
-  logging.getLogger("asyncio").addFilter(
-      lambda record: "exception was never retrieved" not in record.getMessage())
-  quiet_unraisable.lmjax_quiet = True
-  sys.unraisablehook, threading.excepthook = quiet_unraisable, quiet_thread
-  sys.excepthook = quiet_except
-
-
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
   """The root cause of `error` in one line, without TensorStore's multi-line spec dump."""
   while error.__cause__ is not None:
     error = error.__cause__
@@ -258,6 +263,14 @@ def _first_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
-def _say(text: str) -> None:
-  if jax.process_index() == 0:
-    print(f"lmjax: {text}", file=sys.stderr, flush=True)
+def _warn(message: str, *args) -> None:
+  if jax.process_index() == 0:  # every process skips the same steps: one says so
+    log.warning(message, *args)
+
+
+def _set_path(tree: dict, path: ArrayPath, value: Any) -> None:
+  """tree[path[0]][path[1]]… = value, making the dicts on the way."""
+  *parents, leaf = path
+  for key in parents:
+    tree = tree.setdefault(key, {})
+  tree[leaf] = value

@@ -1,9 +1,11 @@
-"""Hugging Face `config.json` <-> ModelConfig, for gpt2, bert, roberta, llama, mistral and qwen2.
+"""The model config's Hugging Face twin: `config.json` dicts <-> ModelConfig, for gpt2, bert,
+roberta, llama, mistral and qwen2.
 
 Reading fills keys a config.json leaves out with the defaults of the matching `transformers`
 config class (old checkpoints only store what differs), and refuses what the lmjax graph cannot
 compute exactly: the error names the key, the value and what is supported. Writing checks the
-reverse: every switch of the ModelConfig must be expressible in the target `model_type`.
+reverse: every switch of the ModelConfig must be expressible in the target `model_type`. Plain
+dicts only: reading and writing the files is lmjax.convert's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from lmjax.model.config import (FAMILY_DEFAULTS, Activation, Family, Head, Model
 # The `model_type`s we convert, each to the lmjax family whose graph it is.
 MODEL_TYPES: dict[str, Family] = {
     "gpt2": Family.GPT2, "bert": Family.BERT, "roberta": Family.BERT,
-    "llama": Family.LLAMA, "mistral": Family.LLAMA, "qwen2": Family.LLAMA,
+    "llama": Family.LLAMA, "mistral": Family.MISTRAL, "qwen2": Family.LLAMA,
 }
 
 # Per model_type, the head each HF class computes. The class name is `architectures[0]`.
@@ -115,10 +117,9 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
   d = {**_DEFAULTS[model_type], **hf_config}  # an explicit null means what it means to HF
   family = MODEL_TYPES[model_type]
   fields: dict[str, Any] = dict(head=_head(model_type, hf_config), scan_layers=scan_layers,
-                                initializer_range=float(d["initializer_range"]),
-                                hf_model_type="mistral" if model_type == "mistral" else None)
+                                initializer_range=float(d["initializer_range"]))
   family_fields = {Family.GPT2: _gpt2_fields, Family.BERT: _bert_fields,
-                   Family.LLAMA: _llama_fields}[family]
+                   Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields}[family]
   fields.update(family_fields(model_type, d, fields["head"]))
   return ModelConfig.for_family(family, **fields)
 
@@ -234,15 +235,8 @@ def _rope_fields(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def export_model_type(config: ModelConfig) -> str:
-  """The HF model_type `config` exports as (see ModelConfig.hf_model_type)."""
-  if config.hf_model_type is not None:
-    if config.hf_model_type not in MODEL_TYPES:
-      raise UserError(f"model.hf_model_type={config.hf_model_type!r} is not one of "
-                      f"{_supported(MODEL_TYPES)}.")
-    if MODEL_TYPES[config.hf_model_type] is not config.family:
-      raise UserError(f"model.hf_model_type={config.hf_model_type!r} is not a "
-                      f"{config.family.value}-family model: set it to null.")
-    return config.hf_model_type
+  """The HF model_type `config` exports as: its family's, except where the graph names a variant
+  (roberta: positions offset; qwen2: a Llama with biases on q/k/v only)."""
   if config.family is Family.BERT:
     return "roberta" if config.position_offset else "bert"
   if config.family is Family.LLAMA and config.qkv_bias and not config.use_bias:

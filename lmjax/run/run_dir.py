@@ -2,6 +2,7 @@
 
     RUN_DIR/config.yaml          the fully resolved config
     RUN_DIR/checkpoints/<step>/  Orbax checkpoints
+    RUN_DIR/corrupt_checkpoints/ checkpoints that failed to restore, moved aside
     RUN_DIR/metrics.jsonl        one JSON object per logged step
     RUN_DIR/tensorboard/         TensorBoard event files
     RUN_DIR/tokenizer/           the tokenizer the run used
@@ -10,12 +11,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
-import tempfile
 
-from lmjax.config import Config, dump_config, from_dict, read_yaml
+from lmjax.config import RUN_CONFIG_FILE, Config, dump_config, from_dict, is_run_directory, read_yaml
 from lmjax.errors import UserError
+from lmjax.files import write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,15 +25,20 @@ class RunDir:
   def __post_init__(self):
     object.__setattr__(self, "path", pathlib.Path(self.path))
 
-  config_file = property(lambda self: self.path / "config.yaml")
+  config_file = property(lambda self: self.path / RUN_CONFIG_FILE)
   checkpoints = property(lambda self: self.path / "checkpoints")
+  corrupt_checkpoints = property(lambda self: self.path / "corrupt_checkpoints")
   metrics_file = property(lambda self: self.path / "metrics.jsonl")
   tensorboard = property(lambda self: self.path / "tensorboard")
   tokenizer_dir = property(lambda self: self.path / "tokenizer")
 
+  def exists(self) -> bool:
+    """Whether this is a run directory already (it holds a config.yaml)."""
+    return is_run_directory(self.path)
+
   def read_config(self) -> Config | None:
     """The run's saved config, or None for a new run directory."""
-    if not self.config_file.is_file():
+    if not self.exists():
       return None
     try:
       return from_dict(read_yaml(self.config_file))
@@ -43,17 +48,13 @@ class RunDir:
   def require_config(self) -> Config:
     config = self.read_config()
     if config is None:
-      raise UserError(f"{self.path} is not an lmjax run directory (no config.yaml): pass the "
-                      f"--run-dir that `lmjax train` wrote.")
+      raise UserError(f"{self.path} is not an lmjax run directory (no {RUN_CONFIG_FILE}): pass "
+                      f"the --run-dir that `lmjax train` wrote.")
     return config
 
   def write_config(self, config: Config) -> None:
     """Writes config.yaml atomically (a crash never leaves half a file)."""
-    self.path.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=self.path, suffix=".tmp", delete=False,
-                                     encoding="utf-8") as f:
-      f.write(dump_config(config))
-    os.replace(f.name, self.config_file)
+    write_text_atomic(self.config_file, dump_config(config))
 
 
 def check_resumable(saved: Config, new: Config, run_dir: pathlib.Path) -> None:

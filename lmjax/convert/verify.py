@@ -1,0 +1,69 @@
+"""`lmjax convert verify HF_DIR RUN_DIR`: the Hugging Face model (PyTorch) and the run's model
+on the same random tokens, compared: max |Δlogit|, mean KL and top-1 agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax.convert.engine import read_hf_config
+from lmjax.errors import UserError
+from lmjax.model import Head
+from lmjax.run.load import load_run
+
+
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+  max_abs_diff: float          # max |lmjax - HF| over real positions (logits or hidden states)
+  mean_kl: float | None        # mean KL(HF || lmjax) per position; None for headless models
+  top1_agreement: float | None  # fraction of positions whose argmax agrees
+
+
+def verify(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, step: int | None = None,
+           batch_size: int = 2, seq_len: int = 32, seed: int = 0) -> Agreement:
+  """Runs the HF model (PyTorch) and the run's model on the same random tokens and compares."""
+  model, params = load_run(run_dir, step=step)
+  torch_model = _load_torch_model(hf_dir)
+  config = model.config
+  seq_len = min(seq_len, config.max_seq_len)
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(0, config.vocab_size, size=(batch_size, seq_len)).astype(np.int64)
+  mask = np.ones_like(ids)
+  mask[1:, seq_len - seq_len // 4:] = 0  # some right padding in every row but the first
+  ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
+                                attention_mask=jnp.asarray(mask, jnp.int32)))
+  import torch  # deferred: PyTorch is an extra (lmjax[hf])
+  with torch.no_grad():
+    out = torch_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+  theirs = (out.logits if config.head is not Head.NONE else out.last_hidden_state).float().numpy()
+  real = mask.astype(bool)
+  diff = float(np.max(np.abs(ours[real] - theirs[real])))
+  if config.head is Head.NONE:
+    return Agreement(diff, None, None)
+  log_p, log_q = _log_softmax(theirs[real]), _log_softmax(ours[real])
+  kl = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+  top1 = float(np.mean(np.argmax(ours[real], -1) == np.argmax(theirs[real], -1)))
+  return Agreement(diff, kl, top1)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+  x = x.astype(np.float64)
+  x = x - x.max(axis=-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _load_torch_model(hf_dir):
+  try:
+    import transformers  # deferred: an extra (lmjax[hf])
+  except ImportError:
+    raise UserError("verify runs the Hugging Face model with PyTorch: install them with "
+                    "pip install 'lmjax[hf]'.") from None
+  architectures = read_hf_config(hf_dir).get("architectures") or []
+  cls = getattr(transformers, architectures[0], None) if architectures else None
+  if cls is None:
+    raise UserError(f"{hf_dir}/config.json names no architecture transformers knows "
+                    f"({architectures!r}).")
+  return cls.from_pretrained(str(hf_dir), torch_dtype="float32").eval()

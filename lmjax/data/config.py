@@ -1,0 +1,90 @@
+"""The `data` section of a run config: where documents come from and how they are read.
+
+The data layer owns its section (the run config in lmjax.config assembles the sections), so
+that reading data needs nothing from the model or the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from lmjax.errors import UserError
+
+
+class Source(enum.Enum):
+  """The kinds of document source (`data.source`)."""
+
+  BUILTIN = "builtin"  # CPython's documentation topics, shipped with every Python
+  TEXT = "text"        # one document per file
+  JSONL = "jsonl"      # one document per line, from a string field of a JSON object
+  PARQUET = "parquet"  # one document per row, from a string column (needs pyarrow)
+  TFDS = "tfds"        # one document per example, from a text feature of a TFDS dataset
+  PREPARED = "prepared"  # packed rows that `lmjax data prepare` wrote (lmjax.data.prepared)
+
+
+class EncodingErrors(enum.Enum):
+  """What to do with bytes that are not UTF-8 (`data.encoding_errors`)."""
+
+  STRICT = "strict"    # a UserError naming the file and the byte offset
+  REPLACE = "replace"  # undecodable bytes become U+FFFD
+
+
+class BadRecords(enum.Enum):
+  """What to do with one unreadable record (`data.bad_records`): a JSON Lines line that is not a
+  JSON object with a string field, or a line or TFDS example holding bytes that are not UTF-8
+  (under `data.encoding_errors: strict`)."""
+
+  ERROR = "error"      # stop with a UserError naming the file and line
+  SKIP = "skip"        # leave the record out, count it (logged, and in metrics.jsonl)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """One component of a weighted mixture (`data.mixture`)."""
+
+  source: str = "builtin"
+  paths: tuple[str, ...] = ()
+  field: str = "text"
+  split: str = "train"
+  data_dir: str | None = None
+  weight: float = 1.0                  # relative share of training rows drawn from it
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  source: str = "builtin"              # builtin (CPython's pydoc) | text | jsonl | parquet | tfds
+                                       # | prepared (a directory `lmjax data prepare` wrote)
+  paths: tuple[str, ...] = ()          # files or globs; for tfds: names name[/config][:version]
+  field: str = "text"                  # JSON field, Parquet column or TFDS feature with the text
+  split: str = "train"                 # TFDS split (slicing works: train[:90%])
+  data_dir: str | None = None          # TFDS data_dir (default: TFDS's own)
+  tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json,
+                                       # sentencepiece .model or
+                                       # HF tokenizer dir; unset: model.init_from's, else bpe
+  encoding_errors: EncodingErrors = EncodingErrors.STRICT
+  bad_records: BadRecords = BadRecords.ERROR  # error | skip (and count) a bad JSON Lines record
+  workers: int = 0                     # Grain worker processes assembling batches (0: a thread)
+  eval_fraction: float = 0.05          # packed rows held out for evaluation (of each source)
+  # A weighted mixture replaces source/paths/field: [{source, paths, field, weight}, ...]; each
+  # training row comes from source i with probability weight_i / sum(weights).
+  mixture: tuple[DataSource, ...] = ()
+
+  def __post_init__(self):
+    for i, component in enumerate(self.mixture):
+      if not component.weight > 0:
+        raise UserError(f"data.mixture[{i}].weight must be positive, got {component.weight}.")
+    if self.mixture and (self.paths or self.source != DataConfig.source):
+      raise UserError("data.mixture replaces data.source and data.paths: give the sources inside "
+                      "the mixture only.")
+    if self.workers < 0:
+      raise UserError(f"data.workers must be 0 (a background thread) or a number of worker "
+                      f"processes, got {self.workers}.")
+    if not 0 < self.eval_fraction < 1:
+      raise UserError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}.")
+
+  @property
+  def sources(self) -> tuple[DataSource, ...]:
+    """The mixture, or the single source as a one-component mixture."""
+    return self.mixture or (DataSource(source=self.source, paths=self.paths, field=self.field,
+                                       split=self.split, data_dir=self.data_dir),)

@@ -1,0 +1,123 @@
+"""A run's corpus: documents read, tokenized and packed into rows, or prepared rows opened.
+
+Each source's last `data.eval_fraction` of packed rows (at least one) is held out for
+evaluation; rows carry the index of their source, sorted, which weighted mixtures draw by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from lmjax.data.batches import BatchSource, pack_for, packing_ids
+from lmjax.data.config import DataConfig, Source
+from lmjax.data.prepared import Prepared, open_prepared
+from lmjax.data.rows import ArrayRecordRows, MemoryRows, Rows
+from lmjax.data.sources import ReadStats, read_documents
+from lmjax.data.spec import BatchSpec
+from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenizer_setup import build_tokenizer, check_tokenizer
+from lmjax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Packed training and held-out rows, the tokenizer that made them and the mixture weights."""
+
+  tokenizer: Tokenizer
+  train: Rows
+  held_out: Rows
+  weights: tuple[float, ...] = ()   # by source id; () for one source
+  skipped_records: int = 0          # bad records left out under data.bad_records=skip
+
+  def batch_sources(self, spec: BatchSpec) -> tuple[BatchSource, BatchSource]:
+    """Train and eval BatchSources (the held-out rows draw with seed + 1, unmixed)."""
+    held_out = dataclasses.replace(spec, seed=spec.seed + 1)
+    return (BatchSource(self.train, spec, self.tokenizer, self.weights),
+            BatchSource(self.held_out, held_out, self.tokenizer))
+
+
+def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | None = None,
+                tokenizer_choice: str | None = None) -> Corpus:
+  """Reads, tokenizes and packs the corpus, or opens prepared rows (`data.source: prepared`).
+
+  Pass `tokenizer` to reuse one (a resumed run keeps its own); otherwise the one
+  `tokenizer_choice` names is built (see `build_tokenizer`; a BPE trains on all the text).
+  """
+  kinds = {s.source == Source.PREPARED.value for s in data.sources}
+  if kinds == {True}:
+    return _open_prepared(data, spec, tokenizer)
+  if len(kinds) > 1:
+    raise UserError("data.mixture mixes 'prepared' sources with document sources; prepare the "
+                    "others too (lmjax data prepare), or tokenize all of them on the fly.")
+  stats = ReadStats()
+  documents = [read_documents(source=s.source, paths=s.paths, field=s.field, split=s.split,
+                              data_dir=s.data_dir, encoding_errors=data.encoding_errors,
+                              bad_records=data.bad_records, stats=stats)
+               for s in data.sources]
+  if stats.skipped:
+    log.warning("skipped %d bad record(s) (data.bad_records=skip); the first: %s",
+                stats.skipped, stats.first_problem)
+  tokenizer = tokenizer or build_tokenizer(tokenizer_choice, [d for docs in documents for d in docs],
+                                           vocab_size=spec.vocab_size)
+  check_tokenizer(spec, tokenizer)
+  train, held_out = [], []
+  for i, docs in enumerate(documents):
+    packed = pack_for(spec.objective, tokenizer, tokenizer.encode_batch(docs), spec.seq_len)
+    num_rows = len(packed["input_ids"])
+    if num_rows < 2:
+      named = f"data.mixture[{i}]" if data.mixture else "the corpus"
+      raise UserError(
+          f"{named} makes only {num_rows} row(s) of train.seq_len={spec.seq_len} tokens; "
+          f"training and evaluation need at least 2: add data or lower train.seq_len.")
+    rows = MemoryRows(packed, np.full(num_rows, i, np.int32))
+    num_eval = min(max(1, round(num_rows * data.eval_fraction)), num_rows - 1)
+    train.append(rows.slice(0, num_rows - num_eval))
+    held_out.append(rows.slice(num_rows - num_eval, num_rows))
+  return Corpus(tokenizer, MemoryRows.concatenate(train), MemoryRows.concatenate(held_out),
+                tuple(s.weight for s in data.mixture), stats.skipped)
+
+
+def _open_prepared(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None) -> Corpus:
+  """Rows of prepared directories: one directory keeps its own sources and weights; a mixture
+  of directories makes each one source with the mixture's weight."""
+  paths = [p for s in data.sources for p in s.paths]
+  if not paths or (data.mixture and any(len(s.paths) != 1 for s in data.sources)):
+    raise UserError("A 'prepared' source needs the directory `lmjax data prepare` wrote, one per "
+                    "source: `data.paths: [DIR]` (or one path in each data.mixture entry).")
+  opened = [open_prepared(p) for p in paths]
+  first = opened[0]
+  for p in opened:
+    _check_prepared(p, first, spec)
+  if tokenizer is not None and tokenizer.to_dict() != first.tokenizer.to_dict():
+    raise UserError(f"this run's tokenizer (RUN_DIR/tokenizer) differs from the one {first.path} "
+                    f"was prepared with; resume with the same data, or start a new run directory.")
+  check_tokenizer(spec, first.tokenizer)
+  skipped = sum(s["skipped_records"] for p in opened for s in p.meta["sources"])
+  if len(opened) == 1:
+    weights = tuple(first.meta["weights"])
+    return Corpus(first.tokenizer, first.train, first.held_out, weights, skipped)
+
+  def joined(part: str) -> ArrayRecordRows:
+    parts = [getattr(p, part) for p in opened]
+    return ArrayRecordRows([f for r in parts for f in r.files], seq_len=spec.seq_len,
+                           source_ids=np.repeat(np.arange(len(parts)), [len(r) for r in parts]))
+  return Corpus(first.tokenizer, joined("train"), joined("held_out"),
+                tuple(s.weight for s in data.mixture), skipped)
+
+
+def _check_prepared(p: Prepared, first: Prepared, spec: BatchSpec) -> None:
+  if p.meta["seq_len"] != spec.seq_len:
+    raise UserError(f"{p.path} holds rows of {p.meta['seq_len']} tokens but train.seq_len is "
+                    f"{spec.seq_len}: set train.seq_len={p.meta['seq_len']}, or prepare "
+                    f"the data again with train.seq_len={spec.seq_len}.")
+  if (p.meta["bos_id"], p.meta["eos_id"]) != packing_ids(spec.objective, p.tokenizer):
+    raise UserError(f"{p.path} was packed for a {p.meta['head']} model, not for this "
+                    f"{spec.objective.value} one: prepare it with this model's config.")
+  if p.tokenizer.to_dict() != first.tokenizer.to_dict():
+    raise UserError(f"{p.path} and {first.path} were made with different tokenizers; prepare "
+                    f"them with the same data.tokenizer.")

@@ -1,0 +1,76 @@
+"""File-system helpers every layer may use: staged output directories, atomic writes, JSON reads.
+
+A staged directory is built under a hidden sibling name and renamed into place only when
+complete, so a failed conversion or data preparation leaves nothing behind; an atomic write
+replaces a file in one rename, so a crash never leaves half of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import uuid
+from typing import Any, Iterator
+
+from lmjax.errors import UserError
+
+
+def check_new_directory(destination: str | os.PathLike) -> pathlib.Path:
+  """`destination` as a path; UserError if it exists and is not an empty directory."""
+  destination = pathlib.Path(destination)
+  if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+    raise UserError(f"{destination} already exists and is not empty: choose a new directory or "
+                    f"remove it first.")
+  return destination
+
+
+@contextlib.contextmanager
+def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """A fresh sibling directory of `destination`, renamed to it when the block succeeds.
+
+  Refuses a destination that exists and is not an empty directory; on failure the staging
+  directory is removed and `destination` is untouched.
+  """
+  destination = check_new_directory(destination)
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+  staging.mkdir()
+  try:
+    yield staging
+    if destination.exists():
+      destination.rmdir()  # empty, checked above
+    os.replace(staging, destination)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes `text` to `path` (UTF-8) through a temporary file renamed over it."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
+                                   encoding="utf-8") as f:
+    f.write(text)
+  os.replace(f.name, path)
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+  """The JSON object in file `path`, or None when there is no such file.
+
+  UserError, naming the file, when it is not valid JSON or holds something other than an object.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return None
+  try:
+    value = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    raise UserError(f"{path} is not valid JSON ({e}). Fix or delete it.") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path} holds a JSON {type(value).__name__}, not an object. Fix or delete "
+                    f"it.")
+  return value

@@ -1,0 +1,19 @@
+"""A run on disk: its directory, checkpoints and their records, loading and inspecting them.
+
+    run_dir.py          RunDir: the layout (config.yaml, checkpoints/, metrics.jsonl, …)
+    record.py           TrainState (the checkpointed pytree) and CheckpointRecord (its JSON)
+    checkpointer.py     the Orbax checkpointer: async saves, fallback past damaged steps
+    streamed_arrays.py  arrays made one at a time as a checkpoint writes them (imports)
+    load.py             load_run: a run's model and params
+    inspection.py       `lmjax checkpoints`: each step's size, position and whether it restores
+
+Nothing here imports the trainer: what a checkpoint holds is defined here, and the trainer
+builds on it.
+"""
+
+from lmjax.run.checkpointer import Checkpointer
+from lmjax.run.load import load_run, load_run_at
+from lmjax.run.record import CheckpointRecord, TrainState
+from lmjax.run.run_dir import RunDir
+
+__all__ = ["CheckpointRecord", "Checkpointer", "RunDir", "TrainState", "load_run", "load_run_at"]

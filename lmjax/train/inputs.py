@@ -1,0 +1,94 @@
+"""The trainer's inputs: the `BatchSpec` a config asks of the data layer, the corpus (one
+tokenizer for all processes), and batches placed on the mesh step after step."""
+
+from __future__ import annotations
+
+import jax
+
+from lmjax.config import Config
+from lmjax.data import corpus as data_corpus
+from lmjax.data.batches import BatchSource
+from lmjax.data.corpus import Corpus
+from lmjax.data.pipeline import BatchIterator
+from lmjax.data.prepared import prepare
+from lmjax.data.spec import BatchSpec
+from lmjax.data.tokenizer import Tokenizer
+from lmjax.errors import UserError
+from lmjax.run.run_dir import RunDir
+from lmjax.sharding import MeshRules
+from lmjax.train.multihost import broadcast_json, is_writer
+from lmjax.train.setup import objective_of
+
+
+def batch_spec(config: Config) -> BatchSpec:
+  """What the run's batches hold, for the data layer."""
+  train = config.train
+  return BatchSpec(objective=objective_of(config), seq_len=train.seq_len,
+                   batch_size=train.batch_size, seed=train.seed,
+                   vocab_size=config.model.vocab_size, mlm_probability=train.mlm_probability)
+
+
+def load_corpus(config: Config, tokenizer: Tokenizer | None = None) -> Corpus:
+  """The config's corpus (lmjax.data.corpus.load_corpus), with `tokenizer` or the one the config
+  chooses (`data.tokenizer`, else `model.init_from`'s, else a BPE trained on the corpus)."""
+  return data_corpus.load_corpus(config.data, batch_spec(config), tokenizer=tokenizer,
+                                 tokenizer_choice=config.tokenizer_choice)
+
+
+def prepare_data(config: Config, out_dir, *, workers: int = 0, rows_per_shard: int = 65536
+                 ) -> dict:
+  """`lmjax data prepare`: the config's sources tokenized and packed into `out_dir` (new), as
+  this config would train on them (lmjax.data.prepared.prepare); returns the metadata."""
+  return prepare(config.data, batch_spec(config), out_dir, tokenizer_choice=config.tokenizer_choice,
+                 workers=workers, rows_per_shard=rows_per_shard)
+
+
+def batch_sources(config: Config, corpus: Corpus) -> tuple[BatchSource, BatchSource]:
+  """Train and eval BatchSources of the config's batches over `corpus`."""
+  return corpus.batch_sources(batch_spec(config))
+
+
+def shared_corpus(config: Config, run: RunDir) -> Corpus:
+  """`load_corpus` with one tokenizer for all processes: the run's own, or one process 0 builds.
+
+  Process 0 alone builds the tokenizer (BPE training is not worth trusting to be bit-identical
+  across hosts); the others receive it over JAX's collectives, so no shared file system is
+  needed. A UserError on process 0 (bad data, a tokenizer too large for the model) is raised on
+  every process, so none is left waiting.
+  """
+  saved = Tokenizer.load(run.tokenizer_dir) if run.tokenizer_dir.is_dir() else None
+  if jax.process_count() == 1:
+    return load_corpus(config, saved)
+  if is_writer():
+    try:
+      loaded = load_corpus(config, saved)
+      message = {"tokenizer": loaded.tokenizer.to_dict()}
+    except UserError as e:
+      message = {"error": str(e)}
+  message = broadcast_json(message if is_writer() else None)
+  if "error" in message:
+    raise UserError(message["error"])
+  if is_writer():
+    return loaded
+  return load_corpus(config, Tokenizer.from_dict(message["tokenizer"]))
+
+
+class TrainBatches:
+  """The training batches, step after step, from the Grain pipeline (lmjax.data.pipeline),
+  placed on the mesh; `state()` is the pipeline position a checkpoint records."""
+
+  def __init__(self, source: BatchSource, placement: MeshRules, *, num_steps: int, start: int,
+               workers: int, state: dict | None):
+    self.source, self.placement = source, placement
+    positions = placement.process_batch_positions(source.batch_size)
+    self._iterator = BatchIterator(source, positions, num_steps=num_steps, start=start,
+                                   workers=workers, state=state)
+
+  def __next__(self) -> dict[str, jax.Array]:
+    return self.placement.shard_batch(next(self._iterator), self.source.batch_size)
+
+  def state(self) -> dict:
+    return self._iterator.state()
+
+  def close(self) -> None:
+    self._iterator.close()

@@ -1,0 +1,68 @@
+"""What one config needs to take steps on a mesh: the model, its objective, the optimizer, the
+sharded abstract state and the jitted step, built and checked before anything is allocated."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax.numpy as jnp
+import optax
+
+from lmjax.config import ComputeDtype, Config
+from lmjax.data.spec import Objective
+from lmjax.model import Transformer
+from lmjax.objectives import default_objective
+from lmjax.run.record import TrainState
+from lmjax.sharding import MeshRules, check_divisible
+from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
+from lmjax.train.state import state_shardings
+from lmjax.train.step import jit_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSetup:
+  """What one config needs to take steps on a mesh; nothing allocated yet."""
+
+  model: Transformer
+  objective: Objective
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  placement: MeshRules
+  abstract_state: TrainState    # ShapeDtypeStructs carrying their shardings
+  shardings: TrainState         # NamedShardings
+  step_fn: Callable             # jitted, donating (state, global batch) -> (state, metrics)
+
+
+def make_model(config: Config) -> Transformer:
+  """The model in the run's compute dtype (params stay float32)."""
+  dtype = jnp.bfloat16 if config.train.compute_dtype is ComputeDtype.BFLOAT16 else jnp.float32
+  return Transformer(config.model, dtype=dtype)
+
+
+def objective_of(config: Config) -> Objective:
+  return default_objective(config.model.head)
+
+
+def setup_step(config: Config, placement: MeshRules) -> StepSetup:
+  """Checks that the config fits the mesh, then builds the sharded, jitted train step for it."""
+  check_batch_fits_mesh(config, placement)
+  model, objective = make_model(config), objective_of(config)
+  tx, schedule = make_optimizer(config.train), learning_rate_schedule(config.train)
+  abstract_state, shardings = state_shardings(model, tx, placement, seq_len=config.train.seq_len)
+  step_fn = jit_train_step(model, objective, tx, schedule, placement, shardings,
+                           seed=config.train.seed, grad_accum_steps=config.train.grad_accum_steps,
+                           nan_at_step=config.train.debug_nan_at_step,
+                           loss_chunk=config.train.loss_chunk_size)
+  return StepSetup(model, objective, tx, schedule, placement, abstract_state, shardings, step_fn)
+
+
+def check_batch_fits_mesh(config: Config, placement: MeshRules) -> None:
+  """Refuses a (micro-)batch or sequence length that the mesh axes sharding it do not divide."""
+  train = config.train
+  per_micro = train.batch_size // train.grad_accum_steps
+  names = (f"train.batch_size={train.batch_size}" + (
+      f" / train.grad_accum_steps={train.grad_accum_steps} (rows per micro-batch)"
+      if train.grad_accum_steps > 1 else ""), f"train.seq_len={train.seq_len}")
+  check_divisible((per_micro, train.seq_len), placement.batch_sharding(),
+                  describe_dim=lambda i: names[i])

@@ -21,6 +21,7 @@ from lmjax.data.sources import iter_sources
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.generate import fill_mask, generate
+from lmjax.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
 from lmjax.run import RunDir, load_run
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.train.compile import compile_train_step
@@ -59,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
   generate.add_argument("--top-k", type=int, default=None)
   generate.add_argument("--top-p", type=float, default=None)
   generate.add_argument("--seed", type=int, default=0)
+
+  classify = commands.add_parser("predict", help="label texts with a classifier")
+  _add_source(classify)
+  inputs = classify.add_mutually_exclusive_group(required=True)
+  inputs.add_argument("--text", action="append", help="a text to label; repeat for several")
+  inputs.add_argument("--input", metavar="FILE.jsonl",
+                      help="one JSON object per line with the text (the run's data.field)")
+  classify.add_argument("--output", default=None, metavar="FILE",
+                        help="a new JSON Lines file (default: stdout)")
+  classify.add_argument("--batch-size", type=int, default=32)
 
   fill = commands.add_parser("fill-mask", help="predict the [MASK] tokens of a text with an MLM")
   _add_source(fill)
@@ -190,6 +201,18 @@ def _cmd_generate(args) -> int:
   return 0
 
 
+def _cmd_predict(args) -> int:
+  classifier = load_classifier(run_dir=args.run_dir, hf_dir=args.hf, step=args.step)
+  inputs = read_inputs(args.input, classifier) if args.input else texts_input(args.text)
+  summary = write_predictions(predict(classifier, inputs, batch_size=args.batch_size),
+                              args.output)
+  if args.output:
+    print(f"wrote {summary['records']} predictions to {args.output}" + (
+        f" (accuracy {summary['accuracy']:.4f} on {summary['labelled']} labelled)"
+        if summary["labelled"] else ""))
+  return 0
+
+
 def _cmd_fill_mask(args) -> int:
   model, params, tokenizer = _load(args)
   if tokenizer.mask_id is None:
@@ -269,6 +292,7 @@ def _cmd_data(args) -> int:
 
 
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate,
+             "predict": _cmd_predict,
              "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,
              "tokenizer": _cmd_tokenizer, "data": _cmd_data}
 

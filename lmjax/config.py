@@ -25,8 +25,8 @@ from lmjax.config_schema import build, coerce_enum, did_you_mean, plain
 from lmjax.data.config import DataConfig
 from lmjax.errors import UserError
 from lmjax.files import read_json_object
-from lmjax.model.config import FAMILY_DEFAULTS, Family, ModelConfig
-from lmjax.model.hf_config import hf_config_to_model_config
+from lmjax.model.config import FAMILY_DEFAULTS, Family, Head, ModelConfig
+from lmjax.model.hf_config import hf_config_to_model_config, hf_labels
 from lmjax.model.presets import PRESET_NAMES, preset_fields
 from lmjax.sharding import MeshConfig
 
@@ -145,6 +145,21 @@ class Config:
           f"train.seq_len={self.train.seq_len} is longer than the model's positions "
           f"(model.max_seq_len={self.model.max_seq_len}): lower train.seq_len or raise "
           f"model.max_seq_len.")
+    if self.model.head is Head.CLASSIFICATION and self.data.labels:
+      labels, num_labels = self.data.labels, self.model.num_labels
+      if num_labels is None:
+        object.__setattr__(self, "model", dataclasses.replace(self.model, num_labels=len(labels)))
+      elif num_labels != len(labels):
+        raise UserError(f"model.num_labels={num_labels} disagrees with the {len(labels)} labels "
+                        f"({', '.join(labels)}) of data.labels or the training data: drop "
+                        f"model.num_labels (it follows the labels), or fix data.labels.")
+
+  def with_labels(self, labels: Sequence[str]) -> Config:
+    """This config with the label set `labels` (the training data's, for a classifier whose
+    config names none); UserError when model.num_labels disagrees."""
+    if not labels or self.data.labels == tuple(labels):
+      return self
+    return dataclasses.replace(self, data=dataclasses.replace(self.data, labels=tuple(labels)))
 
   def to_dict(self) -> dict[str, Any]:
     """A plain, YAML-ready dict (enums as their values) that `from_dict` reads back."""
@@ -237,15 +252,23 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
   if not isinstance(model, Mapping):
     raise UserError(f"config section `model` must be a mapping, got {model!r}.")
   init_from = model.get("init_from")
+  source_fields, source_labels = source_model(str(init_from)) if init_from else ({}, ())
   kwargs = {name: build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
-  return Config(model=model_config_from_dict(model), init_from=None if init_from is None
-                else str(init_from), **kwargs)
+  model_config = model_config_from_dict(model, source_fields)
+  if model_config.head is Head.CLASSIFICATION and not kwargs["data"].labels and source_labels:
+    # Fine-tuning a classifier further keeps its labels in their order (its head's rows).
+    kwargs["data"] = dataclasses.replace(kwargs["data"], labels=source_labels)
+  return Config(model=model_config, init_from=None if init_from is None else str(init_from),
+                **kwargs)
 
 
-def model_config_from_dict(raw: Mapping[str, Any]) -> ModelConfig:
-  """ModelConfig from `model.*` values: preset fields, then `init_from`'s architecture, then
-  family defaults, then the rest (`init_from` itself is the run config's, not the graph's)."""
+def model_config_from_dict(raw: Mapping[str, Any], source_fields: Mapping[str, Any] = {}
+                           ) -> ModelConfig:
+  """ModelConfig from `model.*` values: preset fields, then `model.init_from`'s architecture
+  (`source_fields`), then family defaults, then the rest (`init_from` itself is the run
+  config's, not the graph's)."""
   raw = dict(raw)
+  raw.pop("init_from", None)
   fields: dict[str, Any] = {}
   name = raw.pop("preset", None)
   if name is not None:
@@ -253,16 +276,29 @@ def model_config_from_dict(raw: Mapping[str, Any]) -> ModelConfig:
       raise UserError(f"unknown model.preset {name!r}{did_you_mean(str(name), PRESET_NAMES)}; "
                       f"presets are {', '.join(PRESET_NAMES)}.")
     fields = preset_fields(name)
-  init_from = raw.pop("init_from", None)
-  if init_from:  # the source's architecture overrides the preset's
-    fields.update(source_model_fields(str(init_from)))
+  fields.update(source_fields)  # the source's architecture overrides the preset's
   fields.update(raw)
   _fold_legacy_hf_model_type(fields)
   if "family" not in fields:
     raise UserError(f"model.family is missing: set it to one of "
                     f"{', '.join(f.value for f in Family)}, or give model.preset.")
   family = coerce_enum(fields["family"], Family, "model.family")
-  return build(ModelConfig, {**plain(FAMILY_DEFAULTS[family]), **fields}, "model")
+  fields = {**plain(FAMILY_DEFAULTS[family]), **fields}
+  _head_fields(fields, raw)
+  return build(ModelConfig, fields, "model")
+
+
+def _head_fields(fields: dict[str, Any], raw: Mapping[str, Any]) -> None:
+  """Fields that follow from the head unless `raw` (the user's own keys) sets them: a
+  classifier's label count comes from its labels (config.data.labels), a BERT classifier has a
+  pooler (as HF's BertForSequenceClassification); other heads have no label count."""
+  if fields.get("head") not in ("classification", Head.CLASSIFICATION):
+    fields["num_labels"] = None
+    return
+  if "num_labels" not in raw:
+    fields["num_labels"] = None
+  if "pooler" not in raw and fields.get("family") in ("bert", Family.BERT):
+    fields["pooler"] = True
 
 
 def _fold_legacy_hf_model_type(fields: dict[str, Any]) -> None:
@@ -277,20 +313,24 @@ def _fold_legacy_hf_model_type(fields: dict[str, Any]) -> None:
                 "type follows from the graph (set model.family=mistral for Mistral).", value)
 
 
-def source_model_fields(source: str) -> dict[str, Any]:
-  """The `model.*` fields of an lmjax run directory or a Hugging Face model directory."""
+def source_model(source: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """(the `model.*` fields, the classifier's labels or ()) of an lmjax run directory or a
+  Hugging Face model directory."""
   path = pathlib.Path(source)
   if is_run_directory(path):
-    fields = dict(read_yaml(path / RUN_CONFIG_FILE).get("model") or {})
+    raw = read_yaml(path / RUN_CONFIG_FILE)
+    fields = dict(raw.get("model") or {})
+    labels = tuple(map(str, (raw.get("data") or {}).get("labels") or ()))
   elif (path / HF_CONFIG_FILE).is_file():
-    fields = plain(dataclasses.asdict(hf_config_to_model_config(
-        read_json_object(path / HF_CONFIG_FILE))))
+    hf_config = read_json_object(path / HF_CONFIG_FILE)
+    fields = plain(dataclasses.asdict(hf_config_to_model_config(hf_config)))
+    labels = hf_labels(hf_config) if fields["head"] == Head.CLASSIFICATION.value else ()
   else:
     raise UserError(f"model.init_from={source!r} is neither an lmjax run directory (with "
                     f"{RUN_CONFIG_FILE}) nor a Hugging Face model directory (with "
                     f"{HF_CONFIG_FILE}).")
   fields.pop("init_from", None)
-  return fields
+  return fields, labels
 
 
 def dump_config(config: Config) -> str:

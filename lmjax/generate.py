@@ -1,8 +1,10 @@
-"""Inference at the token-id level: sampling from causal models, filling masks, scoring.
+"""Inference at the token-id level: sampling from causal models, filling masks, scoring,
+classifying.
 
     continuations = generate(model, params, [[5, 17, 3], [8]], max_new_tokens=32, temperature=0)
     candidates = fill_mask(model, params, [101, 7, 103, 9, 102], mask_id=103, top_k=5)
     log_likelihoods = score(model, params, input_ids, attention_mask)
+    probabilities = classify(model, params, input_ids, attention_mask, token_type_ids)
 
 `generate` left-pads the prompts to a common length, runs one jitted prefill that fills a KV
 cache of `prompt_len + max_new_tokens` slots, then decodes one token per step inside a
@@ -314,4 +316,37 @@ def score(model: Transformer, params, input_ids, attention_mask=None) -> jax.Arr
   return _sequence_log_likelihood(model, params, input_ids, attention_mask)
 
 
-__all__ = ["fill_mask", "filter_logits", "generate", "score"]
+@functools.partial(jax.jit, static_argnames=("model",))
+def _class_probabilities(model: Transformer, params, input_ids: jax.Array,
+                         attention_mask: jax.Array, token_type_ids: jax.Array) -> jax.Array:
+  logits = model.apply({"params": params}, input_ids, attention_mask,
+                       token_type_ids=token_type_ids,
+                       positions=_left_padded_positions(attention_mask))
+  return jax.nn.softmax(logits, axis=-1)  # [batch, num_labels]
+
+
+def classify(model: Transformer, params, input_ids, attention_mask=None, token_type_ids=None
+             ) -> np.ndarray:
+  """Label probabilities of each sequence under a classifier: float32 [batch, num_labels].
+
+  input_ids, attention_mask (1 = token, 0 = padding, left or right), token_type_ids: int
+  [batch, len]. Positions count the real tokens, so padding on either side changes nothing.
+  """
+  cfg = model.config
+  if cfg.head is not Head.CLASSIFICATION:
+    raise UserError(f"classify needs a sequence classifier (model.head=classification), but "
+                    f"this model has head={cfg.head.value}: use generate, fill_mask or score.")
+  input_ids = np.asarray(input_ids, np.int32)
+  if input_ids.ndim != 2:
+    raise UserError(f"input_ids must be [batch, len], got shape {input_ids.shape}.")
+  attention_mask = (np.ones_like(input_ids) if attention_mask is None
+                    else np.asarray(attention_mask, np.int32))
+  token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
+                    else np.asarray(token_type_ids, np.int32))
+  _check_ids(input_ids[attention_mask != 0].tolist(), vocab_size=cfg.vocab_size, what="input_ids")
+  _check_length(model, input_ids.shape[1], what="the input", fix="shorten it")
+  return np.asarray(_class_probabilities(model, params, np.where(attention_mask != 0, input_ids, 0),
+                                         attention_mask, token_type_ids))
+
+
+__all__ = ["classify", "fill_mask", "filter_logits", "generate", "score"]

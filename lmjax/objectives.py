@@ -1,4 +1,4 @@
-"""Training losses: causal-LM, masked-LM and sequence classification.
+"""Training losses: causal-LM, masked-LM and sequence classification (and its confusion counts).
 
 Losses return *sums* (`LossSums`) rather than means, so that gradient accumulation and
 multi-device reductions combine micro-batches exactly: the reported loss is always
@@ -93,6 +93,8 @@ def default_objective(head: Head) -> Objective:
       return Objective.CAUSAL_LM
     case Head.MASKED_LM:
       return Objective.MASKED_LM
+    case Head.CLASSIFICATION:
+      return Objective.CLASSIFY
   raise ValueError(f"no training objective for a model with head {head.value!r}")
 
 
@@ -104,7 +106,18 @@ def objective_loss(objective: Objective, logits: jax.Array, batch: Mapping[str, 
       return causal_lm_loss(logits, batch["input_ids"], batch["segment_ids"])
     case Objective.MASKED_LM:
       return masked_lm_loss(logits, batch["targets"], batch["target_weights"])
+    case Objective.CLASSIFY:
+      return classification_loss(logits, batch["labels"])
   raise ValueError(f"unknown objective {objective}")
+
+
+def confusion_counts(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """[num_labels, num_labels] float32 counts: row = true label, column = predicted label.
+  logits [batch, num_labels]; labels [batch] (-1: a padding example, not counted)."""
+  num_labels = logits.shape[-1]
+  true = jax.nn.one_hot(labels, num_labels, dtype=jnp.float32)  # -1 gives a row of zeros
+  predicted = jax.nn.one_hot(jnp.argmax(logits, axis=-1), num_labels, dtype=jnp.float32)
+  return jnp.einsum("bt,bp->tp", true, predicted)
 
 
 def token_targets(objective: Objective, batch: Mapping[str, jax.Array]

@@ -169,6 +169,10 @@ class MeshRules:
     """Where the rows of [batch, length] inputs live: by default rows over ('data', 'fsdp')."""
     return self.sharding(P("batch", "length"))
 
+  def example_sharding(self) -> NamedSharding:
+    """Where arrays of one value per row ([batch], e.g. labels) live: as the rows do."""
+    return NamedSharding(self.mesh, P(self.batch_sharding().spec[0]))
+
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
 
@@ -187,10 +191,9 @@ class MeshRules:
                   ) -> dict[str, jax.Array]:
     """This process's rows ([n, ...] each, at `process_batch_positions`) -> global Arrays of
     [batch_size, ...], sharded over rows as `batch_sharding` says."""
-    rows = self.batch_sharding()
+    rows, examples = self.batch_sharding(), self.example_sharding()
     return {k: jax.make_array_from_process_local_data(
-                rows if np.ndim(v) > 1 else NamedSharding(self.mesh, P(rows.spec[0])),
-                np.asarray(v), (batch_size, *np.shape(v)[1:]))
+                rows if np.ndim(v) > 1 else examples, np.asarray(v), (batch_size, *np.shape(v)[1:]))
             for k, v in local_rows.items()}
 
   def place_abstract(self, boxed: Any) -> tuple[Any, Any, Any]:

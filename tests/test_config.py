@@ -4,18 +4,26 @@ import pathlib
 
 import pytest
 
-from lmjax.config import CONFIG_DIR, load_config
+from lmjax.config import CONFIG_DIR, load_config, read_yaml, resolve_config_path
 from lmjax.errors import UserError
-from lmjax.model import Family, Transformer
+from lmjax.model import Family, Head, Transformer
+from lmjax.run import RunDir
 
 ALL_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
-def test_every_shipped_config_loads_and_builds_a_model(name):
+def test_every_shipped_config_loads_and_builds_a_model(name, tmp_path):
   import jax
   import jax.numpy as jnp
-  config = load_config(name)
+  overrides = []
+  source = (read_yaml(resolve_config_path(name)).get("model") or {}).get("init_from")
+  if source:  # a fine-tuning config: the run it starts from is runs/<its config's name>
+    RunDir(tmp_path / "source").write_config(load_config(pathlib.Path(source).name))
+    overrides.append(f"model.init_from={tmp_path / 'source'}")
+  config = load_config(name, overrides)
+  if config.model.head is Head.CLASSIFICATION:  # its labels come from its data
+    config = config.with_labels(["a", "b"])
   model = Transformer(config.model)
   jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
 

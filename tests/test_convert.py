@@ -394,8 +394,8 @@ def test_a_truncated_safetensors_file_is_named(hf_dirs, tmp_path):
 
 @pytest.mark.parametrize("name, changes, message", [
     ("gpt2_lm", {"model_type": "t5"}, r"model_type 't5' is not supported; .*gpt2, llama"),
-    ("gpt2_lm", {"architectures": ["GPT2ForSequenceClassification"]},
-     r"GPT2ForSequenceClassification.*GPT2LMHeadModel"),
+    ("gpt2_lm", {"architectures": ["GPT2ForTokenClassification"]},
+     r"GPT2ForTokenClassification.*GPT2LMHeadModel"),
     ("gpt2_lm", {"activation_function": "quick_gelu"}, r"quick_gelu.*supported: gelu"),
     ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},
      r"RoPE type 'yarn' is not supported; .*default, llama3"),

@@ -159,3 +159,16 @@ def test_array_record_needs_no_tensorflow_and_tfrecord_says_how_to_get_it(data_d
     assert "stored as tfrecord, which only TensorFlow reads: pip install 'lmjax[tfrecord]'" in (
         result.stdout)
     assert "cpu_feature_guard" not in result.stderr  # TensorFlow's C++ INFO lines stay hidden
+
+
+def test_a_classifier_trains_on_tfds_labels_with_a_held_out_split(data_dir, tmp_path, tiny):
+  from lmjax.data.examples import Fields, read_examples
+  examples = read_examples("tfds", ["lmjax_tiny_text:1.0.0"], fields=Fields(), split="train",
+                           data_dir=data_dir)
+  assert sorted(zip(examples.texts, examples.labels)) == sorted(
+      (t, str(i % 2)) for i, t in enumerate(TRAIN_TEXTS))  # ClassLabel names, in stored order
+  result = train(load_config("tiny-bert", tiny + [
+      "model.head=classification", "data.source=tfds", "data.paths=[lmjax_tiny_text:1.0.0]",
+      f"data.data_dir={data_dir}", "data.eval_split=test", "train.steps=2",
+      "train.eval_every=2"]), tmp_path / "run")
+  assert result.last_row["eval_confusion"] and sum(map(sum, result.last_row["eval_confusion"])) == 5

@@ -80,29 +80,31 @@ def _target(path: str, layer: int | None, config: ModelConfig) -> tuple[str, int
 def bind(key_map: KeyMap, config: ModelConfig) -> list[Binding]:
   """The key map's rules for `config`'s params, in file order (embeddings, each layer, head).
 
-  Raises UserError if a param has no rule (a head or option HF cannot express).
+  Head rules (for this head) are bound first, and a body rule whose params a head rule took is
+  left out. Raises UserError if a param has no rule (a head or option HF cannot express).
   """
   params = abstract_params(config)
   bindings, covered = [], set()
-  seen_layers = False
-  for in_body, rules in ((True, key_map.body), (False, key_map.head)):
-    for rule in rules:
-      per_layer = "{i}" in rule.hf
-      seen_layers |= per_layer
-      # File order: embeddings, then layer by layer, then final norm, pooler and head.
-      group = 1 if per_layer else (2 if seen_layers else 0)
-      for layer in range(config.num_layers) if per_layer else [None]:
-        targets = tuple(_target(path, layer, config) for path in rule.lmjax)
-        present = [key in params for key, _ in targets]
-        if not any(present):
-          continue  # this variant has no such param (a bias, an untied head, …)
-        if not all(present):
-          raise RuntimeError(f"key map rule {rule} matches only some of its params")
-        hf_name = rule.hf.format(i=layer) if per_layer else rule.hf
-        bindings.append((group, layer or 0, Binding(hf_name, in_body, layer, targets,
-                                                      rule.transform)))
-        covered.update(key for key, _ in targets)
-  missing = sorted(set(params) - covered)
+  head_rules = [r for r in key_map.head if not r.heads or config.head in r.heads]
+  # File order: embeddings, then layer by layer, then final norm and pooler, then the head.
+  layer_at = next((i for i, r in enumerate(key_map.body) if "{i}" in r.hf), len(key_map.body))
+  ordered = [(False, 3, r) for r in head_rules] + [
+      (True, 1 if "{i}" in r.hf else (0 if i < layer_at else 2), r)
+      for i, r in enumerate(key_map.body)]
+  for in_body, group, rule in ordered:
+    per_layer = "{i}" in rule.hf
+    for layer in range(config.num_layers) if per_layer else [None]:
+      targets = tuple(_target(path, layer, config) for path in rule.lmjax)
+      present = [key in params for key, _ in targets]
+      if not any(present) or all(target in covered for target in targets):
+        continue  # this variant has no such param (a bias, an untied head, …), or a head took it
+      if not all(present):
+        raise RuntimeError(f"key map rule {rule} matches only some of its params")
+      hf_name = rule.hf.format(i=layer) if per_layer else rule.hf
+      bindings.append((group, layer or 0, Binding(hf_name, in_body, layer, targets,
+                                                    rule.transform)))
+      covered.update(targets)
+  missing = sorted(set(params) - {key for key, _ in covered})
   if missing:
     raise UserError(f"lmjax param {missing[0]} has no Hugging Face counterpart in this model "
                     f"family's key map (head={config.head.value}, pooler={config.pooler}); "

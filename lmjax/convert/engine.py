@@ -116,7 +116,7 @@ class HfWeights:
                       f"bfloat16 or float16.")
     self._reader = CheckpointReader(hf_dir, allow_pickle=allow_pickle)  # reads headers only
     self._stored = _relative_names(self._reader.shapes, key_map)
-    if config.family is Family.BERT:  # BertModel checkpoints may be saved with or without one
+    if config.family is Family.BERT and config.head is Head.NONE:  # BertModel: with or without
       config = dataclasses.replace(config, pooler="pooler.dense.weight" in self._stored)
     self.config = config
     self._bindings = bind(key_map, config)

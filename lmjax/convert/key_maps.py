@@ -3,7 +3,9 @@
 A rule reads: these lmjax params (dotted paths, `{i}` for the layer) are this HF tensor after
 `transform`. A table lists every param any variant of the family can have; the engine keeps the
 rules whose params the model at hand has (no biases in Llama, an `lm_head` only when untied,
-a pooler only when present), so one table covers all heads and options of a family.
+a pooler only when present), so one table covers all heads and options of a family. A head
+rule may be limited to some heads (`heads`); head rules win over body rules for the same params
+(RoBERTa's classifier holds the pooler as `classifier.dense`).
 
 Body names are relative to the HF base model; head models nest the body under `base_prefix`
 (`transformer.`, `bert.`, `roberta.`, `model.`) while bare base models (GPT2Model, BertModel, as
@@ -17,6 +19,7 @@ import dataclasses
 from lmjax.convert.transforms import (BIAS_TO_HEADS, CONV1D_FROM_HEADS, FUSED_QKV_BIAS,
                                       FUSED_QKV_KERNEL, IDENTITY, LINEAR_FROM_HEADS,
                                       LINEAR_TO_HEADS, TRANSPOSE, Transform)
+from lmjax.model import Head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +27,12 @@ class Rule:
   lmjax: tuple[str, ...]  # dotted lmjax param paths, e.g. "layers.{i}.attention.query.kernel"
   hf: str                 # HF tensor name, e.g. "h.{i}.attn.c_attn.weight"
   transform: Transform
+  heads: frozenset[Head] = frozenset()  # the heads it applies to; empty: all
 
 
-def rule(lmjax: str | tuple[str, ...], hf: str, transform: Transform = IDENTITY) -> Rule:
-  return Rule((lmjax,) if isinstance(lmjax, str) else lmjax, hf, transform)
+def rule(lmjax: str | tuple[str, ...], hf: str, transform: Transform = IDENTITY,
+         heads: tuple[Head, ...] = ()) -> Rule:
+  return Rule((lmjax,) if isinstance(lmjax, str) else lmjax, hf, transform, frozenset(heads))
 
 
 def norm(lmjax: str, hf: str) -> list[Rule]:
@@ -36,10 +41,18 @@ def norm(lmjax: str, hf: str) -> list[Rule]:
 
 
 def dense(lmjax: str, hf: str, transform: Transform = TRANSPOSE,
-          bias: Transform = IDENTITY) -> list[Rule]:
+          bias: Transform = IDENTITY, heads: tuple[Head, ...] = ()) -> list[Rule]:
   """A projection's kernel and (when the model has one) bias."""
-  return [rule(f"{lmjax}.kernel", f"{hf}.weight", transform),
-          rule(f"{lmjax}.bias", f"{hf}.bias", bias)]
+  return [rule(f"{lmjax}.kernel", f"{hf}.weight", transform, heads),
+          rule(f"{lmjax}.bias", f"{hf}.bias", bias, heads)]
+
+
+# Sequence classifiers: BERT's `classifier`, RoBERTa's two-layer head (its dense layer is the
+# pooler), the decoders' bias-free `score`.
+_CLASSIFIER = tuple(dense("classifier", "classifier"))
+_ROBERTA_CLASSIFIER = (*dense("pooler", "classifier.dense", heads=(Head.CLASSIFICATION,)),
+                       *dense("classifier", "classifier.out_proj"))
+_SCORE = tuple(dense("classifier", "score"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +82,7 @@ GPT2 = KeyMap(
         *dense("layers.{i}.mlp.wo", "h.{i}.mlp.c_proj", IDENTITY),
         *norm("final_norm", "ln_f"),
     ),
-    head=(rule("lm_head.kernel", "lm_head.weight", TRANSPOSE),),
+    head=(rule("lm_head.kernel", "lm_head.weight", TRANSPOSE), *_SCORE),
     tied_aliases=("lm_head.weight",),
     ignored=(r"h\.\d+\.attn\.(bias|masked_bias)",),  # causal-mask buffers of old checkpoints
 )
@@ -98,7 +111,7 @@ BERT = KeyMap(
     head=(*dense("mlm_transform", "cls.predictions.transform.dense"),
           *norm("mlm_norm", "cls.predictions.transform.LayerNorm"),
           rule("output_bias", "cls.predictions.bias"),
-          rule("lm_head.kernel", "cls.predictions.decoder.weight", TRANSPOSE)),
+          rule("lm_head.kernel", "cls.predictions.decoder.weight", TRANSPOSE), *_CLASSIFIER),
     tied_aliases=("cls.predictions.decoder.weight",),
     # The decoder bias is the same tensor as cls.predictions.bias; the next-sentence head of
     # pre-training checkpoints is dropped by HF's BertForMaskedLM too.
@@ -111,7 +124,7 @@ ROBERTA = KeyMap(
     head=(*dense("mlm_transform", "lm_head.dense"),
           *norm("mlm_norm", "lm_head.layer_norm"),
           rule("output_bias", "lm_head.bias"),
-          rule("lm_head.kernel", "lm_head.decoder.weight", TRANSPOSE)),
+          rule("lm_head.kernel", "lm_head.decoder.weight", TRANSPOSE), *_ROBERTA_CLASSIFIER),
     tied_aliases=("lm_head.decoder.weight",),
     ignored=(*_BERT_IGNORED, r"lm_head\.decoder\.bias"),
 )
@@ -131,7 +144,7 @@ LLAMA = KeyMap(  # also Mistral and Qwen2: the same names, biases where the mode
         *dense("layers.{i}.mlp.wo", "layers.{i}.mlp.down_proj"),
         *norm("final_norm", "norm"),
     ),
-    head=(rule("lm_head.kernel", "lm_head.weight", TRANSPOSE),),
+    head=(rule("lm_head.kernel", "lm_head.weight", TRANSPOSE), *_SCORE),
     tied_aliases=("lm_head.weight",),
     ignored=(r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
 )

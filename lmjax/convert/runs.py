@@ -15,16 +15,21 @@ import json
 import logging
 import os
 import pathlib
+from typing import Any
 
 import jax.numpy as jnp
 
 from lmjax.config import Config, TrainConfig
+from lmjax.data.config import DataConfig
 from lmjax.convert.bindings import unflatten
 from lmjax.convert.engine import HfWeights, export_params
 from lmjax.convert.tokenizer_files import copy_tokenizer_files
 from lmjax.data.sentencepiece_tokenizer import model_file_in
 from lmjax.data.tokenizer import Tokenizer
+from lmjax.errors import UserError
 from lmjax.files import check_new_directory, staged_directory
+from lmjax.model import Head
+from lmjax.model.hf_config import hf_labels
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.load import open_checkpoints
 from lmjax.run.record import CheckpointRecord, TrainState
@@ -49,7 +54,8 @@ def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
   with HfWeights(hf_dir, scan_layers=scan_layers, allow_pickle=allow_pickle) as weights:
     model_config = weights.config
     train = TrainConfig(seq_len=min(TrainConfig().seq_len, model_config.max_seq_len))
-    config = Config(model=model_config, train=train)
+    labels = hf_labels(weights.hf_config) if model_config.head is Head.CLASSIFICATION else ()
+    config = Config(model=model_config, train=train, data=DataConfig(labels=labels))
     params = unflatten({key: DeferredArray(spec.shape, spec.dtype,
                                            functools.partial(weights.read_param, key))
                         for key, spec in weights.specs.items()})
@@ -96,7 +102,7 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
   config = run.require_config()
   check_new_directory(hf_dir)  # before any step is tried: not a reason to try an older one
   tokenizer_dir = run.tokenizer_dir if any(run.tokenizer_dir.glob("*")) else None
-  overrides = _token_ids(run)
+  overrides = _token_ids(run, config)
   checkpointer, step = open_checkpoints(run, step)
 
   def export(at: int) -> None:
@@ -121,16 +127,30 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
     checkpointer.close()
 
 
-def _token_ids(run: RunDir) -> dict[str, int]:
-  """Special-token ids for config.json: the imported source's, else the run tokenizer's."""
+def _token_ids(run: RunDir, config: Config) -> dict[str, Any]:
+  """config.json keys that a ModelConfig does not hold: special-token ids (the imported source's,
+  else the run tokenizer's) and a classifier's label names."""
   source = run.path / HF_CONFIG_COPY
   if source.is_file():
     saved = json.loads(source.read_text(encoding="utf-8"))
-    return {k: saved[k] for k in _TOKEN_ID_KEYS if saved.get(k) is not None}
-  if (not (run.tokenizer_dir / "tokenizer.json").is_file()
-      and model_file_in(str(run.tokenizer_dir)) is None):
-    return {}
-  tokenizer = Tokenizer.load(run.tokenizer_dir)
-  ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
-         "pad_token_id": tokenizer.pad_id, "mask_token_id": tokenizer.mask_id}
-  return {k: v for k, v in ids.items() if v is not None}
+    ids = {k: saved[k] for k in _TOKEN_ID_KEYS if saved.get(k) is not None}
+  elif ((run.tokenizer_dir / "tokenizer.json").is_file()
+        or model_file_in(str(run.tokenizer_dir)) is not None):
+    tokenizer = Tokenizer.load(run.tokenizer_dir)
+    pad = tokenizer.token_to_id(tokenizer.roles["pad"]) if "pad" in tokenizer.roles else None
+    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+           "pad_token_id": pad if pad is not None else tokenizer.eos_id,
+           "mask_token_id": tokenizer.mask_id}
+    ids = {k: v for k, v in ids.items() if v is not None}
+  else:
+    ids = {}
+  if config.model.position_offset:  # RoBERTa numbers positions from pad_token_id + 1
+    ids.pop("pad_token_id", None)
+  if config.model.head is not Head.CLASSIFICATION:
+    return ids
+  if config.model.causal and "pad_token_id" not in ids:
+    raise UserError(f"{run.path}'s tokenizer has neither a pad nor an end-of-sequence token, "
+                    f"and Hugging Face's decoder classifiers find each row's last token by "
+                    f"pad_token_id: train with a tokenizer that has one (data.tokenizer=bpe).")
+  names = dict(enumerate(config.data.labels))
+  return {**ids, "id2label": names, "label2id": {name: i for i, name in names.items()}}

@@ -72,12 +72,23 @@ class BatchSource:
     builds them all.
     """
     positions = np.arange(self.batch_size) if positions is None else np.asarray(positions)
-    indices = self.row_indices(step) if shuffle else (
-        np.arange(step * self.batch_size, (step + 1) * self.batch_size) % self.num_rows)
+    in_order = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+    indices = self.row_indices(step) if shuffle else in_order % self.num_rows
     batch = self.rows.take(indices[positions])
     if self.spec.objective is Objective.MASKED_LM:
       batch.update(self._masked(batch, step, positions))
+    if self.spec.objective is Objective.CLASSIFY and not shuffle:
+      # Evaluation visits each example once: the rows past the last fill the final batch with
+      # label -1, which no loss or metric counts.
+      batch["labels"] = np.where(in_order[positions] < self.num_rows, batch["labels"], -1)
     return batch
+
+  def eval_batches(self, default: int) -> int:
+    """How many in-order batches an evaluation takes: every example once for classify (metrics
+    are per example), else `default` (train.eval_batches)."""
+    if self.spec.objective is Objective.CLASSIFY:
+      return -(-self.num_rows // self.batch_size)
+    return default
 
   def _masked(self, batch: dict[str, np.ndarray], step: int, positions: np.ndarray
               ) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 from lmjax.errors import UserError
 
@@ -18,6 +19,8 @@ class Source(enum.Enum):
   BUILTIN = "builtin"  # CPython's documentation topics, shipped with every Python
   TEXT = "text"        # one document per file
   JSONL = "jsonl"      # one document per line, from a string field of a JSON object
+  CSV = "csv"          # one document per row, from a column (a header row names them); TSV
+                       # for files ending .tsv or .tab
   PARQUET = "parquet"  # one document per row, from a string column (needs pyarrow)
   TFDS = "tfds"        # one document per example, from a text feature of a TFDS dataset
   PREPARED = "prepared"  # packed rows that `lmjax data prepare` wrote (lmjax.data.prepared)
@@ -53,10 +56,10 @@ class DataSource:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = "builtin"              # builtin (CPython's pydoc) | text | jsonl | parquet | tfds
-                                       # | prepared (a directory `lmjax data prepare` wrote)
+  source: str = "builtin"              # builtin (CPython's pydoc) | text | jsonl | csv | parquet
+                                       # | tfds | prepared (a directory `lmjax data prepare` wrote)
   paths: tuple[str, ...] = ()          # files or globs; for tfds: names name[/config][:version]
-  field: str = "text"                  # JSON field, Parquet column or TFDS feature with the text
+  field: str = "text"                  # JSON field, CSV/Parquet column or TFDS feature: the text
   split: str = "train"                 # TFDS split (slicing works: train[:90%])
   data_dir: str | None = None          # TFDS data_dir (default: TFDS's own)
   tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json,
@@ -69,8 +72,17 @@ class DataConfig:
   # A weighted mixture replaces source/paths/field: [{source, paths, field, weight}, ...]; each
   # training row comes from source i with probability weight_i / sum(weights).
   mixture: tuple[DataSource, ...] = ()
+  # Labelled examples (the classify objective: a model with a classification head).
+  label_field: str = "label"           # the field/column holding each example's label
+  pair_field: str | None = None        # a second text (pair tasks: [CLS] a [SEP] b [SEP])
+  labels: tuple[Any, ...] = ()         # the label set, in index order; empty: the training
+                                       # split's labels, sorted (saved in the run's config.yaml)
+  eval_paths: tuple[str, ...] = ()     # held-out examples from these files instead of a
+  eval_split: str | None = None        # stratified eval_fraction of the training ones (TFDS:
+                                       # a split, e.g. test)
 
   def __post_init__(self):
+    object.__setattr__(self, "labels", _label_names(self.labels))
     for i, component in enumerate(self.mixture):
       if not component.weight > 0:
         raise UserError(f"data.mixture[{i}].weight must be positive, got {component.weight}.")
@@ -88,3 +100,17 @@ class DataConfig:
     """The mixture, or the single source as a one-component mixture."""
     return self.mixture or (DataSource(source=self.source, paths=self.paths, field=self.field,
                                        split=self.split, data_dir=self.data_dir),)
+
+
+def _label_names(labels: tuple[Any, ...]) -> tuple[str, ...]:
+  """`data.labels` as the strings examples' labels are compared with (integers as digits)."""
+  names = []
+  for i, label in enumerate(labels):
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+      raise UserError(f"data.labels[{i}]={label!r}: labels are strings or integers.")
+    names.append(str(label))
+  if len(set(names)) != len(names):
+    raise UserError(f"data.labels={list(labels)} names a label twice.")
+  if len(names) == 1:
+    raise UserError(f"data.labels={list(labels)} has one label; classification needs two or more.")
+  return tuple(names)

@@ -12,11 +12,12 @@ import logging
 import numpy as np
 
 from lmjax.data.batches import BatchSource, pack_for, packing_ids
+from lmjax.data.classification import encode_examples, example_tokenizer, read_labelled
 from lmjax.data.config import DataConfig, Source
 from lmjax.data.prepared import Prepared, open_prepared
 from lmjax.data.rows import ArrayRecordRows, MemoryRows, Rows
 from lmjax.data.sources import ReadStats, read_documents
-from lmjax.data.spec import BatchSpec
+from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.data.tokenizer_setup import build_tokenizer, check_tokenizer
 from lmjax.errors import UserError
@@ -33,6 +34,8 @@ class Corpus:
   held_out: Rows
   weights: tuple[float, ...] = ()   # by source id; () for one source
   skipped_records: int = 0          # bad records left out under data.bad_records=skip
+  labels: tuple[str, ...] = ()      # classify: the label names, by index
+  truncated: int = 0                # classify: examples cut to train.seq_len
 
   def batch_sources(self, spec: BatchSpec) -> tuple[BatchSource, BatchSource]:
     """Train and eval BatchSources (the held-out rows draw with seed + 1, unmixed)."""
@@ -48,6 +51,8 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
   Pass `tokenizer` to reuse one (a resumed run keeps its own); otherwise the one
   `tokenizer_choice` names is built (see `build_tokenizer`; a BPE trains on all the text).
   """
+  if spec.objective is Objective.CLASSIFY:
+    return _load_labelled(data, spec, tokenizer, tokenizer_choice)
   kinds = {s.source == Source.PREPARED.value for s in data.sources}
   if kinds == {True}:
     return _open_prepared(data, spec, tokenizer)
@@ -80,6 +85,33 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
     held_out.append(rows.slice(num_rows - num_eval, num_rows))
   return Corpus(tokenizer, MemoryRows.concatenate(train), MemoryRows.concatenate(held_out),
                 tuple(s.weight for s in data.mixture), stats.skipped)
+
+
+def _load_labelled(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,
+                   tokenizer_choice: str | None) -> Corpus:
+  """Labelled examples one per row (lmjax.data.classification)."""
+  if data.source == Source.PREPARED.value:
+    raise UserError("prepared data holds packed language-model rows; a classifier reads its "
+                    "labelled source directly (jsonl, csv, parquet or tfds).")
+  stats = ReadStats()
+  train, held_out, labels = read_labelled(data, spec, stats)
+  if stats.skipped:
+    log.warning("skipped %d bad record(s) (data.bad_records=skip); the first: %s",
+                stats.skipped, stats.first_problem)
+  if tokenizer is None:
+    texts = train.texts + (train.pairs or [])
+    tokenizer = build_tokenizer(tokenizer_choice, texts, vocab_size=spec.vocab_size)
+  tokenizer = example_tokenizer(tokenizer, spec)
+  check_tokenizer(spec, tokenizer)
+  (train_rows, train_cut), (held_rows, held_cut) = (
+      encode_examples(tokenizer, part, labels, spec) for part in (train, held_out))
+  if train_cut or held_cut:
+    log.warning("truncated %d of %d examples to train.seq_len=%d tokens (from the right, the "
+                "longer text first)", train_cut + held_cut, len(train) + len(held_out),
+                spec.seq_len)
+  return Corpus(tokenizer, MemoryRows(train_rows, np.zeros(len(train), np.int32)),
+                MemoryRows(held_rows, np.zeros(len(held_out), np.int32)),
+                skipped_records=stats.skipped, labels=labels, truncated=train_cut + held_cut)
 
 
 def _open_prepared(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None) -> Corpus:

@@ -35,7 +35,7 @@ from lmjax.data.packing import Batch, RowPacker
 from lmjax.data.prefetch import prefetched
 from lmjax.data.rows import ArrayRecordRows, encode_row
 from lmjax.data.sources import ReadStats, iter_sources, list_units, read_unit
-from lmjax.data.spec import BatchSpec
+from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.data.tokenizer_setup import build_tokenizer, check_tokenizer
 from lmjax.errors import UserError
@@ -55,6 +55,9 @@ def prepare(data: DataConfig, spec: BatchSpec, out_dir: str | os.PathLike, *,
   objective, vocabulary size); returns the directory's metadata. `tokenizer_choice` as for
   `build_tokenizer`."""
   sources = data.sources
+  if spec.objective is Objective.CLASSIFY:
+    raise UserError("`lmjax data prepare` packs language-model rows; a classifier reads its "
+                    "labelled examples directly (data.source jsonl, csv, parquet or tfds).")
   if any(s.source == Source.PREPARED.value for s in sources):
     raise UserError("`lmjax data prepare` reads documents; the config's data source is already "
                     "'prepared'. Point it at text/jsonl/parquet/tfds sources.")

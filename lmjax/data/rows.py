@@ -38,17 +38,18 @@ class Rows:
 
 @dataclasses.dataclass
 class MemoryRows(Rows):
-  """Rows held as numpy arrays (what on-the-fly tokenization produces)."""
+  """Rows held as numpy arrays (what on-the-fly tokenization produces): ROW_FIELDS, and for
+  labelled examples token_type_ids [num_rows, seq_len] and labels [num_rows]."""
 
-  arrays: dict[str, np.ndarray]   # ROW_FIELDS -> [num_rows, seq_len] int32
+  arrays: dict[str, np.ndarray]   # field -> [num_rows, ...] int32
   source_ids: np.ndarray
 
   def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: self.arrays[k][indices] for k in ROW_FIELDS}
+    return {k: v[indices] for k, v in self.arrays.items()}
 
   @classmethod
   def concatenate(cls, parts: Sequence[MemoryRows]) -> MemoryRows:
-    return cls({k: np.concatenate([p.arrays[k] for p in parts]) for k in ROW_FIELDS},
+    return cls({k: np.concatenate([p.arrays[k] for p in parts]) for k in parts[0].arrays},
                np.concatenate([p.source_ids for p in parts]))
 
   def slice(self, start: int, stop: int) -> MemoryRows:

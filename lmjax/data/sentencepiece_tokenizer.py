@@ -27,6 +27,7 @@ import sentencepiece
 
 from lmjax.data.special_tokens import CONFIG_FILE, roles_from_hf_configs, roles_from_spellings
 from lmjax.data.tokenizer import TOKENIZER_FILE, Tokenizer
+from lmjax.data.truncation import fit_longest_first
 from lmjax.errors import UserError
 from lmjax.files import read_json_object
 
@@ -114,6 +115,35 @@ class SentencePieceTokenizer(Tokenizer):
       else:
         run.append(i)
     return text + self.processor.decode(run)
+
+  def adds_special_tokens(self) -> bool:
+    return (self.add_bos_token and self.bos_id is not None) or (
+        self.add_eos_token and self.eos_id is not None)
+
+  def encode_example(self, text: str, pair: str | None = None, *, max_length: int
+                     ) -> tuple[list[int], list[int], bool]:
+    """As `Tokenizer.encode_example`, with bos/eos around each text as `add_bos_token` /
+    `add_eos_token` say (transformers' sentencepiece tokenizers' layout)."""
+    bos = [self.bos_id] if self.add_bos_token and self.bos_id is not None else []
+    eos = [self.eos_id] if self.add_eos_token and self.eos_id is not None else []
+    first = self.processor.encode(text)
+    second = None if pair is None else self.processor.encode(pair)
+    specials = (len(bos) + len(eos)) * (1 if second is None else 2)
+    lengths = fit_longest_first(len(first), None if second is None else len(second),
+                                max_length - specials)
+    cut = lengths[0] < len(first) or (second is not None and lengths[1] < len(second))
+    ids = bos + first[:lengths[0]] + eos
+    types = [0] * len(ids)
+    if second is not None:
+      tail = bos + second[:lengths[1]] + eos
+      ids, types = ids + tail, types + [1] * len(tail)
+    return ids, types, cut
+
+  def with_example_template(self, *, first: int, last: int, second_type: int
+                            ) -> SentencePieceTokenizer:
+    """A copy that adds bos and eos around examples' texts (its only template)."""
+    return SentencePieceTokenizer(self.model_proto, roles=self.roles, add_bos_token=True,
+                                  add_eos_token=True)
 
   def token_to_id(self, token: str) -> int | None:
     """The id of a piece, or None when the model has no such piece."""

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from lmjax.data.config import BadRecords, DataConfig, EncodingErrors, Source
+from lmjax.data.tables import parse_csv, read_parquet
 from lmjax.data.tfds_source import read_tfds
 from lmjax.errors import UserError
 
@@ -130,11 +131,13 @@ def read_unit(unit: str, *, source: str | Source, field: str = "text",
                      skip=stats.skip if policy is BadRecords.SKIP else None)
   if source is Source.PARQUET:
     return _read_parquet(unit, column=field)
+  if source is Source.CSV:
+    return _read_csv(unit, column=field, errors=errors)
   if source is Source.TEXT:
-    return [_read_text(unit, errors=errors)]
+    return [read_text(unit, errors=errors)]
   if policy is BadRecords.SKIP and errors is EncodingErrors.STRICT:
-    return _parse_jsonl_lines(_read_bytes(unit), file=unit, field=field, stats=stats)
-  return _parse_jsonl(_read_text(unit, errors=errors), file=unit, field=field,
+    return _parse_jsonl_lines(read_bytes(unit), file=unit, field=field, stats=stats)
+  return _parse_jsonl(read_text(unit, errors=errors), file=unit, field=field,
                       stats=stats if policy is BadRecords.SKIP else None)
 
 
@@ -151,7 +154,8 @@ def _parse_enum(kind: type[enum.Enum], value, *, key: str):
 
 def _expand_paths(paths: Sequence[str], *, source: Source) -> list[str]:
   """Files named by `paths` (files or globs), in order, each once."""
-  suffix = {Source.TEXT: "txt", Source.JSONL: "jsonl", Source.PARQUET: "parquet"}[source]
+  suffix = {Source.TEXT: "txt", Source.JSONL: "jsonl", Source.CSV: "csv",
+            Source.PARQUET: "parquet"}[source]
   if not paths:
     raise UserError(
         f"The {source.value!r} source needs files, but `data.paths` is empty. Set `data.paths` "
@@ -175,7 +179,7 @@ def _expand_paths(paths: Sequence[str], *, source: Source) -> list[str]:
   return list(files)
 
 
-def _read_bytes(file: str) -> bytes:
+def read_bytes(file: str) -> bytes:
   """A whole file's bytes; UserError when it is empty."""
   with open(file, "rb") as f:
     data = f.read()
@@ -185,9 +189,9 @@ def _read_bytes(file: str) -> bytes:
   return data
 
 
-def _read_text(file: str, *, errors: EncodingErrors) -> str:
+def read_text(file: str, *, errors: EncodingErrors) -> str:
   """A whole file decoded as UTF-8 (a leading byte-order mark is dropped)."""
-  data = _read_bytes(file)
+  data = read_bytes(file)
   try:
     text = data.decode("utf-8", errors=errors.value)
   except UnicodeDecodeError as e:
@@ -261,28 +265,19 @@ def _json_record(line: str, *, where: str, field: str) -> str:
 
 def _read_parquet(file: str, *, column: str) -> list[str]:
   """The non-null strings of `column` in a Parquet file, read one row group at a time."""
-  try:
-    import pyarrow.parquet as pq  # deferred: pyarrow is an extra (lmjax[data])
-  except ImportError:
-    raise UserError("Parquet sources need pyarrow: pip install 'lmjax[data]' (or pyarrow).") from None
-  try:
-    parquet = pq.ParquetFile(file)
-  except Exception as e:  # pyarrow raises ArrowInvalid / OSError for files that are not Parquet
-    raise UserError(f"The data file {file!r} is not a readable Parquet file ({e}).") from None
-  names = parquet.schema_arrow.names
-  if column not in names:
-    raise UserError(f"The Parquet file {file!r} has no column {column!r} (columns: "
-                    f"{', '.join(map(repr, names)) or 'none'}). Set `data.field` to the column "
-                    f"that holds the text.")
-  kind = parquet.schema_arrow.field(column).type
-  if not (str(kind) in ("string", "large_string", "string_view")):
-    raise UserError(f"Column {column!r} of {file!r} holds {kind}, not strings. Set `data.field` "
-                    f"to a text column.")
-  documents = []
-  for group in range(parquet.num_row_groups):
-    values = parquet.read_row_group(group, columns=[column]).column(0).to_pylist()
-    documents.extend(v for v in values if v is not None)
+  values, _ = read_parquet(file, columns=[column], text_columns=[column])
+  documents = [v for v in values[column] if v is not None]
   if not documents:
     raise UserError(f"Column {column!r} of the Parquet file {file!r} has no text (no rows, or "
                     f"only nulls). Remove it from `data.paths` or give it some rows.")
+  return documents
+
+
+def _read_csv(file: str, *, column: str, errors: EncodingErrors) -> list[str]:
+  """The non-blank cells of `column` in a CSV/TSV file."""
+  values, _ = parse_csv(read_text(file, errors=errors), file=file, columns=[column])
+  documents = [v for v in values[column] if v.strip()]
+  if not documents:
+    raise UserError(f"Column {column!r} of the CSV file {file!r} has no text. Remove it from "
+                    f"`data.paths` or give it some rows.")
   return documents

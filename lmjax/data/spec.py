@@ -17,6 +17,7 @@ class Objective(enum.Enum):
 
   CAUSAL_LM = "causal_lm"   # packed documents; the loss predicts each next token
   MASKED_LM = "masked_lm"   # packed documents with BERT masking: targets and their weights
+  CLASSIFY = "classify"     # one labelled example per row, padded: token types and a label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +30,20 @@ class BatchSpec:
   seed: int                   # the shuffle and the MLM masks derive from it
   vocab_size: int             # the model's; a tokenizer may not exceed it
   mlm_probability: float = 0.15
+  bidirectional: bool = False  # an encoder: classify examples get [CLS]-style special tokens
+  token_types: bool = False    # the model has token types (a pair's second text is type 1)
+
+
+PER_EXAMPLE = ("labels",)  # fields of one value per row ([batch]); the others are [batch, seq_len]
 
 
 def batch_fields(objective: Objective) -> dict[str, np.dtype]:
-  """The arrays of a batch for `objective` and their dtypes; each is [batch, seq_len]."""
+  """The arrays of a batch for `objective` and their dtypes: [batch, seq_len] each, except the
+  PER_EXAMPLE ones, [batch]."""
   fields = {"input_ids": np.dtype(np.int32), "segment_ids": np.dtype(np.int32),
             "positions": np.dtype(np.int32)}
   if objective is Objective.MASKED_LM:
     fields.update(targets=np.dtype(np.int32), target_weights=np.dtype(np.float32))
+  if objective is Objective.CLASSIFY:
+    fields.update(token_type_ids=np.dtype(np.int32), labels=np.dtype(np.int32))
   return fields

@@ -70,14 +70,53 @@ def _tensorflow(name: str, file_format: str):
   return tf
 
 
-def _tfrecord_values(tfds, builder, *, name: str, split: str, field: str, file_format: str):
-  """The `field` of each example, in stored order, read through TensorFlow."""
+def _tfrecord_examples(tfds, builder, *, name: str, split: str, file_format: str):
+  """Each example (a dict of features), in stored order, read through TensorFlow."""
   _tensorflow(name, file_format)
   # One file at a time (no interleaving of shards) and no shuffling: the stored order, which is
   # also the order `as_data_source` gives for an array_record copy of the dataset.
   read_config = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
   dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
-  return (example[field] for example in tfds.as_numpy(dataset))
+  return tfds.as_numpy(dataset)
+
+
+def _open(name: str, *, split: str, data_dir: str | None, fields: list[tuple[str, str]]):
+  """(the examples of `name`'s `split` in stored order, the dataset's features), after checking
+  the split and each (feature, config key) of `fields`."""
+  tfds = _tfds()
+  builder = _builder(tfds, name, data_dir)
+  splits = sorted(builder.info.splits.keys())
+  if split.split("[")[0] not in splits:
+    raise UserError(f"TFDS dataset {name!r} has no split {split!r}; it has "
+                    f"{', '.join(splits)}. Set `data.split`.")
+  features = builder.info.features
+  for field, key in fields:
+    if field not in features:
+      raise UserError(f"TFDS dataset {name!r} has no feature {field!r} (features: "
+                      f"{', '.join(features.keys())}). Set `{key}` to one of them.")
+  file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+  if "array_record" in file_format:
+    source = builder.as_data_source(split=split)
+    return (source[i] for i in range(len(source))), features
+  return _tfrecord_examples(tfds, builder, name=name, split=split, file_format=file_format), features
+
+
+def _text(value, *, field: str, name: str, split: str, index: int, errors: str, skip):
+  """A text feature's value as a str; None when it is not UTF-8 and `skip` took it."""
+  if isinstance(value, bytes):
+    try:
+      value = value.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+      problem = f"Example {index} of TFDS {name!r}[{split}] is not valid UTF-8 ({e.reason})"
+      if skip is not None:
+        skip(problem)
+        return None
+      raise UserError(f"{problem}; set `data.encoding_errors: replace` to substitute U+FFFD, "
+                      f"or `data.bad_records: skip` to leave such examples out.") from None
+  if not isinstance(value, str):
+    raise UserError(f"Feature {field!r} of TFDS {name!r} holds {type(value).__name__}, not "
+                    f"text. Set `data.field` to a text feature.")
+  return value
 
 
 def read_tfds(name: str, *, split: str, data_dir: str | None, field: str,
@@ -89,39 +128,48 @@ def read_tfds(name: str, *, split: str, data_dir: str | None, field: str,
   skip: None, or a callable taking a problem: then an example that is not UTF-8 is left out
   and `skip` is called with its description instead of raising.
   """
-  tfds = _tfds()
-  builder = _builder(tfds, name, data_dir)
-  splits = sorted(builder.info.splits.keys())
-  if split.split("[")[0] not in splits:
-    raise UserError(f"TFDS dataset {name!r} has no split {split!r}; it has "
-                    f"{', '.join(splits)}. Set `data.split`.")
-  features = list(builder.info.features.keys())
-  if field not in features:
-    raise UserError(f"TFDS dataset {name!r} has no feature {field!r} (features: "
-                    f"{', '.join(features)}). Set `data.field` to its text feature.")
-  file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
-  if "array_record" in file_format:
-    examples = builder.as_data_source(split=split)
-    values = (examples[i][field] for i in range(len(examples)))
-  else:
-    values = _tfrecord_values(tfds, builder, name=name, split=split, field=field,
-                              file_format=file_format)
+  examples, _ = _open(name, split=split, data_dir=data_dir, fields=[(field, "data.field")])
   documents, index = [], -1
-  for index, value in enumerate(values):
-    if isinstance(value, bytes):
-      try:
-        value = value.decode("utf-8", errors=errors)
-      except UnicodeDecodeError as e:
-        problem = f"Example {index} of TFDS {name!r}[{split}] is not valid UTF-8 ({e.reason})"
-        if skip is not None:
-          skip(problem)
-          continue
-        raise UserError(f"{problem}; set `data.encoding_errors: replace` to substitute U+FFFD, "
-                        f"or `data.bad_records: skip` to leave such examples out.") from None
-    if not isinstance(value, str):
-      raise UserError(f"Feature {field!r} of TFDS {name!r} holds {type(value).__name__}, not "
-                      f"text. Set `data.field` to a text feature.")
-    documents.append(value)
+  for index, example in enumerate(examples):
+    text = _text(example[field], field=field, name=name, split=split, index=index,
+                 errors=errors, skip=skip)
+    if text is not None:
+      documents.append(text)
   if index < 0:
     raise UserError(f"TFDS dataset {name!r} split {split!r} has no examples.")
   return documents
+
+
+def read_tfds_examples(name: str, *, split: str, data_dir: str | None, field: str,
+                       pair_field: str | None, label_field: str, errors: str = "strict",
+                       skip=None) -> tuple[list[str], list[str] | None, list, list[str]]:
+  """(texts, second texts or None, labels, "dataset[split]:index" of each) of `name`'s `split`.
+
+  A ClassLabel feature gives its label names; other labels come as stored (ints or bytes).
+  """
+  fields = [(field, "data.field"), (label_field, "data.label_field")]
+  if pair_field is not None:
+    fields.append((pair_field, "data.pair_field"))
+  examples, features = _open(name, split=split, data_dir=data_dir, fields=fields)
+  names = getattr(features[label_field], "names", None)
+  texts, pairs, labels, where = [], [] if pair_field is not None else None, [], []
+  for index, example in enumerate(examples):
+    decode = lambda f: _text(example[f], field=f, name=name, split=split, index=index,
+                             errors=errors, skip=skip)
+    text = decode(field)
+    pair = decode(pair_field) if pair_field is not None else ""
+    if text is None or pair is None:
+      continue
+    label = example[label_field]
+    if isinstance(label, bytes):
+      label = label.decode("utf-8", errors="replace")
+    elif names is not None:
+      label = names[int(label)]
+    texts.append(text)
+    labels.append(label)
+    where.append(f"{name}[{split}]:{index}")
+    if pairs is not None:
+      pairs.append(pair)
+  if not where:
+    raise UserError(f"TFDS dataset {name!r} split {split!r} has no examples.")
+  return texts, pairs, labels, where

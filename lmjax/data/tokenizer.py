@@ -25,12 +25,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import models, pre_tokenizers, processors, trainers
 
+from lmjax.data.byte_level import LMJAX_SPECIALS, byte_level_pipeline, byte_to_unicode
 from lmjax.data.special_tokens import CONFIG_FILE, ROLES, roles_from_hf_configs, roles_from_spellings
+from lmjax.data.truncation import fit_longest_first
 from lmjax.errors import UserError
 
-LMJAX_SPECIALS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "mask": "<mask>", "unk": "<unk>"}
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -168,6 +169,41 @@ class Tokenizer:
     """The text of token ids [num_tokens] (special tokens left out unless asked for)."""
     return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+  # -- examples (classification) ---------------------------------------------------------------
+
+  def adds_special_tokens(self) -> bool:
+    """Whether encoding an example adds special tokens of the tokenizer's own (a template such
+    as BERT's [CLS] … [SEP])."""
+    return self.hf.num_special_tokens_to_add(False) > 0
+
+  def encode_example(self, text: str, pair: str | None = None, *, max_length: int
+                     ) -> tuple[list[int], list[int], bool]:
+    """(token ids, token type ids, whether it was cut) of one example: the text (and a second
+    text) with the tokenizer's own special tokens, as `transformers` encodes it, truncated to
+    `max_length` tokens from the right, the longer text first (HF's "longest_first")."""
+    self._set_parse_special(False)
+    first = self.hf.encode(text, add_special_tokens=False)
+    second = None if pair is None else self.hf.encode(pair, add_special_tokens=False)
+    budget = max_length - self.hf.num_special_tokens_to_add(second is not None)
+    lengths = fit_longest_first(len(first), None if second is None else len(second), budget)
+    cut = lengths[0] < len(first) or (second is not None and lengths[1] < len(second))
+    first.truncate(lengths[0])
+    if second is not None:
+      second.truncate(lengths[1])
+    encoding = self.hf.post_process(first, second, add_special_tokens=True)
+    return encoding.ids, encoding.type_ids, cut
+
+  def with_example_template(self, *, first: int, last: int, second_type: int) -> Tokenizer:
+    """A copy whose examples encode as `first` text `last` (pairs: `first` a `last` b `last`,
+    the second part of type `second_type`): lmjax's template for encoders whose tokenizer adds
+    no special tokens itself; it is saved with the tokenizer, so transformers encodes alike."""
+    hf = tokenizers.Tokenizer.from_str(self.hf.to_str())
+    head, tail = self.id_to_token(first), self.id_to_token(last)
+    hf.post_processor = processors.TemplateProcessing(
+        single=f"{head} $A {tail}", pair=f"{head} $A {tail} $B:{second_type} {tail}:{second_type}",
+        special_tokens=sorted({(head, first), (tail, last)}))
+    return Tokenizer(hf, roles=self.roles)
+
   def token_to_id(self, token: str) -> int | None:
     """The id of a token string, or None when it is not in the vocabulary."""
     return self.hf.token_to_id(token)
@@ -209,11 +245,11 @@ class Tokenizer:
     vocab_size is 261 and decode(encode(s)) == s for every string s.
     """
     vocab = {token: i for i, token in enumerate(LMJAX_SPECIALS.values())}
-    for byte, char in enumerate(_byte_to_unicode()):
+    for byte, char in enumerate(byte_to_unicode()):
       vocab[char] = len(LMJAX_SPECIALS) + byte
     # BPE without merges splits each pre-token into its characters, one per byte. No regex
     # splitting: with no merges to apply, word boundaries change nothing.
-    hf = _byte_level_pipeline(models.BPE(vocab=vocab, merges=[]), use_regex=False)
+    hf = byte_level_pipeline(models.BPE(vocab=vocab, merges=[]), use_regex=False)
     return Tokenizer(hf, roles=LMJAX_SPECIALS)
 
   @staticmethod
@@ -227,7 +263,7 @@ class Tokenizer:
     if vocab_size < minimum:
       raise UserError(f"A byte-level BPE vocabulary needs at least {minimum} tokens (5 specials "
                       f"+ 256 bytes), but vocab_size is {vocab_size}. Raise it.")
-    hf = _byte_level_pipeline(models.BPE(), use_regex=True)
+    hf = byte_level_pipeline(models.BPE(), use_regex=True)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(LMJAX_SPECIALS.values()),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -282,29 +318,6 @@ class Tokenizer:
     with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
       json.dump(config, f, indent=2, ensure_ascii=False)
       f.write("\n")
-
-
-def _byte_level_pipeline(model: models.Model, *, use_regex: bool) -> tokenizers.Tokenizer:
-  """An HF tokenizer that maps text to ByteLevel characters before `model`, and back."""
-  hf = tokenizers.Tokenizer(model)
-  hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
-  hf.decoder = decoders.ByteLevel()
-  hf.add_special_tokens(list(LMJAX_SPECIALS.values()))
-  return hf
-
-
-def _byte_to_unicode() -> list[str]:
-  """GPT-2's printable stand-in character for each byte 0..255 (the ByteLevel alphabet)."""
-  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-               *range(ord("®"), ord("ÿ") + 1)]
-  chars, extra = {}, 0
-  for byte in range(256):
-    if byte in printable:
-      chars[byte] = chr(byte)
-    else:  # control bytes, space and a few others map to code points from 256 upward
-      chars[byte] = chr(256 + extra)
-      extra += 1
-  return [chars[b] for b in range(256)]
 
 
 def _load_hf(file: str) -> tokenizers.Tokenizer:

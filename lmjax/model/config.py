@@ -53,7 +53,8 @@ class Head(enum.Enum):
   CAUSAL_LM = "causal_lm"            # next-token logits
   MASKED_LM = "masked_lm"            # BERT's transform + tied decoder with its own bias
   NONE = "none"                      # final hidden states (HF `last_hidden_state`)
-  CLASSIFICATION = "classification"  # sequence labels, from the pooled first token or last token
+  CLASSIFICATION = "classification"  # sequence labels: encoders from the (pooled) first token,
+                                     # decoders from the last real token
 
 
 class AttentionImpl(enum.Enum):
@@ -73,17 +74,17 @@ FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
         norm=Norm.LAYER_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
         activation=Activation.GELU_TANH, gated_mlp=False, positions=Positions.LEARNED,
         use_bias=True, qkv_bias=True, causal=True, tie_embeddings=True, type_vocab_size=0,
-        head=Head.CAUSAL_LM),
+        head=Head.CAUSAL_LM, classifier_bias=False),
     Family.BERT: dict(
         norm=Norm.LAYER_NORM, norm_eps=1e-12, norm_position=NormPosition.POST,
         activation=Activation.GELU, gated_mlp=False, positions=Positions.LEARNED,
         use_bias=True, qkv_bias=True, causal=False, tie_embeddings=True, type_vocab_size=2,
-        head=Head.MASKED_LM),
+        head=Head.MASKED_LM, classifier_bias=True),
     Family.LLAMA: dict(
         norm=Norm.RMS_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
         activation=Activation.SILU, gated_mlp=True, positions=Positions.ROTARY,
         use_bias=False, qkv_bias=False, causal=True, tie_embeddings=False, type_vocab_size=0,
-        head=Head.CAUSAL_LM),
+        head=Head.CAUSAL_LM, classifier_bias=False),
 }
 FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
 
@@ -121,7 +122,9 @@ class ModelConfig:
   type_vocab_size: int = 0               # BERT token-type embeddings; 0 for none
   head: Head = Head.CAUSAL_LM
   pooler: bool = False                   # BERT pooler (dense + tanh on the first token)
-  num_labels: int = 2                    # for Head.CLASSIFICATION
+  num_labels: int | None = None          # Head.CLASSIFICATION; None: data.labels' count
+  classifier_bias: bool = True           # the classifier's bias (BERT's has one, HF decoders'
+                                         # `score` none)
   dropout_rate: float = 0.0
   initializer_range: float = 0.02
   scan_layers: bool = True
@@ -169,6 +172,9 @@ class ModelConfig:
       raise UserError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
     if self.head is Head.MASKED_LM and self.causal:
       raise UserError("a masked-LM head needs a bidirectional model: set model.causal=false.")
+    if self.num_labels is not None and self.num_labels < 2:
+      raise UserError(f"model.num_labels must be at least 2 (a classifier tells labels apart), "
+                      f"got {self.num_labels}.")
 
   @property
   def kv_heads(self) -> int:

@@ -15,59 +15,8 @@ from typing import Any, Mapping
 from lmjax.errors import UserError
 from lmjax.model.config import (FAMILY_DEFAULTS, Activation, Family, Head, ModelConfig,
                                 RopeScaling)
-
-# The `model_type`s we convert, each to the lmjax family whose graph it is.
-MODEL_TYPES: dict[str, Family] = {
-    "gpt2": Family.GPT2, "bert": Family.BERT, "roberta": Family.BERT,
-    "llama": Family.LLAMA, "mistral": Family.MISTRAL, "qwen2": Family.LLAMA,
-}
-
-# Per model_type, the head each HF class computes. The class name is `architectures[0]`.
-ARCHITECTURES: dict[str, dict[str, Head]] = {
-    "gpt2": {"GPT2LMHeadModel": Head.CAUSAL_LM, "GPT2Model": Head.NONE},
-    "bert": {"BertForMaskedLM": Head.MASKED_LM, "BertModel": Head.NONE},
-    "roberta": {"RobertaForMaskedLM": Head.MASKED_LM, "RobertaModel": Head.NONE},
-    "llama": {"LlamaForCausalLM": Head.CAUSAL_LM, "LlamaModel": Head.NONE},
-    "mistral": {"MistralForCausalLM": Head.CAUSAL_LM, "MistralModel": Head.NONE},
-    "qwen2": {"Qwen2ForCausalLM": Head.CAUSAL_LM, "Qwen2Model": Head.NONE},
-}
-
-# HF `hidden_act` / `activation_function` names with the exact lmjax equivalent.
-ACTIVATIONS: dict[str, Activation] = {
-    "gelu_new": Activation.GELU_TANH, "gelu_pytorch_tanh": Activation.GELU_TANH,
-    "gelu": Activation.GELU, "silu": Activation.SILU, "swish": Activation.SILU,
-    "relu": Activation.RELU,
-}
-_ACTIVATION_NAMES = {Activation.GELU_TANH: "gelu_new", Activation.GELU: "gelu",
-                     Activation.SILU: "silu", Activation.RELU: "relu"}
-
-# The `transformers` v5 class defaults of every key read below (config.json may omit them).
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                 n_inner=None, activation_function="gelu_new", resid_pdrop=0.1,
-                 layer_norm_epsilon=1e-5, initializer_range=0.02, scale_attn_weights=True,
-                 scale_attn_by_inverse_layer_idx=False, add_cross_attention=False,
-                 tie_word_embeddings=True),
-    "bert": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
-                 max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02,
-                 layer_norm_eps=1e-12, pad_token_id=0, is_decoder=False,
-                 add_cross_attention=False, position_embedding_type="absolute",
-                 tie_word_embeddings=True),
-    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None,
-                  head_dim=None, hidden_act="silu", max_position_embeddings=2048,
-                  initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                  rope_theta=10000.0, attention_bias=False, mlp_bias=False),
-}
-_DEFAULTS["roberta"] = {**_DEFAULTS["bert"], "vocab_size": 50265, "pad_token_id": 1}
-_DEFAULTS["mistral"] = {**_DEFAULTS["llama"], "intermediate_size": 14336,
-                        "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
-                        "sliding_window": 4096}
-_DEFAULTS["qwen2"] = {**_DEFAULTS["llama"], "vocab_size": 151936, "intermediate_size": 22016,
-                      "max_position_embeddings": 32768, "use_sliding_window": False,
-                      "sliding_window": 4096, "max_window_layers": 28}
-
+from lmjax.model.hf_tables import (ACTIVATION_NAMES, ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS,
+                                   MODEL_TYPES)
 
 def _supported(names) -> str:
   return ", ".join(sorted(names))
@@ -114,14 +63,46 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
   other option, naming it and listing what is supported.
   """
   model_type = model_type_of(hf_config)
-  d = {**_DEFAULTS[model_type], **hf_config}  # an explicit null means what it means to HF
+  d = {**CLASS_DEFAULTS[model_type], **hf_config}  # an explicit null means what it means to HF
   family = MODEL_TYPES[model_type]
   fields: dict[str, Any] = dict(head=_head(model_type, hf_config), scan_layers=scan_layers,
                                 initializer_range=float(d["initializer_range"]))
   family_fields = {Family.GPT2: _gpt2_fields, Family.BERT: _bert_fields,
                    Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields}[family]
   fields.update(family_fields(model_type, d, fields["head"]))
+  if fields["head"] is Head.CLASSIFICATION:
+    fields.update(_classifier_fields(model_type, d))
   return ModelConfig.for_family(family, **fields)
+
+
+def hf_labels(hf_config: Mapping[str, Any]) -> tuple[str, ...]:
+  """A sequence classifier's label names in index order: its `id2label`, else LABEL_0, … for
+  its `num_labels` (transformers' defaults)."""
+  id2label = hf_config.get("id2label")
+  if id2label:
+    try:
+      by_index = {int(i): str(name) for i, name in id2label.items()}
+    except (AttributeError, TypeError, ValueError):
+      raise UserError(f"id2label={id2label!r} must map label indices to names.") from None
+    if sorted(by_index) != list(range(len(by_index))):
+      raise UserError(f"id2label={id2label!r} must name every index 0…{len(by_index) - 1}.")
+    return tuple(by_index[i] for i in range(len(by_index)))
+  return tuple(f"LABEL_{i}" for i in range(int(hf_config.get("num_labels") or 2)))
+
+
+def _classifier_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
+  """A sequence classifier's label count; BERT's and RoBERTa's heads read a pooled first token
+  (RoBERTa's `classifier.dense` is lmjax's pooler), the decoders' `score` has no bias."""
+  problem = d.get("problem_type")
+  if problem not in (None, "single_label_classification"):
+    raise UserError(f"problem_type={problem!r} is not supported: lmjax classifiers are "
+                    f"single-label (softmax over the labels).")
+  num_labels = len(hf_labels(d))
+  if num_labels < 2:
+    raise UserError(f"num_labels={num_labels} is a regression head; lmjax classifiers have two "
+                    f"labels or more.")
+  encoder = MODEL_TYPES[model_type] is Family.BERT
+  return dict(num_labels=num_labels, pooler=encoder, classifier_bias=encoder)
 
 
 def _gpt2_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
@@ -274,10 +255,10 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
     raise UserError(f"model.head={config.head.value!r} has no Hugging Face {model_type} "
                     f"counterpart; lmjax exports heads "
                     f"{', '.join(h.value for h in heads)}.")
-  if config.activation not in _ACTIVATION_NAMES:
+  if config.activation not in ACTIVATION_NAMES:
     raise UserError(f"model.activation={config.activation.value!r} cannot be exported.")
   out: dict[str, Any] = {"architectures": [heads[config.head]], "model_type": model_type}
-  act = _ACTIVATION_NAMES[config.activation]
+  act = ACTIVATION_NAMES[config.activation]
   common = dict(vocab_size=config.vocab_size, initializer_range=config.initializer_range,
                 tie_word_embeddings=config.tie_embeddings)
   if family is Family.GPT2:
@@ -309,7 +290,20 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
                pad_token_id=config.position_offset - 1 if model_type == "roberta" else 0)
   else:
     out.update(common, **_llama_hf_fields(config, model_type, act))
+  if config.head is Head.CLASSIFICATION:
+    out.update(_classifier_hf_fields(config, model_type))
   return out
+
+
+def _classifier_hf_fields(config: ModelConfig, model_type: str) -> dict[str, Any]:
+  """A classifier's head as HF has it (BERT and RoBERTa: a pooled first token and a biased
+  classifier; decoders: a bias-free `score` on the last token), with placeholder label names
+  (LABEL_i) that an export replaces by the run's."""
+  encoder = config.family is Family.BERT
+  _require(config, model_type, pooler=encoder, classifier_bias=encoder)
+  names = {i: f"LABEL_{i}" for i in range(config.num_labels)}
+  return dict(id2label=names, label2id={name: i for i, name in names.items()},
+              problem_type="single_label_classification")
 
 
 def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
@@ -345,5 +339,5 @@ def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str
   return fields
 
 
-__all__ = ["hf_config_to_model_config", "model_config_to_hf_config", "export_model_type",
+__all__ = ["hf_config_to_model_config", "hf_labels", "model_config_to_hf_config", "export_model_type",
            "model_type_of", "MODEL_TYPES", "ARCHITECTURES"]

@@ -115,8 +115,11 @@ class Transformer(nn.Module):
       self.lm_head = DenseGeneral((cfg.embed_dim,), (cfg.vocab_size,), ("embed", "vocab"), False,
                                   cfg, self.dtype)
     if cfg.head is Head.CLASSIFICATION:
-      self.classifier = DenseGeneral((cfg.embed_dim,), (cfg.num_labels,), ("embed", None), True,
-                                     cfg, self.dtype)
+      if cfg.num_labels is None:
+        raise ValueError("model.num_labels is not resolved: a classifier needs its label count "
+                         "(data.labels, or the training data's labels)")
+      self.classifier = DenseGeneral((cfg.embed_dim,), (cfg.num_labels,), ("embed", None),
+                                     cfg.classifier_bias, cfg, self.dtype)
 
   def _stack(self):
     """The blocks: one module over a leading `layers` axis (scanned), or a list `layers_{i}`."""
@@ -246,12 +249,16 @@ class Transformer(nn.Module):
     return self.mlm_norm(activation(self.config.activation, self.mlm_transform(x)))
 
   def _classify(self, x, pooled, segment_ids, train):
-    """Sequence logits [batch, num_labels] from the pooled first token (BERT with a pooler) or
-    the last real token of each row, as HF's decoder classifiers do."""
+    """Sequence logits [batch, num_labels]: encoders classify from the pooled first token (or
+    the first token without a pooler), decoders from each row's last real token (the rightmost
+    one, so left or right padding alike), as HF's `*ForSequenceClassification` do."""
     if pooled is not None:
       features = pooled
+    elif not self.config.causal:
+      features = x[:, 0]
     else:
-      last = jnp.maximum(jnp.sum(segment_ids != 0, axis=-1) - 1, 0)
+      columns = jnp.arange(x.shape[1])
+      last = jnp.max(jnp.where(segment_ids != 0, columns, 0), axis=-1)  # [batch]
       features = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
     features = self.dropout(features, deterministic=not train)
     return self.classifier(features).astype(jnp.float32)

@@ -14,6 +14,7 @@ import dataclasses
 import pathlib
 
 from lmjax.config import RUN_CONFIG_FILE, Config, dump_config, from_dict, is_run_directory, read_yaml
+from lmjax.config_schema import plain
 from lmjax.errors import UserError
 from lmjax.files import write_text_atomic
 
@@ -58,8 +59,9 @@ class RunDir:
 
 
 def check_resumable(saved: Config, new: Config, run_dir: pathlib.Path) -> None:
-  """A run directory may be resumed with a changed schedule, never with another model."""
-  old_model, new_model = saved.to_dict()["model"], new.to_dict()["model"]
+  """A run directory may be resumed with a changed schedule, never with another model (the
+  graph: where its first weights came from, `model.init_from`, no longer matters)."""
+  old_model, new_model = (plain(dataclasses.asdict(c.model)) for c in (saved, new))
   changed = [k for k in old_model if old_model[k] != new_model.get(k)]
   if changed:
     details = ", ".join(f"model.{k}: {old_model[k]!r} -> {new_model[k]!r}" for k in changed)

@@ -15,10 +15,12 @@ from typing import Any
 import jax
 
 from lmjax.config import Config
-from lmjax.data.spec import batch_fields
+from lmjax.data.spec import PER_EXAMPLE, batch_fields
+from lmjax.model import Head
 from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.multihost import initialize_distributed
 from lmjax.train.setup import objective_of, setup_step
+from lmjax.train.step import batch_shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,16 +81,22 @@ class CompileReport:
 
 
 def abstract_batch(config: Config, placement: MeshRules) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global batch as ShapeDtypeStructs with their shardings: [batch_size, seq_len] each."""
-  shape = (config.train.batch_size, config.train.seq_len)
-  sharding = placement.batch_sharding()
-  return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-          for name, dtype in batch_fields(objective_of(config)).items()}
+  """The global batch as ShapeDtypeStructs with their shardings: [batch_size, seq_len] each
+  ([batch_size] for one value per row)."""
+  rows, tokens = config.train.batch_size, config.train.seq_len
+  objective = objective_of(config)
+  shardings = batch_shardings(placement, objective)
+  return {name: jax.ShapeDtypeStruct((rows,) if name in PER_EXAMPLE else (rows, tokens), dtype,
+                                     sharding=shardings[name])
+          for name, dtype in batch_fields(objective).items()}
 
 
 def compile_train_step(config: Config) -> CompileReport:
   """Compiles the configured train step on the configured mesh and reads XLA's analyses."""
   initialize_distributed(config.distributed)
+  if config.model.head is Head.CLASSIFICATION and config.model.num_labels is None:
+    # The labels come from the data, which compiling reads not: two labels weigh as many.
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_labels=2))
   placement = mesh_rules(config.mesh)
   setup = setup_step(config, placement)
   lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, placement))

@@ -1,4 +1,9 @@
-"""Held-out evaluation: the loop's periodic eval, and `lmjax eval` on a run's checkpoint."""
+"""Held-out evaluation: the loop's periodic eval, and `lmjax eval` on a run's checkpoint.
+
+Language models report the token-weighted `eval_loss` and `eval_accuracy` over
+`train.eval_batches` batches; classifiers go over every held-out example once and add
+`eval_macro_f1` and `eval_confusion` (rows: true label, columns: predicted, in label order).
+"""
 
 from __future__ import annotations
 
@@ -6,39 +11,55 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 
 from lmjax.config import load_config
 from lmjax.data.batches import BatchSource
 from lmjax.data.tokenizer import Tokenizer
-from lmjax.objectives import LossSums
 from lmjax.run.load import load_run_at, open_checkpoints
 from lmjax.run.run_dir import RunDir, check_resumable
 from lmjax.sharding import MeshRules, mesh_rules
-from lmjax.train.inputs import batch_sources, load_corpus
+from lmjax.train.inputs import batch_sources, inherit_labels, load_corpus
 from lmjax.train.setup import check_batch_fits_mesh, make_model, objective_of
 from lmjax.train.step import jit_eval_step
 
 
 def evaluate(eval_fn: Callable, params, source: BatchSource, placement: MeshRules,
-             num_batches: int) -> dict[str, float]:
-  """Token-weighted eval loss and accuracy over the first `num_batches` held-out batches."""
+             num_batches: int) -> dict[str, Any]:
+  """Eval metrics over the held-out batches (`num_batches` of them for language models, see
+  `BatchSource.eval_batches`)."""
   positions = placement.process_batch_positions(source.batch_size)
-  total = LossSums(0.0, 0.0, 0.0)
-  for i in range(num_batches):
+  total = None
+  for i in range(source.eval_batches(num_batches)):
     rows = source.batch(i, shuffle=False, positions=positions)
-    sums = eval_fn(params, placement.shard_batch(rows, source.batch_size))
-    total = LossSums(*(float(a) + float(b) for a, b in zip(total, sums)))
-  weight = max(total.weight, 1.0)
-  return {"eval_loss": total.loss / weight, "eval_accuracy": total.correct / weight}
+    sums = jax.device_get(eval_fn(params, placement.shard_batch(rows, source.batch_size)))
+    total = sums if total is None else jax.tree.map(np.add, total, sums)
+  weight = max(float(total["weight"]), 1.0)
+  metrics = {"eval_loss": float(total["loss"]) / weight,
+             "eval_accuracy": float(total["correct"]) / weight}
+  if "confusion" in total:
+    confusion = np.rint(np.asarray(total["confusion"])).astype(np.int64)
+    metrics.update(eval_macro_f1=macro_f1(confusion), eval_confusion=confusion.tolist())
+  return metrics
+
+
+def macro_f1(confusion: np.ndarray) -> float:
+  """The mean over labels of F1 = 2 TP / (2 TP + FP + FN), from counts [true, predicted]; a
+  label never true nor predicted scores 0 (as scikit-learn's default)."""
+  tp = np.diag(confusion).astype(np.float64)
+  denominator = confusion.sum(axis=0) + confusion.sum(axis=1)  # 2 TP + FP + FN
+  f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+  return float(f1.mean())
 
 
 def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *,
                  step: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
   """Evaluates checkpoint `step` (default: the latest complete one) over `train.eval_batches`
   held-out batches."""
-  config = load_config(config_name, overrides)
   run = RunDir(run_dir)
-  check_resumable(run.require_config(), config, run.path)
+  saved = run.require_config()
+  config = inherit_labels(load_config(config_name, overrides), saved)
+  check_resumable(saved, config, run.path)
   open_checkpoints(run, step)[0].close()  # a missing step fails before the data is read
   corpus = load_corpus(config, Tokenizer.load(run.tokenizer_dir))
   placement = mesh_rules(config.mesh)

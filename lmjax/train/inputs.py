@@ -25,7 +25,17 @@ def batch_spec(config: Config) -> BatchSpec:
   train = config.train
   return BatchSpec(objective=objective_of(config), seq_len=train.seq_len,
                    batch_size=train.batch_size, seed=train.seed,
-                   vocab_size=config.model.vocab_size, mlm_probability=train.mlm_probability)
+                   vocab_size=config.model.vocab_size, mlm_probability=train.mlm_probability,
+                   bidirectional=not config.model.causal,
+                   token_types=config.model.type_vocab_size >= 2)
+
+
+def inherit_labels(config: Config, saved: Config) -> Config:
+  """`config`, with the labels of the run it continues (`saved`) when it names none: a
+  classifier's head rows keep their meaning whatever the data holds now."""
+  if config.data.labels or not saved.data.labels:
+    return config
+  return config.with_labels(saved.data.labels)
 
 
 def load_corpus(config: Config, tokenizer: Tokenizer | None = None) -> Corpus:

@@ -27,7 +27,7 @@ from lmjax.run.record import CheckpointRecord
 from lmjax.run.run_dir import RunDir, check_resumable
 from lmjax.sharding import mesh_rules
 from lmjax.train.evaluate import evaluate
-from lmjax.train.inputs import TrainBatches, batch_sources, shared_corpus
+from lmjax.train.inputs import TrainBatches, batch_sources, inherit_labels, shared_corpus
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
 from lmjax.train.multihost import any_process, initialize_distributed, is_writer
 from lmjax.train.nonfinite import NonFiniteSteps
@@ -86,13 +86,15 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
 
 
 def _prepare(config: Config, run: RunDir) -> _Prepared:
-  """Every check a start needs (run directory, mesh, state layout, data, tokenizer), in that
-  order; nothing is written."""
+  """Every check a start needs (run directory, data, tokenizer, mesh, state layout), in that
+  order; nothing is written. A classifier's labels are the run's, else the training data's."""
   saved = run.read_config()
   if saved is not None:
+    config = inherit_labels(config, saved)
     check_resumable(saved, config, run.path)
-  setup = setup_step(config, mesh_rules(config.mesh))
   corpus = shared_corpus(config, run)
+  config = config.with_labels(corpus.labels)
+  setup = setup_step(config, mesh_rules(config.mesh))
   train_source, eval_source = batch_sources(config, corpus)
   return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer())
 

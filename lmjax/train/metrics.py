@@ -71,6 +71,8 @@ class MetricsWriter:
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self._tensorboard.add_scalar(key, value, row["step"])
+      elif isinstance(value, list) and value and isinstance(value[0], list):  # a matrix
+        self._tensorboard.add_text(key, _markdown_table(value), row["step"])
     self._tensorboard.flush()
 
   def progress(self, step: int, row: Mapping[str, Any]) -> None:
@@ -94,6 +96,14 @@ class MetricsWriter:
     self._bar.close()
     self._tensorboard.close()
     self._jsonl.close()
+
+
+def _markdown_table(matrix: list[list]) -> str:
+  """A confusion matrix as TensorBoard's text plugin renders it: rows true, columns predicted."""
+  header = "| true \\ predicted | " + " | ".join(str(j) for j in range(len(matrix[0]))) + " |"
+  rule = "|" + "---|" * (len(matrix[0]) + 1)
+  rows = [f"| {i} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(matrix)]
+  return "\n".join([header, rule, *rows])
 
 
 def truncate_metrics_after(path: pathlib.Path, step: int) -> None:

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lmjax.data.spec import Objective
+from lmjax.data.spec import PER_EXAMPLE, Objective, batch_fields
 from lmjax.model import Transformer
-from lmjax.objectives import LossSums, chunked_objective_loss, objective_loss
+from lmjax.objectives import LossSums, chunked_objective_loss, confusion_counts, objective_loss
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
 
@@ -121,9 +121,22 @@ def first_nonfinite_leaf(tree) -> jax.Array:
 
 
 def eval_step(params, batch: Batch, *, model: Transformer, objective: Objective,
-              loss_chunk: int = 0) -> LossSums:
-  """Loss sums on one batch without dropout; callers add them over batches."""
-  return _forward_sums(model, objective, params, batch, train=False, loss_chunk=loss_chunk)
+              loss_chunk: int = 0) -> dict[str, jax.Array]:
+  """Sums on one batch without dropout: `loss`, `weight` and `correct` (LossSums), and for a
+  classifier its `confusion` counts [true, predicted]; callers add them over batches."""
+  if objective is Objective.CLASSIFY:
+    inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+    logits = model.apply({"params": params}, batch["input_ids"], **inputs)
+    sums = objective_loss(objective, logits, batch)
+    return {**sums._asdict(), "confusion": confusion_counts(logits, batch["labels"])}
+  return _forward_sums(model, objective, params, batch, train=False,
+                       loss_chunk=loss_chunk)._asdict()
+
+
+def batch_shardings(placement: MeshRules, objective: Objective) -> dict[str, Any]:
+  """Where each array of the objective's batches lives: rows over the batch axes."""
+  return {name: placement.example_sharding() if name in PER_EXAMPLE else placement.batch_sharding()
+          for name in batch_fields(objective)}
 
 
 def jit_train_step(model: Transformer, objective: Objective, tx: optax.GradientTransformation,
@@ -141,18 +154,18 @@ def jit_train_step(model: Transformer, objective: Objective, tx: optax.GradientT
                         grad_accum_steps=grad_accum_steps, seed=seed, nan_at_step=nan_at_step,
                         loss_chunk=loss_chunk),
       placement)
-  return jax.jit(step, in_shardings=(state_shardings, placement.batch_sharding()),
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings(placement, objective)),
                  out_shardings=(state_shardings, placement.replicated()), donate_argnums=0)
 
 
 def jit_eval_step(model: Transformer, objective: Objective, placement: MeshRules,
                   params_shardings: Any, *, loss_chunk: int = 0
-                  ) -> Callable[[Any, Batch], LossSums]:
+                  ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
   """eval_step jitted with explicit shardings; the loss sums come back replicated."""
   step = _with_activation_sharding(
       functools.partial(eval_step, model=model, objective=objective, loss_chunk=loss_chunk),
       placement)
-  return jax.jit(step, in_shardings=(params_shardings, placement.batch_sharding()),
+  return jax.jit(step, in_shardings=(params_shardings, batch_shardings(placement, objective)),
                  out_shardings=placement.replicated())
 
 

@@ -1,0 +1,64 @@
+"""The Hugging Face side of the model config's twin: which `model_type`s and classes lmjax
+converts, their activation names, and the defaults of `transformers`' config classes (a
+config.json leaves out what equals them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmjax.model.config import Activation, Family, Head
+
+# The `model_type`s we convert, each to the lmjax family whose graph it is.
+MODEL_TYPES: dict[str, Family] = {
+    "gpt2": Family.GPT2, "bert": Family.BERT, "roberta": Family.BERT,
+    "llama": Family.LLAMA, "mistral": Family.MISTRAL, "qwen2": Family.LLAMA,
+}
+
+# Per model_type, the head each HF class computes. The class name is `architectures[0]`.
+ARCHITECTURES: dict[str, dict[str, Head]] = {
+    "gpt2": {"GPT2LMHeadModel": Head.CAUSAL_LM, "GPT2Model": Head.NONE},
+    "bert": {"BertForMaskedLM": Head.MASKED_LM, "BertModel": Head.NONE},
+    "roberta": {"RobertaForMaskedLM": Head.MASKED_LM, "RobertaModel": Head.NONE},
+    "llama": {"LlamaForCausalLM": Head.CAUSAL_LM, "LlamaModel": Head.NONE},
+    "mistral": {"MistralForCausalLM": Head.CAUSAL_LM, "MistralModel": Head.NONE},
+    "qwen2": {"Qwen2ForCausalLM": Head.CAUSAL_LM, "Qwen2Model": Head.NONE},
+}
+for _model_type, _prefix in (("gpt2", "GPT2"), ("bert", "Bert"), ("roberta", "Roberta"),
+                             ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2")):
+  ARCHITECTURES[_model_type][f"{_prefix}ForSequenceClassification"] = Head.CLASSIFICATION
+
+# HF `hidden_act` / `activation_function` names with the exact lmjax equivalent.
+ACTIVATIONS: dict[str, Activation] = {
+    "gelu_new": Activation.GELU_TANH, "gelu_pytorch_tanh": Activation.GELU_TANH,
+    "gelu": Activation.GELU, "silu": Activation.SILU, "swish": Activation.SILU,
+    "relu": Activation.RELU,
+}
+ACTIVATION_NAMES = {Activation.GELU_TANH: "gelu_new", Activation.GELU: "gelu",
+                     Activation.SILU: "silu", Activation.RELU: "relu"}
+
+# The `transformers` v5 class defaults of every key read below (config.json may omit them).
+CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                 n_inner=None, activation_function="gelu_new", resid_pdrop=0.1,
+                 layer_norm_epsilon=1e-5, initializer_range=0.02, scale_attn_weights=True,
+                 scale_attn_by_inverse_layer_idx=False, add_cross_attention=False,
+                 tie_word_embeddings=True),
+    "bert": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+                 max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02,
+                 layer_norm_eps=1e-12, pad_token_id=0, is_decoder=False,
+                 add_cross_attention=False, position_embedding_type="absolute",
+                 tie_word_embeddings=True),
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None,
+                  head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+                  initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                  rope_theta=10000.0, attention_bias=False, mlp_bias=False),
+}
+CLASS_DEFAULTS["roberta"] = {**CLASS_DEFAULTS["bert"], "vocab_size": 50265, "pad_token_id": 1}
+CLASS_DEFAULTS["mistral"] = {**CLASS_DEFAULTS["llama"], "intermediate_size": 14336,
+                        "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
+                        "sliding_window": 4096}
+CLASS_DEFAULTS["qwen2"] = {**CLASS_DEFAULTS["llama"], "vocab_size": 151936, "intermediate_size": 22016,
+                      "max_position_embeddings": 32768, "use_sliding_window": False,
+                      "sliding_window": 4096, "max_window_layers": 28}

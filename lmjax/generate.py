@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import UserError
-from lmjax.model import Head, Positions, Transformer, init_cache
+from lmjax.model import Head, Positions, Transformer, init_cache, unrolled
 
 # Prompts are left-padded to a multiple of this, so that nearby prompt lengths share one compiled
 # prefill and decode loop (padding slots are masked out and cost a few wasted FLOPs).
@@ -106,8 +106,12 @@ def _generate_ids(model: Transformer, params, input_ids: jax.Array, attention_ma
   After a row emits eos_id the rest of it is pad_id; the loop stops early once all rows have.
   """
   batch, prompt_len = input_ids.shape
+  # Unrolled layers, each with a KV cache of its own (see lmjax.model.unrolled); the layers'
+  # params are sliced out of the stacked ones once, before the loop.
+  config, params = unrolled(model.config, params)
+  model = Transformer(config, model.dtype)
   variables = {"params": params}
-  cache = init_cache(model.config, batch, prompt_len + max_new_tokens, model.dtype)
+  cache = init_cache(config, batch, prompt_len + max_new_tokens, model.dtype)
   logits, cache = model.apply(variables, input_ids, attention_mask,
                               positions=_left_padded_positions(attention_mask), cache=cache)
   token = _next_token(logits[:, -1], jax.random.fold_in(key, 0), sampling, greedy=greedy)

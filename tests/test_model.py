@@ -110,9 +110,10 @@ def test_scan_and_unrolled_layers_compute_the_same_function(family):
                              jitted(unrolled_model)({"params": unrolled}, ids), atol=1e-5)
 
 
-def test_remat_changes_memory_not_values():
-  plain_model, params = init(small("llama"))
-  remat_model = Transformer(small("llama", remat=Remat.FULL))
+@pytest.mark.parametrize("remat", [Remat.FULL, Remat.SAVE_DOTS])
+def test_remat_changes_memory_not_values(remat):
+  plain_model, params = init(small("llama", remat=Remat.NONE))
+  remat_model = Transformer(small("llama", remat=remat))
   ids = jax.random.randint(jax.random.key(6), (2, 10), 0, 97)
   loss = lambda m: lambda p: jnp.sum(jitted(m)({"params": p}, ids) ** 2)
   g1 = jax.grad(loss(plain_model))(params)

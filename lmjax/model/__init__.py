@@ -3,10 +3,10 @@
 from lmjax.model.config import (Activation, AttentionImpl, Family, Head, ModelConfig, Norm,
                                 NormPosition, Positions, Remat, RopeScaling)
 from lmjax.model.presets import PRESET_NAMES, preset
-from lmjax.model.transformer import Cache, Transformer, init_cache, param_shapes
+from lmjax.model.transformer import Cache, Transformer, init_cache, param_shapes, unrolled
 
 __all__ = [
     "Activation", "AttentionImpl", "Cache", "Family", "Head", "ModelConfig", "Norm",
     "NormPosition", "Positions", "PRESET_NAMES", "Remat", "RopeScaling", "Transformer", "init_cache",
-    "param_shapes", "preset",
+    "param_shapes", "preset", "unrolled",
 ]

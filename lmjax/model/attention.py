@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from lmjax.model.config import AttentionImpl, ModelConfig, Positions
 from lmjax.model.layers import DenseGeneral, rope_inverse_frequencies, rotary_embedding
 
-LayerCache = dict[str, jax.Array]  # {"key", "value"}: [batch, cache_len, kv_heads, head_dim]
+LayerCache = dict[str, jax.Array]  # {"key", "value"}: [batch, kv_heads, cache_len, head_dim]
 
 
 def attention_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *, causal: bool,
@@ -46,22 +46,31 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
                           impl: AttentionImpl = AttentionImpl.AUTO) -> jax.Array:
   """softmax(q k^T / sqrt(d) + mask) v with kv heads shared by groups of query heads.
 
-  q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
+  q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads, kv_len, head_dim] (heads-major,
+  as the KV cache stores them: a decoding step reads them without a transpose);
   mask: bool [batch, 1, q_len, kv_len]. Returns [batch, q_len, heads, head_dim].
   """
   impl = _choose_impl(impl, q.dtype)
   if impl is AttentionImpl.CUDNN:
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # cuDNN takes [batch, len, heads, d]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
   b, s, h, d = q.shape
-  kv_heads = k.shape[2]
-  q = q.reshape(b, s, kv_heads, h // kv_heads, d)  # [batch, q, kv_heads, group, head_dim]
-  logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
-  logits = logits * (d ** -0.5)
+  kv_heads, t = k.shape[1], k.shape[2]
+  group = h // kv_heads
+  # Each kv head's group of query heads as one [group * q_len] axis, so that every product is
+  # a plain batched matmul over (batch, kv_heads) with one contracting dim, forward and
+  # backward (XLA:CPU runs contractions over several dims, such as the keys' gradient summed
+  # over query positions and group, 1.4x slower).
+  q = q.reshape(b, s, kv_heads, group, d).transpose(0, 2, 3, 1, 4)   # [b, kv, group, q, d]
+  q = q.reshape(b, kv_heads, group * s, d)
+  logits = jnp.einsum("bkqd,bktd->bkqt", q, k, preferred_element_type=jnp.float32)
+  logits = logits * (d ** -0.5)                                      # [b, kv, group * q, t]
+  mask = jnp.broadcast_to(mask[:, :, None], (b, 1, group, s, t)).reshape(b, 1, group * s, t)
   # A large finite negative, not -inf, keeps fully masked rows (padding queries) free of NaN.
-  logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
-  return out.reshape(b, s, h, d)
+  out = jnp.einsum("bkqt,bktd->bkqd", probs, v)                      # [b, kv, group * q, d]
+  return out.reshape(b, kv_heads, group, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
 class Attention(nn.Module):
@@ -87,8 +96,9 @@ class Attention(nn.Module):
       q = rotary_embedding(q, positions, inv_freq)
       k = rotary_embedding(k, positions, inv_freq)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_heads, length, head_dim]
     if cache is not None:
-      start = (0, cache_index, 0, 0)
+      start = (0, 0, cache_index, 0)
       k = jax.lax.dynamic_update_slice(cache["key"], k.astype(cache["key"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["value"], v.astype(cache["value"].dtype), start)
       cache = {"key": k, "value": v}

@@ -18,6 +18,7 @@ a chunk of positions at a time:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -30,19 +31,35 @@ from lmjax.model.attention import attention_mask as make_attention_mask
 from lmjax.model.config import Head, ModelConfig, NormPosition, Positions, Remat
 from lmjax.model.layers import DenseGeneral, LayerNorm, Mlp, activation, initializer
 
-Cache = dict  # {"layers": {"key", "value"}: [layers, batch, len, kv_heads, head_dim],
+Cache = dict  # {"layers": the layers' {"key", "value"} [batch, kv_heads, len, head_dim],
+              #    stacked [layers, …] for scanned models, a list of one per layer unrolled;
               #  "segment_ids": [batch, len] (0 = empty slot), "index": int32 scalar}
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int,
                dtype: jnp.dtype = jnp.float32) -> Cache:
   """An empty KV cache for `batch_size` sequences of up to `max_length` tokens."""
-  shape = (config.num_layers, batch_size, max_length, config.kv_heads, config.dim_per_head)
-  return {
-      "layers": {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)},
-      "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
-      "index": jnp.zeros((), jnp.int32),
-  }
+  shape = (batch_size, config.kv_heads, max_length, config.dim_per_head)
+  empty = lambda *lead: {"key": jnp.zeros(lead + shape, dtype),
+                         "value": jnp.zeros(lead + shape, dtype)}
+  layers = (empty(config.num_layers) if config.scan_layers
+            else [empty() for _ in range(config.num_layers)])
+  return {"layers": layers, "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
+          "index": jnp.zeros((), jnp.int32)}
+
+
+def unrolled(config: ModelConfig, params) -> tuple[ModelConfig, Any]:
+  """The config and params of the same model with unrolled layers (`layers_{i}` instead of one
+  `layers` stacked over a leading axis). Decoding runs unrolled: each layer's KV cache is then
+  an array of its own, updated in place a token at a time, where a scanned stack slices and
+  rewrites every layer's whole cache at each step."""
+  if not config.scan_layers:
+    return config, params
+  params = dict(params)
+  stacked = params.pop("layers")
+  for i in range(config.num_layers):
+    params[f"layers_{i}"] = jax.tree.map(lambda x: x[i], stacked)
+  return dataclasses.replace(config, scan_layers=False), params
 
 
 class Block(nn.Module):
@@ -173,8 +190,12 @@ class Transformer(nn.Module):
     (the tied embedding or `lm_head`, plus the MLM decoder's bias)."""
     cfg = self.config
     x = hidden.astype(self.dtype)
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("...d,vd->...v", x, self.token_embedding.astype(self.dtype))
+    if cfg.tie_embeddings:  # x @ embedding.T: rows of x against the embedding's rows, one 2-D
+      # product (see layers.matmul) with no transposed copy of the embedding (a decoding loop
+      # would make one per token)
+      rows = x.reshape(-1, cfg.embed_dim)
+      logits = jax.lax.dot_general(rows, self.token_embedding.astype(self.dtype),
+                                   (((1,), (1,)), ((), ()))).reshape(*x.shape[:-1], -1)
     else:
       logits = self.lm_head(x)
     if cfg.head is Head.MASKED_LM:
@@ -234,12 +255,10 @@ class Transformer(nn.Module):
       return self.layers(x, caches, mask, positions, cache_index, not train)
     new_caches = []
     for i, block in enumerate(self.layers):
-      layer_cache = None if caches is None else jax.tree.map(lambda a: a[i], caches)
-      x, layer_cache = block(x, layer_cache, mask, positions, cache_index, not train)
+      x, layer_cache = block(x, None if caches is None else caches[i], mask, positions,
+                             cache_index, not train)
       new_caches.append(layer_cache)
-    if caches is None:
-      return x, None
-    return x, jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
+    return x, None if caches is None else new_caches
 
   def _lm_features(self, x):
     """What the vocabulary projection takes: the final hidden states, or for BERT's MLM head

@@ -94,14 +94,19 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
 
   weight = jnp.maximum(sums.weight, 1.0)
   grads = jax.tree.map(lambda g: g / weight, grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
   loss, grad_norm = sums.loss / weight, optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  keep_old = lambda new, old: jnp.where(finite, new, old)  # never apply a non-finite update
-  new_state = state.replace(
-      step=state.step + 1,
-      params=jax.tree.map(keep_old, optax.apply_updates(state.params, updates), state.params),
-      opt_state=jax.tree.map(keep_old, opt_state, state.opt_state))
+
+  def update(_):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, jnp.int32(-1)
+
+  def keep(_):  # never apply a non-finite update; name the first bad gradient instead
+    return state.params, state.opt_state, first_nonfinite_leaf(grads)
+
+  # A conditional, not a select over the whole state: only the branch taken runs.
+  params, opt_state, bad_leaf = jax.lax.cond(finite, update, keep, None)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = {
       "loss": loss,
       "accuracy": sums.correct / weight,
@@ -109,7 +114,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
       "learning_rate": schedule(state.step),
       "target_tokens": sums.weight,
       "finite": finite,
-      "first_nonfinite_grad": first_nonfinite_leaf(grads),
+      "first_nonfinite_grad": bad_leaf,
   }
   return new_state, metrics
 

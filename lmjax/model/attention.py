@@ -1,18 +1,20 @@
 """Multi-head attention with grouped key/value heads, rotary positions and a KV cache.
 
-Masks are built once per forward pass (`attention_mask`) as booleans of shape
-[batch, 1, q_len, kv_len] from segment ids, which express padding (segment 0) and packed
-documents (segments 1, 2, …) alike, plus causality by slot. Every implementation takes that form.
+Masks are built once per forward pass (`make_mask`) from segment ids, which express padding
+(segment 0) and packed documents (segments 1, 2, …) alike, plus causality by slot: as booleans
+of shape [batch, 1, q_len, kv_len] for the dense implementations, with the segment ids beside
+them for kernels that take the mask's structure instead (splash).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmjax.model import splash
 from lmjax.model.config import AttentionImpl, ModelConfig, Positions
 from lmjax.model.layers import DenseGeneral, rope_inverse_frequencies, rotary_embedding
 
@@ -35,22 +37,50 @@ def attention_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *, 
   return mask[:, None, :, :]
 
 
-def _choose_impl(impl: AttentionImpl, dtype: Any) -> AttentionImpl:
+class Mask(NamedTuple):
+  """Which keys each query may see, in the forms the implementations take."""
+
+  dense: jax.Array              # bool [batch, 1, q_len, kv_len]
+  query_segment_ids: jax.Array  # [batch, q_len], 0 = padding
+  key_segment_ids: jax.Array    # [batch, kv_len]
+
+
+def make_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *, causal: bool,
+              query_offset: jax.Array | int = 0) -> Mask:
+  return Mask(attention_mask(query_segment_ids, key_segment_ids, causal=causal,
+                             query_offset=query_offset), query_segment_ids, key_segment_ids)
+
+
+def _choose_impl(impl: AttentionImpl, q: jax.Array, k: jax.Array, cached: bool) -> AttentionImpl:
   if impl is not AttentionImpl.AUTO:
     return impl
-  on_gpu = jax.default_backend() == "gpu"
-  return AttentionImpl.CUDNN if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else AttentionImpl.XLA
+  backend = jax.default_backend()
+  if backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+    return AttentionImpl.CUDNN
+  if backend == "tpu" and not cached and splash.supports(q.shape[1], k.shape[2], q.shape[3]):
+    return AttentionImpl.SPLASH
+  return AttentionImpl.XLA
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
-                          impl: AttentionImpl = AttentionImpl.AUTO) -> jax.Array:
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array, *,
+                          impl: AttentionImpl = AttentionImpl.AUTO, causal: bool = False,
+                          cached: bool = False) -> jax.Array:
   """softmax(q k^T / sqrt(d) + mask) v with kv heads shared by groups of query heads.
 
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads, kv_len, head_dim] (heads-major,
-  as the KV cache stores them: a decoding step reads them without a transpose);
-  mask: bool [batch, 1, q_len, kv_len]. Returns [batch, q_len, heads, head_dim].
+  as the KV cache stores them: a decoding step reads them without a transpose); mask: a `Mask`
+  (or its dense form, bool [batch, 1, q_len, kv_len], for the dense implementations);
+  `causal`: the mask is causal (the splash kernel takes it as structure); `cached`: k and v come
+  from a KV cache (slots past the query: splash does not apply). Returns [batch, q_len, heads,
+  head_dim].
   """
-  impl = _choose_impl(impl, q.dtype)
+  impl = _choose_impl(impl, q, k, cached)
+  if impl is AttentionImpl.SPLASH:
+    if not isinstance(mask, Mask) or cached:
+      raise ValueError("splash attention takes a Mask with segment ids and no KV cache")
+    return splash.splash_attention(q, k, v, mask.query_segment_ids, mask.key_segment_ids,
+                                   causal=causal)
+  mask = mask.dense if isinstance(mask, Mask) else mask
   if impl is AttentionImpl.CUDNN:
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # cuDNN takes [batch, len, heads, d]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
@@ -80,7 +110,7 @@ class Attention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, positions: jax.Array,
+  def __call__(self, x: jax.Array, mask: Mask, positions: jax.Array,
                cache: LayerCache | None = None, cache_index: jax.Array | None = None
                ) -> tuple[jax.Array, LayerCache | None]:
     """x: [batch, length, embed] -> ([batch, length, embed], updated cache or None)."""
@@ -102,7 +132,8 @@ class Attention(nn.Module):
       k = jax.lax.dynamic_update_slice(cache["key"], k.astype(cache["key"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["value"], v.astype(cache["value"].dtype), start)
       cache = {"key": k, "value": v}
-    out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, impl=cfg.attention)
+    out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, impl=cfg.attention,
+                                causal=cfg.causal, cached=cache is not None)
     out = DenseGeneral((cfg.num_heads, hd), (d,), ("heads", "kv", "embed"), cfg.use_bias, cfg,
                        self.dtype, name="out")(out)
     return out, cache

@@ -58,9 +58,10 @@ class Head(enum.Enum):
 
 
 class AttentionImpl(enum.Enum):
-  AUTO = "auto"      # cuDNN flash on NVIDIA GPUs, XLA elsewhere
+  AUTO = "auto"      # cuDNN flash on NVIDIA GPUs, splash on TPUs (where it fits), else XLA
   XLA = "xla"        # einsum + float32 softmax, the reference
   CUDNN = "cudnn"    # jax.nn.dot_product_attention(implementation="cudnn")
+  SPLASH = "splash"  # the Pallas TPU splash kernel (interpret mode off TPU: tests only)
 
 
 class Remat(enum.Enum):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.model.attention import Attention
-from lmjax.model.attention import attention_mask as make_attention_mask
+from lmjax.model.attention import make_mask
 from lmjax.model.config import Head, ModelConfig, NormPosition, Positions, Remat
 from lmjax.model.layers import DenseGeneral, LayerNorm, Mlp, activation, initializer
 
@@ -223,7 +223,7 @@ class Transformer(nn.Module):
     else:
       key_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, offset))
       layer_caches = cache["layers"]
-    mask = make_attention_mask(segment_ids, key_segment_ids, causal=cfg.causal, query_offset=offset)
+    mask = make_mask(segment_ids, key_segment_ids, causal=cfg.causal, query_offset=offset)
     x, layer_caches = self._blocks(x, layer_caches, mask, positions,
                                    None if cache is None else offset, train)
     if cfg.norm_position is NormPosition.PRE:

@@ -8,7 +8,7 @@ them for kernels that take the mask's structure instead (splash).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax

@@ -28,6 +28,7 @@ from lmjax.files import read_json_object
 from lmjax.model.config import FAMILY_DEFAULTS, Family, Head, ModelConfig
 from lmjax.model.hf_config import hf_config_to_model_config, hf_labels
 from lmjax.model.presets import PRESET_NAMES, preset_fields
+from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from lmjax.sharding import MeshConfig
 
 log = logging.getLogger(__name__)
@@ -76,21 +77,30 @@ class TrainConfig:
   compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every",
-                 "keep_checkpoints", "checkpoint_every", "eval_batches"):
-      if getattr(self, name) < 1:
-        raise UserError(f"train.{name} must be at least 1, got {getattr(self, name)}.")
-    if self.keep_every < 0:
-      raise UserError(f"train.keep_every must be 0 (keep no milestones) or a step interval, got "
-                      f"{self.keep_every}.")
+    check_ranges(self, "train", _TRAIN_RANGES)
     if self.batch_size % self.grad_accum_steps:
       raise UserError(f"train.batch_size={self.batch_size} is not divisible by "
                       f"train.grad_accum_steps={self.grad_accum_steps}.")
-    if self.loss_chunk_size < 0:
-      raise UserError(f"train.loss_chunk_size must be 0 (no chunking) or a number of positions, "
-                      f"got {self.loss_chunk_size}.")
-    if not 0 < self.mlm_probability < 1:
-      raise UserError(f"train.mlm_probability must be in (0, 1), got {self.mlm_probability}.")
+
+
+_AT_LEAST_ONE = Range(1)
+_TRAIN_RANGES = {
+    **dict.fromkeys(("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every",
+                     "keep_checkpoints", "checkpoint_every", "eval_batches"), _AT_LEAST_ONE),
+    "learning_rate": NON_NEGATIVE,  # 0 trains nothing: a way to check a setup
+    "warmup_steps": NON_NEGATIVE,
+    "min_learning_rate_ratio": Range(0, 1, why="a fraction of the peak learning rate"),
+    "weight_decay": NON_NEGATIVE,
+    "grad_clip": Range(0, why="0 disables clipping"),
+    "adam_b1": FRACTION,
+    "adam_b2": FRACTION,
+    "adam_eps": POSITIVE,
+    "mlm_probability": Range(0, 1, low_open=True, high_open=True),
+    "loss_chunk_size": Range(0, why="0: no chunking, else a number of positions"),
+    "eval_every": Range(0, why="0 disables periodic eval"),
+    "keep_every": Range(0, why="0 keeps no milestones, else a step interval"),
+    "debug_nan_at_step": _AT_LEAST_ONE,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +114,7 @@ class DistributedConfig:
   initialization_timeout: int = 300        # seconds to wait for all processes to join
 
   def __post_init__(self):
-    if self.initialization_timeout < 1:
-      raise UserError(f"distributed.initialization_timeout must be at least 1 (seconds), got "
-                      f"{self.initialization_timeout}.")
+    check_ranges(self, "distributed", {"initialization_timeout": Range(1, why="seconds")})
     if self.auto:
       return
     given = [self.coordinator_address is not None, self.num_processes is not None,
@@ -212,6 +220,11 @@ def read_yaml(path: pathlib.Path) -> dict[str, Any]:
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
   except yaml.YAMLError as e:
     raise UserError(f"config {path} is not valid YAML: {e}") from None
+  except UnicodeDecodeError as e:
+    raise UserError(f"config {path} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#x}); "
+                    "save it as UTF-8.") from None
+  except IsADirectoryError:
+    raise UserError(f"config {path} is a directory; pass a YAML file.") from None
   if raw is None:
     return {}
   if not isinstance(raw, dict):

@@ -64,6 +64,41 @@ def test_config_mistakes_are_explained(override, expected):
   assert expected in str(info.value)
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("train.learning_rate=.nan", "train.learning_rate=nan is out of range: it must be in [0, inf)"),
+    ("train.learning_rate=-1e-3", "train.learning_rate=-0.001 is out of range"),
+    ("train.learning_rate=.inf", "train.learning_rate=inf is out of range"),
+    ("train.warmup_steps=-1", "train.warmup_steps=-1 is out of range: it must be in [0, inf)"),
+    ("train.adam_b1=1", "train.adam_b1=1 is out of range: it must be in [0, 1)"),
+    ("train.adam_eps=0", "train.adam_eps=0 is out of range"),
+    ("train.grad_clip=-1", "train.grad_clip=-1 is out of range"),
+    ("train.mlm_probability=1", "train.mlm_probability=1 is out of range"),
+    ("train.eval_every=-5", "train.eval_every=-5 is out of range"),
+    ("model.norm_eps=0", "model.norm_eps=0 is out of range"),
+    ("model.dropout_rate=1", "model.dropout_rate=1 is out of range"),
+    ("model.rope_theta=-10", "model.rope_theta=-10 is out of range"),
+    ("data.eval_fraction=1.5", "data.eval_fraction=1.5 is out of range: it must be in (0, 1)"),
+])
+def test_out_of_range_values_are_refused_with_the_range(override, expected):
+  with pytest.raises(UserError) as info:
+    load_config("tiny-gpt", [override])
+  assert expected in str(info.value)
+
+
+def test_boundary_values_are_accepted():
+  config = load_config("tiny-gpt", ["train.warmup_steps=0", "train.grad_clip=0",
+                                    "train.adam_b1=0", "model.dropout_rate=0"])
+  assert (config.train.warmup_steps, config.train.adam_b1) == (0, 0)
+
+
+def test_a_non_utf8_config_is_refused_by_name(tmp_path: pathlib.Path):
+  path = tmp_path / "latin1.yaml"
+  path.write_bytes("train:\n  steps: 3  # caf\xe9\n".encode("latin-1"))
+  with pytest.raises(UserError) as info:
+    load_config(path)
+  assert str(path) in str(info.value) and "UTF-8" in str(info.value)
+
+
 def test_an_unknown_config_name_lists_the_shipped_ones():
   with pytest.raises(UserError) as info:
     load_config("tiny-gtp")

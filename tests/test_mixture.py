@@ -47,7 +47,7 @@ def test_mixture_batches_are_a_function_of_the_step(mixture_overrides):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("data.mixture=[{source: builtin, weight: 0}]", "data.mixture[0].weight must be positive"),
+    ("data.mixture=[{source: builtin, weight: 0}]", "data.mixture[0].weight=0 is out of range: it must be in (0, inf)"),
     ("data.mixture=[{source: builtin, wieght: 2}]", "did you mean data.mixture[0].weight?"),
     ("data.mixture=[{source: builtin}]\ndata.source=text", "replaces data.source"),
 ])

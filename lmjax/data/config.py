@@ -11,6 +11,7 @@ import enum
 from typing import Any
 
 from lmjax.errors import UserError
+from lmjax.ranges import POSITIVE, Range, check_ranges
 
 
 class Source(enum.Enum):
@@ -83,23 +84,24 @@ class DataConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "labels", _label_names(self.labels))
+    check_ranges(self, "data", _DATA_RANGES)
     for i, component in enumerate(self.mixture):
-      if not component.weight > 0:
-        raise UserError(f"data.mixture[{i}].weight must be positive, got {component.weight}.")
+      check_ranges(component, f"data.mixture[{i}]", {"weight": POSITIVE})
     if self.mixture and (self.paths or self.source != DataConfig.source):
       raise UserError("data.mixture replaces data.source and data.paths: give the sources inside "
                       "the mixture only.")
-    if self.workers < 0:
-      raise UserError(f"data.workers must be 0 (a background thread) or a number of worker "
-                      f"processes, got {self.workers}.")
-    if not 0 < self.eval_fraction < 1:
-      raise UserError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}.")
 
   @property
   def sources(self) -> tuple[DataSource, ...]:
     """The mixture, or the single source as a one-component mixture."""
     return self.mixture or (DataSource(source=self.source, paths=self.paths, field=self.field,
                                        split=self.split, data_dir=self.data_dir),)
+
+
+_DATA_RANGES = {
+    "workers": Range(0, why="0: a background thread, else a number of worker processes"),
+    "eval_fraction": Range(0, 1, low_open=True, high_open=True),
+}
 
 
 def _label_names(labels: tuple[Any, ...]) -> tuple[str, ...]:

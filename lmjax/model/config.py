@@ -13,6 +13,7 @@ import dataclasses
 import enum
 
 from lmjax.errors import UserError
+from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 
 
 class Family(enum.Enum):
@@ -89,6 +90,17 @@ FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
 }
 FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
 
+_MODEL_RANGES = {
+    "num_kv_heads": Range(1, why="unset it for as many as model.num_heads"),
+    "head_dim": Range(1, why="unset it for model.embed_dim / model.num_heads"),
+    "norm_eps": POSITIVE,
+    "rope_theta": POSITIVE,
+    "position_offset": NON_NEGATIVE,
+    "type_vocab_size": Range(0, why="0: no token-type embeddings"),
+    "dropout_rate": FRACTION,
+    "initializer_range": NON_NEGATIVE,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -149,6 +161,7 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise UserError(f"model.{name} must be a positive integer, got {value!r}.")
+    check_ranges(self, "model", _MODEL_RANGES)
     if self.head_dim is None and self.embed_dim % self.num_heads:
       raise UserError(
           f"model.num_heads={self.num_heads} does not divide model.embed_dim={self.embed_dim}: "
@@ -171,8 +184,6 @@ class ModelConfig:
         raise UserError(
             f"model.rope_scaling_factor={self.rope_scaling_factor} and model.rope_original_max_len="
             f"{self.rope_original_max_len} must be positive (Llama 3.1 uses 8 and 8192).")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise UserError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
     if self.head is Head.MASKED_LM and self.causal:
       raise UserError("a masked-LM head needs a bidirectional model: set model.causal=false.")
     if self.num_labels is not None and self.num_labels < 2:

@@ -2,6 +2,11 @@
 
 Each source's last `data.eval_fraction` of packed rows (at least one) is held out for
 evaluation; rows carry the index of their source, sorted, which weighted mixtures draw by.
+
+Building one says what it does in a few log lines before the first step: the files each source
+found and their size, the tokenizer it trains (if it trains one), what was left out (one line
+each for bad records and for empty or unusable files, see lmjax.data.sources) and the documents
+kept and rows packed.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import numpy as np
 
 from lmjax.data.batches import BatchSource, pack_for, packing_ids
 from lmjax.data.classification import encode_examples, example_tokenizer, read_labelled
-from lmjax.data.config import DataConfig, Source
+from lmjax.data.config import DataConfig, DataSource, Source
 from lmjax.data.prepared import Prepared, open_prepared
 from lmjax.data.rows import ArrayRecordRows, MemoryRows, Rows
-from lmjax.data.sources import ReadStats, read_documents
+from lmjax.data.sources import (ReadStats, describe_files, find_units, keep_tokenized,
+                                 read_units)
 from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.data.tokenizer_setup import build_tokenizer, check_tokenizer
@@ -33,7 +39,7 @@ class Corpus:
   train: Rows
   held_out: Rows
   weights: tuple[float, ...] = ()   # by source id; () for one source
-  skipped_records: int = 0          # bad records left out under data.bad_records=skip
+  skipped_records: int = 0          # bad records and unusable files left out (lmjax.data.sources)
   labels: tuple[str, ...] = ()      # classify: the label names, by index
   truncated: int = 0                # classify: examples cut to train.seq_len
 
@@ -60,22 +66,23 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
     raise UserError("data.mixture mixes 'prepared' sources with document sources; prepare the "
                     "others too (lmjax data prepare), or tokenize all of them on the fly.")
   stats = ReadStats()
-  documents = [read_documents(source=s.source, paths=s.paths, field=s.field, split=s.split,
-                              data_dir=s.data_dir, encoding_errors=data.encoding_errors,
-                              bad_records=data.bad_records, stats=stats)
-               for s in data.sources]
-  if stats.skipped:
-    log.warning("skipped %d bad record(s) (data.bad_records=skip); the first: %s",
-                stats.skipped, stats.first_problem)
-  tokenizer = tokenizer or build_tokenizer(tokenizer_choice, [d for docs in documents for d in docs],
-                                           vocab_size=spec.vocab_size)
+  read = [_read_source(i, s, data, stats) for i, s in enumerate(data.sources)]
+  tokenizer = tokenizer or build_tokenizer(
+      tokenizer_choice, [d for _, per_unit in read for docs in per_unit for d in docs],
+      vocab_size=spec.vocab_size)
   check_tokenizer(spec, tokenizer)
+  token_sources = [_tokenized(names, per_unit, tokenizer, source=s.source, stats=stats)
+                   for s, (names, per_unit) in zip(data.sources, read)]
+  _report_skipped(stats)
   train, held_out = [], []
-  for i, docs in enumerate(documents):
-    packed = pack_for(spec.objective, tokenizer, tokenizer.encode_batch(docs), spec.seq_len)
+  for i, token_docs in enumerate(token_sources):
+    named = f"data.mixture[{i}]" if data.mixture else "the corpus"
+    if not token_docs:
+      raise UserError(f"every document of {named} tokenizes to no tokens: check "
+                      f"data.tokenizer, or point data.paths at other files.")
+    packed = pack_for(spec.objective, tokenizer, token_docs, spec.seq_len)
     num_rows = len(packed["input_ids"])
     if num_rows < 2:
-      named = f"data.mixture[{i}]" if data.mixture else "the corpus"
       raise UserError(
           f"{named} makes only {num_rows} row(s) of train.seq_len={spec.seq_len} tokens; "
           f"training and evaluation need at least 2: add data or lower train.seq_len.")
@@ -83,8 +90,46 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
     num_eval = min(max(1, round(num_rows * data.eval_fraction)), num_rows - 1)
     train.append(rows.slice(0, num_rows - num_eval))
     held_out.append(rows.slice(num_rows - num_eval, num_rows))
-  return Corpus(tokenizer, MemoryRows.concatenate(train), MemoryRows.concatenate(held_out),
-                tuple(s.weight for s in data.mixture), stats.skipped)
+  train, held_out = MemoryRows.concatenate(train), MemoryRows.concatenate(held_out)
+  log.info("kept %d documents (%d tokens), packed into %d rows of %d tokens: %d to train on, "
+           "%d held out", sum(map(len, token_sources)),
+           sum(len(d) for docs in token_sources for d in docs), len(train) + len(held_out),
+           spec.seq_len, len(train), len(held_out))
+  return Corpus(tokenizer, train, held_out, tuple(s.weight for s in data.mixture), stats.total)
+
+
+def _read_source(i: int, s: DataSource, data: DataConfig, stats: ReadStats
+                 ) -> tuple[list[str], list[list[str]]]:
+  """One source's unit names and the documents of each, saying in the log what it found."""
+  units = find_units(source=s.source, paths=s.paths)
+  if s.source not in (Source.BUILTIN.value, Source.TFDS.value):
+    named = f"data.mixture[{i}].paths" if data.mixture else "data.paths"
+    log.info("reading %s from %s %s", describe_files(units), named, list(s.paths))
+  per_unit = read_units(units, source=s.source, paths=s.paths, field=s.field, split=s.split,
+                        data_dir=s.data_dir, encoding_errors=data.encoding_errors,
+                        bad_records=data.bad_records, stats=stats)
+  return [u.name for u in units], per_unit
+
+
+def _tokenized(names: list[str], per_unit: list[list[str]], tokenizer: Tokenizer, *,
+               source: str, stats: ReadStats) -> list[list[int]]:
+  """A source's documents as token lists, in one batch (the tokenizer runs it in parallel),
+  without those of no tokens (counted in `stats`, see `keep_tokenized`)."""
+  flat = tokenizer.encode_batch([d for docs in per_unit for d in docs])
+  token_docs, start = [], 0
+  for name, docs in zip(names, per_unit):
+    token_docs += keep_tokenized(name, flat[start:start + len(docs)], source=source, stats=stats)
+    start += len(docs)
+  return token_docs
+
+
+def _report_skipped(stats: ReadStats) -> None:
+  """One warning for the bad records left out, one for the files: never one per file."""
+  if stats.skipped:
+    log.warning("skipped %d bad record(s) (data.bad_records=skip); the first: %s",
+                stats.skipped, stats.first_problem)
+  if stats.skipped_files:
+    log.warning("%s", stats.files_report())
 
 
 def _load_labelled(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,
@@ -95,9 +140,7 @@ def _load_labelled(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | Non
                     "labelled source directly (jsonl, csv, parquet or tfds).")
   stats = ReadStats()
   train, held_out, labels = read_labelled(data, spec, stats)
-  if stats.skipped:
-    log.warning("skipped %d bad record(s) (data.bad_records=skip); the first: %s",
-                stats.skipped, stats.first_problem)
+  _report_skipped(stats)
   if tokenizer is None:
     texts = train.texts + (train.pairs or [])
     tokenizer = build_tokenizer(tokenizer_choice, texts, vocab_size=spec.vocab_size)

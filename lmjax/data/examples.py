@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lmjax.data.config import BadRecords, EncodingErrors, Source
-from lmjax.data.sources import ReadStats, list_units, read_text
+from lmjax.data.sources import ReadStats, find_units, is_blank, read_text
 from lmjax.data.tables import parse_csv, read_parquet
 from lmjax.data.tfds_source import read_tfds_examples
 from lmjax.errors import UserError
@@ -74,12 +74,17 @@ def read_examples(source: str, paths: Sequence[str], *, fields: Fields, split: s
         f"records: data.source {', '.join(s.value for s in LABELLED_SOURCES)} with "
         f"data.field (text) and data.label_field (label).")
   stats = stats if stats is not None else ReadStats()
-  parts = [_read_unit(unit, kind, fields=fields, split=split, data_dir=data_dir, stats=stats)
-           for unit in list_units(source=kind, paths=paths)]
-  examples = Examples.concatenate(parts)
+  parts = []
+  for unit in find_units(source=kind, paths=paths):
+    if unit.globbed and kind is not Source.TFDS and is_blank(unit.name):
+      stats.skip_file(unit.name, "empty")  # a glob's empty file is left out (lmjax.data.sources)
+      continue
+    parts.append(_read_unit(unit.name, kind, fields=fields, split=split, data_dir=data_dir,
+                            stats=stats))
+  examples = Examples.concatenate(parts) if parts else Examples([], None, [], [])
   if not len(examples):
     raise UserError(f"The {kind.value} source yielded no labelled examples from `data.paths` "
-                    f"{list(paths)}" + (" (all were skipped)" if stats.skipped else "") + ".")
+                    f"{list(paths)}" + (" (all were skipped)" if stats.total else "") + ".")
   return examples
 
 

@@ -34,7 +34,8 @@ from lmjax.data.config import DataConfig, DataSource, Source
 from lmjax.data.packing import Batch, RowPacker
 from lmjax.data.prefetch import prefetched
 from lmjax.data.rows import ArrayRecordRows, encode_row
-from lmjax.data.sources import ReadStats, iter_sources, list_units, read_unit
+from lmjax.data.sources import (ReadStats, Unit, describe_files, find_units, iter_sources,
+                                 keep_tokenized, read_unit)
 from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.data.tokenizer_setup import build_tokenizer, check_tokenizer
@@ -63,7 +64,10 @@ def prepare(data: DataConfig, spec: BatchSpec, out_dir: str | os.PathLike, *,
                     "'prepared'. Point it at text/jsonl/parquet/tfds sources.")
   if rows_per_shard < 1:
     raise UserError(f"--rows-per-shard must be at least 1, got {rows_per_shard}.")
-  units = [list_units(source=s.source, paths=s.paths) for s in sources]  # path errors first
+  units = [find_units(source=s.source, paths=s.paths) for s in sources]  # path errors first
+  for i, (s, source_units) in enumerate(zip(sources, units)):
+    if s.source not in (Source.BUILTIN.value, Source.TFDS.value):
+      log.info("source %d: %s", i, describe_files(source_units))
   started = time.perf_counter()
   with staged_directory(out_dir) as staging:
     tokenizer = build_tokenizer(tokenizer_choice, iter_sources(data),  # a BPE trains on a stream
@@ -79,20 +83,27 @@ def prepare(data: DataConfig, spec: BatchSpec, out_dir: str | os.PathLike, *,
         packer = RowPacker(seq_len=spec.seq_len, eos_id=eos_id, bos_id=bos_id)
         split = _HeldOut(period, train, held_out)
         stats, documents, tokens = ReadStats(), 0, 0
-        for token_docs, skipped, problem in _tokenized(data, source, source_units, tokenizer,
-                                                       workers):
-          stats.skipped += skipped
-          stats.first_problem = stats.first_problem or problem
+        for token_docs, unit_stats in _tokenized(data, source, source_units, tokenizer,
+                                                 workers):
+          stats.skipped += unit_stats.skipped
+          stats.first_problem = stats.first_problem or unit_stats.first_problem
+          stats.skipped_files += unit_stats.skipped_files
           documents += len(token_docs)
           tokens += sum(len(d) for d in token_docs)
           split.add(packer.add(token_docs))
         split.add(packer.finish())
-        split.finish(where=f"data.mixture[{i}]" if data.mixture else "the corpus",
-                     seq_len=spec.seq_len)
+        where = f"data.mixture[{i}]" if data.mixture else "the corpus"
+        if stats.skipped_files:
+          if not documents:
+            raise UserError(f"{where} has no usable text ({stats.files_report()}): point "
+                            f"data.paths at files that hold text, or give those some.")
+          log.warning("source %d: %s", i, stats.files_report())
+        split.finish(where=where, seq_len=spec.seq_len)
         summaries.append({"source": dataclasses.asdict(source), "documents": documents,
                           "tokens": tokens, "train_rows": split.num_train,
-                          "eval_rows": split.num_eval, "skipped_records": stats.skipped,
-                          "first_skipped": stats.first_problem})
+                          "eval_rows": split.num_eval, "skipped_records": stats.total,
+                          "first_skipped": stats.first_problem,
+                          "skipped_files": len(stats.skipped_files)})
         log.info("source %d: %d documents, %d tokens -> %d train + %d held-out rows%s", i,
                  documents, tokens, split.num_train, split.num_eval,
                  f"; skipped {stats.skipped} bad records (first: {stats.first_problem})"
@@ -109,25 +120,26 @@ def prepare(data: DataConfig, spec: BatchSpec, out_dir: str | os.PathLike, *,
 
 @dataclasses.dataclass(frozen=True)
 class _ReadAndTokenize:
-  """One unit's documents as token arrays, with what reading skipped: runs in Grain workers."""
+  """One unit's documents as token arrays, with what reading left out: runs in Grain workers."""
 
   source: DataSource
   encoding_errors: str
   bad_records: str
   tokenizer: Tokenizer
 
-  def __call__(self, unit: str) -> tuple[list[np.ndarray], int, str | None]:
+  def __call__(self, unit: Unit) -> tuple[list[np.ndarray], ReadStats]:
     stats = ReadStats()
     s = self.source
     docs = read_unit(unit, source=s.source, field=s.field, split=s.split, data_dir=s.data_dir,
                      encoding_errors=self.encoding_errors, bad_records=self.bad_records,
                      stats=stats)
-    ids = [np.asarray(d, np.int32) for d in self.tokenizer.encode_batch(docs)]
-    return ids, stats.skipped, stats.first_problem
+    token_docs = keep_tokenized(unit.name, self.tokenizer.encode_batch(docs), source=s.source,
+                                stats=stats)
+    return [np.asarray(d, np.int32) for d in token_docs], stats
 
 
-def _tokenized(data: DataConfig, source: DataSource, units: list[str], tokenizer: Tokenizer,
-               workers: int) -> Iterator[tuple[list[np.ndarray], int, str | None]]:
+def _tokenized(data: DataConfig, source: DataSource, units: list[Unit], tokenizer: Tokenizer,
+               workers: int) -> Iterator[tuple[list[np.ndarray], ReadStats]]:
   """Each unit's token documents, in order; `workers` > 0 tokenizes in that many processes."""
   work = _ReadAndTokenize(source, data.encoding_errors.value, data.bad_records.value, tokenizer)
   if not workers:

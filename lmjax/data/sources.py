@@ -4,6 +4,19 @@ A document is one `str`. Readers return every document of a source, in a determi
 and turn user mistakes (a glob that matches nothing, an empty file, bytes that are not UTF-8, a
 JSON line without the text field) into a `UserError` that names the file, and the line or byte
 where that helps.
+
+Globs are expanded by lmjax.data.globs (`**` recurses, a symbolic-link loop ends the walk); each
+real file is read once, under the first name it is matched by, however many patterns or links
+reach it.
+
+Untidy trees: a glob names files nobody looked at one by one (CPython's `Lib/**/*.py` holds
+empty `__init__.py` files), so an empty or whitespace-only file a glob matches is left out and
+counted instead of stopping the run. A file named explicitly in `data.paths` must hold text (a
+UserError otherwise), unless `data.bad_records: skip`, which also leaves out any empty file and,
+under `data.encoding_errors: strict`, any file that is not UTF-8. A text file the tokenizer turns
+into no tokens is left out the same way (see `keep_tokenized`). The files left out are counted in
+`ReadStats.skipped_files`, which the corpus reports once with a few of their names; a source left
+with no documents at all is a UserError naming its paths.
 """
 
 from __future__ import annotations
@@ -16,21 +29,52 @@ import os
 from collections.abc import Iterator, Sequence
 
 from lmjax.data.config import BadRecords, DataConfig, EncodingErrors, Source
+from lmjax.data.globs import glob_files
 from lmjax.data.tables import parse_csv, read_parquet
 from lmjax.data.tfds_source import read_tfds
 from lmjax.errors import UserError
 
+_NAMED_IN_REPORT = 3  # skipped files named in a report; the rest are counted
+
 
 @dataclasses.dataclass
 class ReadStats:
-  """What reading skipped under `data.bad_records: skip`."""
+  """What reading left out: bad records under `data.bad_records: skip`, and whole files."""
 
   skipped: int = 0
   first_problem: str | None = None   # the first skipped record's problem, for the log
+  skipped_files: list[str] = dataclasses.field(default_factory=list)  # "name (why)", in order
 
   def skip(self, problem: str) -> None:
     self.skipped += 1
     self.first_problem = self.first_problem or problem
+
+  def skip_file(self, file: str, why: str) -> None:
+    self.skipped_files.append(f"{file} ({why})")
+
+  @property
+  def total(self) -> int:
+    """Records and files left out: what metrics.jsonl reports as `skipped_records`."""
+    return self.skipped + len(self.skipped_files)
+
+  def files_report(self) -> str:
+    """One line for the log: how many files were left out, and the first few."""
+    return (f"skipped {len(self.skipped_files)} empty or unusable file(s): "
+            f"{_first_few(self.skipped_files)}")
+
+
+def _first_few(names: list[str]) -> str:
+  """The first `_NAMED_IN_REPORT` of `names`, and "…" for the rest: a report stays one line."""
+  more = ", …" if len(names) > _NAMED_IN_REPORT else ""
+  return ", ".join(names[:_NAMED_IN_REPORT]) + more
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """One file (or TFDS dataset name) of a source, and whether a glob matched it."""
+
+  name: str
+  globbed: bool = False  # matched by a glob, not named: left out (not an error) when empty
 
 
 def builtin_corpus() -> list[str]:
@@ -59,30 +103,59 @@ def read_documents(*, source: str | Source, paths: Sequence[str] = (), field: st
   encoding_errors: "strict" raises a UserError on bytes that are not UTF-8; "replace"
   substitutes U+FFFD for them.
   bad_records: "error" raises a UserError on a bad JSON Lines record; "skip" leaves it out and
-  counts it in `stats`.
+  counts it in `stats`. Files left out (see the module docstring) are counted there too.
   """
-  documents = [doc for chunk in iter_documents(
-      source=source, paths=paths, field=field, encoding_errors=encoding_errors, split=split,
-      data_dir=data_dir, bad_records=bad_records, stats=stats) for doc in chunk]
-  if not documents:
-    raise UserError(
-        f"The {Source(source).value} source yielded no documents from `data.paths` "
-        f"{list(paths) if not isinstance(paths, str) else [paths]}: every line was blank"
-        f"{' or skipped' if stats and stats.skipped else ''}. Add documents to those files or "
-        f"point `data.paths` elsewhere.")
-  return documents
+  units = find_units(source=source, paths=paths)
+  return [doc for docs in read_units(
+      units, source=source, paths=paths, field=field, encoding_errors=encoding_errors,
+      split=split, data_dir=data_dir, bad_records=bad_records, stats=stats) for doc in docs]
+
+
+def read_units(units: Sequence[Unit], *, source: str | Source, paths: Sequence[str] = (),
+               field: str = "text", encoding_errors: str | EncodingErrors = "strict",
+               split: str = "train", data_dir: str | None = None,
+               bad_records: str | BadRecords = "error", stats: ReadStats | None = None
+               ) -> list[list[str]]:
+  """The documents of each of `units` (from `find_units`), in step with them; arguments as
+  for `read_documents` (`paths` names the source in errors). UserError when none has any."""
+  stats = stats if stats is not None else ReadStats()
+  files_before = len(stats.skipped_files)
+  per_unit = [read_unit(unit, source=source, field=field, encoding_errors=encoding_errors,
+                        split=split, data_dir=data_dir, bad_records=bad_records, stats=stats)
+              for unit in units]
+  if not any(per_unit):
+    raise _no_documents(source, paths, skipped_files=stats.skipped_files[files_before:],
+                        skipped_records=stats.skipped)
+  return per_unit
+
+
+def _no_documents(source: str | Source, paths: Sequence[str], *, skipped_files: list[str],
+                  skipped_records: int) -> UserError:
+  named = list(paths) if not isinstance(paths, str) else [paths]
+  if skipped_files:
+    return UserError(
+        f"The {Source(source).value} source has no usable text in `data.paths` {named}: all "
+        f"{len(skipped_files)} file(s) were left out as empty or unusable "
+        f"({_first_few(skipped_files)}). Point "
+        f"`data.paths` at files that hold text, give those files some, or (for files that are "
+        f"not UTF-8) set `data.encoding_errors: replace`.")
+  return UserError(
+      f"The {Source(source).value} source yielded no documents from `data.paths` {named}: "
+      f"every line was blank{' or skipped' if skipped_records else ''}. Add documents to those "
+      f"files or point `data.paths` elsewhere.")
 
 
 def iter_documents(*, source: str | Source, paths: Sequence[str] = (), field: str = "text",
                    encoding_errors: str | EncodingErrors = "strict", split: str = "train",
                    data_dir: str | None = None, bad_records: str | BadRecords = "error",
                    stats: ReadStats | None = None) -> Iterator[list[str]]:
-  """`read_documents` one unit (file or TFDS dataset) at a time: yields each one's documents.
+  """`read_documents` one unit (file or TFDS dataset) at a time: yields each one's documents
+  ([] for a file left out).
 
   Units are read only when their turn comes, so a corpus never has to fit in memory at once;
   path errors (a glob matching nothing) are raised before the first unit is read.
   """
-  for unit in list_units(source=source, paths=paths):
+  for unit in find_units(source=source, paths=paths):
     yield read_unit(unit, source=source, field=field, encoding_errors=encoding_errors,
                     split=split, data_dir=data_dir, bad_records=bad_records, stats=stats)
 
@@ -96,7 +169,7 @@ def iter_sources(data: DataConfig, stats: ReadStats | None = None) -> Iterator[s
       yield from chunk
 
 
-def list_units(*, source: str | Source, paths: Sequence[str] = ()) -> list[str]:
+def find_units(*, source: str | Source, paths: Sequence[str] = ()) -> list[Unit]:
   """The units a source is read in, in order: its files, its TFDS dataset names, or [""] for
   the built-in corpus. Raises a UserError for paths that name nothing."""
   source = _parse_enum(Source, source, key="data.source")
@@ -106,39 +179,89 @@ def list_units(*, source: str | Source, paths: Sequence[str] = ()) -> list[str]:
     raise UserError("A 'prepared' source holds packed rows, not documents; `lmjax train` reads "
                     "it directly.")
   if source is Source.BUILTIN:
-    return [""]
+    return [Unit("")]
   if source is Source.TFDS:
     if not paths:
       raise UserError("The 'tfds' source needs dataset names in `data.paths`, e.g. "
                       "['imdb_reviews/plain_text:1.0.0'], with `data.split` and `data.data_dir`.")
-    return [os.fspath(p) for p in paths]
+    return [Unit(os.fspath(p)) for p in paths]
   return _expand_paths(paths, source=source)
 
 
-def read_unit(unit: str, *, source: str | Source, field: str = "text",
+def describe_files(units: Sequence[Unit]) -> str:
+  """"N files, S MB": what a source's paths found, for the log."""
+  size = 0
+  for unit in units:
+    try:
+      size += os.path.getsize(unit.name)
+    except OSError:  # gone since it was listed: reading it will say so
+      pass
+  return f"{len(units)} file(s), {size / 1e6:.1f} MB"
+
+
+def read_unit(unit: str | Unit, *, source: str | Source, field: str = "text",
               encoding_errors: str | EncodingErrors = "strict", split: str = "train",
               data_dir: str | None = None, bad_records: str | BadRecords = "error",
               stats: ReadStats | None = None) -> list[str]:
-  """The documents of one unit of `list_units` (arguments as for `read_documents`)."""
+  """The documents of one unit of `find_units` (arguments as for `read_documents`); [] for a
+  file left out (counted in `stats`). A bare name is a file named explicitly."""
   source = _parse_enum(Source, source, key="data.source")
   errors = _parse_enum(EncodingErrors, encoding_errors, key="data.encoding_errors")
   policy = _parse_enum(BadRecords, bad_records, key="data.bad_records")
   stats = stats if stats is not None else ReadStats()
+  unit = unit if isinstance(unit, Unit) else Unit(os.fspath(unit))
+  file = unit.name
   if source is Source.BUILTIN:
     return builtin_corpus()
   if source is Source.TFDS:
-    return read_tfds(unit, split=split, data_dir=data_dir, field=field, errors=errors.value,
+    return read_tfds(file, split=split, data_dir=data_dir, field=field, errors=errors.value,
                      skip=stats.skip if policy is BadRecords.SKIP else None)
   if source is Source.PARQUET:
-    return _read_parquet(unit, column=field)
+    return _read_parquet(file, column=field)
+  skip = policy is BadRecords.SKIP
+  data = _slurp(file)
+  if not data.strip():
+    if not (unit.globbed or skip):
+      raise _empty_file(file)
+    stats.skip_file(file, "empty")
+    return []
+  if source is Source.JSONL and skip and errors is EncodingErrors.STRICT:
+    return _parse_jsonl_lines(data, file=file, field=field, stats=stats)
+  try:
+    text = data.decode("utf-8", errors=errors.value).removeprefix("\ufeff")
+  except UnicodeDecodeError as e:
+    if not skip:
+      raise _not_utf8(file, data, e, can_skip=True) from None
+    stats.skip_file(file, f"not UTF-8 at byte {e.start}")
+    return []
   if source is Source.CSV:
-    return _read_csv(unit, column=field, errors=errors)
+    return _read_csv(text, file=file, column=field)
   if source is Source.TEXT:
-    return [read_text(unit, errors=errors)]
-  if policy is BadRecords.SKIP and errors is EncodingErrors.STRICT:
-    return _parse_jsonl_lines(read_bytes(unit), file=unit, field=field, stats=stats)
-  return _parse_jsonl(read_text(unit, errors=errors), file=unit, field=field,
-                      stats=stats if policy is BadRecords.SKIP else None)
+    if not text.strip():  # Unicode whitespace only (no-break spaces, …)
+      if not (unit.globbed or skip):
+        raise _empty_file(file)
+      stats.skip_file(file, "whitespace only")
+      return []
+    return [text]
+  return _parse_jsonl(text, file=file, field=field, stats=stats if skip else None)
+
+
+def keep_tokenized(unit: str, token_docs: list, *, source: str | Source, stats: ReadStats
+                   ) -> list:
+  """`token_docs` (one unit's documents, tokenized) without those of no tokens, each counted in
+  `stats`: a text file as a file left out, any other source's document as a skipped record.
+
+  A document of no tokens adds nothing to learn from but its packing ids, and a text source's
+  file of them is as unusable as an empty one.
+  """
+  kept = [doc for doc in token_docs if len(doc)]
+  if len(kept) < len(token_docs):
+    if _parse_enum(Source, source, key="data.source") is Source.TEXT:
+      stats.skip_file(unit, "no tokens")
+    else:
+      for _ in range(len(token_docs) - len(kept)):
+        stats.skip(f"{unit}: a document that tokenizes to no tokens")
+  return kept
 
 
 def _parse_enum(kind: type[enum.Enum], value, *, key: str):
@@ -152,8 +275,9 @@ def _parse_enum(kind: type[enum.Enum], value, *, key: str):
                     f"Set `{key}` to one of those.") from None
 
 
-def _expand_paths(paths: Sequence[str], *, source: Source) -> list[str]:
-  """Files named by `paths` (files or globs), in order, each once."""
+def _expand_paths(paths: Sequence[str], *, source: Source) -> list[Unit]:
+  """Files named by `paths` (files or globs), in order, each real file once (named explicitly
+  when any of its names is not a glob match)."""
   suffix = {Source.TEXT: "txt", Source.JSONL: "jsonl", Source.CSV: "csv",
             Source.PARQUET: "parquet"}[source]
   if not paths:
@@ -161,46 +285,66 @@ def _expand_paths(paths: Sequence[str], *, source: Source) -> list[str]:
         f"The {source.value!r} source needs files, but `data.paths` is empty. Set `data.paths` "
         f"to a list of files or globs (e.g. ['corpus/*.{suffix}']), or use "
         f"`data.source: builtin` for the built-in corpus.")
-  files: dict[str, None] = {}  # an ordered set
+  files: dict[str, Unit] = {}  # by real path, in the order first matched
   for pattern in paths:
     pattern = os.path.expanduser(os.fspath(pattern))
     if os.path.isdir(pattern):
       raise UserError(
           f"`data.paths` names the directory {pattern!r}; name files instead, for example the "
           f"glob {os.path.join(pattern, '*.' + suffix)!r}.")
-    matches = sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
+    matches = glob_files(pattern)
+    globbed = glob.has_magic(pattern)
     if not matches and os.path.isfile(pattern):  # a file whose name has glob characters
-      matches = [pattern]
+      matches, globbed = [pattern], False
     if not matches:
       raise UserError(
           f"No file matches {pattern!r} in `data.paths` (working directory "
           f"{os.getcwd()!r}). Fix the path or glob, or remove it from `data.paths`.")
-    files.update(dict.fromkeys(matches))
-  return list(files)
+    for match in matches:
+      real = os.path.realpath(match)
+      first = files.setdefault(real, Unit(match, globbed))
+      if first.globbed and not globbed:  # named explicitly after all
+        files[real] = Unit(first.name, globbed=False)
+  return list(files.values())
 
 
-def read_bytes(file: str) -> bytes:
-  """A whole file's bytes; UserError when it is empty."""
+def is_blank(file: str, *, look_at: int = 1 << 16) -> bool:
+  """Whether `file` is empty or holds only ASCII whitespace (files over `look_at` bytes are
+  taken as not blank without reading them)."""
+  size = os.path.getsize(file)
+  return size == 0 or (size <= look_at and not _slurp(file).strip())
+
+
+def _slurp(file: str) -> bytes:
   with open(file, "rb") as f:
-    data = f.read()
-  if not data.strip():
-    raise UserError(f"The data file {file!r} is empty (or holds only whitespace). Remove it "
-                    f"from `data.paths` or give it some text.")
-  return data
+    return f.read()
+
+
+def _empty_file(file: str) -> UserError:
+  return UserError(f"The data file {file!r} is empty (or holds only whitespace). Remove it "
+                   f"from `data.paths` or give it some text.")
+
+
+def _not_utf8(file: str, data: bytes, e: UnicodeDecodeError, *, can_skip: bool = False
+              ) -> UserError:
+  line = data.count(b"\n", 0, e.start) + 1
+  return UserError(
+      f"The data file {file!r} is not valid UTF-8: byte {data[e.start]:#04x} at byte offset "
+      f"{e.start} (line {line}) cannot be decoded ({e.reason}). Convert the file to UTF-8, "
+      f"or set `data.encoding_errors: replace` to substitute U+FFFD for undecodable bytes"
+      + (", or `data.bad_records: skip` to leave such files out." if can_skip else "."))
 
 
 def read_text(file: str, *, errors: EncodingErrors) -> str:
-  """A whole file decoded as UTF-8 (a leading byte-order mark is dropped)."""
-  data = read_bytes(file)
+  """A whole file decoded as UTF-8 (a leading byte-order mark is dropped); UserError when it is
+  empty or (`errors` strict) not UTF-8."""
+  data = _slurp(file)
+  if not data.strip():
+    raise _empty_file(file)
   try:
     text = data.decode("utf-8", errors=errors.value)
   except UnicodeDecodeError as e:
-    line = data.count(b"\n", 0, e.start) + 1
-    raise UserError(
-        f"The data file {file!r} is not valid UTF-8: byte {data[e.start]:#04x} at byte offset "
-        f"{e.start} (line {line}) cannot be decoded ({e.reason}). Convert the file to UTF-8, "
-        f"or set `data.encoding_errors: replace` to substitute U+FFFD for undecodable bytes."
-    ) from None
+    raise _not_utf8(file, data, e) from None
   return text.removeprefix("\ufeff")
 
 
@@ -273,9 +417,9 @@ def _read_parquet(file: str, *, column: str) -> list[str]:
   return documents
 
 
-def _read_csv(file: str, *, column: str, errors: EncodingErrors) -> list[str]:
-  """The non-blank cells of `column` in a CSV/TSV file."""
-  values, _ = parse_csv(read_text(file, errors=errors), file=file, columns=[column])
+def _read_csv(text: str, *, file: str, column: str) -> list[str]:
+  """The non-blank cells of `column` in a CSV/TSV file's text."""
+  values, _ = parse_csv(text, file=file, columns=[column])
   documents = [v for v in values[column] if v.strip()]
   if not documents:
     raise UserError(f"Column {column!r} of the CSV file {file!r} has no text. Remove it from "

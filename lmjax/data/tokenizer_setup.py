@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sized
 
 from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def build_tokenizer(choice: str | None, documents: Iterable[str], *, vocab_size: int
@@ -14,6 +17,9 @@ def build_tokenizer(choice: str | None, documents: Iterable[str], *, vocab_size:
   """The tokenizer `choice` names: byte, bpe (trained on `documents`; also for None) or a path
   (a tokenizer.json, a sentencepiece .model or a tokenizer directory)."""
   if choice is None or choice == "bpe":
+    # Said before it starts: on a large corpus it is the slow part of starting a run.
+    on = f"{len(documents)} documents" if isinstance(documents, Sized) else "the corpus"
+    log.info("training a BPE tokenizer of up to %d tokens on %s", vocab_size, on)
     return Tokenizer.train_bpe(documents, vocab_size=vocab_size)
   if choice == "byte":
     return Tokenizer.byte_level()

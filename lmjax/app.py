@@ -2,8 +2,8 @@
 
     configure_logging()   the `lmjax` logger hierarchy's messages on stderr as "lmjax: …"
                           (through tqdm, so a progress bar is not torn), INFO and up
-    quiet_orbax_leftovers()   hides the tracebacks a failed Orbax restore leaves behind in its
-                          pending coroutines and threads, after lmjax has reported the failure
+    quiet_orbax_leftovers()   hides the tracebacks a failed Orbax restore or save leaves
+                          behind in its logs, pending coroutines and threads, after lmjax has reported the failure
 
 Only lmjax.cli imports this module (an import-linter contract says so).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import warnings
 
 import tqdm
 
@@ -48,7 +49,8 @@ def quiet_orbax_leftovers() -> None:
   Idempotent."""
   def is_leftover(exc) -> bool:
     text = str(exc)
-    return "Encountered error while reading" in text or "Event loop is closed" in text
+    return ("Encountered error while reading" in text or "Event loop is closed" in text
+            or "os_error_code=" in text or isinstance(exc, OSError))  # failed writes, reported
 
   unraisable, thread_hook, excepthook = sys.unraisablehook, threading.excepthook, sys.excepthook
   if getattr(unraisable, "lmjax_quiet", False):
@@ -66,6 +68,15 @@ def quiet_orbax_leftovers() -> None:
     if not is_leftover(value):
       excepthook(kind, value, traceback)
 
+  def quiet_log(record: logging.LogRecord) -> bool:  # Orbax logs a failed save's traceback
+    return not (record.exc_info and is_leftover(record.exc_info[1])) \
+        and "Failed to run" not in record.getMessage() \
+        and "Removing existing directory since it is not finalized" not in record.getMessage()
+
+  logging.getLogger("absl").addFilter(quiet_log)
+  # a save cancelled after its failure leaves coroutines that never ran
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                          category=RuntimeWarning)
   logging.getLogger("asyncio").addFilter(
       lambda record: "exception was never retrieved" not in record.getMessage())
   quiet_unraisable.lmjax_quiet = True

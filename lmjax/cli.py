@@ -2,7 +2,9 @@
 
 User mistakes (`UserError`) print one paragraph and exit with status 2, without a traceback.
 A run stopped by a non-finite loss (`train.nan_policy=stop`) exits with status 3; one stopped
-by SIGTERM/SIGINT exits 0 after saving a checkpoint. What the library reports (lmjax loggers)
+by SIGTERM/SIGINT exits 0 after saving a checkpoint. A write the disk refuses (full, read-only,
+no permission: `WriteFailed` or any OSError) exits with status 4, naming the path and cause,
+leaving what was written before untouched. What the library reports (lmjax loggers)
 shows on stderr as "lmjax: …" (lmjax.app).
 """
 
@@ -17,9 +19,9 @@ from typing import Sequence
 from lmjax import app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import from_hf, runs, verify
-from lmjax.data.sources import iter_sources
+from lmjax.data.sources import ReadStats, iter_sources
 from lmjax.data.tokenizer import Tokenizer
-from lmjax.errors import UserError
+from lmjax.errors import UserError, WriteFailed
 from lmjax.generate import fill_mask, generate
 from lmjax.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
 from lmjax.run import RunDir, load_run
@@ -43,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument("--compile-only", action="store_true",
                      help="compile the step for the configured mesh, print each device's memory "
                           "and the FLOPs per step, and exit without training or writing anything")
+  train.add_argument("--allow-config-change", action="store_true",
+                     help="resume even though the config changes the run's trajectory (data, "
+                          "batch, seed, optimizer…); the change is recorded in "
+                          "config_history.jsonl")
 
   evaluate = commands.add_parser("eval", help="evaluate a checkpoint on the held-out data")
   evaluate.add_argument("config", metavar="CONFIG")
@@ -129,6 +135,8 @@ def _add_convert(commands) -> None:
   check.add_argument("--step", type=int, default=None)
   check.add_argument("--tolerance", type=float, default=1e-4,
                      help="largest |Δlogit| accepted (default 1e-4, for float32 weights)")
+  check.add_argument("--allow-pickle", action="store_true",
+                     help="read pytorch_model.bin (pickle: only from a source you trust)")
 
 
 def _byte_size(text: str) -> int:
@@ -157,7 +165,7 @@ def _cmd_train(args) -> int:
       print(report.format(), flush=True)
     return 0
   run_dir = args.run_dir or f"runs/{resolve_config_path(args.config).stem}"
-  result = train(config, run_dir)
+  result = train(config, run_dir, allow_config_change=args.allow_config_change)
   if result.stopped_by:
     print(f"stopped {run_dir} by {result.stopped_by} at step {result.final_step} (saved); rerun "
           f"the same command to resume")
@@ -247,7 +255,8 @@ def _cmd_convert(args) -> int:
                    max_shard_size=args.max_shard_size)
     print(f"exported {args.run_dir} to {args.hf_dir}")
   else:
-    agreement = verify.verify(args.hf_dir, args.run_dir, step=args.step)
+    agreement = verify.verify(args.hf_dir, args.run_dir, step=args.step,
+                              allow_pickle=args.allow_pickle)
     print(f"max |Δlogit|: {agreement.max_abs_diff:.3g}")
     if agreement.mean_kl is not None:
       print(f"mean KL:      {agreement.mean_kl:.3g}")
@@ -265,6 +274,12 @@ def _cmd_checkpoints(args) -> int:
     print(f"{args.run_dir} has no checkpoints yet")
     return 0
   print(format_table(infos, verified=args.verify))
+  bad = [i.name for i in infos if i.problem is not None and i.name == str(i.step)]
+  if bad:  # unfinished writes are never loaded: they do not count
+    print(f"lmjax checkpoints: error: step(s) {', '.join(bad)} cannot be restored (see above); "
+          f"loading skips them (a newer damaged step is moved aside by the next `lmjax train`).",
+          file=sys.stderr)
+    return 1
   return 0
 
 
@@ -273,7 +288,16 @@ def _cmd_tokenizer(args) -> int:
   out = pathlib.Path(args.out)
   if out.exists() and any(out.iterdir()):
     raise UserError(f"--out {out} exists and is not empty: choose a new directory.")
-  documents = list(iter_sources(config.data))
+  stats = ReadStats()
+  documents = list(iter_sources(config.data, stats))
+  if stats.skipped_files:
+    print(f"lmjax tokenizer: {stats.files_report()}", file=sys.stderr)
+  if stats.skipped:
+    print(f"lmjax tokenizer: skipped {stats.skipped} bad record(s); the first: "
+          f"{stats.first_problem}", file=sys.stderr)
+  if not documents:
+    raise UserError(f"data.paths {list(config.data.paths)} holds no usable text to train a "
+                    f"tokenizer on: point it at files that hold text.")
   tokenizer = Tokenizer.train_bpe(documents, vocab_size=args.vocab_size or config.model.vocab_size)
   tokenizer.save(out)
   print(f"trained a {tokenizer.vocab_size}-token BPE on {len(documents)} documents into {out}; "
@@ -305,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except UserError as e:
     print(f"lmjax {args.command}: error: {e}", file=sys.stderr)
     return getattr(e, "exit_code", 2)
+  except OSError as e:  # the disk refused a write (full, read-only): the path and the cause
+    print(f"lmjax {args.command}: error: {e}. Free disk space or fix the permissions, then "
+          f"rerun the same command.", file=sys.stderr)
+    return WriteFailed.exit_code
   except KeyboardInterrupt:
     print(f"lmjax {args.command}: interrupted", file=sys.stderr)
     return 130

@@ -17,3 +17,10 @@ class NonFiniteLoss(UserError):
   """
 
   exit_code = 3
+
+
+class WriteFailed(UserError):
+  """The disk refused a write (full, read-only, no permission): not the user's input, but
+  theirs to fix. The CLI exits with `exit_code` (4); nothing written before is touched."""
+
+  exit_code = 4

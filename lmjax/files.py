@@ -54,7 +54,13 @@ def write_text_atomic(path: pathlib.Path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
                                    encoding="utf-8") as f:
-    f.write(text)
+    try:
+      f.write(text)
+      f.flush()
+    except BaseException:  # a full disk: no half-written temporary file left behind
+      f.close()
+      os.unlink(f.name)
+      raise
   os.replace(f.name, path)
 
 

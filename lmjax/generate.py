@@ -217,6 +217,16 @@ def _until_eos(ids: list[int], eos_id: int | None) -> list[int]:
 # -- public API -------------------------------------------------------------------------------
 
 
+
+def _length_fix(max_seq_len: int, prompt_len: int, max_new_tokens: int) -> str:
+  """What to do when a prompt plus its continuation exceed the positions: a prompt that
+  leaves no room is shortened, else max_new_tokens is lowered (or the prompt shortened)."""
+  room = max_seq_len - prompt_len
+  if room <= 0:
+    return (f"shorten the prompt to fewer than {max_seq_len} tokens (to at most "
+            f"{max(max_seq_len - max_new_tokens, 1)} for max_new_tokens={max_new_tokens})")
+  return f"lower max_new_tokens to at most {room}, or shorten the prompt"
+
 def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int = 0, eos_id: int | None = None, pad_id: int | None = 0
@@ -243,8 +253,7 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
   longest = max(map(len, prompts))
   _check_length(model, longest + max_new_tokens,
                 what=f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens}",
-                fix=f"shorten the prompt or lower max_new_tokens to at most "
-                    f"{max(model.config.max_seq_len - longest, 0)}")
+                fix=_length_fix(model.config.max_seq_len, longest, max_new_tokens))
   pad_id = 0 if pad_id is None else pad_id
   _check_ids([pad_id], vocab_size=vocab_size, what="pad_id")
 

@@ -77,6 +77,8 @@ def test_config_mistakes_are_explained(override, expected):
     ("model.norm_eps=0", "model.norm_eps=0 is out of range"),
     ("model.dropout_rate=1", "model.dropout_rate=1 is out of range"),
     ("model.rope_theta=-10", "model.rope_theta=-10 is out of range"),
+    ("model.head_dim=-1", "model.head_dim=-1 is out of range: it must be in [1, inf)"),
+    ("model.num_kv_heads=0", "model.num_kv_heads=0 is out of range"),
     ("data.eval_fraction=1.5", "data.eval_fraction=1.5 is out of range: it must be in (0, 1)"),
 ])
 def test_out_of_range_values_are_refused_with_the_range(override, expected):

@@ -187,6 +187,8 @@ def test_score_sums_next_token_log_probs_and_ignores_padding():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
     (dict(prompts=[[1] * 60], max_new_tokens=10), r"\(60 tokens\).*10.*max_seq_len=64.*at most 4"),
+    (dict(prompts=[[1] * 70], max_new_tokens=10),
+     r"\(70 tokens\).*shorten the prompt to fewer than 64 tokens \(to at most 54"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(top_k=0), "top_k must be >= 1"),

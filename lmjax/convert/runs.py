@@ -31,7 +31,7 @@ from lmjax.files import check_new_directory, staged_directory
 from lmjax.model import Head
 from lmjax.model.hf_config import hf_labels
 from lmjax.run.checkpointer import Checkpointer
-from lmjax.run.load import open_checkpoints
+from lmjax.run.load import open_checkpoints, restore_step
 from lmjax.run.record import CheckpointRecord, TrainState
 from lmjax.run.run_dir import RunDir
 from lmjax.run.streamed_arrays import DeferredArray
@@ -122,7 +122,7 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
     if step is None:  # a damaged newest step is skipped (with a warning), as load_run does
       checkpointer.restore_newest(export)
     else:
-      export(step)
+      restore_step(run, step, export)
   finally:
     checkpointer.close()
 

@@ -61,13 +61,15 @@ class CheckpointReader:
       if not allow_pickle:
         raise UserError(
             f"{hf_dir} holds only pickled PyTorch weights ({PICKLE}), which can run arbitrary "
-            f"code when loaded. Convert them to safetensors, or, if you trust the source, pass "
-            f"--allow-pickle (allow_pickle=True).")
+            f"code when loaded, so they are not read by default. If you trust the source, "
+            f"convert them once with `lmjax convert hf-to-lmjax {hf_dir} OUT --allow-pickle` "
+            f"(allow_pickle=True in Python) and use OUT; or save the model as safetensors.")
       self._pickled = True
       files = self._shard_files(PICKLE_INDEX) if (hf_dir / PICKLE_INDEX).is_file() else [PICKLE]
     else:
       raise UserError(f"{hf_dir} has no weights: expected {SAFETENSORS} or {SAFETENSORS_INDEX} "
-                      f"(or {PICKLE} with --allow-pickle).")
+                      f"(or {PICKLE}, read only when allowed: see lmjax convert hf-to-lmjax "
+                      f"--allow-pickle).")
     for file in files:  # headers only
       for name, shape in self._tensor_shapes(file):
         if self._file_of.setdefault(name, file) == file:

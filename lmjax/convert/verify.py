@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
 
 from lmjax.convert.engine import read_hf_config
+from lmjax.convert.safetensors_files import CheckpointReader
 from lmjax.errors import UserError
 from lmjax.model import Head
 from lmjax.run.load import load_run
@@ -23,8 +25,13 @@ class Agreement:
 
 
 def verify(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, step: int | None = None,
-           batch_size: int = 2, seq_len: int = 32, seed: int = 0) -> Agreement:
-  """Runs the HF model (PyTorch) and the run's model on the same random tokens and compares."""
+           batch_size: int = 2, seq_len: int = 32, seed: int = 0,
+           allow_pickle: bool = False) -> Agreement:
+  """Runs the HF model (PyTorch) and the run's model on the same random tokens and compares.
+
+  Like the import, it refuses pickled weights (pytorch_model.bin) unless `allow_pickle`.
+  """
+  CheckpointReader(pathlib.Path(hf_dir), allow_pickle=allow_pickle)  # headers: what it holds
   model, params = load_run(run_dir, step=step)
   torch_model = _load_torch_model(hf_dir)
   config = model.config

@@ -15,6 +15,13 @@ restore as the ground truth, warns which step it skipped and why, and falls back
 the next older one. Nothing is ever deleted for being unreadable; the trainer moves such steps
 aside (`quarantine`) so that the step can be written again.
 
+A save that fails (disk full, directory not writable) fails either at once or later in the
+background; `write_error` reports the latter without blocking, so the trainer can stop at the
+next step boundary, and `room_error` checks the free space before a save, so that a full disk
+stops the run at the step it cannot save. Either way the error is a `WriteFailed` naming the step, the cause and the
+steps still intact; the failed write leaves only a temporary directory, never a step, and no
+earlier step is touched. `close` after a failure returns promptly.
+
 A failed Orbax restore can leave tracebacks in its pending coroutines and threads; the `lmjax`
 command hides those (lmjax.app), a library user's process is left as it is.
 """
@@ -22,8 +29,13 @@ command hides those (lmjax.app), a library user's process is left as it is.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
 import logging
+import os
 import pathlib
+import re
+import threading
 import shutil
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -32,7 +44,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from lmjax.errors import UserError
+from lmjax.errors import UserError, WriteFailed
+from lmjax.files import read_json_object, write_text_atomic
 from lmjax.run.record import CheckpointRecord, TrainState
 from lmjax.run.streamed_arrays import streaming_handlers
 
@@ -40,6 +53,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TMP_MARKER = ".orbax-checkpoint-tmp"
+SIZES_FILE = "checkpoint_sizes.json"  # beside the checkpoints directory: each step's file sizes
 ITEMS = ("state", "record")
 ArrayPath = tuple[str, ...]  # keys from the state's root, e.g. ("params", "lm_head", "kernel")
 
@@ -62,15 +76,28 @@ class Checkpointer:
     self._options = ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=async_save,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-    self._manager = ocp.CheckpointManager(self.directory, options=self._options,
-                                          item_names=ITEMS)
+    self._opened: ocp.CheckpointManager | None = None
+    self._pending: int | None = None          # the step of a save that may still be writing
+    self._failure: WriteFailed | None = None  # the first save that failed; no save after it
+    self._last_size = 0                       # bytes of the last checkpoint this wrote
+
+  @property
+  def _manager(self) -> ocp.CheckpointManager:
+    """Orbax's manager, made on first use: it creates the directory, which a run must not
+    have before its first save."""
+    if self._opened is None:
+      self._opened = ocp.CheckpointManager(self.directory, options=self._options,
+                                           item_names=ITEMS)
+    return self._opened
 
   def steps(self) -> list[int]:
     """Committed steps, oldest first (whether they are readable is only known on restore)."""
+    if self._opened is None and not self.directory.is_dir():
+      return []
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    return self.steps()[-1] if self.steps() else None
 
   def unfinished_writes(self) -> list[pathlib.Path]:
     """Temporary directories of writes that never completed (the writer died)."""
@@ -79,9 +106,80 @@ class Checkpointer:
     return sorted(p for p in self.directory.iterdir() if TMP_MARKER in p.name)
 
   def save(self, step: int, state: TrainState, record: CheckpointRecord) -> None:
-    """Starts writing `state` and `record` as checkpoint `step`."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record.to_json())))
+    """Starts writing `state` and `record` as checkpoint `step`; raises WriteFailed if this
+    or the previous save failed."""
+    self.wait()
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record.to_json())))
+    except Exception as e:  # noqa: BLE001 -- whatever the filesystem raised, said in one line
+      raise self._failed(step, os_cause(e)) from None
+    self._pending = step
+
+  def write_error(self) -> WriteFailed | None:
+    """The error of the last save if it has failed in the background, without waiting for one
+    still in progress (then None)."""
+    if self._failure is None and self._pending is not None \
+        and not self._manager.is_saving_in_progress():
+      self._settle()
+    return self._failure
+
+  def _settle(self) -> None:
+    """Waits for the pending save; records its failure, or the sizes of its files."""
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._failed(step, os_cause(e))
+      return
+    self._last_size = _size(self.directory / str(step))
+    self._record_sizes(step)
+
+  def _record_sizes(self, step: int) -> None:
+    """Adds the committed step's file sizes to SIZES_FILE beside the checkpoints directory
+    (RUN_DIR/checkpoint_sizes.json; dropping steps no longer there), so
+    that a cheap check can tell a truncated file from a complete one (lmjax.run.inspection)."""
+    if jax.process_index() != 0:
+      return
+    path = self.directory.parent / SIZES_FILE
+    sizes = {name: files for name, files in (read_json_object(path) or {}).items()
+             if (self.directory / name).is_dir()}
+    step_dir = self.directory / str(step)
+    sizes[str(step)] = {str(f.relative_to(step_dir)): f.stat().st_size
+                        for f in sorted(step_dir.rglob("*")) if f.is_file()}
+    write_text_atomic(path, json.dumps(sizes, indent=1))
+
+  def recorded_sizes(self, step: int) -> dict[str, int] | None:
+    """{file relative to the step's directory: bytes} as written, or None if not recorded."""
+    try:
+      return (read_json_object(self.directory.parent / SIZES_FILE) or {}).get(str(step))
+    except UserError:  # a damaged sizes file only loses this check
+      return None
+
+  def room_error(self, step: int, state: TrainState) -> WriteFailed | None:
+    """WriteFailed when the disk has less free space than checkpoint `step` will take (the
+    last one's size, else the state's bytes over the processes): a full disk then stops the
+    run at the step it could not save, rather than steps later when the write fails."""
+    if self.write_error() is not None:
+      return self._failure
+    need = self._last_size or sum(x.nbytes for x in jax.tree.leaves(state)) // jax.process_count()
+    existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free >= need:
+      return None
+    return self._failed(step, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, a "
+                              f"checkpoint takes about {need / 2**20:.1f} MiB)")
+
+  def _failed(self, step: int | None, cause: str) -> WriteFailed:
+    if self._failure is None:
+      intact = [s for s in self.steps() if s != step]
+      kept = (f"{_steps(intact)} intact and a rerun resumes from step {intact[-1]}" if intact
+              else "there is no earlier checkpoint")
+      self._failure = WriteFailed(
+          f"could not write checkpoint step {step} to {self.directory}: {cause}. "
+          f"Training stopped; {kept}. Free disk space or make the directory writable, then "
+          f"rerun the same command.")
+    return self._failure
 
   def save_streamed(self, step: int, state: TrainState, record: CheckpointRecord) -> None:
     """Writes checkpoint `step` before returning, making each DeferredArray leaf of `state`
@@ -99,9 +197,13 @@ class Checkpointer:
     try:
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(state), record=ocp.args.JsonSave(record.to_json())))
+    except OSError as e:
+      raise self._failed(step, os_cause(e)) from None
     finally:
       manager.close()
-    self._manager.reload()
+    self._record_sizes(step)
+    if self._opened is not None:
+      self._opened.reload()
 
   def array_specs(self, step: int) -> dict[ArrayPath, jax.ShapeDtypeStruct]:
     """Shape and dtype of every array in checkpoint `step`'s state, from its metadata alone."""
@@ -201,7 +303,7 @@ class Checkpointer:
     counts as restored only if it restored on every process.
     """
     for path in self.unfinished_writes():
-      _warn("ignoring %s: a checkpoint write that never finished (its process died)", path.name)
+      _warn("ignoring %s: a checkpoint write that never finished (its process died or the disk refused it)", path.name)
     skipped: list[SkippedStep] = []
     steps = [s for s in reversed(self.steps()) if below is None or s < below]
     for step in steps:
@@ -240,11 +342,51 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the pending save is written; raises WriteFailed if it (or one before) failed."""
+    if self._pending is not None:
+      self._settle()
+    elif self._failure is None and self._opened is not None:
+      self._opened.wait_until_finished()
+    if self._failure is not None:
+      raise self._failure
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the pending save, then releases Orbax's threads. After a failed save this
+    neither waits on nor raises from the failed write: the error is already reported."""
+    try:
+      self.wait()
+    finally:
+      try:
+        if self._opened is not None:
+          self._opened.close()
+      except Exception:  # noqa: BLE001 -- only the failed write's error, already reported
+        if self._failure is None:
+          raise
+      if self._failure is not None:
+        _release_orbax_threads()
+
+
+def _release_orbax_threads() -> None:
+  """Ends the threads of a save that failed before it started writing.
+
+  Orbax starts a (non-daemon) thread per commit step, each waiting up to 10 minutes for a
+  signal from the step before; when the save fails synchronously (its directory cannot be
+  made) the signals never come and the process cannot exit. Orbax has no API for this, so we
+  cancel those threads and send the signals they wait for, after which each returns at once.
+  Best effort: if Orbax's internals change, this does nothing.
+  """
+  try:
+    from orbax.checkpoint._src.futures import future, signaling_client
+    client = signaling_client.get_signaling_client()
+    for thread in threading.enumerate():
+      if isinstance(thread, future._SignalingThread) and thread.is_alive():
+        thread.cancel()
+        for signal in thread._receive_signals:
+          key = future.AwaitableSignalsContract.get_unique_awaitable_singal_key(
+              signal, thread._operation_id)
+          client.key_value_set(key, "cancelled", allow_overwrite=True)
+  except Exception as e:  # noqa: BLE001
+    log.debug("could not release Orbax's save threads: %s", e)
 
 
 def _all_processes_agree(ok: bool) -> bool:
@@ -261,6 +403,26 @@ def first_line(error: BaseException) -> str:
   line = text[0] if text else ""
   line = line if len(line) <= 300 else line[:300] + "…"
   return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def os_cause(error: BaseException) -> str:
+  """What the operating system said about a failed write (e.g. "No space left on device"),
+  from an OSError or from TensorStore's "[os_error_code='28']"; else `first_line(error)`."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  if isinstance(error, OSError) and error.errno:
+    return f"{os.strerror(error.errno)} ({error.filename})" if error.filename else \
+        os.strerror(error.errno)
+  code = re.search(r"os_error_code='?(\d+)", str(error))
+  return os.strerror(int(code.group(1))) if code else first_line(error)
+
+
+def _size(path: pathlib.Path) -> int:
+  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _steps(steps: list[int]) -> str:
+  return f"step {steps[0]} is" if len(steps) == 1 else f"steps {', '.join(map(str, steps))} are"
 
 
 def _warn(message: str, *args) -> None:

@@ -1,8 +1,9 @@
 """`lmjax checkpoints RUN_DIR`: a run's checkpoints, their size on disk and whether they restore.
 
 The default check is cheap and reads no arrays: the step directory was committed (Orbax's
-`commit_success.txt` markers and metadata files are there), no file in it is empty, and its
-JSON record reads. `verify=True` also reads every array of every step (a group of arrays at a
+`commit_success.txt` markers and metadata files are there), no file in it is empty, every file
+has the size recorded when it was written (a truncated or deleted file fails), and its JSON
+record reads. `verify=True` also reads every array of every step (a group of arrays at a
 time, so memory holds one group, not the state) and checks that the params have the shapes the
 run's model has, which also catches a truncated array file.
 """
@@ -55,7 +56,7 @@ def inspect_checkpoints(run_dir: str | pathlib.Path, *, verify: bool = False
       if TMP_MARKER in path.name:
         step = int(path.name.split(".")[0]) if path.name.split(".")[0].isdigit() else None
         infos.append(CheckpointInfo(path.name, step, _size(path),
-                                    "unfinished write (its process died); never loaded", None))
+                                    "unfinished write (its process died or the disk refused it); never loaded", None))
       elif path.name.isdigit():
         infos.append(_inspect_step(checkpointer, path, int(path.name) in committed))
     if verify:
@@ -83,8 +84,25 @@ def _inspect_step(checkpointer: Checkpointer, path: pathlib.Path, committed: boo
       record = checkpointer.restore_record(step)
     except Exception as e:  # noqa: BLE001 -- any failure makes the step unusable
       problem = f"record unreadable: {first_line(e)}"
+    problem = problem or _changed_files(path, checkpointer.recorded_sizes(step))
   position = record.data_position if record else None
   return CheckpointInfo(path.name, step, size, problem, position, record)
+
+
+def _changed_files(path: pathlib.Path, recorded: dict[str, int] | None) -> str | None:
+  """Which files of step directory `path` are missing or have another size than when they
+  were written (None when all match, or no sizes were recorded)."""
+  if not recorded:
+    return None
+  problems = []
+  for name, size in recorded.items():
+    file = path / name
+    now = file.stat().st_size if file.is_file() else None
+    if now != size:
+      problems.append(f"{name} is {'missing' if now is None else f'{now} bytes'} "
+                      f"(written: {size})")
+  return f"{len(problems)} file(s) changed since written: {', '.join(problems[:2])}" \
+      if problems else None
 
 
 def _verify(checkpointer: Checkpointer, model: ModelConfig, info: CheckpointInfo

@@ -7,16 +7,19 @@ rules: the run's own `mesh.rules` unless the caller names others.
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from jax.sharding import Mesh
 
 from lmjax.errors import UserError
 from lmjax.model import Transformer
 from lmjax.placement import placed_params
-from lmjax.run.checkpointer import Checkpointer
+from lmjax.run.checkpointer import Checkpointer, first_line
+from lmjax.run.inspection import inspect_checkpoints
 from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshConfig, MeshRules, axis_rules, make_mesh, parse_rules
+
+T = TypeVar("T")
 
 
 def open_checkpoints(run: RunDir, step: int | None) -> tuple[Checkpointer, int | None]:
@@ -36,6 +39,23 @@ def open_checkpoints(run: RunDir, step: int | None) -> tuple[Checkpointer, int |
     raise UserError(f"{run.path} has no checkpoint at step {step}; it has steps "
                     f"{', '.join(map(str, sorted(steps)))}.")
   return checkpointer, step
+
+
+def restore_step(run: RunDir, step: int, restore: Callable[[int], T]) -> T:
+  """restore(step) for a step the user named; a damaged step is a UserError saying so, why,
+  and which steps pass the cheap check (lmjax checkpoints), rather than a traceback."""
+  try:
+    return restore(step)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- whatever a damaged file raises
+    others = [i.step for i in inspect_checkpoints(run.path) if i.problem is None and i.step != step
+              and i.name == str(i.step)]
+    usable = (f"steps that look intact: {', '.join(map(str, others))} (or omit --step to load "
+              f"the newest that restores)" if others else "no other step looks intact")
+    raise UserError(f"checkpoint step {step} of {run.path} is damaged and cannot be restored "
+                    f"({first_line(e)}); {usable}. `lmjax checkpoints {run.path} --verify` "
+                    f"checks every step.") from None
 
 
 def load_run(run_dir: str | pathlib.Path, step: int | None = None, *, mesh: Mesh | None = None,
@@ -66,7 +86,7 @@ def load_run_at(run_dir: str | pathlib.Path, step: int | None = None, *, mesh: M
       step, params, _ = checkpointer.restore_newest(
           lambda at: checkpointer.restore_params(at, abstract))
     else:
-      params = checkpointer.restore_params(step, abstract)
+      params = restore_step(run, step, lambda at: checkpointer.restore_params(at, abstract))
   finally:
     checkpointer.close()
   return Transformer(config.model), params, step

@@ -1,7 +1,9 @@
 """The run directory: where a run's config, tokenizer, checkpoints and metrics live.
 
-    RUN_DIR/config.yaml          the fully resolved config
+    RUN_DIR/config.yaml          the fully resolved config (the one now in use)
+    RUN_DIR/config_history.jsonl what each resume changed (lmjax.run.resume_policy)
     RUN_DIR/checkpoints/<step>/  Orbax checkpoints
+    RUN_DIR/checkpoint_sizes.json each checkpoint's file sizes as written (lmjax checkpoints)
     RUN_DIR/corrupt_checkpoints/ checkpoints that failed to restore, moved aside
     RUN_DIR/metrics.jsonl        one JSON object per logged step
     RUN_DIR/tensorboard/         TensorBoard event files
@@ -11,10 +13,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 
 from lmjax.config import RUN_CONFIG_FILE, Config, dump_config, from_dict, is_run_directory, read_yaml
-from lmjax.config_schema import plain
 from lmjax.errors import UserError
 from lmjax.files import write_text_atomic
 
@@ -53,17 +55,36 @@ class RunDir:
                       f"the --run-dir that `lmjax train` wrote.")
     return config
 
+  config_history = property(lambda self: self.path / "config_history.jsonl")
+
+  def check_usable(self) -> None:
+    """UserError unless this is a run directory, or a new or empty directory `lmjax train` may
+    create and write: never a file, a foreign directory, or one it cannot write."""
+    if self.path.exists() and not self.path.is_dir():
+      raise UserError(f"--run-dir {self.path} is a file, not a directory: pass a directory "
+                      f"(a new one starts a run).")
+    if self.path.is_dir() and not self.exists() and any(self.path.iterdir()):
+      raise UserError(f"--run-dir {self.path} is not empty and is not an lmjax run directory "
+                      f"(it has no {RUN_CONFIG_FILE}): pass a new or empty directory, or the "
+                      f"directory of an lmjax run to resume it.")
+    existing = next(p for p in (self.path, *self.path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+      raise UserError(f"--run-dir {self.path}: {existing} is a file, not a directory: choose "
+                      f"another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+      what = "it" if existing == self.path else f"its parent {existing}"
+      raise UserError(f"--run-dir {self.path}: {what} is not writable (permissions or a "
+                      f"read-only file system): choose a directory you can write to.")
+    if self.path.is_dir():
+      for child in (self.checkpoints, self.config_file, self.metrics_file):
+        if child.exists() and not os.access(child, os.W_OK):
+          raise UserError(f"{child} is not writable (permissions or a read-only file system): "
+                          f"make it writable to resume this run.")
+
+  def append_history(self, line: str) -> None:
+    with open(self.config_history, "a", encoding="utf-8") as f:
+      f.write(line + "\n")
+
   def write_config(self, config: Config) -> None:
     """Writes config.yaml atomically (a crash never leaves half a file)."""
     write_text_atomic(self.config_file, dump_config(config))
-
-
-def check_resumable(saved: Config, new: Config, run_dir: pathlib.Path) -> None:
-  """A run directory may be resumed with a changed schedule, never with another model (the
-  graph: where its first weights came from, `model.init_from`, no longer matters)."""
-  old_model, new_model = (plain(dataclasses.asdict(c.model)) for c in (saved, new))
-  changed = [k for k in old_model if old_model[k] != new_model.get(k)]
-  if changed:
-    details = ", ".join(f"model.{k}: {old_model[k]!r} -> {new_model[k]!r}" for k in changed)
-    raise UserError(f"{run_dir} holds a run of a different model ({details}); resuming it with "
-                    f"this config is impossible. Use a new --run-dir, or the run's own config.")

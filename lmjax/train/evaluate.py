@@ -17,7 +17,8 @@ from lmjax.config import load_config
 from lmjax.data.batches import BatchSource
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.run.load import load_run_at, open_checkpoints
-from lmjax.run.run_dir import RunDir, check_resumable
+from lmjax.run.resume_policy import check_model_unchanged
+from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.inputs import batch_sources, inherit_labels, load_corpus
 from lmjax.train.setup import check_batch_fits_mesh, make_model, objective_of
@@ -59,7 +60,7 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
   run = RunDir(run_dir)
   saved = run.require_config()
   config = inherit_labels(load_config(config_name, overrides), saved)
-  check_resumable(saved, config, run.path)
+  check_model_unchanged(saved, config, run.path)
   open_checkpoints(run, step)[0].close()  # a missing step fails before the data is read
   corpus = load_corpus(config, Tokenizer.load(run.tokenizer_dir))
   placement = mesh_rules(config.mesh)

@@ -1,7 +1,9 @@
 """The training loop: config -> mesh -> sharded state -> (batch -> step -> metrics/checkpoint)*.
 
-Everything that can fail on a user's input (config, data, tokenizer, mesh, an incompatible run
-directory) is checked before anything is written, so a failed start never damages a run.
+Everything that can fail on a user's input (config, data, tokenizer, mesh, the run directory,
+a resume that would change the run: lmjax.run.resume_policy, initial weights, the first step)
+is checked before anything is written: config.yaml, the tokenizer and the config history are
+written once the first step has run, so a failed start leaves nothing behind.
 Rerunning the same command resumes from the latest checkpoint that restores (a damaged newer
 one is reported and moved to RUN_DIR/corrupt_checkpoints/). SIGTERM or SIGINT stops the run at
 the next step boundary with a checkpoint (see lmjax.train.preemption). A step with a non-finite
@@ -22,14 +24,16 @@ import jax
 from lmjax.config import Config
 from lmjax.data.batches import BatchSource
 from lmjax.data.corpus import Corpus
+from lmjax.errors import WriteFailed
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
-from lmjax.run.run_dir import RunDir, check_resumable
+from lmjax.run.resume_policy import Change, check_resume, history_entry
+from lmjax.run.run_dir import RunDir
 from lmjax.sharding import mesh_rules
 from lmjax.train.evaluate import evaluate
 from lmjax.train.inputs import TrainBatches, batch_sources, inherit_labels, shared_corpus
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
-from lmjax.train.multihost import any_process, initialize_distributed, is_writer
+from lmjax.train.multihost import any_process_each, initialize_distributed, is_writer
 from lmjax.train.nonfinite import NonFiniteSteps
 from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
@@ -59,54 +63,66 @@ class _Prepared:
   train_source: BatchSource
   eval_source: BatchSource
   writes: bool               # this process writes the run directory, logs and metrics
+  changes: list[Change]      # what this resume changes in the saved config (new run: none)
+  allow_change: bool
 
 
 def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None = None,
-          async_checkpoints: bool = True) -> TrainResult:
+          async_checkpoints: bool = True, allow_config_change: bool = False) -> TrainResult:
   """Trains (or resumes) the run in `run_dir` up to `train.steps`.
 
   `stop_after` ends this invocation early, with a checkpoint, after that step (e.g. to fit a
   job's time slot); rerunning continues exactly where it stopped. `async_checkpoints=False`
-  blocks on every checkpoint write (for benchmarks).
+  blocks on every checkpoint write (for benchmarks). `allow_config_change` lets a resume change
+  settings that alter the run's trajectory (see lmjax.run.resume_policy).
   """
   initialize_distributed(config.distributed)
-  prepared = _prepare(config, RunDir(run_dir))
-  _write_run_start(prepared)
+  prepared = _prepare(config, RunDir(run_dir), allow_config_change)
   checkpointer = Checkpointer(prepared.run.checkpoints, keep=config.train.keep_checkpoints,
                               keep_every=config.train.keep_every, async_save=async_checkpoints)
   try:
     begin = start_or_resume(config, prepared.run, prepared.setup, checkpointer,
                             report=prepared.writes)
-    if prepared.writes:  # rows of steps after the checkpoint (a run that died) are logged again
-      truncate_metrics_after(prepared.run.metrics_file, begin.step)
     end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
     return _Loop(prepared, checkpointer, begin).run(end)
   finally:
     checkpointer.close()
 
 
-def _prepare(config: Config, run: RunDir) -> _Prepared:
-  """Every check a start needs (run directory, data, tokenizer, mesh, state layout), in that
-  order; nothing is written. A classifier's labels are the run's, else the training data's."""
-  saved = run.read_config()
+def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
+  """Every check a start needs (run directory, resume policy, data, tokenizer, mesh, state
+  layout), in that order; nothing is written. A classifier's labels are the run's, else the
+  training data's."""
+  run.check_usable()
+  saved, changes = run.read_config(), []
   if saved is not None:
     config = inherit_labels(config, saved)
-    check_resumable(saved, config, run.path)
+    changes = check_resume(saved, config, run.path, allow_change=allow_change)
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
   setup = setup_step(config, mesh_rules(config.mesh))
   train_source, eval_source = batch_sources(config, corpus)
-  return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer())
+  return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer(), changes,
+                   allow_change)
 
 
-def _write_run_start(prepared: _Prepared) -> None:
-  """Writes config.yaml and (for a new run) the tokenizer, on the writing process only; the
-  checkpoints are written by all processes together."""
+def _write_run_start(prepared: _Prepared, begin: Start) -> None:
+  """Once the first step has run: config.yaml, the config history of a changed resume, (for a
+  new run) the tokenizer, and metrics.jsonl without rows after the resumed step (a run that
+  died logs them again), on the writing process only; all processes write the checkpoints."""
   if not prepared.writes:
     return
-  prepared.run.write_config(prepared.config)
-  if not prepared.run.tokenizer_dir.is_dir():
-    prepared.corpus.tokenizer.save(prepared.run.tokenizer_dir)
+  run = prepared.run
+  run.path.mkdir(parents=True, exist_ok=True)
+  if prepared.changes:
+    run.append_history(history_entry(prepared.changes, step=begin.step,
+                                     allowed=prepared.allow_change))
+    log.info("resuming with a changed config (recorded in %s): %s", run.config_history,
+             "; ".join(map(str, prepared.changes)))
+  run.write_config(prepared.config)
+  if not run.tokenizer_dir.is_dir():
+    prepared.corpus.tokenizer.save(run.tokenizer_dir)
+  truncate_metrics_after(run.metrics_file, begin.step)
 
 
 class _Loop:
@@ -140,10 +156,16 @@ class _Loop:
           done = step + 1
           self.nonfinite.add(done, metrics)
           self.nonfinite.check(last_saved=self.last_saved, keep_newest=True)
-          self.speed.started(done, metrics)
+          if self.speed.started(done, metrics):
+            _write_run_start(self.prepared, self.begin)
           row = self._log(done, metrics) or row
-          stop = any_process(guard.requested)
-          if done % self.config.train.checkpoint_every == 0 or done == end or stop:
+          saves = done % self.config.train.checkpoint_every == 0 or done == end
+          failed = (self.checkpointer.room_error(done, self.state) if saves or guard.requested
+                    else self.checkpointer.write_error())
+          stop, write_failed = any_process_each(guard.requested, failed is not None)
+          if write_failed:
+            raise self._write_failed()
+          if saves or stop:
             self.nonfinite.check(last_saved=self.last_saved)  # a poisoned state is never written
             self._save(done)
           if stop:
@@ -181,6 +203,13 @@ class _Loop:
         skipped_steps=self.nonfinite.skipped, elapsed_seconds=self._elapsed()))
     self.last_saved = done
 
+  def _write_failed(self) -> WriteFailed:
+    """This process's failed checkpoint write, or another's, after which every process stops."""
+    error = self.checkpointer.write_error()
+    return error or WriteFailed(f"another process could not write a checkpoint to "
+                                f"{self.checkpointer.directory} (its log says why); training "
+                                f"stopped. Rerun the same command once that is fixed.")
+
   def _stop(self, done: int, signal_name: str | None) -> str:
     """Waits for step `done`'s checkpoint after a signal; returns what stopped the run."""
     self.checkpointer.wait()
@@ -201,10 +230,13 @@ class _Throughput:
     self.tokens_per_step = config.train.batch_size * config.train.seq_len
     self.mark_time, self.mark_step = None, start
 
-  def started(self, done: int, metrics) -> None:
-    if self.mark_time is None:  # the first step compiles: time throughput from its end
-      jax.block_until_ready(metrics)
-      self.mark_time, self.mark_step = time.perf_counter(), done
+  def started(self, done: int, metrics) -> bool:
+    """Whether this was the first step (then it has finished)."""
+    if self.mark_time is not None:
+      return False
+    jax.block_until_ready(metrics)  # the first step compiles: time throughput from its end
+    self.mark_time, self.mark_step = time.perf_counter(), done
+    return True
 
   def rate(self, done: int) -> float | None:
     now = time.perf_counter()

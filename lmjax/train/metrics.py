@@ -2,11 +2,13 @@
 
 Only process 0 writes. MFU divides achieved model FLOPs by the device's published dense peak
 for the compute dtype; devices missing from the table report `mfu: null` rather than a guess.
+metrics.jsonl is strict JSON: a non-finite value (a NaN loss, say) is written as null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import sys
 import time
@@ -56,9 +58,7 @@ class MetricsWriter:
     self.enabled = enabled
     if not enabled:
       return
-    from tensorboardX import SummaryWriter  # imported only by the writing process
-    self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-    self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+    self._run_dir, self._jsonl, self._tensorboard = run_dir, None, None  # opened at the first row
     self._start_step, self._t0 = start_step, time.monotonic()
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                           file=sys.stderr, mininterval=1.0, disable=None)
@@ -66,7 +66,11 @@ class MetricsWriter:
   def write(self, row: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps(row) + "\n")
+    if self._jsonl is None:
+      from tensorboardX import SummaryWriter  # imported only by the writing process
+      self._jsonl = open(self._run_dir / "metrics.jsonl", "a", encoding="utf-8")
+      self._tensorboard = SummaryWriter(str(self._run_dir / "tensorboard"))
+    self._jsonl.write(json.dumps(_json_safe(row), allow_nan=False) + "\n")
     self._jsonl.flush()
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -94,8 +98,21 @@ class MetricsWriter:
     if not self.enabled:
       return
     self._bar.close()
-    self._tensorboard.close()
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._tensorboard.close()
+      self._jsonl.close()
+
+
+def _json_safe(value: Any) -> Any:
+  """`value` with NaN and infinities as null: JSON has no such numbers (a bare NaN in
+  metrics.jsonl breaks strict readers such as jq or JavaScript)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
 
 
 def _markdown_table(matrix: list[list]) -> str:

@@ -104,9 +104,15 @@ def any_process(flag: bool) -> bool:
   Free with one process; with several it is a small all-gather, so every process stops at
   the same step.
   """
+  return any_process_each(flag)[0]
+
+
+def any_process_each(*flags: bool) -> tuple[bool, ...]:
+  """`any_process` of each flag, in one all-gather."""
   if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+    return flags
+  gathered = multihost_utils.process_allgather(np.array(flags, dtype=bool))
+  return tuple(bool(b) for b in np.any(gathered.reshape(-1, len(flags)), axis=0))
 
 
 def broadcast_json(value: Any) -> Any:

@@ -1,0 +1,345 @@
+"""The `lmjax` command under hostile inputs and faults, run as a user runs it: real child
+processes with deadlines, real tmp directories, a real size-limited file system and real
+read-only mounts where the machine allows (root may mount), else a simulated OSError at the
+write. Every case checks the exit code, one clear message and no traceback, and that nothing
+already on disk changed.
+"""
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import TINY
+from tests.test_cli import tree_digest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEADLINE = 240  # seconds; a hang (the failure mode these tests guard against) fails the test
+
+# Runs `lmjax` with a fault injected at orbax's CheckpointManager.save from its Nth call on:
+# "enospc" raises what a full disk raises (for machines where no small file system can be
+# mounted); "readonly" makes the checkpoints directory read-only first (remounting the bind
+# mount the test made, as root; chmod otherwise), so that the real save fails mid-run.
+_FAULTY_SAVE = """
+import errno, os, subprocess, sys
+import orbax.checkpoint as ocp
+fault, fail_from, calls = sys.argv.pop(1), int(sys.argv.pop(1)), [0]
+real_save = ocp.CheckpointManager.save
+def save(self, step, *args, **kwargs):
+  calls[0] += 1
+  if calls[0] >= fail_from and fault == "enospc":
+    raise OSError(errno.ENOSPC, "No space left on device", str(self.directory))
+  if calls[0] == fail_from and fault == "readonly":
+    if os.geteuid() == 0:
+      subprocess.run(["mount", "-o", "remount,ro,bind", str(self.directory)], check=True)
+    else:
+      os.chmod(self.directory, 0o555)
+  return real_save(self, step, *args, **kwargs)
+ocp.CheckpointManager.save = save
+from lmjax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def lmjax(*argv, timeout=DEADLINE, prefix=()):
+  """`python -m lmjax ARGV` in a child process; (exit code, stdout, stderr)."""
+  start = time.monotonic()
+  result = subprocess.run([sys.executable, *prefix, *(["-m", "lmjax"] if not prefix else []),
+                           *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+  result.seconds = time.monotonic() - start
+  return result
+
+
+def train(run_dir, *overrides, flags=(), prefix=()):
+  return lmjax("train", "tiny-gpt", "--run-dir", run_dir, *flags, "--set", *TINY, *overrides,
+               prefix=prefix)
+
+
+def assert_refused(result, code, *phrases):
+  """Exit `code`, the message on stderr naming every phrase, no traceback."""
+  assert result.returncode == code, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
+  for phrase in phrases:
+    assert phrase in result.stderr, result.stderr[-3000:]
+
+
+def step_digests(run_dir):
+  checkpoints = pathlib.Path(run_dir) / "checkpoints"
+  return {p.name: tree_digest(p) for p in checkpoints.iterdir() if p.name.isdigit()}
+
+
+# -- mounts (root only) ----------------------------------------------------------------------
+
+
+def _mount(*args) -> bool:
+  if os.geteuid() != 0 or not shutil.which("mount"):
+    return False
+  return subprocess.run(["mount", *args], capture_output=True, timeout=30).returncode == 0
+
+
+@contextlib.contextmanager
+def small_file_system(path: pathlib.Path, size: str):
+  """A tmpfs of `size` at `path`, or None where this machine cannot mount one."""
+  path.mkdir(parents=True, exist_ok=True)
+  mounted = _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
+  try:
+    yield path if mounted else None
+  finally:
+    if mounted:
+      subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def read_only(path: pathlib.Path):
+  """`path` made read-only: a read-only bind mount as root, chmod otherwise; yields whether
+  writes to it now fail."""
+  if os.geteuid() != 0:
+    mode = path.stat().st_mode
+    path.chmod(0o555)
+    try:
+      yield True
+    finally:
+      path.chmod(mode)
+    return
+  mounted = _mount("--bind", str(path), str(path))
+  if mounted and not _mount("-o", "remount,ro,bind", str(path)):
+    subprocess.run(["umount", str(path)], capture_output=True, timeout=30)
+    mounted = False
+  try:
+    yield mounted
+  finally:
+    if mounted:
+      subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def fill(directory: pathlib.Path, leave: int) -> pathlib.Path:
+  """Writes a file in `directory` until its file system has about `leave` bytes free."""
+  filler = directory / "filler"
+  free = shutil.disk_usage(directory).free - leave
+  with open(filler, "wb") as f:
+    with contextlib.suppress(OSError):
+      f.write(b"\0" * max(free, 0))
+  return filler
+
+
+# -- checkpoint writes the disk refuses ------------------------------------------------------
+
+
+def test_a_full_disk_stops_training_at_the_failed_save_and_a_rerun_resumes(tmp_path):
+  with small_file_system(tmp_path / "fs", "16m") as fs:
+    run = (fs or tmp_path) / "run"
+    first = train(run, "train.steps=20")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = step_digests(run)
+    if fs is not None:  # room for config.yaml and the metrics, not for a checkpoint
+      filler = fill(fs, leave=64 * 1024)
+      result = train(run, "train.steps=40")
+    else:
+      result = train(run, "train.steps=40", prefix=("-c", _FAULTY_SAVE, "enospc", "1"))
+    assert_refused(result, 4, "could not write checkpoint step 30", "No space left on device",
+                   "steps 10, 20 are intact", "rerun the same command")
+    assert step_digests(run) == before
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 30  # it stopped there, rather than train on unsaved
+    if fs is not None:
+      filler.unlink()
+    resumed = train(run, "train.steps=40")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr and "from step 20" in resumed.stderr
+    assert sorted(map(int, step_digests(run))) == [20, 30, 40]
+
+
+@contextlib.contextmanager
+def bind_mounted(path: pathlib.Path):
+  """`path` bind-mounted on itself as root (so that a child can remount it read-only); yields
+  whether that worked, or True for a non-root user (who can chmod instead)."""
+  if os.geteuid() != 0:
+    yield True
+    path.chmod(0o755)
+    return
+  mounted = _mount("--bind", str(path), str(path))
+  try:
+    yield mounted
+  finally:
+    if mounted:
+      subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and_cause(tmp_path):
+  run = tmp_path / "run"
+  assert train(run, "train.steps=10").returncode == 0
+  before = step_digests(run)
+  with bind_mounted(run / "checkpoints") as can_turn_read_only:
+    fault = "readonly" if can_turn_read_only else "enospc"
+    result = train(run, "train.steps=30", prefix=("-c", _FAULTY_SAVE, fault, "1"))
+  # Orbax's commit threads used to keep the process alive for ten minutes after this failure.
+  assert result.seconds < DEADLINE / 2
+  assert_refused(result, 4, "could not write checkpoint step 20", "step 10 is intact")
+  assert any(cause in result.stderr for cause in
+             ("Read-only file system", "Permission denied", "No space left on device"))
+  assert step_digests(run) == before
+
+
+def test_an_unwritable_checkpoints_directory_is_refused_before_training(tmp_path):
+  run = tmp_path / "run"
+  assert train(run, "train.steps=10").returncode == 0
+  before = tree_digest(run)
+  with read_only(run / "checkpoints") as refused:
+    if not refused:
+      pytest.skip("cannot make a directory read-only on this machine (root without mount)")
+    result = train(run, "train.steps=20")
+  assert_refused(result, 2, "checkpoints is not writable")
+  assert tree_digest(run) == before
+
+
+# -- the run directory -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, phrase", [
+    (lambda d: (d.write_text("not a directory"), d)[1], "is a file, not a directory"),
+    (lambda d: (d.mkdir(), (d / "notes.txt").write_text("mine"), d)[2],
+     "is not empty and is not an lmjax run directory"),
+    (lambda d: (d.write_text("x"), d / "run")[1], "is a file, not a directory"),
+])
+def test_run_directory_mistakes_are_refused_and_touch_nothing(tmp_path, make, phrase):
+  run = make(tmp_path / "target")
+  before = tree_digest(tmp_path)
+  assert_refused(train(run, "train.steps=2"), 2, phrase)
+  assert tree_digest(tmp_path) == before
+
+
+def test_an_unwritable_run_directory_is_refused_before_anything_runs(tmp_path):
+  parent = tmp_path / "parent"
+  parent.mkdir()
+  with read_only(parent) as refused:
+    if not refused:
+      pytest.skip("cannot make a directory read-only on this machine (root without mount)")
+    assert_refused(train(parent / "run", "train.steps=2"), 2, "is not writable", str(parent))
+  assert not (parent / "run").exists()
+
+
+def test_a_failed_start_leaves_nothing_and_the_corrected_retry_runs(tmp_path):
+  pickled = tmp_path / "pickled"
+  pickled.mkdir()
+  (pickled / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+  (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle: never loaded
+  run = tmp_path / "run"
+  result = train(run, "train.steps=2", f"model.init_from={pickled}")
+  assert_refused(result, 2, "pickled PyTorch weights", "lmjax convert hf-to-lmjax")
+  assert "--allow-pickle`" in result.stderr  # named as hf-to-lmjax's flag, not train's
+  assert not run.exists()
+  assert_refused(train(run, "train.steps=2", "data.source=text",
+                       f"data.paths=[{tmp_path}/nothing/*.txt]"), 2, "nothing/*.txt")
+  assert not run.exists()
+  assert train(run, "train.steps=2").returncode == 0
+
+
+def test_generate_on_pickled_weights_names_a_flag_that_exists(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
+  (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+  result = lmjax("generate", "--hf", tmp_path, "--prompt", "x")
+  assert_refused(result, 2, "pickled PyTorch weights", "lmjax convert hf-to-lmjax")
+  assert "--allow-pickle`" in result.stderr  # hf-to-lmjax's flag; generate has none
+
+
+def test_a_config_that_is_not_utf8_is_refused_by_name(tmp_path):
+  config = tmp_path / "latin1.yaml"
+  config.write_bytes("train:\n  steps: 3  # r\xe9sum\xe9\n".encode("latin-1"))
+  assert_refused(lmjax("train", config, "--run-dir", tmp_path / "run"), 2, str(config), "UTF-8")
+
+
+# -- the resume policy -----------------------------------------------------------------------
+
+
+def test_resume_applies_schedule_changes_and_refuses_trajectory_changes(tmp_path):
+  run = tmp_path / "run"
+  assert train(run, "train.steps=10").returncode == 0
+  before = tree_digest(run)
+  refused = train(run, "train.steps=20", "train.learning_rate=0.01", "train.seed=7",
+                  "train.batch_size=4")
+  assert_refused(refused, 2, "train.learning_rate: 0.003 -> 0.01", "train.seed: 0 -> 7",
+                 "train.batch_size: 8 -> 4", "--allow-config-change")
+  assert tree_digest(run) == before  # config.yaml and everything else untouched
+  assert_refused(train(run, "train.steps=20", "data.tokenizer=bpe",
+                       flags=("--allow-config-change",)), 2, "another tokenizer")
+  assert_refused(train(run, "train.steps=20", "model.num_layers=3"), 2, "different model")
+  assert tree_digest(run) == before
+
+  schedule = train(run, "train.steps=15", "train.log_every=3")
+  assert schedule.returncode == 0, schedule.stderr[-3000:]
+  allowed = train(run, "train.steps=20", "train.log_every=3", "train.learning_rate=0.01",
+                  flags=("--allow-config-change",))
+  assert allowed.returncode == 0, allowed.stderr[-3000:]
+  history = [json.loads(line) for line in (run / "config_history.jsonl").read_text().splitlines()]
+  assert [h["resumed_from_step"] for h in history] == [10, 15]
+  assert history[0]["changes"] == {"train.steps": [10, 15], "train.log_every": [5, 3]}
+  assert not history[0]["allow_config_change"]
+  assert history[1]["changes"]["train.learning_rate"] == [0.003, 0.01]
+  assert history[1]["allow_config_change"]
+  assert "learning_rate: 0.01" in (run / "config.yaml").read_text()
+
+
+# -- damaged checkpoints named by the user ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def damaged_run(tmp_path_factory):
+  """A run with steps 10 and 20 whose step 20 has its array files truncated."""
+  run = tmp_path_factory.mktemp("damaged") / "run"
+  result = train(run, "train.steps=20")
+  assert result.returncode == 0, result.stderr[-3000:]
+  for data in (run / "checkpoints" / "20" / "state").rglob("d/*"):  # params and optimizer
+    with open(data, "r+b") as f:
+      f.truncate(data.stat().st_size // 2)
+  return run
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--run-dir", "{run}", "--step", "20", "--prompt", "def", "--max-new-tokens", "4"],
+    ["eval", "tiny-gpt", "--run-dir", "{run}", "--step", "20", "--set", *TINY],
+    ["convert", "lmjax-to-hf", "{run}", "{out}", "--step", "20"],
+])
+def test_a_damaged_step_named_by_the_user_is_explained(damaged_run, tmp_path, command):
+  before = tree_digest(damaged_run)
+  argv = [a.format(run=damaged_run, out=tmp_path / "hf") for a in command]
+  assert_refused(lmjax(*argv), 2, "checkpoint step 20", "is damaged", "look intact: 10")
+  assert tree_digest(damaged_run) == before and not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_checkpoints_listing_exits_non_zero_naming_the_damaged_step(damaged_run, verify):
+  result = lmjax("checkpoints", damaged_run, *(["--verify"] if verify else []))
+  assert_refused(result, 1, "step(s) 20 cannot be restored")
+  rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+  assert "NOT RESTORABLE" in rows["20"] and "NOT RESTORABLE" not in rows["10"]
+  if not verify:  # the cheap check compares sizes with those recorded at the write
+    assert "changed since written" in rows["20"]
+
+
+def test_convert_verify_refuses_pickled_weights(damaged_run, tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+  (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+  assert_refused(lmjax("convert", "verify", tmp_path, damaged_run), 2, "pickled PyTorch weights")
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_jsonl_is_strict_json_when_a_loss_is_nan(tmp_path):
+  run = tmp_path / "run"
+  result = train(run, "train.steps=5", "train.nan_policy=skip_step", "train.debug_nan_at_step=5")
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  def no_constants(name):
+    raise AssertionError(f"metrics.jsonl holds a bare {name}")
+  rows = [json.loads(line, parse_constant=no_constants)
+          for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["step"] == 5 and rows[-1]["loss"] is None and rows[-1]["skipped_steps"] == 1
+

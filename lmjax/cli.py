@@ -121,6 +121,8 @@ def _add_convert(commands) -> None:
   hf_in.add_argument("--allow-pickle", action="store_true",
                      help="read a pickled pytorch_model.bin (with torch.load(weights_only=True))")
   hf_in.add_argument("--no-scan", action="store_true", help="store layers unrolled, not stacked")
+  hf_in.add_argument("--adapter", default=None, metavar="ADAPTER_DIR",
+                     help="a PEFT LoRA adapter directory of this model, attached to the run")
   hf_out = directions.add_parser("lmjax-to-hf", help="export a run's checkpoint for Hugging Face")
   hf_out.add_argument("run_dir", metavar="RUN_DIR")
   hf_out.add_argument("hf_dir", metavar="HF_DIR")
@@ -129,6 +131,14 @@ def _add_convert(commands) -> None:
                       help="dtype of the written tensors (default: the params' own)")
   hf_out.add_argument("--max-shard-size", type=_byte_size, default=2 * 2**30,
                       help="largest safetensors file, e.g. 2GB, 500MB or bytes (default 2GB)")
+  peft_out = directions.add_parser("lmjax-to-peft",
+                                   help="export a LoRA run's adapters as a PEFT adapter directory")
+  peft_out.add_argument("run_dir", metavar="RUN_DIR")
+  peft_out.add_argument("out_dir", metavar="ADAPTER_DIR")
+  peft_out.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  peft_out.add_argument("--base-model", default=None,
+                        help="base_model_name_or_path to record (default: the run's "
+                             "model.init_from)")
   check = directions.add_parser("verify", help="compare a run's model with a Hugging Face model")
   check.add_argument("hf_dir", metavar="HF_DIR")
   check.add_argument("run_dir", metavar="RUN_DIR")
@@ -247,9 +257,13 @@ def _cmd_fill_mask(args) -> int:
 def _cmd_convert(args) -> int:
   if args.direction == "hf-to-lmjax":
     config = runs.hf_to_run(args.hf_dir, args.run_dir, allow_pickle=args.allow_pickle,
-                            scan_layers=not args.no_scan)
+                            scan_layers=not args.no_scan, adapter=args.adapter)
     print(f"imported {args.hf_dir} as {args.run_dir} ({config.model.family.value}, "
           f"{config.model.num_layers} layers, width {config.model.embed_dim})")
+  elif args.direction == "lmjax-to-peft":
+    runs.run_to_peft(args.run_dir, args.out_dir, step=args.step, base_model=args.base_model)
+    print(f"exported the LoRA adapters of {args.run_dir} to {args.out_dir}; load them with "
+          f"peft.PeftModel.from_pretrained(base, {str(args.out_dir)!r})")
   elif args.direction == "lmjax-to-hf":
     runs.run_to_hf(args.run_dir, args.hf_dir, step=args.step, dtype=args.dtype,
                    max_shard_size=args.max_shard_size)

@@ -32,7 +32,9 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 # Every logical name the model uses. `kv` is the size of one head (head_dim), kept whole;
 # key/value heads are named `heads` like query heads, so they split over `tensor` too.
-LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers")
+# `lora_rank` is a LoRA adapter's rank, a few dims: replicated.
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers",
+                "lora_rank")
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -45,6 +47,7 @@ LOGICAL_AXIS_RULES: Rules = (
     ("length", None),
     ("kv", None),
     ("layers", None),
+    ("lora_rank", None),
 )
 
 

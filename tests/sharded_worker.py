@@ -9,7 +9,7 @@ needs 8 devices happens here, in one process, to pay JAX's start-up once:
   * runs `lmjax train` on configs that must be refused, recording exit code and stderr.
 
 Usage: python -m tests.sharded_worker OUT_DIR PART [PART ...]
-PART: causal | mlm (equivalence runs of that model), compile, bad_inputs. Writes
+PART: causal | mlm | lora (equivalence runs of that model), compile, bad_inputs. Writes
 OUT_DIR/<parts>.json and OUT_DIR/<run>.npz.
 """
 
@@ -36,7 +36,11 @@ from lmjax.train.state import create_train_state  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
 STEPS = 3
-MODELS = {"causal": "tiny-llama", "mlm": "tiny-bert"}
+MODELS = {"causal": "tiny-llama", "mlm": "tiny-bert", "lora": "tiny-llama"}
+# LoRA adapters on every projection, scanned layers only: the adapters carry the kernels'
+# logical axes, so every mesh must give the same losses and params as one device.
+KIND_OVERRIDES = {"lora": ["model.lora.rank=4"]}
+KIND_SCANS = {"lora": (True,)}
 MESHES = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
           "tensor2_fsdp4": dict(data=1, fsdp=4, tensor=2),
           "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
@@ -85,8 +89,8 @@ def shard_shapes(tree):
 
 def equivalence_runs(out: pathlib.Path, results: dict, kind: str) -> None:
   name, corpus = MODELS[kind], None
-  for scan in (True, False):
-    base = OVERRIDES + [f"model.scan_layers={str(scan).lower()}"]
+  for scan in KIND_SCANS.get(kind, (True, False)):
+    base = OVERRIDES + KIND_OVERRIDES.get(kind, []) + [f"model.scan_layers={str(scan).lower()}"]
     config = load_config(name, base + ["mesh.data=1"])
     corpus = corpus or load_corpus(config)
     one = mesh_rules(config.mesh, devices=jax.devices()[:1])

@@ -25,13 +25,14 @@ from tests.sharded_worker import BAD_INPUTS, MESHES
 pytestmark = pytest.mark.xdist_group("sharded_worker")  # one worker runs the children once
 
 CASES = [f"{kind}-scan{scan}" for kind in ("causal", "mlm") for scan in (1, 0)]
+EQUIVALENT = CASES + ["lora-scan1"]  # LoRA on tiny-llama: adapters shard like their kernels
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
   """(results of both children, the directory holding their params) — about a minute."""
   out = tmp_path_factory.mktemp("sharded")
-  parts = {"causal": ["causal", "compile"], "mlm": ["mlm", "bad_inputs"]}
+  parts = {"causal": ["causal", "compile"], "mlm": ["mlm", "bad_inputs", "lora"]}
   with children(out) as group:
     for name, args in parts.items():
       group.start(name, ["-m", "tests.sharded_worker", str(out), *args], cpu_env(8))
@@ -44,7 +45,7 @@ def recorded(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mesh", list(MESHES))
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", EQUIVALENT)
 def test_sharded_training_matches_one_device(recorded, case, mesh):
   results, out = recorded
   one, sharded = f"{case}-one_device", f"{case}-{mesh}"
@@ -175,3 +176,13 @@ def test_a_run_loads_onto_a_mesh_with_its_own_or_the_callers_rules(tmp_path, tin
   assert params["layers"]["mlp"]["wi"]["kernel"].sharding.spec == P(None, "tensor", None)
   with pytest.raises(UserError, match="not a mesh axis"):
     lmjax.load_run(tmp_path, rules=[["embed", "model"]])
+
+
+def test_lora_adapters_and_their_adam_moments_are_sharded_and_the_base_has_no_moments(recorded):
+  shards = recorded[0]["fsdp_shards"]["lora-scan1-fsdp8"]
+  moments = shards["opt_state"]
+  assert moments and all("lora_" in path for path in moments)  # no state for the frozen base
+  # lora_a of a query [layers, embed, rank] splits its embed dim over fsdp=8, as the kernel.
+  (path,) = [p for p in shards["params"] if "query" in p and "lora_a" in p]
+  leaf = shards["params"][path]
+  assert all(shard[1] * 8 == leaf["shape"][1] for shard in leaf["shards"]), leaf

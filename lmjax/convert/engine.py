@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from lmjax.convert.adapters import merged_view
 from lmjax.convert.bindings import (Binding, abstract_params, bind, flatten, param_groups,
                                     unflatten)
 from lmjax.convert.key_maps import KEY_MAPS, KeyMap
@@ -251,7 +252,8 @@ def to_hf(model: Transformer, params: Mapping[str, Any], out_dir: str | os.PathL
   Writes config.json (plus generation_config.json for causal LMs) and model.safetensors, or
   shards of at most `max_shard_size` bytes plus model.safetensors.index.json, in `dtype`
   ("float32" or "bfloat16"; default: the params' dtype), and copies the tokenizer files of
-  `tokenizer_dir`. `config_overrides` are merged into config.json (e.g. {"eos_token_id": 2}:
+  `tokenizer_dir`. A LoRA model is written with its adapters merged into the weights
+  (lmjax.convert.adapters; `lmjax convert lmjax-to-peft` writes them alone). `config_overrides` are merged into config.json (e.g. {"eos_token_id": 2}:
   special token ids are not part of a ModelConfig). Nothing appears at `out_dir` unless the
   whole conversion succeeds.
   """
@@ -275,6 +277,8 @@ def export_params(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct]
   GPT-2's query/key/value, fused in HF), the previous group dropped first: memory holds one
   group and one HF tensor.
   """
+  if config.lora.enabled:  # LoRA adapters are exported merged into the weights
+    config, specs, read = merged_view(config, specs, read)
   hf_config = model_config_to_hf_config(config)
   key_map = KEY_MAPS[hf_config["model_type"]]
   _check_params(specs, config)

@@ -10,6 +10,7 @@ checkpoint holds params only (no optimizer state yet): `lmjax.load_run`, `genera
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -21,8 +22,10 @@ import jax.numpy as jnp
 
 from lmjax.config import Config, TrainConfig
 from lmjax.data.config import DataConfig
+from lmjax.convert.adapters import export_peft
 from lmjax.convert.bindings import unflatten
 from lmjax.convert.engine import HfWeights, export_params
+from lmjax.convert.peft_import import read_peft
 from lmjax.convert.tokenizer_files import copy_tokenizer_files
 from lmjax.data.sentencepiece_tokenizer import model_file_in
 from lmjax.data.tokenizer import Tokenizer
@@ -45,20 +48,26 @@ _TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id"
 
 
 def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
-              allow_pickle: bool = False, scan_layers: bool = True) -> Config:
+              allow_pickle: bool = False, scan_layers: bool = True,
+              adapter: str | os.PathLike | None = None) -> Config:
   """Imports a Hugging Face model directory as a new run directory; returns the run's config.
 
   Each param is made from its HF tensors only when the checkpoint writes it: memory holds one
-  param (a stacked one: all its layers) and its compressed copy, not the model.
+  param (a stacked one: all its layers) and its compressed copy, not the model. `adapter`, a
+  PEFT LoRA adapter directory for this model, is attached (lmjax.convert.peft_import).
   """
   with HfWeights(hf_dir, scan_layers=scan_layers, allow_pickle=allow_pickle) as weights:
     model_config = weights.config
+    adapters = {}
+    if adapter is not None:
+      lora, adapters = read_peft(adapter, model_config)
+      model_config = dataclasses.replace(model_config, lora=lora)
     train = TrainConfig(seq_len=min(TrainConfig().seq_len, model_config.max_seq_len))
     labels = hf_labels(weights.hf_config) if model_config.head is Head.CLASSIFICATION else ()
     config = Config(model=model_config, train=train, data=DataConfig(labels=labels))
-    params = unflatten({key: DeferredArray(spec.shape, spec.dtype,
-                                           functools.partial(weights.read_param, key))
-                        for key, spec in weights.specs.items()})
+    params = unflatten({**{key: DeferredArray(spec.shape, spec.dtype,
+                                              functools.partial(weights.read_param, key))
+                           for key, spec in weights.specs.items()}, **adapters})
     with staged_directory(run_dir) as staging:
       run = RunDir(staging)
       run.write_config(config)
@@ -93,7 +102,8 @@ def _import_tokenizer(hf_dir, destination: pathlib.Path) -> None:
 
 def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: int | None = None,
               dtype: str | None = None, max_shard_size: int = 2 * 2**30) -> None:
-  """Exports a run's checkpoint (default: the newest that reads) as a Hugging Face directory.
+  """Exports a run's checkpoint (default: the newest that reads) as a Hugging Face directory,
+  LoRA adapters merged into the weights.
 
   Params are read from the checkpoint a group at a time (one param, or GPT-2's q/k/v) and
   written as HF tensors before the next group is read: memory holds one group, not the model.
@@ -103,6 +113,28 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
   check_new_directory(hf_dir)  # before any step is tried: not a reason to try an older one
   tokenizer_dir = run.tokenizer_dir if any(run.tokenizer_dir.glob("*")) else None
   overrides = _token_ids(run, config)
+  _with_checkpoint_params(run, step, lambda specs, read: export_params(
+      config.model, specs, read, hf_dir, dtype=dtype, max_shard_size=max_shard_size,
+      tokenizer_dir=tokenizer_dir, config_overrides=overrides))
+
+
+def run_to_peft(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                step: int | None = None, base_model: str | None = None) -> None:
+  """Exports a LoRA run's adapters (default: the newest checkpoint that reads) as a PEFT
+  adapter directory for the base model's Hugging Face export (lmjax.convert.adapters);
+  `base_model` (default: the run's `model.init_from`) names it in adapter_config.json."""
+  run = RunDir(run_dir)
+  config = run.require_config()
+  check_new_directory(out_dir)
+  base = base_model or config.init_from
+  _with_checkpoint_params(run, step, lambda specs, read: export_peft(
+      config.model, specs, read, out_dir, base_model=base))
+
+
+def _with_checkpoint_params(run: RunDir, step: int | None, use) -> None:
+  """use(specs, read) on checkpoint `step`'s params (default: the newest that restores, a
+  damaged newer one skipped with a warning): flat keys -> ShapeDtypeStruct, and a reader of
+  some of them as host arrays."""
   checkpointer, step = open_checkpoints(run, step)
 
   def export(at: int) -> None:
@@ -113,10 +145,7 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
       arrays = checkpointer.restore_arrays(at, {("params", *key.split(".")): specs[key]
                                                 for key in keys})
       return {".".join(path[1:]): array for path, array in arrays.items()}
-
-    export_params(config.model, specs, read, hf_dir, dtype=dtype,
-                  max_shard_size=max_shard_size, tokenizer_dir=tokenizer_dir,
-                  config_overrides=overrides)
+    use(specs, read)
 
   try:
     if step is None:  # a damaged newest step is skipped (with a warning), as load_run does

@@ -199,6 +199,11 @@ _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "
                        "int64": "I64", "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
+def write_safetensors_file(path: pathlib.Path, entries: Sequence[TensorEntry]) -> None:
+  """All of `entries` in one safetensors file at `path` (e.g. a PEFT adapter_model.safetensors)."""
+  _write_shard(path, entries)
+
+
 def _write_shard(path: pathlib.Path, entries: Sequence[TensorEntry]) -> None:
   """One safetensors file, written tensor by tensor: memory holds one tensor at a time.
 
@@ -223,4 +228,5 @@ def _write_shard(path: pathlib.Path, entries: Sequence[TensorEntry]) -> None:
       del tensor
 
 
-__all__ = ["CheckpointReader", "TensorEntry", "plan_shards", "write_safetensors"]
+__all__ = ["CheckpointReader", "TensorEntry", "plan_shards", "write_safetensors",
+           "write_safetensors_file"]

@@ -108,6 +108,7 @@ class Attention(nn.Module):
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
+  deterministic: bool = True  # LoRA dropout off
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: Mask, positions: jax.Array,
@@ -117,7 +118,8 @@ class Attention(nn.Module):
     cfg = self.config
     d, hd = cfg.embed_dim, cfg.dim_per_head
     project = lambda name, heads: DenseGeneral(
-        (d,), (heads, hd), ("embed", "heads", "kv"), cfg.qkv_bias, cfg, self.dtype, name=name)(x)
+        (d,), (heads, hd), ("embed", "heads", "kv"), cfg.qkv_bias, cfg, self.dtype,
+        self.deterministic, name=name)(x)
     q = project("query", cfg.num_heads)    # [batch, length, heads, head_dim]
     k = project("key", cfg.kv_heads)       # [batch, length, kv_heads, head_dim]
     v = project("value", cfg.kv_heads)
@@ -135,5 +137,5 @@ class Attention(nn.Module):
     out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, impl=cfg.attention,
                                 causal=cfg.causal, cached=cache is not None)
     out = DenseGeneral((cfg.num_heads, hd), (d,), ("heads", "kv", "embed"), cfg.use_bias, cfg,
-                       self.dtype, name="out")(out)
+                       self.dtype, self.deterministic, name="out")(out)
     return out, cache

@@ -13,6 +13,7 @@ import dataclasses
 import enum
 
 from lmjax.errors import UserError
+from lmjax.model.lora import block_projections, check_targets
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 
 
@@ -90,6 +91,25 @@ FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
 }
 FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
 
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Low-rank adapters on the blocks' projections (lmjax.model.lora); rank 0: none."""
+
+  rank: int = 0
+  alpha: float = 16.0
+  dropout: float = 0.0                 # on the adapter's input only, as peft
+  targets: tuple[str, ...] = ("all-linear",)  # lmjax or HF projection names, or path patterns
+  rslora: bool = False                 # scale alpha / sqrt(rank) instead of alpha / rank
+
+  def __post_init__(self):
+    check_ranges(self, "model.lora", {"rank": NON_NEGATIVE, "alpha": POSITIVE,
+                                      "dropout": FRACTION})
+
+  @property
+  def enabled(self) -> bool:
+    return self.rank > 0
+
+
 _MODEL_RANGES = {
     "num_kv_heads": Range(1, why="unset it for as many as model.num_heads"),
     "head_dim": Range(1, why="unset it for model.embed_dim / model.num_heads"),
@@ -145,6 +165,7 @@ class ModelConfig:
   # CPU 1.2-1.3x faster than keeping everything (benchmarks/train_throughput.py).
   remat: Remat = Remat.SAVE_DOTS
   attention: AttentionImpl = AttentionImpl.AUTO
+  lora: LoraConfig = LoraConfig()
 
   @classmethod
   def for_family(cls, family: Family | str, **fields) -> ModelConfig:
@@ -186,9 +207,20 @@ class ModelConfig:
             f"{self.rope_original_max_len} must be positive (Llama 3.1 uses 8 and 8192).")
     if self.head is Head.MASKED_LM and self.causal:
       raise UserError("a masked-LM head needs a bidirectional model: set model.causal=false.")
+    if self.lora.enabled:
+      check_targets(self.lora.targets, self.lora.rank, self.projection_fans())
     if self.num_labels is not None and self.num_labels < 2:
       raise UserError(f"model.num_labels must be at least 2 (a classifier tells labels apart), "
                       f"got {self.num_labels}.")
+
+  def projection_fans(self) -> dict[str, tuple[int, int]]:
+    """(fan_in, fan_out) of each block projection, by its path below the layer."""
+    d, h = self.embed_dim, self.dim_per_head
+    fans = {"attention/query": (d, self.num_heads * h), "attention/key": (d, self.kv_heads * h),
+            "attention/value": (d, self.kv_heads * h), "attention/out": (self.num_heads * h, d),
+            "mlp/wi_gate": (d, self.mlp_dim), "mlp/wi_up": (d, self.mlp_dim),
+            "mlp/wi": (d, self.mlp_dim), "mlp/wo": (self.mlp_dim, d)}
+    return {m: fans[m] for m in block_projections(self.gated_mlp)}
 
   @property
   def kv_heads(self) -> int:

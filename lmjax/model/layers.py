@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.model import lora
 from lmjax.model.config import Activation, ModelConfig, Norm, RopeScaling
 
 
@@ -24,7 +25,9 @@ def initializer(config: ModelConfig) -> nn.initializers.Initializer:
 class DenseGeneral(nn.Module):
   """x @ kernel (+ bias) over the trailing `len(in_shape)` dims of x; kernel is in x out.
 
-  Shapes: x [..., *in_shape] -> [..., *out_shape]. `axes` names kernel dims (in then out).
+  Shapes: x [..., *in_shape] -> [..., *out_shape]. `axes` names kernel dims (in then out). A
+  block projection that `config.lora` targets adds its low-rank adapter (lmjax.model.lora),
+  whose dropout is off when `deterministic`.
   """
 
   in_shape: Sequence[int]
@@ -33,6 +36,7 @@ class DenseGeneral(nn.Module):
   use_bias: bool
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -41,12 +45,44 @@ class DenseGeneral(nn.Module):
         "kernel", nn.with_logical_partitioning(initializer(self.config), tuple(self.axes)),
         in_shape + out_shape, jnp.float32)
     y = matmul(x, kernel, in_dims=len(in_shape), dtype=self.dtype)
+    if self._adapted():
+      y = y + self._adapter(x, in_shape, out_shape)
     if self.use_bias:
       bias = self.param(
           "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(self.axes[len(in_shape):])),
           out_shape, jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
+
+  def _adapted(self) -> bool:
+    spec = self.config.lora
+    module = lora.layer_module(tuple(self.path))
+    return spec.enabled and module is not None and lora.targeted(spec.targets, module)
+
+  def _adapter(self, x: jax.Array, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+               ) -> jax.Array:
+    """scale * dropout(x) lora_a lora_b, as peft computes it."""
+    spec, n_in = self.config.lora, len(in_shape)
+    fan_in = math.prod(in_shape)
+    a = self.param("lora_a", nn.with_logical_partitioning(
+        _peft_uniform(fan_in), (*self.axes[:n_in], "lora_rank")),
+        (*in_shape, spec.rank), jnp.float32)
+    b = self.param("lora_b", nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), ("lora_rank", *self.axes[n_in:])),
+        (spec.rank, *out_shape), jnp.float32)
+    h = nn.Dropout(spec.dropout)(x, deterministic=self.deterministic)
+    h = matmul(h, a, in_dims=n_in, dtype=self.dtype)                       # [..., rank]
+    return matmul(h, b, in_dims=1, dtype=self.dtype) * lora.scale(spec.alpha, spec.rank,
+                                                                   spec.rslora)
+
+
+def _peft_uniform(fan_in: int) -> nn.initializers.Initializer:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): what peft's kaiming_uniform_(a=sqrt(5)) draws."""
+  bound = fan_in ** -0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
 
 
 def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype) -> jax.Array:
@@ -106,12 +142,13 @@ class Mlp(nn.Module):
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
+  deterministic: bool = True  # LoRA dropout off
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
     dense = lambda name, i, o, axes: DenseGeneral(
-        (i,), (o,), axes, cfg.use_bias, cfg, self.dtype, name=name)
+        (i,), (o,), axes, cfg.use_bias, cfg, self.dtype, self.deterministic, name=name)
     if cfg.gated_mlp:
       gate = dense("wi_gate", cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"))(x)
       up = dense("wi_up", cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"))(x)

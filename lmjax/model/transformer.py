@@ -72,8 +72,8 @@ class Block(nn.Module):
   def __call__(self, x, layer_cache, mask, positions, cache_index, deterministic: bool):
     cfg = self.config
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    attention = Attention(cfg, self.dtype, name="attention")
-    mlp = lambda y: drop(Mlp(cfg, self.dtype, name="mlp")(y))
+    attention = Attention(cfg, self.dtype, deterministic, name="attention")
+    mlp = lambda y: drop(Mlp(cfg, self.dtype, deterministic, name="mlp")(y))
     norm1 = LayerNorm(cfg, self.dtype, name="attention_norm")
     norm2 = LayerNorm(cfg, self.dtype, name="mlp_norm")
     if cfg.norm_position is NormPosition.PRE:

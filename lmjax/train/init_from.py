@@ -18,14 +18,19 @@ from flax import traverse_util
 from lmjax.config import is_run_directory
 from lmjax.convert import from_hf
 from lmjax.model import ModelConfig
+from lmjax.model.lora import is_adapter, merge_lora
 from lmjax.run.load import load_run
+from lmjax.train.trainable import trained_part
 
 
 def load_source_params(source: str | pathlib.Path, config: ModelConfig) -> Any:
   """The params of run or HF directory `source`, in `config`'s layer layout (host or device
   arrays)."""
   if is_run_directory(source):
-    _, params = load_run(source)
+    model, params = load_run(source)
+    spec = model.config.lora
+    if spec.enabled and spec != config.lora:  # another adapter: fold it into the base weights
+      params = merge_lora(jax.device_get(params), spec.rank, spec.alpha, spec.rslora)
   else:
     _, params = from_hf(source, scan_layers=config.scan_layers)
   return to_layer_layout(params, scanned=config.scan_layers, num_layers=config.num_layers)
@@ -65,8 +70,13 @@ def start_from_source(state, tx, opt_state_shardings, source: str, config: Model
   """`state` (freshly initialised, sharded) with the weights of `source` (a run or an HF
   directory) and a new optimizer state; also returns a one-line report of what was loaded."""
   params, kept_fresh, unused = merge_params(state.params, load_source_params(source, config))
-  opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings)(params)
+  opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings)(trained_part(params, config))
   report = f"initialised from {source}"
+  adapters = [p for p in kept_fresh if is_adapter(p.split("/"))]
+  kept_fresh = [p for p in kept_fresh if p not in adapters]
+  if adapters:
+    report += (f"; {len(adapters) // 2} new LoRA adapter(s) of rank {config.lora.rank} on "
+               f"{', '.join(sorted({p.rsplit('/', 2)[0] for p in adapters}))}")
   if kept_fresh:
     report += f"; new (randomly initialised): {', '.join(kept_fresh)}"
   if unused:

@@ -39,6 +39,7 @@ from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.setup import StepSetup, setup_step
 from lmjax.train.step import jit_eval_step
+from lmjax.train.trainable import trained_part
 from lmjax.version import __version__
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ class _Loop:
                                  setup.shardings.params, loss_chunk=config.train.loss_chunk_size)
     self.writer = MetricsWriter(prepared.run.path, total_steps=config.train.steps,
                                 start_step=begin.step, enabled=prepared.writes)
-    self.nonfinite = NonFiniteSteps(config.train.nan_policy, setup.abstract_state.params,
+    self.nonfinite = NonFiniteSteps(config.train.nan_policy,
+                                    trained_part(setup.abstract_state.params, config.model),
                                     skipped=begin.skipped_steps, report=prepared.writes)
     self.speed = _Throughput(config, begin.step)
     self.t_start = time.perf_counter()

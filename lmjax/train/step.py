@@ -6,6 +6,9 @@ divides once by the number of tokens that counted, so the update is the same tok
 mean whatever the accumulation. Dropout keys derive from (seed, step), so a resumed run draws
 the same masks as an uninterrupted one without storing RNG state.
 
+With LoRA only the adapters are differentiated and updated (lmjax.train.trainable); the
+gradient norm and the first non-finite leaf are then the adapters'.
+
 A step whose loss or gradient norm is not finite applies no update: it returns the old params
 and optimizer state (only `step` advances) with `finite: False` and the index of the first
 non-finite gradient leaf, and the loop decides what to do (`train.nan_policy`).
@@ -26,6 +29,7 @@ from lmjax.model import Transformer
 from lmjax.objectives import LossSums, chunked_objective_loss, confusion_counts, objective_loss
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
+from lmjax.train import trainable
 
 Batch = Mapping[str, jax.Array]
 
@@ -61,16 +65,18 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
   logged) by NaN.
   """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  trained, frozen = trainable.split(state.params, model.config)  # LoRA: adapters only
 
   def sums_and_grads(micro_batch, micro_rng):
-    def loss_fn(params):
+    def loss_fn(trained_params):
+      params = trainable.combine(trained_params, frozen)
       sums = _forward_sums(model, objective, params, micro_batch, train=True,
                            dropout_rng=micro_rng, loss_chunk=loss_chunk)
       if nan_at_step is not None:
         poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
         sums = sums._replace(loss=sums.loss * poison)
       return sums.loss, sums
-    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, sums = jax.grad(loss_fn, has_aux=True)(trained)
     return sums, grads
 
   if grad_accum_steps == 1:
@@ -89,7 +95,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
       sums, grads = sums_and_grads(micro_batch, jax.random.fold_in(rng, i))
       return jax.tree.map(jnp.add, carry, (sums, grads)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, (LossSums(*(jnp.zeros((), jnp.float32),) * 3), state.params))
+    zeros = jax.tree.map(jnp.zeros_like, (LossSums(*(jnp.zeros((), jnp.float32),) * 3), trained))
     (sums, grads), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(grad_accum_steps)))
 
   weight = jnp.maximum(sums.weight, 1.0)
@@ -98,8 +104,9 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def update(_):
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), opt_state, jnp.int32(-1)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    return (trainable.combine(optax.apply_updates(trained, updates), frozen), opt_state,
+            jnp.int32(-1))
 
   def keep(_):  # never apply a non-finite update; name the first bad gradient instead
     return state.params, state.opt_state, first_nonfinite_leaf(grads)

@@ -1,0 +1,217 @@
+"""LoRA: the adapted model, training only the adapters, and export merged or as a real `peft`
+adapter (PyTorch), compared logit for logit."""
+
+import dataclasses
+import json
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lmjax
+from lmjax.cli import main
+from lmjax.config import load_config
+from lmjax.errors import UserError
+from lmjax.model import Transformer
+from lmjax.model.config import LoraConfig
+from lmjax.model.lora import merge_lora
+from lmjax.run.checkpointer import Checkpointer
+from tests.conftest import TINY
+
+FAMILIES = {"llama": ("tiny-llama", ["model.num_kv_heads=2"]), "gpt2": ("tiny-gpt", [])}
+
+
+def tiny_model(family="llama", *overrides):
+  name, extra = FAMILIES[family]
+  return load_config(name, TINY + extra + list(overrides)).model
+
+
+def test_adapters_have_the_kernels_axes_and_start_as_the_identity():
+  config = tiny_model("llama", "model.lora.rank=4")
+  ids = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+  boxed = Transformer(config).init(jax.random.key(0), ids)["params"]
+  query = boxed["layers"]["attention"]["query"]
+  assert query["lora_a"].names == ("layers", "embed", "lora_rank")
+  assert query["lora_b"].names == ("layers", "lora_rank", "heads", "kv")
+  assert boxed["layers"]["attention"]["out"]["lora_a"].names == ("layers", "heads", "kv",
+                                                                 "lora_rank")
+  assert "lora_a" not in boxed.get("lm_head", {})  # heads are not adapted
+  params = nn.unbox(boxed)
+  base = dataclasses.replace(config, lora=LoraConfig())
+  plain = merge_lora(jax.device_get(params), 4, 16.0, False)  # B = 0: merging changes nothing
+  np.testing.assert_array_equal(Transformer(config).apply({"params": params}, ids),
+                                Transformer(base).apply({"params": plain}, ids))
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_a_merged_adapter_computes_what_the_adapted_model_computes(rslora):
+  config = tiny_model("gpt2", "model.lora.rank=4", "model.lora.alpha=8",
+                      f"model.lora.rslora={str(rslora).lower()}")
+  ids = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+  params = nn.unbox(Transformer(config).init(jax.random.key(0), ids)["params"])
+  noise = iter(jax.random.split(jax.random.key(1), 64))
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.05 * jax.random.normal(next(noise), x.shape)
+      if "lora_b" in jax.tree_util.keystr(path) else x, params)
+  base = Transformer(dataclasses.replace(config, lora=LoraConfig()))
+  adapted = Transformer(config).apply({"params": params}, ids)
+  without = base.apply({"params": merge_lora(jax.device_get(params), 4, 0.0, rslora)}, ids)
+  assert float(jnp.max(jnp.abs(adapted - without))) > 1e-3  # the adapter does something …
+  merged = base.apply({"params": merge_lora(jax.device_get(params), 4, 8.0, rslora)}, ids)
+  np.testing.assert_allclose(merged, adapted, atol=1e-5, rtol=1e-5)  # … and merging keeps it
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.lora.targets=[qproj]", "'qproj' matches no projection of this model; they are "
+                                   "attention/query, attention/key"),
+    ("model.lora.targets=['mlp/(']", "is not a valid pattern"),
+    ("model.lora.rank=20", "model.lora.rank=20 is larger than attention/key (32 -> 16) can use"),
+    ("model.lora.rank=-1", "model.lora.rank=-1 is out of range"),
+    ("model.lora.dropout=1", "model.lora.dropout=1 is out of range"),
+    ("model.lora.targets=[]", "model.lora.targets is empty"),
+])
+def test_lora_mistakes_are_explained(override, message):
+  with pytest.raises(UserError) as info:
+    tiny_model("llama", "model.lora.rank=4", override)
+  assert message in str(info.value)
+
+
+def test_hugging_face_target_names_select_the_same_projections():
+  ids = jnp.zeros((1, 8), jnp.int32)
+  for targets, adapted in [("[q_proj, v_proj]", {"query", "value"}),
+                           ("[c_attn]", {"query", "key", "value"}),
+                           ("['attention/(query|out)']", {"query", "out"})]:
+    params = jax.eval_shape(Transformer(tiny_model(
+        "llama", "model.lora.rank=2", f"model.lora.targets={targets}")).init,
+        jax.random.key(0), ids)["params"]["layers"]
+    found = {name for part in params.values() for name, p in part.items()
+             if isinstance(p, dict) and "lora_a" in p}
+    assert found == adapted, targets
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def lora_run(request, tmp_path_factory):
+  """A base run, a LoRA run fine-tuned from it, and their exports (merged HF, PEFT)."""
+  family = request.param
+  name, extra = FAMILIES[family]
+  tmp = tmp_path_factory.mktemp(f"lora-{family}")
+  common = ["--set", *TINY, *extra]
+  assert main(["train", name, "--run-dir", str(tmp / "base"), *common, "train.steps=10"]) == 0
+  assert main(["train", name, "--run-dir", str(tmp / "lora"), *common, "train.steps=20",
+               f"model.init_from={tmp / 'base'}", "model.lora.rank=4",
+               "train.learning_rate=0.05", "train.warmup_steps=0"]) == 0
+  assert main(["convert", "lmjax-to-hf", str(tmp / "base"), str(tmp / "base_hf")]) == 0
+  assert main(["convert", "lmjax-to-hf", str(tmp / "lora"), str(tmp / "merged_hf")]) == 0
+  assert main(["convert", "lmjax-to-peft", str(tmp / "lora"), str(tmp / "adapter")]) == 0
+  return family, tmp
+
+
+def test_lora_training_lowers_the_loss_and_leaves_the_base_bit_identical(lora_run):
+  _, tmp = lora_run
+  rows = [json.loads(line) for line in (tmp / "lora" / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["loss"] < rows[0]["loss"] - 0.05
+  _, base = lmjax.load_run(tmp / "base")
+  _, tuned = lmjax.load_run(tmp / "lora")
+  flat_base = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(base)[0]}
+  moved = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tuned)[0]:
+    key = jax.tree_util.keystr(path)
+    if "lora_" in key:
+      moved.append(key)
+    else:
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(flat_base[key]), err_msg=key)
+  assert any("lora_b" in key for key in moved)
+  assert any(np.abs(np.asarray(leaf)).max() > 0 for path, leaf in
+             jax.tree_util.tree_flatten_with_path(tuned)[0]
+             if "lora_b" in jax.tree_util.keystr(path))  # B moved off zero
+
+
+def test_the_optimizer_holds_state_only_for_the_adapters(lora_run):
+  _, tmp = lora_run
+  checkpointer = Checkpointer(tmp / "lora" / "checkpoints", keep=3)
+  try:
+    specs = checkpointer.array_specs(checkpointer.latest_step())
+  finally:
+    checkpointer.close()
+  moments = [path for path in specs if path[0] == "opt_state" and len(specs[path].shape)]
+  assert moments and all(any(k in ("lora_a", "lora_b") for k in path) for path in moments)
+
+
+def _logits_of_hf(directory, ids, adapter=None):
+  import torch
+  import transformers
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+  if adapter is not None:
+    import peft
+    model = peft.PeftModel.from_pretrained(model, str(adapter))
+  with torch.no_grad():
+    return model.eval()(torch.tensor(ids)).logits.numpy()
+
+
+def test_merged_and_peft_exports_give_the_lmjax_logits(lora_run):
+  family, tmp = lora_run
+  model, params = lmjax.load_run(tmp / "lora")
+  ids = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(2, 16))
+  ours = np.asarray(model.apply({"params": params}, ids.astype(np.int32)))
+  adapter_config = json.loads((tmp / "adapter" / "adapter_config.json").read_text())
+  assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 4
+  np.testing.assert_allclose(_logits_of_hf(tmp / "merged_hf", ids), ours, atol=1e-4, rtol=1e-4)
+  with_adapter = _logits_of_hf(tmp / "base_hf", ids, adapter=tmp / "adapter")
+  np.testing.assert_allclose(with_adapter, ours, atol=1e-4, rtol=1e-4)
+  # Not the base model's logits: the adapter was loaded, not silently left at zero.
+  assert np.abs(with_adapter - _logits_of_hf(tmp / "base_hf", ids)).max() > 1e-3
+
+
+def test_peft_export_refuses_a_run_without_lora(lora_run, tmp_path, capsys):
+  _, tmp = lora_run
+  assert main(["convert", "lmjax-to-peft", str(tmp / "base"), str(tmp_path / "out")]) == 2
+  assert "has no LoRA adapters" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
+def test_an_exported_adapter_imports_back_onto_the_base(lora_run, tmp_path):
+  _, tmp = lora_run
+  assert main(["convert", "hf-to-lmjax", str(tmp / "base_hf"), str(tmp_path / "run"),
+               "--adapter", str(tmp / "adapter")]) == 0
+  model, params = lmjax.load_run(tmp_path / "run")
+  tuned_model, tuned = lmjax.load_run(tmp / "lora")
+  assert model.config.lora.rank == tuned_model.config.lora.rank
+  ids = np.arange(32, dtype=np.int32).reshape(2, 16)
+  np.testing.assert_allclose(model.apply({"params": params}, ids),
+                             tuned_model.apply({"params": tuned}, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_an_adapter_made_by_peft_imports_with_the_same_logits(lora_run, tmp_path):
+  import peft
+  import torch
+  import transformers
+  family, tmp = lora_run
+  base = transformers.AutoModelForCausalLM.from_pretrained(tmp / "base_hf", dtype=torch.float32)
+  targets = ["q_proj", "v_proj", "down_proj"] if family == "llama" else ["c_attn", "c_fc"]
+  torch.manual_seed(0)
+  made = peft.get_peft_model(base, peft.LoraConfig(
+      r=2, lora_alpha=5, target_modules=targets, init_lora_weights=False))  # B not zero
+  made.save_pretrained(tmp_path / "adapter")
+  ids = np.arange(32).reshape(2, 16) % 200
+  with torch.no_grad():
+    expected = made.eval()(torch.tensor(ids)).logits.numpy()
+  assert main(["convert", "hf-to-lmjax", str(tmp / "base_hf"), str(tmp_path / "run"),
+               "--adapter", str(tmp_path / "adapter")]) == 0
+  model, params = lmjax.load_run(tmp_path / "run")
+  assert model.config.lora.rank == 2 and model.config.lora.alpha == 5
+  np.testing.assert_allclose(model.apply({"params": params}, ids.astype(np.int32)), expected,
+                             atol=1e-4, rtol=1e-4)
+
+
+def test_an_adapter_lmjax_cannot_represent_is_refused(lora_run, tmp_path, capsys):
+  _, tmp = lora_run
+  adapter = tmp_path / "adapter"
+  shutil.copytree(tmp / "adapter", adapter)
+  settings = json.loads((adapter / "adapter_config.json").read_text())
+  (adapter / "adapter_config.json").write_text(json.dumps({**settings, "use_dora": True}))
+  assert main(["convert", "hf-to-lmjax", str(tmp / "base_hf"), str(tmp_path / "run"),
+               "--adapter", str(adapter)]) == 2
+  assert "use_dora is set" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -215,3 +215,36 @@ def test_an_adapter_lmjax_cannot_represent_is_refused(lora_run, tmp_path, capsys
   assert main(["convert", "hf-to-lmjax", str(tmp / "base_hf"), str(tmp_path / "run"),
                "--adapter", str(adapter)]) == 2
   assert "use_dora is set" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_lora_run_generates(lora_run, capsys):
+  _, tmp = lora_run
+  assert main(["generate", "--run-dir", str(tmp / "lora"), "--prompt", "def",
+               "--max-new-tokens", "8", "--temperature", "0"]) == 0
+  assert capsys.readouterr().out.startswith("def")
+
+
+def test_lora_dropout_is_on_in_training_and_off_in_evaluation():
+  config = tiny_model("llama", "model.lora.rank=4", "model.lora.dropout=0.5")
+  ids = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+  model = Transformer(config)
+  params = nn.unbox(model.init(jax.random.key(0), ids)["params"])
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if "lora_b" in jax.tree_util.keystr(path) else x, params)
+  evaluate = lambda: model.apply({"params": params}, ids)
+  trained = lambda seed: model.apply({"params": params}, ids, train=True,
+                                     rngs={"dropout": jax.random.key(seed)})
+  np.testing.assert_array_equal(evaluate(), evaluate())
+  assert float(jnp.max(jnp.abs(trained(0) - trained(1)))) > 1e-4
+  assert float(jnp.max(jnp.abs(trained(0) - evaluate()))) > 1e-4
+
+
+def test_a_lora_classifier_trains_its_new_head_too():
+  from lmjax.train.trainable import split
+  config = load_config("tiny-bert", TINY + ["model.head=classification", "model.num_labels=2",
+                                            "model.lora.rank=2"]).model
+  params = jax.eval_shape(Transformer(config).init, jax.random.key(0),
+                          jnp.zeros((1, 8), jnp.int32))["params"]
+  trained, frozen = split(params, config)
+  assert "classifier" in trained and "classifier" not in frozen
+  assert "token_embedding" in frozen and "layers" in trained and "layers" in frozen

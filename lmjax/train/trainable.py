@@ -1,7 +1,7 @@
 """Which params an update trains: all of them, or (with LoRA) only the adapters.
 
 `split` parts a params tree into the trained and the frozen params, `combine` puts them back.
-The step differentiates only the trained part and the optimizer holds state only for it, so a
+A LoRA run trains the adapters and, for a classifier, its head. The step differentiates only the trained part and the optimizer holds state only for it, so a
 LoRA run keeps no gradient or Adam moments for the frozen base (lmjax.model.lora).
 """
 
@@ -11,8 +11,14 @@ from typing import Any
 
 from flax import traverse_util
 
-from lmjax.model import ModelConfig
+from lmjax.model import Head, ModelConfig
 from lmjax.model.lora import is_adapter
+
+
+def is_trained(path: tuple[str, ...], config: ModelConfig) -> bool:
+  """Whether a LoRA run trains the param at `path`: the adapters, and a classifier's new head
+  (as peft's `modules_to_save` does for sequence classification)."""
+  return is_adapter(path) or (config.head is Head.CLASSIFICATION and path[0] == "classifier")
 
 
 def split(params: Any, config: ModelConfig) -> tuple[Any, Any]:
@@ -20,8 +26,8 @@ def split(params: Any, config: ModelConfig) -> tuple[Any, Any]:
   if not config.lora.enabled:
     return params, {}
   flat = traverse_util.flatten_dict(params)
-  trained = {k: v for k, v in flat.items() if is_adapter(k)}
-  frozen = {k: v for k, v in flat.items() if not is_adapter(k)}
+  trained = {k: v for k, v in flat.items() if is_trained(k, config)}
+  frozen = {k: v for k, v in flat.items() if not is_trained(k, config)}
   return traverse_util.unflatten_dict(trained), traverse_util.unflatten_dict(frozen)
 
 

@@ -19,6 +19,7 @@ from typing import Sequence
 from lmjax import app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import from_hf, runs, verify
+from lmjax.data import chat
 from lmjax.data.sources import ReadStats, iter_sources
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
   generate.add_argument("--top-k", type=int, default=None)
   generate.add_argument("--top-p", type=float, default=None)
   generate.add_argument("--seed", type=int, default=0)
+  generate.add_argument("--chat", action="store_true",
+                        help="each prompt is a user message, rendered with the run's chat "
+                             "template (data.chat_template, else the tokenizer's, else ChatML); "
+                             "prints the reply")
 
   classify = commands.add_parser("predict", help="label texts with a classifier")
   _add_source(classify)
@@ -205,7 +210,14 @@ def _load(args):
 
 def _cmd_generate(args) -> int:
   model, params, tokenizer = _load(args)
-  prompts = [tokenizer.encode(p, add_special_tokens=True) for p in args.prompt]
+  if args.chat:
+    template = chat.ChatTemplate(chat.load_template(_chat_template_source(args)),
+                                 bos_token=tokenizer.id_to_token(tokenizer.bos_id or -1) or "",
+                                 eos_token=tokenizer.id_to_token(tokenizer.eos_id or -1) or "")
+    texts = [chat.render_prompt([{"role": "user", "content": p}], template) for p in args.prompt]
+    prompts = [tokenizer.encode(t, parse_special_tokens=True) for t in texts]
+  else:
+    prompts = [tokenizer.encode(p, add_special_tokens=True) for p in args.prompt]
   for text, ids in zip(args.prompt, prompts):
     if not ids:
       raise UserError(f"--prompt {text!r} has no tokens: give some text to continue.")
@@ -215,8 +227,17 @@ def _cmd_generate(args) -> int:
   for i, (prompt_ids, new_ids) in enumerate(zip(prompts, outputs)):
     if i:
       print()
-    print(tokenizer.decode(list(prompt_ids) + list(new_ids)))
+    print(tokenizer.decode(list(new_ids) if args.chat else list(prompt_ids) + list(new_ids)))
   return 0
+
+
+def _chat_template_source(args) -> str | None:
+  """The template `generate --chat` renders with: the run's data.chat_template, else its
+  tokenizer directory's (or the HF directory's) own, else lmjax's default."""
+  if args.hf:
+    return args.hf
+  run = RunDir(args.run_dir)
+  return run.require_config().data.chat_template or str(run.tokenizer_dir)
 
 
 def _cmd_predict(args) -> int:

@@ -43,6 +43,11 @@ class ComputeDtype(enum.Enum):
   BFLOAT16 = "bfloat16"
 
 
+class TrainObjective(enum.Enum):
+  AUTO = "auto"  # what the head implies: causal LM, masked LM or classification
+  SFT = "sft"    # instruction tuning of a causal LM: the loss on the answers only
+
+
 class NanPolicy(enum.Enum):
   STOP = "stop"            # end the run (exit code 3) naming the step, the loss and the bad param
   SKIP_STEP = "skip_step"  # discard that update, count it in `skipped_steps`, carry on
@@ -75,6 +80,7 @@ class TrainConfig:
   nan_policy: NanPolicy = NanPolicy.STOP  # what a non-finite loss or gradient norm does
   debug_nan_at_step: int | None = None  # testing hook: multiplies that step's loss by NaN
   compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
+  objective: TrainObjective = TrainObjective.AUTO
 
   def __post_init__(self):
     check_ranges(self, "train", _TRAIN_RANGES)

@@ -75,6 +75,15 @@ def causal_lm_targets(input_ids: jax.Array, segment_ids: jax.Array
   return targets, jnp.pad(weights, ((0, 0), (0, 1)))
 
 
+def sft_targets(input_ids: jax.Array, segment_ids: jax.Array, loss_mask: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """`causal_lm_targets`, counting only the predictions of answer tokens (loss_mask 1 at the
+  predicted token): the prompt is context, never a target."""
+  targets, weights = causal_lm_targets(input_ids, segment_ids)
+  predicted_is_answer = jnp.pad(loss_mask[:, 1:], ((0, 0), (0, 1))) != 0
+  return targets, weights & predicted_is_answer
+
+
 def causal_lm_loss(logits: jax.Array, input_ids: jax.Array, segment_ids: jax.Array) -> LossSums:
   """Next-token loss (see `causal_lm_targets`). logits [batch, len, vocab]; input_ids,
   segment_ids [batch, len]."""
@@ -114,6 +123,9 @@ def objective_loss(objective: Objective, logits: jax.Array, batch: Mapping[str, 
       return masked_lm_loss(logits, batch["targets"], batch["target_weights"])
     case Objective.CLASSIFY:
       return classification_loss(logits, batch["labels"])
+    case Objective.SFT:
+      targets, weights = sft_targets(batch["input_ids"], batch["segment_ids"], batch["loss_mask"])
+      return cross_entropy_sums(logits[:, :-1], targets[:, :-1], weights[:, :-1])
   raise ValueError(f"unknown objective {objective}")
 
 
@@ -134,6 +146,8 @@ def token_targets(objective: Objective, batch: Mapping[str, jax.Array]
       return causal_lm_targets(batch["input_ids"], batch["segment_ids"])
     case Objective.MASKED_LM:
       return batch["targets"], batch["target_weights"]
+    case Objective.SFT:
+      return sft_targets(batch["input_ids"], batch["segment_ids"], batch["loss_mask"])
   raise ValueError(f"{objective.value!r} is not a token-level objective")
 
 

@@ -248,3 +248,27 @@ def test_a_lora_classifier_trains_its_new_head_too():
   trained, frozen = split(params, config)
   assert "classifier" in trained and "classifier" not in frozen
   assert "token_embedding" in frozen and "layers" in trained and "layers" in frozen
+
+
+def test_a_bfloat16_base_is_stored_in_half_and_stays_the_source_rounded(lora_run, tmp_path):
+  family, tmp = lora_run
+  name, extra = FAMILIES[family]
+  run = tmp_path / "bf16"
+  assert main(["train", name, "--run-dir", str(run), "--set", *TINY, *extra, "train.steps=5",
+               f"model.init_from={tmp / 'base'}", "model.lora.rank=4",
+               "model.lora.base_dtype=bfloat16", "train.learning_rate=0.05"]) == 0
+  checkpointer = Checkpointer(run / "checkpoints", keep=3)
+  try:
+    specs = checkpointer.array_specs(5)
+    arrays = checkpointer.restore_arrays(5, {p: s for p, s in specs.items() if p[0] == "params"})
+  finally:
+    checkpointer.close()
+  dtypes = {path: str(spec.dtype) for path, spec in specs.items() if path[0] == "params"}
+  assert {d for p, d in dtypes.items() if "lora_a" in p or "lora_b" in p} == {"float32"}
+  assert {d for p, d in dtypes.items() if not ("lora_a" in p or "lora_b" in p)} == {"bfloat16"}
+  _, source = lmjax.load_run(tmp / "base")
+  kernel = ("params", "layers", "mlp", "wo", "kernel")
+  expected = np.asarray(source["layers"]["mlp"]["wo"]["kernel"]).astype(jnp.bfloat16)
+  np.testing.assert_array_equal(np.asarray(arrays[kernel]), expected)
+  rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert all(np.isfinite(r["loss"]) for r in rows)

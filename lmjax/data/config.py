@@ -81,6 +81,10 @@ class DataConfig:
   eval_paths: tuple[str, ...] = ()     # held-out examples from these files instead of a
   eval_split: str | None = None        # stratified eval_fraction of the training ones (TFDS:
                                        # a split, e.g. test)
+  # Instruction tuning (train.objective=sft): "default" (ChatML), a Jinja file, or a directory
+  # with a tokenizer_config.json; None: the tokenizer's own (data.tokenizer's directory), else
+  # the default.
+  chat_template: str | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "labels", _label_names(self.labels))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from lmjax.data.classification import encode_examples, example_tokenizer, read_l
 from lmjax.data.config import DataConfig, DataSource, Source
 from lmjax.data.prepared import Prepared, open_prepared
 from lmjax.data.rows import ArrayRecordRows, MemoryRows, Rows
+from lmjax.data.sft import load_sft, read_sft_examples
 from lmjax.data.sources import (ReadStats, describe_files, find_units, keep_tokenized,
                                  read_units)
 from lmjax.data.spec import BatchSpec, Objective
@@ -59,6 +61,8 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
   """
   if spec.objective is Objective.CLASSIFY:
     return _load_labelled(data, spec, tokenizer, tokenizer_choice)
+  if spec.objective is Objective.SFT:
+    return _load_instructions(data, spec, tokenizer, tokenizer_choice)
   kinds = {s.source == Source.PREPARED.value for s in data.sources}
   if kinds == {True}:
     return _open_prepared(data, spec, tokenizer)
@@ -130,6 +134,33 @@ def _report_skipped(stats: ReadStats) -> None:
                 stats.skipped, stats.first_problem)
   if stats.skipped_files:
     log.warning("%s", stats.files_report())
+
+
+def _load_instructions(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,
+                       tokenizer_choice: str | None) -> Corpus:
+  """Instruction examples (lmjax.data.sft) with the tokenizer given, or the one chosen (a BPE
+  trains on the examples' text)."""
+  if tokenizer is None:
+    texts = [" ".join(str(v) for v in _texts(row)) for row, _ in
+             read_sft_examples(data, ReadStats())]
+    tokenizer = build_tokenizer(tokenizer_choice, texts, vocab_size=spec.vocab_size)
+  check_tokenizer(spec, tokenizer)
+  template = data.chat_template
+  if template is None and tokenizer_choice and os.path.isdir(tokenizer_choice):
+    template = tokenizer_choice  # the tokenizer's own chat template, when it has one
+  train, held_out, stats, truncated = load_sft(data, tokenizer, seq_len=spec.seq_len,
+                                               template_source=template)
+  _report_skipped(stats)
+  if truncated:
+    log.warning("%d instruction example(s) were longer than train.seq_len=%d and were cut at "
+                "the end", truncated, spec.seq_len)
+  return Corpus(tokenizer, train, held_out, (), stats.total, truncated=truncated)
+
+
+def _texts(row: dict) -> list:
+  if isinstance(row.get("messages"), list):
+    return [m.get("content", "") for m in row["messages"] if isinstance(m, dict)]
+  return [row.get("prompt", ""), row.get("completion", "")]
 
 
 def _load_labelled(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,

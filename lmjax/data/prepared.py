@@ -59,6 +59,9 @@ def prepare(data: DataConfig, spec: BatchSpec, out_dir: str | os.PathLike, *,
   if spec.objective is Objective.CLASSIFY:
     raise UserError("`lmjax data prepare` packs language-model rows; a classifier reads its "
                     "labelled examples directly (data.source jsonl, csv, parquet or tfds).")
+  if spec.objective is Objective.SFT:
+    raise UserError("`lmjax data prepare` packs pre-training rows; instruction tuning "
+                    "(train.objective=sft) reads its JSON Lines examples directly.")
   if any(s.source == Source.PREPARED.value for s in sources):
     raise UserError("`lmjax data prepare` reads documents; the config's data source is already "
                     "'prepared'. Point it at text/jsonl/parquet/tfds sources.")

@@ -18,6 +18,7 @@ class Objective(enum.Enum):
   CAUSAL_LM = "causal_lm"   # packed documents; the loss predicts each next token
   MASKED_LM = "masked_lm"   # packed documents with BERT masking: targets and their weights
   CLASSIFY = "classify"     # one labelled example per row, padded: token types and a label
+  SFT = "sft"               # whole instruction examples packed; the loss only on the answers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,4 +47,6 @@ def batch_fields(objective: Objective) -> dict[str, np.dtype]:
     fields.update(targets=np.dtype(np.int32), target_weights=np.dtype(np.float32))
   if objective is Objective.CLASSIFY:
     fields.update(token_type_ids=np.dtype(np.int32), labels=np.dtype(np.int32))
+  if objective is Objective.SFT:
+    fields.update(loss_mask=np.dtype(np.int32))  # 1: a token of an answer (lmjax.data.sft)
   return fields

@@ -91,6 +91,11 @@ FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
 }
 FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
 
+class ParamDtype(enum.Enum):
+  FLOAT32 = "float32"
+  BFLOAT16 = "bfloat16"
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
   """Low-rank adapters on the blocks' projections (lmjax.model.lora); rank 0: none."""
@@ -100,6 +105,7 @@ class LoraConfig:
   dropout: float = 0.0                 # on the adapter's input only, as peft
   targets: tuple[str, ...] = ("all-linear",)  # lmjax or HF projection names, or path patterns
   rslora: bool = False                 # scale alpha / sqrt(rank) instead of alpha / rank
+  base_dtype: ParamDtype = ParamDtype.FLOAT32  # how the frozen base is stored (bfloat16: half)
 
   def __post_init__(self):
     check_ranges(self, "model.lora", {"rank": NON_NEGATIVE, "alpha": POSITIVE,

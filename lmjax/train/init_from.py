@@ -76,7 +76,7 @@ def start_from_source(state, tx, opt_state_shardings, source: str, config: Model
   kept_fresh = [p for p in kept_fresh if p not in adapters]
   if adapters:
     report += (f"; {len(adapters) // 2} new LoRA adapter(s) of rank {config.lora.rank} on "
-               f"{', '.join(sorted({p.rsplit('/', 2)[0] for p in adapters}))}")
+               f"{', '.join(sorted({p.rsplit('/', 1)[0] for p in adapters}))}")
   if kept_fresh:
     report += f"; new (randomly initialised): {', '.join(kept_fresh)}"
   if unused:

@@ -9,9 +9,10 @@ from typing import Callable
 import jax.numpy as jnp
 import optax
 
-from lmjax.config import ComputeDtype, Config
+from lmjax.config import ComputeDtype, Config, TrainObjective
 from lmjax.data.spec import Objective
-from lmjax.model import Transformer
+from lmjax.errors import UserError
+from lmjax.model import Head, Transformer
 from lmjax.objectives import default_objective
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules, check_divisible
@@ -41,6 +42,11 @@ def make_model(config: Config) -> Transformer:
 
 
 def objective_of(config: Config) -> Objective:
+  if config.train.objective is TrainObjective.SFT:
+    if config.model.head is not Head.CAUSAL_LM:
+      raise UserError(f"train.objective=sft tunes a causal LM; this model's head is "
+                      f"{config.model.head.value}.")
+    return Objective.SFT
   return default_objective(config.model.head)
 
 

@@ -16,13 +16,14 @@ from lmjax.model import Transformer
 from lmjax.placement import check_params_fit_mesh
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
-from lmjax.train.trainable import trained_part
+from lmjax.train.trainable import cast_frozen, trained_part
 
 
 def _init_fn(model: Transformer, tx: optax.GradientTransformation, seq_len: int):
   def init(rng: jax.Array) -> TrainState:
     ids = jnp.zeros((1, seq_len), jnp.int32)
     params = model.init({"params": rng}, ids)["params"]  # logically partitioned boxes
+    params = cast_frozen(params, model.config)  # a LoRA run may keep its base in bfloat16
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(trained_part(params, model.config)))
   return init

@@ -36,7 +36,7 @@ Batch = Mapping[str, jax.Array]
 _MODEL_INPUTS = ("segment_ids", "positions", "token_type_ids")
 
 
-_TOKEN_OBJECTIVES = (Objective.CAUSAL_LM, Objective.MASKED_LM)
+_TOKEN_OBJECTIVES = (Objective.CAUSAL_LM, Objective.MASKED_LM, Objective.SFT)
 
 
 def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch, *, train: bool,

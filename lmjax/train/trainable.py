@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from flax import traverse_util
 
 from lmjax.model import Head, ModelConfig
+from lmjax.model.config import ParamDtype
 from lmjax.model.lora import is_adapter
 
 
@@ -37,6 +40,15 @@ def combine(trained: Any, frozen: Any) -> Any:
     return trained
   return traverse_util.unflatten_dict({**traverse_util.flatten_dict(frozen),
                                        **traverse_util.flatten_dict(trained)})
+
+
+def cast_frozen(params: Any, config: ModelConfig) -> Any:
+  """`params` with the frozen base in `model.lora.base_dtype` (bfloat16 halves its memory; it
+  never receives an update, so nothing accumulates in low precision)."""
+  if not config.lora.enabled or config.lora.base_dtype is ParamDtype.FLOAT32:
+    return params
+  trained, frozen = split(params, config)
+  return combine(trained, jax.tree.map(lambda x: x.astype(jnp.bfloat16), frozen))
 
 
 def trained_part(params: Any, config: ModelConfig) -> Any:

@@ -1,0 +1,130 @@
+"""Instruction examples rendered as text segments, each marked trained (the answer) or not.
+
+An example is a `{prompt, completion}` pair or a chat `{messages: [{role, content}, …]}` (roles
+system, user, assistant, tool), as `trl` reads them. `segments(example, template)` renders it
+as [(text, trained)]: a pair as (prompt, False), (completion, True); a chat message by message,
+assistant messages trained (their header, the template's generation prompt, is not), the
+others not.
+
+Templates are Jinja, with Hugging Face's semantics (`tokenizer_config.json`'s `chat_template`:
+`messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`), rendered in
+a sandbox. Message i's text is what rendering messages[:i+1] adds to rendering messages[:i],
+which every prefix-stable template (all the common ones) gives exactly. Without one, lmjax's
+documented default (ChatML):
+
+    <|im_start|>{role}\\n{content}<|im_end|>\\n          (per message)
+    <|im_start|>assistant\\n                             (the generation prompt)
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Mapping
+
+from lmjax.errors import UserError
+
+ROLES = ("system", "user", "assistant", "tool")
+DEFAULT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+Segments = list[tuple[str, bool]]
+
+
+def load_template(source: str | None) -> str:
+  """The Jinja chat template `source` names: None or "default" for lmjax's, a `.jinja`/text
+  file, or a directory (or tokenizer_config.json) holding a `chat_template`; a directory
+  without one gives the default."""
+  if source in (None, "default"):
+    return DEFAULT_TEMPLATE
+  path = pathlib.Path(source)
+  if path.is_dir():
+    path = path / "tokenizer_config.json"
+    if not path.is_file():
+      return DEFAULT_TEMPLATE
+  if not path.is_file():
+    raise UserError(f"data.chat_template={source!r} is neither 'default', a template file nor a "
+                    f"directory with a tokenizer_config.json.")
+  if path.name == "tokenizer_config.json":
+    template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(template, list):  # several named templates: the default one
+      template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return template or DEFAULT_TEMPLATE
+  return path.read_text(encoding="utf-8")
+
+
+class ChatTemplate:
+  """A compiled template and the special tokens it may use."""
+
+  def __init__(self, source: str, *, bos_token: str = "", eos_token: str = ""):
+    import jinja2  # deferred: only instruction tuning renders templates
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+      raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+      self._template = env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+      raise UserError(f"the chat template does not compile: {e} (line {e.lineno}).") from None
+    self._tokens = {"bos_token": bos_token, "eos_token": eos_token}
+    self._errors = (jinja2.TemplateError, TypeError, KeyError, ValueError)
+
+  def render(self, messages: list[Mapping[str, Any]], *, add_generation_prompt: bool = False,
+             where: str = "") -> str:
+    try:
+      return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                   **self._tokens)
+    except self._errors as e:
+      raise UserError(f"{where}: the chat template failed to render it: "
+                      f"{type(e).__name__}: {e}.") from None
+
+
+def segments(example: Mapping[str, Any], template: ChatTemplate, *, where: str) -> Segments:
+  """The example as [(text, trained)]; UserError (naming `where`, e.g. "data.jsonl:3") for a
+  row that is neither form, an unknown role, or a chat without an assistant turn."""
+  if "messages" in example:
+    return _chat_segments(example["messages"], template, where)
+  prompt, completion = example.get("prompt"), example.get("completion")
+  if not isinstance(prompt, str) or not isinstance(completion, str):
+    raise UserError(f"{where}: an instruction row needs string fields prompt and completion, or "
+                    f"a list of messages; it has {sorted(example)}.")
+  if not completion.strip():
+    raise UserError(f"{where}: the completion is empty: there is nothing to learn from this row.")
+  return [(prompt, False), (completion, True)]
+
+
+def _chat_segments(messages: Any, template: ChatTemplate, where: str) -> Segments:
+  if not isinstance(messages, list) or not messages:
+    raise UserError(f"{where}: messages must be a non-empty list of {{role, content}}.")
+  for i, message in enumerate(messages):
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+      raise UserError(f"{where}: message {i} must be an object with a string content.")
+    if message.get("role") not in ROLES:
+      raise UserError(f"{where}: message {i} has role {message.get('role')!r}; roles are "
+                      f"{', '.join(ROLES)}.")
+  if not any(m["role"] == "assistant" for m in messages):
+    raise UserError(f"{where}: the chat has no assistant message: there is nothing to learn "
+                    f"from it.")
+  out, previous = [], ""
+  for i, message in enumerate(messages):
+    text = template.render(messages[:i + 1], where=where)
+    if message["role"] == "assistant":  # its header (the generation prompt) is prompt
+      header = template.render(messages[:i], add_generation_prompt=True, where=where)
+      if header.startswith(previous) and text.startswith(header):
+        out.append((header[len(previous):], False))
+        previous = header
+    if not text.startswith(previous):
+      raise UserError(f"{where}: the chat template renders message {i} by changing what it "
+                      f"rendered before it; lmjax needs a template that appends each message.")
+    out.append((text[len(previous):], message["role"] == "assistant"))
+    previous = text
+  return [(text, trained) for text, trained in out if text]
+
+
+def render_prompt(messages: list[Mapping[str, Any]], template: ChatTemplate) -> str:
+  """The text a model continues to answer `messages` (the generation prompt added)."""
+  return template.render(messages, add_generation_prompt=True, where="the prompt")

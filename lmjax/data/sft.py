@@ -1,0 +1,141 @@
+"""Instruction-tuning rows: JSON Lines examples -> tokens with a loss mask, packed whole.
+
+Each line is a `{prompt, completion}` pair or a `{messages}` chat (lmjax.data.chat). Its
+segments are tokenized one by one (template text with special-token spellings as the special
+tokens, as `apply_chat_template` does) and joined, then the tokenizer's eos is appended; the
+`loss_mask` marks the tokens the model learns to produce (completion or assistant text, and the
+closing eos), so the loss covers nothing of the prompt.
+
+Examples are packed whole, in order, several to a row: each gets its own segment id, so the
+attention mask keeps them from seeing one another and positions restart at 0; an example that
+does not fit in what is left of a row starts the next one, and one longer than
+`train.seq_len` is cut at its end (counted and reported). The last `data.eval_fraction` of
+the examples (at least one) are held out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from lmjax.data.chat import ChatTemplate, load_template, segments
+from lmjax.data.config import BadRecords, DataConfig, Source
+from lmjax.data.rows import MemoryRows
+from lmjax.data.sources import ReadStats, find_units, read_text
+from lmjax.data.tokenizer import Tokenizer
+from lmjax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+Example = tuple[list[int], list[int]]  # token ids, loss mask (1: trained)
+
+
+def read_sft_examples(data: DataConfig, stats: ReadStats) -> list[tuple[dict, str]]:
+  """(row, "file:line") of every instruction example in `data.paths` (JSON Lines)."""
+  if data.source != Source.JSONL.value or data.mixture:
+    raise UserError(f"train.objective=sft reads JSON Lines rows of {{prompt, completion}} or "
+                    f"{{messages}}: set data.source=jsonl (got {data.source!r}) and data.paths.")
+  rows = []
+  for unit in find_units(source=data.source, paths=data.paths):
+    text = read_text(unit.name, errors=data.encoding_errors)
+    for number, line in enumerate(text.split("\n"), 1):
+      if not line.strip():
+        continue
+      where = f"{unit.name}:{number}"
+      try:
+        row = json.loads(line)
+      except ValueError as e:
+        _bad(f"{where}: not JSON ({e})", data, stats)
+        continue
+      if not isinstance(row, dict):
+        _bad(f"{where}: a row must be a JSON object", data, stats)
+        continue
+      rows.append((row, where))
+  return rows
+
+
+def _bad(problem: str, data: DataConfig, stats: ReadStats) -> None:
+  if data.bad_records is not BadRecords.SKIP:
+    raise UserError(f"{problem}. Fix that row, or set `data.bad_records: skip` to leave such "
+                    f"rows out.")
+  stats.skip(problem)
+
+
+def tokenize_examples(rows: list[tuple[dict, str]], tokenizer: Tokenizer, template: ChatTemplate,
+                      data: DataConfig, stats: ReadStats) -> list[Example]:
+  """Each row's tokens and loss mask; a bad row is an error naming it (or, under skip, left
+  out and counted)."""
+  examples = []
+  for row, where in rows:
+    try:
+      parts = segments(row, template, where=where)
+    except UserError as e:
+      _bad(str(e).rstrip("."), data, stats)
+      continue
+    ids, mask = [], []
+    for text, trained in parts:
+      tokens = tokenizer.encode(text, parse_special_tokens="messages" in row)
+      ids += tokens
+      mask += [int(trained)] * len(tokens)
+    if tokenizer.eos_id is not None:
+      ids.append(tokenizer.eos_id)
+      mask.append(mask[-1] if mask else 1)
+    if not any(mask):
+      _bad(f"{where}: its answer tokenizes to no tokens", data, stats)
+      continue
+    examples.append((ids, mask))
+  return examples
+
+
+def pack_examples(examples: list[Example], seq_len: int) -> tuple[dict[str, np.ndarray], int]:
+  """Rows {input_ids, segment_ids, positions, loss_mask} [num_rows, seq_len] holding whole
+  examples in order, and how many examples were cut to `seq_len`."""
+  rows, row, truncated = [], [], 0
+  for ids, mask in examples:
+    if len(ids) > seq_len:
+      ids, mask, truncated = ids[:seq_len], mask[:seq_len], truncated + 1
+    if sum(len(e[0]) for e in row) + len(ids) > seq_len:
+      rows.append(row)
+      row = []
+    row.append((ids, mask))
+  if row:
+    rows.append(row)
+  out = {name: np.zeros((len(rows), seq_len), np.int32)
+         for name in ("input_ids", "segment_ids", "positions", "loss_mask")}
+  for r, examples_in_row in enumerate(rows):
+    at = 0
+    for k, (ids, mask) in enumerate(examples_in_row, 1):
+      span = slice(at, at + len(ids))
+      out["input_ids"][r, span], out["loss_mask"][r, span] = ids, mask
+      out["segment_ids"][r, span], out["positions"][r, span] = k, np.arange(len(ids))
+      at += len(ids)
+  return out, truncated
+
+
+def load_sft(data: DataConfig, tokenizer: Tokenizer, *, seq_len: int, template_source: str | None
+             ) -> tuple[MemoryRows, MemoryRows, ReadStats, int]:
+  """(train rows, held-out rows, what was skipped, examples cut) of the instruction data."""
+  stats = ReadStats()
+  rows = read_sft_examples(data, stats)
+  template = ChatTemplate(load_template(template_source),
+                          bos_token=_token(tokenizer, tokenizer.bos_id),
+                          eos_token=_token(tokenizer, tokenizer.eos_id))
+  examples = tokenize_examples(rows, tokenizer, template, data, stats)
+  if len(examples) < 2:
+    raise UserError(f"data.paths {list(data.paths)} hold {len(examples)} usable instruction "
+                    f"example(s); training and evaluation need at least 2.")
+  num_eval = min(max(1, round(len(examples) * data.eval_fraction)), len(examples) - 1)
+  train, truncated = pack_examples(examples[:-num_eval], seq_len)
+  held_out, cut = pack_examples(examples[-num_eval:], seq_len)
+  log.info("kept %d instruction examples (%d trained tokens of %d), packed into %d + %d rows of "
+           "%d tokens", len(examples), sum(sum(m) for _, m in examples),
+           sum(len(i) for i, _ in examples), len(train["input_ids"]), len(held_out["input_ids"]),
+           seq_len)
+  as_rows = lambda arrays: MemoryRows(arrays, np.zeros(len(arrays["input_ids"]), np.int32))
+  return as_rows(train), as_rows(held_out), stats, truncated + cut
+
+
+def _token(tokenizer: Tokenizer, token_id: int | None) -> str:
+  return "" if token_id is None else (tokenizer.id_to_token(token_id) or "")

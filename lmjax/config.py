@@ -44,8 +44,11 @@ class ComputeDtype(enum.Enum):
 
 
 class TrainObjective(enum.Enum):
-  AUTO = "auto"  # what the head implies: causal LM, masked LM or classification
-  SFT = "sft"    # instruction tuning of a causal LM: the loss on the answers only
+  AUTO = "auto"            # what the head implies: causal LM, masked LM or classification
+  CAUSAL_LM = "causal_lm"  # the others name it outright and must fit the head
+  MASKED_LM = "masked_lm"
+  CLASSIFY = "classify"
+  SFT = "sft"              # instruction tuning of a causal LM: the loss on the answers only
 
 
 class NanPolicy(enum.Enum):

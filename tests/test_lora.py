@@ -272,3 +272,18 @@ def test_a_bfloat16_base_is_stored_in_half_and_stays_the_source_rounded(lora_run
   np.testing.assert_array_equal(np.asarray(arrays[kernel]), expected)
   rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_an_adapter_for_another_base_is_refused_naming_the_shapes(lora_run, tmp_path, capsys):
+  from safetensors.numpy import load_file, save_file
+  _, tmp = lora_run
+  adapter = tmp_path / "adapter"
+  shutil.copytree(tmp / "adapter", adapter)
+  tensors = load_file(adapter / "adapter_model.safetensors")
+  name = next(k for k in tensors if k.endswith("lora_A.weight"))
+  tensors[name] = tensors[name][:, :-1].copy()  # one input dim fewer: another base's width
+  save_file(tensors, adapter / "adapter_model.safetensors")
+  assert main(["convert", "hf-to-lmjax", str(tmp / "base_hf"), str(tmp_path / "run"),
+               "--adapter", str(adapter)]) == 2
+  assert "trained on another base model" in capsys.readouterr().err
+  assert not (tmp_path / "run").exists()

@@ -108,10 +108,21 @@ def test_a_template_that_fails_names_the_row():
              where="data.jsonl:2")
 
 
-def test_sft_needs_a_causal_lm():
-  with pytest.raises(UserError, match="train.objective=sft tunes a causal LM"):
-    from lmjax.train.setup import objective_of
-    objective_of(load_config("tiny-bert", ["train.objective=sft"]))
+@pytest.mark.parametrize("name, objective, message", [
+    ("tiny-bert", "sft", "train.objective=sft tunes a causal LM; this model's head is masked_lm"),
+    ("tiny-gpt", "masked_lm", "train.objective=masked_lm needs model.head=masked_lm"),
+])
+def test_an_objective_the_head_cannot_train_is_refused(name, objective, message):
+  from lmjax.train.setup import objective_of
+  with pytest.raises(UserError, match=message):
+    objective_of(load_config(name, [f"train.objective={objective}"]))
+
+
+def test_named_objectives_equal_the_ones_the_heads_imply():
+  from lmjax.train.setup import objective_of
+  for name, objective in [("tiny-gpt", "causal_lm"), ("tiny-bert", "masked_lm")]:
+    assert objective_of(load_config(name, [f"train.objective={objective}"])) == \
+        objective_of(load_config(name))
 
 
 def test_a_run_learns_to_answer_and_chat_generation_uses_the_template(tmp_path, capsys):

@@ -12,6 +12,7 @@ rank and one alpha for all adapters: an adapter whose modules differ in scale is
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import pathlib
@@ -68,19 +69,21 @@ def read_peft(adapter_dir: str | pathlib.Path, config: ModelConfig
                     f"base model ({len(unknown)} such tensors).")
   if not per_layer:
     raise UserError(f"{adapter_dir} holds no LoRA tensors for this base model's projections.")
-  arrays, modules = {}, set()
+  arrays, layers_of = {}, collections.Counter()
   for key, layers in per_layer.items():
     module_key = key.removesuffix(".kernel")
-    ordered = [layers[i] for i in sorted(layers, key=lambda i: -1 if i is None else i)]
-    stack = (lambda xs: np.stack(xs)) if None not in layers else (lambda xs: xs[0])
-    arrays[f"{module_key}.lora_a"] = stack([a for a, _ in ordered])
-    arrays[f"{module_key}.lora_b"] = stack([b for _, b in ordered])
-    modules.add(layer_module(tuple(module_key.split(".")))
-                or "/".join(module_key.split(".")[1:]))
-  targets = tuple(sorted(modules))
-  if len({len(layers) for layers in per_layer.values()}) > 1:
-    raise UserError(f"{adapter_dir} adapts some layers and not others; lmjax adapts the same "
-                    f"projections in every layer.")
+    if None in layers:  # unrolled layers: one key per layer
+      (a, b), = layers.values()
+    else:  # stacked: every layer's slice
+      a, b = (np.stack([layers[i][n] for i in sorted(layers)]) for n in (0, 1))
+    arrays[f"{module_key}.lora_a"], arrays[f"{module_key}.lora_b"] = a, b
+    module = layer_module(tuple(module_key.split(".")))
+    layers_of[module] += 1 if None in layers else len(layers)
+  partial = [m for m, n in layers_of.items() if n != config.num_layers]
+  if partial:
+    raise UserError(f"{adapter_dir} adapts {partial[0]} in {layers_of[partial[0]]} of the "
+                    f"{config.num_layers} layers; lmjax adapts a projection in every layer.")
+  targets = tuple(sorted(layers_of))
   lora = LoraConfig(rank=rank, alpha=alpha, dropout=float(settings.get("lora_dropout") or 0.0),
                     targets=tuple(re.escape(t) for t in targets), rslora=rslora)
   return lora, arrays
@@ -155,6 +158,13 @@ def _split(lora_a: np.ndarray, lora_b: np.ndarray, keys: list[str],
   starts = np.cumsum([0, *outs])
   rows = [slice(starts[i], starts[i + 1]) for i in range(len(keys))]
   module_rank = lora_a.shape[0]
+  fan_in = math.prod(shapes[0][:n_in[0]])
+  if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_a.shape[1] != fan_in \
+      or lora_b.shape != (starts[-1], module_rank):
+    raise UserError(f"{name}: lora_A {list(lora_a.shape)} and lora_B {list(lora_b.shape)} do not "
+                    f"fit this base model's projection ({fan_in} -> {starts[-1]}, so "
+                    f"[rank, {fan_in}] and [{starts[-1]}, rank]): was the adapter trained on "
+                    f"another base model?")
   if not math.isclose(module_factor, factor, rel_tol=1e-6):
     raise UserError(f"{name}: its scale {module_factor:g} differs from the adapter's {factor:g}; "
                     f"lmjax uses one scale for all adapters.")

@@ -41,13 +41,22 @@ def make_model(config: Config) -> Transformer:
   return Transformer(config.model, dtype=dtype)
 
 
+_HEAD_OF = {Objective.CAUSAL_LM: Head.CAUSAL_LM, Objective.SFT: Head.CAUSAL_LM,
+            Objective.MASKED_LM: Head.MASKED_LM, Objective.CLASSIFY: Head.CLASSIFICATION}
+
+
 def objective_of(config: Config) -> Objective:
-  if config.train.objective is TrainObjective.SFT:
-    if config.model.head is not Head.CAUSAL_LM:
-      raise UserError(f"train.objective=sft tunes a causal LM; this model's head is "
-                      f"{config.model.head.value}.")
-    return Objective.SFT
-  return default_objective(config.model.head)
+  """`train.objective`, or (auto) the one the model's head implies; UserError when the named
+  objective needs another head."""
+  if config.train.objective is TrainObjective.AUTO:
+    return default_objective(config.model.head)
+  objective = Objective(config.train.objective.value)
+  if config.model.head is not _HEAD_OF[objective]:
+    what = "tunes a causal LM" if objective is Objective.SFT else \
+        f"needs model.head={_HEAD_OF[objective].value}"
+    raise UserError(f"train.objective={objective.value} {what}; this model's head is "
+                    f"{config.model.head.value}.")
+  return objective
 
 
 def setup_step(config: Config, placement: MeshRules) -> StepSetup:

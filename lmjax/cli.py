@@ -20,6 +20,7 @@ from lmjax import app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import from_hf, runs, verify
 from lmjax.data import chat
+from lmjax.data.sft import chat_template
 from lmjax.data.sources import ReadStats, iter_sources
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
@@ -211,9 +212,7 @@ def _load(args):
 def _cmd_generate(args) -> int:
   model, params, tokenizer = _load(args)
   if args.chat:
-    template = chat.ChatTemplate(chat.load_template(_chat_template_source(args)),
-                                 bos_token=tokenizer.id_to_token(tokenizer.bos_id or -1) or "",
-                                 eos_token=tokenizer.id_to_token(tokenizer.eos_id or -1) or "")
+    template = chat_template(_chat_template_source(args), tokenizer)
     texts = [chat.render_prompt([{"role": "user", "content": p}], template) for p in args.prompt]
     prompts = [tokenizer.encode(t, parse_special_tokens=True) for t in texts]
   else:

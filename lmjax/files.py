@@ -49,6 +49,18 @@ def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
     raise
 
 
+def file_sizes(directory: pathlib.Path) -> dict[str, int]:
+  """{path relative to `directory`: bytes} of every file under it, sorted by path."""
+  return {str(f.relative_to(directory)): f.stat().st_size
+          for f in sorted(directory.rglob("*")) if f.is_file()}
+
+
+def nearest_existing(path: pathlib.Path) -> pathlib.Path:
+  """`path`, or its closest ancestor that exists (what a new path would be created in)."""
+  path = path.absolute()
+  return next(p for p in (path, *path.parents) if p.exists())
+
+
 def write_text_atomic(path: pathlib.Path, text: str) -> None:
   """Writes `text` to `path` (UTF-8) through a temporary file renamed over it."""
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,22 @@ def small_file_system(path: pathlib.Path, size: str):
 
 
 @contextlib.contextmanager
+def bind_mounted(path: pathlib.Path):
+  """`path` bind-mounted on itself as root (so that a child can remount it read-only); yields
+  whether that worked, or True for a non-root user (who can chmod instead)."""
+  if os.geteuid() != 0:
+    yield True
+    path.chmod(0o755)
+    return
+  mounted = _mount("--bind", str(path), str(path))
+  try:
+    yield mounted
+  finally:
+    if mounted:
+      subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
 def read_only(path: pathlib.Path):
   """`path` made read-only: a read-only bind mount as root, chmod otherwise; yields whether
   writes to it now fail."""
@@ -108,15 +124,8 @@ def read_only(path: pathlib.Path):
     finally:
       path.chmod(mode)
     return
-  mounted = _mount("--bind", str(path), str(path))
-  if mounted and not _mount("-o", "remount,ro,bind", str(path)):
-    subprocess.run(["umount", str(path)], capture_output=True, timeout=30)
-    mounted = False
-  try:
-    yield mounted
-  finally:
-    if mounted:
-      subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+  with bind_mounted(path) as mounted:
+    yield mounted and _mount("-o", "remount,ro,bind", str(path))
 
 
 def fill(directory: pathlib.Path, leave: int) -> pathlib.Path:
@@ -154,22 +163,6 @@ def test_a_full_disk_stops_training_at_the_failed_save_and_a_rerun_resumes(tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stderr and "from step 20" in resumed.stderr
     assert sorted(map(int, step_digests(run))) == [20, 30, 40]
-
-
-@contextlib.contextmanager
-def bind_mounted(path: pathlib.Path):
-  """`path` bind-mounted on itself as root (so that a child can remount it read-only); yields
-  whether that worked, or True for a non-root user (who can chmod instead)."""
-  if os.geteuid() != 0:
-    yield True
-    path.chmod(0o755)
-    return
-  mounted = _mount("--bind", str(path), str(path))
-  try:
-    yield mounted
-  finally:
-    if mounted:
-      subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
 def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and_cause(tmp_path):

@@ -86,6 +86,8 @@ def export_peft(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct], 
   key_map = KEY_MAPS[hf_config["model_type"]]
   factor = scale(spec.alpha, spec.rank, spec.rslora)
   tensors, modules, patterns = [], set(), {}
+  # The adapters are small (rank r): read them all once, not once per layer of a stacked one.
+  arrays = read([k for k in specs if k.rsplit(".", 1)[-1] in ADAPTER_NAMES])
   for binding in bind(key_map, base):
     keys = [key for key, _ in binding.targets]
     adapted = [k for k in keys if _adapter_keys(k)[0] in specs]
@@ -93,7 +95,6 @@ def export_peft(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct], 
       continue
     module = binding.hf_name.removesuffix(".weight")
     layer = binding.targets[0][1]
-    arrays = read([n for k in adapted for n in _adapter_keys(k)])
     take = lambda x: np.asarray(x if layer is None else x[layer], np.float32)
     pairs = {k: (take(arrays[_adapter_keys(k)[0]]), take(arrays[_adapter_keys(k)[1]]))
              for k in adapted}

@@ -140,16 +140,17 @@ def _load_instructions(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer |
                        tokenizer_choice: str | None) -> Corpus:
   """Instruction examples (lmjax.data.sft) with the tokenizer given, or the one chosen (a BPE
   trains on the examples' text)."""
+  stats = ReadStats()
+  rows = read_sft_examples(data, stats)
   if tokenizer is None:
-    texts = [" ".join(str(v) for v in _texts(row)) for row, _ in
-             read_sft_examples(data, ReadStats())]
+    texts = [" ".join(str(v) for v in _texts(row)) for row, _ in rows]
     tokenizer = build_tokenizer(tokenizer_choice, texts, vocab_size=spec.vocab_size)
   check_tokenizer(spec, tokenizer)
   template = data.chat_template
   if template is None and tokenizer_choice and os.path.isdir(tokenizer_choice):
     template = tokenizer_choice  # the tokenizer's own chat template, when it has one
-  train, held_out, stats, truncated = load_sft(data, tokenizer, seq_len=spec.seq_len,
-                                               template_source=template)
+  train, held_out, truncated = load_sft(data, rows, stats, tokenizer, seq_len=spec.seq_len,
+                                        template_source=template)
   _report_skipped(stats)
   if truncated:
     log.warning("%d instruction example(s) were longer than train.seq_len=%d and were cut at "

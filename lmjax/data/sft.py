@@ -92,14 +92,15 @@ def tokenize_examples(rows: list[tuple[dict, str]], tokenizer: Tokenizer, templa
 def pack_examples(examples: list[Example], seq_len: int) -> tuple[dict[str, np.ndarray], int]:
   """Rows {input_ids, segment_ids, positions, loss_mask} [num_rows, seq_len] holding whole
   examples in order, and how many examples were cut to `seq_len`."""
-  rows, row, truncated = [], [], 0
+  rows, row, used, truncated = [], [], 0, 0
   for ids, mask in examples:
     if len(ids) > seq_len:
       ids, mask, truncated = ids[:seq_len], mask[:seq_len], truncated + 1
-    if sum(len(e[0]) for e in row) + len(ids) > seq_len:
+    if used + len(ids) > seq_len:
       rows.append(row)
-      row = []
+      row, used = [], 0
     row.append((ids, mask))
+    used += len(ids)
   if row:
     rows.append(row)
   out = {name: np.zeros((len(rows), seq_len), np.int32)
@@ -114,15 +115,20 @@ def pack_examples(examples: list[Example], seq_len: int) -> tuple[dict[str, np.n
   return out, truncated
 
 
-def load_sft(data: DataConfig, tokenizer: Tokenizer, *, seq_len: int, template_source: str | None
-             ) -> tuple[MemoryRows, MemoryRows, ReadStats, int]:
-  """(train rows, held-out rows, what was skipped, examples cut) of the instruction data."""
-  stats = ReadStats()
-  rows = read_sft_examples(data, stats)
-  template = ChatTemplate(load_template(template_source),
-                          bos_token=_token(tokenizer, tokenizer.bos_id),
-                          eos_token=_token(tokenizer, tokenizer.eos_id))
-  examples = tokenize_examples(rows, tokenizer, template, data, stats)
+def chat_template(source: str | None, tokenizer: Tokenizer) -> ChatTemplate:
+  """The template `source` names (lmjax.data.chat.load_template), with `tokenizer`'s bos and
+  eos spellings for the templates that use them."""
+  return ChatTemplate(load_template(source), bos_token=_token(tokenizer, tokenizer.bos_id),
+                      eos_token=_token(tokenizer, tokenizer.eos_id))
+
+
+def load_sft(data: DataConfig, rows: list[tuple[dict, str]], stats: ReadStats,
+             tokenizer: Tokenizer, *, seq_len: int, template_source: str | None
+             ) -> tuple[MemoryRows, MemoryRows, int]:
+  """(train rows, held-out rows, examples cut) of instruction `rows` (`read_sft_examples`);
+  what is skipped is counted in `stats`."""
+  examples = tokenize_examples(rows, tokenizer, chat_template(template_source, tokenizer), data,
+                               stats)
   if len(examples) < 2:
     raise UserError(f"data.paths {list(data.paths)} hold {len(examples)} usable instruction "
                     f"example(s); training and evaluation need at least 2.")
@@ -134,7 +140,7 @@ def load_sft(data: DataConfig, tokenizer: Tokenizer, *, seq_len: int, template_s
            sum(len(i) for i, _ in examples), len(train["input_ids"]), len(held_out["input_ids"]),
            seq_len)
   as_rows = lambda arrays: MemoryRows(arrays, np.zeros(len(arrays["input_ids"]), np.int32))
-  return as_rows(train), as_rows(held_out), stats, truncated + cut
+  return as_rows(train), as_rows(held_out), truncated + cut
 
 
 def _token(tokenizer: Tokenizer, token_id: int | None) -> str:

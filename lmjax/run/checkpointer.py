@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from lmjax.errors import UserError, WriteFailed
-from lmjax.files import read_json_object, write_text_atomic
+from lmjax.files import file_sizes, nearest_existing, read_json_object, write_text_atomic
 from lmjax.run.record import CheckpointRecord, TrainState
 from lmjax.run.streamed_arrays import streaming_handlers
 
@@ -97,7 +97,8 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
-    return self.steps()[-1] if self.steps() else None
+    steps = self.steps()
+    return steps[-1] if steps else None
 
   def unfinished_writes(self) -> list[pathlib.Path]:
     """Temporary directories of writes that never completed (the writer died)."""
@@ -132,21 +133,21 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001
       self._failed(step, os_cause(e))
       return
-    self._last_size = _size(self.directory / str(step))
     self._record_sizes(step)
 
   def _record_sizes(self, step: int) -> None:
-    """Adds the committed step's file sizes to SIZES_FILE beside the checkpoints directory
-    (RUN_DIR/checkpoint_sizes.json; dropping steps no longer there), so
-    that a cheap check can tell a truncated file from a complete one (lmjax.run.inspection)."""
+    """Remembers the committed step's size (the next free-space check needs it) and, on
+    process 0, adds its file sizes to SIZES_FILE beside the checkpoints directory
+    (RUN_DIR/checkpoint_sizes.json; dropping steps no longer there), so that a cheap check can
+    tell a truncated file from a complete one (lmjax.run.inspection)."""
+    files = file_sizes(self.directory / str(step))
+    self._last_size = sum(files.values())
     if jax.process_index() != 0:
       return
     path = self.directory.parent / SIZES_FILE
-    sizes = {name: files for name, files in (read_json_object(path) or {}).items()
+    sizes = {name: recorded for name, recorded in (read_json_object(path) or {}).items()
              if (self.directory / name).is_dir()}
-    step_dir = self.directory / str(step)
-    sizes[str(step)] = {str(f.relative_to(step_dir)): f.stat().st_size
-                        for f in sorted(step_dir.rglob("*")) if f.is_file()}
+    sizes[str(step)] = files
     write_text_atomic(path, json.dumps(sizes, indent=1))
 
   def recorded_sizes(self, step: int) -> dict[str, int] | None:
@@ -163,8 +164,7 @@ class Checkpointer:
     if self.write_error() is not None:
       return self._failure
     need = self._last_size or sum(x.nbytes for x in jax.tree.leaves(state)) // jax.process_count()
-    existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(nearest_existing(self.directory)).free
     if free >= need:
       return None
     return self._failed(step, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, a "
@@ -415,10 +415,6 @@ def os_cause(error: BaseException) -> str:
         os.strerror(error.errno)
   code = re.search(r"os_error_code='?(\d+)", str(error))
   return os.strerror(int(code.group(1))) if code else first_line(error)
-
-
-def _size(path: pathlib.Path) -> int:
-  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def _steps(steps: list[int]) -> str:

@@ -16,6 +16,7 @@ import pathlib
 import flax.linen as nn
 import jax
 
+from lmjax.files import file_sizes
 from lmjax.model import ModelConfig, param_shapes
 from lmjax.run.checkpointer import TMP_MARKER, ArrayPath, Checkpointer, first_line
 from lmjax.run.record import CheckpointRecord
@@ -135,7 +136,7 @@ def _params_mismatch(specs: dict[ArrayPath, jax.ShapeDtypeStruct], model: ModelC
 
 
 def _size(path: pathlib.Path) -> int:
-  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+  return sum(file_sizes(path).values())
 
 
 def format_table(infos: list[CheckpointInfo], *, verified: bool) -> str:

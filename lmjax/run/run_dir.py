@@ -18,7 +18,7 @@ import pathlib
 
 from lmjax.config import RUN_CONFIG_FILE, Config, dump_config, from_dict, is_run_directory, read_yaml
 from lmjax.errors import UserError
-from lmjax.files import write_text_atomic
+from lmjax.files import nearest_existing, write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +67,12 @@ class RunDir:
       raise UserError(f"--run-dir {self.path} is not empty and is not an lmjax run directory "
                       f"(it has no {RUN_CONFIG_FILE}): pass a new or empty directory, or the "
                       f"directory of an lmjax run to resume it.")
-    existing = next(p for p in (self.path, *self.path.absolute().parents) if p.exists())
+    existing = nearest_existing(self.path)
     if not existing.is_dir():
       raise UserError(f"--run-dir {self.path}: {existing} is a file, not a directory: choose "
                       f"another path.")
     if not os.access(existing, os.W_OK | os.X_OK):
-      what = "it" if existing == self.path else f"its parent {existing}"
+      what = "it" if existing == self.path.absolute() else f"its parent {existing}"
       raise UserError(f"--run-dir {self.path}: {what} is not writable (permissions or a "
                       f"read-only file system): choose a directory you can write to.")
     if self.path.is_dir():

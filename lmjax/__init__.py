@@ -1,7 +1,7 @@
 """lmjax: train and convert transformer language models with JAX and Flax."""
 
 from lmjax.convert import from_hf, to_hf
-from lmjax.run.load import load_run
+from lmjax.convert.base_model import load_run
 from lmjax.version import __version__
 
 __all__ = ["__version__", "from_hf", "load_run", "to_hf"]

@@ -19,6 +19,7 @@ from typing import Sequence
 from lmjax import app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import from_hf, runs, verify
+from lmjax.convert.base_model import load_run
 from lmjax.data import chat
 from lmjax.data.sft import chat_template
 from lmjax.data.sources import ReadStats, iter_sources
@@ -26,7 +27,7 @@ from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.generate import fill_mask, generate
 from lmjax.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
-from lmjax.run import RunDir, load_run
+from lmjax.run import RunDir
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run

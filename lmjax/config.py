@@ -260,8 +260,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def from_dict(raw: Mapping[str, Any]) -> Config:
-  """Builds and validates a Config from nested plain values."""
+def from_dict(raw: Mapping[str, Any], *, resolved: bool = False) -> Config:
+  """Builds and validates a Config from nested plain values. A `resolved` one (a run's saved
+  config.yaml) has every model field already: its `model.init_from` is not read again (so a
+  base that has moved does not make the run unreadable)."""
   sections = {"model", *_SECTIONS}
   for name in raw:
     if name not in sections:
@@ -274,7 +276,8 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
   if not isinstance(model, Mapping):
     raise UserError(f"config section `model` must be a mapping, got {model!r}.")
   init_from = model.get("init_from")
-  source_fields, source_labels = source_model(str(init_from)) if init_from else ({}, ())
+  source_fields, source_labels = source_model(str(init_from)) if init_from and not resolved \
+      else ({}, ())
   kwargs = {name: build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
   model_config = model_config_from_dict(model, source_fields)
   if model_config.head is Head.CLASSIFICATION and not kwargs["data"].labels and source_labels:

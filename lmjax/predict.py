@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lmjax.convert import from_hf, read_hf_config
+from lmjax.convert.base_model import load_run
 from lmjax.data.classification import check_labels, encode_texts, example_tokenizer
 from lmjax.data.config import Source
 from lmjax.data.examples import Examples, Fields, read_examples
@@ -33,7 +34,7 @@ from lmjax.files import write_text_atomic
 from lmjax.generate import classify
 from lmjax.model import Head, Transformer
 from lmjax.model.hf_config import hf_labels
-from lmjax.run import RunDir, load_run
+from lmjax.run import RunDir
 
 log = logging.getLogger(__name__)
 

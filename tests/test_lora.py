@@ -18,7 +18,12 @@ from lmjax.errors import UserError
 from lmjax.model import Transformer
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import merge_lora
+from lmjax.run import RunDir
 from lmjax.run.checkpointer import Checkpointer
+from lmjax.run.inspection import format_table, inspect_checkpoints
+from lmjax.sharding import mesh_rules
+from lmjax.train.loop import train
+from lmjax.train.setup import setup_step
 from tests.conftest import TINY
 
 FAMILIES = {"llama": ("tiny-llama", ["model.num_kv_heads=2"]), "gpt2": ("tiny-gpt", [])}
@@ -240,7 +245,7 @@ def test_lora_dropout_is_on_in_training_and_off_in_evaluation():
 
 
 def test_a_lora_classifier_trains_its_new_head_too():
-  from lmjax.train.trainable import split
+  from lmjax.model.trainable import split
   config = load_config("tiny-bert", TINY + ["model.head=classification", "model.num_labels=2",
                                             "model.lora.rank=2"]).model
   params = jax.eval_shape(Transformer(config).init, jax.random.key(0),
@@ -250,28 +255,119 @@ def test_a_lora_classifier_trains_its_new_head_too():
   assert "token_embedding" in frozen and "layers" in trained and "layers" in frozen
 
 
-def test_a_bfloat16_base_is_stored_in_half_and_stays_the_source_rounded(lora_run, tmp_path):
+def test_a_bfloat16_base_is_held_in_half_and_loads_back_the_source_rounded(lora_run, tmp_path):
   family, tmp = lora_run
   name, extra = FAMILIES[family]
   run = tmp_path / "bf16"
   assert main(["train", name, "--run-dir", str(run), "--set", *TINY, *extra, "train.steps=5",
                f"model.init_from={tmp / 'base'}", "model.lora.rank=4",
                "model.lora.base_dtype=bfloat16", "train.learning_rate=0.05"]) == 0
-  checkpointer = Checkpointer(run / "checkpoints", keep=3)
-  try:
-    specs = checkpointer.array_specs(5)
-    arrays = checkpointer.restore_arrays(5, {p: s for p, s in specs.items() if p[0] == "params"})
-  finally:
-    checkpointer.close()
-  dtypes = {path: str(spec.dtype) for path, spec in specs.items() if path[0] == "params"}
-  assert {d for p, d in dtypes.items() if "lora_a" in p or "lora_b" in p} == {"float32"}
-  assert {d for p, d in dtypes.items() if not ("lora_a" in p or "lora_b" in p)} == {"bfloat16"}
+  config = RunDir(run).require_config()
+  held = setup_step(config, mesh_rules(config.mesh)).abstract_state.params
+  dtypes = {jax.tree_util.keystr(p): str(x.dtype)
+            for p, x in jax.tree_util.tree_flatten_with_path(held)[0]}
+  assert {d for p, d in dtypes.items() if "lora_" in p} == {"float32"}
+  assert {d for p, d in dtypes.items() if "lora_" not in p} == {"bfloat16"}
+  saved = _checkpoint_params(run, 5)
+  assert saved and all(path[-1] in ("lora_a", "lora_b") for path in saved)
+  assert {str(spec.dtype) for spec in saved.values()} == {"float32"}
   _, source = lmjax.load_run(tmp / "base")
-  kernel = ("params", "layers", "mlp", "wo", "kernel")
+  _, tuned = lmjax.load_run(run)
   expected = np.asarray(source["layers"]["mlp"]["wo"]["kernel"]).astype(jnp.bfloat16)
-  np.testing.assert_array_equal(np.asarray(arrays[kernel]), expected)
+  np.testing.assert_array_equal(np.asarray(tuned["layers"]["mlp"]["wo"]["kernel"]),
+                                expected.astype(np.float32))
   rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def _checkpoint_params(run, step):
+  checkpointer = Checkpointer(run / "checkpoints", keep=3)
+  try:
+    return {path[1:]: spec for path, spec in checkpointer.array_specs(step).items()
+            if path[0] == "params"}
+  finally:
+    checkpointer.close()
+
+
+def _record(run, step):
+  checkpointer = Checkpointer(run / "checkpoints", keep=3)
+  try:
+    return checkpointer.restore_record(step)
+  finally:
+    checkpointer.close()
+
+
+@pytest.mark.parametrize("lora_run", ["llama"], indirect=True)
+def test_lora_checkpoints_hold_the_adapters_and_refer_to_the_base(lora_run):
+  _, tmp = lora_run
+  saved = _checkpoint_params(tmp / "lora", 20)
+  assert saved and all(path[-1] in ("lora_a", "lora_b") for path in saved)
+  record = _record(tmp / "lora", 20)
+  assert record.base.source == str((tmp / "base").absolute()) and record.base.step == 10
+  assert len(record.base.sha256) == 64
+  size = lambda run: sum(f.stat().st_size for f in (run / "checkpoints" / "10").rglob("*")
+                         if f.is_file())
+  assert size(tmp / "lora") < size(tmp / "base") / 2  # tiny arrays: metadata is much of it
+  listing = inspect_checkpoints(tmp / "lora", verify=True)
+  assert [i.problem for i in listing] == [None, None]
+  assert "the base model is " + str(record.base) in format_table(listing, verified=True)
+
+
+def _lora_settings(base, *more):
+  return [*TINY, "model.num_kv_heads=2", f"model.init_from={base}", "model.lora.rank=4",
+          "train.learning_rate=0.05", "train.warmup_steps=0", "train.checkpoint_every=3",
+          "train.log_every=1", *more]
+
+
+def _lora_from(base, run, *more):
+  return main(["train", "tiny-llama", "--run-dir", str(run), "--set",
+               *_lora_settings(base, *more)])
+
+
+@pytest.mark.parametrize("lora_run", ["llama"], indirect=True)
+def test_a_lora_run_on_a_hugging_face_base_resumes_exactly_and_refuses_a_changed_base(
+    lora_run, tmp_path, capsys):
+  from safetensors.numpy import load_file, save_file
+  _, tmp = lora_run
+  base = tmp_path / "base_hf"
+  shutil.copytree(tmp / "base_hf", base)
+  whole, part = tmp_path / "whole", tmp_path / "part"
+  assert _lora_from(base, whole, "train.steps=6") == 0
+  train(load_config("tiny-llama", _lora_settings(base, "train.steps=6")), part, stop_after=3)
+  assert _lora_from(base, part, "train.steps=6") == 0  # resumes from step 3, base reloaded
+  losses = lambda run: [json.loads(line)["loss"] for line in
+                        (run / "metrics.jsonl").read_text().splitlines()]
+  assert losses(part) == losses(whole)
+  _, a = lmjax.load_run(whole)
+  _, b = lmjax.load_run(part)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+  moved = tmp_path / "moved_hf"
+  base.rename(moved)  # the base moves: the run finds it by --set model.init_from
+  capsys.readouterr()
+  assert main(["generate", "--run-dir", str(part), "--prompt", "a", "--max-new-tokens", "2"]) == 2
+  assert "is not there any more" in capsys.readouterr().err
+  assert _lora_from(moved, part, "train.steps=7") == 0
+  assert _record(part, 7).base.source == str(moved.absolute())
+
+  weights = moved / "model.safetensors"
+  tensors = load_file(weights)
+  name = next(k for k in tensors if "embed" in k)
+  tensors[name] = tensors[name] + 1e-3
+  save_file(tensors, weights, metadata={"format": "pt"})
+  before = sorted((p.name, p.stat().st_mtime_ns) for p in (part / "checkpoints").iterdir())
+  capsys.readouterr()
+  assert _lora_from(moved, part, "train.steps=9") == 2
+  err = capsys.readouterr().err
+  assert "the base model has changed" in err and err.count("sha256") == 2, err
+  assert "Traceback" not in err
+  assert sorted((p.name, p.stat().st_mtime_ns) for p in (part / "checkpoints").iterdir()) == before
+  assert main(["convert", "lmjax-to-hf", str(part), str(tmp_path / "out")]) == 2
+  assert "the base model has changed" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+  assert main(["checkpoints", str(part), "--verify"]) != 0
+  assert "the base model has changed" in capsys.readouterr().out
 
 
 def test_an_adapter_for_another_base_is_refused_naming_the_shapes(lora_run, tmp_path, capsys):

@@ -16,13 +16,17 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from lmjax.config import Config, TrainConfig
 from lmjax.data.config import DataConfig
 from lmjax.convert.adapters import export_peft
+from lmjax.convert.base_model import frozen_params
 from lmjax.convert.bindings import unflatten
 from lmjax.convert.engine import HfWeights, export_params
 from lmjax.convert.peft_import import read_peft
@@ -31,7 +35,9 @@ from lmjax.data.sentencepiece_tokenizer import model_file_in
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_directory, staged_directory
-from lmjax.model import Head
+from lmjax.model import Head, param_shapes
+from lmjax.model.config import ParamDtype
+from lmjax.model.trainable import split
 from lmjax.model.hf_config import hf_labels
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.load import open_checkpoints, restore_step
@@ -140,12 +146,17 @@ def _with_checkpoint_params(run: RunDir, step: int | None, use) -> None:
   def export(at: int) -> None:
     specs = {".".join(path[1:]): spec for path, spec in checkpointer.array_specs(at).items()
              if path[0] == "params"}
+    base_specs, read_base = _base_arrays(run, checkpointer.restore_record(at))
 
     def read(keys):
-      arrays = checkpointer.restore_arrays(at, {("params", *key.split(".")): specs[key]
-                                                for key in keys})
-      return {".".join(path[1:]): array for path, array in arrays.items()}
-    use(specs, read)
+      own = {("params", *key.split(".")): specs[key] for key in keys if key not in base_specs}
+      arrays = checkpointer.restore_arrays(at, own) if own else {}
+      arrays = {".".join(path[1:]): array for path, array in arrays.items()}
+      if any(key in base_specs for key in keys):
+        base = read_base()
+        arrays.update({key: base[key] for key in keys if key in base_specs})
+      return arrays
+    use({**specs, **base_specs}, read)
 
   try:
     if step is None:  # a damaged newest step is skipped (with a warning), as load_run does
@@ -154,6 +165,26 @@ def _with_checkpoint_params(run: RunDir, step: int | None, use) -> None:
       restore_step(run, step, export)
   finally:
     checkpointer.close()
+
+
+def _base_arrays(run: RunDir, record: CheckpointRecord
+                 ) -> tuple[dict[str, jax.ShapeDtypeStruct], Callable[[], dict[str, Any]]]:
+  """(specs, read) of the frozen base params (flat keys) of a checkpoint that holds a LoRA run's
+  trained params only, as training held them; ({}, …) for a whole checkpoint. The base is read
+  on first use (a PEFT export never needs it), all at once: memory then holds the base."""
+  if record.base is None:
+    return {}, dict
+  config = run.require_config()
+  _, frozen = split(nn.unbox(param_shapes(config.model)), config.model)
+  if config.model.lora.base_dtype is ParamDtype.BFLOAT16:
+    frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16), frozen)
+  specs = {".".join(path): spec for path, spec in traverse_util.flatten_dict(frozen).items()}
+
+  @functools.cache
+  def read() -> dict[str, Any]:
+    arrays = frozen_params(record.base, config.init_from, config.model, frozen)
+    return {".".join(path): array for path, array in traverse_util.flatten_dict(arrays).items()}
+  return specs, read
 
 
 def _token_ids(run: RunDir, config: Config) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from lmjax.convert.engine import read_hf_config
 from lmjax.convert.safetensors_files import CheckpointReader
 from lmjax.errors import UserError
 from lmjax.model import Head
-from lmjax.run.load import load_run
+from lmjax.convert.base_model import load_run
 
 
 @dataclasses.dataclass(frozen=True)

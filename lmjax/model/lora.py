@@ -8,7 +8,7 @@ A targeted projection `y = x W` gains two small matrices, `lora_a` [*in, rank] a
 with `lora_b` initialised to zero (a fresh adapter is the identity) and `lora_a` as peft's
 kaiming-uniform (bound 1/sqrt(fan_in)). The adapters carry the logical axis names of the
 kernel's in and out dims plus "lora_rank", so FSDP and tensor parallelism shard them with the
-kernel. Training then updates only `lora_*` params (lmjax.train.trainable); `merge_lora` folds
+kernel. Training then updates only `lora_*` params (lmjax.model.trainable); `merge_lora` folds
 them into the kernels for an ordinary export.
 
 Hand-written rather than Google's qwix: qwix intercepts `dot_general` and recovers the kernel

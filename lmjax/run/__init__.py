@@ -4,7 +4,8 @@
     record.py           TrainState (the checkpointed pytree) and CheckpointRecord (its JSON)
     checkpointer.py     the Orbax checkpointer: async saves, fallback past damaged steps
     streamed_arrays.py  arrays made one at a time as a checkpoint writes them (imports)
-    load.py             load_run: a run's model and params
+    load.py             load_run_at: a run's model and params from its checkpoints
+    base_ref.py         BaseRef: the base a LoRA run's adapter-only checkpoints refer to
     inspection.py       `lmjax checkpoints`: each step's size, position and whether it restores
 
 Nothing here imports the trainer: what a checkpoint holds is defined here, and the trainer
@@ -12,8 +13,8 @@ builds on it.
 """
 
 from lmjax.run.checkpointer import Checkpointer
-from lmjax.run.load import load_run, load_run_at
+from lmjax.run.load import load_run_at
 from lmjax.run.record import CheckpointRecord, TrainState
 from lmjax.run.run_dir import RunDir
 
-__all__ = ["CheckpointRecord", "Checkpointer", "RunDir", "TrainState", "load_run", "load_run_at"]
+__all__ = ["CheckpointRecord", "Checkpointer", "RunDir", "TrainState", "load_run_at"]

@@ -309,6 +309,8 @@ class Checkpointer:
     for step in steps:
       try:
         result, reason = restore(step), None
+      except UserError:  # the user's mistake (e.g. a changed base model), not a damaged step
+        raise
       except Exception as e:  # noqa: BLE001 -- whatever a damaged file raises, try an older step
         result, reason = None, first_line(e)
       if _all_processes_agree(reason is None):

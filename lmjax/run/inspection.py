@@ -5,7 +5,9 @@ The default check is cheap and reads no arrays: the step directory was committed
 has the size recorded when it was written (a truncated or deleted file fails), and its JSON
 record reads. `verify=True` also reads every array of every step (a group of arrays at a
 time, so memory holds one group, not the state) and checks that the params have the shapes the
-run's model has, which also catches a truncated array file.
+run's model has, which also catches a truncated array file; for a LoRA run whose checkpoints
+hold the trained params only, the params are those, and the base they refer to must be there
+with the content hash recorded (lmjax.run.base_ref).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import pathlib
 import flax.linen as nn
 import jax
 
+from lmjax.errors import UserError
 from lmjax.files import file_sizes
 from lmjax.model import ModelConfig, param_shapes
+from lmjax.model.trainable import trained_part
+from lmjax.run.base_ref import BaseRef, check_base
 from lmjax.run.checkpointer import TMP_MARKER, ArrayPath, Checkpointer, first_line
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.run_dir import RunDir
@@ -61,7 +66,9 @@ def inspect_checkpoints(run_dir: str | pathlib.Path, *, verify: bool = False
       elif path.name.isdigit():
         infos.append(_inspect_step(checkpointer, path, int(path.name) in committed))
     if verify:
-      infos = [_verify(checkpointer, config.model, info) for info in infos]
+      bases = {}  # one hash per base, however many steps refer to it
+      infos = [_verify(checkpointer, config.model, info, config.init_from, bases)
+               for info in infos]
   finally:
     checkpointer.close()
   return sorted(infos, key=lambda i: (i.step is None, i.step, i.name))
@@ -106,25 +113,39 @@ def _changed_files(path: pathlib.Path, recorded: dict[str, int] | None) -> str |
       if problems else None
 
 
-def _verify(checkpointer: Checkpointer, model: ModelConfig, info: CheckpointInfo
-            ) -> CheckpointInfo:
+def _verify(checkpointer: Checkpointer, model: ModelConfig, info: CheckpointInfo,
+            init_from: str | None, bases: dict[BaseRef, str | None]) -> CheckpointInfo:
   """`info`, with what makes the step unusable as its problem: params whose shapes the run's
-  model does not have, or an array that does not read."""
+  model does not have, an array that does not read, or a base model that is not the one
+  trained on."""
   if info.problem is not None:
     return info
+  base = info.record.base if info.record else None
   try:
-    problem = _params_mismatch(checkpointer.array_specs(info.step), model)
+    problem = _params_mismatch(checkpointer.array_specs(info.step), model,
+                               trained_only=base is not None)
     if problem is None:
       checkpointer.read_every_array(info.step, group_bytes=_VERIFY_GROUP_BYTES)
   except Exception as e:  # noqa: BLE001
     problem = f"restore failed: {first_line(e)}"
+  if problem is None and base is not None:
+    if base not in bases:
+      try:
+        check_base(base, init_from)
+        bases[base] = None
+      except UserError as e:
+        bases[base] = str(e)
+    problem = bases[base]
   return info if problem is None else dataclasses.replace(info, problem=problem)
 
 
-def _params_mismatch(specs: dict[ArrayPath, jax.ShapeDtypeStruct], model: ModelConfig
-                     ) -> str | None:
-  """What differs between the checkpoint's params and those of `model`, or None."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(nn.unbox(param_shapes(model)))
+def _params_mismatch(specs: dict[ArrayPath, jax.ShapeDtypeStruct], model: ModelConfig, *,
+                     trained_only: bool) -> str | None:
+  """What differs between the checkpoint's params and those of `model` (its trained part
+  only, for a LoRA run that refers to its base), or None."""
+  params = nn.unbox(param_shapes(model))
+  flat, _ = jax.tree_util.tree_flatten_with_path(trained_part(params, model) if trained_only
+                                                 else params)
   expected = {("params", *(str(k.key) for k in path)): leaf.shape for path, leaf in flat}
   saved = {path: spec.shape for path, spec in specs.items() if path[0] == "params"}
   for path in sorted(set(expected) | set(saved)):
@@ -150,4 +171,6 @@ def format_table(infos: list[CheckpointInfo], *, verified: bool) -> str:
     if info.name != step:
       status += f" [{info.name}]"
     lines.append(f"{step:>8}  {info.size_bytes:>12}  {position:>13}  {status}")
+  bases = dict.fromkeys(i.record.base for i in infos if i.record and i.record.base)
+  lines += [f"LoRA adapters only; the base model is {base}" for base in bases]
   return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Loading a trained run back: `model, params = lmjax.load_run(run_dir, step=None)`.
+"""Reading a run's params back from its checkpoints (`lmjax.load_run` is the public entry,
+lmjax.convert.base_model, which also loads a LoRA run's base).
 
 Only the params are read (never the optimizer state), placed on the mesh by the logical-axis
 rules: the run's own `mesh.rules` unless the caller names others.
@@ -13,13 +14,17 @@ from jax.sharding import Mesh
 
 from lmjax.errors import UserError
 from lmjax.model import Transformer
+from lmjax.model.trainable import combine, split
 from lmjax.placement import placed_params
 from lmjax.run.checkpointer import Checkpointer, first_line
+from lmjax.run.base_ref import BaseRef
 from lmjax.run.inspection import inspect_checkpoints
+from lmjax.run.record import CheckpointRecord
 from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshConfig, MeshRules, axis_rules, make_mesh, parse_rules
 
 T = TypeVar("T")
+LoadBase = Callable[[BaseRef, Any], Any]  # (base reference, abstract frozen params) -> params
 
 
 def open_checkpoints(run: RunDir, step: int | None) -> tuple[Checkpointer, int | None]:
@@ -58,35 +63,39 @@ def restore_step(run: RunDir, step: int, restore: Callable[[int], T]) -> T:
                     f"checks every step.") from None
 
 
-def load_run(run_dir: str | pathlib.Path, step: int | None = None, *, mesh: Mesh | None = None,
-             rules: Any = None) -> tuple[Transformer, Any]:
-  """The run's float32 model and params at `step` (default: the latest complete checkpoint).
-
-  Params are placed on `mesh` (default: all devices, data parallel) by `rules` (a table as
-  `mesh.rules` takes, e.g. [["embed", "fsdp"], ["heads", "tensor"]]; default: the run's own
-  `mesh.rules`, else the standard one, lmjax.sharding.LOGICAL_AXIS_RULES). With `step=None`,
-  a newest checkpoint that cannot be restored (a torn or damaged write) is skipped with a
-  warning and the next older one is loaded.
-  """
-  model, params, _ = load_run_at(run_dir, step, mesh=mesh, rules=rules)
-  return model, params
-
-
 def load_run_at(run_dir: str | pathlib.Path, step: int | None = None, *, mesh: Mesh | None = None,
-                rules: Any = None) -> tuple[Transformer, Any, int]:
-  """`load_run`, also returning the step it loaded."""
+                rules: Any = None, base: LoadBase | None = None) -> tuple[Transformer, Any, int]:
+  """(model, params, step) of the run at `step` (default: the newest checkpoint that restores,
+  a damaged newer one skipped with a warning), placed on `mesh` by `rules` (lmjax.load_run).
+
+  A LoRA run's checkpoint that holds the adapters only (its record names the base,
+  lmjax.run.base_ref) needs `base(ref, abstract_frozen_params)`, which returns the frozen params
+  placed as `abstract_frozen_params`; lmjax.load_run passes the one that reads Hugging Face and
+  run directories.
+  """
   run = RunDir(run_dir)
   config = run.require_config()
   checkpointer, step = open_checkpoints(run, step)
   placement = MeshRules(mesh or make_mesh(MeshConfig()),
                         axis_rules(config.mesh) if rules is None else parse_rules(rules))
   abstract = placed_params(config.model, placement)
+  trained_abstract, frozen_abstract = split(abstract, config.model)
+
+  def restore(at: int) -> tuple[Any, CheckpointRecord]:
+    record = checkpointer.restore_record(at)
+    return checkpointer.restore_params(
+        at, trained_abstract if record.base is not None else abstract), record
+
   try:
     if step is None:
-      step, params, _ = checkpointer.restore_newest(
-          lambda at: checkpointer.restore_params(at, abstract))
+      step, (params, record), _ = checkpointer.restore_newest(restore)
     else:
-      params = restore_step(run, step, lambda at: checkpointer.restore_params(at, abstract))
+      params, record = restore_step(run, step, restore)
   finally:
     checkpointer.close()
+  if record.base is not None:
+    if base is None:
+      raise UserError(f"{run.path} step {step} holds LoRA adapters only, for the base model "
+                      f"{record.base}: load it with lmjax.load_run, which loads the base too.")
+    params = combine(params, base(record.base, frozen_abstract))
   return Transformer(config.model), params, step

@@ -14,10 +14,12 @@ from typing import Any, Mapping
 import flax.struct
 import jax
 
+from lmjax.run.base_ref import BaseRef
+
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array      # int32 scalar: number of updates applied
-  params: Any          # float32 master weights
+  params: Any          # float32 master weights (a LoRA run with a base: the trained part only)
   opt_state: Any       # None in an imported checkpoint (weights only)
 
 
@@ -40,15 +42,17 @@ class CheckpointRecord:
   elapsed_seconds: float = 0.0           # training time up to this step
   params_only: bool = False              # an import: no optimizer state yet
   source: str | None = None              # for an import, the directory the weights came from
+  base: BaseRef | None = None            # a LoRA run's frozen base, not in the checkpoint
 
   @classmethod
   def trained(cls, *, step: int, lmjax_version: str, config: dict[str, Any], seed: int,
               data_iterator: dict[str, Any] | None, skipped_steps: int,
-              elapsed_seconds: float) -> CheckpointRecord:
-    """The record of a step the trainer took."""
+              elapsed_seconds: float, base: BaseRef | None = None) -> CheckpointRecord:
+    """The record of a step the trainer took; `base` when its params are the trained part only
+    (lmjax.run.base_ref)."""
     return cls(step=step, lmjax_version=lmjax_version, config=config, data_position=step,
                data_iterator=data_iterator, rng={"seed": seed, "derived_from": "step"},
-               skipped_steps=skipped_steps, elapsed_seconds=elapsed_seconds)
+               skipped_steps=skipped_steps, elapsed_seconds=elapsed_seconds, base=base)
 
   @classmethod
   def imported(cls, *, source: str, lmjax_version: str, config: dict[str, Any]
@@ -64,7 +68,10 @@ class CheckpointRecord:
     else:
       keys = ("step", "data_position", "data_iterator", "lmjax_version", "rng", "skipped_steps",
               "elapsed_seconds", "config")
-    return {key: getattr(self, key) for key in keys}
+    written = {key: getattr(self, key) for key in keys}
+    if self.base is not None:
+      written["base"] = self.base.to_json()
+    return written
 
   @classmethod
   def from_json(cls, raw: Mapping[str, Any] | None) -> CheckpointRecord:
@@ -76,4 +83,6 @@ class CheckpointRecord:
     values.setdefault("lmjax_version", "unknown")
     values.setdefault("config", {})
     values.setdefault("data_position", values["step"])  # records before it existed, and imports
+    if "base" in values:
+      values["base"] = BaseRef.from_json(values["base"])
     return cls(**values)

@@ -44,7 +44,7 @@ class RunDir:
     if not self.exists():
       return None
     try:
-      return from_dict(read_yaml(self.config_file))
+      return from_dict(read_yaml(self.config_file), resolved=True)
     except UserError as e:
       raise UserError(f"{self.config_file} is not a valid lmjax config: {e}") from None
 

@@ -3,11 +3,15 @@
 Parameters are matched by path: those the source has with the same shape are loaded, those it
 lacks (e.g. a new classification head) keep their fresh initialisation, and those only the
 source has (e.g. an MLM head when fine-tuning a classifier) are left out. Scanned and unrolled
-layer layouts are converted as needed.
+layer layouts are converted as needed (lmjax.convert.base_model).
+
+A LoRA run whose every frozen param comes from the source saves the trained part only and
+refers to the source by a BaseRef (lmjax.run.base_ref); otherwise its checkpoints are whole.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Any
 
@@ -15,38 +19,13 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from lmjax.config import is_run_directory
-from lmjax.convert import from_hf
+from lmjax.convert.base_model import load_source
 from lmjax.model import ModelConfig
-from lmjax.model.lora import is_adapter, merge_lora
-from lmjax.run.load import load_run
-from lmjax.train.trainable import trained_part
+from lmjax.model.lora import is_adapter
+from lmjax.model.trainable import is_trained, trained_part
+from lmjax.run.base_ref import BaseRef, reference
 
-
-def load_source_params(source: str | pathlib.Path, config: ModelConfig) -> Any:
-  """The params of run or HF directory `source`, in `config`'s layer layout (host or device
-  arrays)."""
-  if is_run_directory(source):
-    model, params = load_run(source)
-    spec = model.config.lora
-    if spec.enabled and spec != config.lora:  # another adapter: fold it into the base weights
-      params = merge_lora(jax.device_get(params), spec.rank, spec.alpha, spec.rslora)
-  else:
-    _, params = from_hf(source, scan_layers=config.scan_layers)
-  return to_layer_layout(params, scanned=config.scan_layers, num_layers=config.num_layers)
-
-
-def to_layer_layout(params: dict, *, scanned: bool, num_layers: int) -> dict:
-  """Stacks `layers_i` into `layers` (scanned) or splits `layers` into `layers_i`."""
-  params = dict(params)
-  if scanned and "layers_0" in params:
-    per_layer = [params.pop(f"layers_{i}") for i in range(num_layers)]
-    params["layers"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *per_layer)
-  elif not scanned and "layers" in params:
-    stacked = params.pop("layers")
-    for i in range(num_layers):
-      params[f"layers_{i}"] = jax.tree.map(lambda x: x[i], stacked)
-  return params
+log = logging.getLogger(__name__)
 
 
 def merge_params(fresh: Any, loaded: Any) -> tuple[Any, list[str], list[str]]:
@@ -66,10 +45,14 @@ def merge_params(fresh: Any, loaded: Any) -> tuple[Any, list[str], list[str]]:
   return traverse_util.unflatten_dict(merged, sep="/"), kept_fresh, unused
 
 
-def start_from_source(state, tx, opt_state_shardings, source: str, config: ModelConfig):
-  """`state` (freshly initialised, sharded) with the weights of `source` (a run or an HF
-  directory) and a new optimizer state; also returns a one-line report of what was loaded."""
-  params, kept_fresh, unused = merge_params(state.params, load_source_params(source, config))
+def start_from_source(state, tx, opt_state_shardings, source: str, config: ModelConfig, *,
+                      run_path: pathlib.Path):
+  """(`state` (freshly initialised, sharded) with the weights of `source` (a run or an HF
+  directory) and a new optimizer state, a one-line report of what was loaded, and the BaseRef
+  a LoRA run's checkpoints refer to instead of holding the base; None: they hold it all)."""
+  loaded, step = load_source(source, config)
+  params, kept_fresh, unused = merge_params(state.params, loaded)
+  del loaded
   opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings)(trained_part(params, config))
   report = f"initialised from {source}"
   adapters = [p for p in kept_fresh if is_adapter(p.split("/"))]
@@ -81,4 +64,21 @@ def start_from_source(state, tx, opt_state_shardings, source: str, config: Model
     report += f"; new (randomly initialised): {', '.join(kept_fresh)}"
   if unused:
     report += f"; not used: {', '.join(unused)}"
-  return state.replace(params=params, opt_state=opt_state), report
+  base = _base_reference(source, step, config, kept_fresh, run_path)
+  if base is not None:
+    report += f"; checkpoints hold the trained params only, the base is {base}"
+  return state.replace(params=params, opt_state=opt_state), report, base
+
+
+def _base_reference(source: str, step: int | None, config: ModelConfig, kept_fresh: list[str],
+                    run_path: pathlib.Path) -> BaseRef | None:
+  """The BaseRef of `source` when a LoRA run can save its trained params only: every frozen
+  param came from `source`, and `source` is not the run itself."""
+  if not config.lora.enabled or pathlib.Path(source).absolute() == run_path.absolute():
+    return None
+  frozen_fresh = [p for p in kept_fresh if not is_trained(tuple(p.split("/")), config)]
+  if frozen_fresh:
+    log.info("%s lacks frozen param(s) %s: the checkpoints hold the whole model", source,
+             ", ".join(frozen_fresh[:3]))
+    return None
+  return reference(source, step)

@@ -39,7 +39,7 @@ from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.setup import StepSetup, setup_step
 from lmjax.train.step import jit_eval_step
-from lmjax.train.trainable import trained_part
+from lmjax.model.trainable import trained_part
 from lmjax.version import __version__
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,8 @@ class _Loop:
             _write_run_start(self.prepared, self.begin)
           row = self._log(done, metrics) or row
           saves = done % self.config.train.checkpoint_every == 0 or done == end
-          failed = (self.checkpointer.room_error(done, self.state) if saves or guard.requested
-                    else self.checkpointer.write_error())
+          failed = (self.checkpointer.room_error(done, self._saved_state())
+                    if saves or guard.requested else self.checkpointer.write_error())
           stop, write_failed = any_process_each(guard.requested, failed is not None)
           if write_failed:
             raise self._write_failed()
@@ -198,11 +198,18 @@ class _Loop:
     self.writer.progress(done, row)
     return row
 
+  def _saved_state(self):
+    """What a checkpoint holds: the state, or (a LoRA run with a base) its trained part."""
+    if self.begin.base is None:
+      return self.state
+    return self.state.replace(params=trained_part(self.state.params, self.config.model))
+
   def _save(self, done: int) -> None:
-    self.checkpointer.save(done, self.state, CheckpointRecord.trained(
+    self.checkpointer.save(done, self._saved_state(), CheckpointRecord.trained(
         step=done, lmjax_version=__version__, config=self.config.to_dict(),
         seed=self.config.train.seed, data_iterator=self.batches.state(),
-        skipped_steps=self.nonfinite.skipped, elapsed_seconds=self._elapsed()))
+        skipped_steps=self.nonfinite.skipped, elapsed_seconds=self._elapsed(),
+        base=self.begin.base))
     self.last_saved = done
 
   def _write_failed(self) -> WriteFailed:

@@ -2,7 +2,8 @@
 
 A damaged newer checkpoint is reported and moved to RUN_DIR/corrupt_checkpoints/; an imported
 run directory (weights only) and `model.init_from` start from those weights with a fresh
-optimizer.
+optimizer. A LoRA run's checkpoint that holds the trained params only is completed with its
+base, found at `model.init_from` (or where it was) and checked by content hash.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import logging
 from typing import Any
 
 from lmjax.config import Config
+from lmjax.convert.base_model import frozen_params
+from lmjax.model.trainable import combine, split, trained_part
+from lmjax.run.base_ref import BaseRef, locate_base
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import TrainState
 from lmjax.run.run_dir import RunDir
@@ -29,6 +33,7 @@ class Start:
   elapsed_seconds: float           # training time before this invocation
   skipped_steps: int               # non-finite updates skipped so far
   data_state: dict[str, Any] | None  # the input pipeline's saved position, if any
+  base: BaseRef | None = None      # set: checkpoints hold the trained params only
 
 
 def start_or_resume(config: Config, run: RunDir, setup: StepSetup, checkpointer: Checkpointer,
@@ -37,25 +42,37 @@ def start_or_resume(config: Config, run: RunDir, setup: StepSetup, checkpointer:
 
   `report` logs what fine-tuning loaded (on the writing process only).
   """
+  trained_abstract = setup.abstract_state.replace(
+      params=trained_part(setup.abstract_state.params, config.model))
+
   def restore(step: int):
     record = checkpointer.restore_record(step)
     if record.params_only:  # an imported run directory: weights, no optimizer state yet
       return None, record
-    return checkpointer.restore(step, setup.abstract_state)
+    return checkpointer.restore(step, setup.abstract_state if record.base is None
+                                else trained_abstract)
 
   step, restored, skipped = checkpointer.restore_newest(restore)
   if skipped:
     checkpointer.quarantine([s.step for s in skipped], run.corrupt_checkpoints)
   state, record = restored or (None, None)
   if state is not None:
-    return Start(state, step, record.elapsed_seconds, record.skipped_steps, record.data_iterator)
+    base = record.base
+    if base is not None:  # the base where it is now (a copy elsewhere has the same hash)
+      base = dataclasses.replace(base, source=str(locate_base(base, config.init_from).absolute()))
+      frozen = frozen_params(base, None, config.model,
+                             split(setup.abstract_state.params, config.model)[1])
+      state = state.replace(params=combine(state.params, frozen))
+    return Start(state, step, record.elapsed_seconds, record.skipped_steps, record.data_iterator,
+                 base)
   # A new run, or an imported run directory.
   state = create_train_state(setup.model, setup.tx, setup.placement, seed=config.train.seed,
                              seq_len=config.train.seq_len)
   source = config.init_from or (str(run.path) if step is not None else None)
+  base = None
   if source:
-    state, message = start_from_source(state, setup.tx, setup.shardings.opt_state, source,
-                                       config.model)
+    state, message, base = start_from_source(state, setup.tx, setup.shardings.opt_state, source,
+                                             config.model, run_path=run.path)
     if report:
       log.info("%s", message)
-  return Start(state, 0, 0.0, 0, None)
+  return Start(state, 0, 0.0, 0, None, base)

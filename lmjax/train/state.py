@@ -16,7 +16,7 @@ from lmjax.model import Transformer
 from lmjax.placement import check_params_fit_mesh
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
-from lmjax.train.trainable import cast_frozen, trained_part
+from lmjax.model.trainable import cast_frozen, trained_part
 
 
 def _init_fn(model: Transformer, tx: optax.GradientTransformation, seq_len: int):

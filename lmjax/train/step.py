@@ -29,7 +29,7 @@ from lmjax.model import Transformer
 from lmjax.objectives import LossSums, chunked_objective_loss, confusion_counts, objective_loss
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
-from lmjax.train import trainable
+from lmjax.model import trainable
 
 Batch = Mapping[str, jax.Array]
 

@@ -1,8 +1,10 @@
 """Which params an update trains: all of them, or (with LoRA) only the adapters.
 
 `split` parts a params tree into the trained and the frozen params, `combine` puts them back.
-A LoRA run trains the adapters and, for a classifier, its head. The step differentiates only the trained part and the optimizer holds state only for it, so a
-LoRA run keeps no gradient or Adam moments for the frozen base (lmjax.model.lora).
+A LoRA run trains the adapters and, for a classifier, its head. The step differentiates only
+the trained part and the optimizer holds state only for it, so a LoRA run keeps no gradient or
+Adam moments for the frozen base (lmjax.model.lora); a LoRA run fine-tuned from a base saves
+only the trained part (lmjax.run.base_ref).
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from lmjax.model import Head, ModelConfig
-from lmjax.model.config import ParamDtype
+from lmjax.model.config import Head, ModelConfig, ParamDtype
 from lmjax.model.lora import is_adapter
 
 

@@ -10,12 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 import lmjax
 from lmjax.cli import main
 from lmjax.config import load_config
 from lmjax.errors import UserError
-from lmjax.model import Transformer
+from lmjax.model import ModelConfig, Transformer
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import merge_lora
 from lmjax.run import RunDir
@@ -383,3 +384,33 @@ def test_an_adapter_for_another_base_is_refused_naming_the_shapes(lora_run, tmp_
                "--adapter", str(adapter)]) == 2
   assert "trained on another base model" in capsys.readouterr().err
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family, extra", [("mistral", {}),
+                                           ("llama", {"qkv_bias": True, "use_bias": False})],
+                         ids=["mistral", "qwen2"])
+def test_mistral_and_qwen2_adapters_export_merged_and_as_peft(tmp_path, family, extra):
+  from lmjax.convert.adapters import export_peft, without_lora
+  config = ModelConfig.for_family(family, vocab_size=61, num_layers=2, embed_dim=24, num_heads=6,
+                                  num_kv_heads=2, mlp_dim=40, max_seq_len=32,
+                                  lora=LoraConfig(rank=3, alpha=6.0), **extra)
+  model = Transformer(config)
+  ids = np.random.default_rng(0).integers(0, 61, size=(2, 12))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map_with_path(  # adapters (B too) and biases all non-zero
+      lambda path, s: (rng.normal(0, 0.2, s.shape) + (path[-1].key == "scale")).astype(np.float32),
+      nn.unbox(shapes))
+  ours = np.asarray(model.apply({"params": params}, ids.astype(np.int32)))
+  flat = {".".join(k): np.asarray(v) for k, v in
+          traverse_util.flatten_dict(params).items()}
+  base = {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in ("lora_a", "lora_b")}
+  lmjax.to_hf(Transformer(without_lora(config)), traverse_util.unflatten_dict(
+      {tuple(k.split(".")): v for k, v in base.items()}), tmp_path / "base")
+  lmjax.to_hf(model, params, tmp_path / "merged")
+  specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
+  export_peft(config, specs, lambda keys: {k: flat[k] for k in keys}, tmp_path / "adapter")
+  np.testing.assert_allclose(_logits_of_hf(tmp_path / "merged", ids), ours, atol=1e-4, rtol=1e-4)
+  with_adapter = _logits_of_hf(tmp_path / "base", ids, adapter=tmp_path / "adapter")
+  np.testing.assert_allclose(with_adapter, ours, atol=1e-4, rtol=1e-4)
+  assert np.abs(with_adapter - _logits_of_hf(tmp_path / "base", ids)).max() > 1e-3

@@ -13,7 +13,6 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh
@@ -22,8 +21,8 @@ from lmjax.config import is_run_directory
 from lmjax.convert.engine import from_hf
 from lmjax.errors import UserError
 from lmjax.model import ModelConfig, Transformer
-from lmjax.model.config import ParamDtype
 from lmjax.model.lora import merge_lora
+from lmjax.model.trainable import frozen_dtype
 from lmjax.run.base_ref import BaseRef, check_base
 from lmjax.run.load import load_run_at as load_checkpoint_at
 from lmjax.run.run_dir import RunDir
@@ -86,7 +85,7 @@ def frozen_params(ref: BaseRef, configured: str | None, config: ModelConfig, abs
   to be the one trained on, as training held them (rounded to `model.lora.base_dtype`)."""
   source = check_base(ref, configured)
   loaded = traverse_util.flatten_dict(load_source(source, config, ref.step)[0], sep="/")
-  stored = jnp.bfloat16 if config.lora.base_dtype is ParamDtype.BFLOAT16 else np.float32
+  stored = frozen_dtype(config)
   placed = {}
   for path, spec in traverse_util.flatten_dict(abstract, sep="/").items():
     value = loaded.get(path)

@@ -36,9 +36,8 @@ from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_directory, staged_directory
 from lmjax.model import Head, param_shapes
-from lmjax.model.config import ParamDtype
-from lmjax.model.trainable import split
 from lmjax.model.hf_config import hf_labels
+from lmjax.model.trainable import frozen_dtype, split
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.load import open_checkpoints, restore_step
 from lmjax.run.record import CheckpointRecord, TrainState
@@ -176,8 +175,8 @@ def _base_arrays(run: RunDir, record: CheckpointRecord
     return {}, dict
   config = run.require_config()
   _, frozen = split(nn.unbox(param_shapes(config.model)), config.model)
-  if config.model.lora.base_dtype is ParamDtype.BFLOAT16:
-    frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16), frozen)
+  frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, frozen_dtype(config.model)),
+                        frozen)
   specs = {".".join(path): spec for path, spec in traverse_util.flatten_dict(frozen).items()}
 
   @functools.cache

@@ -10,11 +10,11 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.convert.base_model import load_run
 from lmjax.convert.engine import read_hf_config
 from lmjax.convert.safetensors_files import CheckpointReader
 from lmjax.errors import UserError
 from lmjax.model import Head
-from lmjax.convert.base_model import load_run
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,13 +43,18 @@ def combine(trained: Any, frozen: Any) -> Any:
                                        **traverse_util.flatten_dict(trained)})
 
 
+def frozen_dtype(config: ModelConfig) -> Any:
+  """The dtype a LoRA run holds its frozen base in (`model.lora.base_dtype`)."""
+  return jnp.bfloat16 if config.lora.base_dtype is ParamDtype.BFLOAT16 else jnp.float32
+
+
 def cast_frozen(params: Any, config: ModelConfig) -> Any:
   """`params` with the frozen base in `model.lora.base_dtype` (bfloat16 halves its memory; it
   never receives an update, so nothing accumulates in low precision)."""
   if not config.lora.enabled or config.lora.base_dtype is ParamDtype.FLOAT32:
     return params
   trained, frozen = split(params, config)
-  return combine(trained, jax.tree.map(lambda x: x.astype(jnp.bfloat16), frozen))
+  return combine(trained, jax.tree.map(lambda x: x.astype(frozen_dtype(config)), frozen))
 
 
 def trained_part(params: Any, config: ModelConfig) -> Any:

@@ -25,6 +25,7 @@ from lmjax.config import Config
 from lmjax.data.batches import BatchSource
 from lmjax.data.corpus import Corpus
 from lmjax.errors import WriteFailed
+from lmjax.model.trainable import trained_part
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.resume_policy import Change, check_resume, history_entry
@@ -39,7 +40,6 @@ from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.setup import StepSetup, setup_step
 from lmjax.train.step import jit_eval_step
-from lmjax.model.trainable import trained_part
 from lmjax.version import __version__
 
 log = logging.getLogger(__name__)

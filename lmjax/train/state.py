@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import optax
 
 from lmjax.model import Transformer
+from lmjax.model.trainable import cast_frozen, trained_part
 from lmjax.placement import check_params_fit_mesh
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
-from lmjax.model.trainable import cast_frozen, trained_part
 
 
 def _init_fn(model: Transformer, tx: optax.GradientTransformation, seq_len: int):

@@ -25,11 +25,10 @@ import jax.numpy as jnp
 import optax
 
 from lmjax.data.spec import PER_EXAMPLE, Objective, batch_fields
-from lmjax.model import Transformer
+from lmjax.model import Transformer, trainable
 from lmjax.objectives import LossSums, chunked_objective_loss, confusion_counts, objective_loss
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
-from lmjax.model import trainable
 
 Batch = Mapping[str, jax.Array]
 

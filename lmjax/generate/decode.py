@@ -1,10 +1,6 @@
-"""Inference at the token-id level: sampling from causal models, filling masks, scoring,
-classifying.
+"""Sampling from causal models with a KV cache, at the token-id level.
 
     continuations = generate(model, params, [[5, 17, 3], [8]], max_new_tokens=32, temperature=0)
-    candidates = fill_mask(model, params, [101, 7, 103, 9, 102], mask_id=103, top_k=5)
-    log_likelihoods = score(model, params, input_ids, attention_mask)
-    probabilities = classify(model, params, input_ids, attention_mask, token_type_ids)
 
 `generate` left-pads the prompts to a common length, runs one jitted prefill that fills a KV
 cache of `prompt_len + max_new_tokens` slots, then decodes one token per step inside a
@@ -23,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import UserError
-from lmjax.model import Head, Positions, Transformer, init_cache, unrolled
+from lmjax.generate.checks import (check_ids, check_length, check_sampling, left_padded_positions,
+                                  require_causal_lm)
+from lmjax.model import Transformer, init_cache, unrolled
 
 # Prompts are left-padded to a multiple of this, so that nearby prompt lengths share one compiled
 # prefill and decode loop (padding slots are masked out and cost a few wasted FLOPs).
@@ -92,11 +90,6 @@ def _next_token(logits: jax.Array, key: jax.Array, sampling: _Sampling, *, greed
 # -- the jitted core --------------------------------------------------------------------------
 
 
-def _left_padded_positions(attention_mask: jax.Array) -> jax.Array:
-  """[batch, len] 0/1 -> position ids: 0, 1, … over the real tokens, 0 on padding."""
-  return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
-
-
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "greedy"))
 def _generate_ids(model: Transformer, params, input_ids: jax.Array, attention_mask: jax.Array,
                   key: jax.Array, sampling: _Sampling, *, max_new_tokens: int, greedy: bool
@@ -113,7 +106,7 @@ def _generate_ids(model: Transformer, params, input_ids: jax.Array, attention_ma
   variables = {"params": params}
   cache = init_cache(config, batch, prompt_len + max_new_tokens, model.dtype)
   logits, cache = model.apply(variables, input_ids, attention_mask,
-                              positions=_left_padded_positions(attention_mask), cache=cache)
+                              positions=left_padded_positions(attention_mask), cache=cache)
   token = _next_token(logits[:, -1], jax.random.fold_in(key, 0), sampling, greedy=greedy)
   output = jnp.full((batch, max_new_tokens), sampling.pad_id, jnp.int32).at[:, 0].set(token)
   state = _DecodeState(step=jnp.int32(1), token=token,
@@ -137,66 +130,6 @@ def _generate_ids(model: Transformer, params, input_ids: jax.Array, attention_ma
   return jax.lax.while_loop(unfinished, decode_one, state).output
 
 
-@functools.partial(jax.jit, static_argnames=("model", "top_k"))
-def _top_k_probabilities(model: Transformer, params, input_ids: jax.Array,
-                         token_type_ids: jax.Array | None, *, top_k: int
-                         ) -> tuple[jax.Array, jax.Array]:
-  """input_ids [1, len] -> (probabilities [len, top_k] descending, token ids [len, top_k])."""
-  logits = model.apply({"params": params}, input_ids, token_type_ids=token_type_ids)
-  return jax.lax.top_k(jax.nn.softmax(logits[0], axis=-1), top_k)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _sequence_log_likelihood(model: Transformer, params, input_ids: jax.Array,
-                             attention_mask: jax.Array) -> jax.Array:
-  """input_ids, attention_mask [batch, len] -> sum of log p(token | earlier tokens) [batch]."""
-  logits = model.apply({"params": params}, input_ids, attention_mask,
-                       positions=_left_padded_positions(attention_mask))
-  log_probs = jax.nn.log_softmax(logits[:, :-1], axis=-1)  # [batch, len - 1, vocab]
-  token_log_probs = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
-  # Token t counts when it and its predecessor are real: the first real token has no context.
-  counted = (attention_mask[:, 1:] != 0) & (attention_mask[:, :-1] != 0)
-  return jnp.sum(jnp.where(counted, token_log_probs, 0.0), axis=-1)
-
-
-# -- checks -----------------------------------------------------------------------------------
-
-
-def _require_causal_lm(model: Transformer, what: str) -> None:
-  cfg = model.config
-  if not cfg.causal or cfg.head is not Head.CAUSAL_LM:
-    raise UserError(
-        f"{what} needs a causal language model (model.causal=true, model.head=causal_lm), but this "
-        f"one has causal={cfg.causal} and head={cfg.head.value}: use fill_mask for masked-LM "
-        f"models.")
-
-
-def _check_ids(ids: Sequence[int], *, vocab_size: int, what: str) -> None:
-  bad = [i for i in ids if not 0 <= i < vocab_size]
-  if bad:
-    raise UserError(f"{what} holds token id {bad[0]}, outside the model's vocabulary "
-                    f"[0, {vocab_size}): was it encoded with this model's tokenizer?")
-
-
-def _check_length(model: Transformer, length: int, *, what: str, fix: str) -> None:
-  cfg = model.config
-  if cfg.positions is Positions.LEARNED and length > cfg.max_seq_len:
-    raise UserError(f"{what} is {length} tokens, more than model.max_seq_len={cfg.max_seq_len} "
-                    f"(the model learned no position embeddings beyond it): {fix}.")
-
-
-def _check_sampling(*, max_new_tokens: int, temperature: float, top_k: int | None,
-                    top_p: float | None) -> None:
-  if max_new_tokens < 0:
-    raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
-  if not temperature >= 0:  # NaN too
-    raise UserError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
-  if top_k is not None and top_k < 1:
-    raise UserError(f"top_k must be >= 1 (or None to keep every token), got {top_k}.")
-  if top_p is not None and not 0.0 < top_p <= 1.0:
-    raise UserError(f"top_p must be in (0, 1] (or None to keep every token), got {top_p}.")
-
-
 def _left_pad(prompts: Sequence[Sequence[int]], *, length: int, pad_id: int
               ) -> tuple[np.ndarray, np.ndarray]:
   """Prompts -> (input_ids, attention_mask), each int32 [len(prompts), length], padded left."""
@@ -214,10 +147,6 @@ def _until_eos(ids: list[int], eos_id: int | None) -> list[int]:
   return ids
 
 
-# -- public API -------------------------------------------------------------------------------
-
-
-
 def _length_fix(max_seq_len: int, prompt_len: int, max_new_tokens: int) -> str:
   """What to do when a prompt plus its continuation exceed the positions: a prompt that
   leaves no room is shortened, else max_new_tokens is lowered (or the prompt shortened)."""
@@ -226,6 +155,10 @@ def _length_fix(max_seq_len: int, prompt_len: int, max_new_tokens: int) -> str:
     return (f"shorten the prompt to fewer than {max_seq_len} tokens (to at most "
             f"{max(max_seq_len - max_new_tokens, 1)} for max_new_tokens={max_new_tokens})")
   return f"lower max_new_tokens to at most {room}, or shorten the prompt"
+
+
+# -- public API -------------------------------------------------------------------------------
+
 
 def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -238,8 +171,8 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
   `temperature`, filtered by `top_k` and then `top_p`, and sampled with a key from `seed`.
   `pad_id` only fills the left padding (masked out); None means 0.
   """
-  _require_causal_lm(model, "generate")
-  _check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+  require_causal_lm(model, "generate")
+  check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                   top_p=top_p)
   vocab_size = model.config.vocab_size
   prompts = [[int(i) for i in prompt] for prompt in prompts]
@@ -247,15 +180,15 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
     if not prompt:
       raise UserError(f"prompt {n} is empty: generation needs at least one token to continue "
                       f"(e.g. a beginning-of-sequence id).")
-    _check_ids(prompt, vocab_size=vocab_size, what=f"prompt {n}")
+    check_ids(prompt, vocab_size=vocab_size, what=f"prompt {n}")
   if not prompts or max_new_tokens == 0:
     return [[] for _ in prompts]
   longest = max(map(len, prompts))
-  _check_length(model, longest + max_new_tokens,
+  check_length(model, longest + max_new_tokens,
                 what=f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens}",
                 fix=_length_fix(model.config.max_seq_len, longest, max_new_tokens))
   pad_id = 0 if pad_id is None else pad_id
-  _check_ids([pad_id], vocab_size=vocab_size, what="pad_id")
+  check_ids([pad_id], vocab_size=vocab_size, what="pad_id")
 
   padded_len = -(-longest // _PROMPT_LENGTH_BUCKET) * _PROMPT_LENGTH_BUCKET
   input_ids, attention_mask = _left_pad(prompts, length=padded_len, pad_id=pad_id)
@@ -270,96 +203,6 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
   return [_until_eos(row, eos_id) for row in np.asarray(output).tolist()]
 
 
-def fill_mask(model: Transformer, params, input_ids: Sequence[int], *, mask_id: int,
-              top_k: int = 5, token_type_ids: Sequence[int] | None = None
-              ) -> list[list[tuple[int, float]]]:
-  """The `top_k` most likely tokens for each `mask_id` in `input_ids` (one sequence), in order.
-
-  Returns one list per mask position, each of (token id, probability) pairs sorted by
-  decreasing probability under the masked-LM head's softmax.
-  """
-  cfg = model.config
-  if cfg.head is not Head.MASKED_LM:
-    raise UserError(f"fill_mask needs a masked-LM model (model.head=masked_lm), but this one has "
-                    f"head={cfg.head.value}: use generate for causal models.")
-  input_ids = [int(i) for i in input_ids]
-  positions = [n for n, token in enumerate(input_ids) if token == mask_id]
-  if not positions:
-    raise UserError(f"the input has no mask token (id {mask_id}): put one where a token is "
-                    f"missing.")
-  if not 1 <= top_k <= cfg.vocab_size:
-    raise UserError(f"top_k must be between 1 and the vocabulary size {cfg.vocab_size}, got "
-                    f"{top_k}.")
-  _check_ids(input_ids, vocab_size=cfg.vocab_size, what="the input")
-  _check_length(model, len(input_ids), what="the input", fix="shorten the text")
-  types = None
-  if token_type_ids is not None:
-    if len(token_type_ids) != len(input_ids):
-      raise UserError(f"token_type_ids has {len(token_type_ids)} entries but input_ids has "
-                      f"{len(input_ids)}: give one type per token.")
-    types = np.asarray([token_type_ids], np.int32)
-  probs, ids = _top_k_probabilities(model, params, np.asarray([input_ids], np.int32), types,
-                                    top_k=top_k)
-  probs, ids = np.asarray(probs), np.asarray(ids)
-  return [[(int(i), float(p)) for i, p in zip(ids[n], probs[n])] for n in positions]
 
 
-def score(model: Transformer, params, input_ids, attention_mask=None) -> jax.Array:
-  """Total log-likelihood of each sequence under a causal model.
-
-  input_ids, attention_mask (1 = token, 0 = padding, left or right): int [batch, len]. Returns
-  float32 [batch]: the sum over real tokens after the first of log p(token | earlier tokens).
-  """
-  _require_causal_lm(model, "score")
-  input_ids = np.asarray(input_ids, np.int32)
-  if input_ids.ndim != 2:
-    raise UserError(f"input_ids must be [batch, len], got shape {input_ids.shape}.")
-  attention_mask = (np.ones_like(input_ids) if attention_mask is None
-                    else np.asarray(attention_mask, np.int32))
-  if attention_mask.shape != input_ids.shape:
-    raise UserError(f"attention_mask has shape {attention_mask.shape} but input_ids has "
-                    f"{input_ids.shape}: give one mask entry per token.")
-  _check_ids(input_ids[attention_mask != 0].tolist(), vocab_size=model.config.vocab_size,
-             what="input_ids")
-  # Padding may hold any id (HF uses -100); an out-of-range id would embed as NaN and leak
-  # through attention (0 * NaN), so padding becomes token 0.
-  input_ids = np.where(attention_mask != 0, input_ids, 0)
-  _check_length(model, int(attention_mask.sum(axis=-1).max(initial=0)), what="the longest sequence",
-                fix="score shorter pieces")
-  return _sequence_log_likelihood(model, params, input_ids, attention_mask)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _class_probabilities(model: Transformer, params, input_ids: jax.Array,
-                         attention_mask: jax.Array, token_type_ids: jax.Array) -> jax.Array:
-  logits = model.apply({"params": params}, input_ids, attention_mask,
-                       token_type_ids=token_type_ids,
-                       positions=_left_padded_positions(attention_mask))
-  return jax.nn.softmax(logits, axis=-1)  # [batch, num_labels]
-
-
-def classify(model: Transformer, params, input_ids, attention_mask=None, token_type_ids=None
-             ) -> np.ndarray:
-  """Label probabilities of each sequence under a classifier: float32 [batch, num_labels].
-
-  input_ids, attention_mask (1 = token, 0 = padding, left or right), token_type_ids: int
-  [batch, len]. Positions count the real tokens, so padding on either side changes nothing.
-  """
-  cfg = model.config
-  if cfg.head is not Head.CLASSIFICATION:
-    raise UserError(f"classify needs a sequence classifier (model.head=classification), but "
-                    f"this model has head={cfg.head.value}: use generate, fill_mask or score.")
-  input_ids = np.asarray(input_ids, np.int32)
-  if input_ids.ndim != 2:
-    raise UserError(f"input_ids must be [batch, len], got shape {input_ids.shape}.")
-  attention_mask = (np.ones_like(input_ids) if attention_mask is None
-                    else np.asarray(attention_mask, np.int32))
-  token_type_ids = (np.zeros_like(input_ids) if token_type_ids is None
-                    else np.asarray(token_type_ids, np.int32))
-  _check_ids(input_ids[attention_mask != 0].tolist(), vocab_size=cfg.vocab_size, what="input_ids")
-  _check_length(model, input_ids.shape[1], what="the input", fix="shorten it")
-  return np.asarray(_class_probabilities(model, params, np.where(attention_mask != 0, input_ids, 0),
-                                         attention_mask, token_type_ids))
-
-
-__all__ = ["classify", "fill_mask", "filter_logits", "generate", "score"]
+__all__ = ["filter_logits", "generate"]

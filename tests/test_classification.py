@@ -223,6 +223,9 @@ HF_CLASSIFIERS = {
                 {**_LLAMA, **_PAD, "sliding_window": None, "num_labels": 2}),
     "qwen2": ("Qwen2ForSequenceClassification", "Qwen2Config",
               {**_LLAMA, **_PAD, "hidden_size": 36, "num_key_value_heads": 2, "num_labels": 2}),
+    "qwen3": ("Qwen3ForSequenceClassification", "Qwen3Config",
+              {**_LLAMA, **_PAD, "hidden_size": 40, "num_key_value_heads": 2, "head_dim": 10,
+               "num_labels": 3}),
 }
 
 
@@ -269,10 +272,13 @@ LMJAX_CLASSIFIERS = {
     "gpt2": ModelConfig.for_family("gpt2", **_SMALL, head=Head.CLASSIFICATION, num_labels=4),
     "llama": ModelConfig.for_family("llama", **_SMALL, head=Head.CLASSIFICATION, num_labels=3,
                                     num_kv_heads=3),
+    "qwen3": ModelConfig.for_family("qwen3", **_SMALL, head=Head.CLASSIFICATION, num_labels=2,
+                                    num_kv_heads=2, head_dim=10),
 }
 
 
-_HF_PREFIX = {"bert": "Bert", "roberta": "Roberta", "gpt2": "GPT2", "llama": "Llama"}
+_HF_PREFIX = {"bert": "Bert", "roberta": "Roberta", "gpt2": "GPT2", "llama": "Llama",
+              "qwen3": "Qwen3"}
 
 
 @pytest.mark.parametrize("name", list(LMJAX_CLASSIFIERS))

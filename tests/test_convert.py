@@ -57,6 +57,15 @@ HF_CASES = {
                 "AutoModelForCausalLM"),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config",
               {**_LLAMA, "hidden_size": 36, "num_key_value_heads": 2}, {}, "AutoModelForCausalLM"),
+    # Qwen3: QK-norm, and head_dim apart from the width (40 / 6 heads is not even whole).
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config",
+              {**_LLAMA, "hidden_size": 40, "num_key_value_heads": 2, "head_dim": 10,
+               "intermediate_size": 74, "rope_parameters": {"rope_type": "default",
+                                                            "rope_theta": 1e6}},
+              {}, "AutoModelForCausalLM"),
+    "qwen3_tied": ("Qwen3ForCausalLM", "Qwen3Config",
+                   {**_LLAMA, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+                    "tie_word_embeddings": True}, {}, "AutoModelForCausalLM"),
 }
 
 
@@ -161,8 +170,23 @@ def test_converted_configs_carry_the_hf_options(hf_dirs):
           llama.config.tie_embeddings) == (3, RopeScaling.LLAMA3, 5000.0, False)
   qwen2, _ = from_hf(hf_dirs("qwen2")[0])
   assert (qwen2.config.qkv_bias, qwen2.config.use_bias) == (True, False)
+  qwen3, _ = from_hf(hf_dirs("qwen3")[0])
+  assert (qwen3.config.qk_norm, qwen3.config.dim_per_head, qwen3.config.kv_heads,
+          qwen3.config.rope_theta, qwen3.config.norm_eps) == (True, 10, 2, 1e6, 1e-6)
+  assert from_hf(hf_dirs("qwen3_tied")[0])[0].config.tie_embeddings is True
   assert from_hf(hf_dirs("bert_no_pooler")[0])[0].config.pooler is False
   assert from_hf(hf_dirs("bert_base")[0])[0].config.pooler is True
+
+
+def test_a_qwen3_config_without_head_dim_has_the_class_default_of_128():
+  # Qwen3Config's head_dim is 128 whatever hidden_size / num_attention_heads (1024 / 16 = 64 in
+  # Qwen3-0.6B), and a config.json may leave out what equals the class default.
+  config = hf_config_to_model_config({
+      "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 1024,
+      "num_attention_heads": 16, "num_key_value_heads": 8, "num_hidden_layers": 28,
+      "intermediate_size": 3072})
+  assert (config.dim_per_head, config.qk_norm, config.norm_eps) == (128, True, 1e-6)
+  assert model_config_to_hf_config(config)["head_dim"] == 128
 
 
 @pytest.mark.parametrize("head_dim, theta, factor", [(64, 500000.0, 32.0), (128, 500000.0, 8.0)])
@@ -250,6 +274,9 @@ LMJAX_CASES = {
     "mistral": ModelConfig.for_family("mistral", **_SMALL, num_kv_heads=3),
     "qwen2": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=2, qkv_bias=True,
                                     use_bias=False),
+    "qwen3": ModelConfig.for_family("qwen3", **_SMALL, num_kv_heads=2, head_dim=10),
+    "qwen3_tied": ModelConfig.for_family("qwen3", **_SMALL, num_kv_heads=3, head_dim=4,
+                                         tie_embeddings=True, scan_layers=False),
 }
 _AUTO = {Head.CAUSAL_LM: "AutoModelForCausalLM", Head.MASKED_LM: "AutoModelForMaskedLM",
          Head.NONE: "AutoModel"}
@@ -275,7 +302,8 @@ def test_exported_model_loads_with_auto_classes_and_matches(tmp_path, name):
   hf_model, info = auto.from_pretrained(tmp_path / "hf", output_loading_info=True)
   assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
   assert hf_model.config.model_type == {"roberta_mlm": "roberta", "mistral": "mistral",
-                                        "qwen2": "qwen2"}.get(name, config.family.value)
+                                        "qwen2": "qwen2", "qwen3_tied": "qwen3"}.get(
+                                            name, config.family.value)
   assert_same_outputs(hf_model.eval(), model, params)
   # And back: the exported directory converts to the same model.
   model2, params2 = from_hf(tmp_path / "hf", scan_layers=config.scan_layers)
@@ -311,7 +339,7 @@ def test_model_config_survives_the_hf_config_round_trip():
 # -- inference parity --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt2_lm", "llama"])
+@pytest.mark.parametrize("name", ["gpt2_lm", "llama", "qwen3", "qwen3_tied"])
 def test_greedy_generation_matches_transformers_token_for_token(hf_dirs, name):
   path, hf_model = hf_dirs(name)
   model, params = from_hf(path)
@@ -401,6 +429,16 @@ def test_a_truncated_safetensors_file_is_named(hf_dirs, tmp_path):
      r"RoPE type 'yarn' is not supported; .*default, llama3"),
     ("mistral", {"sliding_window": 16}, r"sliding_window=16 is shorter than"),
     ("llama", {"attention_bias": True}, r"attention_bias=True with mlp_bias=False"),
+    ("qwen3", {"attention_bias": True}, r"attention_bias=True is not supported .*o_proj"),
+    ("qwen3", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1,
+               "layer_types": None}, r"use_sliding_window=True with max_window_layers=1"),
+    ("qwen3", {"use_sliding_window": True, "sliding_window": 8,
+               "layer_types": ["full_attention", "sliding_attention"]},
+     r"layer_types has 'sliding_attention' layers \(1\)"),
+    ("qwen3", {"layer_types": ["full_attention", "chunked_attention"]},
+     r"layer_types names 'chunked_attention'"),
+    ("qwen3", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
+     r"RoPE type 'yarn' is not supported"),
 ])
 def test_unsupported_configs_are_refused_by_name(hf_dirs, tmp_path, name, changes, message):
   path, _ = hf_dirs(name)
@@ -408,6 +446,15 @@ def test_unsupported_configs_are_refused_by_name(hf_dirs, tmp_path, name, change
   (tmp_path / "model.safetensors").symlink_to(path / "model.safetensors")
   with pytest.raises(UserError, match=message):
     from_hf(tmp_path)
+
+
+def test_qk_norm_outside_qwen3_is_refused_on_export_and_without_rms_norm():
+  llama = ModelConfig.for_family("llama", **_SMALL, qk_norm=True)
+  with pytest.raises(UserError, match=r"model\.qk_norm=True cannot be expressed as a Hugging "
+                                      r"Face llama model"):
+    model_config_to_hf_config(llama)
+  with pytest.raises(UserError, match=r"model\.qk_norm=true .* needs model\.norm=rms_norm"):
+    ModelConfig.for_family("gpt2", **_SMALL, qk_norm=True)
 
 
 def test_export_refuses_a_non_empty_destination_and_leaves_no_partial_output(tmp_path):

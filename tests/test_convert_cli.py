@@ -67,6 +67,20 @@ def test_import_generate_verify_and_export_a_hugging_face_model(hf_gpt2, tmp_pat
   assert run_cli(capsys, "convert", "verify", exported, run_dir)[0] == 0
 
 
+def test_a_qwen3_model_imports_verifies_and_exports_as_qwen3(tmp_path, capsys):
+  from tests.test_convert import build_hf
+  hf_dir, run_dir, exported = tmp_path / "hf", tmp_path / "run", tmp_path / "exported"
+  build_hf("qwen3").save_pretrained(hf_dir)
+  code, out, _ = run_cli(capsys, "convert", "hf-to-lmjax", hf_dir, run_dir)
+  assert code == 0 and "qwen3" in out
+  code, out, _ = run_cli(capsys, "convert", "verify", hf_dir, run_dir)
+  assert code == 0 and "top-1 agree:  100.00%" in out
+  assert run_cli(capsys, "convert", "lmjax-to-hf", run_dir, exported)[0] == 0
+  assert json.loads((exported / "config.json").read_text())["architectures"] == [
+      "Qwen3ForCausalLM"]
+  assert run_cli(capsys, "convert", "verify", exported, run_dir)[0] == 0
+
+
 def test_verify_fails_when_the_models_differ(hf_gpt2, tmp_path, capsys):
   run_dir = tmp_path / "run"
   assert run_cli(capsys, "convert", "hf-to-lmjax", hf_gpt2, run_dir)[0] == 0
@@ -88,10 +102,12 @@ def test_conversion_mistakes_are_explained(hf_gpt2, tmp_path, capsys):
   assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt", "tiny-bert", "tiny-llama"])
-def test_a_trained_run_exports_and_loads_in_transformers(name, tmp_path, capsys):
+@pytest.mark.parametrize("name, extra", [("tiny-gpt", []), ("tiny-bert", []), ("tiny-llama", []),
+                                         ("tiny-llama", ["model.preset=tiny-qwen3"])],
+                         ids=["tiny-gpt", "tiny-bert", "tiny-llama", "tiny-qwen3"])
+def test_a_trained_run_exports_and_loads_in_transformers(name, extra, tmp_path, capsys):
   run_dir, exported = tmp_path / "run", tmp_path / "hf"
-  train(load_config(name, TINY + ["train.steps=5"]), run_dir)
+  train(load_config(name, TINY + extra + ["train.steps=5"]), run_dir)
   assert run_cli(capsys, "convert", "lmjax-to-hf", run_dir, exported)[0] == 0
   auto = (transformers.AutoModelForMaskedLM if name == "tiny-bert"
           else transformers.AutoModelForCausalLM)

@@ -73,7 +73,7 @@ def test_a_streamed_save_makes_each_array_after_dropping_the_previous_one(tmp_pa
     checkpointer.close()
 
 
-@pytest.mark.parametrize("name", ["gpt2_lm", "llama", "bert_mlm"])
+@pytest.mark.parametrize("name", ["gpt2_lm", "llama", "bert_mlm", "qwen3"])
 def test_import_then_export_through_a_run_reproduces_every_tensor_bit_for_bit(tmp_path, name):
   build_hf(name).save_pretrained(tmp_path / "hf", max_shard_size="40KB")
   hf_to_run(tmp_path / "hf", tmp_path / "run")

@@ -19,6 +19,7 @@ from lmjax.errors import UserError
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import merge_lora
+from lmjax.model.trainable import trained_part
 from lmjax.run import RunDir
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.inspection import format_table, inspect_checkpoints
@@ -387,9 +388,10 @@ def test_an_adapter_for_another_base_is_refused_naming_the_shapes(lora_run, tmp_
 
 
 @pytest.mark.parametrize("family, extra", [("mistral", {}),
-                                           ("llama", {"qkv_bias": True, "use_bias": False})],
-                         ids=["mistral", "qwen2"])
-def test_mistral_and_qwen2_adapters_export_merged_and_as_peft(tmp_path, family, extra):
+                                           ("llama", {"qkv_bias": True, "use_bias": False}),
+                                           ("qwen3", {"head_dim": 6})],
+                         ids=["mistral", "qwen2", "qwen3"])
+def test_mistral_and_qwen_adapters_export_merged_and_as_peft(tmp_path, family, extra):
   from lmjax.convert.adapters import export_peft, without_lora
   config = ModelConfig.for_family(family, vocab_size=61, num_layers=2, embed_dim=24, num_heads=6,
                                   num_kv_heads=2, mlp_dim=40, max_seq_len=32,
@@ -405,6 +407,8 @@ def test_mistral_and_qwen2_adapters_export_merged_and_as_peft(tmp_path, family, 
   flat = {".".join(k): np.asarray(v) for k, v in
           traverse_util.flatten_dict(params).items()}
   base = {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in ("lora_a", "lora_b")}
+  trained = traverse_util.flatten_dict(trained_part(params, config))
+  assert {k[-1] for k in trained} == {"lora_a", "lora_b"}  # norms (QK-norms too) stay frozen
   lmjax.to_hf(Transformer(without_lora(config)), traverse_util.unflatten_dict(
       {tuple(k.split(".")): v for k, v in base.items()}), tmp_path / "base")
   lmjax.to_hf(model, params, tmp_path / "merged")

@@ -56,9 +56,9 @@ def test_gpt2_small_has_its_published_parameter_count():
   assert count == 124_439_808  # HF GPT2LMHeadModel, tied embeddings counted once
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
 def test_changing_a_future_token_never_changes_an_earlier_logit(family):
-  model, params = init(small(family, num_kv_heads=3 if family == "llama" else None))
+  model, params = init(small(family, num_kv_heads=None if family == "gpt2" else 3))
   ids = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)
   changed = ids.at[:, 7].set((ids[:, 7] + 1) % 97)
   a, b = jitted(model)({"params": params}, ids), jitted(model)({"params": params}, changed)
@@ -74,7 +74,7 @@ def test_bert_is_bidirectional():
   assert not np.allclose(a[:, :10], b[:, :10])
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama", "qwen3"])
 def test_padding_does_not_change_the_logits_of_real_tokens(family):
   model, params = init(small(family))
   ids = jax.random.randint(jax.random.key(2), (1, 9), 0, 97)
@@ -85,7 +85,7 @@ def test_padding_does_not_change_the_logits_of_real_tokens(family):
   np.testing.assert_allclose(out[:, :9], alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama", "qwen3"])
 def test_packed_documents_do_not_see_each_other(family):
   model, params = init(small(family))
   first = jax.random.randint(jax.random.key(3), (1, 5), 0, 97)
@@ -98,7 +98,7 @@ def test_packed_documents_do_not_see_each_other(family):
   np.testing.assert_allclose(out[:, 5:], jitted(model)({"params": params}, second), atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama", "qwen3"])
 def test_scan_and_unrolled_layers_compute_the_same_function(family):
   scanned_model, scanned = init(small(family, scan_layers=True))
   unrolled_model, _ = init(small(family, scan_layers=False))
@@ -138,3 +138,33 @@ def test_every_param_carries_logical_axis_names():
   leaves = jax.tree.leaves(boxed["params"], is_leaf=lambda x: hasattr(x, "names"))
   assert leaves and all(hasattr(leaf, "names") and len(leaf.names) == leaf.value.ndim
                         for leaf in leaves)
+
+
+def test_qk_norm_params_are_per_head_dim_and_named_like_the_other_norms():
+  def attention_params(config):
+    return jax.eval_shape(lambda: Transformer(config).init(
+        jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]["layers"]["attention"]
+  attention = attention_params(small("qwen3", num_kv_heads=2, head_dim=10))  # 6 x 10 from 48
+  assert attention["query"]["kernel"].value.shape == (2, 48, 6, 10)
+  for name in ("query_norm", "key_norm"):
+    assert set(attention[name]) == {"scale"}  # an RMSNorm: no bias
+    scale = attention[name]["scale"]
+    assert scale.value.shape == (2, 10) and scale.names == ("layers", "kv")
+  assert not {"query_norm", "key_norm"} & set(attention_params(small("llama")))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_qk_norm_makes_logits_blind_to_the_scale_of_query_and_key_projections(family):
+  # QK-norm normalises each head's query and key, so scaling their projections changes nothing;
+  # without it the attention logits scale with them.
+  model, params = init(small(family, num_kv_heads=2))
+  scaled = jax.tree.map(lambda x: x, params)  # fresh dicts, the same arrays
+  attention = scaled["layers"]["attention"]
+  for name in ("query", "key"):
+    attention[name]["kernel"] = attention[name]["kernel"] * 7
+  ids = jax.random.randint(jax.random.key(8), (2, 10), 0, 97)
+  a, b = jitted(model)({"params": params}, ids), jitted(model)({"params": scaled}, ids)
+  if family == "qwen3":
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+  else:
+    assert not np.allclose(a, b, atol=1e-2)

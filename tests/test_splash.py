@@ -2,8 +2,8 @@
 
 On CPU the kernel runs in Pallas interpret mode: the same kernel code, executed by the
 interpreter. Rows mix packed documents and padding; the models cover causal and bidirectional
-masks and grouped key/value heads, and one runs under a mesh (the kernel per shard through
-shard_map).
+masks, grouped key/value heads and QK-norm, and one runs under a mesh (the kernel per shard
+through shard_map).
 """
 
 import flax.linen as nn
@@ -28,7 +28,8 @@ def segments() -> np.ndarray:
 
 
 @pytest.mark.parametrize("family, extra", [("llama", {"num_kv_heads": 2}), ("gpt2", {}),
-                                           ("bert", {})])
+                                           ("bert", {}),
+                                           ("qwen3", {"num_kv_heads": 2, "head_dim": 32})])
 def test_splash_attention_equals_the_xla_attention(family, extra):
   config = ModelConfig.for_family(family, **SMALL, **extra)
   xla = Transformer(config)

@@ -149,7 +149,13 @@ LLAMA = KeyMap(  # also Mistral and Qwen2: the same names, biases where the mode
     ignored=(r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
 )
 
+QWEN3 = dataclasses.replace(LLAMA, body=(  # Llama's names and each layer's QK-norms
+    *LLAMA.body,
+    *norm("layers.{i}.attention.query_norm", "layers.{i}.self_attn.q_norm"),
+    *norm("layers.{i}.attention.key_norm", "layers.{i}.self_attn.k_norm"),
+))
+
 KEY_MAPS: dict[str, KeyMap] = {"gpt2": GPT2, "bert": BERT, "roberta": ROBERTA, "llama": LLAMA,
-                               "mistral": LLAMA, "qwen2": LLAMA}
+                               "mistral": LLAMA, "qwen2": LLAMA, "qwen3": QWEN3}
 
 __all__ = ["KEY_MAPS", "KeyMap", "Rule"]

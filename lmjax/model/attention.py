@@ -1,4 +1,5 @@
-"""Multi-head attention with grouped key/value heads, rotary positions and a KV cache.
+"""Multi-head attention with grouped key/value heads, optional QK-norm, rotary positions and a
+KV cache.
 
 Masks are built once per forward pass (`make_mask`) from segment ids, which express padding
 (segment 0) and packed documents (segments 1, 2, …) alike, plus causality by slot: as booleans
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 
 from lmjax.model import splash
 from lmjax.model.config import AttentionImpl, ModelConfig, Positions
-from lmjax.model.layers import DenseGeneral, rope_inverse_frequencies, rotary_embedding
+from lmjax.model.layers import (DenseGeneral, LayerNorm, rope_inverse_frequencies,
+                                rotary_embedding)
 
 LayerCache = dict[str, jax.Array]  # {"key", "value"}: [batch, kv_heads, cache_len, head_dim]
 
@@ -104,7 +106,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask |
 
 
 class Attention(nn.Module):
-  """Self-attention: projections, optional rotary positions, optional KV cache, output proj."""
+  """Self-attention: projections, optional QK-norm, optional rotary positions, optional KV cache,
+  output projection."""
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
@@ -123,6 +126,9 @@ class Attention(nn.Module):
     q = project("query", cfg.num_heads)    # [batch, length, heads, head_dim]
     k = project("key", cfg.kv_heads)       # [batch, length, kv_heads, head_dim]
     v = project("value", cfg.kv_heads)
+    if cfg.qk_norm:  # Qwen3: each head's query and key normalised over head_dim, then rotated
+      q = LayerNorm(cfg, self.dtype, axis="kv", name="query_norm")(q)
+      k = LayerNorm(cfg, self.dtype, axis="kv", name="key_norm")(k)
     if cfg.positions is Positions.ROTARY:
       inv_freq = rope_inverse_frequencies(cfg)  # [head_dim / 2], a constant
       q = rotary_embedding(q, positions, inv_freq)

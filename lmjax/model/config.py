@@ -1,4 +1,5 @@
-"""The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa and Llama-style.
+"""The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa, Llama-style and
+Qwen3.
 
 A family name fills in the architectural switches (norm, activation, positions, biases, …) that
 define it; every switch can still be set on its own. Derived quantities (head size, parameter
@@ -22,6 +23,7 @@ class Family(enum.Enum):
   BERT = "bert"      # also RoBERTa (learned positions offset by padding_idx + 1)
   LLAMA = "llama"    # also Qwen2 (biases on q/k/v only)
   MISTRAL = "mistral"  # Llama's graph under Mistral's name, so that it exports as Mistral
+  QWEN3 = "qwen3"    # Llama's graph with QK-norm (an RMSNorm over each head's queries and keys)
 
 
 class Norm(enum.Enum):
@@ -77,19 +79,21 @@ FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
         norm=Norm.LAYER_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
         activation=Activation.GELU_TANH, gated_mlp=False, positions=Positions.LEARNED,
         use_bias=True, qkv_bias=True, causal=True, tie_embeddings=True, type_vocab_size=0,
-        head=Head.CAUSAL_LM, classifier_bias=False),
+        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False),
     Family.BERT: dict(
         norm=Norm.LAYER_NORM, norm_eps=1e-12, norm_position=NormPosition.POST,
         activation=Activation.GELU, gated_mlp=False, positions=Positions.LEARNED,
         use_bias=True, qkv_bias=True, causal=False, tie_embeddings=True, type_vocab_size=2,
-        head=Head.MASKED_LM, classifier_bias=True),
+        head=Head.MASKED_LM, classifier_bias=True, qk_norm=False),
     Family.LLAMA: dict(
         norm=Norm.RMS_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
         activation=Activation.SILU, gated_mlp=True, positions=Positions.ROTARY,
         use_bias=False, qkv_bias=False, causal=True, tie_embeddings=False, type_vocab_size=0,
-        head=Head.CAUSAL_LM, classifier_bias=False),
+        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False),
 }
 FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
+# Every Qwen3 checkpoint uses rms_norm_eps=1e-6, for its block norms and QK-norms alike.
+FAMILY_DEFAULTS[Family.QWEN3] = {**FAMILY_DEFAULTS[Family.LLAMA], "qk_norm": True, "norm_eps": 1e-6}
 
 class ParamDtype(enum.Enum):
   FLOAT32 = "float32"
@@ -156,6 +160,10 @@ class ModelConfig:
   rope_original_max_len: int = 8192      # llama3: the context length the model was pre-trained at
   use_bias: bool = True                  # biases in the MLP and attention output projection
   qkv_bias: bool = True                  # biases on query/key/value (Qwen2: on, Llama: off)
+  # Qwen3's QK-norm: queries and keys normalised per head (an RMSNorm over head_dim with its own
+  # scale, and model.norm_eps) after their projections, before the rotation and the KV cache,
+  # so that the attention logits do not grow with the projections' scale.
+  qk_norm: bool = False
   causal: bool = True
   tie_embeddings: bool = True
   type_vocab_size: int = 0               # BERT token-type embeddings; 0 for none
@@ -211,6 +219,10 @@ class ModelConfig:
         raise UserError(
             f"model.rope_scaling_factor={self.rope_scaling_factor} and model.rope_original_max_len="
             f"{self.rope_original_max_len} must be positive (Llama 3.1 uses 8 and 8192).")
+    if self.qk_norm and self.norm is not Norm.RMS_NORM:
+      raise UserError(f"model.qk_norm=true normalises queries and keys with an RMSNorm, as Qwen3 "
+                      f"does, and needs model.norm=rms_norm (got {self.norm.value!r}); set "
+                      f"model.norm=rms_norm or model.qk_norm=false.")
     if self.head is Head.MASKED_LM and self.causal:
       raise UserError("a masked-LM head needs a bidirectional model: set model.causal=false.")
     if self.lora.enabled:

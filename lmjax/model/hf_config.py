@@ -1,5 +1,5 @@
 """The model config's Hugging Face twin: `config.json` dicts <-> ModelConfig, for gpt2, bert,
-roberta, llama, mistral and qwen2.
+roberta, llama, mistral, qwen2 and qwen3.
 
 Reading fills keys a config.json leaves out with the defaults of the matching `transformers`
 config class (old checkpoints only store what differs), and refuses what the lmjax graph cannot
@@ -68,7 +68,8 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
   fields: dict[str, Any] = dict(head=_head(model_type, hf_config), scan_layers=scan_layers,
                                 initializer_range=float(d["initializer_range"]))
   family_fields = {Family.GPT2: _gpt2_fields, Family.BERT: _bert_fields,
-                   Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields}[family]
+                   Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields,
+                   Family.QWEN3: _llama_fields}[family]
   fields.update(family_fields(model_type, d, fields["head"]))
   if fields["head"] is Head.CLASSIFICATION:
     fields.update(_classifier_fields(model_type, d))
@@ -146,12 +147,17 @@ def _bert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str,
 
 
 def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
-  """Fields of llama, mistral and qwen2, which share one graph."""
+  """Fields of llama, mistral, qwen2 and qwen3, which share one graph (Qwen3's with QK-norm, a
+  family default)."""
   hidden, heads = d["hidden_size"], d["num_attention_heads"]
   activation = _activation(d["hidden_act"], "hidden_act")
   if model_type == "qwen2":
     qkv_bias, use_bias = True, False
   elif model_type == "mistral":
+    qkv_bias = use_bias = False
+  elif model_type == "qwen3":
+    _refuse(d, "attention_bias", True, "Qwen3's attention_bias biases q/k/v and o_proj but not "
+            "the MLP, and lmjax has one switch for o_proj and the MLP")
     qkv_bias = use_bias = False
   else:
     if d["attention_bias"] != d["mlp_bias"]:
@@ -173,6 +179,9 @@ def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str
 
 def _check_sliding_window(model_type: str, d: Mapping[str, Any]) -> None:
   """Refuses a sliding window shorter than the positions; one that never binds is the same."""
+  if model_type == "qwen3":
+    _check_qwen3_layer_types(d)
+    return
   window = d.get("sliding_window")
   if model_type == "qwen2":
     layer_types = d.get("layer_types") or []
@@ -184,6 +193,33 @@ def _check_sliding_window(model_type: str, d: Mapping[str, Any]) -> None:
                     f"{d['max_position_embeddings']}: lmjax attention has no sliding window. Set "
                     f"sliding_window to null (or max_position_embeddings to at most {window}) if "
                     f"the model should attend to the whole context.")
+
+
+def _check_qwen3_layer_types(d: Mapping[str, Any]) -> None:
+  """Refuses any Qwen3 layer with a sliding window. Its layers slide where `layer_types` says
+  sliding_attention; without layer_types, from layer max_window_layers on when
+  use_sliding_window. Rotary models run past max_position_embeddings, so a window binds sooner
+  or later however long it is: lmjax's attention, which has none, would compute otherwise."""
+  layer_types = d.get("layer_types")
+  if layer_types is None:
+    first = d["max_window_layers"]
+    if d["use_sliding_window"] and d["sliding_window"] is not None and (
+        first < d["num_hidden_layers"]):
+      raise UserError(f"use_sliding_window=True with max_window_layers={first} below "
+                      f"num_hidden_layers={d['num_hidden_layers']}: layers from {first} on attend "
+                      f"through a sliding window of {d['sliding_window']} tokens, and lmjax "
+                      f"attention has no sliding window; convert a model with "
+                      f"use_sliding_window=False.")
+    return
+  unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+  if unknown:
+    raise UserError(f"layer_types names {', '.join(map(repr, unknown))}, which lmjax does not "
+                    f"convert: its layers are all 'full_attention'.")
+  sliding = [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
+  if sliding:
+    raise UserError(f"layer_types has 'sliding_attention' layers ({', '.join(map(str, sliding))}), "
+                    f"and lmjax attention has no sliding window; convert a model whose "
+                    f"layer_types are all 'full_attention'.")
 
 
 _ROPE_TYPES = ("default", "llama3")
@@ -226,7 +262,7 @@ def export_model_type(config: ModelConfig) -> str:
 
 
 # Switches every HF model of a family has fixed; the rest are config.json keys.
-_FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal")
+_FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal", "qk_norm")
 
 
 def _require(config: ModelConfig, model_type: str, **expected) -> None:
@@ -310,7 +346,7 @@ def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str
   _require(config, model_type, type_vocab_size=0)
   if model_type == "qwen2":
     _require(config, model_type, qkv_bias=True, use_bias=False)
-  elif model_type == "mistral":
+  elif model_type in ("mistral", "qwen3"):
     _require(config, model_type, qkv_bias=False, use_bias=False)
   else:
     _require(config, model_type, qkv_bias=config.use_bias)
@@ -334,6 +370,8 @@ def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str
     fields.update(attention_bias=config.use_bias, mlp_bias=config.use_bias)
   elif model_type == "mistral":
     fields.update(sliding_window=None)
+  elif model_type == "qwen3":
+    fields.update(attention_bias=False, use_sliding_window=False, sliding_window=None)
   else:
     fields.update(use_sliding_window=False, sliding_window=None)
   return fields

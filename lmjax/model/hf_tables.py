@@ -12,6 +12,7 @@ from lmjax.model.config import Activation, Family, Head
 MODEL_TYPES: dict[str, Family] = {
     "gpt2": Family.GPT2, "bert": Family.BERT, "roberta": Family.BERT,
     "llama": Family.LLAMA, "mistral": Family.MISTRAL, "qwen2": Family.LLAMA,
+    "qwen3": Family.QWEN3,
 }
 
 # Per model_type, the head each HF class computes. The class name is `architectures[0]`.
@@ -22,9 +23,11 @@ ARCHITECTURES: dict[str, dict[str, Head]] = {
     "llama": {"LlamaForCausalLM": Head.CAUSAL_LM, "LlamaModel": Head.NONE},
     "mistral": {"MistralForCausalLM": Head.CAUSAL_LM, "MistralModel": Head.NONE},
     "qwen2": {"Qwen2ForCausalLM": Head.CAUSAL_LM, "Qwen2Model": Head.NONE},
+    "qwen3": {"Qwen3ForCausalLM": Head.CAUSAL_LM, "Qwen3Model": Head.NONE},
 }
 for _model_type, _prefix in (("gpt2", "GPT2"), ("bert", "Bert"), ("roberta", "Roberta"),
-                             ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2")):
+                             ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"),
+                             ("qwen3", "Qwen3")):
   ARCHITECTURES[_model_type][f"{_prefix}ForSequenceClassification"] = Head.CLASSIFICATION
 
 # HF `hidden_act` / `activation_function` names with the exact lmjax equivalent.
@@ -62,3 +65,6 @@ CLASS_DEFAULTS["mistral"] = {**CLASS_DEFAULTS["llama"], "intermediate_size": 143
 CLASS_DEFAULTS["qwen2"] = {**CLASS_DEFAULTS["llama"], "vocab_size": 151936, "intermediate_size": 22016,
                       "max_position_embeddings": 32768, "use_sliding_window": False,
                       "sliding_window": 4096, "max_window_layers": 28}
+# Qwen3's head_dim defaults to 128 whatever the width, and its attention_bias covers q/k/v and o.
+CLASS_DEFAULTS["qwen3"] = {**CLASS_DEFAULTS["qwen2"], "num_key_value_heads": 32, "head_dim": 128,
+                           "layer_types": None}

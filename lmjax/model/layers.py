@@ -101,22 +101,26 @@ def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype) -
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm (with bias) or RMSNorm, as the config says; statistics in float32."""
+  """LayerNorm (with bias) or RMSNorm, as the config says, over the last dim of x; statistics in
+  float32. `axis` is that dim's logical name: "embed" for the blocks' norms, "kv" (head_dim) for
+  the QK-norms."""
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
+  axis: str = "embed"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+    axes = (self.axis,)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), axes),
                        (d,), jnp.float32)
     x32 = x.astype(jnp.float32)
     if self.config.norm is Norm.RMS_NORM:
       # As HF's LlamaRMSNorm: normalise in float32, cast back, then scale.
       y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.config.norm_eps)
       return scale.astype(self.dtype) * y.astype(self.dtype)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), axes),
                       (d,), jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)

@@ -12,6 +12,10 @@ _PRESETS: dict[str, dict] = {
                       num_heads=4, mlp_dim=512, max_seq_len=256),
     "tiny-llama": dict(family=Family.LLAMA, vocab_size=2048, num_layers=4, embed_dim=128,
                        num_heads=4, num_kv_heads=2, mlp_dim=384, max_seq_len=256),
+    # Heads wider than embed_dim / num_heads, as Qwen3's (4 x 64 = 256 query dims from 128).
+    "tiny-qwen3": dict(family=Family.QWEN3, vocab_size=2048, num_layers=4, embed_dim=128,
+                       num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=384, max_seq_len=256,
+                       tie_embeddings=True),
     # Published architectures.
     "gpt2-small": dict(family=Family.GPT2, vocab_size=50257, num_layers=12, embed_dim=768,
                        num_heads=12, mlp_dim=3072, max_seq_len=1024),
@@ -31,6 +35,10 @@ _PRESETS: dict[str, dict] = {
                      rope_original_max_len=8192),
     "llama-7b": dict(family=Family.LLAMA, vocab_size=32000, num_layers=32, embed_dim=4096,
                      num_heads=32, mlp_dim=11008, max_seq_len=4096, norm_eps=1e-6),
+    "qwen3-0.6b": dict(family=Family.QWEN3, vocab_size=151936, num_layers=28, embed_dim=1024,
+                       num_heads=16, num_kv_heads=8, head_dim=128, mlp_dim=3072,
+                       max_seq_len=40960, rope_theta=1_000_000.0,
+                       tie_embeddings=True),  # Qwen3-0.6B
 }
 
 PRESET_NAMES = tuple(_PRESETS)

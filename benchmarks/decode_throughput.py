@@ -83,6 +83,26 @@ def main() -> None:
     print(f"batch {batch}: lmjax {tokens / ours_time:,.0f} tok/s | transformers "
           f"{tokens / theirs_time:,.0f} tok/s | {theirs_time / ours_time:.2f}x | same tokens: "
           f"{same}", flush=True)
+  seconds, nbytes = weight_read_floor(params)
+  print(f"profile: one pass over the {nbytes / 1e6:.1f} MB of weight matrices at batch 1 (a "
+        f"vector times each, one XLA program) takes {seconds * 1e3:.2f} ms "
+        f"({nbytes / seconds / 1e9:.0f} GB/s): the floor of a decoding step", flush=True)
+
+
+def weight_read_floor(params, repeats: int = 200) -> tuple[float, int]:
+  """(seconds, bytes) of one batch-1 pass that multiplies a vector by every weight matrix once,
+  in one jitted program: the memory-bound floor of a decoding step, without attention, norms,
+  sampling or the loop around them."""
+  import jax
+  import jax.numpy as jnp
+  weights = [w.reshape(-1, w.shape[-1]) for w in jax.tree.leaves(params) if w.ndim >= 2]
+  read = jax.jit(lambda ws: sum((jnp.ones((1, w.shape[0]), w.dtype) @ w).sum() for w in ws))
+  read(weights).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = read(weights)
+  out.block_until_ready()
+  return (time.perf_counter() - start) / repeats, sum(w.nbytes for w in weights)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,15 @@ import pathlib
 import sys
 from typing import Sequence
 
-from lmjax import app
+from lmjax import app, complete
 from lmjax.config import load_config, resolve_config_path
-from lmjax.convert import from_hf, runs, verify
-from lmjax.convert.base_model import load_run
-from lmjax.data import chat
-from lmjax.data.sft import chat_template
+from lmjax.convert import runs, verify
+from lmjax.convert.loading import load_model
 from lmjax.data.sources import ReadStats, iter_sources
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
-from lmjax.generate import fill_mask, generate
+from lmjax.generate import fill_mask
 from lmjax.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
-from lmjax.run import RunDir
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
@@ -60,19 +57,7 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE")
 
-  generate = commands.add_parser("generate", help="continue a prompt with a causal model")
-  _add_source(generate)
-  generate.add_argument("--prompt", action="append", required=True,
-                        help="text to continue; repeat for a batch of prompts")
-  generate.add_argument("--max-new-tokens", type=int, default=64)
-  generate.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
-  generate.add_argument("--top-k", type=int, default=None)
-  generate.add_argument("--top-p", type=float, default=None)
-  generate.add_argument("--seed", type=int, default=0)
-  generate.add_argument("--chat", action="store_true",
-                        help="each prompt is a user message, rendered with the run's chat "
-                             "template (data.chat_template, else the tokenizer's, else ChatML); "
-                             "prints the reply")
+  _add_generate(commands)
 
   classify = commands.add_parser("predict", help="label texts with a classifier")
   _add_source(classify)
@@ -167,6 +152,45 @@ def _byte_size(text: str) -> int:
   raise argparse.ArgumentTypeError(f"{text!r} is not a size: write e.g. 2GB, 500MB or 1000000")
 
 
+def _add_generate(commands) -> None:
+  """`generate`'s flags. Sampling flags default to None: unset ones come from the model's
+  generation_config.json, else lmjax's defaults (lmjax.complete.resolve_settings)."""
+  generate = commands.add_parser("generate", help="continue a prompt with a causal model")
+  _add_source(generate)
+  prompts = generate.add_mutually_exclusive_group(required=True)
+  prompts.add_argument("--prompt", action="append",
+                       help="text to continue; repeat for a batch of prompts")
+  prompts.add_argument("--input", metavar="FILE.jsonl",
+                       help='one JSON object per line with a "prompt"; writes JSON Lines')
+  generate.add_argument("--output", default=None, metavar="FILE",
+                        help='a new JSON Lines file, one {"prompt", "completions"} object per '
+                             "prompt (default with --input: stdout)")
+  generate.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+  generate.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
+  generate.add_argument("--min-new-tokens", type=int, default=None,
+                        help="no end-of-sequence before this many tokens (default 0)")
+  generate.add_argument("--temperature", type=float, default=None,
+                        help="0 means greedy (default 1.0)")
+  generate.add_argument("--top-k", type=int, default=None)
+  generate.add_argument("--top-p", type=float, default=None)
+  generate.add_argument("--repetition-penalty", type=float, default=None,
+                        help="> 1 discourages tokens already in the prompt or the output "
+                             "(Hugging Face's; default 1.0, off)")
+  generate.add_argument("--num-return-sequences", type=int, default=None,
+                        help="sequences sampled per prompt (default 1)")
+  generate.add_argument("--stop", action="append", default=None, metavar="STRING",
+                        help="end a continuation where this text appears, cut before it; "
+                             "repeat for several")
+  generate.add_argument("--seed", type=int, default=None, help="default 0")
+  generate.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  generate.add_argument("--no-stream", action="store_true",
+                        help="print a single prompt's text at the end, not as it is decoded")
+  generate.add_argument("--chat", action="store_true",
+                        help="each prompt is a user message, rendered with the run's chat "
+                             "template (data.chat_template, else the tokenizer's, else ChatML); "
+                             "prints the reply")
+
+
 def _add_source(parser: argparse.ArgumentParser) -> None:
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--run-dir", help="an lmjax run directory (latest checkpoint)")
@@ -201,43 +225,27 @@ def _cmd_eval(args) -> int:
   return 0
 
 
-def _load(args):
-  """(model, params, tokenizer) from --run-dir or --hf."""
-  if args.hf:
-    model, params = from_hf(args.hf)
-    return model, params, Tokenizer.from_file(args.hf)
-  model, params = load_run(args.run_dir, step=args.step)
-  return model, params, Tokenizer.load(RunDir(args.run_dir).tokenizer_dir)
-
-
 def _cmd_generate(args) -> int:
-  model, params, tokenizer = _load(args)
-  if args.chat:
-    template = chat_template(_chat_template_source(args), tokenizer)
-    texts = [chat.render_prompt([{"role": "user", "content": p}], template) for p in args.prompt]
-    prompts = [tokenizer.encode(t, parse_special_tokens=True) for t in texts]
+  output = complete.check_new_output(args.output) if args.output else None
+  texts = complete.read_prompts(args.input) if args.input else args.prompt
+  loaded = load_model(run_dir=args.run_dir, hf_dir=args.hf, step=args.step, dtype=args.dtype)
+  settings = complete.resolve_settings(vars(args), loaded)
+  as_jsonl = bool(args.input or args.output)
+  streams = (not args.no_stream and not as_jsonl and len(texts) == 1
+             and settings.num_return_sequences == 1)
+  results = complete.complete(
+      loaded, texts, settings, chat_mode=args.chat, batch_size=args.batch_size,
+      on_text=(lambda piece: print(piece, end="", flush=True)) if streams else None)
+  if as_jsonl:
+    complete.write_completions(results, output)
+    if output:
+      print(f"wrote {len(results)} prompts' completions to {output}")
+  elif streams:
+    print()
   else:
-    prompts = [tokenizer.encode(p, add_special_tokens=True) for p in args.prompt]
-  for text, ids in zip(args.prompt, prompts):
-    if not ids:
-      raise UserError(f"--prompt {text!r} has no tokens: give some text to continue.")
-  outputs = generate(model, params, prompts, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                     seed=args.seed, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-  for i, (prompt_ids, new_ids) in enumerate(zip(prompts, outputs)):
-    if i:
-      print()
-    print(tokenizer.decode(list(new_ids) if args.chat else list(prompt_ids) + list(new_ids)))
+    shown = [r.shown_prompt + text for r in results for text in r.completions]
+    print("\n\n".join(shown))
   return 0
-
-
-def _chat_template_source(args) -> str | None:
-  """The template `generate --chat` renders with: the run's data.chat_template, else its
-  tokenizer directory's (or the HF directory's) own, else lmjax's default."""
-  if args.hf:
-    return args.hf
-  run = RunDir(args.run_dir)
-  return run.require_config().data.chat_template or str(run.tokenizer_dir)
 
 
 def _cmd_predict(args) -> int:
@@ -253,7 +261,8 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_fill_mask(args) -> int:
-  model, params, tokenizer = _load(args)
+  loaded = load_model(run_dir=args.run_dir, hf_dir=args.hf, step=args.step)
+  model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
   if tokenizer.mask_id is None:
     raise UserError("this model's tokenizer has no mask token, so it cannot fill masks.")
   mask_text = tokenizer.id_to_token(tokenizer.mask_id)

@@ -1,4 +1,5 @@
-"""Inference: KV-cache decoding, left padding, sampling, fill-mask, scoring and their errors."""
+"""Inference: KV-cache decoding, left padding, streaming, sampling, logit processors, fill-mask,
+scoring and their errors."""
 
 import functools
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from lmjax.errors import UserError
-from lmjax.generate import fill_mask, filter_logits, generate, score
+from lmjax.generate import fill_mask, filter_logits, generate, score, stream_generate
+from lmjax.generate.sampling import penalise_repetitions
 from lmjax.model import Transformer, init_cache, preset
 
 TINY = dict(vocab_size=128, num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_seq_len=64)
@@ -58,11 +60,20 @@ def causal_logits(model, params, sequence):
   return jitted_apply(model)(params, buffer)[0, :len(sequence)]
 
 
-def greedy_by_recompute(model, params, prompt, num_tokens):
-  """Argmax continuation by running the whole sequence again for every token, without cache."""
+def greedy_by_recompute(model, params, prompt, num_tokens, *, penalty=1.0, eos=(), min_new=0):
+  """Argmax continuation by running the whole sequence again for every token, without cache;
+  with HF's repetition penalty and `min_new` tokens before any of `eos` (which ends the row),
+  written out in numpy as the reference."""
   sequence = list(prompt)
-  for _ in range(num_tokens):
-    sequence.append(int(jnp.argmax(causal_logits(model, params, sequence)[-1])))
+  for step in range(num_tokens):
+    logits = np.asarray(causal_logits(model, params, sequence)[-1], np.float32).copy()
+    seen = sorted(set(sequence))
+    logits[seen] = np.where(logits[seen] < 0, logits[seen] * penalty, logits[seen] / penalty)
+    if step < min_new:
+      logits[list(eos)] = -np.inf
+    sequence.append(int(np.argmax(logits)))
+    if sequence[-1] in eos:
+      break
   return sequence[len(prompt):]
 
 
@@ -150,6 +161,135 @@ def test_eos_ends_each_row_where_it_first_appears():
   assert out[0][-1] == eos and len(out[0]) <= 3
 
 
+# -- streaming --------------------------------------------------------------------------------
+
+
+def joined(stream):
+  rows = None
+  for new_ids in stream:
+    rows = [[] for _ in new_ids] if rows is None else rows
+    for row, ids in zip(rows, new_ids):
+      row.extend(ids)
+  return rows
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_joined_stream_equals_generate(chunk, temperature):
+  model, params = causal_model("gpt2")
+  kwargs = dict(max_new_tokens=MAX_NEW, temperature=temperature, seed=4)
+  whole = generate(model, params, PROMPTS, **kwargs)
+  eos = whole[0][3]  # ends row 0 inside a chunk, leaving the others running
+  whole = generate(model, params, PROMPTS, eos_id=eos, **kwargs)
+  chunks = list(stream_generate(model, params, PROMPTS, chunk=chunk, eos_id=eos, **kwargs))
+  assert len(chunks) == -(-MAX_NEW // chunk)
+  assert all(len(ids) <= chunk for new_ids in chunks for ids in new_ids)
+  assert joined(iter(chunks)) == whole
+  assert whole[0][-1] == eos and len(whole[0]) <= 4
+
+
+def test_rows_ended_between_chunks_stop_there_while_the_others_continue():
+  model, params = causal_model("llama")
+  kwargs = dict(max_new_tokens=MAX_NEW, temperature=1.0, seed=2)
+  whole = generate(model, params, PROMPTS, **kwargs)
+  stream = stream_generate(model, params, PROMPTS, chunk=3, **kwargs)
+  first = next(stream)
+  assert first == [row[:3] for row in whole]
+  second = stream.send({1})  # row 1 ends now, as at a stop string
+  assert second[1] == [] and second[0] == whole[0][3:6] and second[2] == whole[2][3:6]
+  with pytest.raises(StopIteration):  # every row has ended: the stream stops before MAX_NEW
+    stream.send([0, 2])
+
+
+def test_stream_arguments_are_checked_before_the_first_chunk():
+  model, params = causal_model("gpt2")
+  with pytest.raises(UserError, match="chunk must be >= 1"):
+    stream_generate(model, params, PROMPTS, max_new_tokens=4, chunk=0)
+  stream = stream_generate(model, params, PROMPTS, max_new_tokens=4, chunk=2)
+  next(stream)
+  with pytest.raises(UserError, match="cannot end row 3: the stream has rows 0 to 2"):
+    stream.send({0, 3})
+
+
+# -- logit processors -------------------------------------------------------------------------
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits():
+  logits = jnp.asarray([[2.0, -2.0, 1.0, -1.0]])
+  seen = jnp.asarray([[True, True, False, False]])
+  np.testing.assert_array_equal(penalise_repetitions(logits, seen, jnp.float32(2.0)),
+                                [[1.0, -4.0, 1.0, -1.0]])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_greedy_with_repetition_penalty_matches_the_reference(family):
+  model, params = causal_model(family)
+  # A penalty that changes the continuation, on prompts with repeated ids and padding.
+  prompts = [[5, 5, 17, 3, 5], [7, 1]]
+  plain = generate(model, params, prompts, max_new_tokens=MAX_NEW, temperature=0)
+  got = generate(model, params, prompts, max_new_tokens=MAX_NEW, temperature=0,
+                 repetition_penalty=3.0)
+  expected = [greedy_by_recompute(model, params, p, MAX_NEW, penalty=3.0) for p in prompts]
+  assert got == expected and got != plain
+  # Penalised greedy text repeats less than plain greedy text.
+  assert sum(len(set(r)) for r in got) > sum(len(set(r)) for r in plain)
+
+
+def test_min_new_tokens_bans_every_eos_id_until_reached():
+  model, params = causal_model("gpt2")
+  greedy = generate(model, params, PROMPTS, max_new_tokens=MAX_NEW, temperature=0)
+  eos = (greedy[0][1], greedy[2][0])  # the first row would end at token 2, the last at 1
+  got = generate(model, params, PROMPTS, max_new_tokens=MAX_NEW, temperature=0, eos_id=eos,
+                 min_new_tokens=4)
+  expected = [greedy_by_recompute(model, params, p, MAX_NEW, eos=eos, min_new=4)
+              for p in PROMPTS]
+  assert got == expected
+  assert all(len(row) >= 4 and not set(row[:3]) & set(eos) for row in got)
+  sampled = generate(model, params, PROMPTS, max_new_tokens=MAX_NEW, temperature=1.0,
+                     eos_id=eos, min_new_tokens=MAX_NEW)
+  assert all(len(row) == MAX_NEW and not set(row[:-1]) & set(eos) for row in sampled)
+
+
+def test_several_eos_ids_each_end_a_row():
+  model, params = causal_model("gpt2")
+  greedy = generate(model, params, PROMPTS, max_new_tokens=MAX_NEW, temperature=0)
+  eos = [greedy[0][4], greedy[1][1]]
+  out = generate(model, params, PROMPTS, max_new_tokens=MAX_NEW, temperature=0, eos_id=eos)
+  for row, full in zip(out, greedy):
+    ends = [i for i, t in enumerate(full) if t in eos]
+    assert row == (full[:ends[0] + 1] if ends else full)
+  assert len(out[0]) <= 5 and len(out[1]) <= 2
+
+
+def test_num_return_sequences_gives_each_prompt_consecutive_independent_samples():
+  model, params = causal_model("llama")
+  n = 3
+  out = generate(model, params, PROMPTS[:2], max_new_tokens=MAX_NEW, temperature=1.0,
+                 num_return_sequences=n, seed=5)
+  assert len(out) == 2 * n and all(len(row) == MAX_NEW for row in out)
+  assert len({tuple(row) for row in out[:n]}) == n  # sampled independently
+  # Consecutive per prompt: with top_k=1 every sample of a prompt is its greedy continuation.
+  greedy = generate(model, params, PROMPTS[:2], max_new_tokens=MAX_NEW, temperature=0)
+  top1 = generate(model, params, PROMPTS[:2], max_new_tokens=MAX_NEW, temperature=1.0,
+                  top_k=1, num_return_sequences=n)
+  assert top1 == [greedy[0]] * n + [greedy[1]] * n
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bfloat16_greedy_decoding_runs_and_mostly_agrees_with_float32(family):
+  model, params = causal_model(family)
+  bf16 = Transformer(model.config, jnp.bfloat16)
+  bf16_params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  out = generate(bf16, bf16_params, PROMPTS, max_new_tokens=MAX_NEW, temperature=0)
+  f32 = generate(model, params, PROMPTS, max_new_tokens=MAX_NEW, temperature=0)
+  assert [len(row) for row in out] == [MAX_NEW] * len(PROMPTS)
+  assert all(0 <= t < model.config.vocab_size for row in out for t in row)
+  assert all(len(set(row)) > 2 for row in out)  # not a degenerate repeat
+  # bfloat16 rounding may flip a close argmax, after which a row diverges; the first tokens of
+  # most rows agree.
+  assert sum(a[0] == b[0] for a, b in zip(out, f32)) >= 2
+
+
 # -- fill-mask and scoring --------------------------------------------------------------------
 
 
@@ -194,6 +334,12 @@ def test_score_sums_next_token_log_probs_and_ignores_padding():
     (dict(top_k=0), "top_k must be >= 1"),
     (dict(temperature=-0.5), "temperature must be >= 0"),
     (dict(prompts=[[1, 500]]), "token id 500"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
+    (dict(repetition_penalty=float("nan")), "repetition_penalty must be > 0"),
+    (dict(min_new_tokens=5), r"min_new_tokens must be between 0 and max_new_tokens=4, got 5"),
+    (dict(min_new_tokens=-1), r"min_new_tokens must be between 0 and max_new_tokens=4, got -1"),
+    (dict(num_return_sequences=0), "num_return_sequences must be >= 1"),
+    (dict(num_return_sequences=2, temperature=0), r"greedy decoding.*2 copies.*temperature > 0"),
 ])
 def test_generate_rejects_bad_arguments(kwargs, message):
   model, params = causal_model("gpt2")

@@ -46,6 +46,21 @@ def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int | None
     raise UserError(f"top_p must be in (0, 1] (or None to keep every token), got {top_p}.")
 
 
+def check_processors(*, max_new_tokens: int, repetition_penalty: float, min_new_tokens: int,
+                     num_return_sequences: int, greedy: bool) -> None:
+  """The repetition penalty, `min_new_tokens` and `num_return_sequences`, as HF accepts them."""
+  if not 0 < repetition_penalty < float("inf"):  # NaN too
+    raise UserError(f"repetition_penalty must be > 0 (1.0 is off, > 1 discourages repeats), got "
+                    f"{repetition_penalty}.")
+  if not 0 <= min_new_tokens <= max_new_tokens:
+    raise UserError(f"min_new_tokens must be between 0 and max_new_tokens={max_new_tokens}, got "
+                    f"{min_new_tokens}: lower it, or raise max_new_tokens.")
+  if num_return_sequences < 1:
+    raise UserError(f"num_return_sequences must be >= 1, got {num_return_sequences}.")
+  if greedy and num_return_sequences > 1:
+    raise UserError(f"num_return_sequences={num_return_sequences} with greedy decoding "
+                    f"(temperature=0) would return {num_return_sequences} copies of one sequence: "
+                    f"sample (temperature > 0) or ask for 1.")
 
 
 def left_padded_positions(attention_mask: jax.Array) -> jax.Array:

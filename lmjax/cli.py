@@ -16,13 +16,15 @@ import pathlib
 import sys
 from typing import Sequence
 
-from lmjax import app, complete
+from lmjax import app, complete, perplexity
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import runs, verify
 from lmjax.convert.loading import load_model
+from lmjax.data.config import DataConfig
 from lmjax.data.sources import ReadStats, iter_sources
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
+from lmjax.files import write_text_atomic
 from lmjax.generate import fill_mask
 from lmjax.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
 from lmjax.run.inspection import format_table, inspect_checkpoints
@@ -50,12 +52,51 @@ def _parser() -> argparse.ArgumentParser:
                           "batch, seed, optimizer…); the change is recorded in "
                           "config_history.jsonl")
 
-  evaluate = commands.add_parser("eval", help="evaluate a checkpoint on the held-out data")
-  evaluate.add_argument("config", metavar="CONFIG")
-  evaluate.add_argument("--run-dir", required=True)
-  evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  evaluate = commands.add_parser(
+      "eval", help="a checkpoint's held-out loss, or its perplexity on any documents (--data)")
+  evaluate.add_argument("config", metavar="CONFIG", nargs="?", default=None,
+                        help="the run's config (held-out eval); with --data, its data.* keys "
+                             "say how to read the documents")
+  _add_source(evaluate)
   evaluate.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE")
+  evaluate.add_argument("--data", nargs="+", action="extend", default=[], metavar="PATH",
+                        help="files or globs of documents to score instead of the held-out "
+                             "batches: plain text, .jsonl, .csv/.tsv or .parquet")
+  evaluate.add_argument("--data-source", default=None, metavar="KIND",
+                        help="how to read --data (text, jsonl, csv, parquet, tfds; default: by "
+                             "suffix)")
+  evaluate.add_argument("--field", default=None,
+                        help="the JSON field or column holding the text (default: data.field)")
+  _add_window(evaluate)
+
+  score = commands.add_parser("score", help="write each document's log-likelihood")
+  score.add_argument("input", metavar="FILE.jsonl", help="one JSON object per line with the text")
+  _add_source(score)
+  score.add_argument("--field", default="text", help="the field holding the text (default: text)")
+  score.add_argument("--output", default=None, metavar="FILE",
+                     help="a new JSON Lines file (default: stdout)")
+  _add_window(score)
+
+  harness = commands.add_parser("eval-harness",
+                                help="run lm-evaluation-harness tasks on a causal model")
+  _add_source(harness)
+  harness.add_argument("--tasks", required=True, type=lambda t: [x for x in t.split(",") if x],
+                       help="comma-separated task names (or YAML files)")
+  harness.add_argument("--num-fewshot", type=int, default=None)
+  harness.add_argument("--limit", type=float, default=None,
+                       help="examples per task (a fraction when below 1), for quick checks")
+  harness.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                       help="a directory of task YAML files of your own; repeatable")
+  harness.add_argument("--batch-size", type=int, default=16)
+  harness.add_argument("--max-length", type=int, default=None,
+                       help="context length (default: model.max_seq_len)")
+  harness.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  harness.add_argument("--output", default=None, metavar="FILE.json",
+                       help="also write the results as JSON to this new file")
+  harness.add_argument("--online", action="store_true",
+                       help="let the harness download task datasets (default: the local cache)")
+  harness.add_argument("--seed", type=int, default=0)
 
   _add_generate(commands)
 
@@ -191,6 +232,17 @@ def _add_generate(commands) -> None:
                              "prints the reply")
 
 
+def _add_window(parser: argparse.ArgumentParser) -> None:
+  """Flags of the commands that score documents in sliding windows (lmjax.perplexity)."""
+  parser.add_argument("--stride", type=int, default=None,
+                      help="tokens each window advances and predicts (default: --max-length, "
+                           "disjoint windows; smaller gives each prediction more context)")
+  parser.add_argument("--max-length", type=int, default=None,
+                      help="window length in tokens (default: model.max_seq_len)")
+  parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+
+
 def _add_source(parser: argparse.ArgumentParser) -> None:
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--run-dir", help="an lmjax run directory (latest checkpoint)")
@@ -221,7 +273,73 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-  print(json.dumps(evaluate_run(args.config, args.run_dir, step=args.step, overrides=args.overrides)))
+  window = (args.stride, args.max_length, args.data_source, args.field)
+  if not args.data and not args.hf and not any(v is not None for v in window):
+    if args.config is None:
+      raise UserError("give the run's CONFIG to evaluate on its held-out data, or --data PATH "
+                      "to score documents of your own.")
+    print(json.dumps(evaluate_run(args.config, args.run_dir, step=args.step,
+                                  overrides=args.overrides)))
+    return 0
+  if args.config is None and args.overrides:
+    raise UserError("--set needs a CONFIG to apply to: give one, or use --data, --data-source "
+                    "and --field.")
+  data = load_config(args.config, args.overrides).data if args.config else DataConfig()
+  data = perplexity.documents_config(data, args.data, source=args.data_source, field=args.field)
+  if not args.data and data == DataConfig():
+    raise UserError("--data is missing: name the documents to score (plain text, .jsonl, .csv "
+                    "or .parquet files), or give a CONFIG whose data.* keys name them.")
+  loaded = load_model(run_dir=args.run_dir, hf_dir=args.hf, step=args.step, dtype=args.dtype)
+  stats = ReadStats()
+  texts = list(iter_sources(data, stats))
+  if stats.skipped_files:
+    print(f"lmjax eval: {stats.files_report()}", file=sys.stderr)
+  if stats.skipped:
+    print(f"lmjax eval: skipped {stats.skipped} bad record(s); the first: "
+          f"{stats.first_problem}", file=sys.stderr)
+  scores = perplexity.score_texts(loaded.model, loaded.params, loaded.tokenizer, texts,
+                                  max_length=args.max_length, stride=args.stride,
+                                  batch_size=args.batch_size)
+  max_length, stride = perplexity.check_window(loaded.model, max_length=args.max_length,
+                                               stride=args.stride)
+  print(json.dumps({**perplexity.summarize(scores), "max_length": max_length, "stride": stride}))
+  return 0
+
+
+def _cmd_score(args) -> int:
+  if args.output is not None and pathlib.Path(args.output).exists():
+    raise UserError(f"--output {args.output} exists: choose a new file (score never "
+                    f"overwrites).")
+  records = perplexity.read_records(args.input, field=args.field)
+  loaded = load_model(run_dir=args.run_dir, hf_dir=args.hf, step=args.step, dtype=args.dtype)
+  scores = perplexity.score_texts(loaded.model, loaded.params, loaded.tokenizer,
+                                  [r[args.field] for r in records], max_length=args.max_length,
+                                  stride=args.stride, batch_size=args.batch_size)
+  lines = "".join(json.dumps({**record, **score.as_dict()}, ensure_ascii=False) + "\n"
+                  for record, score in zip(records, scores))
+  if args.output is None:
+    sys.stdout.write(lines)
+  else:
+    write_text_atomic(pathlib.Path(args.output), lines)
+  summary = perplexity.summarize(scores)
+  print(f"lmjax score: {summary['documents']} documents, {summary['tokens']} tokens: loss "
+        f"{summary['loss']:.4f}, perplexity {summary['perplexity']:.3f}, bits per byte "
+        f"{summary['bits_per_byte']:.4f}" if summary["tokens"] else
+        f"lmjax score: {summary['documents']} documents and no token to predict",
+        file=sys.stderr)
+  return 0
+
+
+def _cmd_eval_harness(args) -> int:
+  from lmjax import harness  # noqa: PLC0415 -- lm-eval loads only for this command
+  results = harness.run_harness(
+      run_dir=args.run_dir, hf_dir=args.hf, step=args.step, tasks=args.tasks,
+      num_fewshot=args.num_fewshot, limit=args.limit, include_path=args.include_path,
+      batch_size=args.batch_size, dtype=args.dtype, max_length=args.max_length,
+      output=args.output, online=args.online, seed=args.seed)
+  print(harness.format_results(results))
+  if args.output:
+    print(f"wrote the results to {args.output}")
   return 0
 
 
@@ -359,7 +477,8 @@ def _cmd_data(args) -> int:
   return 0
 
 
-_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate,
+_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "score": _cmd_score,
+             "eval-harness": _cmd_eval_harness, "generate": _cmd_generate,
              "predict": _cmd_predict,
              "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,
              "tokenizer": _cmd_tokenizer, "data": _cmd_data}

@@ -12,6 +12,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# `datasets` (lm-eval's local tasks, hf_datasets sources) caches what it reads from local files:
+# in the repository's pytest cache, not the user's home. Nothing here reaches the Hub.
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "hf_datasets"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import sys
 import pytest
 
 from lmjax.cli import main
+from lmjax.data.tokenizer import Tokenizer
+from lmjax.run import RunDir
 
 
 def run_cli(capsys, *argv):
@@ -53,6 +56,23 @@ def test_eval_prints_the_held_out_loss(trained_gpt, capsys, tiny):
   assert code == 0
   result = json.loads(out)
   assert result["step"] == 10 and result["eval_loss"] > 0
+  assert result["eval_perplexity"] == pytest.approx(math.exp(result["eval_loss"]))
+
+
+def test_eval_data_scores_a_runs_perplexity_on_a_text_file(trained_gpt, capsys, tmp_path):
+  text = "def f(x):\n    return x  # a comment, and naïve bytes: ✓\n" * 3
+  (tmp_path / "code.txt").write_text(text)
+  code, out, err = run_cli(capsys, "eval", "--run-dir", str(trained_gpt), "--data",
+                           str(tmp_path / "code.txt"), "--stride", "16")
+  assert code == 0, err
+  report = json.loads(out)
+  num_bytes = len(text.encode())
+  # the byte tokenizer: one token per byte, each predicted once (after BOS) or all but the first
+  tokenizer = Tokenizer.load(RunDir(trained_gpt).tokenizer_dir)
+  assert report["tokens"] == num_bytes - (tokenizer.bos_id is None and tokenizer.eos_id is None)
+  assert report["bytes"] == num_bytes and report["documents"] == 1 and report["stride"] == 16
+  assert report["bits_per_byte"] == pytest.approx(
+      report["loss"] * report["tokens"] / (math.log(2) * num_bytes))
 
 
 def test_fill_mask_answers_with_a_trained_bert(tmp_path, capsys, tiny):

@@ -10,6 +10,7 @@ classifying. No tokenizer and no file I/O here: the CLI does those.
 
 from lmjax.generate.decode import generate, stream_generate
 from lmjax.generate.sampling import filter_logits
-from lmjax.generate.scoring import classify, fill_mask, score
+from lmjax.generate.scoring import classify, continuation_log_likelihoods, fill_mask, score
 
-__all__ = ["classify", "fill_mask", "filter_logits", "generate", "score", "stream_generate"]
+__all__ = ["classify", "continuation_log_likelihoods", "fill_mask", "filter_logits", "generate",
+           "score", "stream_generate"]

@@ -127,3 +127,94 @@ def classify(model: Transformer, params, input_ids, attention_mask=None, token_t
   check_length(model, input_ids.shape[1], what="the input", fix="shorten it")
   return np.asarray(_class_probabilities(model, params, np.where(attention_mask != 0, input_ids, 0),
                                          attention_mask, token_type_ids))
+
+
+# -- continuations: what lm-evaluation-harness and perplexity ask for ---------------------------
+
+# A batch's padded length is the next of these buckets (capped at the model's context), so that
+# scoring many requests of varied lengths compiles a handful of programs, not one per length.
+_MIN_BUCKET = 16
+# Logits of a batch take batch * length * vocab floats; rows per batch are cut to keep them
+# near this many bytes (float32), so a large vocabulary does not exhaust memory.
+_LOGITS_BYTES = 1 << 30
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _target_log_probs(model: Transformer, params, input_ids: jax.Array, attention_mask: jax.Array,
+                      targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Right-padded rows [batch, len] -> (sum of log p(target) where weights, [batch] float32;
+  whether every weighted target is the argmax, [batch] bool)."""
+  logits = model.apply({"params": params}, input_ids, attention_mask).astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  greedy = (jnp.argmax(logits, axis=-1) == targets) | (weights == 0)
+  return jnp.sum(jnp.where(weights != 0, picked, 0.0), axis=-1), jnp.all(greedy, axis=-1)
+
+
+def _bucket(length: int, cap: int) -> int:
+  size = _MIN_BUCKET
+  while size < length:
+    size *= 2
+  return min(size, cap)
+
+
+def continuation_log_likelihoods(model: Transformer, params,
+                                 requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                                 max_length: int | None = None, batch_size: int = 16,
+                                 progress=None) -> list[tuple[float, bool]]:
+  """log p(continuation | context) of each (context ids, continuation ids) request, and whether
+  greedy decoding would produce the continuation, under a causal model.
+
+  As lm-evaluation-harness scores a request: the model reads the last `max_length` (default:
+  model.max_seq_len) tokens of context + continuation, less the final one, and the continuation
+  is its last predictions; a longer context loses its oldest tokens. Contexts need at least one
+  token (a BOS/EOS prefix for an empty one) and continuations at most `max_length`. Requests are
+  sorted by length and padded to a few bucketed lengths in batches of at most `batch_size`
+  (fewer when the logits would pass ~1 GiB); `progress(n)` is called as n more are done.
+  """
+  require_causal_lm(model, "continuation_log_likelihoods")
+  cfg = model.config
+  max_length = max_length or cfg.max_seq_len
+  if max_length < 1:
+    raise UserError(f"max_length must be >= 1, got {max_length}.")
+  if batch_size < 1:
+    raise UserError(f"batch_size must be >= 1, got {batch_size}.")
+  check_length(model, max_length, what=f"max_length={max_length}", fix="lower max_length")
+  rows = []
+  for n, (context, continuation) in enumerate(requests):
+    context, continuation = [int(i) for i in context], [int(i) for i in continuation]
+    if not context:
+      raise UserError(f"request {n} has an empty context: begin it with a BOS (or EOS) token.")
+    if len(continuation) > max_length:
+      raise UserError(f"request {n}'s continuation is {len(continuation)} tokens, more than "
+                      f"max_length={max_length}: score it in windows (loglikelihood_rolling, "
+                      f"lmjax score).")
+    check_ids(context + continuation, vocab_size=cfg.vocab_size, what=f"request {n}")
+    whole = (context + continuation)[-(max_length + 1):]
+    rows.append((whole[:-1], whole[1:], len(continuation)))
+  results: list[tuple[float, bool]] = [(0.0, True)] * len(rows)
+  order = sorted((n for n, r in enumerate(rows) if r[2]), key=lambda n: -len(rows[n][0]))
+  if progress is not None and len(order) < len(rows):
+    progress(len(rows) - len(order))  # empty continuations: log p = 0, trivially greedy
+  start = 0
+  while start < len(order):
+    length = _bucket(len(rows[order[start]][0]), max_length)
+    per_batch = max(1, min(batch_size, _LOGITS_BYTES // (4 * length * cfg.vocab_size)))
+    chunk = order[start:start + per_batch]
+    shape = (per_batch, length)  # short batches are filled with empty rows: one shape per bucket
+    input_ids, targets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    mask, weights = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    mask[:, 0] = 1  # an all-padding row would attend to nothing
+    for row, n in enumerate(chunk):
+      inputs, target, scored = rows[n]
+      input_ids[row, :len(inputs)], targets[row, :len(target)] = inputs, target
+      mask[row, :len(inputs)] = 1
+      weights[row, len(inputs) - scored:len(inputs)] = 1
+    sums, greedy = jax.device_get(_target_log_probs(model, params, input_ids, mask, targets,
+                                                    weights))
+    for row, n in enumerate(chunk):
+      results[n] = (float(sums[row]), bool(greedy[row]))
+    if progress is not None:
+      progress(len(chunk))
+    start += len(chunk)
+  return results

@@ -7,6 +7,7 @@ Language models report the token-weighted `eval_loss` and `eval_accuracy` over
 
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -73,4 +74,6 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
                           jax.tree.map(lambda a: a.sharding, params),
                           loss_chunk=config.train.loss_chunk_size)
   metrics = evaluate(eval_fn, params, eval_source, placement, config.train.eval_batches)
+  if "eval_confusion" not in metrics:  # a language model: its per-token perplexity too
+    metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 700.0))
   return {"step": step, **metrics}

@@ -25,6 +25,7 @@ from lmjax.config_schema import build, coerce_enum, did_you_mean, plain
 from lmjax.data.config import DataConfig
 from lmjax.errors import UserError
 from lmjax.files import read_json_object
+from lmjax.hub import resolve_hf_dir
 from lmjax.model.config import FAMILY_DEFAULTS, Family, Head, ModelConfig
 from lmjax.model.hf_config import hf_config_to_model_config, hf_labels
 from lmjax.model.presets import PRESET_NAMES, preset_fields
@@ -276,6 +277,8 @@ def from_dict(raw: Mapping[str, Any], *, resolved: bool = False) -> Config:
   if not isinstance(model, Mapping):
     raise UserError(f"config section `model` must be a mapping, got {model!r}.")
   init_from = model.get("init_from")
+  if init_from and not resolved:  # a hub id: its cached snapshot, recorded as that directory
+    init_from = resolve_hf_dir(str(init_from), what="model.init_from")
   source_fields, source_labels = source_model(str(init_from)) if init_from and not resolved \
       else ({}, ())
   kwargs = {name: build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}

@@ -32,6 +32,7 @@ from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import write_text_atomic
 from lmjax.generate import classify
+from lmjax.hub import resolve_hf_dir
 from lmjax.model import Head, Transformer
 from lmjax.model.hf_config import hf_labels
 from lmjax.run import RunDir
@@ -64,6 +65,7 @@ def load_classifier(*, run_dir: str | None = None, hf_dir: str | None = None,
                     step: int | None = None) -> Classifier:
   """The classifier of an lmjax run directory or of a Hugging Face model directory."""
   if hf_dir is not None:
+    hf_dir = resolve_hf_dir(hf_dir)
     architectures = read_hf_config(hf_dir).get("architectures") or ["(none)"]
     if not str(architectures[0]).endswith("ForSequenceClassification"):
       raise UserError(f"{hf_dir} holds a {architectures[0]}, not a sequence classifier "

@@ -35,6 +35,7 @@ from lmjax.convert.safetensors_files import CheckpointReader, TensorEntry, write
 from lmjax.convert.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
 from lmjax.errors import UserError
 from lmjax.files import read_json_object, staged_directory
+from lmjax.hub import resolve_hf_dir
 from lmjax.model import Family, Head, ModelConfig, Transformer
 from lmjax.model.hf_config import (hf_config_to_model_config, model_config_to_hf_config,
                                    model_type_of)
@@ -107,7 +108,7 @@ class HfWeights:
 
   def __init__(self, hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32,
                scan_layers: bool = True, allow_pickle: bool = False):
-    hf_dir = pathlib.Path(hf_dir)
+    hf_dir = pathlib.Path(resolve_hf_dir(hf_dir))  # a hub id: its snapshot in the local cache
     self.hf_config = read_hf_config(hf_dir)
     key_map = KEY_MAPS[model_type_of(self.hf_config)]
     config = hf_config_to_model_config(self.hf_config, scan_layers=scan_layers)
@@ -163,7 +164,8 @@ class HfWeights:
 
 def from_hf(hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32, scan_layers: bool = True,
             allow_pickle: bool = False) -> tuple[Transformer, dict[str, Any]]:
-  """A Hugging Face model directory -> (Transformer, params) computing the same function.
+  """A Hugging Face model directory (or hub id in the local cache, lmjax.hub) -> (Transformer,
+  params) computing the same function.
 
   Params are `dtype` (float32 by default; bfloat16 keeps a bf16 checkpoint bit for bit) jax
   arrays, with a leading [layers] axis when `scan_layers`. Reads safetensors tensor by tensor;

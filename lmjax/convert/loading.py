@@ -4,7 +4,8 @@
     loaded.model, loaded.params, loaded.tokenizer, loaded.directory
 
 Every inference command (generate, eval, score, eval-harness) loads through here, so they read
-the same weights, tokenizer and `generation_config.json` the same way.
+the same weights, tokenizer and `generation_config.json` the same way; an HF directory may be a hub id in the local
+cache (lmjax.hub).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lmjax.convert.base_model import load_run
 from lmjax.convert.engine import from_hf
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
+from lmjax.hub import resolve_hf_dir
 from lmjax.model import Transformer
 from lmjax.run import RunDir
 
@@ -65,6 +67,7 @@ def load_model(*, run_dir: str | pathlib.Path | None = None,
     if step is not None:
       raise UserError(f"--step {step} selects a run's checkpoint, but {hf_dir} is a Hugging "
                       f"Face directory: drop --step.")
+    hf_dir = resolve_hf_dir(hf_dir)
     model, params = from_hf(hf_dir)
     tokenizer, directory, is_run = Tokenizer.from_file(hf_dir), pathlib.Path(hf_dir), False
   else:

@@ -35,6 +35,7 @@ from lmjax.data.sentencepiece_tokenizer import model_file_in
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_directory, staged_directory
+from lmjax.hub import resolve_hf_dir
 from lmjax.model import Head, param_shapes
 from lmjax.model.hf_config import hf_labels
 from lmjax.model.trainable import frozen_dtype, split
@@ -61,6 +62,7 @@ def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
   param (a stacked one: all its layers) and its compressed copy, not the model. `adapter`, a
   PEFT LoRA adapter directory for this model, is attached (lmjax.convert.peft_import).
   """
+  hf_dir = resolve_hf_dir(hf_dir, what="HF_DIR")
   with HfWeights(hf_dir, scan_layers=scan_layers, allow_pickle=allow_pickle) as weights:
     model_config = weights.config
     adapters = {}

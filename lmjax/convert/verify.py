@@ -14,6 +14,7 @@ from lmjax.convert.base_model import load_run
 from lmjax.convert.engine import read_hf_config
 from lmjax.convert.safetensors_files import CheckpointReader
 from lmjax.errors import UserError
+from lmjax.hub import resolve_hf_dir
 from lmjax.model import Head
 
 
@@ -31,6 +32,7 @@ def verify(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, step: int |
 
   Like the import, it refuses pickled weights (pytorch_model.bin) unless `allow_pickle`.
   """
+  hf_dir = resolve_hf_dir(hf_dir, what="HF_DIR")
   CheckpointReader(pathlib.Path(hf_dir), allow_pickle=allow_pickle)  # headers: what it holds
   model, params = load_run(run_dir, step=step)
   torch_model = _load_torch_model(hf_dir)

@@ -60,9 +60,10 @@ def read_labelled(data: DataConfig, spec: BatchSpec, stats: ReadStats
 
 
 def _read_held_out(data: DataConfig, fields: Fields, stats: ReadStats) -> Examples | None:
-  if data.eval_split is not None and data.source != Source.TFDS.value:
-    raise UserError(f"data.eval_split names a TFDS split; for data.source={data.source!r} give "
-                    f"the held-out files as data.eval_paths.")
+  if data.eval_split is not None and data.source not in (Source.TFDS.value,
+                                                         Source.HF_DATASETS.value):
+    raise UserError(f"data.eval_split names a TFDS or datasets split; for "
+                    f"data.source={data.source!r} give the held-out files as data.eval_paths.")
   if data.eval_split is not None:
     return read_examples(data.source, data.paths, fields=fields, split=data.eval_split,
                          data_dir=data.data_dir, stats=stats)

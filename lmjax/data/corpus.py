@@ -106,7 +106,7 @@ def _read_source(i: int, s: DataSource, data: DataConfig, stats: ReadStats
                  ) -> tuple[list[str], list[list[str]]]:
   """One source's unit names and the documents of each, saying in the log what it found."""
   units = find_units(source=s.source, paths=s.paths)
-  if s.source not in (Source.BUILTIN.value, Source.TFDS.value):
+  if s.source not in (Source.BUILTIN.value, Source.TFDS.value, Source.HF_DATASETS.value):
     named = f"data.mixture[{i}].paths" if data.mixture else "data.paths"
     log.info("reading %s from %s %s", describe_files(units), named, list(s.paths))
   per_unit = read_units(units, source=s.source, paths=s.paths, field=s.field, split=s.split,

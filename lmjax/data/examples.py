@@ -18,10 +18,11 @@ import numpy as np
 from lmjax.data.config import BadRecords, EncodingErrors, Source
 from lmjax.data.sources import ReadStats, find_units, is_blank, read_text
 from lmjax.data.tables import parse_csv, read_parquet
+from lmjax.data.hf_datasets_source import read_columns
 from lmjax.data.tfds_source import read_tfds_examples
 from lmjax.errors import UserError
 
-LABELLED_SOURCES = (Source.JSONL, Source.CSV, Source.PARQUET, Source.TFDS)
+LABELLED_SOURCES = (Source.JSONL, Source.CSV, Source.PARQUET, Source.TFDS, Source.HF_DATASETS)
 
 
 @dataclasses.dataclass
@@ -76,7 +77,7 @@ def read_examples(source: str, paths: Sequence[str], *, fields: Fields, split: s
   stats = stats if stats is not None else ReadStats()
   parts = []
   for unit in find_units(source=kind, paths=paths):
-    if unit.globbed and kind is not Source.TFDS and is_blank(unit.name):
+    if unit.globbed and kind not in (Source.TFDS, Source.HF_DATASETS) and is_blank(unit.name):
       stats.skip_file(unit.name, "empty")  # a glob's empty file is left out (lmjax.data.sources)
       continue
     parts.append(_read_unit(unit.name, kind, fields=fields, split=split, data_dir=data_dir,
@@ -99,7 +100,10 @@ def _read_unit(unit: str, kind: Source, *, fields: Fields, split: str, data_dir:
   columns = [c for c in (fields.text, fields.pair, fields.label) if c is not None]
   if kind is Source.JSONL:
     return _read_jsonl(unit, fields=fields, skip=skip)
-  if kind is Source.CSV:
+  if kind is Source.HF_DATASETS:
+    values, where = read_columns(unit, split=split, columns=columns,
+                                 text_columns=[c for c in (fields.text, fields.pair) if c])
+  elif kind is Source.CSV:
     values, where = parse_csv(read_text(unit, errors=fields.encoding_errors), file=unit,
                               columns=columns)
   else:

@@ -69,7 +69,7 @@ def prepare(data: DataConfig, spec: BatchSpec, out_dir: str | os.PathLike, *,
     raise UserError(f"--rows-per-shard must be at least 1, got {rows_per_shard}.")
   units = [find_units(source=s.source, paths=s.paths) for s in sources]  # path errors first
   for i, (s, source_units) in enumerate(zip(sources, units)):
-    if s.source not in (Source.BUILTIN.value, Source.TFDS.value):
+    if s.source not in (Source.BUILTIN.value, Source.TFDS.value, Source.HF_DATASETS.value):
       log.info("source %d: %s", i, describe_files(source_units))
   started = time.perf_counter()
   with staged_directory(out_dir) as staging:

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from lmjax.data.config import BadRecords, DataConfig, EncodingErrors, Source
 from lmjax.data.globs import glob_files
 from lmjax.data.tables import parse_csv, read_parquet
+from lmjax.data.hf_datasets_source import read_hf_texts
 from lmjax.data.tfds_source import read_tfds
 from lmjax.errors import UserError
 
@@ -185,6 +186,12 @@ def find_units(*, source: str | Source, paths: Sequence[str] = ()) -> list[Unit]
       raise UserError("The 'tfds' source needs dataset names in `data.paths`, e.g. "
                       "['imdb_reviews/plain_text:1.0.0'], with `data.split` and `data.data_dir`.")
     return [Unit(os.fspath(p)) for p in paths]
+  if source is Source.HF_DATASETS:
+    if not paths:
+      raise UserError("The 'hf_datasets' source needs datasets in `data.paths`: directories "
+                      "written by save_to_disk, or local data files, with `data.split` and "
+                      "`data.field`.")
+    return [Unit(os.path.expanduser(os.fspath(p))) for p in paths]
   return _expand_paths(paths, source=source)
 
 
@@ -218,6 +225,8 @@ def read_unit(unit: str | Unit, *, source: str | Source, field: str = "text",
                      skip=stats.skip if policy is BadRecords.SKIP else None)
   if source is Source.PARQUET:
     return _read_parquet(file, column=field)
+  if source is Source.HF_DATASETS:
+    return read_hf_texts(file, split=split, field=field)
   skip = policy is BadRecords.SKIP
   data = _slurp(file)
   if not data.strip():

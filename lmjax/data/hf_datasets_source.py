@@ -1,0 +1,130 @@
+"""Hugging Face `datasets` as a source (`data.source: hf_datasets`), read from local disk.
+
+Each `data.paths` entry is a directory written by `Dataset.save_to_disk` /
+`DatasetDict.save_to_disk`, or what `datasets.load_dataset` reads locally: a data file (.jsonl,
+.json, .csv, .tsv, .parquet, .txt, .arrow) or a directory of them. `data.split` picks the split
+(slicing works: `train[:90%]`), `data.field` the text column (and `data.label_field`,
+`data.pair_field` for labelled examples). The columns are read from the Arrow files by memory
+mapping, a batch of rows at a time, and then go through the same tokenizing, packing and
+step-indexed Grain pipeline as every other source, so exact resume and multi-host sharding hold
+unchanged. Nothing is downloaded: the Hub is not consulted.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+from lmjax.errors import UserError
+
+# load_dataset's builder for a data file, by suffix
+_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
+             ".txt": "text", ".arrow": "arrow"}
+_ROWS_PER_READ = 4096
+
+
+def _datasets():
+  try:
+    import datasets  # noqa: PLC0415 -- deferred: an extra (lmjax[datasets])
+  except ImportError:
+    raise UserError("hf_datasets sources need the datasets library: pip install "
+                    "'lmjax[datasets]' (or datasets).") from None
+  return datasets
+
+
+def _is_saved(path: pathlib.Path) -> bool:
+  return path.is_dir() and any((path / name).is_file() for name in
+                               ("dataset_dict.json", "state.json", "dataset_info.json"))
+
+
+def open_split(path: str, *, split: str):
+  """The `split` of the dataset at `path` (module docstring) as a memory-mapped Dataset."""
+  datasets = _datasets()
+  where = pathlib.Path(os.path.expanduser(path))
+  if not where.exists():
+    raise UserError(f"data.paths names {path!r}, which does not exist: give a directory written "
+                    f"by save_to_disk, or local data files for load_dataset.")
+  base, _, _ = split.partition("[")
+  try:
+    if _is_saved(where):
+      saved = datasets.load_from_disk(str(where))
+      if isinstance(saved, datasets.DatasetDict):
+        if base not in saved:
+          raise UserError(f"The dataset at {path!r} has no split {base!r}; it has "
+                          f"{', '.join(map(repr, saved))}. Set `data.split` to one of them.")
+        dataset = saved[base]
+      elif base != "train":
+        raise UserError(f"The dataset at {path!r} is a single split (saved from a Dataset, not "
+                        f"a DatasetDict), so `data.split` {split!r} names nothing: set it to "
+                        f"'train'.")
+      else:
+        dataset = saved
+      return dataset if base == split else dataset.select(_slice(dataset, split))
+    if where.is_file():
+      builder = _BUILDERS.get(where.suffix.lower())
+      if builder is None:
+        raise UserError(f"data.paths names {path!r}, which datasets cannot read as a data file "
+                        f"(suffixes: {', '.join(sorted(_BUILDERS))}).")
+      kwargs = {"delimiter": "\t"} if where.suffix.lower() == ".tsv" else {}
+      return datasets.load_dataset(builder, data_files={"train": str(where)}, split=split,
+                                   **kwargs)
+    return datasets.load_dataset(str(where), split=split)
+  except UserError:
+    raise
+  except ValueError as e:  # an unknown split names the ones there are
+    if "split" in str(e).lower():
+      raise UserError(f"The dataset at {path!r} has no split {split!r} ({e}). Set `data.split` "
+                      f"to one of its splits.") from None
+    raise UserError(f"datasets could not read {path!r}: {e}") from None
+  except (OSError, FileNotFoundError, TypeError) as e:
+    raise UserError(f"datasets could not read {path!r} ({type(e).__name__}: {e}): give a "
+                    f"directory written by save_to_disk or local data files.") from None
+
+
+def _slice(dataset, split: str) -> range:
+  """The rows of a sliced split name (train[:90%], train[10:20]) of a saved DatasetDict."""
+  datasets = _datasets()
+  instruction = datasets.ReadInstruction.from_spec(split)
+  absolute = instruction.to_absolute({split.partition("[")[0]: dataset.num_rows})[0]
+  return range(absolute.from_ or 0, absolute.to if absolute.to is not None else dataset.num_rows)
+
+
+def _check_columns(dataset, path: str, columns: Sequence[str], text_columns: Sequence[str],
+                   key: str) -> None:
+  names = list(dataset.column_names)
+  for column in columns:
+    if column not in names:
+      raise UserError(f"The dataset at {path!r} has no column {column!r} (columns: "
+                      f"{', '.join(map(repr, names)) or 'none'}). Set `{key}` (and the other "
+                      f"column keys) to columns of the dataset.")
+  for column in text_columns:
+    feature = dataset.features[column]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+      raise UserError(f"Column {column!r} of the dataset at {path!r} holds "
+                      f"{getattr(feature, 'dtype', None) or type(feature).__name__}, not "
+                      f"strings. Set `{key}` to a text column.")
+
+
+def read_columns(path: str, *, split: str, columns: Sequence[str],
+                 text_columns: Sequence[str] = (), key: str = "data.field"
+                 ) -> tuple[dict[str, list], list[str]]:
+  """The named columns of a dataset split (nulls as None), read in batches of rows, and each
+  row's "path[split] row N"."""
+  dataset = open_split(path, split=split)
+  columns = list(dict.fromkeys(columns))
+  _check_columns(dataset, path, columns, text_columns, key)
+  values: dict[str, list] = {c: [] for c in columns}
+  view = dataset.select_columns(columns)
+  for start in range(0, view.num_rows, _ROWS_PER_READ):
+    batch = view[start:start + _ROWS_PER_READ]  # one slice of the memory-mapped Arrow table
+    for c in columns:
+      values[c].extend(batch[c])
+  where = [f"{path}[{split}] row {n}" for n in range(view.num_rows)]
+  return values, where
+
+
+def read_hf_texts(path: str, *, split: str, field: str) -> list[str]:
+  """The documents of a dataset split: the non-empty strings of column `field`."""
+  values, _ = read_columns(path, split=split, columns=[field], text_columns=[field])
+  return [text for text in values[field] if text is not None and text.strip()]

@@ -98,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="let the harness download task datasets (default: the local cache)")
   harness.add_argument("--seed", type=int, default=0)
 
+  plot = commands.add_parser("plot", help="draw the training curves of one or more runs")
+  plot.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+  plot.add_argument("--out", default="curves.png", metavar="FILE.png",
+                    help="the image to write (default: curves.png)")
+  plot.add_argument("--metric", default=None, type=lambda t: [m for m in t.split(",") if m],
+                    help="comma-separated metrics.jsonl keys, one panel each (default: loss and "
+                         "eval_loss)")
+  plot.add_argument("--smooth", type=float, default=0.6,
+                    help="moving-average weight in [0, 1) for the solid curves (default 0.6)")
+  plot.add_argument("--log-scale", action="store_true", help="a logarithmic y axis")
+  plot.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
   _add_generate(commands)
 
   classify = commands.add_parser("predict", help="label texts with a classifier")
@@ -330,6 +342,14 @@ def _cmd_score(args) -> int:
   return 0
 
 
+def _cmd_plot(args) -> int:
+  from lmjax import plot  # noqa: PLC0415 -- matplotlib loads only for this command
+  out = plot.plot_runs(args.run_dirs, args.out, metrics=args.metric, smooth=args.smooth,
+                       log_scale=args.log_scale, overwrite=args.overwrite)
+  print(f"wrote {out}")
+  return 0
+
+
 def _cmd_eval_harness(args) -> int:
   from lmjax import harness  # noqa: PLC0415 -- lm-eval loads only for this command
   results = harness.run_harness(
@@ -478,7 +498,7 @@ def _cmd_data(args) -> int:
 
 
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "score": _cmd_score,
-             "eval-harness": _cmd_eval_harness, "generate": _cmd_generate,
+             "eval-harness": _cmd_eval_harness, "plot": _cmd_plot, "generate": _cmd_generate,
              "predict": _cmd_predict,
              "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,
              "tokenizer": _cmd_tokenizer, "data": _cmd_data}

@@ -146,6 +146,30 @@ class DistributedConfig:
             f"distributed.num_processes={self.num_processes}).")
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+  """Weights & Biases, beside metrics.jsonl and TensorBoard (`logging.wandb.*`); on when
+  `project` is set. Only the main process logs."""
+
+  project: str | None = None
+  entity: str | None = None
+  mode: str = "online"        # online | offline (files in RUN_DIR/wandb, `wandb sync` later)
+                              # | disabled
+  name: str | None = None     # the run's name (default: the run directory's name)
+
+  def __post_init__(self):
+    if self.mode not in WANDB_MODES:
+      raise UserError(f"logging.wandb.mode={self.mode!r} is not one of {', '.join(WANDB_MODES)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+  wandb: WandbConfig = WandbConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelConfig
@@ -153,6 +177,7 @@ class Config:
   mesh: MeshConfig = MeshConfig()
   distributed: DistributedConfig = DistributedConfig()
   data: DataConfig = DataConfig()
+  logging: LoggingConfig = LoggingConfig()
   # Where the initial weights come from (`model.init_from` in YAML): an lmjax run directory or a
   # Hugging Face model directory (fine-tuning); `model` already has its architecture.
   init_from: str | None = None
@@ -197,7 +222,7 @@ class Config:
 
 
 _SECTIONS = {"train": TrainConfig, "mesh": MeshConfig, "distributed": DistributedConfig,
-             "data": DataConfig}
+             "data": DataConfig, "logging": LoggingConfig}
 
 
 def is_run_directory(path: str | os.PathLike) -> bool:

@@ -4,8 +4,8 @@ Rerunning resumes the run with the config given now. Its keys fall in three kind
 
 - SCHEDULE keys change how long and how visibly the run goes on, not where it goes (steps,
   logging, evaluation and checkpoint cadence, retention, the non-finite policy, the mesh and
-  processes, input workers, rematerialisation and attention kernels, memory chunking): they
-  are applied.
+  processes, input workers, rematerialisation and attention kernels, memory chunking, where
+  metrics are logged): they are applied.
 - FIXED keys cannot change: the model's graph (a checkpoint of one model does not fit another)
   and the tokenizer (the run keeps the one it saved, whose vocabulary is the model's).
 - Every other key (data, batch size, sequence length, seed, optimizer, precision, …) changes
@@ -33,7 +33,7 @@ SCHEDULE = frozenset({
     "train.debug_nan_at_step", "train.loss_chunk_size", "data.workers",
     "model.remat", "model.attention", "model.init_from",  # init_from only mattered at step 0
 })
-SCHEDULE_SECTIONS = ("mesh.", "distributed.")
+SCHEDULE_SECTIONS = ("mesh.", "distributed.", "logging.")
 FIXED_EXCEPT_MODEL = frozenset({"data.tokenizer"})
 
 

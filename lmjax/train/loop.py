@@ -139,7 +139,8 @@ class _Loop:
     self.eval_fn = jit_eval_step(setup.model, setup.objective, setup.placement,
                                  setup.shardings.params, loss_chunk=config.train.loss_chunk_size)
     self.writer = MetricsWriter(prepared.run.path, total_steps=config.train.steps,
-                                start_step=begin.step, enabled=prepared.writes)
+                                start_step=begin.step, enabled=prepared.writes,
+                                wandb=config.logging.wandb, config=config.to_dict())
     self.nonfinite = NonFiniteSteps(config.train.nan_policy,
                                     trained_part(setup.abstract_state.params, config.model),
                                     skipped=begin.skipped_steps, report=prepared.writes)

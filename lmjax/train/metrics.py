@@ -1,4 +1,5 @@
-"""Where metrics go: metrics.jsonl, TensorBoard events and a live progress bar; MFU.
+"""Where metrics go: metrics.jsonl, TensorBoard events, Weights & Biases (when configured) and a
+live progress bar; MFU.
 
 Only process 0 writes. MFU divides achieved model FLOPs by the device's published dense peak
 for the compute dtype; devices missing from the table report `mfu: null` rather than a guess.
@@ -16,6 +17,9 @@ from typing import Any, Mapping
 
 import jax
 import tqdm
+
+from lmjax.config import WandbConfig
+from lmjax.train.wandb_logger import WandbLogger
 
 # Dense peak FLOP/s per chip by compute dtype, from the vendors' spec sheets. Keys are matched
 # as substrings of `device.device_kind`, most specific first.
@@ -54,10 +58,12 @@ class MetricsWriter:
   """Appends rows to metrics.jsonl and TensorBoard, and drives a tqdm bar, on process 0."""
 
   def __init__(self, run_dir: pathlib.Path, *, total_steps: int, start_step: int,
-               enabled: bool = True):
+               enabled: bool = True, wandb: WandbConfig | None = None,
+               config: Mapping[str, Any] | None = None):
     self.enabled = enabled
     if not enabled:
       return
+    self._wandb = WandbLogger(wandb or WandbConfig(), run_dir, config or {})
     self._run_dir, self._jsonl, self._tensorboard = run_dir, None, None  # opened at the first row
     self._start_step, self._t0 = start_step, time.monotonic()
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -78,6 +84,7 @@ class MetricsWriter:
       elif isinstance(value, list) and value and isinstance(value[0], list):  # a matrix
         self._tensorboard.add_text(key, _markdown_table(value), row["step"])
     self._tensorboard.flush()
+    self._wandb.log(_json_safe(row))
 
   def progress(self, step: int, row: Mapping[str, Any]) -> None:
     """Advances the bar to `step`; without a terminal, prints one line per logged step."""
@@ -98,6 +105,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     self._bar.close()
+    self._wandb.close()
     if self._jsonl is not None:
       self._tensorboard.close()
       self._jsonl.close()

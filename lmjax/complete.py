@@ -32,7 +32,7 @@ from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import write_text_atomic
 from lmjax.generate import stream_generate
-from lmjax.generate.checks import check_processors, check_sampling
+from lmjax.generate.checks import check_processors, check_sampling, require_causal_lm
 from lmjax.model import Positions, Transformer
 from lmjax.run import RunDir
 
@@ -305,6 +305,7 @@ def complete(loaded: Loaded, texts: Sequence[str], settings: GenerationSettings,
   if on_text is not None and (len(texts) != 1 or settings.num_return_sequences != 1):
     raise UserError("streaming shows one prompt's one sequence: give a single prompt with "
                     "num_return_sequences=1, or turn streaming off (--no-stream).")
+  require_causal_lm(loaded.model, "generate")
   # The settings' own mistakes first, before any about prompts that would follow from them.
   check_sampling(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                  top_k=settings.top_k, top_p=settings.top_p)

@@ -263,3 +263,11 @@ def test_prompt_and_input_are_exclusive(hf_gpt2, tmp_path):
   with pytest.raises(SystemExit) as exit_info:
     main(["generate", "--hf", str(hf_gpt2), "--prompt", "a", "--input", str(tmp_path / "x")])
   assert exit_info.value.code == 2
+
+
+def test_a_masked_lm_is_refused_before_anything_about_its_positions(tmp_path, capsys):
+  from tests.test_convert import build_hf
+  build_hf("bert_mlm").save_pretrained(tmp_path)
+  Tokenizer.byte_level().save(tmp_path)
+  code, _, err = run_cli(capsys, "generate", "--hf", tmp_path, "--prompt", "The")
+  assert code == 2 and "needs a causal language model" in err and "masked_lm" in err

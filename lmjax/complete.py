@@ -111,6 +111,12 @@ def resolve_settings(flags: Mapping[str, Any], loaded: Loaded) -> GenerationSett
     raise UserError("--stop '' is empty, and an empty string would end every row at once: give "
                     "the text that should end a continuation, e.g. --stop $'\\n\\n'.")
   values["stop"] = stop
+  eos_texts = {loaded.tokenizer.id_to_token(i) for i in values.get("eos_ids", ())
+               if 0 <= i < loaded.tokenizer.vocab_size}
+  for text in stop:
+    if text in eos_texts:  # special tokens are not in the decoded text a stop string looks at
+      log.warning("--stop %r is the end-of-sequence token, which ends a row by itself; as a stop "
+                  "string it never matches the decoded text: drop it", text)
   if from_file:
     log.info("defaults from %s: %s (a flag given explicitly wins)", path,
              ", ".join(f"{key}={value!r}" for key, value in from_file.items()))

@@ -271,3 +271,11 @@ def test_a_masked_lm_is_refused_before_anything_about_its_positions(tmp_path, ca
   Tokenizer.byte_level().save(tmp_path)
   code, _, err = run_cli(capsys, "generate", "--hf", tmp_path, "--prompt", "The")
   assert code == 2 and "needs a causal language model" in err and "masked_lm" in err
+
+
+def test_a_stop_string_that_is_the_eos_token_is_called_redundant(hf_gpt2, greedy_text, capsys):
+  eos = Tokenizer.from_file(hf_gpt2).id_to_token(Tokenizer.from_file(hf_gpt2).eos_id)
+  code, out, err = run_cli(capsys, "generate", "--hf", hf_gpt2, "--prompt", PROMPT, *GREEDY,
+                           "--no-stream", "--stop", eos)
+  assert code == 0 and f"--stop {eos!r} is the end-of-sequence token" in err
+  assert out == PROMPT + greedy_text + "\n"  # the same text as without it

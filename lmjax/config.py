@@ -343,14 +343,16 @@ def model_config_from_dict(raw: Mapping[str, Any], source_fields: Mapping[str, A
 
 def _head_fields(fields: dict[str, Any], raw: Mapping[str, Any]) -> None:
   """Fields that follow from the head unless `raw` (the user's own keys) sets them: a
-  classifier's label count comes from its labels (config.data.labels), a BERT classifier has a
-  pooler (as HF's BertForSequenceClassification); other heads have no label count."""
+  classifier's label count comes from its labels (config.data.labels), a BERT or DistilBERT
+  classifier has a pooler (as HF's BertForSequenceClassification, DistilBERT's
+  `pre_classifier`); other heads have no label count."""
   if fields.get("head") not in ("classification", Head.CLASSIFICATION):
     fields["num_labels"] = None
     return
   if "num_labels" not in raw:
     fields["num_labels"] = None
-  if "pooler" not in raw and fields.get("family") in ("bert", Family.BERT):
+  if "pooler" not in raw and fields.get("family") in ("bert", Family.BERT, "distilbert",
+                                                     Family.DISTILBERT):
     fields["pooler"] = True
 
 

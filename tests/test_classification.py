@@ -19,10 +19,11 @@ import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
 from lmjax.convert import from_hf, to_hf  # noqa: E402
 from lmjax.generate import classify  # noqa: E402
-from lmjax.model import Head, ModelConfig  # noqa: E402
+from lmjax.model import Family, Head, ModelConfig  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from tests.processes import children, cpu_env  # noqa: E402
-from tests.test_convert import _BERT, _GPT2, _LLAMA, TOL, randomise, random_lmjax  # noqa: E402
+from tests.test_convert import (_BERT, _DISTILBERT, _GPT2, _LLAMA, TOL, randomise,  # noqa: E402
+                                random_lmjax)
 
 pytestmark = pytest.mark.xdist_group("classification")
 
@@ -217,6 +218,8 @@ HF_CLASSIFIERS = {
     "roberta": ("RobertaForSequenceClassification", "RobertaConfig",
                 {**_BERT, "vocab_size": 103, "max_position_embeddings": 34, "type_vocab_size": 1,
                  "num_labels": 2}),
+    "distilbert": ("DistilBertForSequenceClassification", "DistilBertConfig",
+                   {**_DISTILBERT, "num_labels": 3}),
     "gpt2": ("GPT2ForSequenceClassification", "GPT2Config", {**_GPT2, **_PAD, "num_labels": 4}),
     "llama": ("LlamaForSequenceClassification", "LlamaConfig", {**_LLAMA, **_PAD, "num_labels": 3}),
     "mistral": ("MistralForSequenceClassification", "MistralConfig",
@@ -256,7 +259,7 @@ def test_an_imported_hf_classifier_gives_the_logits_of_transformers(tmp_path, na
   assert model.config.head is Head.CLASSIFICATION
   assert model.config.num_labels == kwargs["num_labels"]
   assert_same_logits(hf_model, model, params)
-  if name in ("bert", "gpt2", "llama", "roberta"):  # and the CLI import keeps the label names
+  if name in ("bert", "distilbert", "gpt2", "llama", "roberta"):  # the CLI keeps label names
     assert main(["convert", "hf-to-lmjax", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0
     labels = lmjax.run.RunDir(tmp_path / "run").require_config().data.labels
     assert labels == tuple(f"LABEL_{i}" for i in range(kwargs["num_labels"]))
@@ -269,6 +272,8 @@ LMJAX_CLASSIFIERS = {
     "roberta": ModelConfig.for_family("bert", **_SMALL, head=Head.CLASSIFICATION, pooler=True,
                                       num_labels=2, position_offset=2, type_vocab_size=1,
                                       norm_eps=1e-5),
+    "distilbert": ModelConfig.for_family("distilbert", **_SMALL, head=Head.CLASSIFICATION,
+                                         pooler=True, num_labels=3),
     "gpt2": ModelConfig.for_family("gpt2", **_SMALL, head=Head.CLASSIFICATION, num_labels=4),
     "llama": ModelConfig.for_family("llama", **_SMALL, head=Head.CLASSIFICATION, num_labels=3,
                                     num_kv_heads=3),
@@ -277,8 +282,8 @@ LMJAX_CLASSIFIERS = {
 }
 
 
-_HF_PREFIX = {"bert": "Bert", "roberta": "Roberta", "gpt2": "GPT2", "llama": "Llama",
-              "qwen3": "Qwen3"}
+_HF_PREFIX = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "gpt2": "GPT2",
+              "llama": "Llama", "qwen3": "Qwen3"}
 
 
 @pytest.mark.parametrize("name", list(LMJAX_CLASSIFIERS))
@@ -330,6 +335,42 @@ def test_a_decoder_from_a_hugging_face_directory_fine_tunes_into_a_gpt2_classifi
   hf_config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert hf_config["architectures"] == ["GPT2ForSequenceClassification"]
   assert hf_config["pad_token_id"] == 0  # lmjax's <pad>, never a token of the text
+
+
+def test_a_distilbert_from_a_hugging_face_directory_fine_tunes_and_predicts_as_transformers(
+    tmp_path, labelled, capsys):
+  hf_model = randomise(transformers.DistilBertForMaskedLM(transformers.DistilBertConfig(
+      **{**_DISTILBERT, "vocab_size": 288, "max_position_embeddings": 64})))
+  hf_model.save_pretrained(tmp_path / "hf")
+  lmjax.data.Tokenizer.byte_level().save(tmp_path / "hf")
+  capsys.readouterr()
+  assert main(["train", "tiny-bert", "--run-dir", str(tmp_path / "run"), "--set",
+               "model.preset=tiny-distilbert", f"model.init_from={tmp_path / 'hf'}",
+               "model.head=classification", f"data.tokenizer={tmp_path / 'hf'}",
+               "data.source=jsonl", f"data.paths=[{labelled}]", "data.eval_fraction=0.2",
+               "train.seq_len=32", "train.batch_size=8", "train.steps=6", "train.log_every=1",
+               "train.eval_every=6", "train.learning_rate=1e-3"]) == 0
+  err = capsys.readouterr().err
+  assert ("new (randomly initialised): classifier/bias, classifier/kernel, pooler/bias, "
+          "pooler/kernel;") in err  # DistilBERT's pre_classifier: new, as in transformers
+  config = lmjax.run.RunDir(tmp_path / "run").require_config().model
+  assert (config.family, config.pooler, config.embed_dim) == (Family.DISTILBERT, True, 42)
+  losses = [r["loss"] for r in rows(tmp_path / "run") if "loss" in r]
+  assert len(losses) == 6 and all(np.isfinite(losses))
+  assert main(["convert", "lmjax-to-hf", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+  hf_config = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert hf_config["architectures"] == ["DistilBertForSequenceClassification"]
+  assert hf_config["id2label"] == {"0": "docstring", "1": "reference"}
+  pipe = transformers.pipeline("text-classification", model=str(tmp_path / "out"))
+  texts = ["Return a new list of the items.", "An expression statement evaluates the list."]
+  capsys.readouterr()
+  assert main(["predict", "--hf", str(tmp_path / "out"), *sum((["--text", t] for t in texts), [])
+               ]) == 0
+  ours = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert len(ours) == len(texts)
+  for theirs, mine in zip(pipe(texts), ours):
+    assert theirs["label"] == mine["label"]
+    assert theirs["score"] == pytest.approx(mine["score"], abs=1e-5)
 
 
 def test_exporting_a_decoder_classifier_needs_a_pad_or_eos_token(tmp_path, labelled, capsys):

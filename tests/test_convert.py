@@ -23,13 +23,16 @@ from lmjax.convert import (copy_tokenizer_files, from_hf, hf_config_to_model_con
                            model_config_to_hf_config, to_hf)
 from lmjax.errors import UserError  # noqa: E402
 from lmjax.generate import fill_mask, generate  # noqa: E402
-from lmjax.model import Head, ModelConfig, RopeScaling, Transformer  # noqa: E402
+from lmjax.model import (Activation, Family, Head, ModelConfig, PoolerActivation,  # noqa: E402
+                         RopeScaling, Transformer)
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 _GPT2 = dict(n_embd=48, n_layer=2, n_head=6, n_inner=80, vocab_size=97, n_positions=32)
 _BERT = dict(hidden_size=36, num_hidden_layers=2, num_attention_heads=6, intermediate_size=80,
              vocab_size=101, max_position_embeddings=32)
+_DISTILBERT = dict(dim=42, n_layers=2, n_heads=6, hidden_dim=74, vocab_size=109,
+                   max_position_embeddings=30)
 _LLAMA = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
               intermediate_size=80, vocab_size=113, max_position_embeddings=64)
 _LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 5000.0, "factor": 4.0,
@@ -48,6 +51,14 @@ HF_CASES = {
     "roberta_mlm": ("RobertaForMaskedLM", "RobertaConfig",
                     {**_BERT, "vocab_size": 103, "max_position_embeddings": 34,
                      "type_vocab_size": 1, "layer_norm_eps": 1e-5}, {}, "AutoModelForMaskedLM"),
+    "distilbert_mlm": ("DistilBertForMaskedLM", "DistilBertConfig", _DISTILBERT, {},
+                       "AutoModelForMaskedLM"),
+    "distilbert_untied": ("DistilBertForMaskedLM", "DistilBertConfig",
+                          {**_DISTILBERT, "tie_word_embeddings": False, "activation": "gelu_new"},
+                          {}, "AutoModelForMaskedLM"),
+    # The flag only sets HF's initial position table: the checkpoint's (random) table converts.
+    "distilbert_base": ("DistilBertModel", "DistilBertConfig",
+                        {**_DISTILBERT, "sinusoidal_pos_embds": True}, {}, "AutoModel"),
     "llama": ("LlamaForCausalLM", "LlamaConfig", {**_LLAMA, "rope_parameters": _LLAMA3_ROPE}, {},
               "AutoModelForCausalLM"),
     "llama_tied": ("LlamaForCausalLM", "LlamaConfig",
@@ -66,6 +77,19 @@ HF_CASES = {
     "qwen3_tied": ("Qwen3ForCausalLM", "Qwen3Config",
                    {**_LLAMA, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
                     "tie_word_embeddings": True}, {}, "AutoModelForCausalLM"),
+    # Sliding windows shorter than the inputs: every layer (Mistral), the layers from
+    # max_window_layers on (Qwen2), the layers layer_types names (Qwen3).
+    "mistral_window": ("MistralForCausalLM", "MistralConfig", {**_LLAMA, "sliding_window": 5}, {},
+                       "AutoModelForCausalLM"),
+    "qwen2_window": ("Qwen2ForCausalLM", "Qwen2Config",
+                     {**_LLAMA, "hidden_size": 36, "num_key_value_heads": 2,
+                      "use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
+                     {}, "AutoModelForCausalLM"),
+    "qwen3_window": ("Qwen3ForCausalLM", "Qwen3Config",
+                     {**_LLAMA, "num_key_value_heads": 2, "head_dim": 10,
+                      "use_sliding_window": True, "sliding_window": 3,
+                      "layer_types": ["sliding_attention", "full_attention"]},
+                     {}, "AutoModelForCausalLM"),
 }
 
 
@@ -176,6 +200,11 @@ def test_converted_configs_carry_the_hf_options(hf_dirs):
   assert from_hf(hf_dirs("qwen3_tied")[0])[0].config.tie_embeddings is True
   assert from_hf(hf_dirs("bert_no_pooler")[0])[0].config.pooler is False
   assert from_hf(hf_dirs("bert_base")[0])[0].config.pooler is True
+  distilbert = from_hf(hf_dirs("distilbert_mlm")[0])[0].config
+  assert (distilbert.family, distilbert.type_vocab_size, distilbert.norm_eps, distilbert.pooler,
+          distilbert.max_seq_len, distilbert.mlp_dim) == (Family.DISTILBERT, 0, 1e-12, False, 30, 74)
+  untied = from_hf(hf_dirs("distilbert_untied")[0])[0].config
+  assert (untied.tie_embeddings, untied.activation) == (False, Activation.GELU_TANH)
 
 
 def test_a_qwen3_config_without_head_dim_has_the_class_default_of_128():
@@ -266,6 +295,10 @@ LMJAX_CASES = {
     "bert_base": ModelConfig.for_family("bert", **_SMALL, head=Head.NONE, pooler=True),
     "roberta_mlm": ModelConfig.for_family("bert", **_SMALL, position_offset=2, type_vocab_size=1,
                                           norm_eps=1e-5),
+    "distilbert_mlm": ModelConfig.for_family("distilbert", **_SMALL),
+    "distilbert_untied": ModelConfig.for_family("distilbert", **_SMALL, tie_embeddings=False,
+                                                activation=Activation.RELU, scan_layers=False),
+    "distilbert_base": ModelConfig.for_family("distilbert", **_SMALL, head=Head.NONE),
     "llama": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=3, rope_theta=5000.0,
                                     rope_scaling=RopeScaling.LLAMA3, rope_scaling_factor=4.0,
                                     rope_original_max_len=16),
@@ -277,6 +310,13 @@ LMJAX_CASES = {
     "qwen3": ModelConfig.for_family("qwen3", **_SMALL, num_kv_heads=2, head_dim=10),
     "qwen3_tied": ModelConfig.for_family("qwen3", **_SMALL, num_kv_heads=3, head_dim=4,
                                          tie_embeddings=True, scan_layers=False),
+    "mistral_window": ModelConfig.for_family("mistral", **_SMALL, num_kv_heads=3,
+                                             sliding_window=4),
+    "qwen2_window": ModelConfig.for_family("llama", **_SMALL, num_kv_heads=2, qkv_bias=True,
+                                           use_bias=False, sliding_window=3, sliding_layers=(1,)),
+    "qwen3_window": ModelConfig.for_family("qwen3", **_SMALL, num_kv_heads=2, head_dim=10,
+                                           sliding_window=3, sliding_layers=(0,),
+                                           scan_layers=False),
 }
 _AUTO = {Head.CAUSAL_LM: "AutoModelForCausalLM", Head.MASKED_LM: "AutoModelForMaskedLM",
          Head.NONE: "AutoModel"}
@@ -302,7 +342,8 @@ def test_exported_model_loads_with_auto_classes_and_matches(tmp_path, name):
   hf_model, info = auto.from_pretrained(tmp_path / "hf", output_loading_info=True)
   assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
   assert hf_model.config.model_type == {"roberta_mlm": "roberta", "mistral": "mistral",
-                                        "qwen2": "qwen2", "qwen3_tied": "qwen3"}.get(
+                                        "qwen2": "qwen2", "qwen3_tied": "qwen3",
+                                        "qwen2_window": "qwen2"}.get(
                                             name, config.family.value)
   assert_same_outputs(hf_model.eval(), model, params)
   # And back: the exported directory converts to the same model.
@@ -339,7 +380,8 @@ def test_model_config_survives_the_hf_config_round_trip():
 # -- inference parity --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt2_lm", "llama", "qwen3", "qwen3_tied"])
+@pytest.mark.parametrize("name", ["gpt2_lm", "llama", "qwen3", "qwen3_tied", "mistral_window",
+                                  "qwen2_window", "qwen3_window"])
 def test_greedy_generation_matches_transformers_token_for_token(hf_dirs, name):
   path, hf_model = hf_dirs(name)
   model, params = from_hf(path)
@@ -354,8 +396,9 @@ def test_greedy_generation_matches_transformers_token_for_token(hf_dirs, name):
   assert got == expected
 
 
-def test_fill_mask_matches_hf_masked_lm_top_k(hf_dirs):
-  path, hf_model = hf_dirs("bert_mlm")
+@pytest.mark.parametrize("name", ["bert_mlm", "distilbert_mlm"])
+def test_fill_mask_matches_hf_masked_lm_top_k(hf_dirs, name):
+  path, hf_model = hf_dirs(name)
   model, params = from_hf(path)
   mask_id = 4
   ids = [2, 11, 57, mask_id, 23, 8, mask_id, 3]
@@ -427,14 +470,19 @@ def test_a_truncated_safetensors_file_is_named(hf_dirs, tmp_path):
     ("gpt2_lm", {"activation_function": "quick_gelu"}, r"quick_gelu.*supported: gelu"),
     ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},
      r"RoPE type 'yarn' is not supported; .*default, llama3"),
-    ("mistral", {"sliding_window": 16}, r"sliding_window=16 is shorter than"),
+    ("distilbert_mlm", {"activation": "quick_gelu"}, r"activation='quick_gelu' has no exact"),
+    ("distilbert_mlm", {"architectures": ["DistilBertForQuestionAnswering"]},
+     r"DistilBertForQuestionAnswering.*DistilBertForMaskedLM"),
+    ("distilbert_mlm", {"problem_type": "multi_label_classification", "num_labels": 3,
+                        "architectures": ["DistilBertForSequenceClassification"]},
+     r"problem_type='multi_label_classification' is not supported"),
     ("llama", {"attention_bias": True}, r"attention_bias=True with mlp_bias=False"),
     ("qwen3", {"attention_bias": True}, r"attention_bias=True is not supported .*o_proj"),
-    ("qwen3", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1,
-               "layer_types": None}, r"use_sliding_window=True with max_window_layers=1"),
-    ("qwen3", {"use_sliding_window": True, "sliding_window": 8,
+    ("qwen3", {"use_sliding_window": False, "sliding_window": 8,
                "layer_types": ["full_attention", "sliding_attention"]},
-     r"layer_types has 'sliding_attention' layers \(1\)"),
+     r"layer_types has 'sliding_attention' layers \(1\) without a window"),
+    ("qwen2", {"layer_types": ["full_attention"]},
+     r"layer_types has 1 entries for num_hidden_layers=2"),
     ("qwen3", {"layer_types": ["full_attention", "chunked_attention"]},
      r"layer_types names 'chunked_attention'"),
     ("qwen3", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
@@ -448,6 +496,23 @@ def test_unsupported_configs_are_refused_by_name(hf_dirs, tmp_path, name, change
     from_hf(tmp_path)
 
 
+def test_windows_a_hugging_face_model_type_cannot_hold_are_refused_on_export():
+  with pytest.raises(UserError, match=r"model\.sliding_window=4 cannot be expressed as a "
+                                      r"Hugging Face llama model"):
+    model_config_to_hf_config(ModelConfig.for_family("llama", **_SMALL, sliding_window=4))
+  with pytest.raises(UserError, match=r"model\.sliding_layers=\(1,\) cannot be expressed as a "
+                                      r"Hugging Face mistral model"):
+    model_config_to_hf_config(ModelConfig.for_family("mistral", **_SMALL, sliding_window=4,
+                                                     sliding_layers=(1,)))
+
+
+def test_qwen_windows_export_layer_types_and_max_window_layers_where_they_are_a_suffix():
+  exported = model_config_to_hf_config(LMJAX_CASES["qwen2_window"])
+  assert (exported["use_sliding_window"], exported["sliding_window"], exported["layer_types"],
+          exported["max_window_layers"]) == (True, 3, ["full_attention", "sliding_attention"], 1)
+  assert "max_window_layers" not in model_config_to_hf_config(LMJAX_CASES["qwen3_window"])
+
+
 def test_qk_norm_outside_qwen3_is_refused_on_export_and_without_rms_norm():
   llama = ModelConfig.for_family("llama", **_SMALL, qk_norm=True)
   with pytest.raises(UserError, match=r"model\.qk_norm=True cannot be expressed as a Hugging "
@@ -455,6 +520,26 @@ def test_qk_norm_outside_qwen3_is_refused_on_export_and_without_rms_norm():
     model_config_to_hf_config(llama)
   with pytest.raises(UserError, match=r"model\.qk_norm=true .* needs model\.norm=rms_norm"):
     ModelConfig.for_family("gpt2", **_SMALL, qk_norm=True)
+
+
+@pytest.mark.parametrize("config, message", [
+    (ModelConfig.for_family("distilbert", **_SMALL, norm_eps=1e-5),
+     r"model\.norm_eps=1e-05 cannot be expressed as a Hugging Face distilbert model, which needs "
+     r"norm_eps=1e-12"),
+    (ModelConfig.for_family("distilbert", **_SMALL, type_vocab_size=2),
+     r"model\.type_vocab_size=2 .* needs type_vocab_size=0"),
+    (ModelConfig.for_family("distilbert", **_SMALL, head=Head.NONE, pooler=True),
+     r"model\.pooler=True .* distilbert model, which needs pooler=False"),
+    (ModelConfig.for_family("distilbert", **_SMALL, head=Head.CLASSIFICATION, pooler=True,
+                            num_labels=2, pooler_activation=PoolerActivation.TANH),
+     r"model\.pooler_activation='tanh' .* distilbert model, which needs pooler_activation='relu'"),
+    (ModelConfig.for_family("bert", **_SMALL, head=Head.NONE, pooler=True,
+                            pooler_activation=PoolerActivation.RELU),
+     r"model\.pooler_activation='relu' .* bert model, which needs pooler_activation='tanh'"),
+])
+def test_exports_refuse_what_the_hf_class_cannot_compute(config, message):
+  with pytest.raises(UserError, match=message):
+    model_config_to_hf_config(config)
 
 
 def test_export_refuses_a_non_empty_destination_and_leaves_no_partial_output(tmp_path):

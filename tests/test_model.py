@@ -56,6 +56,14 @@ def test_gpt2_small_has_its_published_parameter_count():
   assert count == 124_439_808  # HF GPT2LMHeadModel, tied embeddings counted once
 
 
+def test_distilbert_base_has_the_parameter_count_of_transformers():
+  model = Transformer(preset("distilbert-base"))
+  ids = jnp.zeros((1, 8), jnp.int32)
+  variables = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), ids)))
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  assert count == 66_985_530  # DistilBertForMaskedLM(DistilBertConfig()), tied decoder once
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
 def test_changing_a_future_token_never_changes_an_earlier_logit(family):
   model, params = init(small(family, num_kv_heads=None if family == "gpt2" else 3))

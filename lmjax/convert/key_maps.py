@@ -8,8 +8,9 @@ rule may be limited to some heads (`heads`); head rules win over body rules for 
 (RoBERTa's classifier holds the pooler as `classifier.dense`).
 
 Body names are relative to the HF base model; head models nest the body under `base_prefix`
-(`transformer.`, `bert.`, `roberta.`, `model.`) while bare base models (GPT2Model, BertModel, as
-sentence-embedding checkpoints are saved) do not. Head names are absolute.
+(`transformer.`, `bert.`, `roberta.`, `distilbert.`, `model.`) while bare base models
+(GPT2Model, BertModel, as sentence-embedding checkpoints are saved) do not. Head names are
+absolute.
 """
 
 from __future__ import annotations
@@ -129,6 +130,31 @@ ROBERTA = KeyMap(
     ignored=(*_BERT_IGNORED, r"lm_head\.decoder\.bias"),
 )
 
+DISTILBERT = KeyMap(  # BERT's graph under its own names; `pre_classifier` is the pooler
+    base_prefix="distilbert",
+    body=(
+        rule("token_embedding", "embeddings.word_embeddings.weight"),
+        rule("position_embedding", "embeddings.position_embeddings.weight"),
+        *norm("embedding_norm", "embeddings.LayerNorm"),
+        *(r for lm, hf in zip(_QKV, ("q_lin", "k_lin", "v_lin"))
+          for r in dense(f"layers.{{i}}.{lm}", f"transformer.layer.{{i}}.attention.{hf}",
+                         LINEAR_TO_HEADS, BIAS_TO_HEADS)),
+        *dense("layers.{i}.attention.out", "transformer.layer.{i}.attention.out_lin",
+               LINEAR_FROM_HEADS),
+        *norm("layers.{i}.attention_norm", "transformer.layer.{i}.sa_layer_norm"),
+        *dense("layers.{i}.mlp.wi", "transformer.layer.{i}.ffn.lin1"),
+        *dense("layers.{i}.mlp.wo", "transformer.layer.{i}.ffn.lin2"),
+        *norm("layers.{i}.mlp_norm", "transformer.layer.{i}.output_layer_norm"),
+    ),
+    head=(*dense("mlm_transform", "vocab_transform"),
+          *norm("mlm_norm", "vocab_layer_norm"),
+          rule("output_bias", "vocab_projector.bias"),
+          rule("lm_head.kernel", "vocab_projector.weight", TRANSPOSE),
+          *dense("pooler", "pre_classifier"), *_CLASSIFIER),
+    tied_aliases=("vocab_projector.weight",),
+    ignored=(r"embeddings\.position_ids",),
+)
+
 LLAMA = KeyMap(  # also Mistral and Qwen2: the same names, biases where the model has them
     base_prefix="model",
     body=(
@@ -156,6 +182,7 @@ QWEN3 = dataclasses.replace(LLAMA, body=(  # Llama's names and each layer's QK-n
 ))
 
 KEY_MAPS: dict[str, KeyMap] = {"gpt2": GPT2, "bert": BERT, "roberta": ROBERTA, "llama": LLAMA,
-                               "mistral": LLAMA, "qwen2": LLAMA, "qwen3": QWEN3}
+                               "mistral": LLAMA, "qwen2": LLAMA, "qwen3": QWEN3,
+                               "distilbert": DISTILBERT}
 
 __all__ = ["KEY_MAPS", "KeyMap", "Rule"]

@@ -4,7 +4,10 @@ KV cache.
 Masks are built once per forward pass (`make_mask`) from segment ids, which express padding
 (segment 0) and packed documents (segments 1, 2, …) alike, plus causality by slot: as booleans
 of shape [batch, 1, q_len, kv_len] for the dense implementations, with the segment ids beside
-them for kernels that take the mask's structure instead (splash).
+them for kernels that take the mask's structure instead (splash). A sliding window narrows it
+per layer (`sliding_window_mask`), by slot as well: within a document, and over a left-padded
+prompt's real tokens, slots and positions advance together, and transformers' masks count
+slots (cache positions) too. The splash kernel here has no window: `auto` then takes XLA.
 """
 
 from __future__ import annotations
@@ -45,41 +48,59 @@ class Mask(NamedTuple):
   dense: jax.Array              # bool [batch, 1, q_len, kv_len]
   query_segment_ids: jax.Array  # [batch, q_len], 0 = padding
   key_segment_ids: jax.Array    # [batch, kv_len]
+  query_offset: jax.Array | int = 0  # the first query's slot (where a KV cache stands)
 
 
 def make_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *, causal: bool,
               query_offset: jax.Array | int = 0) -> Mask:
   return Mask(attention_mask(query_segment_ids, key_segment_ids, causal=causal,
-                             query_offset=query_offset), query_segment_ids, key_segment_ids)
+                             query_offset=query_offset), query_segment_ids, key_segment_ids,
+              query_offset)
 
 
-def _choose_impl(impl: AttentionImpl, q: jax.Array, k: jax.Array, cached: bool) -> AttentionImpl:
+def sliding_window_mask(mask: Mask, window: jax.Array | int, *, causal: bool) -> Mask:
+  """`mask` narrowed to a sliding window of `window` slots (an int, or an int32 scalar: each
+  layer's under `nn.scan`). Causal: query slot i sees keys at slots j with i - j < window, so
+  itself and the window - 1 before it (transformers' `sliding_window_overlay`); bidirectional:
+  |i - j| < window.
+  """
+  q_len, k_len = mask.dense.shape[2:]
+  distance = (mask.query_offset + jnp.arange(q_len))[:, None] - jnp.arange(k_len)[None, :]
+  if not causal:
+    distance = jnp.abs(distance)                               # [q_len, kv_len]
+  return mask._replace(dense=mask.dense & (distance < window))
+
+
+def _choose_impl(impl: AttentionImpl, q: jax.Array, k: jax.Array, cached: bool,
+                 windowed: bool) -> AttentionImpl:
   if impl is not AttentionImpl.AUTO:
     return impl
   backend = jax.default_backend()
   if backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
     return AttentionImpl.CUDNN
-  if backend == "tpu" and not cached and splash.supports(q.shape[1], k.shape[2], q.shape[3]):
+  if backend == "tpu" and not cached and not windowed and splash.supports(q.shape[1], k.shape[2],
+                                                                           q.shape[3]):
     return AttentionImpl.SPLASH
   return AttentionImpl.XLA
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array, *,
                           impl: AttentionImpl = AttentionImpl.AUTO, causal: bool = False,
-                          cached: bool = False) -> jax.Array:
+                          cached: bool = False, windowed: bool = False) -> jax.Array:
   """softmax(q k^T / sqrt(d) + mask) v with kv heads shared by groups of query heads.
 
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads, kv_len, head_dim] (heads-major,
   as the KV cache stores them: a decoding step reads them without a transpose); mask: a `Mask`
   (or its dense form, bool [batch, 1, q_len, kv_len], for the dense implementations);
   `causal`: the mask is causal (the splash kernel takes it as structure); `cached`: k and v come
-  from a KV cache (slots past the query: splash does not apply). Returns [batch, q_len, heads,
-  head_dim].
+  from a KV cache (slots past the query: splash does not apply); `windowed`: the dense mask has
+  a sliding window, which splash's structure lacks. Returns [batch, q_len, heads, head_dim].
   """
-  impl = _choose_impl(impl, q, k, cached)
+  impl = _choose_impl(impl, q, k, cached, windowed)
   if impl is AttentionImpl.SPLASH:
-    if not isinstance(mask, Mask) or cached:
-      raise ValueError("splash attention takes a Mask with segment ids and no KV cache")
+    if not isinstance(mask, Mask) or cached or windowed:
+      raise ValueError("splash attention takes a Mask with segment ids, no KV cache and no "
+                       "sliding window")
     return splash.splash_attention(q, k, v, mask.query_segment_ids, mask.key_segment_ids,
                                    causal=causal)
   mask = mask.dense if isinstance(mask, Mask) else mask
@@ -115,9 +136,10 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: Mask, positions: jax.Array,
-               cache: LayerCache | None = None, cache_index: jax.Array | None = None
-               ) -> tuple[jax.Array, LayerCache | None]:
-    """x: [batch, length, embed] -> ([batch, length, embed], updated cache or None)."""
+               cache: LayerCache | None = None, cache_index: jax.Array | None = None,
+               window: jax.Array | int | None = None) -> tuple[jax.Array, LayerCache | None]:
+    """x: [batch, length, embed] -> ([batch, length, embed], updated cache or None). `window`:
+    this layer's sliding window in slots (None: the whole context)."""
     cfg = self.config
     d, hd = cfg.embed_dim, cfg.dim_per_head
     project = lambda name, heads: DenseGeneral(
@@ -140,8 +162,11 @@ class Attention(nn.Module):
       k = jax.lax.dynamic_update_slice(cache["key"], k.astype(cache["key"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["value"], v.astype(cache["value"].dtype), start)
       cache = {"key": k, "value": v}
+    if window is not None:
+      mask = sliding_window_mask(mask, window, causal=cfg.causal)
     out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, impl=cfg.attention,
-                                causal=cfg.causal, cached=cache is not None)
+                                causal=cfg.causal, cached=cache is not None,
+                                windowed=cfg.sliding_window is not None)
     out = DenseGeneral((cfg.num_heads, hd), (d,), ("heads", "kv", "embed"), cfg.use_bias, cfg,
                        self.dtype, self.deterministic, name="out")(out)
     return out, cache

@@ -24,6 +24,7 @@ class Family(enum.Enum):
   LLAMA = "llama"    # also Qwen2 (biases on q/k/v only)
   MISTRAL = "mistral"  # Llama's graph under Mistral's name, so that it exports as Mistral
   QWEN3 = "qwen3"    # Llama's graph with QK-norm (an RMSNorm over each head's queries and keys)
+  DISTILBERT = "distilbert"  # BERT's graph without token types, its classifier's pooler a ReLU
 
 
 class Norm(enum.Enum):
@@ -61,6 +62,11 @@ class Head(enum.Enum):
                                      # decoders from the last real token
 
 
+class PoolerActivation(enum.Enum):
+  TANH = "tanh"  # BERT's pooler, RoBERTa's classifier.dense
+  RELU = "relu"  # DistilBERT's pre_classifier
+
+
 class AttentionImpl(enum.Enum):
   AUTO = "auto"      # cuDNN flash on NVIDIA GPUs, splash on TPUs (where it fits), else XLA
   XLA = "xla"        # einsum + float32 softmax, the reference
@@ -92,6 +98,8 @@ FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
         head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False),
 }
 FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
+FAMILY_DEFAULTS[Family.DISTILBERT] = {**FAMILY_DEFAULTS[Family.BERT], "type_vocab_size": 0,
+                                      "pooler_activation": PoolerActivation.RELU}
 # Every Qwen3 checkpoint uses rms_norm_eps=1e-6, for its block norms and QK-norms alike.
 FAMILY_DEFAULTS[Family.QWEN3] = {**FAMILY_DEFAULTS[Family.LLAMA], "qk_norm": True, "norm_eps": 1e-6}
 
@@ -165,10 +173,18 @@ class ModelConfig:
   # so that the attention logits do not grow with the projections' scale.
   qk_norm: bool = False
   causal: bool = True
+  # Sliding-window (local) attention, as Mistral's and Qwen2's `sliding_window`: a query sees at
+  # most the last `sliding_window` slots, itself included (bidirectional models: the keys fewer
+  # than `sliding_window` slots away on either side). None: no window.
+  sliding_window: int | None = None
+  # The layers (0-based) that attend through the window, as Qwen2/Qwen3's `layer_types`; the
+  # others see the whole context. None: every layer.
+  sliding_layers: tuple[int, ...] | None = None
   tie_embeddings: bool = True
   type_vocab_size: int = 0               # BERT token-type embeddings; 0 for none
   head: Head = Head.CAUSAL_LM
-  pooler: bool = False                   # BERT pooler (dense + tanh on the first token)
+  pooler: bool = False                   # BERT pooler (dense + activation on the first token)
+  pooler_activation: PoolerActivation = PoolerActivation.TANH  # after the pooler's dense
   num_labels: int | None = None          # Head.CLASSIFICATION; None: data.labels' count
   classifier_bias: bool = True           # the classifier's bias (BERT's has one, HF decoders'
                                          # `score` none)
@@ -223,6 +239,7 @@ class ModelConfig:
       raise UserError(f"model.qk_norm=true normalises queries and keys with an RMSNorm, as Qwen3 "
                       f"does, and needs model.norm=rms_norm (got {self.norm.value!r}); set "
                       f"model.norm=rms_norm or model.qk_norm=false.")
+    self._check_sliding_window()
     if self.head is Head.MASKED_LM and self.causal:
       raise UserError("a masked-LM head needs a bidirectional model: set model.causal=false.")
     if self.lora.enabled:
@@ -230,6 +247,31 @@ class ModelConfig:
     if self.num_labels is not None and self.num_labels < 2:
       raise UserError(f"model.num_labels must be at least 2 (a classifier tells labels apart), "
                       f"got {self.num_labels}.")
+
+  def _check_sliding_window(self) -> None:
+    window, layers = self.sliding_window, self.sliding_layers
+    if window is None:
+      if layers is not None:
+        raise UserError(f"model.sliding_layers={list(layers)} needs model.sliding_window (the "
+                        f"window those layers attend through); set both, or neither.")
+      return
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+      raise UserError(f"model.sliding_window must be a positive integer (the slots each query "
+                      f"sees, itself included) or null, got {window!r}.")
+    if layers is not None and (list(layers) != sorted(set(layers)) or any(
+        not isinstance(i, int) or not 0 <= i < self.num_layers for i in layers)):
+      raise UserError(f"model.sliding_layers={list(layers)} must list distinct layer indices in "
+                      f"increasing order, each in 0…{self.num_layers - 1}.")
+    if self.attention is AttentionImpl.SPLASH:
+      raise UserError(f"model.attention=splash has no sliding window (model.sliding_window="
+                      f"{window}): set model.attention=xla, or auto (which then uses XLA or "
+                      f"cuDNN attention).")
+
+  @property
+  def layer_windows(self) -> tuple[int | None, ...]:
+    """Each layer's sliding window, None where the layer sees the whole context."""
+    layers = range(self.num_layers) if self.sliding_layers is None else self.sliding_layers
+    return tuple(self.sliding_window if i in layers else None for i in range(self.num_layers))
 
   def projection_fans(self) -> dict[str, tuple[int, int]]:
     """(fan_in, fan_out) of each block projection, by its path below the layer."""

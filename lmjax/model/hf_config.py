@@ -1,5 +1,5 @@
 """The model config's Hugging Face twin: `config.json` dicts <-> ModelConfig, for gpt2, bert,
-roberta, llama, mistral, qwen2 and qwen3.
+roberta, distilbert, llama, mistral, qwen2 and qwen3.
 
 Reading fills keys a config.json leaves out with the defaults of the matching `transformers`
 config class (old checkpoints only store what differs), and refuses what the lmjax graph cannot
@@ -14,9 +14,12 @@ from typing import Any, Mapping
 
 from lmjax.errors import UserError
 from lmjax.model.config import (FAMILY_DEFAULTS, Activation, Family, Head, ModelConfig,
-                                RopeScaling)
+                                PoolerActivation, RopeScaling)
 from lmjax.model.hf_tables import (ACTIVATION_NAMES, ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS,
                                    MODEL_TYPES)
+
+_ENCODERS = (Family.BERT, Family.DISTILBERT)  # bidirectional; classifiers read a pooled token
+
 
 def _supported(names) -> str:
   return ", ".join(sorted(names))
@@ -35,7 +38,7 @@ def _head(model_type: str, hf_config: Mapping[str, Any]) -> Head:
   architectures = hf_config.get("architectures") or []
   heads = ARCHITECTURES[model_type]
   if not architectures:  # a bare config: decoders are language models, encoders bare bodies
-    return Head.NONE if MODEL_TYPES[model_type] is Family.BERT else Head.CAUSAL_LM
+    return Head.NONE if MODEL_TYPES[model_type] in _ENCODERS else Head.CAUSAL_LM
   if architectures[0] not in heads:
     raise UserError(f"architecture {architectures[0]!r} is not supported for model_type "
                     f"{model_type!r}; lmjax converts {_supported(heads)}.")
@@ -69,7 +72,7 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
                                 initializer_range=float(d["initializer_range"]))
   family_fields = {Family.GPT2: _gpt2_fields, Family.BERT: _bert_fields,
                    Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields,
-                   Family.QWEN3: _llama_fields}[family]
+                   Family.QWEN3: _llama_fields, Family.DISTILBERT: _distilbert_fields}[family]
   fields.update(family_fields(model_type, d, fields["head"]))
   if fields["head"] is Head.CLASSIFICATION:
     fields.update(_classifier_fields(model_type, d))
@@ -92,8 +95,9 @@ def hf_labels(hf_config: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _classifier_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
-  """A sequence classifier's label count; BERT's and RoBERTa's heads read a pooled first token
-  (RoBERTa's `classifier.dense` is lmjax's pooler), the decoders' `score` has no bias."""
+  """A sequence classifier's label count; BERT's, RoBERTa's and DistilBERT's heads read a
+  pooled first token (RoBERTa's `classifier.dense` and DistilBERT's `pre_classifier` are lmjax's
+  pooler), the decoders' `score` has no bias."""
   problem = d.get("problem_type")
   if problem not in (None, "single_label_classification"):
     raise UserError(f"problem_type={problem!r} is not supported: lmjax classifiers are "
@@ -102,7 +106,7 @@ def _classifier_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
   if num_labels < 2:
     raise UserError(f"num_labels={num_labels} is a regression head; lmjax classifiers have two "
                     f"labels or more.")
-  encoder = MODEL_TYPES[model_type] is Family.BERT
+  encoder = MODEL_TYPES[model_type] in _ENCODERS
   return dict(num_labels=num_labels, pooler=encoder, classifier_bias=encoder)
 
 
@@ -146,6 +150,18 @@ def _bert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str,
       pooler=head is Head.NONE)  # as HF's BertModel; from_hf then goes by the weights
 
 
+def _distilbert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
+  """Fields of distilbert: BERT's graph without token types or a pooler (its classifier's
+  ReLU pooler is a family default), every LayerNorm at eps 1e-12 (fixed in HF's code, not a
+  key). `sinusoidal_pos_embds` only decides how HF initialises the position table; a checkpoint
+  holds the table, which converts as learned positions whatever the flag."""
+  return dict(
+      vocab_size=d["vocab_size"], num_layers=d["n_layers"], embed_dim=d["dim"],
+      num_heads=d["n_heads"], mlp_dim=d["hidden_dim"], max_seq_len=d["max_position_embeddings"],
+      norm_eps=1e-12, activation=_activation(d["activation"], "activation"),
+      tie_embeddings=bool(d["tie_word_embeddings"]), dropout_rate=float(d["dropout"]))
+
+
 def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
   """Fields of llama, mistral, qwen2 and qwen3, which share one graph (Qwen3's with QK-norm, a
   family default)."""
@@ -165,7 +181,6 @@ def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str
                       f"supported: lmjax has one switch for the output-projection and MLP biases; "
                       f"convert a model where both are equal.")
     qkv_bias = use_bias = bool(d["attention_bias"])
-  _check_sliding_window(model_type, d)
   head_dim = d["head_dim"]
   return dict(
       vocab_size=d["vocab_size"], num_layers=d["num_hidden_layers"], embed_dim=hidden,
@@ -174,52 +189,38 @@ def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str
       mlp_dim=d["intermediate_size"], max_seq_len=d["max_position_embeddings"],
       norm_eps=float(d["rms_norm_eps"]), activation=activation,
       tie_embeddings=bool(d["tie_word_embeddings"]), qkv_bias=qkv_bias, use_bias=use_bias,
-      **_rope_fields(d))
+      **_rope_fields(d), **_sliding_fields(model_type, d))
 
 
-def _check_sliding_window(model_type: str, d: Mapping[str, Any]) -> None:
-  """Refuses a sliding window shorter than the positions; one that never binds is the same."""
-  if model_type == "qwen3":
-    _check_qwen3_layer_types(d)
-    return
-  window = d.get("sliding_window")
-  if model_type == "qwen2":
-    layer_types = d.get("layer_types") or []
-    if not d["use_sliding_window"] or (layer_types and "sliding_attention" not in layer_types) or (
-        not layer_types and d["max_window_layers"] >= d["num_hidden_layers"]):
-      window = None
-  if window is not None and window < d["max_position_embeddings"]:
-    raise UserError(f"sliding_window={window} is shorter than max_position_embeddings="
-                    f"{d['max_position_embeddings']}: lmjax attention has no sliding window. Set "
-                    f"sliding_window to null (or max_position_embeddings to at most {window}) if "
-                    f"the model should attend to the whole context.")
-
-
-def _check_qwen3_layer_types(d: Mapping[str, Any]) -> None:
-  """Refuses any Qwen3 layer with a sliding window. Its layers slide where `layer_types` says
-  sliding_attention; without layer_types, from layer max_window_layers on when
-  use_sliding_window. Rotary models run past max_position_embeddings, so a window binds sooner
-  or later however long it is: lmjax's attention, which has none, would compute otherwise."""
-  layer_types = d.get("layer_types")
-  if layer_types is None:
-    first = d["max_window_layers"]
-    if d["use_sliding_window"] and d["sliding_window"] is not None and (
-        first < d["num_hidden_layers"]):
-      raise UserError(f"use_sliding_window=True with max_window_layers={first} below "
-                      f"num_hidden_layers={d['num_hidden_layers']}: layers from {first} on attend "
-                      f"through a sliding window of {d['sliding_window']} tokens, and lmjax "
-                      f"attention has no sliding window; convert a model with "
-                      f"use_sliding_window=False.")
-    return
-  unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+def _sliding_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
+  """The sliding window and the layers it applies to, as transformers reads them: Mistral's
+  `sliding_window` covers every layer; Qwen2's and Qwen3's only counts with
+  `use_sliding_window`, on the layers `layer_types` calls sliding_attention (without
+  layer_types: from layer `max_window_layers` on)."""
+  window, layers = d.get("sliding_window"), d["num_hidden_layers"]
+  if model_type == "llama":
+    return {}
+  if model_type == "mistral":  # transformers' Mistral ignores layer_types (Ministral has them)
+    return dict(sliding_window=window)
+  window = window if d["use_sliding_window"] else None
+  kinds = d.get("layer_types") or [
+      "sliding_attention" if window is not None and i >= d["max_window_layers"]
+      else "full_attention" for i in range(layers)]
+  unknown = sorted(set(kinds) - {"full_attention", "sliding_attention"})
   if unknown:
     raise UserError(f"layer_types names {', '.join(map(repr, unknown))}, which lmjax does not "
-                    f"convert: its layers are all 'full_attention'.")
-  sliding = [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
-  if sliding:
-    raise UserError(f"layer_types has 'sliding_attention' layers ({', '.join(map(str, sliding))}), "
-                    f"and lmjax attention has no sliding window; convert a model whose "
-                    f"layer_types are all 'full_attention'.")
+                    f"convert: its layers are 'full_attention' or 'sliding_attention'.")
+  if len(kinds) != layers:
+    raise UserError(f"layer_types has {len(kinds)} entries for num_hidden_layers={layers}.")
+  sliding = tuple(i for i, kind in enumerate(kinds) if kind == "sliding_attention")
+  if sliding and window is None:
+    raise UserError(f"layer_types has 'sliding_attention' layers ({', '.join(map(str, sliding))}) "
+                    f"without a window (use_sliding_window={d['use_sliding_window']}, "
+                    f"sliding_window={d.get('sliding_window')!r}): set use_sliding_window=true "
+                    f"and sliding_window, or call those layers 'full_attention'.")
+  if not sliding:
+    return {}
+  return dict(sliding_window=window, sliding_layers=None if len(sliding) == layers else sliding)
 
 
 _ROPE_TYPES = ("default", "llama3")
@@ -261,6 +262,7 @@ def export_model_type(config: ModelConfig) -> str:
   return config.family.value
 
 
+_SLIDING_MODEL_TYPES = ("mistral", "qwen2", "qwen3")  # those with a sliding-window key
 # Switches every HF model of a family has fixed; the rest are config.json keys.
 _FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal", "qk_norm")
 
@@ -286,6 +288,8 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
   model_type = export_model_type(config)
   family = config.family
   _require(config, model_type, **{k: FAMILY_DEFAULTS[family][k] for k in _FIXED})
+  if model_type not in _SLIDING_MODEL_TYPES:
+    _require(config, model_type, sliding_window=None)
   heads = {head: name for name, head in ARCHITECTURES[model_type].items()}
   if config.head not in heads:
     raise UserError(f"model.head={config.head.value!r} has no Hugging Face {model_type} "
@@ -317,6 +321,8 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
         _require(config, model_type, activation=Activation.GELU)
     else:
       _require(config, model_type, position_offset=0)
+    if config.pooler:
+      _require(config, model_type, pooler_activation=PoolerActivation.TANH)
     out.update(common, hidden_size=config.embed_dim, num_hidden_layers=config.num_layers,
                num_attention_heads=config.num_heads, intermediate_size=config.mlp_dim,
                hidden_act=act, hidden_dropout_prob=config.dropout_rate,
@@ -324,6 +330,8 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
                max_position_embeddings=config.num_position_embeddings,
                type_vocab_size=config.type_vocab_size, layer_norm_eps=config.norm_eps,
                pad_token_id=config.position_offset - 1 if model_type == "roberta" else 0)
+  elif family is Family.DISTILBERT:
+    out.update(common, **_distilbert_hf_fields(config, model_type, act))
   else:
     out.update(common, **_llama_hf_fields(config, model_type, act))
   if config.head is Head.CLASSIFICATION:
@@ -335,11 +343,28 @@ def _classifier_hf_fields(config: ModelConfig, model_type: str) -> dict[str, Any
   """A classifier's head as HF has it (BERT and RoBERTa: a pooled first token and a biased
   classifier; decoders: a bias-free `score` on the last token), with placeholder label names
   (LABEL_i) that an export replaces by the run's."""
-  encoder = config.family is Family.BERT
+  encoder = config.family in _ENCODERS
   _require(config, model_type, pooler=encoder, classifier_bias=encoder)
   names = {i: f"LABEL_{i}" for i in range(config.num_labels)}
   return dict(id2label=names, label2id={name: i for i, name in names.items()},
               problem_type="single_label_classification")
+
+
+def _distilbert_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
+  """DistilBERT's keys; its code fixes the LayerNorms' eps and has no token types, position
+  offset or pooler but the classifier's (`pre_classifier`, through ReLU)."""
+  _require(config, model_type, use_bias=True, qkv_bias=True, type_vocab_size=0,
+           position_offset=0, norm_eps=1e-12, pooler=config.head is Head.CLASSIFICATION)
+  if config.pooler:
+    _require(config, model_type, pooler_activation=PoolerActivation.RELU)
+  _require_plain_heads(config, model_type)
+  # lmjax has no attention dropout; its classifier's dropout is the model's.
+  return dict(dim=config.embed_dim, n_layers=config.num_layers, n_heads=config.num_heads,
+              hidden_dim=config.mlp_dim, activation=act,
+              max_position_embeddings=config.max_seq_len, sinusoidal_pos_embds=False,
+              dropout=config.dropout_rate, attention_dropout=0.0,
+              seq_classif_dropout=config.dropout_rate, qa_dropout=config.dropout_rate,
+              pad_token_id=0)
 
 
 def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
@@ -369,11 +394,28 @@ def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str
   if model_type == "llama":
     fields.update(attention_bias=config.use_bias, mlp_bias=config.use_bias)
   elif model_type == "mistral":
-    fields.update(sliding_window=None)
-  elif model_type == "qwen3":
-    fields.update(attention_bias=False, use_sliding_window=False, sliding_window=None)
+    if config.sliding_window is not None:
+      _require(config, model_type, sliding_layers=None)  # one window for every layer
+    fields.update(sliding_window=config.sliding_window)
   else:
-    fields.update(use_sliding_window=False, sliding_window=None)
+    if model_type == "qwen3":
+      fields.update(attention_bias=False)
+    fields.update(_qwen_sliding_hf_fields(config))
+  return fields
+
+
+def _qwen_sliding_hf_fields(config: ModelConfig) -> dict[str, Any]:
+  """Qwen2's and Qwen3's window keys: `layer_types` for transformers v5, and
+  `max_window_layers` for readers without layer_types where the sliding layers are the last."""
+  if config.sliding_window is None:
+    return dict(use_sliding_window=False, sliding_window=None)
+  windows = config.layer_windows
+  first = next(i for i, w in enumerate(windows) if w is not None)
+  fields = dict(use_sliding_window=True, sliding_window=config.sliding_window,
+                layer_types=["full_attention" if w is None else "sliding_attention"
+                             for w in windows])
+  if all(w is not None for w in windows[first:]):
+    fields.update(max_window_layers=first)
   return fields
 
 

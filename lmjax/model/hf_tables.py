@@ -12,7 +12,7 @@ from lmjax.model.config import Activation, Family, Head
 MODEL_TYPES: dict[str, Family] = {
     "gpt2": Family.GPT2, "bert": Family.BERT, "roberta": Family.BERT,
     "llama": Family.LLAMA, "mistral": Family.MISTRAL, "qwen2": Family.LLAMA,
-    "qwen3": Family.QWEN3,
+    "qwen3": Family.QWEN3, "distilbert": Family.DISTILBERT,
 }
 
 # Per model_type, the head each HF class computes. The class name is `architectures[0]`.
@@ -24,10 +24,11 @@ ARCHITECTURES: dict[str, dict[str, Head]] = {
     "mistral": {"MistralForCausalLM": Head.CAUSAL_LM, "MistralModel": Head.NONE},
     "qwen2": {"Qwen2ForCausalLM": Head.CAUSAL_LM, "Qwen2Model": Head.NONE},
     "qwen3": {"Qwen3ForCausalLM": Head.CAUSAL_LM, "Qwen3Model": Head.NONE},
+    "distilbert": {"DistilBertForMaskedLM": Head.MASKED_LM, "DistilBertModel": Head.NONE},
 }
 for _model_type, _prefix in (("gpt2", "GPT2"), ("bert", "Bert"), ("roberta", "Roberta"),
                              ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"),
-                             ("qwen3", "Qwen3")):
+                             ("qwen3", "Qwen3"), ("distilbert", "DistilBert")):
   ARCHITECTURES[_model_type][f"{_prefix}ForSequenceClassification"] = Head.CLASSIFICATION
 
 # HF `hidden_act` / `activation_function` names with the exact lmjax equivalent.
@@ -57,6 +58,10 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
                   head_dim=None, hidden_act="silu", max_position_embeddings=2048,
                   initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False,
                   rope_theta=10000.0, attention_bias=False, mlp_bias=False),
+    # Its LayerNorms' eps is 1e-12 in the code, not a key.
+    "distilbert": dict(vocab_size=30522, max_position_embeddings=512, sinusoidal_pos_embds=False,
+                       n_layers=6, n_heads=12, dim=768, hidden_dim=3072, dropout=0.1,
+                       activation="gelu", initializer_range=0.02, tie_word_embeddings=True),
 }
 CLASS_DEFAULTS["roberta"] = {**CLASS_DEFAULTS["bert"], "vocab_size": 50265, "pad_token_id": 1}
 CLASS_DEFAULTS["mistral"] = {**CLASS_DEFAULTS["llama"], "intermediate_size": 14336,

@@ -10,6 +10,9 @@ _PRESETS: dict[str, dict] = {
                      num_heads=4, mlp_dim=512, max_seq_len=256),
     "tiny-bert": dict(family=Family.BERT, vocab_size=2048, num_layers=4, embed_dim=128,
                       num_heads=4, mlp_dim=512, max_seq_len=256),
+    # Half tiny-bert's layers, as DistilBERT halves BERT-base's.
+    "tiny-distilbert": dict(family=Family.DISTILBERT, vocab_size=2048, num_layers=2,
+                            embed_dim=128, num_heads=4, mlp_dim=512, max_seq_len=256),
     "tiny-llama": dict(family=Family.LLAMA, vocab_size=2048, num_layers=4, embed_dim=128,
                        num_heads=4, num_kv_heads=2, mlp_dim=384, max_seq_len=256),
     # Heads wider than embed_dim / num_heads, as Qwen3's (4 x 64 = 256 query dims from 128).
@@ -25,6 +28,8 @@ _PRESETS: dict[str, dict] = {
                       num_heads=12, mlp_dim=3072, max_seq_len=512),
     "bert-large": dict(family=Family.BERT, vocab_size=30522, num_layers=24, embed_dim=1024,
                        num_heads=16, mlp_dim=4096, max_seq_len=512),
+    "distilbert-base": dict(family=Family.DISTILBERT, vocab_size=30522, num_layers=6,
+                            embed_dim=768, num_heads=12, mlp_dim=3072, max_seq_len=512),
     "roberta-base": dict(family=Family.BERT, vocab_size=50265, num_layers=12, embed_dim=768,
                          num_heads=12, mlp_dim=3072, max_seq_len=512, position_offset=2,
                          type_vocab_size=1, norm_eps=1e-5),

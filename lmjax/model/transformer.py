@@ -28,7 +28,8 @@ import jax.numpy as jnp
 
 from lmjax.model.attention import Attention
 from lmjax.model.attention import make_mask
-from lmjax.model.config import Head, ModelConfig, NormPosition, Positions, Remat
+from lmjax.model.config import (Head, ModelConfig, NormPosition, PoolerActivation, Positions,
+                                Remat)
 from lmjax.model.layers import DenseGeneral, LayerNorm, Mlp, activation, initializer
 
 Cache = dict  # {"layers": the layers' {"key", "value"} [batch, kv_heads, len, head_dim],
@@ -69,7 +70,8 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, layer_cache, mask, positions, cache_index, deterministic: bool):
+  def __call__(self, x, layer_cache, window, mask, positions, cache_index, deterministic: bool):
+    """`window`: this layer's sliding window (an int32 scalar under scan; None: none)."""
     cfg = self.config
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     attention = Attention(cfg, self.dtype, deterministic, name="attention")
@@ -77,11 +79,11 @@ class Block(nn.Module):
     norm1 = LayerNorm(cfg, self.dtype, name="attention_norm")
     norm2 = LayerNorm(cfg, self.dtype, name="mlp_norm")
     if cfg.norm_position is NormPosition.PRE:
-      h, layer_cache = attention(norm1(x), mask, positions, layer_cache, cache_index)
+      h, layer_cache = attention(norm1(x), mask, positions, layer_cache, cache_index, window)
       x = x + drop(h)
       x = x + mlp(norm2(x))
     else:
-      h, layer_cache = attention(x, mask, positions, layer_cache, cache_index)
+      h, layer_cache = attention(x, mask, positions, layer_cache, cache_index, window)
       x = norm1(x + drop(h))
       x = norm2(x + mlp(x))
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -92,7 +94,9 @@ _REMAT_POLICIES = {
     Remat.FULL: None,  # save nothing
     Remat.SAVE_DOTS: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-_DETERMINISTIC_ARG = 6  # Block.__call__'s `deterministic`, counting self: static under remat
+_DETERMINISTIC_ARG = 7  # Block.__call__'s `deterministic`, counting self: static under remat
+
+_POOLER_ACTIVATIONS = {PoolerActivation.TANH: jnp.tanh, PoolerActivation.RELU: jax.nn.relu}
 
 
 class Transformer(nn.Module):
@@ -148,7 +152,7 @@ class Transformer(nn.Module):
     if not cfg.scan_layers:
       return [block(cfg, self.dtype) for _ in range(cfg.num_layers)]
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                    in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     return stack(cfg, self.dtype)
 
@@ -230,7 +234,7 @@ class Transformer(nn.Module):
       x = self.final_norm(x)
     pooled = None
     if cfg.pooler:
-      pooled = jnp.tanh(self.pooler(x[:, 0]))
+      pooled = _POOLER_ACTIVATIONS[cfg.pooler_activation](self.pooler(x[:, 0]))
       self.sow("intermediates", "pooled", pooled)  # HF `pooler_output`, via mutable=["intermediates"]
     new_cache = None if cache is None else {
         "layers": layer_caches, "segment_ids": key_segment_ids, "index": offset + s}
@@ -251,12 +255,18 @@ class Transformer(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
   def _blocks(self, x, caches, mask, positions, cache_index, train):
-    if self.config.scan_layers:
-      return self.layers(x, caches, mask, positions, cache_index, not train)
+    cfg = self.config
+    windows = cfg.layer_windows
+    if cfg.scan_layers:
+      # One scanned block for all layers: each layer's window as data, "no window" as one wider
+      # than any distance.
+      stacked = None if cfg.sliding_window is None else jnp.array(
+          [jnp.iinfo(jnp.int32).max if w is None else w for w in windows], jnp.int32)
+      return self.layers(x, caches, stacked, mask, positions, cache_index, not train)
     new_caches = []
     for i, block in enumerate(self.layers):
-      x, layer_cache = block(x, None if caches is None else caches[i], mask, positions,
-                             cache_index, not train)
+      x, layer_cache = block(x, None if caches is None else caches[i], windows[i], mask,
+                             positions, cache_index, not train)
       new_caches.append(layer_cache)
     return x, None if caches is None else new_caches
 

@@ -99,6 +99,16 @@ def test_hugging_face_target_names_select_the_same_projections():
     assert found == adapted, targets
 
 
+def test_distilbert_target_names_select_its_projections():
+  ids = jnp.zeros((1, 8), jnp.int32)
+  params = jax.eval_shape(Transformer(load_config("tiny-bert", [
+      "model.preset=tiny-distilbert", "model.lora.rank=2",
+      "model.lora.targets=[q_lin, out_lin, lin2]"]).model).init, jax.random.key(0), ids)["params"]
+  found = {name for part in params["layers"].values() for name, p in part.items()
+           if isinstance(p, dict) and "lora_a" in p}
+  assert found == {"query", "out", "wo"}
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def lora_run(request, tmp_path_factory):
   """A base run, a LoRA run fine-tuned from it, and their exports (merged HF, PEFT)."""

@@ -20,7 +20,7 @@ One branch in `DenseGeneral` has none of those problems.
 Targets name the blocks' projections: lmjax's names (`query key value out wi wi_gate wi_up
 wo`), `all-linear`, Hugging Face's (`q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`;
 GPT-2's `c_attn c_fc c_proj`, where `c_proj` is both the attention's and the MLP's output, as
-in peft), or a regular expression matched against a module's path below its layer
+in peft; DistilBERT's `q_lin k_lin v_lin out_lin lin1 lin2`), or a regular expression matched against a module's path below its layer
 ("attention/query", "mlp/w.*").
 """
 
@@ -39,6 +39,9 @@ HF_ALIASES = {
     "o_proj": ("attention/out",), "gate_proj": ("mlp/wi_gate",), "up_proj": ("mlp/wi_up",),
     "down_proj": ("mlp/wo",), "c_attn": ("attention/query", "attention/key", "attention/value"),
     "c_fc": ("mlp/wi",), "c_proj": ("attention/out", "mlp/wo"),
+    # DistilBERT's
+    "q_lin": ("attention/query",), "k_lin": ("attention/key",), "v_lin": ("attention/value",),
+    "out_lin": ("attention/out",), "lin1": ("mlp/wi",), "lin2": ("mlp/wo",),
 }
 ADAPTER_NAMES = ("lora_a", "lora_b")
 

@@ -35,6 +35,14 @@ _DISTILBERT = dict(dim=42, n_layers=2, n_heads=6, hidden_dim=74, vocab_size=109,
                    max_position_embeddings=30)
 _LLAMA = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
               intermediate_size=80, vocab_size=113, max_position_embeddings=64)
+# Gemma 2 at odd sizes: grouped heads of a size apart from the width, a window shorter than the
+# inputs on the even layers (Gemma2Config's default layer_types), a query scale apart from the
+# head size and soft-caps small enough to bind. Narrow and deep enough that the tied, scaled
+# embedding does not dominate the residual stream (greedy text would repeat the last token).
+_GEMMA2 = dict(hidden_size=24, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+               head_dim=10, intermediate_size=74, vocab_size=113, max_position_embeddings=64,
+               sliding_window=4, query_pre_attn_scalar=7, attn_logit_softcapping=5.0,
+               final_logit_softcapping=3.0)
 _LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 5000.0, "factor": 4.0,
                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 16}
@@ -90,6 +98,18 @@ HF_CASES = {
                       "use_sliding_window": True, "sliding_window": 3,
                       "layer_types": ["sliding_attention", "full_attention"]},
                      {}, "AutoModelForCausalLM"),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", _GEMMA2, {}, "AutoModelForCausalLM"),
+    # Untied, without soft-caps, the query scale the head size, explicit layer types, SiLU.
+    "gemma2_untied": ("Gemma2ForCausalLM", "Gemma2Config",
+                      {**_GEMMA2, "hidden_size": 48, "num_hidden_layers": 2,
+                       "num_key_value_heads": 4, "eos_token_id": 2,
+                       "tie_word_embeddings": False, "query_pre_attn_scalar": 10,
+                       "attn_logit_softcapping": None, "final_logit_softcapping": None,
+                       "layer_types": ["full_attention", "sliding_attention"],
+                       "hidden_activation": "silu", "rope_parameters": {
+                           "rope_type": "default", "rope_theta": 500.0}},
+                      {}, "AutoModelForCausalLM"),
+    "gemma2_base": ("Gemma2Model", "Gemma2Config", _GEMMA2, {}, "AutoModel"),
 }
 
 
@@ -317,6 +337,14 @@ LMJAX_CASES = {
     "qwen3_window": ModelConfig.for_family("qwen3", **_SMALL, num_kv_heads=2, head_dim=10,
                                            sliding_window=3, sliding_layers=(0,),
                                            scan_layers=False),
+    "gemma2": ModelConfig.for_family("gemma2", **_SMALL, num_kv_heads=2, head_dim=8,
+                                     sliding_window=3, sliding_layers=(0,),
+                                     query_pre_attn_scalar=5.0, attn_logit_softcap=4.0,
+                                     final_logit_softcap=2.5),
+    "gemma2_global": ModelConfig.for_family("gemma2", **_SMALL, num_kv_heads=6,
+                                            attn_logit_softcap=None,
+                                            final_logit_softcap=None, tie_embeddings=False,
+                                            scan_layers=False),
 }
 _AUTO = {Head.CAUSAL_LM: "AutoModelForCausalLM", Head.MASKED_LM: "AutoModelForMaskedLM",
          Head.NONE: "AutoModel"}
@@ -381,7 +409,7 @@ def test_model_config_survives_the_hf_config_round_trip():
 
 
 @pytest.mark.parametrize("name", ["gpt2_lm", "llama", "qwen3", "qwen3_tied", "mistral_window",
-                                  "qwen2_window", "qwen3_window"])
+                                  "qwen2_window", "qwen3_window", "gemma2", "gemma2_untied"])
 def test_greedy_generation_matches_transformers_token_for_token(hf_dirs, name):
   path, hf_model = hf_dirs(name)
   model, params = from_hf(path)
@@ -487,6 +515,15 @@ def test_a_truncated_safetensors_file_is_named(hf_dirs, tmp_path):
      r"layer_types names 'chunked_attention'"),
     ("qwen3", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
      r"RoPE type 'yarn' is not supported"),
+    ("gemma2", {"attention_bias": True}, r"attention_bias=True is not supported .*o_proj"),
+    ("gemma2", {"use_bidirectional_attention": True},
+     r"use_bidirectional_attention=True is not supported"),
+    ("gemma2", {"hidden_activation": "quick_gelu"}, r"hidden_activation='quick_gelu' has no exact"),
+    ("gemma2", {"sliding_window": None},
+     r"layer_types has 'sliding_attention' layers \(0, 2\) without a window \(sliding_window=None"),
+    ("gemma2", {"layer_types": ["full_attention", "chunked_attention"] * 2},
+     r"layer_types names 'chunked_attention'"),
+    ("gemma2", {"attn_logit_softcapping": 0.0}, r"model\.attn_logit_softcap=0 is out of range"),
 ])
 def test_unsupported_configs_are_refused_by_name(hf_dirs, tmp_path, name, changes, message):
   path, _ = hf_dirs(name)
@@ -511,6 +548,44 @@ def test_qwen_windows_export_layer_types_and_max_window_layers_where_they_are_a_
   assert (exported["use_sliding_window"], exported["sliding_window"], exported["layer_types"],
           exported["max_window_layers"]) == (True, 3, ["full_attention", "sliding_attention"], 1)
   assert "max_window_layers" not in model_config_to_hf_config(LMJAX_CASES["qwen3_window"])
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(attn_logit_softcap=5.0), r"model\.attn_logit_softcap=5\.0 cannot be expressed as a "
+                                   r"Hugging Face llama model, which needs attn_logit_softcap=None"),
+    (dict(final_logit_softcap=3.0), r"model\.final_logit_softcap=3\.0 .* llama model"),
+    (dict(query_pre_attn_scalar=8.0), r"model\.query_pre_attn_scalar=8\.0 .* llama model"),
+    (dict(post_norms=True), r"model\.post_norms=True .* llama model, which needs post_norms=False"),
+    (dict(embed_scale=True), r"model\.embed_scale=True .* llama model"),
+])
+def test_gemma2_options_on_other_families_are_refused_on_export(fields, message):
+  with pytest.raises(UserError, match=message):
+    model_config_to_hf_config(ModelConfig.for_family("llama", **_SMALL, **fields))
+
+
+def test_gemma2_exports_refuse_biases_and_a_width_apart_from_the_heads():
+  with pytest.raises(UserError, match=r"model\.qkv_bias=True .* gemma2 model, which needs "
+                                      r"qkv_bias=False"):
+    model_config_to_hf_config(ModelConfig.for_family("gemma2", **_SMALL, qkv_bias=True))
+  with pytest.raises(UserError, match=r"model\.embed_dim=36 .* a multiple of "
+                                      r"model\.num_heads=8"):
+    model_config_to_hf_config(ModelConfig.for_family("gemma2", **_SMALL | dict(num_heads=8),
+                                                     head_dim=4))
+
+
+def test_gemma2_configs_read_the_class_defaults_transformers_fills_in(hf_dirs):
+  config = hf_config_to_model_config({"model_type": "gemma2",
+                                      "architectures": ["Gemma2ForCausalLM"]})
+  assert (config.embed_dim, config.dim_per_head, config.query_pre_attn_scalar,
+          config.attn_logit_softcap, config.final_logit_softcap, config.sliding_window,
+          config.sliding_layers, config.tie_embeddings) == (
+              2304, 256, None, 50.0, 30.0, 4096, tuple(range(0, 26, 2)), True)
+  converted = from_hf(hf_dirs("gemma2")[0])[0].config
+  assert (converted.query_pre_attn_scalar, converted.dim_per_head, converted.kv_heads,
+          converted.sliding_layers, converted.attn_logit_softcap) == (7.0, 10, 2, (0, 2), 5.0)
+  exported = model_config_to_hf_config(LMJAX_CASES["gemma2_global"])
+  assert (exported["layer_types"], exported["sliding_window"], exported["query_pre_attn_scalar"],
+          exported["hidden_activation"]) == (["full_attention"] * 2, 32, 6, "gelu_pytorch_tanh")
 
 
 def test_qk_norm_outside_qwen3_is_refused_on_export_and_without_rms_norm():

@@ -64,7 +64,15 @@ def test_distilbert_base_has_the_parameter_count_of_transformers():
   assert count == 66_985_530  # DistilBertForMaskedLM(DistilBertConfig()), tied decoder once
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
+def test_gemma2_2b_has_the_parameter_count_of_transformers():
+  model = Transformer(preset("gemma2-2b"))
+  ids = jnp.zeros((1, 8), jnp.int32)
+  variables = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), ids)))
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  assert count == 2_614_341_888  # Gemma2ForCausalLM(Gemma2Config()), tied output once
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3", "gemma2"])
 def test_changing_a_future_token_never_changes_an_earlier_logit(family):
   model, params = init(small(family, num_kv_heads=None if family == "gpt2" else 3))
   ids = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)

@@ -181,8 +181,15 @@ QWEN3 = dataclasses.replace(LLAMA, body=(  # Llama's names and each layer's QK-n
     *norm("layers.{i}.attention.key_norm", "layers.{i}.self_attn.k_norm"),
 ))
 
+GEMMA2 = dataclasses.replace(LLAMA, body=(  # Llama's names, with four norms in each layer
+    *(r for r in LLAMA.body if not r.lmjax[0].startswith("layers.{i}.mlp_norm.")),
+    *norm("layers.{i}.attention_post_norm", "layers.{i}.post_attention_layernorm"),
+    *norm("layers.{i}.mlp_norm", "layers.{i}.pre_feedforward_layernorm"),
+    *norm("layers.{i}.mlp_post_norm", "layers.{i}.post_feedforward_layernorm"),
+))
+
 KEY_MAPS: dict[str, KeyMap] = {"gpt2": GPT2, "bert": BERT, "roberta": ROBERTA, "llama": LLAMA,
                                "mistral": LLAMA, "qwen2": LLAMA, "qwen3": QWEN3,
-                               "distilbert": DISTILBERT}
+                               "distilbert": DISTILBERT, "gemma2": GEMMA2}
 
 __all__ = ["KEY_MAPS", "KeyMap", "Rule"]

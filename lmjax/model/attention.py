@@ -1,5 +1,5 @@
-"""Multi-head attention with grouped key/value heads, optional QK-norm, rotary positions and a
-KV cache.
+"""Multi-head attention with grouped key/value heads, optional QK-norm, rotary positions,
+soft-capped logits and a KV cache.
 
 Masks are built once per forward pass (`make_mask`) from segment ids, which express padding
 (segment 0) and packed documents (segments 1, 2, …) alike, plus causality by slot: as booleans
@@ -8,6 +8,8 @@ them for kernels that take the mask's structure instead (splash). A sliding wind
 per layer (`sliding_window_mask`), by slot as well: within a document, and over a left-padded
 prompt's real tokens, slots and positions advance together, and transformers' masks count
 slots (cache positions) too. The splash kernel here has no window: `auto` then takes XLA.
+Neither kernel soft-caps the logits (Gemma 2), and splash scales them by head_dim ** -0.5 only:
+`auto` takes XLA for those too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 from lmjax.model import splash
 from lmjax.model.config import AttentionImpl, ModelConfig, Positions
 from lmjax.model.layers import (DenseGeneral, LayerNorm, rope_inverse_frequencies,
-                                rotary_embedding)
+                                rotary_embedding, soft_cap)
 
 LayerCache = dict[str, jax.Array]  # {"key", "value"}: [batch, kv_heads, cache_len, head_dim]
 
@@ -71,43 +73,53 @@ def sliding_window_mask(mask: Mask, window: jax.Array | int, *, causal: bool) ->
   return mask._replace(dense=mask.dense & (distance < window))
 
 
-def _choose_impl(impl: AttentionImpl, q: jax.Array, k: jax.Array, cached: bool,
-                 windowed: bool) -> AttentionImpl:
+def _choose_impl(impl: AttentionImpl, q: jax.Array, k: jax.Array, cached: bool, windowed: bool,
+                 softcap: float | None = None, plain_scale: bool = True) -> AttentionImpl:
   if impl is not AttentionImpl.AUTO:
     return impl
+  if softcap is not None:
+    return AttentionImpl.XLA
   backend = jax.default_backend()
   if backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
     return AttentionImpl.CUDNN
-  if backend == "tpu" and not cached and not windowed and splash.supports(q.shape[1], k.shape[2],
-                                                                           q.shape[3]):
+  if (backend == "tpu" and not cached and not windowed and plain_scale
+      and splash.supports(q.shape[1], k.shape[2], q.shape[3])):
     return AttentionImpl.SPLASH
   return AttentionImpl.XLA
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array, *,
                           impl: AttentionImpl = AttentionImpl.AUTO, causal: bool = False,
-                          cached: bool = False, windowed: bool = False) -> jax.Array:
-  """softmax(q k^T / sqrt(d) + mask) v with kv heads shared by groups of query heads.
+                          cached: bool = False, windowed: bool = False,
+                          scale: float | None = None, softcap: float | None = None) -> jax.Array:
+  """softmax(soft_cap(q k^T * scale) + mask) v with kv heads shared by groups of query heads.
 
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads, kv_len, head_dim] (heads-major,
   as the KV cache stores them: a decoding step reads them without a transpose); mask: a `Mask`
   (or its dense form, bool [batch, 1, q_len, kv_len], for the dense implementations);
   `causal`: the mask is causal (the splash kernel takes it as structure); `cached`: k and v come
   from a KV cache (slots past the query: splash does not apply); `windowed`: the dense mask has
-  a sliding window, which splash's structure lacks. Returns [batch, q_len, heads, head_dim].
+  a sliding window, which splash's structure lacks; `scale`: the logits' factor (None:
+  head_dim ** -0.5); `softcap`: cap * tanh(logits / cap) before the mask (XLA only). Returns
+  [batch, q_len, heads, head_dim].
   """
-  impl = _choose_impl(impl, q, k, cached, windowed)
+  d = q.shape[3]
+  scale = d ** -0.5 if scale is None else scale
+  impl = _choose_impl(impl, q, k, cached=cached, windowed=windowed, softcap=softcap,
+                      plain_scale=scale == d ** -0.5)
+  if softcap is not None and impl is not AttentionImpl.XLA:
+    raise ValueError(f"{impl.value} attention cannot soft-cap the logits")
   if impl is AttentionImpl.SPLASH:
-    if not isinstance(mask, Mask) or cached or windowed:
-      raise ValueError("splash attention takes a Mask with segment ids, no KV cache and no "
-                       "sliding window")
+    if not isinstance(mask, Mask) or cached or windowed or scale != d ** -0.5:
+      raise ValueError("splash attention takes a Mask with segment ids, no KV cache, no "
+                       "sliding window and the head_dim ** -0.5 scale")
     return splash.splash_attention(q, k, v, mask.query_segment_ids, mask.key_segment_ids,
                                    causal=causal)
   mask = mask.dense if isinstance(mask, Mask) else mask
   if impl is AttentionImpl.CUDNN:
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # cuDNN takes [batch, len, heads, d]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-  b, s, h, d = q.shape
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+  b, s, h, _ = q.shape
   kv_heads, t = k.shape[1], k.shape[2]
   group = h // kv_heads
   # Each kv head's group of query heads as one [group * q_len] axis, so that every product is
@@ -117,7 +129,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask |
   q = q.reshape(b, s, kv_heads, group, d).transpose(0, 2, 3, 1, 4)   # [b, kv, group, q, d]
   q = q.reshape(b, kv_heads, group * s, d)
   logits = jnp.einsum("bkqd,bktd->bkqt", q, k, preferred_element_type=jnp.float32)
-  logits = logits * (d ** -0.5)                                      # [b, kv, group * q, t]
+  logits = soft_cap(logits * scale, softcap)                         # [b, kv, group * q, t]
   mask = jnp.broadcast_to(mask[:, :, None], (b, 1, group, s, t)).reshape(b, 1, group * s, t)
   # A large finite negative, not -inf, keeps fully masked rows (padding queries) free of NaN.
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -166,7 +178,8 @@ class Attention(nn.Module):
       mask = sliding_window_mask(mask, window, causal=cfg.causal)
     out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, impl=cfg.attention,
                                 causal=cfg.causal, cached=cache is not None,
-                                windowed=cfg.sliding_window is not None)
+                                windowed=cfg.sliding_window is not None,
+                                scale=cfg.attention_scale, softcap=cfg.attn_logit_softcap)
     out = DenseGeneral((cfg.num_heads, hd), (d,), ("heads", "kv", "embed"), cfg.use_bias, cfg,
                        self.dtype, self.deterministic, name="out")(out)
     return out, cache

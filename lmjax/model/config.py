@@ -1,5 +1,5 @@
-"""The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa, Llama-style and
-Qwen3.
+"""The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa, Llama-style,
+Qwen3 and Gemma 2.
 
 A family name fills in the architectural switches (norm, activation, positions, biases, …) that
 define it; every switch can still be set on its own. Derived quantities (head size, parameter
@@ -25,11 +25,16 @@ class Family(enum.Enum):
   MISTRAL = "mistral"  # Llama's graph under Mistral's name, so that it exports as Mistral
   QWEN3 = "qwen3"    # Llama's graph with QK-norm (an RMSNorm over each head's queries and keys)
   DISTILBERT = "distilbert"  # BERT's graph without token types, its classifier's pooler a ReLU
+  GEMMA2 = "gemma2"  # Llama's graph with (1 + w) RMSNorms also after attention and the MLP,
+                     # GeGLU, scaled embeddings, soft-capped logits, alternating local layers
 
 
 class Norm(enum.Enum):
   LAYER_NORM = "layer_norm"
   RMS_NORM = "rms_norm"
+  # Gemma's RMSNorm: the scale is 1 + w (w stored, initialised to 0) and applied in float32
+  # before the cast back, where Llama's casts first and multiplies by w.
+  RMS_NORM_PLUS_ONE = "rms_norm_plus_one"
 
 
 class NormPosition(enum.Enum):
@@ -85,23 +90,31 @@ FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
         norm=Norm.LAYER_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
         activation=Activation.GELU_TANH, gated_mlp=False, positions=Positions.LEARNED,
         use_bias=True, qkv_bias=True, causal=True, tie_embeddings=True, type_vocab_size=0,
-        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False),
+        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False, post_norms=False,
+        embed_scale=False),
     Family.BERT: dict(
         norm=Norm.LAYER_NORM, norm_eps=1e-12, norm_position=NormPosition.POST,
         activation=Activation.GELU, gated_mlp=False, positions=Positions.LEARNED,
         use_bias=True, qkv_bias=True, causal=False, tie_embeddings=True, type_vocab_size=2,
-        head=Head.MASKED_LM, classifier_bias=True, qk_norm=False),
+        head=Head.MASKED_LM, classifier_bias=True, qk_norm=False, post_norms=False,
+        embed_scale=False),
     Family.LLAMA: dict(
         norm=Norm.RMS_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
         activation=Activation.SILU, gated_mlp=True, positions=Positions.ROTARY,
         use_bias=False, qkv_bias=False, causal=True, tie_embeddings=False, type_vocab_size=0,
-        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False),
+        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False, post_norms=False,
+        embed_scale=False),
 }
 FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
 FAMILY_DEFAULTS[Family.DISTILBERT] = {**FAMILY_DEFAULTS[Family.BERT], "type_vocab_size": 0,
                                       "pooler_activation": PoolerActivation.RELU}
 # Every Qwen3 checkpoint uses rms_norm_eps=1e-6, for its block norms and QK-norms alike.
 FAMILY_DEFAULTS[Family.QWEN3] = {**FAMILY_DEFAULTS[Family.LLAMA], "qk_norm": True, "norm_eps": 1e-6}
+# Gemma 2's soft-caps are transformers' Gemma2Config defaults, which every released size uses.
+FAMILY_DEFAULTS[Family.GEMMA2] = {
+    **FAMILY_DEFAULTS[Family.LLAMA], "norm": Norm.RMS_NORM_PLUS_ONE, "norm_eps": 1e-6,
+    "activation": Activation.GELU_TANH, "tie_embeddings": True, "post_norms": True,
+    "embed_scale": True, "attn_logit_softcap": 50.0, "final_logit_softcap": 30.0}
 
 class ParamDtype(enum.Enum):
   FLOAT32 = "float32"
@@ -137,6 +150,9 @@ _MODEL_RANGES = {
     "type_vocab_size": Range(0, why="0: no token-type embeddings"),
     "dropout_rate": FRACTION,
     "initializer_range": NON_NEGATIVE,
+    "query_pre_attn_scalar": POSITIVE,
+    "attn_logit_softcap": POSITIVE,
+    "final_logit_softcap": POSITIVE,
 }
 
 
@@ -172,6 +188,19 @@ class ModelConfig:
   # scale, and model.norm_eps) after their projections, before the rotation and the KV cache,
   # so that the attention logits do not grow with the projections' scale.
   qk_norm: bool = False
+  # Gemma 2's sandwich norms: the attention's and the MLP's outputs are normalised too, before
+  # they join the residual stream (norm_position=pre only).
+  post_norms: bool = False
+  # Gemma: the token embeddings are multiplied by sqrt(embed_dim) (in the compute dtype, as HF
+  # casts the factor to the hidden states' dtype), as the embedding is tied to the output.
+  embed_scale: bool = False
+  # The attention logits are scaled by query_pre_attn_scalar ** -0.5 (Gemma 2's key of that
+  # name); None: by head_dim ** -0.5.
+  query_pre_attn_scalar: float | None = None
+  # Soft-capping, cap * tanh(x / cap), as Gemma 2: of the attention logits before the mask
+  # (only the XLA attention computes it), and of the LM heads' output logits. None: none.
+  attn_logit_softcap: float | None = None
+  final_logit_softcap: float | None = None
   causal: bool = True
   # Sliding-window (local) attention, as Mistral's and Qwen2's `sliding_window`: a query sees at
   # most the last `sliding_window` slots, itself included (bidirectional models: the keys fewer
@@ -235,11 +264,15 @@ class ModelConfig:
         raise UserError(
             f"model.rope_scaling_factor={self.rope_scaling_factor} and model.rope_original_max_len="
             f"{self.rope_original_max_len} must be positive (Llama 3.1 uses 8 and 8192).")
-    if self.qk_norm and self.norm is not Norm.RMS_NORM:
+    if self.qk_norm and self.norm not in (Norm.RMS_NORM, Norm.RMS_NORM_PLUS_ONE):
       raise UserError(f"model.qk_norm=true normalises queries and keys with an RMSNorm, as Qwen3 "
                       f"does, and needs model.norm=rms_norm (got {self.norm.value!r}); set "
                       f"model.norm=rms_norm or model.qk_norm=false.")
+    if self.post_norms and self.norm_position is not NormPosition.PRE:
+      raise UserError("model.post_norms=true normalises the attention's and the MLP's outputs "
+                      "beside the pre-norms, and needs model.norm_position=pre.")
     self._check_sliding_window()
+    self._check_attention_kernel()
     if self.head is Head.MASKED_LM and self.causal:
       raise UserError("a masked-LM head needs a bidirectional model: set model.causal=false.")
     if self.lora.enabled:
@@ -266,6 +299,24 @@ class ModelConfig:
       raise UserError(f"model.attention=splash has no sliding window (model.sliding_window="
                       f"{window}): set model.attention=xla, or auto (which then uses XLA or "
                       f"cuDNN attention).")
+
+  def _check_attention_kernel(self) -> None:
+    """The kernels compute plain softmax(q k^T / sqrt(d)): cuDNN takes another scale but no
+    soft-cap, splash neither (`auto` then takes XLA)."""
+    if self.attn_logit_softcap is not None and self.attention in (AttentionImpl.SPLASH,
+                                                                  AttentionImpl.CUDNN):
+      raise UserError(f"model.attention={self.attention.value} cannot soft-cap the attention "
+                      f"logits (model.attn_logit_softcap={self.attn_logit_softcap:g}): set "
+                      f"model.attention=xla, or auto (which then uses XLA).")
+    if self.query_pre_attn_scalar is not None and self.attention is AttentionImpl.SPLASH:
+      raise UserError(f"model.attention=splash scales the logits by head_dim ** -0.5 only "
+                      f"(model.query_pre_attn_scalar={self.query_pre_attn_scalar:g}): set "
+                      f"model.attention=xla or auto.")
+
+  @property
+  def attention_scale(self) -> float:
+    """What the attention logits q k^T are multiplied by before the softmax."""
+    return (self.query_pre_attn_scalar or self.dim_per_head) ** -0.5
 
   @property
   def layer_windows(self) -> tuple[int | None, ...]:

@@ -1,5 +1,5 @@
 """The model config's Hugging Face twin: `config.json` dicts <-> ModelConfig, for gpt2, bert,
-roberta, distilbert, llama, mistral, qwen2 and qwen3.
+roberta, distilbert, llama, mistral, qwen2, qwen3 and gemma2.
 
 Reading fills keys a config.json leaves out with the defaults of the matching `transformers`
 config class (old checkpoints only store what differs), and refuses what the lmjax graph cannot
@@ -72,7 +72,8 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
                                 initializer_range=float(d["initializer_range"]))
   family_fields = {Family.GPT2: _gpt2_fields, Family.BERT: _bert_fields,
                    Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields,
-                   Family.QWEN3: _llama_fields, Family.DISTILBERT: _distilbert_fields}[family]
+                   Family.QWEN3: _llama_fields, Family.DISTILBERT: _distilbert_fields,
+                   Family.GEMMA2: _gemma2_fields}[family]
   fields.update(family_fields(model_type, d, fields["head"]))
   if fields["head"] is Head.CLASSIFICATION:
     fields.update(_classifier_fields(model_type, d))
@@ -206,6 +207,16 @@ def _sliding_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
   kinds = d.get("layer_types") or [
       "sliding_attention" if window is not None and i >= d["max_window_layers"]
       else "full_attention" for i in range(layers)]
+  return _layer_type_windows(
+      kinds, window, layers,
+      f"use_sliding_window={d['use_sliding_window']}, sliding_window="
+      f"{d.get('sliding_window')!r}): set use_sliding_window=true and sliding_window")
+
+
+def _layer_type_windows(kinds: list[str], window: int | None, layers: int, missing: str
+                        ) -> dict[str, Any]:
+  """sliding_window and sliding_layers from transformers' `layer_types`; `missing`: the keys
+  that leave `window` unset, and how to set it."""
   unknown = sorted(set(kinds) - {"full_attention", "sliding_attention"})
   if unknown:
     raise UserError(f"layer_types names {', '.join(map(repr, unknown))}, which lmjax does not "
@@ -215,12 +226,38 @@ def _sliding_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
   sliding = tuple(i for i, kind in enumerate(kinds) if kind == "sliding_attention")
   if sliding and window is None:
     raise UserError(f"layer_types has 'sliding_attention' layers ({', '.join(map(str, sliding))}) "
-                    f"without a window (use_sliding_window={d['use_sliding_window']}, "
-                    f"sliding_window={d.get('sliding_window')!r}): set use_sliding_window=true "
-                    f"and sliding_window, or call those layers 'full_attention'.")
+                    f"without a window ({missing}, or call those layers 'full_attention'.")
   if not sliding:
     return {}
   return dict(sliding_window=window, sliding_layers=None if len(sliding) == layers else sliding)
+
+
+def _gemma2_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
+  """Fields of gemma2: Llama's graph with the family's (1 + w) sandwich norms, scaled
+  embeddings and GeGLU, plus the keys below; with layer_types null, Gemma2Config makes the
+  even layers (0, 2, …) sliding."""
+  _refuse(d, "attention_bias", True, "Gemma 2's attention_bias biases q/k/v and o_proj but not "
+          "the MLP, and lmjax has one switch for o_proj and the MLP")
+  _refuse(d, "use_bidirectional_attention", True, "Gemma 2 converts as a causal decoder")
+  hidden, heads, layers = d["hidden_size"], d["num_attention_heads"], d["num_hidden_layers"]
+  head_dim = d["head_dim"] or hidden // heads
+  scalar = d["query_pre_attn_scalar"]
+  kinds = d["layer_types"] or ["sliding_attention" if i % 2 == 0 else "full_attention"
+                               for i in range(layers)]
+  cap = lambda key: None if d[key] is None else float(d[key])
+  return dict(
+      vocab_size=d["vocab_size"], num_layers=layers, embed_dim=hidden, num_heads=heads,
+      num_kv_heads=d["num_key_value_heads"] or heads,
+      head_dim=None if head_dim == hidden // heads else head_dim,
+      mlp_dim=d["intermediate_size"], max_seq_len=d["max_position_embeddings"],
+      norm_eps=float(d["rms_norm_eps"]),
+      activation=_activation(d["hidden_activation"], "hidden_activation"),
+      tie_embeddings=bool(d["tie_word_embeddings"]),
+      query_pre_attn_scalar=None if scalar == head_dim else float(scalar),
+      attn_logit_softcap=cap("attn_logit_softcapping"),
+      final_logit_softcap=cap("final_logit_softcapping"), **_rope_fields(d),
+      **_layer_type_windows(kinds, d["sliding_window"], layers,
+                            "sliding_window=None): set sliding_window"))
 
 
 _ROPE_TYPES = ("default", "llama3")
@@ -262,9 +299,12 @@ def export_model_type(config: ModelConfig) -> str:
   return config.family.value
 
 
-_SLIDING_MODEL_TYPES = ("mistral", "qwen2", "qwen3")  # those with a sliding-window key
+_SLIDING_MODEL_TYPES = ("mistral", "qwen2", "qwen3", "gemma2")  # those with a sliding-window key
 # Switches every HF model of a family has fixed; the rest are config.json keys.
-_FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal", "qk_norm")
+_FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal", "qk_norm", "post_norms",
+          "embed_scale")
+# Gemma 2's keys, which no other model type has.
+_GEMMA2_ONLY = dict(query_pre_attn_scalar=None, attn_logit_softcap=None, final_logit_softcap=None)
 
 
 def _require(config: ModelConfig, model_type: str, **expected) -> None:
@@ -290,6 +330,8 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
   _require(config, model_type, **{k: FAMILY_DEFAULTS[family][k] for k in _FIXED})
   if model_type not in _SLIDING_MODEL_TYPES:
     _require(config, model_type, sliding_window=None)
+  if model_type != "gemma2":
+    _require(config, model_type, **_GEMMA2_ONLY)
   heads = {head: name for name, head in ARCHITECTURES[model_type].items()}
   if config.head not in heads:
     raise UserError(f"model.head={config.head.value!r} has no Hugging Face {model_type} "
@@ -332,6 +374,8 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
                pad_token_id=config.position_offset - 1 if model_type == "roberta" else 0)
   elif family is Family.DISTILBERT:
     out.update(common, **_distilbert_hf_fields(config, model_type, act))
+  elif family is Family.GEMMA2:
+    out.update(common, **_gemma2_hf_fields(config, model_type, act))
   else:
     out.update(common, **_llama_hf_fields(config, model_type, act))
   if config.head is Head.CLASSIFICATION:
@@ -375,22 +419,12 @@ def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str
     _require(config, model_type, qkv_bias=False, use_bias=False)
   else:
     _require(config, model_type, qkv_bias=config.use_bias)
-  rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
-  if config.rope_scaling is RopeScaling.LLAMA3:
-    rope = {"rope_type": "llama3", "rope_theta": config.rope_theta,
-            "factor": config.rope_scaling_factor,
-            "low_freq_factor": config.rope_low_freq_factor,
-            "high_freq_factor": config.rope_high_freq_factor,
-            "original_max_position_embeddings": config.rope_original_max_len}
   fields = dict(
       hidden_size=config.embed_dim, intermediate_size=config.mlp_dim,
       num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
       num_key_value_heads=config.kv_heads, head_dim=config.dim_per_head, hidden_act=act,
       max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps,
-      rope_parameters=rope, attention_dropout=0.0, bos_token_id=None, eos_token_id=None,
-      # The same RoPE in the keys of transformers v4 (and of tools that read them).
-      rope_theta=config.rope_theta,
-      rope_scaling=None if rope["rope_type"] == "default" else dict(rope))
+      attention_dropout=0.0, bos_token_id=None, eos_token_id=None, **_rope_hf_fields(config))
   if model_type == "llama":
     fields.update(attention_bias=config.use_bias, mlp_bias=config.use_bias)
   elif model_type == "mistral":
@@ -402,6 +436,46 @@ def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str
       fields.update(attention_bias=False)
     fields.update(_qwen_sliding_hf_fields(config))
   return fields
+
+
+def _rope_hf_fields(config: ModelConfig) -> dict[str, Any]:
+  """v5 `rope_parameters`, and the same RoPE in the keys of transformers v4 (and of tools that
+  read them)."""
+  rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
+  if config.rope_scaling is RopeScaling.LLAMA3:
+    rope = {"rope_type": "llama3", "rope_theta": config.rope_theta,
+            "factor": config.rope_scaling_factor,
+            "low_freq_factor": config.rope_low_freq_factor,
+            "high_freq_factor": config.rope_high_freq_factor,
+            "original_max_position_embeddings": config.rope_original_max_len}
+  return dict(rope_parameters=rope, rope_theta=config.rope_theta,
+              rope_scaling=None if rope["rope_type"] == "default" else dict(rope))
+
+
+def _gemma2_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
+  """Gemma 2's keys. Its code always builds the sliding layers' mask, so a model without a
+  window exports every layer as full_attention beside a placeholder window (the context)."""
+  _require(config, model_type, type_vocab_size=0, qkv_bias=False, use_bias=False)
+  if config.embed_dim % config.num_heads:
+    raise UserError(f"model.embed_dim={config.embed_dim} cannot be expressed as a Hugging Face "
+                    f"gemma2 model, which needs a multiple of model.num_heads={config.num_heads} "
+                    f"(whatever model.head_dim).")
+  scalar = config.query_pre_attn_scalar or config.dim_per_head
+  return dict(
+      hidden_size=config.embed_dim, intermediate_size=config.mlp_dim,
+      num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+      num_key_value_heads=config.kv_heads, head_dim=config.dim_per_head,
+      hidden_activation="gelu_pytorch_tanh" if config.activation is Activation.GELU_TANH else act,
+      max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps,
+      attention_bias=False, attention_dropout=0.0,
+      query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,
+      attn_logit_softcapping=config.attn_logit_softcap,
+      final_logit_softcapping=config.final_logit_softcap,
+      sliding_window=config.sliding_window or config.max_seq_len,
+      layer_types=["full_attention" if w is None else "sliding_attention"
+                   for w in config.layer_windows],
+      use_bidirectional_attention=False, bos_token_id=None, eos_token_id=None, pad_token_id=0,
+      **_rope_hf_fields(config))
 
 
 def _qwen_sliding_hf_fields(config: ModelConfig) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from lmjax.model.config import Activation, Family, Head
 MODEL_TYPES: dict[str, Family] = {
     "gpt2": Family.GPT2, "bert": Family.BERT, "roberta": Family.BERT,
     "llama": Family.LLAMA, "mistral": Family.MISTRAL, "qwen2": Family.LLAMA,
-    "qwen3": Family.QWEN3, "distilbert": Family.DISTILBERT,
+    "qwen3": Family.QWEN3, "distilbert": Family.DISTILBERT, "gemma2": Family.GEMMA2,
 }
 
 # Per model_type, the head each HF class computes. The class name is `architectures[0]`.
@@ -25,6 +25,7 @@ ARCHITECTURES: dict[str, dict[str, Head]] = {
     "qwen2": {"Qwen2ForCausalLM": Head.CAUSAL_LM, "Qwen2Model": Head.NONE},
     "qwen3": {"Qwen3ForCausalLM": Head.CAUSAL_LM, "Qwen3Model": Head.NONE},
     "distilbert": {"DistilBertForMaskedLM": Head.MASKED_LM, "DistilBertModel": Head.NONE},
+    "gemma2": {"Gemma2ForCausalLM": Head.CAUSAL_LM, "Gemma2Model": Head.NONE},
 }
 for _model_type, _prefix in (("gpt2", "GPT2"), ("bert", "Bert"), ("roberta", "Roberta"),
                              ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"),
@@ -70,6 +71,14 @@ CLASS_DEFAULTS["mistral"] = {**CLASS_DEFAULTS["llama"], "intermediate_size": 143
 CLASS_DEFAULTS["qwen2"] = {**CLASS_DEFAULTS["llama"], "vocab_size": 151936, "intermediate_size": 22016,
                       "max_position_embeddings": 32768, "use_sliding_window": False,
                       "sliding_window": 4096, "max_window_layers": 28}
+# Gemma2Config's: every layer type alternates from sliding_attention when layer_types is null.
+CLASS_DEFAULTS["gemma2"] = dict(
+    vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+    num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+    hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192, initializer_range=0.02,
+    rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=10000.0, attention_bias=False,
+    query_pre_attn_scalar=256, sliding_window=4096, layer_types=None,
+    final_logit_softcapping=30.0, attn_logit_softcapping=50.0, use_bidirectional_attention=None)
 # Qwen3's head_dim defaults to 128 whatever the width, and its attention_bias covers q/k/v and o.
 CLASS_DEFAULTS["qwen3"] = {**CLASS_DEFAULTS["qwen2"], "num_key_value_heads": 32, "head_dim": 128,
                            "layer_types": None}

@@ -101,9 +101,9 @@ def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype) -
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm (with bias) or RMSNorm, as the config says, over the last dim of x; statistics in
-  float32. `axis` is that dim's logical name: "embed" for the blocks' norms, "kv" (head_dim) for
-  the QK-norms."""
+  """LayerNorm (with bias) or RMSNorm (scaled by w, or by 1 + w as Gemma's), as the config says,
+  over the last dim of x; statistics in float32. `axis` is that dim's logical name: "embed" for
+  the blocks' norms, "kv" (head_dim) for the QK-norms."""
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
@@ -113,12 +113,15 @@ class LayerNorm(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     axes = (self.axis,)
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), axes),
-                       (d,), jnp.float32)
+    plus_one = self.config.norm is Norm.RMS_NORM_PLUS_ONE
+    init = nn.initializers.zeros_init() if plus_one else nn.initializers.ones_init()
+    scale = self.param("scale", nn.with_logical_partitioning(init, axes), (d,), jnp.float32)
     x32 = x.astype(jnp.float32)
-    if self.config.norm is Norm.RMS_NORM:
-      # As HF's LlamaRMSNorm: normalise in float32, cast back, then scale.
+    if self.config.norm in (Norm.RMS_NORM, Norm.RMS_NORM_PLUS_ONE):
       y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.config.norm_eps)
+      if plus_one:  # as HF's Gemma2RMSNorm: scaled by 1 + w in float32, then cast back
+        return (y * (1.0 + scale)).astype(self.dtype)
+      # As HF's LlamaRMSNorm: normalise in float32, cast back, then scale.
       return scale.astype(self.dtype) * y.astype(self.dtype)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), axes),
                       (d,), jnp.float32)
@@ -126,6 +129,11 @@ class LayerNorm(nn.Module):
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + self.config.norm_eps) * scale + bias
     return y.astype(self.dtype)
+
+
+def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
+  """cap * tanh(x / cap), as Gemma 2 bounds its logits (HF's order of operations); None: x."""
+  return x if cap is None else jnp.tanh(x / cap) * cap
 
 
 def activation(kind: Activation, x: jax.Array) -> jax.Array:

@@ -19,6 +19,10 @@ _PRESETS: dict[str, dict] = {
     "tiny-qwen3": dict(family=Family.QWEN3, vocab_size=2048, num_layers=4, embed_dim=128,
                        num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=384, max_seq_len=256,
                        tie_embeddings=True),
+    # Gemma 2's layout: local (sliding-window) layers alternating with global ones, from layer 0.
+    "tiny-gemma2": dict(family=Family.GEMMA2, vocab_size=2048, num_layers=4, embed_dim=128,
+                        num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=384, max_seq_len=256,
+                        sliding_window=64, sliding_layers=(0, 2)),
     # Published architectures.
     "gpt2-small": dict(family=Family.GPT2, vocab_size=50257, num_layers=12, embed_dim=768,
                        num_heads=12, mlp_dim=3072, max_seq_len=1024),
@@ -44,6 +48,9 @@ _PRESETS: dict[str, dict] = {
                        num_heads=16, num_kv_heads=8, head_dim=128, mlp_dim=3072,
                        max_seq_len=40960, rope_theta=1_000_000.0,
                        tie_embeddings=True),  # Qwen3-0.6B
+    "gemma2-2b": dict(family=Family.GEMMA2, vocab_size=256000, num_layers=26, embed_dim=2304,
+                      num_heads=8, num_kv_heads=4, head_dim=256, mlp_dim=9216, max_seq_len=8192,
+                      sliding_window=4096, sliding_layers=tuple(range(0, 26, 2))),  # Gemma 2 2B
 }
 
 PRESET_NAMES = tuple(_PRESETS)

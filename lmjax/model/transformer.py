@@ -1,7 +1,7 @@
 """The Transformer: embeddings, a stack of blocks (scanned or unrolled), and an output head.
 
-One module covers GPT-2, BERT/RoBERTa and Llama-style models; `ModelConfig` selects the
-variant. Call it as
+One module covers GPT-2, BERT/RoBERTa, Llama-style and Gemma 2 models; `ModelConfig` selects
+the variant. Call it as
 
     logits = model.apply({"params": params}, input_ids, attention_mask=None, token_type_ids=None)
 
@@ -30,7 +30,7 @@ from lmjax.model.attention import Attention
 from lmjax.model.attention import make_mask
 from lmjax.model.config import (Head, ModelConfig, NormPosition, PoolerActivation, Positions,
                                 Remat)
-from lmjax.model.layers import DenseGeneral, LayerNorm, Mlp, activation, initializer
+from lmjax.model.layers import DenseGeneral, LayerNorm, Mlp, activation, initializer, soft_cap
 
 Cache = dict  # {"layers": the layers' {"key", "value"} [batch, kv_heads, len, head_dim],
               #    stacked [layers, …] for scanned models, a list of one per layer unrolled;
@@ -64,7 +64,8 @@ def unrolled(config: ModelConfig, params) -> tuple[ModelConfig, Any]:
 
 
 class Block(nn.Module):
-  """Attention + MLP with residuals, normalised before (pre) or after (post) each."""
+  """Attention + MLP with residuals, normalised before (pre) or after (post) each; with
+  `post_norms`, pre-normalised and their outputs normalised too (Gemma 2's sandwich)."""
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
@@ -75,17 +76,18 @@ class Block(nn.Module):
     cfg = self.config
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     attention = Attention(cfg, self.dtype, deterministic, name="attention")
-    mlp = lambda y: drop(Mlp(cfg, self.dtype, deterministic, name="mlp")(y))
+    mlp = Mlp(cfg, self.dtype, deterministic, name="mlp")
     norm1 = LayerNorm(cfg, self.dtype, name="attention_norm")
     norm2 = LayerNorm(cfg, self.dtype, name="mlp_norm")
+    post = lambda y, name: LayerNorm(cfg, self.dtype, name=name)(y) if cfg.post_norms else y
     if cfg.norm_position is NormPosition.PRE:
       h, layer_cache = attention(norm1(x), mask, positions, layer_cache, cache_index, window)
-      x = x + drop(h)
-      x = x + mlp(norm2(x))
+      x = x + drop(post(h, "attention_post_norm"))
+      x = x + drop(post(mlp(norm2(x)), "mlp_post_norm"))
     else:
       h, layer_cache = attention(x, mask, positions, layer_cache, cache_index, window)
       x = norm1(x + drop(h))
-      x = norm2(x + mlp(x))
+      x = norm2(x + drop(mlp(x)))
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return x, layer_cache
 
@@ -100,7 +102,7 @@ _POOLER_ACTIVATIONS = {PoolerActivation.TANH: jnp.tanh, PoolerActivation.RELU: j
 
 
 class Transformer(nn.Module):
-  """A GPT-2, BERT/RoBERTa or Llama-style model, as `config` says."""
+  """A GPT-2, BERT/RoBERTa, Llama-style or Gemma 2 model, as `config` says."""
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
@@ -191,7 +193,8 @@ class Transformer(nn.Module):
 
   def decode(self, hidden: jax.Array) -> jax.Array:
     """The LM heads' vocabulary projection: hidden [..., embed] -> float32 logits [..., vocab]
-    (the tied embedding or `lm_head`, plus the MLM decoder's bias)."""
+    (the tied embedding or `lm_head`, plus the MLM decoder's bias; soft-capped with
+    `final_logit_softcap`)."""
     cfg = self.config
     x = hidden.astype(self.dtype)
     if cfg.tie_embeddings:  # x @ embedding.T: rows of x against the embedding's rows, one 2-D
@@ -206,7 +209,7 @@ class Transformer(nn.Module):
       logits = logits + self.output_bias.astype(self.dtype)
     if logits.ndim == 3:
       logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    return logits.astype(jnp.float32)
+    return soft_cap(logits.astype(jnp.float32), cfg.final_logit_softcap)
 
   def _trunk(self, input_ids, attention_mask, token_type_ids, positions, segment_ids, cache,
              train):
@@ -243,6 +246,8 @@ class Transformer(nn.Module):
   def _embed(self, input_ids, token_type_ids, positions, train):
     cfg = self.config
     x = jnp.take(self.token_embedding, input_ids, axis=0, mode="clip").astype(self.dtype)
+    if cfg.embed_scale:  # Gemma: the factor rounded to the compute dtype first, as HF's
+      x = x * jnp.asarray(cfg.embed_dim ** 0.5, self.dtype)
     if cfg.positions is Positions.LEARNED:
       x = x + jnp.take(self.position_embedding, positions + cfg.position_offset, axis=0,
                        mode="clip").astype(self.dtype)

@@ -337,15 +337,6 @@ def complete(loaded: Loaded, texts: Sequence[str], settings: GenerationSettings,
 # -- output -----------------------------------------------------------------------------------
 
 
-def check_new_output(path: str | pathlib.Path) -> pathlib.Path:
-  """`path` as a path; UserError if something is there already (outputs never overwrite)."""
-  path = pathlib.Path(path)
-  if path.exists():
-    raise UserError(f"--output {path} already exists: choose a new file name (lmjax never "
-                    f"overwrites an output).")
-  return path
-
-
 def write_completions(results: Sequence[Completion], path: pathlib.Path | None) -> None:
   """One JSON object per prompt, {"prompt": …, "completions": [text, …]}, to `path` (written
   atomically, so a failure leaves no file) or to stdout."""
@@ -358,6 +349,6 @@ def write_completions(results: Sequence[Completion], path: pathlib.Path | None) 
     write_text_atomic(path, text)
 
 
-__all__ = ["Completion", "GenerationSettings", "STREAM_CHUNK", "check_new_output",
+__all__ = ["Completion", "GenerationSettings", "STREAM_CHUNK",
            "chat_template_source", "complete", "complete_batch", "encode_prompts", "fit_prompts",
            "read_prompts", "resolve_settings", "stable_prefix", "write_completions"]

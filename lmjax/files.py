@@ -28,6 +28,15 @@ def check_new_directory(destination: str | os.PathLike) -> pathlib.Path:
   return destination
 
 
+def check_new_file(path: str | os.PathLike, *, flag: str = "--output") -> pathlib.Path:
+  """`path` as a path; UserError if something is there already (outputs never overwrite)."""
+  path = pathlib.Path(path)
+  if path.exists():
+    raise UserError(f"{flag} {path} already exists: choose a new file (lmjax never overwrites an "
+                    f"output).")
+  return path
+
+
 @contextlib.contextmanager
 def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
   """A fresh sibling directory of `destination`, renamed to it when the block succeeds.

@@ -30,7 +30,7 @@ import jax
 from lmjax.complete import GenerationSettings, complete_batch
 from lmjax.convert.loading import Loaded, load_model
 from lmjax.errors import UserError
-from lmjax.files import write_text_atomic
+from lmjax.files import check_new_file, write_text_atomic
 from lmjax.generate import continuation_log_likelihoods
 from lmjax.perplexity import prefix_id, require_language_model, window_requests
 
@@ -246,9 +246,8 @@ def run_harness(*, run_dir: str | None, hf_dir: str | None, step: int | None, ta
                 seed: int = 0) -> dict[str, Any]:
   """`lmjax eval-harness`: the harness' results (its `results` dict, per task) for the model."""
   _offline(online)
-  if output is not None and os.path.exists(output):
-    raise UserError(f"--output {output} exists: choose a new file (eval-harness never "
-                    f"overwrites).")
+  if output is not None:
+    check_new_file(output)
   if num_fewshot is not None and num_fewshot < 0:
     raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}.")
   if limit is not None and not limit > 0:

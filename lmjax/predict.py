@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pathlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,7 +29,7 @@ from lmjax.data.examples import Examples, Fields, read_examples
 from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
-from lmjax.files import write_text_atomic
+from lmjax.files import check_new_file, write_text_atomic
 from lmjax.generate import classify
 from lmjax.hub import resolve_hf_dir
 from lmjax.model import Head, Transformer
@@ -136,8 +135,8 @@ def _output(classifier: Classifier, inputs: Examples, i: int, probabilities: lis
 def write_predictions(records: Iterator[dict[str, Any]], output: str | None) -> dict[str, Any]:
   """Writes the records as JSON Lines to `output` (a new file, written whole or not at all) or
   stdout; returns a summary: how many, and the accuracy over those with an expected label."""
-  if output is not None and os.path.exists(output):
-    raise UserError(f"--output {output} exists: choose a new file (predict never overwrites).")
+  if output is not None:
+    check_new_file(output)
   lines, count, right, labelled = [], 0, 0, 0
   for record in records:
     line = json.dumps(record, ensure_ascii=False)

@@ -5,7 +5,8 @@ Reading fills keys a config.json leaves out with the defaults of the matching `t
 config class (old checkpoints only store what differs), and refuses what the lmjax graph cannot
 compute exactly: the error names the key, the value and what is supported. Writing checks the
 reverse: every switch of the ModelConfig must be expressible in the target `model_type`. Plain
-dicts only: reading and writing the files is lmjax.convert's.
+dicts only: reading and writing the files is lmjax.convert's; the writing half is
+`hf_export.py` (re-exported here).
 """
 
 from __future__ import annotations
@@ -13,13 +14,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmjax.errors import UserError
-from lmjax.model.config import (FAMILY_DEFAULTS, Activation, Family, Head, ModelConfig,
-                                PoolerActivation, RopeScaling)
-from lmjax.model.hf_tables import (ACTIVATION_NAMES, ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS,
-                                   MODEL_TYPES)
-
-_ENCODERS = (Family.BERT, Family.DISTILBERT)  # bidirectional; classifiers read a pooled token
-
+from lmjax.model.config import Activation, Family, Head, ModelConfig, RopeScaling
+from lmjax.model.hf_export import export_model_type, model_config_to_hf_config
+from lmjax.model.hf_tables import ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS, ENCODERS, MODEL_TYPES
 
 def _supported(names) -> str:
   return ", ".join(sorted(names))
@@ -38,7 +35,7 @@ def _head(model_type: str, hf_config: Mapping[str, Any]) -> Head:
   architectures = hf_config.get("architectures") or []
   heads = ARCHITECTURES[model_type]
   if not architectures:  # a bare config: decoders are language models, encoders bare bodies
-    return Head.NONE if MODEL_TYPES[model_type] in _ENCODERS else Head.CAUSAL_LM
+    return Head.NONE if MODEL_TYPES[model_type] in ENCODERS else Head.CAUSAL_LM
   if architectures[0] not in heads:
     raise UserError(f"architecture {architectures[0]!r} is not supported for model_type "
                     f"{model_type!r}; lmjax converts {_supported(heads)}.")
@@ -107,7 +104,7 @@ def _classifier_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
   if num_labels < 2:
     raise UserError(f"num_labels={num_labels} is a regression head; lmjax classifiers have two "
                     f"labels or more.")
-  encoder = MODEL_TYPES[model_type] in _ENCODERS
+  encoder = MODEL_TYPES[model_type] in ENCODERS
   return dict(num_labels=num_labels, pooler=encoder, classifier_bias=encoder)
 
 
@@ -284,213 +281,6 @@ def _rope_fields(d: Mapping[str, Any]) -> dict[str, Any]:
               rope_high_freq_factor=float(rope["high_freq_factor"]),
               rope_original_max_len=int(rope.get("original_max_position_embeddings")
                                         or d["max_position_embeddings"]))
-
-
-# -- lmjax -> Hugging Face ----------------------------------------------------------------------
-
-
-def export_model_type(config: ModelConfig) -> str:
-  """The HF model_type `config` exports as: its family's, except where the graph names a variant
-  (roberta: positions offset; qwen2: a Llama with biases on q/k/v only)."""
-  if config.family is Family.BERT:
-    return "roberta" if config.position_offset else "bert"
-  if config.family is Family.LLAMA and config.qkv_bias and not config.use_bias:
-    return "qwen2"
-  return config.family.value
-
-
-_SLIDING_MODEL_TYPES = ("mistral", "qwen2", "qwen3", "gemma2")  # those with a sliding-window key
-# Switches every HF model of a family has fixed; the rest are config.json keys.
-_FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal", "qk_norm", "post_norms",
-          "embed_scale")
-# Gemma 2's keys, which no other model type has.
-_GEMMA2_ONLY = dict(query_pre_attn_scalar=None, attn_logit_softcap=None, final_logit_softcap=None)
-
-
-def _require(config: ModelConfig, model_type: str, **expected) -> None:
-  """UserError unless each named field of `config` has the expected value."""
-  plain = lambda value: getattr(value, "value", value)  # enums as their config spelling
-  for name, value in expected.items():
-    if getattr(config, name) != value:
-      raise UserError(f"model.{name}={plain(getattr(config, name))!r} cannot be expressed as a "
-                      f"Hugging Face {model_type} model, which needs {name}={plain(value)!r}.")
-
-
-def _require_plain_heads(config: ModelConfig, model_type: str) -> None:
-  if config.kv_heads != config.num_heads or config.dim_per_head * config.num_heads != config.embed_dim:
-    raise UserError(f"model.num_kv_heads={config.num_kv_heads} / model.head_dim={config.head_dim}: "
-                    f"a Hugging Face {model_type} model has as many key/value heads as query heads "
-                    f"and head_dim = embed_dim / num_heads; set both to null.")
-
-
-def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
-  """The config.json dict (with "architectures" and "model_type") of the HF twin of `config`."""
-  model_type = export_model_type(config)
-  family = config.family
-  _require(config, model_type, **{k: FAMILY_DEFAULTS[family][k] for k in _FIXED})
-  if model_type not in _SLIDING_MODEL_TYPES:
-    _require(config, model_type, sliding_window=None)
-  if model_type != "gemma2":
-    _require(config, model_type, **_GEMMA2_ONLY)
-  heads = {head: name for name, head in ARCHITECTURES[model_type].items()}
-  if config.head not in heads:
-    raise UserError(f"model.head={config.head.value!r} has no Hugging Face {model_type} "
-                    f"counterpart; lmjax exports heads "
-                    f"{', '.join(h.value for h in heads)}.")
-  if config.activation not in ACTIVATION_NAMES:
-    raise UserError(f"model.activation={config.activation.value!r} cannot be exported.")
-  out: dict[str, Any] = {"architectures": [heads[config.head]], "model_type": model_type}
-  act = ACTIVATION_NAMES[config.activation]
-  common = dict(vocab_size=config.vocab_size, initializer_range=config.initializer_range,
-                tie_word_embeddings=config.tie_embeddings)
-  if family is Family.GPT2:
-    _require(config, model_type, use_bias=True, qkv_bias=True, type_vocab_size=0,
-             position_offset=0)
-    _require_plain_heads(config, model_type)
-    out.update(common, n_positions=config.max_seq_len, n_embd=config.embed_dim,
-               n_layer=config.num_layers, n_head=config.num_heads, n_inner=config.mlp_dim,
-               activation_function=act, layer_norm_epsilon=config.norm_eps,
-               resid_pdrop=config.dropout_rate, embd_pdrop=config.dropout_rate, attn_pdrop=0.0,
-               bos_token_id=None, eos_token_id=None)
-  elif family is Family.BERT:
-    _require(config, model_type, use_bias=True, qkv_bias=True)
-    _require_plain_heads(config, model_type)
-    if model_type == "roberta":
-      if config.position_offset < 1:
-        raise UserError("a RoBERTa model numbers positions from pad_token_id + 1: set "
-                        "model.position_offset (2 for RoBERTa's pad_token_id=1).")
-      if config.head is Head.MASKED_LM:
-        _require(config, model_type, activation=Activation.GELU)
-    else:
-      _require(config, model_type, position_offset=0)
-    if config.pooler:
-      _require(config, model_type, pooler_activation=PoolerActivation.TANH)
-    out.update(common, hidden_size=config.embed_dim, num_hidden_layers=config.num_layers,
-               num_attention_heads=config.num_heads, intermediate_size=config.mlp_dim,
-               hidden_act=act, hidden_dropout_prob=config.dropout_rate,
-               attention_probs_dropout_prob=0.0,
-               max_position_embeddings=config.num_position_embeddings,
-               type_vocab_size=config.type_vocab_size, layer_norm_eps=config.norm_eps,
-               pad_token_id=config.position_offset - 1 if model_type == "roberta" else 0)
-  elif family is Family.DISTILBERT:
-    out.update(common, **_distilbert_hf_fields(config, model_type, act))
-  elif family is Family.GEMMA2:
-    out.update(common, **_gemma2_hf_fields(config, model_type, act))
-  else:
-    out.update(common, **_llama_hf_fields(config, model_type, act))
-  if config.head is Head.CLASSIFICATION:
-    out.update(_classifier_hf_fields(config, model_type))
-  return out
-
-
-def _classifier_hf_fields(config: ModelConfig, model_type: str) -> dict[str, Any]:
-  """A classifier's head as HF has it (BERT and RoBERTa: a pooled first token and a biased
-  classifier; decoders: a bias-free `score` on the last token), with placeholder label names
-  (LABEL_i) that an export replaces by the run's."""
-  encoder = config.family in _ENCODERS
-  _require(config, model_type, pooler=encoder, classifier_bias=encoder)
-  names = {i: f"LABEL_{i}" for i in range(config.num_labels)}
-  return dict(id2label=names, label2id={name: i for i, name in names.items()},
-              problem_type="single_label_classification")
-
-
-def _distilbert_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
-  """DistilBERT's keys; its code fixes the LayerNorms' eps and has no token types, position
-  offset or pooler but the classifier's (`pre_classifier`, through ReLU)."""
-  _require(config, model_type, use_bias=True, qkv_bias=True, type_vocab_size=0,
-           position_offset=0, norm_eps=1e-12, pooler=config.head is Head.CLASSIFICATION)
-  if config.pooler:
-    _require(config, model_type, pooler_activation=PoolerActivation.RELU)
-  _require_plain_heads(config, model_type)
-  # lmjax has no attention dropout; its classifier's dropout is the model's.
-  return dict(dim=config.embed_dim, n_layers=config.num_layers, n_heads=config.num_heads,
-              hidden_dim=config.mlp_dim, activation=act,
-              max_position_embeddings=config.max_seq_len, sinusoidal_pos_embds=False,
-              dropout=config.dropout_rate, attention_dropout=0.0,
-              seq_classif_dropout=config.dropout_rate, qa_dropout=config.dropout_rate,
-              pad_token_id=0)
-
-
-def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
-  _require(config, model_type, type_vocab_size=0)
-  if model_type == "qwen2":
-    _require(config, model_type, qkv_bias=True, use_bias=False)
-  elif model_type in ("mistral", "qwen3"):
-    _require(config, model_type, qkv_bias=False, use_bias=False)
-  else:
-    _require(config, model_type, qkv_bias=config.use_bias)
-  fields = dict(
-      hidden_size=config.embed_dim, intermediate_size=config.mlp_dim,
-      num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-      num_key_value_heads=config.kv_heads, head_dim=config.dim_per_head, hidden_act=act,
-      max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps,
-      attention_dropout=0.0, bos_token_id=None, eos_token_id=None, **_rope_hf_fields(config))
-  if model_type == "llama":
-    fields.update(attention_bias=config.use_bias, mlp_bias=config.use_bias)
-  elif model_type == "mistral":
-    if config.sliding_window is not None:
-      _require(config, model_type, sliding_layers=None)  # one window for every layer
-    fields.update(sliding_window=config.sliding_window)
-  else:
-    if model_type == "qwen3":
-      fields.update(attention_bias=False)
-    fields.update(_qwen_sliding_hf_fields(config))
-  return fields
-
-
-def _rope_hf_fields(config: ModelConfig) -> dict[str, Any]:
-  """v5 `rope_parameters`, and the same RoPE in the keys of transformers v4 (and of tools that
-  read them)."""
-  rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
-  if config.rope_scaling is RopeScaling.LLAMA3:
-    rope = {"rope_type": "llama3", "rope_theta": config.rope_theta,
-            "factor": config.rope_scaling_factor,
-            "low_freq_factor": config.rope_low_freq_factor,
-            "high_freq_factor": config.rope_high_freq_factor,
-            "original_max_position_embeddings": config.rope_original_max_len}
-  return dict(rope_parameters=rope, rope_theta=config.rope_theta,
-              rope_scaling=None if rope["rope_type"] == "default" else dict(rope))
-
-
-def _gemma2_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
-  """Gemma 2's keys. Its code always builds the sliding layers' mask, so a model without a
-  window exports every layer as full_attention beside a placeholder window (the context)."""
-  _require(config, model_type, type_vocab_size=0, qkv_bias=False, use_bias=False)
-  if config.embed_dim % config.num_heads:
-    raise UserError(f"model.embed_dim={config.embed_dim} cannot be expressed as a Hugging Face "
-                    f"gemma2 model, which needs a multiple of model.num_heads={config.num_heads} "
-                    f"(whatever model.head_dim).")
-  scalar = config.query_pre_attn_scalar or config.dim_per_head
-  return dict(
-      hidden_size=config.embed_dim, intermediate_size=config.mlp_dim,
-      num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-      num_key_value_heads=config.kv_heads, head_dim=config.dim_per_head,
-      hidden_activation="gelu_pytorch_tanh" if config.activation is Activation.GELU_TANH else act,
-      max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps,
-      attention_bias=False, attention_dropout=0.0,
-      query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,
-      attn_logit_softcapping=config.attn_logit_softcap,
-      final_logit_softcapping=config.final_logit_softcap,
-      sliding_window=config.sliding_window or config.max_seq_len,
-      layer_types=["full_attention" if w is None else "sliding_attention"
-                   for w in config.layer_windows],
-      use_bidirectional_attention=False, bos_token_id=None, eos_token_id=None, pad_token_id=0,
-      **_rope_hf_fields(config))
-
-
-def _qwen_sliding_hf_fields(config: ModelConfig) -> dict[str, Any]:
-  """Qwen2's and Qwen3's window keys: `layer_types` for transformers v5, and
-  `max_window_layers` for readers without layer_types where the sliding layers are the last."""
-  if config.sliding_window is None:
-    return dict(use_sliding_window=False, sliding_window=None)
-  windows = config.layer_windows
-  first = next(i for i, w in enumerate(windows) if w is not None)
-  fields = dict(use_sliding_window=True, sliding_window=config.sliding_window,
-                layer_types=["full_attention" if w is None else "sliding_attention"
-                             for w in windows])
-  if all(w is not None for w in windows[first:]):
-    fields.update(max_window_layers=first)
-  return fields
 
 
 __all__ = ["hf_config_to_model_config", "hf_labels", "model_config_to_hf_config", "export_model_type",

@@ -15,6 +15,9 @@ MODEL_TYPES: dict[str, Family] = {
     "qwen3": Family.QWEN3, "distilbert": Family.DISTILBERT, "gemma2": Family.GEMMA2,
 }
 
+# Bidirectional families: their classifiers read a pooled first token.
+ENCODERS = (Family.BERT, Family.DISTILBERT)
+
 # Per model_type, the head each HF class computes. The class name is `architectures[0]`.
 ARCHITECTURES: dict[str, dict[str, Head]] = {
     "gpt2": {"GPT2LMHeadModel": Head.CAUSAL_LM, "GPT2Model": Head.NONE},

@@ -2,6 +2,8 @@
 
 Each source's last `data.eval_fraction` of packed rows (at least one) is held out for
 evaluation; rows carry the index of their source, sorted, which weighted mixtures draw by.
+Rows are held in memory, except an hf_datasets source's: those are built when a batch asks for
+them, from its memory-mapped Arrow files (lmjax.data.dataset_rows).
 
 Building one says what it does in a few log lines before the first step: the files each source
 found and their size, the tokenizer it trains (if it trains one), what was left out (one line
@@ -12,16 +14,20 @@ kept and rows packed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
+from collections.abc import Iterable
 
 import numpy as np
 
 from lmjax.data.batches import BatchSource, pack_for, packing_ids
 from lmjax.data.classification import encode_examples, example_tokenizer, read_labelled
 from lmjax.data.config import DataConfig, DataSource, Source
+from lmjax.data.dataset_rows import DatasetRows, DocumentIndex, index_documents, iter_texts
+from lmjax.data.hf_datasets_source import TextColumn
 from lmjax.data.prepared import Prepared, open_prepared
-from lmjax.data.rows import ArrayRecordRows, MemoryRows, Rows
+from lmjax.data.rows import ArrayRecordRows, ConcatenatedRows, MemoryRows, Rows
 from lmjax.data.sft import load_sft, read_sft_examples
 from lmjax.data.sources import (ReadStats, describe_files, find_units, keep_tokenized,
                                  read_units)
@@ -70,34 +76,46 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
     raise UserError("data.mixture mixes 'prepared' sources with document sources; prepare the "
                     "others too (lmjax data prepare), or tokenize all of them on the fly.")
   stats = ReadStats()
-  read = [_read_source(i, s, data, stats) for i, s in enumerate(data.sources)]
-  tokenizer = tokenizer or build_tokenizer(
-      tokenizer_choice, [d for _, per_unit in read for docs in per_unit for d in docs],
-      vocab_size=spec.vocab_size)
+  # hf_datasets sources are read on demand (lmjax.data.dataset_rows): opened and checked here,
+  # indexed once the tokenizer is known; the others are read whole and packed in memory.
+  columns = {i: _text_columns(s) for i, s in enumerate(data.sources)
+             if s.source == Source.HF_DATASETS.value}
+  read = [([], []) if i in columns else _read_source(i, s, data, stats)
+          for i, s in enumerate(data.sources)]
+  tokenizer = tokenizer or build_tokenizer(tokenizer_choice, _documents(read, columns),
+                                           vocab_size=spec.vocab_size)
   check_tokenizer(spec, tokenizer)
-  token_sources = [_tokenized(names, per_unit, tokenizer, source=s.source, stats=stats)
-                   for s, (names, per_unit) in zip(data.sources, read)]
+  bos_id, eos_id = packing_ids(spec.objective, tokenizer)
+  token_sources = [
+      index_documents(columns[i], tokenizer=tokenizer, seq_len=spec.seq_len, bos_id=bos_id,
+                      eos_id=eos_id, stats=stats) if i in columns else
+      _tokenized(names, per_unit, tokenizer, source=s.source, stats=stats)
+      for i, (s, (names, per_unit)) in enumerate(zip(data.sources, read))]
   _report_skipped(stats)
   train, held_out = [], []
   for i, token_docs in enumerate(token_sources):
     named = f"data.mixture[{i}]" if data.mixture else "the corpus"
-    if not token_docs:
+    if not len(token_docs):
       raise UserError(f"every document of {named} tokenizes to no tokens: check "
                       f"data.tokenizer, or point data.paths at other files.")
-    packed = pack_for(spec.objective, tokenizer, token_docs, spec.seq_len)
-    num_rows = len(packed["input_ids"])
+    if isinstance(token_docs, DocumentIndex):
+      rows = DatasetRows(token_docs, source_id=i)
+    else:
+      packed = pack_for(spec.objective, tokenizer, token_docs, spec.seq_len)
+      rows = MemoryRows(packed, np.full(len(packed["input_ids"]), i, np.int32))
+    num_rows = len(rows)
     if num_rows < 2:
       raise UserError(
           f"{named} makes only {num_rows} row(s) of train.seq_len={spec.seq_len} tokens; "
           f"training and evaluation need at least 2: add data or lower train.seq_len.")
-    rows = MemoryRows(packed, np.full(num_rows, i, np.int32))
     num_eval = min(max(1, round(num_rows * data.eval_fraction)), num_rows - 1)
     train.append(rows.slice(0, num_rows - num_eval))
     held_out.append(rows.slice(num_rows - num_eval, num_rows))
-  train, held_out = MemoryRows.concatenate(train), MemoryRows.concatenate(held_out)
+  train, held_out = _joined(train), _joined(held_out)
   log.info("kept %d documents (%d tokens), packed into %d rows of %d tokens: %d to train on, "
            "%d held out", sum(map(len, token_sources)),
-           sum(len(d) for docs in token_sources for d in docs), len(train) + len(held_out),
+           sum(t.num_tokens if isinstance(t, DocumentIndex) else sum(map(len, t))
+               for t in token_sources), len(train) + len(held_out),
            spec.seq_len, len(train), len(held_out))
   return Corpus(tokenizer, train, held_out, tuple(s.weight for s in data.mixture), stats.total)
 
@@ -113,6 +131,30 @@ def _read_source(i: int, s: DataSource, data: DataConfig, stats: ReadStats
                         data_dir=s.data_dir, encoding_errors=data.encoding_errors,
                         bad_records=data.bad_records, stats=stats)
   return [u.name for u in units], per_unit
+
+
+def _text_columns(s: DataSource) -> list[TextColumn]:
+  """An hf_datasets source's text columns, opened: a missing split or column is said now."""
+  return [TextColumn(u.name, split=s.split, field=s.field).check()
+          for u in find_units(source=s.source, paths=s.paths)]
+
+
+def _documents(read: list[tuple[list[str], list[list[str]]]],
+               columns: dict[int, list[TextColumn]]) -> Iterable[str]:
+  """Every source's documents in order, for a BPE tokenizer to train on: a list, or a stream
+  when some source is read on demand (its texts are never all in memory)."""
+  if not columns:
+    return [d for _, per_unit in read for docs in per_unit for d in docs]
+  return itertools.chain.from_iterable(
+      iter_texts(columns[i]) if i in columns else (d for docs in per_unit for d in docs)
+      for i, (_, per_unit) in enumerate(read))
+
+
+def _joined(parts: list[Rows]) -> Rows:
+  """The sources' rows one after the other (in one set of arrays when all are in memory)."""
+  if all(isinstance(p, MemoryRows) for p in parts):
+    return MemoryRows.concatenate(parts)
+  return parts[0] if len(parts) == 1 else ConcatenatedRows(parts)
 
 
 def _tokenized(names: list[str], per_unit: list[list[str]], tokenizer: Tokenizer, *,

@@ -4,17 +4,19 @@ Each `data.paths` entry is a directory written by `Dataset.save_to_disk` /
 `DatasetDict.save_to_disk`, or what `datasets.load_dataset` reads locally: a data file (.jsonl,
 .json, .csv, .tsv, .parquet, .txt, .arrow) or a directory of them. `data.split` picks the split
 (slicing works: `train[:90%]`), `data.field` the text column (and `data.label_field`,
-`data.pair_field` for labelled examples). The columns are read from the Arrow files by memory
-mapping, a batch of rows at a time, and then go through the same tokenizing, packing and
-step-indexed Grain pipeline as every other source, so exact resume and multi-host sharding hold
-unchanged. Nothing is downloaded: the Hub is not consulted.
+`data.pair_field` for labelled examples). The Arrow files are memory-mapped: a `TextColumn` reads
+a batch of rows at a time when streamed, or just the rows asked for by number, which is how
+training reads documents on demand (lmjax.data.dataset_rows). Labelled examples are read whole,
+as every labelled source is. Nothing is downloaded: the Hub is not consulted.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 
 from lmjax.errors import UserError
 
@@ -124,7 +126,49 @@ def read_columns(path: str, *, split: str, columns: Sequence[str],
   return values, where
 
 
+class TextColumn:
+  """The text column `field` of one dataset split, opened (and checked) when first read.
+
+  Its documents are the column's non-empty strings, known by their row numbers in the split.
+  Picklable: a Grain worker process reopens the memory-mapped files by path, never copies them.
+  """
+
+  def __init__(self, path: str, *, split: str, field: str):
+    self.path, self.split, self.field = path, split, field
+    self._view = None  # the split with only `field`: a view of the memory-mapped table
+
+  def _opened(self):
+    if self._view is None:
+      dataset = open_split(self.path, split=self.split)
+      _check_columns(dataset, self.path, [self.field], [self.field], "data.field")
+      self._view = dataset.select_columns([self.field])
+    return self._view
+
+  def check(self) -> TextColumn:
+    """Opens the split now, so that a missing split or column is reported before any work."""
+    self._opened()
+    return self
+
+  def batches(self) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """The documents in row order, `_ROWS_PER_READ` rows at a time: (row numbers [n], texts)."""
+    view = self._opened()
+    for start in range(0, view.num_rows, _ROWS_PER_READ):
+      values = view[start:start + _ROWS_PER_READ][self.field]  # one slice of the Arrow table
+      kept = [n for n, text in enumerate(values) if text is not None and text.strip()]
+      yield np.asarray(kept, np.int64) + start, [values[n] for n in kept]
+
+  def texts(self, rows: np.ndarray) -> list[str]:
+    """The texts of rows `rows` [n] (any order, repeats allowed), read from the Arrow files."""
+    return self._opened()[[int(n) for n in rows]][self.field]
+
+  def __getstate__(self):
+    return {"path": self.path, "split": self.split, "field": self.field}
+
+  def __setstate__(self, state):
+    self.__init__(state["path"], split=state["split"], field=state["field"])
+
+
 def read_hf_texts(path: str, *, split: str, field: str) -> list[str]:
   """The documents of a dataset split: the non-empty strings of column `field`."""
-  values, _ = read_columns(path, split=split, columns=[field], text_columns=[field])
-  return [text for text in values[field] if text is not None and text.strip()]
+  return [text for _, texts in TextColumn(path, split=split, field=field).batches()
+          for text in texts]

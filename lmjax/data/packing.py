@@ -73,6 +73,25 @@ class RowPacker:
     return _rows(tokens, doc_index, self.seq_len)
 
 
+def packed_row(token_docs: Sequence[Sequence[int]], *, skip: int, seq_len: int,
+               eos_id: int | None, bos_id: int | None = None) -> Batch:
+  """One row of `pack_documents`, made without packing the documents before it.
+
+  token_docs: the non-empty documents the row's tokens come from, in order; the row starts
+  `skip` tokens into the first one's packed tokens ([bos_id] + doc + [eos_id]) and takes the
+  next `seq_len` tokens (fewer, padded, when the documents end first: the corpus's last row).
+  A row's segment ids and positions depend only on its own tokens, so this is exactly the row
+  that packing the whole corpus gives. Returns int32 arrays [1, seq_len].
+  """
+  _check_seq_len(seq_len)
+  prefix = [] if bos_id is None else [bos_id]
+  suffix = [] if eos_id is None else [eos_id]
+  pieces = [np.asarray(prefix + list(doc) + suffix, np.int64) for doc in token_docs]
+  tokens = np.concatenate(pieces)[skip:skip + seq_len]
+  doc_index = np.repeat(np.arange(len(pieces)), [p.size for p in pieces])[skip:skip + seq_len]
+  return _rows(tokens, doc_index, seq_len)
+
+
 def _rows(tokens: np.ndarray, doc_index: np.ndarray, seq_len: int) -> Batch:
   """Rows of `seq_len` from a token stream [total] and its document indices (the last row
   padded): segment ids count the pieces of each row, positions restart with each piece."""

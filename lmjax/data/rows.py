@@ -1,4 +1,5 @@
-"""Packed rows by random access: held in memory, or read from `lmjax data prepare` shards.
+"""Packed rows by random access: held in memory, or read from `lmjax data prepare` shards (or
+built on demand from an hf_datasets source, lmjax.data.dataset_rows), or several of these joined.
 
 A row is three int32 vectors of `seq_len` (`input_ids`, `segment_ids`, `positions`, see
 lmjax.data.packing) and the index of the data source it came from. Rows are grouped by source:
@@ -55,6 +56,28 @@ class MemoryRows(Rows):
   def slice(self, start: int, stop: int) -> MemoryRows:
     return MemoryRows({k: v[start:stop] for k, v in self.arrays.items()},
                       self.source_ids[start:stop])
+
+
+class ConcatenatedRows(Rows):
+  """Several `Rows` one after the other: a mixture whose sources are held in different ways
+  (in memory, read on demand). Row i is row i - start of the part it falls in."""
+
+  def __init__(self, parts: Sequence[Rows]):
+    self.parts = list(parts)
+    self.source_ids = np.concatenate([p.source_ids for p in self.parts])
+    self._starts = np.cumsum([0] + [len(p) for p in self.parts])  # [parts + 1]
+
+  def take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    part = np.searchsorted(self._starts, indices, side="right") - 1  # [n]
+    taken = {k: self.parts[k].take(indices[part == k] - self._starts[k])
+             for k in np.unique(part)} or {0: self.parts[0].take(indices)}
+    first = next(iter(taken.values()))
+    out = {key: np.empty((len(indices),) + v.shape[1:], v.dtype) for key, v in first.items()}
+    for k, arrays in taken.items():
+      for key, v in arrays.items():
+        out[key][part == k] = v
+    return out
 
 
 class ArrayRecordRows(Rows):

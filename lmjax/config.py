@@ -329,16 +329,29 @@ def model_config_from_dict(raw: Mapping[str, Any], source_fields: Mapping[str, A
       raise UserError(f"unknown model.preset {name!r}{did_you_mean(str(name), PRESET_NAMES)}; "
                       f"presets are {', '.join(PRESET_NAMES)}.")
     fields = preset_fields(name)
-  fields.update(source_fields)  # the source's architecture overrides the preset's
-  fields.update(raw)
+  fields = _merged(fields, source_fields)  # the source's architecture overrides the preset's
+  fields = _merged(fields, raw)
   _fold_legacy_hf_model_type(fields)
   if "family" not in fields:
     raise UserError(f"model.family is missing: set it to one of "
                     f"{', '.join(f.value for f in Family)}, or give model.preset.")
   family = coerce_enum(fields["family"], Family, "model.family")
-  fields = {**plain(FAMILY_DEFAULTS[family]), **fields}
+  fields = _merged(FAMILY_DEFAULTS[family], fields)
   _head_fields(fields, raw)
   return build(ModelConfig, fields, "model")
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+  """`over` on top of `base`, where a section both set (model.moe, model.lora) merges key by
+  key: a preset's or family's experts stay when the user sets only their capacity."""
+  section = lambda v: plain(dataclasses.asdict(v)) if dataclasses.is_dataclass(v) else v
+  merged = {key: section(value) for key, value in base.items()}
+  for key, value in over.items():
+    value = section(value)
+    if isinstance(merged.get(key), dict) and isinstance(value, Mapping):
+      value = {**merged[key], **value}
+    merged[key] = value
+  return merged
 
 
 def _head_fields(fields: dict[str, Any], raw: Mapping[str, Any]) -> None:

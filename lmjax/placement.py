@@ -44,6 +44,9 @@ def _config_key(logical: str | None, size: int, config: ModelConfig) -> str:
   """The `model.*` key that sets a dim of logical axis `logical` and size `size`."""
   if logical == "heads":
     return "model.num_heads" if size == config.num_heads else "model.num_kv_heads"
+  if logical == "mlp" and config.moe.enabled and size == config.expert_mlp_dim:
+    return "model.moe.mlp_dim" if config.moe.mlp_dim else "model.mlp_dim"
   keys = {"embed": "model.embed_dim", "mlp": "model.mlp_dim", "vocab": "model.vocab_size",
-          "kv": "model.head_dim", "layers": "model.num_layers"}
+          "kv": "model.head_dim", "layers": "model.num_layers",
+          "expert": "model.moe.num_experts"}
   return keys.get(logical, f"a dim of size {size}")

@@ -1,14 +1,17 @@
 """The device mesh, the logical-axis rules, and shardings for state and batches.
 
 The model names logical axes only (`LOGICAL_AXES`); a rules table maps them to the mesh axes
-('data', 'fsdp', 'tensor'). Rules are tried in order and a mesh axis is used at most once per
-array, so activations, whose batch dim takes ('data', 'fsdp') first, keep `embed` whole while
-parameters shard `embed` over 'fsdp'. The default table gives, in any combination:
+('data', 'fsdp', 'tensor', 'expert'). Rules are tried in order and a mesh axis is used at most
+once per array, so activations, whose batch dim takes ('data', 'fsdp', 'expert') first, keep
+`embed` whole while parameters shard `embed` over 'fsdp'. The default table gives, in any combination:
 
   data parallel   the batch split over `data` (and `fsdp`), state replicated on `data`;
   FSDP (ZeRO-3)   params and optimizer state split along `embed` over `fsdp`, gathered per use;
   tensor (Megatron) attention heads (query and key/value), MLP units and the vocabulary split
-                  over `tensor`.
+                  over `tensor`;
+  expert parallel a Mixture-of-Experts model's experts split over `expert`, which also splits the
+                  batch outside the experts; with `model.moe.capacity_factor`, each device
+                  computes its own experts' tokens (lmjax.model.moe).
 
 `mesh.rules` in a config replaces the table, e.g. `[[batch, [data, fsdp]], [embed, null]]`.
 A mesh and the rules that place arrays on it travel together as one `MeshRules`.
@@ -28,13 +31,15 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from lmjax.errors import UserError
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+BATCH_AXES = ("data", "fsdp", "expert")
 # Every logical name the model uses. `kv` is the size of one head (head_dim), kept whole;
 # key/value heads are named `heads` like query heads, so they split over `tensor` too.
-# `lora_rank` is a LoRA adapter's rank, a few dims: replicated.
+# `lora_rank` is a LoRA adapter's rank, a few dims: replicated. `expert` numbers a MoE layer's
+# experts; `expert_batch` is the batch of its dispatch buffers, whose `expert` dim takes that mesh
+# axis (so the rows there split over the other batch axes only).
 LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers",
-                "lora_rank")
+                "lora_rank", "expert", "expert_batch")
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -48,6 +53,8 @@ LOGICAL_AXIS_RULES: Rules = (
     ("kv", None),
     ("layers", None),
     ("lora_rank", None),
+    ("expert", "expert"),    # expert parallel: each device holds (and computes) its experts
+    ("expert_batch", ("data", "fsdp")),
 )
 
 
@@ -87,6 +94,7 @@ class MeshConfig:
   data: int = -1    # -1: all devices not used by the other axes
   fsdp: int = 1
   tensor: int = 1
+  expert: int = 1   # expert parallelism (Mixture-of-Experts models); a batch axis elsewhere
   # [[logical_name, mesh_axis | [mesh_axis, ...] | null], ...] replacing the default table
   # (LOGICAL_AXIS_RULES); null keeps the default.
   rules: Any = None
@@ -101,11 +109,12 @@ def axis_rules(config: MeshConfig) -> Rules:
   return LOGICAL_AXIS_RULES if config.rules is None else config.rules
 
 
-def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
-  """(data, fsdp, tensor) sizes, with at most one -1 filled from `num_devices`."""
-  sizes = [config.data, config.fsdp, config.tensor]
+def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
+  """(data, fsdp, tensor, expert) sizes, with at most one -1 filled from `num_devices`."""
+  sizes = [getattr(config, axis) for axis in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise UserError(f"at most one of mesh.data/fsdp/tensor may be -1, got {tuple(sizes)}.")
+    raise UserError(f"at most one of mesh.data/fsdp/tensor/expert may be -1, got "
+                    f"{tuple(sizes)}.")
   for name, size in zip(MESH_AXES, sizes):
     if size == 0 or size < -1:
       raise UserError(f"mesh.{name}={size}: sizes are positive, or -1 for 'the remaining devices'.")
@@ -113,20 +122,23 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
   if -1 in sizes:
     if num_devices % fixed:
       raise UserError(f"the mesh's fixed axes ({fixed} devices) do not divide the {num_devices} "
-                      f"devices available; adjust mesh.data/fsdp/tensor.")
+                      f"devices available; adjust mesh.data/fsdp/tensor/expert.")
     sizes[sizes.index(-1)] = num_devices // fixed
   if int(np.prod(sizes)) != num_devices:
-    raise UserError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
+    shown = " x ".join(f"{axis}={size}" for axis, size in zip(MESH_AXES, sizes))
+    raise UserError(f"mesh {shown} needs "
                     f"{int(np.prod(sizes))} devices but {num_devices} are available; set one "
                     f"axis to -1 to use all of them.")
   return tuple(sizes)
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh over all devices (of all processes), Auto axis types."""
+  """A ('data', 'fsdp', 'tensor', 'expert') mesh over all devices (of all processes), Auto axis
+  types."""
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(config, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
 
 
 def mesh_axes_size(mesh: Mesh, axes: Any) -> int:
@@ -225,5 +237,5 @@ def check_divisible(shape: Sequence[int], sharding: NamedSharding, *, describe_d
     if shape[i] % size:
       raise UserError(
           f"{describe_dim(i)} has size {shape[i]}, which {describe_axes(sharding.mesh, axes)} "
-          f"does not divide: change the mesh (mesh.data/fsdp/tensor) or that size so that "
+          f"does not divide: change the mesh (mesh.data/fsdp/tensor/expert) or that size so that "
           f"{size} divides {shape[i]}.")

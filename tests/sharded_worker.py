@@ -5,11 +5,12 @@ needs 8 devices happens here, in one process, to pay JAX's start-up once:
 
   * trains each (model, scan) for a few steps on one device and on every mesh in MESHES,
     saving per-step losses and the final params (and, on fsdp=8, every state shard's shape);
+    the Mixture-of-Experts model (both dispatches) on the expert x fsdp meshes of MOE_MESHES;
   * compiles the step with `--compile-only` on two meshes;
   * runs `lmjax train` on configs that must be refused, recording exit code and stderr.
 
 Usage: python -m tests.sharded_worker OUT_DIR PART [PART ...]
-PART: causal | mlm | lora (equivalence runs of that model), compile, bad_inputs. Writes
+PART: causal | mlm | lora | moe (equivalence runs of that model), compile, bad_inputs. Writes
 OUT_DIR/<parts>.json and OUT_DIR/<run>.npz.
 """
 
@@ -36,14 +37,21 @@ from lmjax.train.state import create_train_state  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
 STEPS = 3
-MODELS = {"causal": "tiny-llama", "mlm": "tiny-bert", "lora": "tiny-llama"}
+MODELS = {"causal": "tiny-llama", "mlm": "tiny-bert", "lora": "tiny-llama",
+          "moe_dropless": "tiny-mixtral", "moe_capacity": "tiny-mixtral"}
 # LoRA adapters on every projection, scanned layers only: the adapters carry the kernels'
 # logical axes, so every mesh must give the same losses and params as one device.
-KIND_OVERRIDES = {"lora": ["model.lora.rank=4"]}
-KIND_SCANS = {"lora": (True,)}
+# The MoE model: 4 experts, 2 per token; the capacity dispatch with buffers small enough to drop
+# tokens (the drops are per sequence, so they are the same on every mesh).
+KIND_OVERRIDES = {"lora": ["model.lora.rank=4"],
+                  "moe_dropless": ["model.moe.aux_loss_coef=0.1", "model.remat=none"],
+                  "moe_capacity": ["model.moe.aux_loss_coef=0.1", "model.moe.capacity_factor=1.0",
+                                   "model.remat=none"]}
+KIND_SCANS = {"lora": (True,), "moe_dropless": (True,), "moe_capacity": (True,)}
 MESHES = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
           "tensor2_fsdp4": dict(data=1, fsdp=4, tensor=2),
           "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
+MOE_MESHES = {"expert4_fsdp2": dict(data=1, fsdp=2, expert=4)}
 OVERRIDES = TINY + ["train.warmup_steps=1", "train.learning_rate=3e-3", "train.batch_size=16"]
 
 # (name, config, overrides) that `lmjax train` must refuse before compiling.
@@ -56,6 +64,7 @@ BAD_INPUTS = {
     "embed": ("tiny-gpt", ["mesh.data=1", "mesh.fsdp=8", "model.embed_dim=36"]),
     "batch": ("tiny-gpt", ["mesh.data=8", "train.batch_size=12"]),
     "micro_batch": ("tiny-gpt", ["mesh.data=8", "train.batch_size=16", "train.grad_accum_steps=4"]),
+    "experts": ("tiny-mixtral", ["mesh.data=1", "mesh.expert=8"]),
 }
 
 
@@ -95,15 +104,16 @@ def equivalence_runs(out: pathlib.Path, results: dict, kind: str) -> None:
     corpus = corpus or load_corpus(config)
     one = mesh_rules(config.mesh, devices=jax.devices()[:1])
     runs = {"one_device": (config, one)}
-    for mesh_name, sizes in MESHES.items():
+    for mesh_name, sizes in (MOE_MESHES if kind.startswith("moe") else MESHES).items():
       sharded = load_config(name, base + [f"mesh.{k}={v}" for k, v in sizes.items()])
       runs[mesh_name] = (sharded, mesh_rules(sharded.mesh))
     for mesh_name, (run_config, placement) in runs.items():
       losses, state = train_steps(run_config, placement, corpus)
-      key = f"{kind}-scan{int(scan)}-{mesh_name}"
+      key = (f"{kind}-{mesh_name}" if kind.startswith("moe")
+             else f"{kind}-scan{int(scan)}-{mesh_name}")
       results["losses"][key] = losses
       np.savez(out / f"{key}.npz", **flat(state.params))
-      if mesh_name == "fsdp8":
+      if mesh_name == "fsdp8" or kind.startswith("moe"):
         results["fsdp_shards"][key] = {"params": shard_shapes(state.params),
                                        "opt_state": shard_shapes(state.opt_state)}
       print(f"{key}: {losses}", file=sys.stderr, flush=True)
@@ -133,7 +143,10 @@ if __name__ == "__main__":
   assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
   results = {"losses": {}, "fsdp_shards": {}, "compile": {}, "bad_inputs": {}}
   for part in parts:
-    if part in MODELS:
+    if part == "moe":
+      for kind in ("moe_dropless", "moe_capacity"):
+        equivalence_runs(out_dir, results, kind)
+    elif part in MODELS:
       equivalence_runs(out_dir, results, part)
     elif part == "compile":
       compile_reports(results)

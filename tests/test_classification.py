@@ -20,6 +20,7 @@ from lmjax.cli import main  # noqa: E402
 from lmjax.convert import from_hf, to_hf  # noqa: E402
 from lmjax.generate import classify  # noqa: E402
 from lmjax.model import Family, Head, ModelConfig  # noqa: E402
+from lmjax.model.moe_config import MoeConfig  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from tests.processes import children, cpu_env  # noqa: E402
 from tests.test_convert import (_BERT, _DISTILBERT, _GPT2, _LLAMA, TOL, randomise,  # noqa: E402
@@ -229,6 +230,8 @@ HF_CLASSIFIERS = {
     "qwen3": ("Qwen3ForSequenceClassification", "Qwen3Config",
               {**_LLAMA, **_PAD, "hidden_size": 40, "num_key_value_heads": 2, "head_dim": 10,
                "num_labels": 3}),
+    "mixtral": ("MixtralForSequenceClassification", "MixtralConfig",
+                {**_LLAMA, **_PAD, "num_local_experts": 3, "num_labels": 2}),
 }
 
 
@@ -279,11 +282,15 @@ LMJAX_CLASSIFIERS = {
                                     num_kv_heads=3),
     "qwen3": ModelConfig.for_family("qwen3", **_SMALL, head=Head.CLASSIFICATION, num_labels=2,
                                     num_kv_heads=2, head_dim=10),
+    "qwen3_moe": ModelConfig.for_family("qwen3_moe", **_SMALL, head=Head.CLASSIFICATION,
+                                        num_labels=3, num_kv_heads=2, head_dim=10,
+                                        moe=MoeConfig(num_experts=3, experts_per_token=2,
+                                                      mlp_dim=28)),
 }
 
 
 _HF_PREFIX = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "gpt2": "GPT2",
-              "llama": "Llama", "qwen3": "Qwen3"}
+              "llama": "Llama", "qwen3": "Qwen3", "qwen3_moe": "Qwen3Moe"}
 
 
 @pytest.mark.parametrize("name", list(LMJAX_CLASSIFIERS))

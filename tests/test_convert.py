@@ -25,6 +25,7 @@ from lmjax.errors import UserError  # noqa: E402
 from lmjax.generate import fill_mask, generate  # noqa: E402
 from lmjax.model import (Activation, Family, Head, ModelConfig, PoolerActivation,  # noqa: E402
                          RopeScaling, Transformer)
+from lmjax.model.moe_config import MoeConfig  # noqa: E402
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -110,6 +111,20 @@ HF_CASES = {
                            "rope_type": "default", "rope_theta": 500.0}},
                       {}, "AutoModelForCausalLM"),
     "gemma2_base": ("Gemma2Model", "Gemma2Config", _GEMMA2, {}, "AutoModel"),
+    # Mixture of Experts: 5 experts, 2 per token, renormalised (Mixtral); tied with a window;
+    # 6 experts of their own width, 3 per token, not renormalised (Qwen3-MoE's class default).
+    # Expert widths are multiples of 4: torch's CPU grouped matmul needs 16-byte strides.
+    "mixtral": ("MixtralForCausalLM", "MixtralConfig",
+                {**_LLAMA, "num_local_experts": 5, "num_experts_per_tok": 2}, {},
+                "AutoModelForCausalLM"),
+    "mixtral_tied_window": ("MixtralForCausalLM", "MixtralConfig",
+                            {**_LLAMA, "num_local_experts": 3, "num_experts_per_tok": 2,
+                             "tie_word_embeddings": True, "sliding_window": 5}, {},
+                            "AutoModelForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig",
+                  {**_LLAMA, "hidden_size": 40, "num_key_value_heads": 2, "head_dim": 10,
+                   "num_experts": 6, "num_experts_per_tok": 3, "moe_intermediate_size": 24},
+                  {}, "AutoModelForCausalLM"),
 }
 
 
@@ -341,6 +356,12 @@ LMJAX_CASES = {
                                      sliding_window=3, sliding_layers=(0,),
                                      query_pre_attn_scalar=5.0, attn_logit_softcap=4.0,
                                      final_logit_softcap=2.5),
+    "mixtral": ModelConfig.for_family("mixtral", **_SMALL, num_kv_heads=3,
+                                      moe=MoeConfig(num_experts=3, experts_per_token=2)),
+    "qwen3_moe": ModelConfig.for_family("qwen3_moe", **_SMALL, num_kv_heads=2, head_dim=10,
+                                        tie_embeddings=True, scan_layers=False,
+                                        moe=MoeConfig(num_experts=4, experts_per_token=3,
+                                                      mlp_dim=28, normalize_weights=False)),
     "gemma2_global": ModelConfig.for_family("gemma2", **_SMALL, num_kv_heads=6,
                                             attn_logit_softcap=None,
                                             final_logit_softcap=None, tie_embeddings=False,
@@ -409,7 +430,8 @@ def test_model_config_survives_the_hf_config_round_trip():
 
 
 @pytest.mark.parametrize("name", ["gpt2_lm", "llama", "qwen3", "qwen3_tied", "mistral_window",
-                                  "qwen2_window", "qwen3_window", "gemma2", "gemma2_untied"])
+                                  "qwen2_window", "qwen3_window", "gemma2", "gemma2_untied",
+                                  "mixtral_tied_window", "qwen3_moe"])
 def test_greedy_generation_matches_transformers_token_for_token(hf_dirs, name):
   path, hf_model = hf_dirs(name)
   model, params = from_hf(path)

@@ -1,7 +1,7 @@
 """Gemma 2's model options on their own: soft-capped attention and output logits (and the
 attention implementations that cannot compute them), (1 + w) RMSNorms, sandwich norms, the
-KV cache past the window. Parity with transformers' Gemma2ForCausalLM is in
-tests/test_convert.py and tests/test_generation_parity.py."""
+KV cache past the window, and Gemma2ForSequenceClassification both ways. Parity with
+transformers' Gemma2ForCausalLM is in tests/test_convert.py and tests/test_generation_parity.py."""
 
 import functools
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lmjax.errors import UserError
-from lmjax.model import AttentionImpl, ModelConfig, NormPosition, Transformer, init_cache
+from lmjax.model import AttentionImpl, Head, ModelConfig, NormPosition, Transformer, init_cache
 from lmjax.model import attention
 
 SMALL = dict(vocab_size=97, num_layers=2, embed_dim=48, num_heads=6, num_kv_heads=3,
@@ -111,3 +111,47 @@ def test_auto_attention_takes_xla_for_soft_capped_logits(monkeypatch, backend, d
 def test_options_no_implementation_computes_are_refused_by_name(fields, message):
   with pytest.raises(UserError, match=message):
     small(**fields)
+
+
+# -- Gemma2ForSequenceClassification, both ways --------------------------------------------------
+# A bias-free `score` on the last real token, as every HF decoder classifier: transformers'
+# classifier never soft-caps its logits (final_logit_softcapping is the LM head's), nor does
+# lmjax's.
+
+
+def test_an_imported_gemma2_classifier_gives_the_logits_of_transformers(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from lmjax.convert import from_hf, to_hf
+  from tests.test_classification import assert_same_logits
+  from tests.test_convert import _GEMMA2, randomise, read_tensors
+  config = transformers.Gemma2Config(**{**_GEMMA2, "final_logit_softcapping": 0.5},
+                                     pad_token_id=0, num_labels=3)
+  hf_model = randomise(transformers.Gemma2ForSequenceClassification(config))
+  hf_model.save_pretrained(tmp_path / "hf")
+  model, params = from_hf(tmp_path / "hf")
+  assert (model.config.head, model.config.num_labels, model.config.classifier_bias,
+          model.config.final_logit_softcap) == (Head.CLASSIFICATION, 3, False, 0.5)
+  assert_same_logits(hf_model, model, params)
+  with torch.no_grad():  # the LM head's cap leaves the classifier alone, in both libraries
+    assert float(hf_model(input_ids=torch.tensor(np.asarray(IDS))).logits.abs().max()) > 0.5
+  to_hf(model, params, tmp_path / "out")
+  assert read_tensors(tmp_path / "out") == read_tensors(tmp_path / "hf")
+
+
+def test_an_exported_gemma2_classifier_gives_its_logits_in_transformers(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  from lmjax.convert import from_hf, to_hf
+  from tests.test_classification import assert_same_logits
+  from tests.test_convert import random_lmjax
+  config = small(vocab_size=89, head=Head.CLASSIFICATION, num_labels=2, scan_layers=False)
+  model, params = random_lmjax(config)
+  to_hf(model, params, tmp_path / "hf", config_overrides={"pad_token_id": 0})
+  hf_model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+      tmp_path / "hf", output_loading_info=True)
+  assert not any(info.values()), info
+  assert type(hf_model).__name__ == "Gemma2ForSequenceClassification"
+  assert_same_logits(hf_model.eval(), model, params)
+  model2, params2 = from_hf(tmp_path / "hf", scan_layers=False)
+  assert model2.config == config
+  jax.tree.map(np.testing.assert_array_equal, params2, params)

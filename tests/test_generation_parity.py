@@ -19,7 +19,7 @@ from tests.test_convert import build_hf  # noqa: E402
 
 CAUSAL = ["gpt2_lm", "llama", "llama_tied", "mistral", "qwen2", "qwen3", "qwen3_tied",
           "mistral_window", "qwen2_window", "qwen3_window",  # windows shorter than the prompts
-          "gemma2", "gemma2_untied"]
+          "gemma2", "gemma2_untied", "mixtral", "qwen3_moe"]
 NEW = 12
 PAD = 3
 

@@ -72,7 +72,7 @@ def test_gemma2_2b_has_the_parameter_count_of_transformers():
   assert count == 2_614_341_888  # Gemma2ForCausalLM(Gemma2Config()), tied output once
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3", "gemma2"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3", "gemma2", "gemma3"])
 def test_changing_a_future_token_never_changes_an_earlier_logit(family):
   model, params = init(small(family, num_kv_heads=None if family == "gpt2" else 3))
   ids = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)

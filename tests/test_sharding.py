@@ -1,7 +1,7 @@
 """Sharded training computes what one device computes; FSDP shards; bad meshes are refused.
 
 The 8-device work runs in two children of tests/sharded_worker.py (one per model, side by
-side), started once for the module; the tests below read what they recorded. The rest runs
+side), started once per session (and xdist worker); the tests below read what they recorded. The rest runs
 here, on the suite's one device.
 """
 
@@ -20,7 +20,7 @@ from lmjax.train.inputs import batch_sources, load_corpus
 from lmjax.train.loop import train
 from lmjax.train.setup import setup_step
 from tests.processes import children, cpu_env
-from tests.sharded_worker import BAD_INPUTS, MESHES
+from tests.sharded_worker import BAD_INPUTS, MESHES, MOE_MESHES
 
 pytestmark = pytest.mark.xdist_group("sharded_worker")  # one worker runs the children once
 
@@ -31,12 +31,16 @@ EQUIVALENT = CASES + ["lora-scan1"]  # LoRA on tiny-llama: adapters shard like t
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
   """(results of both children, the directory holding their params) — about a minute."""
-  out = tmp_path_factory.mktemp("sharded")
-  parts = {"causal": ["causal", "compile"], "mlm": ["mlm", "bad_inputs", "lora"]}
-  with children(out) as group:
-    for name, args in parts.items():
-      group.start(name, ["-m", "tests.sharded_worker", str(out), *args], cpu_env(8))
-    group.check(timeout=420)
+  # In this worker's base directory, kept for the session: pytest-xdist may run this module's
+  # tests in more than one stretch on the same worker, setting the fixture up again each time.
+  out = tmp_path_factory.getbasetemp() / "sharded"
+  parts = {"causal": ["causal", "compile", "moe"], "mlm": ["mlm", "bad_inputs", "lora"]}
+  if not all((out / f"{'-'.join(args)}.json").is_file() for args in parts.values()):
+    out.mkdir(exist_ok=True)
+    with children(out) as group:
+      for name, args in parts.items():
+        group.start(name, ["-m", "tests.sharded_worker", str(out), *args], cpu_env(8))
+      group.check(timeout=600)
   results = {"losses": {}, "fsdp_shards": {}, "compile": {}, "bad_inputs": {}}
   for args in parts.values():
     for key, value in json.loads((out / f"{'-'.join(args)}.json").read_text()).items():
@@ -57,6 +61,24 @@ def test_sharded_training_matches_one_device(recorded, case, mesh):
     np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
   # The params moved: the comparison is not between two untouched initialisations.
   assert results["losses"][one][-1] < results["losses"][one][0]
+
+
+@pytest.mark.parametrize("mesh", list(MOE_MESHES))
+@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+def test_mixture_of_experts_over_expert_and_fsdp_axes_matches_one_device(recorded, dispatch, mesh):
+  results, out = recorded
+  one, sharded = f"moe_{dispatch}-one_device", f"moe_{dispatch}-{mesh}"
+  np.testing.assert_allclose(results["losses"][sharded], results["losses"][one],
+                             rtol=1e-5, atol=1e-6)
+  expected, actual = np.load(out / f"{one}.npz"), np.load(out / f"{sharded}.npz")
+  for name in expected.files:
+    np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
+  assert results["losses"][one][-1] < results["losses"][one][0]
+  # Each device holds its experts only: the expert weights split 4 (or 2) ways over `expert`.
+  shards = results["fsdp_shards"][f"moe_{dispatch}-{mesh}"]["params"]
+  gate = next(v for k, v in shards.items() if "experts_gate" in k)
+  experts = MOE_MESHES[mesh]["expert"]
+  assert gate["shape"][1] == 4 and {s[1] for s in gate["shards"]} == {4 // experts}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -83,14 +105,17 @@ def test_compile_only_memory_per_device_shrinks_under_fsdp(recorded):
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("mesh_size", ["mesh data=4 x fsdp=1 x tensor=1 needs 4 devices but 8 are available"]),
+    ("mesh_size", ["mesh data=4 x fsdp=1 x tensor=1 x expert=1 needs 4 devices but 8 are "
+                   "available"]),
     ("heads", ["model.num_heads", "size 4", "mesh.tensor=8"]),
     ("kv_heads", ["model.num_kv_heads", "size 2", "mesh.tensor=4"]),
     ("vocab", ["model.vocab_size", "size 289", "mesh.tensor=2"]),
     ("mlp", ["model.mlp_dim", "size 66", "mesh.tensor=4"]),
     ("embed", ["model.embed_dim", "size 36", "mesh.fsdp=8"]),
-    ("batch", ["train.batch_size=12", "size 12", "mesh.data x mesh.fsdp = 8"]),
-    ("micro_batch", ["train.grad_accum_steps=4", "size 4", "mesh.data x mesh.fsdp = 8"]),
+    ("batch", ["train.batch_size=12", "size 12", "mesh.data x mesh.fsdp x mesh.expert = 8"]),
+    ("micro_batch", ["train.grad_accum_steps=4", "size 4",
+                     "mesh.data x mesh.fsdp x mesh.expert = 8"]),
+    ("experts", ["model.moe.num_experts", "size 4", "mesh.expert=8"]),
 ])
 def test_a_mesh_that_does_not_fit_is_refused_naming_the_size_and_the_axis(recorded, case, expected):
   assert case in BAD_INPUTS

@@ -2,9 +2,11 @@
 
 A params tree flattens to dotted keys ("layers.attention.query.kernel"). A rule with `{i}` is
 bound once per layer: with scanned layers to slice i of the stacked param (leading [layers]
-axis), unrolled to the param of module `layers_{i}`. Binding against the model's abstract params
-(`jax.eval_shape` of init, no memory) drops rules for params this variant lacks and checks that
-every param has a rule.
+axis), unrolled to the param of module `layers_{i}`. A rule whose HF name also has `{e}` is
+bound once per expert of each layer, to slice e of the param's [experts] axis (after [layers]
+where scanned): HF stores each expert's weights as tensors of their own. Binding against the
+model's abstract params (`jax.eval_shape` of init, no memory) drops rules for params this
+variant lacks and checks that every param has a rule.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ def abstract_params(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
   return flatten(nn.unbox(param_shapes(config)))
 
 
+Index = int | tuple[int, ...] | None
+
+
+def index_dims(index: Index) -> int:
+  """How many leading dims a target's index selects."""
+  return 0 if index is None else len(index) if isinstance(index, tuple) else 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Binding:
   """One HF tensor and the lmjax arrays it becomes."""
@@ -57,24 +67,27 @@ class Binding:
   hf_name: str                             # body names relative to the base model
   in_body: bool
   layer: int | None
-  targets: tuple[tuple[str, int | None], ...]  # (flat lmjax key, layer slice or None)
+  # (flat lmjax key, index into it: None for the whole array, a layer's slice i, or a tuple of
+  # leading indices (layer, expert) / (expert,))
+  targets: tuple[tuple[str, Index], ...]
   transform: Transform
 
   def lmjax_shapes(self, params: Mapping[str, Any]) -> list[tuple[int, ...]]:
-    """Shapes of the target arrays (one layer's slice where stacked)."""
-    return [tuple(params[key].shape[1:] if i is not None else params[key].shape)
-            for key, i in self.targets]
+    """Shapes of the target arrays (one layer's or expert's slice where stacked)."""
+    return [tuple(params[key].shape[index_dims(i):]) for key, i in self.targets]
 
   def hf_shape(self, params: Mapping[str, Any], config: ModelConfig) -> tuple[int, ...]:
     return hf_shape(self.transform, self.lmjax_shapes(params), np.float32, config)
 
 
-def _target(path: str, layer: int | None, config: ModelConfig) -> tuple[str, int | None]:
+def _target(path: str, layer: int | None, expert: int | None, config: ModelConfig
+            ) -> tuple[str, Index]:
   if layer is None:
     return path, None
-  if config.scan_layers:
-    return path.replace(".{i}", ""), layer          # layers.attention… [layers, …], slice i
-  return path.replace(".{i}", f"_{layer}"), None    # layers_3.attention…
+  if not config.scan_layers:                   # layers_3.attention…, layers_3.mlp.experts_up[e]
+    return path.replace(".{i}", f"_{layer}"), expert
+  path = path.replace(".{i}", "")              # layers.attention… [layers, …], slice i
+  return path, layer if expert is None else (layer, expert)
 
 
 def bind(key_map: KeyMap, config: ModelConfig) -> list[Binding]:
@@ -91,16 +104,19 @@ def bind(key_map: KeyMap, config: ModelConfig) -> list[Binding]:
   ordered = [(False, 3, r) for r in head_rules] + [
       (True, 1 if "{i}" in r.hf else (0 if i < layer_at else 2), r)
       for i, r in enumerate(key_map.body)]
+  experts = range(config.moe.num_experts)
   for in_body, group, rule in ordered:
     per_layer = "{i}" in rule.hf
-    for layer in range(config.num_layers) if per_layer else [None]:
-      targets = tuple(_target(path, layer, config) for path in rule.lmjax)
+    slots = [(layer, expert) for layer in (range(config.num_layers) if per_layer else [None])
+             for expert in (experts if "{e}" in rule.hf else [None])]
+    for layer, expert in slots:
+      targets = tuple(_target(path, layer, expert, config) for path in rule.lmjax)
       present = [key in params for key, _ in targets]
       if not any(present) or all(target in covered for target in targets):
         continue  # this variant has no such param (a bias, an untied head, …), or a head took it
       if not all(present):
         raise RuntimeError(f"key map rule {rule} matches only some of its params")
-      hf_name = rule.hf.format(i=layer) if per_layer else rule.hf
+      hf_name = rule.hf.format(i=layer, e=expert) if per_layer else rule.hf
       bindings.append((group, layer or 0, Binding(hf_name, in_body, layer, targets,
                                                     rule.transform)))
       covered.update(targets)

@@ -188,8 +188,35 @@ GEMMA2 = dataclasses.replace(LLAMA, body=(  # Llama's names, with four norms in 
     *norm("layers.{i}.mlp_post_norm", "layers.{i}.post_feedforward_layernorm"),
 ))
 
+GEMMA3 = dataclasses.replace(GEMMA2, body=(  # Gemma 2's names and each layer's QK-norms
+    *GEMMA2.body,
+    *norm("layers.{i}.attention.query_norm", "layers.{i}.self_attn.q_norm"),
+    *norm("layers.{i}.attention.key_norm", "layers.{i}.self_attn.k_norm"),
+))
+
+# Mixture-of-Experts decoders: their attention's names, a router and each expert's gated MLP in
+# tensors of its own (`{e}`), as every checkpoint on the Hub stores them and as transformers v5
+# writes them (its fused in-memory layout is converted on load and back on save).
+_NOT_MLP = lambda body: tuple(r for r in body if not r.lmjax[0].startswith("layers.{i}.mlp."))
+
+
+def _experts(moe: str, gate: str, up: str, down: str) -> tuple[Rule, ...]:
+  expert = f"layers.{{i}}.{moe}.experts.{{e}}"
+  return (rule("layers.{i}.mlp.router", f"layers.{{i}}.{moe}.gate.weight", TRANSPOSE),
+          rule("layers.{i}.mlp.experts_gate", f"{expert}.{gate}.weight", TRANSPOSE),
+          rule("layers.{i}.mlp.experts_up", f"{expert}.{up}.weight", TRANSPOSE),
+          rule("layers.{i}.mlp.experts_down", f"{expert}.{down}.weight", TRANSPOSE))
+
+
+MIXTRAL = dataclasses.replace(LLAMA, body=(
+    *_NOT_MLP(LLAMA.body), *_experts("block_sparse_moe", "w1", "w3", "w2")))
+QWEN3_MOE = dataclasses.replace(QWEN3, body=(
+    *_NOT_MLP(QWEN3.body), *_experts("mlp", "gate_proj", "up_proj", "down_proj")))
+
 KEY_MAPS: dict[str, KeyMap] = {"gpt2": GPT2, "bert": BERT, "roberta": ROBERTA, "llama": LLAMA,
                                "mistral": LLAMA, "qwen2": LLAMA, "qwen3": QWEN3,
-                               "distilbert": DISTILBERT, "gemma2": GEMMA2}
+                               "distilbert": DISTILBERT, "gemma2": GEMMA2,
+                               "gemma3_text": GEMMA3,
+                               "mixtral": MIXTRAL, "qwen3_moe": QWEN3_MOE}
 
 __all__ = ["KEY_MAPS", "KeyMap", "Rule"]

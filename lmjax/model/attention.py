@@ -149,9 +149,11 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: Mask, positions: jax.Array,
                cache: LayerCache | None = None, cache_index: jax.Array | None = None,
-               window: jax.Array | int | None = None) -> tuple[jax.Array, LayerCache | None]:
+               window: jax.Array | int | None = None, inv_freq: jax.Array | None = None
+               ) -> tuple[jax.Array, LayerCache | None]:
     """x: [batch, length, embed] -> ([batch, length, embed], updated cache or None). `window`:
-    this layer's sliding window in slots (None: the whole context)."""
+    this layer's sliding window in slots (None: the whole context); `inv_freq`: this layer's
+    rotary inverse frequencies [head_dim / 2] where layers differ (None: the config's)."""
     cfg = self.config
     d, hd = cfg.embed_dim, cfg.dim_per_head
     project = lambda name, heads: DenseGeneral(
@@ -164,7 +166,8 @@ class Attention(nn.Module):
       q = LayerNorm(cfg, self.dtype, axis="kv", name="query_norm")(q)
       k = LayerNorm(cfg, self.dtype, axis="kv", name="key_norm")(k)
     if cfg.positions is Positions.ROTARY:
-      inv_freq = rope_inverse_frequencies(cfg)  # [head_dim / 2], a constant
+      if inv_freq is None:
+        inv_freq = rope_inverse_frequencies(cfg)  # [head_dim / 2], a constant
       q = rotary_embedding(q, positions, inv_freq)
       k = rotary_embedding(k, positions, inv_freq)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))

@@ -1,5 +1,5 @@
 """The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa, Llama-style,
-Qwen3 and Gemma 2.
+Qwen3, Gemma 2 and Gemma 3.
 
 A family name fills in the architectural switches (norm, activation, positions, biases, …) that
 define it; every switch can still be set on its own. Derived quantities (head size, parameter
@@ -16,6 +16,7 @@ import enum
 
 from lmjax.errors import UserError
 from lmjax.model.lora import block_projections, check_targets
+from lmjax.model.moe_config import MoeConfig
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 
 
@@ -28,6 +29,10 @@ class Family(enum.Enum):
   DISTILBERT = "distilbert"  # BERT's graph without token types, its classifier's pooler a ReLU
   GEMMA2 = "gemma2"  # Llama's graph with (1 + w) RMSNorms also after attention and the MLP,
                      # GeGLU, scaled embeddings, soft-capped logits, alternating local layers
+  MIXTRAL = "mixtral"      # Mistral's graph with a Mixture-of-Experts MLP (model.moe)
+  QWEN3_MOE = "qwen3_moe"  # Qwen3's graph with a Mixture-of-Experts MLP (model.moe)
+  GEMMA3 = "gemma3"  # Gemma 2's graph with QK-norm, no soft-caps, and local layers of their own
+                     # RoPE base (HF model_type gemma3_text)
 
 
 class Norm(enum.Enum):
@@ -58,6 +63,7 @@ class Positions(enum.Enum):
 class RopeScaling(enum.Enum):
   NONE = "none"
   LLAMA3 = "llama3"  # Llama 3.1: low frequencies slowed by a factor, smooth between (HF "llama3")
+  LINEAR = "linear"  # every frequency divided by the factor (HF "linear"; Gemma 3's global layers)
 
 
 class Head(enum.Enum):
@@ -116,6 +122,19 @@ FAMILY_DEFAULTS[Family.GEMMA2] = {
     **FAMILY_DEFAULTS[Family.LLAMA], "norm": Norm.RMS_NORM_PLUS_ONE, "norm_eps": 1e-6,
     "activation": Activation.GELU_TANH, "tie_embeddings": True, "post_norms": True,
     "embed_scale": True, "attn_logit_softcap": 50.0, "final_logit_softcap": 30.0}
+# Gemma3TextConfig's defaults: no soft-caps, and its global layers' RoPE base (the local layers'
+# 10,000 is model.rope_local_theta, which needs the sliding window the presets give).
+FAMILY_DEFAULTS[Family.GEMMA3] = {
+    **FAMILY_DEFAULTS[Family.GEMMA2], "qk_norm": True, "attn_logit_softcap": None,
+    "final_logit_softcap": None, "rope_theta": 1_000_000.0}
+
+# The released MoE models' routing (Mixtral 8x7B; Qwen3-30B-A3B, whose norm_topk_prob is true).
+FAMILY_DEFAULTS[Family.MIXTRAL] = {**FAMILY_DEFAULTS[Family.LLAMA],
+                                   "moe": MoeConfig(num_experts=8, experts_per_token=2)}
+FAMILY_DEFAULTS[Family.QWEN3_MOE] = {**FAMILY_DEFAULTS[Family.QWEN3],
+                                     "moe": MoeConfig(num_experts=128, experts_per_token=8)}
+MOE_FAMILIES = (Family.MIXTRAL, Family.QWEN3_MOE)
+
 
 class ParamDtype(enum.Enum):
   FLOAT32 = "float32"
@@ -147,6 +166,7 @@ _MODEL_RANGES = {
     "head_dim": Range(1, why="unset it for model.embed_dim / model.num_heads"),
     "norm_eps": POSITIVE,
     "rope_theta": POSITIVE,
+    "rope_local_theta": POSITIVE,
     "position_offset": NON_NEGATIVE,
     "type_vocab_size": Range(0, why="0: no token-type embeddings"),
     "dropout_rate": FRACTION,
@@ -179,10 +199,15 @@ class ModelConfig:
   position_offset: int = 0               # RoBERTa numbers positions from padding_idx + 1 = 2
   rope_theta: float = 10_000.0
   rope_scaling: RopeScaling = RopeScaling.NONE
-  rope_scaling_factor: float = 8.0       # llama3: wavelengths beyond the original context / factor
+  rope_scaling_factor: float = 8.0       # llama3: wavelengths beyond the original context / factor;
+                                         # linear: all of them
   rope_low_freq_factor: float = 1.0      # llama3: wavelengths > original_len / low are scaled
   rope_high_freq_factor: float = 4.0     # llama3: wavelengths < original_len / high are kept
   rope_original_max_len: int = 8192      # llama3: the context length the model was pre-trained at
+  # The RoPE base of the sliding-window (local) layers, which then rotate with plain, unscaled
+  # RoPE while the others keep rope_theta and rope_scaling (Gemma 3's rope_local_base_freq,
+  # ModernBERT's local_rope_theta). None: every layer rotates alike.
+  rope_local_theta: float | None = None
   use_bias: bool = True                  # biases in the MLP and attention output projection
   qkv_bias: bool = True                  # biases on query/key/value (Qwen2: on, Llama: off)
   # Qwen3's QK-norm: queries and keys normalised per head (an RMSNorm over head_dim with its own
@@ -226,6 +251,8 @@ class ModelConfig:
   remat: Remat = Remat.SAVE_DOTS
   attention: AttentionImpl = AttentionImpl.AUTO
   lora: LoraConfig = LoraConfig()
+  # A sparse Mixture-of-Experts MLP in every block (Mixtral, Qwen3-MoE); num_experts 0: dense.
+  moe: MoeConfig = MoeConfig()
 
   @classmethod
   def for_family(cls, family: Family | str, **fields) -> ModelConfig:
@@ -265,6 +292,7 @@ class ModelConfig:
         raise UserError(
             f"model.rope_scaling_factor={self.rope_scaling_factor} and model.rope_original_max_len="
             f"{self.rope_original_max_len} must be positive (Llama 3.1 uses 8 and 8192).")
+    self._check_rope_variants()
     if self.qk_norm and self.norm not in (Norm.RMS_NORM, Norm.RMS_NORM_PLUS_ONE):
       raise UserError(f"model.qk_norm=true normalises queries and keys with an RMSNorm, as Qwen3 "
                       f"does, and needs model.norm=rms_norm (got {self.norm.value!r}); set "
@@ -276,11 +304,32 @@ class ModelConfig:
     self._check_attention_kernel()
     if self.head is Head.MASKED_LM and self.causal:
       raise UserError("a masked-LM head needs a bidirectional model: set model.causal=false.")
+    self._check_moe()
     if self.lora.enabled:
       check_targets(self.lora.targets, self.lora.rank, self.projection_fans())
     if self.num_labels is not None and self.num_labels < 2:
       raise UserError(f"model.num_labels must be at least 2 (a classifier tells labels apart), "
                       f"got {self.num_labels}.")
+
+  def _check_rope_variants(self) -> None:
+    """Linear RoPE scaling and the local layers' own RoPE base, which need rotary positions
+    (and, for the base, local layers to apply to)."""
+    if self.rope_scaling is RopeScaling.LINEAR:
+      if self.positions is not Positions.ROTARY:
+        raise UserError("model.rope_scaling=linear needs model.positions=rotary.")
+      if self.rope_scaling_factor <= 0:
+        raise UserError(f"model.rope_scaling_factor={self.rope_scaling_factor:g} must be positive "
+                        f"(the factor positions are slowed by; Gemma 3 4B and larger use 8).")
+    theta = self.rope_local_theta
+    if theta is None:
+      return
+    if self.positions is not Positions.ROTARY:
+      raise UserError(f"model.rope_local_theta={theta:g} is the local layers' RoPE base and needs "
+                      f"model.positions=rotary; unset it (null).")
+    if self.sliding_window is None:
+      raise UserError(f"model.rope_local_theta={theta:g} is the RoPE base of the sliding-window "
+                      f"(local) layers, and this model has none: set model.sliding_window (and "
+                      f"model.sliding_layers), or unset model.rope_local_theta (null).")
 
   def _check_sliding_window(self) -> None:
     window, layers = self.sliding_window, self.sliding_layers
@@ -300,6 +349,31 @@ class ModelConfig:
       raise UserError(f"model.attention=splash has no sliding window (model.sliding_window="
                       f"{window}): set model.attention=xla, or auto (which then uses XLA or "
                       f"cuDNN attention).")
+
+  def _check_moe(self) -> None:
+    moe = self.moe
+    if not moe.enabled:
+      if self.family in MOE_FAMILIES:
+        raise UserError(f"model.family={self.family.value} is a Mixture-of-Experts model: set "
+                        f"model.moe.num_experts (and model.moe.experts_per_token), or choose its "
+                        f"dense twin ({'mistral' if self.family is Family.MIXTRAL else 'qwen3'}).")
+      return
+    if not self.gated_mlp:
+      raise UserError(f"model.moe.num_experts={moe.num_experts}: lmjax's experts are gated "
+                      f"(SwiGLU-style, as Mixtral's and Qwen3-MoE's); set model.gated_mlp=true or "
+                      f"model.moe.num_experts=0.")
+    if moe.experts_per_token > moe.num_experts:
+      raise UserError(f"model.moe.experts_per_token={moe.experts_per_token} exceeds "
+                      f"model.moe.num_experts={moe.num_experts}: each token picks that many "
+                      f"distinct experts.")
+    if self.use_bias:
+      raise UserError("model.moe: lmjax's experts have no biases (neither have Mixtral's or "
+                      "Qwen3-MoE's); set model.use_bias=false.")
+
+  @property
+  def expert_mlp_dim(self) -> int:
+    """Each expert's hidden width."""
+    return self.moe.mlp_dim or self.mlp_dim
 
   def _check_attention_kernel(self) -> None:
     """The kernels compute plain softmax(q k^T / sqrt(d)): cuDNN takes another scale but no
@@ -332,7 +406,9 @@ class ModelConfig:
             "attention/value": (d, self.kv_heads * h), "attention/out": (self.num_heads * h, d),
             "mlp/wi_gate": (d, self.mlp_dim), "mlp/wi_up": (d, self.mlp_dim),
             "mlp/wi": (d, self.mlp_dim), "mlp/wo": (self.mlp_dim, d)}
-    return {m: fans[m] for m in block_projections(self.gated_mlp)}
+    # A Mixture-of-Experts block's MLP is its experts, which take no adapters.
+    return {m: fans[m] for m in block_projections(self.gated_mlp)
+            if not (self.moe.enabled and m.startswith("mlp/"))}
 
   @property
   def kv_heads(self) -> int:
@@ -347,10 +423,13 @@ class ModelConfig:
     return self.max_seq_len + self.position_offset
 
   def block_param_count(self) -> int:
-    """Weights of one block's matmuls (biases and norms are negligible and left out)."""
+    """Weights of one block's matmuls that one token goes through (biases and norms are
+    negligible and left out): with experts, the router and the experts_per_token it picks."""
     d, h = self.embed_dim, self.dim_per_head
     attention = d * h * (2 * self.num_heads + 2 * self.kv_heads)
     mlp = d * self.mlp_dim * (3 if self.gated_mlp else 2)
+    if self.moe.enabled:
+      mlp = d * self.moe.num_experts + self.moe.experts_per_token * 3 * d * self.expert_mlp_dim
     return attention + mlp
 
   def flops_per_token(self, seq_len: int) -> float:

@@ -1,5 +1,5 @@
 """The model config's Hugging Face twin: `config.json` dicts <-> ModelConfig, for gpt2, bert,
-roberta, distilbert, llama, mistral, qwen2, qwen3 and gemma2.
+roberta, distilbert, llama, mistral, qwen2, qwen3, gemma2 and gemma3_text.
 
 Reading fills keys a config.json leaves out with the defaults of the matching `transformers`
 config class (old checkpoints only store what differs), and refuses what the lmjax graph cannot
@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from lmjax.errors import UserError
 from lmjax.model.config import Activation, Family, Head, ModelConfig, RopeScaling
 from lmjax.model.hf_export import export_model_type, model_config_to_hf_config
+from lmjax.model.moe_config import MoeConfig
 from lmjax.model.hf_tables import ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS, ENCODERS, MODEL_TYPES
 
 def _supported(names) -> str:
@@ -70,7 +71,8 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
   family_fields = {Family.GPT2: _gpt2_fields, Family.BERT: _bert_fields,
                    Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields,
                    Family.QWEN3: _llama_fields, Family.DISTILBERT: _distilbert_fields,
-                   Family.GEMMA2: _gemma2_fields}[family]
+                   Family.GEMMA2: _gemma2_fields, Family.GEMMA3: _gemma3_fields,
+                   Family.MIXTRAL: _moe_fields, Family.QWEN3_MOE: _moe_fields}[family]
   fields.update(family_fields(model_type, d, fields["head"]))
   if fields["head"] is Head.CLASSIFICATION:
     fields.update(_classifier_fields(model_type, d))
@@ -190,6 +192,35 @@ def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str
       **_rope_fields(d), **_sliding_fields(model_type, d))
 
 
+def _moe_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
+  """Fields of mixtral and qwen3_moe: Mistral's and Qwen3's attention (a window on every layer,
+  where there is one), with experts in every layer's MLP."""
+  if model_type == "mixtral":
+    if d["router_jitter_noise"]:
+      raise UserError(f"router_jitter_noise={d['router_jitter_noise']!r} is not supported: "
+                      f"lmjax's router adds no noise in training; convert a model with 0.")
+    fields = _llama_fields("mistral", d, head)
+    # transformers v5 maps `num_experts` to `num_local_experts` (and writes Qwen3-MoE's so)
+    experts, normalize, width = d.get("num_experts", d["num_local_experts"]), True, \
+        d["intermediate_size"]
+  else:
+    sparse_step, dense_layers = d["decoder_sparse_step"], d["mlp_only_layers"] or []
+    if sparse_step != 1 or dense_layers:
+      raise UserError(f"decoder_sparse_step={sparse_step} with mlp_only_layers={dense_layers} "
+                      f"makes some layers dense, which lmjax's uniform (scanned) stack does not "
+                      f"build; convert a model with experts in every layer (decoder_sparse_step=1, "
+                      f"mlp_only_layers=[]).")
+    # Qwen3-MoE's window covers every layer; its config has no layer_types.
+    fields = _llama_fields("qwen3", {**d, "layer_types": None, "max_window_layers": 0}, head)
+    experts, normalize = d.get("num_local_experts", d["num_experts"]), bool(d["norm_topk_prob"])
+    width = d["moe_intermediate_size"]
+  fields["moe"] = MoeConfig(
+      num_experts=experts, experts_per_token=d["num_experts_per_tok"],
+      mlp_dim=None if width == fields["mlp_dim"] else width, normalize_weights=normalize,
+      aux_loss_coef=float(d["router_aux_loss_coef"]))
+  return fields
+
+
 def _sliding_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
   """The sliding window and the layers it applies to, as transformers reads them: Mistral's
   `sliding_window` covers every layer; Qwen2's and Qwen3's only counts with
@@ -233,14 +264,43 @@ def _gemma2_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[st
   """Fields of gemma2: Llama's graph with the family's (1 + w) sandwich norms, scaled
   embeddings and GeGLU, plus the keys below; with layer_types null, Gemma2Config makes the
   even layers (0, 2, …) sliding."""
-  _refuse(d, "attention_bias", True, "Gemma 2's attention_bias biases q/k/v and o_proj but not "
+  kinds = d["layer_types"] or ["sliding_attention" if i % 2 == 0 else "full_attention"
+                               for i in range(d["num_hidden_layers"])]
+  return {**_gemma_fields(model_type, d, kinds), **_rope_fields(d)}
+
+
+def _gemma3_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
+  """Fields of gemma3_text: Gemma 2's graph with the family's QK-norms and a RoPE per layer
+  type; with layer_types null, Gemma3TextConfig makes every `sliding_window_pattern`-th layer
+  global (5, 11, … for 6) and the others sliding. Its attention ignores attn_logit_softcapping
+  (never soft-caps), so a checkpoint that sets one is ambiguous and refused."""
+  cap = d["attn_logit_softcapping"]
+  if cap is not None:
+    raise UserError(f"attn_logit_softcapping={cap!r} is not supported for gemma3_text: "
+                    f"transformers' Gemma 3 attention ignores it (it never soft-caps), so what the "
+                    f"checkpoint expects is unclear; set it to null to convert what transformers "
+                    f"computes.")
+  kinds = d["layer_types"]
+  if not kinds:
+    pattern = d["sliding_window_pattern"]
+    if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 1:
+      raise UserError(f"sliding_window_pattern={pattern!r} must be a positive integer (every "
+                      f"pattern-th layer is global), or give layer_types.")
+    kinds = ["sliding_attention" if (i + 1) % pattern else "full_attention"
+             for i in range(d["num_hidden_layers"])]
+  return {**_gemma_fields(model_type, d, kinds), **_gemma3_rope_fields(d, kinds)}
+
+
+def _gemma_fields(model_type: str, d: Mapping[str, Any], kinds: list[str]) -> dict[str, Any]:
+  """What gemma2 and gemma3_text share: the keys below, and the windows of `kinds`, the
+  layers' types."""
+  name = "Gemma 2" if model_type == "gemma2" else "Gemma 3"
+  _refuse(d, "attention_bias", True, f"{name}'s attention_bias biases q/k/v and o_proj but not "
           "the MLP, and lmjax has one switch for o_proj and the MLP")
-  _refuse(d, "use_bidirectional_attention", True, "Gemma 2 converts as a causal decoder")
+  _refuse(d, "use_bidirectional_attention", True, f"{name} converts as a causal decoder")
   hidden, heads, layers = d["hidden_size"], d["num_attention_heads"], d["num_hidden_layers"]
   head_dim = d["head_dim"] or hidden // heads
   scalar = d["query_pre_attn_scalar"]
-  kinds = d["layer_types"] or ["sliding_attention" if i % 2 == 0 else "full_attention"
-                               for i in range(layers)]
   cap = lambda key: None if d[key] is None else float(d[key])
   return dict(
       vocab_size=d["vocab_size"], num_layers=layers, embed_dim=hidden, num_heads=heads,
@@ -252,12 +312,55 @@ def _gemma2_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[st
       tie_embeddings=bool(d["tie_word_embeddings"]),
       query_pre_attn_scalar=None if scalar == head_dim else float(scalar),
       attn_logit_softcap=cap("attn_logit_softcapping"),
-      final_logit_softcap=cap("final_logit_softcapping"), **_rope_fields(d),
+      final_logit_softcap=cap("final_logit_softcapping"),
       **_layer_type_windows(kinds, d["sliding_window"], layers,
                             "sliding_window=None): set sliding_window"))
 
 
-_ROPE_TYPES = ("default", "llama3")
+def _gemma3_rope_fields(d: Mapping[str, Any], kinds: list[str]) -> dict[str, Any]:
+  """Gemma 3's RoPE by layer type, read as Gemma3TextConfig does: v5's `rope_parameters`
+  {"full_attention": …, "sliding_attention": …}, each entry's missing base from v4's
+  `rope_theta` (global) and `rope_local_base_freq` (local), and v4's `rope_scaling` laid over
+  the global entry. The global layers' RoPE is rope_theta and rope_scaling; the local layers',
+  where it differs, rope_local_theta (plain RoPE, the only kind lmjax's local layers have)."""
+  nested = d["rope_parameters"] or {}
+  if nested and not {"full_attention", "sliding_attention"} & set(nested):
+    raise UserError(f"rope_parameters={dict(nested)!r} has no entries by layer type; gemma3_text "
+                    f"nests them under 'full_attention' and 'sliding_attention' (as transformers "
+                    f"v5 writes them), or give rope_theta and rope_local_base_freq.")
+  full = {**(nested.get("full_attention") or {"rope_type": "default"}), **(d["rope_scaling"] or {})}
+  full.setdefault("rope_theta", d["rope_theta"] or 1_000_000.0)
+  local = dict(nested.get("sliding_attention") or {"rope_type": "default"})
+  local.setdefault("rope_theta", d["rope_local_base_freq"] or 10_000.0)
+  global_rope = _layer_rope(d, full, "full_attention")
+  local_rope = _layer_rope(d, local, "sliding_attention")
+  global_type, theta, factor = global_rope
+  fields: dict[str, Any] = dict(rope_theta=theta)
+  if global_type == "linear":
+    fields.update(rope_scaling=RopeScaling.LINEAR, rope_scaling_factor=factor)
+  if "sliding_attention" in kinds and local_rope != global_rope:
+    if local_rope[0] != "default":
+      raise UserError(f"rope_parameters['sliding_attention'] has rope_type {local_rope[0]!r}, "
+                      f"unlike the full_attention layers' RoPE: lmjax's local layers rotate as "
+                      f"the global ones, or with plain ('default') RoPE of their own base.")
+    fields.update(rope_local_theta=local_rope[1])
+  return fields
+
+
+def _layer_rope(d: Mapping[str, Any], rope: Mapping[str, Any], kind: str
+                ) -> tuple[str, float, float | None]:
+  """(rope_type, base, linear factor or None) of one layer type's Gemma 3 RoPE entry."""
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type not in ("default", "linear"):
+    raise UserError(f"RoPE type {rope_type!r} of the {kind} layers is not supported for "
+                    f"gemma3_text; lmjax converts default, linear.")
+  if (rope.get("partial_rotary_factor") or d.get("partial_rotary_factor") or 1.0) != 1.0:
+    raise UserError("partial_rotary_factor != 1 is not supported: lmjax rotates every head dim.")
+  return rope_type, float(rope["rope_theta"]), (float(rope["factor"]) if rope_type == "linear"
+                                                 else None)
+
+
+_ROPE_TYPES = ("default", "llama3", "linear")
 
 
 def _rope_fields(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -275,6 +378,9 @@ def _rope_fields(d: Mapping[str, Any]) -> dict[str, Any]:
     raise UserError("partial_rotary_factor != 1 is not supported: lmjax rotates every head dim.")
   if rope_type == "default":
     return dict(rope_theta=theta)
+  if rope_type == "linear":
+    return dict(rope_theta=theta, rope_scaling=RopeScaling.LINEAR,
+                rope_scaling_factor=float(rope["factor"]))
   return dict(rope_theta=theta, rope_scaling=RopeScaling.LLAMA3,
               rope_scaling_factor=float(rope["factor"]),
               rope_low_freq_factor=float(rope["low_freq_factor"]),

@@ -19,14 +19,19 @@ def export_model_type(config: ModelConfig) -> str:
     return "roberta" if config.position_offset else "bert"
   if config.family is Family.LLAMA and config.qkv_bias and not config.use_bias:
     return "qwen2"
+  if config.family is Family.GEMMA3:
+    return "gemma3_text"  # transformers' "gemma3" is the multimodal model
   return config.family.value
 
 
-_SLIDING_MODEL_TYPES = ("mistral", "qwen2", "qwen3", "gemma2")  # those with a sliding-window key
+_SLIDING_MODEL_TYPES = ("mistral", "qwen2", "qwen3", "gemma2",  # those with a sliding-window key
+                        "gemma3_text", "mixtral", "qwen3_moe")
+_MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")  # those with experts
 # Switches every HF model of a family has fixed; the rest are config.json keys.
 _FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal", "qk_norm", "post_norms",
           "embed_scale")
-# Gemma 2's keys, which no other model type has.
+# Gemma's keys, which no other model type has.
+_GEMMA_MODEL_TYPES = ("gemma2", "gemma3_text")
 _GEMMA2_ONLY = dict(query_pre_attn_scalar=None, attn_logit_softcap=None, final_logit_softcap=None)
 
 
@@ -53,8 +58,14 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
   _require(config, model_type, **{k: FAMILY_DEFAULTS[family][k] for k in _FIXED})
   if model_type not in _SLIDING_MODEL_TYPES:
     _require(config, model_type, sliding_window=None)
-  if model_type != "gemma2":
+  if model_type not in _GEMMA_MODEL_TYPES:
     _require(config, model_type, **_GEMMA2_ONLY)
+  if model_type not in _MOE_MODEL_TYPES and config.moe.enabled:
+    raise UserError(f"model.moe.num_experts={config.moe.num_experts}: a Hugging Face {model_type} "
+                    f"model has no experts; lmjax exports Mixture-of-Experts models as mixtral "
+                    f"(model.family=mixtral) or qwen3_moe (model.family=qwen3_moe).")
+  if model_type != "gemma3_text":  # the only model type with a RoPE base per layer type
+    _require(config, model_type, rope_local_theta=None)
   heads = {head: name for name, head in ARCHITECTURES[model_type].items()}
   if config.head not in heads:
     raise UserError(f"model.head={config.head.value!r} has no Hugging Face {model_type} "
@@ -99,6 +110,10 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
     out.update(common, **_distilbert_hf_fields(config, model_type, act))
   elif family is Family.GEMMA2:
     out.update(common, **_gemma2_hf_fields(config, model_type, act))
+  elif family is Family.GEMMA3:
+    out.update(common, **_gemma3_hf_fields(config, model_type, act))
+  elif model_type in _MOE_MODEL_TYPES:
+    out.update(common, **_moe_hf_fields(config, model_type, act))
   else:
     out.update(common, **_llama_hf_fields(config, model_type, act))
   if config.head is Head.CLASSIFICATION:
@@ -161,6 +176,30 @@ def _llama_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str
   return fields
 
 
+def _moe_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
+  """Mixtral's and Qwen3-MoE's keys: Mistral's and Qwen3's, one window for every layer, and
+  their experts. (A capacity_factor is lmjax's dispatch, not the function: HF computes the same
+  model dropless.)"""
+  moe = config.moe
+  if config.sliding_window is not None:
+    _require(config, model_type, sliding_layers=None)  # one window for every layer
+  dense = _llama_hf_fields(config, "mistral" if model_type == "mixtral" else "qwen3", act)
+  routing = dict(num_experts_per_tok=moe.experts_per_token,
+                 router_aux_loss_coef=moe.aux_loss_coef, output_router_logits=False)
+  if model_type == "mixtral":
+    if not moe.normalize_weights or config.expert_mlp_dim != config.mlp_dim:
+      raise UserError(f"model.moe.normalize_weights={moe.normalize_weights} / model.moe.mlp_dim="
+                      f"{moe.mlp_dim}: a Hugging Face mixtral model renormalises the top-k "
+                      f"weights and its experts are model.mlp_dim wide; set normalize_weights="
+                      f"true and mlp_dim=null, or export as qwen3_moe.")
+    return dict(dense, num_local_experts=moe.num_experts, router_jitter_noise=0.0, **routing)
+  for key in ("layer_types", "max_window_layers"):  # Qwen3-MoE windows every layer alike
+    dense.pop(key, None)
+  return dict(dense, num_experts=moe.num_experts, norm_topk_prob=moe.normalize_weights,
+              moe_intermediate_size=config.expert_mlp_dim, decoder_sparse_step=1,
+              mlp_only_layers=[], **routing)
+
+
 def _rope_hf_fields(config: ModelConfig) -> dict[str, Any]:
   """v5 `rope_parameters`, and the same RoPE in the keys of transformers v4 (and of tools that
   read them)."""
@@ -171,6 +210,9 @@ def _rope_hf_fields(config: ModelConfig) -> dict[str, Any]:
             "low_freq_factor": config.rope_low_freq_factor,
             "high_freq_factor": config.rope_high_freq_factor,
             "original_max_position_embeddings": config.rope_original_max_len}
+  elif config.rope_scaling is RopeScaling.LINEAR:
+    rope = {"rope_type": "linear", "rope_theta": config.rope_theta,
+            "factor": config.rope_scaling_factor}
   return dict(rope_parameters=rope, rope_theta=config.rope_theta,
               rope_scaling=None if rope["rope_type"] == "default" else dict(rope))
 
@@ -181,7 +223,8 @@ def _gemma2_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[st
   _require(config, model_type, type_vocab_size=0, qkv_bias=False, use_bias=False)
   if config.embed_dim % config.num_heads:
     raise UserError(f"model.embed_dim={config.embed_dim} cannot be expressed as a Hugging Face "
-                    f"gemma2 model, which needs a multiple of model.num_heads={config.num_heads} "
+                    f"{model_type} model, which needs a multiple of model.num_heads="
+                    f"{config.num_heads} "
                     f"(whatever model.head_dim).")
   scalar = config.query_pre_attn_scalar or config.dim_per_head
   return dict(
@@ -199,6 +242,29 @@ def _gemma2_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[st
                    for w in config.layer_windows],
       use_bidirectional_attention=False, bos_token_id=None, eos_token_id=None, pad_token_id=0,
       **_rope_hf_fields(config))
+
+
+def _gemma3_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
+  """Gemma 3's keys: Gemma 2's without the attention soft-cap (transformers' Gemma 3 never
+  applies it), and its RoPE by layer type in v5's `rope_parameters`, repeated in v4's
+  `rope_theta`, `rope_scaling` and `rope_local_base_freq` where those can say it (local layers
+  of plain RoPE)."""
+  _require(config, model_type, attn_logit_softcap=None)
+  if config.rope_scaling is RopeScaling.LLAMA3:
+    raise UserError(f"model.rope_scaling=llama3 cannot be expressed as a Hugging Face "
+                    f"{model_type} model as lmjax converts it, which needs rope_scaling 'none' "
+                    f"or 'linear'.")
+  fields = _gemma2_hf_fields(config, model_type, act)
+  for key in ("rope_parameters", "rope_theta", "rope_scaling"):
+    fields.pop(key)
+  full = _rope_hf_fields(config)["rope_parameters"]
+  local = full if config.rope_local_theta is None else {"rope_type": "default",
+                                                        "rope_theta": config.rope_local_theta}
+  fields.update(rope_parameters={"sliding_attention": dict(local), "full_attention": full})
+  if local["rope_type"] == "default":
+    fields.update(rope_theta=config.rope_theta, rope_local_base_freq=local["rope_theta"],
+                  rope_scaling=None if full["rope_type"] == "default" else dict(full))
+  return fields
 
 
 def _qwen_sliding_hf_fields(config: ModelConfig) -> dict[str, Any]:

@@ -13,6 +13,8 @@ MODEL_TYPES: dict[str, Family] = {
     "gpt2": Family.GPT2, "bert": Family.BERT, "roberta": Family.BERT,
     "llama": Family.LLAMA, "mistral": Family.MISTRAL, "qwen2": Family.LLAMA,
     "qwen3": Family.QWEN3, "distilbert": Family.DISTILBERT, "gemma2": Family.GEMMA2,
+    "gemma3_text": Family.GEMMA3,
+    "mixtral": Family.MIXTRAL, "qwen3_moe": Family.QWEN3_MOE,
 }
 
 # Bidirectional families: their classifiers read a pooled first token.
@@ -29,10 +31,16 @@ ARCHITECTURES: dict[str, dict[str, Head]] = {
     "qwen3": {"Qwen3ForCausalLM": Head.CAUSAL_LM, "Qwen3Model": Head.NONE},
     "distilbert": {"DistilBertForMaskedLM": Head.MASKED_LM, "DistilBertModel": Head.NONE},
     "gemma2": {"Gemma2ForCausalLM": Head.CAUSAL_LM, "Gemma2Model": Head.NONE},
+    "mixtral": {"MixtralForCausalLM": Head.CAUSAL_LM, "MixtralModel": Head.NONE},
+    "qwen3_moe": {"Qwen3MoeForCausalLM": Head.CAUSAL_LM, "Qwen3MoeModel": Head.NONE},
+    "gemma3_text": {"Gemma3ForCausalLM": Head.CAUSAL_LM, "Gemma3TextModel": Head.NONE,
+                    "Gemma3TextForSequenceClassification": Head.CLASSIFICATION},
 }
 for _model_type, _prefix in (("gpt2", "GPT2"), ("bert", "Bert"), ("roberta", "Roberta"),
                              ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"),
-                             ("qwen3", "Qwen3"), ("distilbert", "DistilBert")):
+                             ("qwen3", "Qwen3"), ("distilbert", "DistilBert"),
+                             ("gemma2", "Gemma2"), ("mixtral", "Mixtral"),
+                             ("qwen3_moe", "Qwen3Moe")):
   ARCHITECTURES[_model_type][f"{_prefix}ForSequenceClassification"] = Head.CLASSIFICATION
 
 # HF `hidden_act` / `activation_function` names with the exact lmjax equivalent.
@@ -82,6 +90,26 @@ CLASS_DEFAULTS["gemma2"] = dict(
     rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=10000.0, attention_bias=False,
     query_pre_attn_scalar=256, sliding_window=4096, layer_types=None,
     final_logit_softcapping=30.0, attn_logit_softcapping=50.0, use_bidirectional_attention=None)
+# Gemma3TextConfig's: every sliding_window_pattern-th layer global (6: five local, then one
+# global), the global layers' RoPE base `rope_theta` (with `rope_scaling`) and the local layers'
+# `rope_local_base_freq`, the keys of transformers v4; v5 nests both in `rope_parameters`.
+CLASS_DEFAULTS["gemma3_text"] = {
+    **CLASS_DEFAULTS["gemma2"], "vocab_size": 262208, "max_position_embeddings": 131072,
+    "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "rope_scaling": None,
+    "rope_parameters": None, "sliding_window_pattern": 6, "final_logit_softcapping": None,
+    "attn_logit_softcapping": None, "use_bidirectional_attention": False}
 # Qwen3's head_dim defaults to 128 whatever the width, and its attention_bias covers q/k/v and o.
 CLASS_DEFAULTS["qwen3"] = {**CLASS_DEFAULTS["qwen2"], "num_key_value_heads": 32, "head_dim": 128,
                            "layer_types": None}
+# Mixtral's experts are intermediate_size wide; Qwen3-MoE's moe_intermediate_size (its
+# intermediate_size is for dense layers, which lmjax does not build), and its head_dim defaults
+# to hidden_size / num_attention_heads (its code's getattr), its window to every layer.
+CLASS_DEFAULTS["mixtral"] = {**CLASS_DEFAULTS["mistral"], "sliding_window": None,
+                             "rope_theta": 1e6, "num_local_experts": 8, "num_experts_per_tok": 2,
+                             "router_aux_loss_coef": 0.001, "router_jitter_noise": 0.0}
+CLASS_DEFAULTS["qwen3_moe"] = {
+    **CLASS_DEFAULTS["qwen3"], "hidden_size": 2048, "intermediate_size": 6144,
+    "num_hidden_layers": 24, "num_key_value_heads": 4, "head_dim": None, "max_window_layers": 0,
+    "decoder_sparse_step": 1, "moe_intermediate_size": 768, "num_experts_per_tok": 8,
+    "num_experts": 128, "norm_topk_prob": False, "router_aux_loss_coef": 0.001,
+    "mlp_only_layers": None}

@@ -171,21 +171,27 @@ class Mlp(nn.Module):
     return dense("wo", cfg.mlp_dim, cfg.embed_dim, ("mlp", "embed"))(h)
 
 
-def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+def rope_inverse_frequencies(config: ModelConfig, *, local: bool = False) -> np.ndarray:
   """The rotary inverse frequencies, float32 [head_dim / 2], computed as Hugging Face does.
 
-  theta^(-2j/head_dim) for j < head_dim/2, in float32 as HF's `rope_init_fn`s; with Llama 3.1's
-  `llama3` scaling, wavelengths longer than original_len / low_freq_factor are slowed by `factor`,
-  those shorter than original_len / high_freq_factor are kept, and those between are blended.
-  A static numpy constant: it depends only on the config.
+  theta^(-2j/head_dim) for j < head_dim/2, in float32 as HF's `rope_init_fn`s; with `linear`
+  scaling, all divided by `factor`; with Llama 3.1's `llama3` scaling, wavelengths longer than
+  original_len / low_freq_factor are slowed by `factor`, those shorter than
+  original_len / high_freq_factor are kept, and those between are blended. `local`: those of the
+  sliding-window layers, plain RoPE of base `rope_local_theta` where the config sets one. A
+  static numpy constant: it depends only on the config.
   """
+  own_base = local and config.rope_local_theta is not None
+  theta = config.rope_local_theta if own_base else config.rope_theta
   head_dim = config.dim_per_head
   exponents = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
   # torch raises a Python-float base to float32 exponents in float64, then rounds: so do we.
-  powers = (np.float64(config.rope_theta) ** exponents.astype(np.float64)).astype(np.float32)
+  powers = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
   inv_freq = np.float32(1.0) / powers  # [head_dim / 2]
-  if config.rope_scaling is RopeScaling.NONE:
+  if own_base or config.rope_scaling is RopeScaling.NONE:
     return inv_freq
+  if config.rope_scaling is RopeScaling.LINEAR:  # HF divides in float32 by the factor
+    return inv_freq / np.float32(config.rope_scaling_factor)
   # Scalars combine in float64 and meet the float32 arrays as float32, as HF's torch code does.
   factor, low, high = (config.rope_scaling_factor, config.rope_low_freq_factor,
                        config.rope_high_freq_factor)
@@ -200,11 +206,23 @@ def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
   return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rotary_embedding(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+def layer_inverse_frequencies(config: ModelConfig) -> tuple[np.ndarray, ...] | None:
+  """Each layer's rotary inverse frequencies [head_dim / 2] where the local (sliding-window)
+  layers have a RoPE base of their own (`rope_local_theta`: Gemma 3, ModernBERT); None where
+  every layer rotates alike (the attention then takes the config's one constant)."""
+  if config.rope_local_theta is None:
+    return None
+  local, other = (rope_inverse_frequencies(config, local=True), rope_inverse_frequencies(config))
+  return tuple(other if window is None else local for window in config.layer_windows)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray | jax.Array
+                     ) -> jax.Array:
   """Rotary positions in Hugging Face's rotate-half layout.
 
   x: [batch, length, heads, head_dim]; positions: [batch, length] int; inv_freq: [head_dim / 2]
-  from `rope_inverse_frequencies`. The first half of the head dims pairs with the second half,
+  from `rope_inverse_frequencies` (a scanned layer's slice of a stacked table: data, not a
+  constant). The first half of the head dims pairs with the second half,
   so HF Llama q/k weights load without permutation.
   """
   angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, length, head_dim/2]

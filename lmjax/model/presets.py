@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lmjax.model.config import Family, ModelConfig, RopeScaling
+from lmjax.model.moe_config import MoeConfig
 
 _PRESETS: dict[str, dict] = {
     # Small enough to train on a laptop CPU in minutes (the demo and the tests).
@@ -23,6 +24,15 @@ _PRESETS: dict[str, dict] = {
     "tiny-gemma2": dict(family=Family.GEMMA2, vocab_size=2048, num_layers=4, embed_dim=128,
                         num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=384, max_seq_len=256,
                         sliding_window=64, sliding_layers=(0, 2)),
+    # Gemma 3's layout: five local layers (their own RoPE base) to one global, QK-norm.
+    "tiny-gemma3": dict(family=Family.GEMMA3, vocab_size=2048, num_layers=6, embed_dim=128,
+                        num_heads=4, num_kv_heads=1, head_dim=64, mlp_dim=384, max_seq_len=256,
+                        sliding_window=64, sliding_layers=(0, 1, 2, 3, 4),
+                        rope_local_theta=10_000.0),
+    # Mixtral's layout at tiny-llama's size: 4 experts of tiny-llama's MLP width, 2 per token.
+    "tiny-mixtral": dict(family=Family.MIXTRAL, vocab_size=2048, num_layers=4, embed_dim=128,
+                         num_heads=4, num_kv_heads=2, mlp_dim=192, max_seq_len=256,
+                         moe=MoeConfig(num_experts=4, experts_per_token=2)),
     # Published architectures.
     "gpt2-small": dict(family=Family.GPT2, vocab_size=50257, num_layers=12, embed_dim=768,
                        num_heads=12, mlp_dim=3072, max_seq_len=1024),
@@ -51,6 +61,19 @@ _PRESETS: dict[str, dict] = {
     "gemma2-2b": dict(family=Family.GEMMA2, vocab_size=256000, num_layers=26, embed_dim=2304,
                       num_heads=8, num_kv_heads=4, head_dim=256, mlp_dim=9216, max_seq_len=8192,
                       sliding_window=4096, sliding_layers=tuple(range(0, 26, 2))),  # Gemma 2 2B
+    "gemma3-1b": dict(family=Family.GEMMA3, vocab_size=262144, num_layers=26, embed_dim=1152,
+                      num_heads=4, num_kv_heads=1, head_dim=256, mlp_dim=6912, max_seq_len=32768,
+                      sliding_window=512, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+                      sliding_layers=tuple(i for i in range(26) if (i + 1) % 6)),  # Gemma 3 1B
+    "mixtral-8x7b": dict(family=Family.MIXTRAL, vocab_size=32000, num_layers=32, embed_dim=4096,
+                         num_heads=32, num_kv_heads=8, mlp_dim=14336, max_seq_len=32768,
+                         rope_theta=1_000_000.0,
+                         moe=MoeConfig(num_experts=8, experts_per_token=2,
+                                       aux_loss_coef=0.02)),  # Mixtral-8x7B-v0.1
+    "qwen3-30b-a3b": dict(family=Family.QWEN3_MOE, vocab_size=151936, num_layers=48,
+                          embed_dim=2048, num_heads=32, num_kv_heads=4, head_dim=128,
+                          mlp_dim=6144, max_seq_len=40960, rope_theta=1_000_000.0,
+                          moe=MoeConfig(num_experts=128, experts_per_token=8, mlp_dim=768)),
 }
 
 PRESET_NAMES = tuple(_PRESETS)

@@ -1,6 +1,6 @@
 """The Transformer: embeddings, a stack of blocks (scanned or unrolled), and an output head.
 
-One module covers GPT-2, BERT/RoBERTa, Llama-style and Gemma 2 models; `ModelConfig` selects
+One module covers GPT-2, BERT/RoBERTa, Llama-style and Gemma 2/3 models; `ModelConfig` selects
 the variant. Call it as
 
     logits = model.apply({"params": params}, input_ids, attention_mask=None, token_type_ids=None)
@@ -25,12 +25,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lmjax.model.attention import Attention
 from lmjax.model.attention import make_mask
 from lmjax.model.config import (Head, ModelConfig, NormPosition, PoolerActivation, Positions,
                                 Remat)
-from lmjax.model.layers import DenseGeneral, LayerNorm, Mlp, activation, initializer, soft_cap
+from lmjax.model.layers import (DenseGeneral, LayerNorm, Mlp, activation, initializer,
+                                layer_inverse_frequencies, soft_cap)
+from lmjax.model.moe import MoeMlp
 
 Cache = dict  # {"layers": the layers' {"key", "value"} [batch, kv_heads, len, head_dim],
               #    stacked [layers, …] for scanned models, a list of one per layer unrolled;
@@ -71,21 +74,29 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, layer_cache, window, mask, positions, cache_index, deterministic: bool):
-    """`window`: this layer's sliding window (an int32 scalar under scan; None: none)."""
+  def __call__(self, x, layer_cache, window, inv_freq, mask, positions, cache_index,
+               deterministic: bool):
+    """`window`: this layer's sliding window (an int32 scalar under scan; None: none);
+    `inv_freq`: its rotary inverse frequencies [head_dim / 2] where layers differ (None: the
+    config's)."""
     cfg = self.config
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     attention = Attention(cfg, self.dtype, deterministic, name="attention")
-    mlp = Mlp(cfg, self.dtype, deterministic, name="mlp")
+    if cfg.moe.enabled:  # experts route real tokens only (the load-balancing statistics)
+      experts = MoeMlp(cfg, self.dtype, name="mlp")
+      mlp = lambda y: experts(y, mask.query_segment_ids != 0)
+    else:
+      mlp = Mlp(cfg, self.dtype, deterministic, name="mlp")
     norm1 = LayerNorm(cfg, self.dtype, name="attention_norm")
     norm2 = LayerNorm(cfg, self.dtype, name="mlp_norm")
     post = lambda y, name: LayerNorm(cfg, self.dtype, name=name)(y) if cfg.post_norms else y
     if cfg.norm_position is NormPosition.PRE:
-      h, layer_cache = attention(norm1(x), mask, positions, layer_cache, cache_index, window)
+      h, layer_cache = attention(norm1(x), mask, positions, layer_cache, cache_index, window,
+                                 inv_freq)
       x = x + drop(post(h, "attention_post_norm"))
       x = x + drop(post(mlp(norm2(x)), "mlp_post_norm"))
     else:
-      h, layer_cache = attention(x, mask, positions, layer_cache, cache_index, window)
+      h, layer_cache = attention(x, mask, positions, layer_cache, cache_index, window, inv_freq)
       x = norm1(x + drop(h))
       x = norm2(x + drop(mlp(x)))
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -96,13 +107,13 @@ _REMAT_POLICIES = {
     Remat.FULL: None,  # save nothing
     Remat.SAVE_DOTS: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-_DETERMINISTIC_ARG = 7  # Block.__call__'s `deterministic`, counting self: static under remat
+_DETERMINISTIC_ARG = 8  # Block.__call__'s `deterministic`, counting self: static under remat
 
 _POOLER_ACTIVATIONS = {PoolerActivation.TANH: jnp.tanh, PoolerActivation.RELU: jax.nn.relu}
 
 
 class Transformer(nn.Module):
-  """A GPT-2, BERT/RoBERTa, Llama-style or Gemma 2 model, as `config` says."""
+  """A GPT-2, BERT/RoBERTa, Llama-style or Gemma 2/3 model, as `config` says."""
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
@@ -153,8 +164,8 @@ class Transformer(nn.Module):
                        static_argnums=(_DETERMINISTIC_ARG,))
     if not cfg.scan_layers:
       return [block(cfg, self.dtype) for _ in range(cfg.num_layers)]
-    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                    in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+    stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
+                    in_axes=(0, 0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     return stack(cfg, self.dtype)
 
@@ -262,16 +273,20 @@ class Transformer(nn.Module):
   def _blocks(self, x, caches, mask, positions, cache_index, train):
     cfg = self.config
     windows = cfg.layer_windows
+    freqs = layer_inverse_frequencies(cfg)  # None: every layer rotates alike
     if cfg.scan_layers:
       # One scanned block for all layers: each layer's window as data, "no window" as one wider
-      # than any distance.
+      # than any distance, and so its rotary frequencies where layers differ.
       stacked = None if cfg.sliding_window is None else jnp.array(
           [jnp.iinfo(jnp.int32).max if w is None else w for w in windows], jnp.int32)
-      return self.layers(x, caches, stacked, mask, positions, cache_index, not train)
+      stacked_freqs = None if freqs is None else jnp.asarray(np.stack(freqs))  # [layers, hd/2]
+      return self.layers(x, caches, stacked, stacked_freqs, mask, positions, cache_index,
+                         not train)
     new_caches = []
     for i, block in enumerate(self.layers):
-      x, layer_cache = block(x, None if caches is None else caches[i], windows[i], mask,
-                             positions, cache_index, not train)
+      x, layer_cache = block(x, None if caches is None else caches[i], windows[i],
+                             None if freqs is None else freqs[i], mask, positions, cache_index,
+                             not train)
       new_caches.append(layer_cache)
     return x, None if caches is None else new_caches
 

@@ -273,4 +273,6 @@ def _metrics_row(config: Config, done: int, metrics: dict, tokens_per_second: fl
   }
   if config.model.head.value != "causal_lm":
     row["accuracy"] = float(metrics["accuracy"])
+  if "moe_aux_loss" in metrics:  # `loss` is the objective's; the step also minimised this
+    row["moe_aux_loss"] = float(metrics["moe_aux_loss"])
   return row

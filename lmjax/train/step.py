@@ -26,6 +26,7 @@ import optax
 
 from lmjax.data.spec import PER_EXAMPLE, Objective, batch_fields
 from lmjax.model import Transformer, trainable
+from lmjax.model.moe import load_balancing_loss
 from lmjax.objectives import LossSums, chunked_objective_loss, confusion_counts, objective_loss
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
@@ -39,19 +40,29 @@ _TOKEN_OBJECTIVES = (Objective.CAUSAL_LM, Objective.MASKED_LM, Objective.SFT)
 
 
 def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch, *, train: bool,
-                  dropout_rng: jax.Array | None = None, loss_chunk: int = 0) -> LossSums:
-  """The objective's loss sums; `loss_chunk` > 0 (token-level objectives) projects to the
-  vocabulary that many positions at a time, never holding the whole batch's logits."""
+                  dropout_rng: jax.Array | None = None, loss_chunk: int = 0
+                  ) -> tuple[LossSums, jax.Array]:
+  """The objective's loss sums and a Mixture-of-Experts model's load-balancing loss (0.0
+  without experts); `loss_chunk` > 0 (token-level objectives) projects to the vocabulary that
+  many positions at a time, never holding the whole batch's logits."""
   inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
   variables = {"params": params}
+  moe = model.config.moe.enabled
+
+  def apply(*args, **kwargs):  # -> (output, load-balancing loss)
+    if not moe:
+      return model.apply(variables, *args, **kwargs), jnp.zeros((), jnp.float32)
+    out, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
+    return out, load_balancing_loss(state["intermediates"])
+
   if loss_chunk and objective in _TOKEN_OBJECTIVES:
-    hidden = model.apply(variables, batch["input_ids"], train=train, rngs=rngs,
-                         method=Transformer.features, **inputs)
+    hidden, aux = apply(batch["input_ids"], train=train, rngs=rngs, method=Transformer.features,
+                        **inputs)
     logits_fn = lambda h: model.apply(variables, h, method=Transformer.decode)
-    return chunked_objective_loss(objective, hidden, logits_fn, batch, loss_chunk)
-  logits = model.apply(variables, batch["input_ids"], train=train, rngs=rngs, **inputs)
-  return objective_loss(objective, logits, batch)
+    return chunked_objective_loss(objective, hidden, logits_fn, batch, loss_chunk), aux
+  logits, aux = apply(batch["input_ids"], train=train, rngs=rngs, **inputs)
+  return objective_loss(objective, logits, batch), aux
 
 
 def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective: Objective,
@@ -69,17 +80,21 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
   def sums_and_grads(micro_batch, micro_rng):
     def loss_fn(trained_params):
       params = trainable.combine(trained_params, frozen)
-      sums = _forward_sums(model, objective, params, micro_batch, train=True,
-                           dropout_rng=micro_rng, loss_chunk=loss_chunk)
+      sums, aux = _forward_sums(model, objective, params, micro_batch, train=True,
+                                dropout_rng=micro_rng, loss_chunk=loss_chunk)
       if nan_at_step is not None:
         poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
         sums = sums._replace(loss=sums.loss * poison)
-      return sums.loss, sums
-    grads, sums = jax.grad(loss_fn, has_aux=True)(trained)
-    return sums, grads
+      # The loss is a sum that the step divides by the tokens counted: the load-balancing
+      # loss joins it weighted by this micro-batch's tokens, so the step's loss is the token
+      # mean plus aux_loss_coef times the (token-weighted) load-balancing loss, as HF adds it.
+      total = sums.loss + model.config.moe.aux_loss_coef * aux * sums.weight
+      return total, (sums, aux * sums.weight)
+    grads, (sums, aux) = jax.grad(loss_fn, has_aux=True)(trained)
+    return (sums, aux), grads
 
   if grad_accum_steps == 1:
-    sums, grads = sums_and_grads(batch, rng)
+    (sums, aux), grads = sums_and_grads(batch, rng)
   else:
     # Micro-batch i takes rows i, i + n, i + 2n, …: each device keeps feeding its own rows, so
     # splitting the global batch moves no data between devices.
@@ -94,12 +109,13 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
       sums, grads = sums_and_grads(micro_batch, jax.random.fold_in(rng, i))
       return jax.tree.map(jnp.add, carry, (sums, grads)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, (LossSums(*(jnp.zeros((), jnp.float32),) * 3), trained))
-    (sums, grads), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(grad_accum_steps)))
+    scalar = jnp.zeros((), jnp.float32)
+    zeros = jax.tree.map(jnp.zeros_like, ((LossSums(*(scalar,) * 3), scalar), trained))
+    ((sums, aux), grads), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(grad_accum_steps)))
 
   weight = jnp.maximum(sums.weight, 1.0)
   grads = jax.tree.map(lambda g: g / weight, grads)
-  loss, grad_norm = sums.loss / weight, optax.tree.norm(grads)
+  loss, grad_norm = sums.loss / weight, optax.tree.norm(grads)  # the loss without aux
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def update(_):
@@ -122,6 +138,8 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
       "finite": finite,
       "first_nonfinite_grad": bad_leaf,
   }
+  if model.config.moe.enabled:
+    metrics["moe_aux_loss"] = aux / weight
   return new_state, metrics
 
 
@@ -140,8 +158,8 @@ def eval_step(params, batch: Batch, *, model: Transformer, objective: Objective,
     logits = model.apply({"params": params}, batch["input_ids"], **inputs)
     sums = objective_loss(objective, logits, batch)
     return {**sums._asdict(), "confusion": confusion_counts(logits, batch["labels"])}
-  return _forward_sums(model, objective, params, batch, train=False,
-                       loss_chunk=loss_chunk)._asdict()
+  sums, _ = _forward_sums(model, objective, params, batch, train=False, loss_chunk=loss_chunk)
+  return sums._asdict()  # the evaluation loss is the objective's alone
 
 
 def batch_shardings(placement: MeshRules, objective: Objective) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa, Llama-style,
-Qwen3, Gemma 2 and Gemma 3.
+Qwen3, Gemma 2 and Gemma 3, and their Mixture-of-Experts variants (Mixtral, Qwen3-MoE: `moe`).
 
 A family name fills in the architectural switches (norm, activation, positions, biases, …) that
 define it; every switch can still be set on its own. Derived quantities (head size, parameter

@@ -1,7 +1,7 @@
 """The Transformer: embeddings, a stack of blocks (scanned or unrolled), and an output head.
 
-One module covers GPT-2, BERT/RoBERTa, Llama-style and Gemma 2/3 models; `ModelConfig` selects
-the variant. Call it as
+One module covers GPT-2, BERT/RoBERTa, Llama-style (dense or Mixture-of-Experts) and Gemma 2/3
+models; `ModelConfig` selects the variant. Call it as
 
     logits = model.apply({"params": params}, input_ids, attention_mask=None, token_type_ids=None)
 

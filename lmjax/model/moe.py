@@ -125,9 +125,10 @@ def _with_capacity(x, chosen, weights, valid, experts, act, capacity):
   b, l, k = chosen.shape
   e = experts[0].shape[0]
   choice = jnp.swapaxes(chosen, 1, 2).reshape(b, k * l)     # first choices of all tokens first
-  taken = jax.nn.one_hot(choice, e, dtype=jnp.int32) * jnp.tile(valid, (1, k))[..., None]
+  real = jnp.tile(valid, (1, k))                             # [b, k * l], in `choice`'s order
+  taken = jax.nn.one_hot(choice, e, dtype=jnp.int32) * real[..., None]
   slot = jnp.take_along_axis(jnp.cumsum(taken, axis=1), choice[..., None], axis=2)[..., 0] - 1
-  kept = (slot < capacity) & jnp.tile(valid, (1, k))         # [b, k * l]
+  kept = (slot < capacity) & real
   slot = jnp.where(kept, slot, capacity)                     # out of bounds: dropped
   rows = jnp.arange(b)[:, None]
   copies = jnp.tile(x, (1, k, 1))                            # [b, k * l, d]

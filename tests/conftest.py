@@ -1,5 +1,6 @@
 """Shared helpers: tiny, fast run configs on the built-in corpus."""
 
+import json
 import os
 
 # Tests run on CPU; keep XLA from grabbing every core in every xdist worker.
@@ -33,3 +34,14 @@ TINY = [
 def tiny():
   """Overrides that shrink tiny-gpt/tiny-bert/tiny-llama to a seconds-long run."""
   return list(TINY)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+  """A JSON Lines file of real paragraphs labelled by the corpus they come from
+  (tests/labelled_text.py)."""
+  from tests.labelled_text import two_corpora
+  path = tmp_path_factory.mktemp("labelled") / "two_corpora.jsonl"
+  path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in two_corpora()),
+                  encoding="utf-8")
+  return path

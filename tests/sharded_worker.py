@@ -38,16 +38,23 @@ from tests.conftest import TINY  # noqa: E402
 
 STEPS = 3
 MODELS = {"causal": "tiny-llama", "mlm": "tiny-bert", "lora": "tiny-llama",
-          "moe_dropless": "tiny-mixtral", "moe_capacity": "tiny-mixtral"}
+          "moe_dropless": "tiny-mixtral", "moe_capacity": "tiny-mixtral",
+          "modernbert": "tiny-bert"}
 # LoRA adapters on every projection, scanned layers only: the adapters carry the kernels'
 # logical axes, so every mesh must give the same losses and params as one device.
 # The MoE model: 4 experts, 2 per token; the capacity dispatch with buffers small enough to drop
 # tokens (the drops are per sequence, so they are the same on every mesh).
+# ModernBERT on tiny-bert's MLM recipe: one local layer (window 9, its own RoPE base) and one
+# global, and layer 0's unused attention norm, which must stay put on every mesh.
 KIND_OVERRIDES = {"lora": ["model.lora.rank=4"],
+                  "modernbert": ["model.preset=tiny-modernbert", "model.sliding_layers=[1]",
+                                 "model.sliding_window=9"],
                   "moe_dropless": ["model.moe.aux_loss_coef=0.1", "model.remat=none"],
                   "moe_capacity": ["model.moe.aux_loss_coef=0.1", "model.moe.capacity_factor=1.0",
                                    "model.remat=none"]}
-KIND_SCANS = {"lora": (True,), "moe_dropless": (True,), "moe_capacity": (True,)}
+KIND_SCANS = {"lora": (True,), "moe_dropless": (True,), "moe_capacity": (True,),
+              "modernbert": (True,)}
+KIND_MESHES = {"modernbert": ("fsdp8", "tensor2_fsdp4")}  # default: all of MESHES
 MESHES = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
           "tensor2_fsdp4": dict(data=1, fsdp=4, tensor=2),
           "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
@@ -104,7 +111,9 @@ def equivalence_runs(out: pathlib.Path, results: dict, kind: str) -> None:
     corpus = corpus or load_corpus(config)
     one = mesh_rules(config.mesh, devices=jax.devices()[:1])
     runs = {"one_device": (config, one)}
-    for mesh_name, sizes in (MOE_MESHES if kind.startswith("moe") else MESHES).items():
+    meshes = MOE_MESHES if kind.startswith("moe") else {
+        k: v for k, v in MESHES.items() if k in KIND_MESHES.get(kind, MESHES)}
+    for mesh_name, sizes in meshes.items():
       sharded = load_config(name, base + [f"mesh.{k}={v}" for k, v in sizes.items()])
       runs[mesh_name] = (sharded, mesh_rules(sharded.mesh))
     for mesh_name, (run_config, placement) in runs.items():

@@ -1,8 +1,6 @@
 """Sequence classification end to end: fine-tuning from a tiny MLM run, metrics, predict, resume,
 and Hugging Face `*ForSequenceClassification` both ways (logits within 1e-4, the pipeline)."""
 
-import importlib
-import inspect
 import json
 import signal
 import time
@@ -28,45 +26,10 @@ from tests.test_convert import (_BERT, _DISTILBERT, _GPT2, _LLAMA, TOL, randomis
 
 pytestmark = pytest.mark.xdist_group("classification")
 
-# -- a small labelled set of real text: which of two real corpora a paragraph comes from --------
-
-_MODULES = ["argparse", "collections", "difflib", "textwrap", "pathlib", "json", "inspect",
-            "string", "re", "os", "shutil", "functools", "itertools", "datetime", "decimal",
-            "statistics", "random", "typing", "enum", "dataclasses", "csv", "logging",
-            "unittest", "threading", "subprocess", "socket", "tarfile", "zipfile", "calendar",
-            "contextlib"]
-
-
-def paragraphs(text: str) -> list[str]:
-  return [p for p in (" ".join(p.split()) for p in text.split("\n\n")) if len(p) > 60]
-
-
-def two_corpora() -> list[tuple[str, str]]:
-  """(paragraph, "reference" | "docstring"): the language reference's topics (pydoc) against
-  the standard library's docstrings. Real text, real provenance labels."""
-  from pydoc_data.topics import topics
-  reference = sorted({p for name in topics for p in paragraphs(topics[name])})
-  docstrings = set()
-  for name in _MODULES:
-    module = importlib.import_module(name)
-    for obj in [module, *(getattr(module, n) for n in dir(module) if not n.startswith("_"))]:
-      if inspect.ismodule(obj) or callable(obj):
-        docstrings.update(paragraphs(inspect.getdoc(obj) or ""))
-  return [(p, "reference") for p in reference] + [(p, "docstring") for p in sorted(docstrings)]
-
-
 SMALL = ["model.num_layers=2", "model.embed_dim=64", "model.num_heads=4", "model.mlp_dim=128",
          "model.max_seq_len=128", "model.vocab_size=1024", "train.seq_len=64",
          "train.batch_size=32", "train.log_every=20", "train.eval_every=60",
          "train.checkpoint_every=60", "train.warmup_steps=10"]
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory):
-  path = tmp_path_factory.mktemp("labelled") / "two_corpora.jsonl"
-  path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in two_corpora()),
-                  encoding="utf-8")
-  return path
 
 
 def classifier_args(run_dir, init_from, data, *extra):
@@ -344,29 +307,25 @@ def test_a_decoder_from_a_hugging_face_directory_fine_tunes_into_a_gpt2_classifi
   assert hf_config["pad_token_id"] == 0  # lmjax's <pad>, never a token of the text
 
 
-def test_a_distilbert_from_a_hugging_face_directory_fine_tunes_and_predicts_as_transformers(
-    tmp_path, labelled, capsys):
-  hf_model = randomise(transformers.DistilBertForMaskedLM(transformers.DistilBertConfig(
-      **{**_DISTILBERT, "vocab_size": 288, "max_position_embeddings": 64})))
-  hf_model.save_pretrained(tmp_path / "hf")
-  lmjax.data.Tokenizer.byte_level().save(tmp_path / "hf")
-  capsys.readouterr()
+def fine_tune_from_hf(tmp_path, labelled, preset: str) -> None:
+  """Six steps of a `preset` classifier (sizes from tmp_path/hf) from the HF directory
+  tmp_path/hf, into tmp_path/run, with its losses checked finite."""
   assert main(["train", "tiny-bert", "--run-dir", str(tmp_path / "run"), "--set",
-               "model.preset=tiny-distilbert", f"model.init_from={tmp_path / 'hf'}",
+               f"model.preset={preset}", f"model.init_from={tmp_path / 'hf'}",
                "model.head=classification", f"data.tokenizer={tmp_path / 'hf'}",
                "data.source=jsonl", f"data.paths=[{labelled}]", "data.eval_fraction=0.2",
                "train.seq_len=32", "train.batch_size=8", "train.steps=6", "train.log_every=1",
                "train.eval_every=6", "train.learning_rate=1e-3"]) == 0
-  err = capsys.readouterr().err
-  assert ("new (randomly initialised): classifier/bias, classifier/kernel, pooler/bias, "
-          "pooler/kernel;") in err  # DistilBERT's pre_classifier: new, as in transformers
-  config = lmjax.run.RunDir(tmp_path / "run").require_config().model
-  assert (config.family, config.pooler, config.embed_dim) == (Family.DISTILBERT, True, 42)
   losses = [r["loss"] for r in rows(tmp_path / "run") if "loss" in r]
   assert len(losses) == 6 and all(np.isfinite(losses))
+
+
+def assert_exports_and_predicts_as_transformers(tmp_path, capsys, architecture: str) -> None:
+  """tmp_path/run exports as `architecture` with its label names, and `lmjax predict --hf`
+  on the export agrees with transformers' text-classification pipeline."""
   assert main(["convert", "lmjax-to-hf", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
   hf_config = json.loads((tmp_path / "out" / "config.json").read_text())
-  assert hf_config["architectures"] == ["DistilBertForSequenceClassification"]
+  assert hf_config["architectures"] == [architecture]
   assert hf_config["id2label"] == {"0": "docstring", "1": "reference"}
   pipe = transformers.pipeline("text-classification", model=str(tmp_path / "out"))
   texts = ["Return a new list of the items.", "An expression statement evaluates the list."]
@@ -378,6 +337,23 @@ def test_a_distilbert_from_a_hugging_face_directory_fine_tunes_and_predicts_as_t
   for theirs, mine in zip(pipe(texts), ours):
     assert theirs["label"] == mine["label"]
     assert theirs["score"] == pytest.approx(mine["score"], abs=1e-5)
+
+
+def test_a_distilbert_from_a_hugging_face_directory_fine_tunes_and_predicts_as_transformers(
+    tmp_path, labelled, capsys):
+  hf_model = randomise(transformers.DistilBertForMaskedLM(transformers.DistilBertConfig(
+      **{**_DISTILBERT, "vocab_size": 288, "max_position_embeddings": 64})))
+  hf_model.save_pretrained(tmp_path / "hf")
+  lmjax.data.Tokenizer.byte_level().save(tmp_path / "hf")
+  capsys.readouterr()
+  fine_tune_from_hf(tmp_path, labelled, "tiny-distilbert")
+  err = capsys.readouterr().err
+  assert ("new (randomly initialised): classifier/bias, classifier/kernel, pooler/bias, "
+          "pooler/kernel;") in err  # DistilBERT's pre_classifier: new, as in transformers
+  config = lmjax.run.RunDir(tmp_path / "run").require_config().model
+  assert (config.family, config.pooler, config.embed_dim) == (Family.DISTILBERT, True, 42)
+  assert_exports_and_predicts_as_transformers(tmp_path, capsys,
+                                              "DistilBertForSequenceClassification")
 
 
 def test_exporting_a_decoder_classifier_needs_a_pad_or_eos_token(tmp_path, labelled, capsys):

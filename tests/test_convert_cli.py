@@ -103,8 +103,11 @@ def test_conversion_mistakes_are_explained(hf_gpt2, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, extra", [("tiny-gpt", []), ("tiny-bert", []), ("tiny-llama", []),
-                                         ("tiny-llama", ["model.preset=tiny-qwen3"])],
-                         ids=["tiny-gpt", "tiny-bert", "tiny-llama", "tiny-qwen3"])
+                                         ("tiny-llama", ["model.preset=tiny-qwen3"]),
+                                         ("tiny-bert", ["model.preset=tiny-modernbert",
+                                                        "model.sliding_layers=[1]"])],
+                         ids=["tiny-gpt", "tiny-bert", "tiny-llama", "tiny-qwen3",
+                              "tiny-modernbert"])
 def test_a_trained_run_exports_and_loads_in_transformers(name, extra, tmp_path, capsys):
   run_dir, exported = tmp_path / "run", tmp_path / "hf"
   train(load_config(name, TINY + extra + ["train.steps=5"]), run_dir)

@@ -7,8 +7,6 @@ Every HF model is a tiny random `transformers` model (tests/test_convert.py's he
 is downloaded.
 """
 
-import json
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,8 +24,8 @@ from lmjax.model import (Head, ModelConfig, RopeScaling, Transformer, init_cache
                          preset, unrolled)
 from lmjax.model.layers import layer_inverse_frequencies, rope_inverse_frequencies  # noqa: E402
 from tests.test_classification import assert_same_logits  # noqa: E402
-from tests.test_convert import (TOL, assert_same_outputs, copy_config, randomise,  # noqa: E402
-                                random_lmjax, read_tensors)
+from tests.test_convert import (TOL, assert_round_trips_bit_for_bit, assert_same_outputs,  # noqa: E402
+                                cached_hf_dirs, copy_config, randomise, random_lmjax)
 from tests.test_generation_parity import NEW, PAD, hf_greedy, with_unit_norm_gains  # noqa: E402
 
 # Odd sizes, grouped heads of a size apart from the width, a window shorter than the inputs on
@@ -69,16 +67,7 @@ def build_hf(name: str, seed: int = 0):
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
   """name -> (saved directory, the torch model), built once per module on first use."""
-  cache = {}
-
-  def get(name: str):
-    if name not in cache:
-      model = build_hf(name)
-      path = tmp_path_factory.mktemp(name)
-      model.save_pretrained(path)
-      cache[name] = (path, model)
-    return cache[name]
-  return get
+  return cached_hf_dirs(tmp_path_factory, build_hf)
 
 
 def assert_matches(hf_model, model, params):
@@ -165,15 +154,9 @@ def test_the_gemma3_1b_preset_is_the_published_checkpoints_architecture():
 
 @pytest.mark.parametrize("name", list(HF_CASES))
 def test_hf_to_lmjax_to_hf_reproduces_every_tensor_bit_for_bit(hf_dirs, tmp_path, name):
-  path, _ = hf_dirs(name)
-  model, params = from_hf(path, scan_layers=name != "base")
-  to_hf(model, params, tmp_path / "out")
-  assert read_tensors(tmp_path / "out") == read_tensors(path)
-  original = json.loads((path / "config.json").read_text())
-  exported = json.loads((tmp_path / "out" / "config.json").read_text())
-  assert exported["architectures"] == original["architectures"]
-  assert exported["model_type"] == original["model_type"] == "gemma3_text"
-  assert from_hf(tmp_path / "out", scan_layers=model.config.scan_layers)[0].config == model.config
+  exported = assert_round_trips_bit_for_bit(hf_dirs(name)[0], tmp_path / "out",
+                                            scan_layers=name != "base")
+  assert exported["model_type"] == "gemma3_text"
 
 
 # -- lmjax -> HF -----------------------------------------------------------------------------------

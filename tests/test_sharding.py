@@ -20,12 +20,15 @@ from lmjax.train.inputs import batch_sources, load_corpus
 from lmjax.train.loop import train
 from lmjax.train.setup import setup_step
 from tests.processes import children, cpu_env
-from tests.sharded_worker import BAD_INPUTS, MESHES, MOE_MESHES
+from tests.sharded_worker import BAD_INPUTS, KIND_MESHES, MESHES, MOE_MESHES
 
 pytestmark = pytest.mark.xdist_group("sharded_worker")  # one worker runs the children once
 
 CASES = [f"{kind}-scan{scan}" for kind in ("causal", "mlm") for scan in (1, 0)]
 EQUIVALENT = CASES + ["lora-scan1"]  # LoRA on tiny-llama: adapters shard like their kernels
+# (case, mesh): every case on every mesh, ModernBERT (MLM) on two
+PAIRS = [(case, mesh) for case in EQUIVALENT for mesh in MESHES] + [
+    ("modernbert-scan1", mesh) for mesh in KIND_MESHES["modernbert"]]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def recorded(tmp_path_factory):
   # In this worker's base directory, kept for the session: pytest-xdist may run this module's
   # tests in more than one stretch on the same worker, setting the fixture up again each time.
   out = tmp_path_factory.getbasetemp() / "sharded"
-  parts = {"causal": ["causal", "compile", "moe"], "mlm": ["mlm", "bad_inputs", "lora"]}
+  parts = {"causal": ["causal", "compile", "moe"],
+           "mlm": ["mlm", "bad_inputs", "lora", "modernbert"]}
   if not all((out / f"{'-'.join(args)}.json").is_file() for args in parts.values()):
     out.mkdir(exist_ok=True)
     with children(out) as group:
@@ -48,8 +52,7 @@ def recorded(tmp_path_factory):
   return results, out
 
 
-@pytest.mark.parametrize("mesh", list(MESHES))
-@pytest.mark.parametrize("case", EQUIVALENT)
+@pytest.mark.parametrize("case, mesh", PAIRS)
 def test_sharded_training_matches_one_device(recorded, case, mesh):
   results, out = recorded
   one, sharded = f"{case}-one_device", f"{case}-{mesh}"

@@ -94,10 +94,11 @@ def bind(key_map: KeyMap, config: ModelConfig) -> list[Binding]:
   """The key map's rules for `config`'s params, in file order (embeddings, each layer, head).
 
   Head rules (for this head) are bound first, and a body rule whose params a head rule took is
-  left out. Raises UserError if a param has no rule (a head or option HF cannot express).
+  left out. A per-layer rule binds from its `first_layer` on. Raises UserError if a param has no
+  rule (a head or option HF cannot express).
   """
   params = abstract_params(config)
-  bindings, covered = [], set()
+  bindings, covered, unused = [], set(), set()
   head_rules = [r for r in key_map.head if not r.heads or config.head in r.heads]
   # File order: embeddings, then layer by layer, then final norm and pooler, then the head.
   layer_at = next((i for i, r in enumerate(key_map.body) if "{i}" in r.hf), len(key_map.body))
@@ -107,7 +108,10 @@ def bind(key_map: KeyMap, config: ModelConfig) -> list[Binding]:
   experts = range(config.moe.num_experts)
   for in_body, group, rule in ordered:
     per_layer = "{i}" in rule.hf
-    slots = [(layer, expert) for layer in (range(config.num_layers) if per_layer else [None])
+    layers = range(rule.first_layer, config.num_layers) if per_layer else [None]
+    if per_layer and rule.first_layer:  # slices HF lacks: the param counts as covered
+      unused.update(_target(path, 0, None, config)[0] for path in rule.lmjax)
+    slots = [(layer, expert) for layer in layers
              for expert in (experts if "{e}" in rule.hf else [None])]
     for layer, expert in slots:
       targets = tuple(_target(path, layer, expert, config) for path in rule.lmjax)
@@ -120,7 +124,7 @@ def bind(key_map: KeyMap, config: ModelConfig) -> list[Binding]:
       bindings.append((group, layer or 0, Binding(hf_name, in_body, layer, targets,
                                                     rule.transform)))
       covered.update(targets)
-  missing = sorted(set(params) - {key for key, _ in covered})
+  missing = sorted(set(params) - {key for key, _ in covered} - unused)
   if missing:
     raise UserError(f"lmjax param {missing[0]} has no Hugging Face counterpart in this model "
                     f"family's key map (head={config.head.value}, pooler={config.pooler}); "

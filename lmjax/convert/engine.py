@@ -137,7 +137,9 @@ class HfWeights:
 
   def read_params(self) -> dict[str, np.ndarray]:
     """Every param (flat keys), reading the weight files in turn, each once."""
-    flat = {key: np.empty(spec.shape, self.dtype) for key, spec in self.specs.items()}
+    # Zeros (pages the OS gives on first write): slices a checkpoint lacks (ModernBERT's unused
+    # layer-0 attention norm) stay defined.
+    flat = {key: np.zeros(spec.shape, self.dtype) for key, spec in self.specs.items()}
     file_of = lambda b: self._reader.file_of(self._stored[b.hf_name])
     for _, group in itertools.groupby(sorted(self._bindings, key=file_of), key=file_of):
       for binding in group:
@@ -146,7 +148,7 @@ class HfWeights:
 
   def read_param(self, key: str) -> np.ndarray:
     """Param `key`, from the HF tensors it is made of (each layer's, where stacked)."""
-    flat = {key: np.empty(self.specs[key].shape, self.dtype)}
+    flat = {key: np.zeros(self.specs[key].shape, self.dtype)}
     for binding in self._bindings:
       if any(target == key for target, _ in binding.targets):
         self._fill(flat, binding)  # GPT-2's fused q/k/v tensor is read once per param

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from lmjax.convert.transforms import (BIAS_TO_HEADS, CONV1D_FROM_HEADS, FUSED_QKV_BIAS,
-                                      FUSED_QKV_KERNEL, IDENTITY, LINEAR_FROM_HEADS,
-                                      LINEAR_TO_HEADS, TRANSPOSE, Transform)
+from lmjax.convert.transforms import (BIAS_TO_HEADS, CONV1D_FROM_HEADS, FUSED_GATE_UP_BIAS,
+                                      FUSED_QKV_BIAS, FUSED_QKV_KERNEL, IDENTITY,
+                                      LINEAR_FROM_HEADS, LINEAR_FUSED_GATE_UP_KERNEL,
+                                      LINEAR_FUSED_QKV_KERNEL, LINEAR_TO_HEADS, TRANSPOSE,
+                                      Transform)
 from lmjax.model import Head
 
 
@@ -29,16 +31,21 @@ class Rule:
   hf: str                 # HF tensor name, e.g. "h.{i}.attn.c_attn.weight"
   transform: Transform
   heads: frozenset[Head] = frozenset()  # the heads it applies to; empty: all
+  # Per-layer rules: the first layer HF has the tensor in (ModernBERT's layer 0 has no attention
+  # norm); the lmjax params' slices of the layers before it are left unused, zero on import.
+  first_layer: int = 0
 
 
 def rule(lmjax: str | tuple[str, ...], hf: str, transform: Transform = IDENTITY,
-         heads: tuple[Head, ...] = ()) -> Rule:
-  return Rule((lmjax,) if isinstance(lmjax, str) else lmjax, hf, transform, frozenset(heads))
+         heads: tuple[Head, ...] = (), first_layer: int = 0) -> Rule:
+  return Rule((lmjax,) if isinstance(lmjax, str) else lmjax, hf, transform, frozenset(heads),
+              first_layer)
 
 
-def norm(lmjax: str, hf: str) -> list[Rule]:
+def norm(lmjax: str, hf: str, first_layer: int = 0) -> list[Rule]:
   """A norm's scale (HF `weight`) and, for LayerNorm, its bias; RMSNorm has no bias param."""
-  return [rule(f"{lmjax}.scale", f"{hf}.weight"), rule(f"{lmjax}.bias", f"{hf}.bias")]
+  return [rule(f"{lmjax}.scale", f"{hf}.weight", first_layer=first_layer),
+          rule(f"{lmjax}.bias", f"{hf}.bias", first_layer=first_layer)]
 
 
 def dense(lmjax: str, hf: str, transform: Transform = TRANSPOSE,
@@ -213,10 +220,36 @@ MIXTRAL = dataclasses.replace(LLAMA, body=(
 QWEN3_MOE = dataclasses.replace(QWEN3, body=(
     *_NOT_MLP(QWEN3.body), *_experts("mlp", "gate_proj", "up_proj", "down_proj")))
 
+MODERNBERT = KeyMap(  # fused q/k/v and gate/up; its `head` is the prediction head of both heads
+    base_prefix="model",
+    body=(
+        rule("token_embedding", "embeddings.tok_embeddings.weight"),
+        *norm("embedding_norm", "embeddings.norm"),
+        *norm("layers.{i}.attention_norm", "layers.{i}.attn_norm", first_layer=1),
+        rule(tuple(f"layers.{{i}}.{p}.kernel" for p in _QKV), "layers.{i}.attn.Wqkv.weight",
+             LINEAR_FUSED_QKV_KERNEL),
+        rule(tuple(f"layers.{{i}}.{p}.bias" for p in _QKV), "layers.{i}.attn.Wqkv.bias",
+             FUSED_QKV_BIAS),
+        *dense("layers.{i}.attention.out", "layers.{i}.attn.Wo", LINEAR_FROM_HEADS),
+        *norm("layers.{i}.mlp_norm", "layers.{i}.mlp_norm"),
+        rule(("layers.{i}.mlp.wi_gate.kernel", "layers.{i}.mlp.wi_up.kernel"),
+             "layers.{i}.mlp.Wi.weight", LINEAR_FUSED_GATE_UP_KERNEL),
+        rule(("layers.{i}.mlp.wi_gate.bias", "layers.{i}.mlp.wi_up.bias"),
+             "layers.{i}.mlp.Wi.bias", FUSED_GATE_UP_BIAS),
+        *dense("layers.{i}.mlp.wo", "layers.{i}.mlp.Wo"),
+        *norm("final_norm", "final_norm"),
+    ),
+    head=(*dense("mlm_transform", "head.dense"), *norm("mlm_norm", "head.norm"),
+          rule("output_bias", "decoder.bias"),
+          rule("lm_head.kernel", "decoder.weight", TRANSPOSE), *_CLASSIFIER),
+    tied_aliases=("decoder.weight",),
+)
+
 KEY_MAPS: dict[str, KeyMap] = {"gpt2": GPT2, "bert": BERT, "roberta": ROBERTA, "llama": LLAMA,
                                "mistral": LLAMA, "qwen2": LLAMA, "qwen3": QWEN3,
                                "distilbert": DISTILBERT, "gemma2": GEMMA2,
                                "gemma3_text": GEMMA3,
-                               "mixtral": MIXTRAL, "qwen3_moe": QWEN3_MOE}
+                               "mixtral": MIXTRAL, "qwen3_moe": QWEN3_MOE,
+                               "modernbert": MODERNBERT}
 
 __all__ = ["KEY_MAPS", "KeyMap", "Rule"]

@@ -86,6 +86,24 @@ FUSED_QKV_BIAS = Transform(
     lambda arrays, c: np.concatenate([a.reshape(-1) for a in arrays]))
 
 
+# ModernBERT's fused nn.Linear `Wqkv` weight [3 * heads * head_dim, embed] (rows q | k | v)
+# <-> query, key, value kernels; its bias is FUSED_QKV_BIAS.
+LINEAR_FUSED_QKV_KERNEL = Transform(
+    "linear_fused_qkv_kernel", lambda t, c: _split_qkv_kernel(t.T, c),
+    lambda arrays, c: _merge_qkv_kernel(arrays, c).T)
+
+# ModernBERT's fused nn.Linear `Wi` weight [2 * mlp, embed] <-> gate and up kernels [embed, mlp]:
+# the first half of its output is activated (the gate), the second multiplies it.
+LINEAR_FUSED_GATE_UP_KERNEL = Transform(
+    "linear_fused_gate_up_kernel", lambda t, c: tuple(np.split(t.T, 2, axis=1)),
+    lambda arrays, c: np.concatenate(arrays, axis=1).T)
+
+# Its bias [2 * mlp] <-> gate and up biases [mlp].
+FUSED_GATE_UP_BIAS = Transform(
+    "fused_gate_up_bias", lambda t, c: tuple(np.split(t, 2)),
+    lambda arrays, c: np.concatenate(arrays))
+
+
 def hf_shape(transform: Transform, lmjax_shapes: Sequence[tuple[int, ...]], dtype: np.dtype,
              config: ModelConfig) -> tuple[int, ...]:
   """The HF tensor shape that `transform` makes from lmjax arrays of `lmjax_shapes`.
@@ -98,4 +116,5 @@ def hf_shape(transform: Transform, lmjax_shapes: Sequence[tuple[int, ...]], dtyp
 
 __all__ = ["Transform", "IDENTITY", "TRANSPOSE", "LINEAR_TO_HEADS", "BIAS_TO_HEADS",
            "LINEAR_FROM_HEADS", "CONV1D_FROM_HEADS", "FUSED_QKV_KERNEL", "FUSED_QKV_BIAS",
+           "LINEAR_FUSED_QKV_KERNEL", "LINEAR_FUSED_GATE_UP_KERNEL", "FUSED_GATE_UP_BIAS",
            "hf_shape"]

@@ -1,12 +1,13 @@
 """The model: config, layers, attention and the Transformer."""
 
-from lmjax.model.config import (Activation, AttentionImpl, Family, Head, ModelConfig, Norm,
-                                NormPosition, PoolerActivation, Positions, Remat, RopeScaling)
+from lmjax.model.config import (Activation, AttentionImpl, ClassifierPooling, Family, Head,
+                                ModelConfig, Norm, NormPosition, PoolerActivation, Positions,
+                                Remat, RopeScaling)
 from lmjax.model.presets import PRESET_NAMES, preset
 from lmjax.model.transformer import Cache, Transformer, init_cache, param_shapes, unrolled
 
 __all__ = [
-    "Activation", "AttentionImpl", "Cache", "Family", "Head", "ModelConfig", "Norm",
+    "Activation", "AttentionImpl", "Cache", "ClassifierPooling", "Family", "Head", "ModelConfig", "Norm",
     "NormPosition", "PoolerActivation", "Positions", "PRESET_NAMES", "Remat", "RopeScaling",
     "Transformer", "init_cache", "param_shapes", "preset", "unrolled",
 ]

@@ -1,5 +1,7 @@
-"""The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa, Llama-style,
-Qwen3, Gemma 2 and Gemma 3, and their Mixture-of-Experts variants (Mixtral, Qwen3-MoE: `moe`).
+"""The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa, DistilBERT,
+ModernBERT, Llama-style, Qwen3, Gemma 2 and Gemma 3, and their Mixture-of-Experts variants
+(Mixtral, Qwen3-MoE: `moe`). The switches' enums are in `options.py`, the families' defaults in
+`families.py`.
 
 A family name fills in the architectural switches (norm, activation, positions, biases, …) that
 define it; every switch can still be set on its own. Derived quantities (head size, parameter
@@ -12,133 +14,15 @@ and `hf_export.py` (writing).
 from __future__ import annotations
 
 import dataclasses
-import enum
 
 from lmjax.errors import UserError
+from lmjax.model.families import FAMILY_DEFAULTS, MOE_FAMILIES
 from lmjax.model.lora import block_projections, check_targets
 from lmjax.model.moe_config import MoeConfig
+from lmjax.model.options import (Activation, AttentionImpl, ClassifierPooling, Family, Head, Norm,
+                                 NormPosition, ParamDtype, PoolerActivation, Positions, Remat,
+                                 RopeScaling)
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
-
-
-class Family(enum.Enum):
-  GPT2 = "gpt2"
-  BERT = "bert"      # also RoBERTa (learned positions offset by padding_idx + 1)
-  LLAMA = "llama"    # also Qwen2 (biases on q/k/v only)
-  MISTRAL = "mistral"  # Llama's graph under Mistral's name, so that it exports as Mistral
-  QWEN3 = "qwen3"    # Llama's graph with QK-norm (an RMSNorm over each head's queries and keys)
-  DISTILBERT = "distilbert"  # BERT's graph without token types, its classifier's pooler a ReLU
-  GEMMA2 = "gemma2"  # Llama's graph with (1 + w) RMSNorms also after attention and the MLP,
-                     # GeGLU, scaled embeddings, soft-capped logits, alternating local layers
-  MIXTRAL = "mixtral"      # Mistral's graph with a Mixture-of-Experts MLP (model.moe)
-  QWEN3_MOE = "qwen3_moe"  # Qwen3's graph with a Mixture-of-Experts MLP (model.moe)
-  GEMMA3 = "gemma3"  # Gemma 2's graph with QK-norm, no soft-caps, and local layers of their own
-                     # RoPE base (HF model_type gemma3_text)
-
-
-class Norm(enum.Enum):
-  LAYER_NORM = "layer_norm"
-  RMS_NORM = "rms_norm"
-  # Gemma's RMSNorm: the scale is 1 + w (w stored, initialised to 0) and applied in float32
-  # before the cast back, where Llama's casts first and multiplies by w.
-  RMS_NORM_PLUS_ONE = "rms_norm_plus_one"
-
-
-class NormPosition(enum.Enum):
-  PRE = "pre"    # x + f(norm(x)); a final norm after the last block (GPT-2, Llama)
-  POST = "post"  # norm(x + f(x)); a norm after the embeddings (BERT)
-
-
-class Activation(enum.Enum):
-  GELU_TANH = "gelu_tanh"  # GPT-2's "gelu_new"
-  GELU = "gelu"            # exact erf GELU, BERT's "gelu"
-  SILU = "silu"
-  RELU = "relu"
-
-
-class Positions(enum.Enum):
-  LEARNED = "learned"
-  ROTARY = "rotary"
-
-
-class RopeScaling(enum.Enum):
-  NONE = "none"
-  LLAMA3 = "llama3"  # Llama 3.1: low frequencies slowed by a factor, smooth between (HF "llama3")
-  LINEAR = "linear"  # every frequency divided by the factor (HF "linear"; Gemma 3's global layers)
-
-
-class Head(enum.Enum):
-  CAUSAL_LM = "causal_lm"            # next-token logits
-  MASKED_LM = "masked_lm"            # BERT's transform + tied decoder with its own bias
-  NONE = "none"                      # final hidden states (HF `last_hidden_state`)
-  CLASSIFICATION = "classification"  # sequence labels: encoders from the (pooled) first token,
-                                     # decoders from the last real token
-
-
-class PoolerActivation(enum.Enum):
-  TANH = "tanh"  # BERT's pooler, RoBERTa's classifier.dense
-  RELU = "relu"  # DistilBERT's pre_classifier
-
-
-class AttentionImpl(enum.Enum):
-  AUTO = "auto"      # cuDNN flash on NVIDIA GPUs, splash on TPUs (where it fits), else XLA
-  XLA = "xla"        # einsum + float32 softmax, the reference
-  CUDNN = "cudnn"    # jax.nn.dot_product_attention(implementation="cudnn")
-  SPLASH = "splash"  # the Pallas TPU splash kernel (interpret mode off TPU: tests only)
-
-
-class Remat(enum.Enum):
-  NONE = "none"              # keep all activations
-  FULL = "full"              # recompute the whole block in the backward pass
-  SAVE_DOTS = "save_dots"    # keep matmul outputs without batch dims, recompute the rest
-
-
-FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
-    Family.GPT2: dict(
-        norm=Norm.LAYER_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
-        activation=Activation.GELU_TANH, gated_mlp=False, positions=Positions.LEARNED,
-        use_bias=True, qkv_bias=True, causal=True, tie_embeddings=True, type_vocab_size=0,
-        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False, post_norms=False,
-        embed_scale=False),
-    Family.BERT: dict(
-        norm=Norm.LAYER_NORM, norm_eps=1e-12, norm_position=NormPosition.POST,
-        activation=Activation.GELU, gated_mlp=False, positions=Positions.LEARNED,
-        use_bias=True, qkv_bias=True, causal=False, tie_embeddings=True, type_vocab_size=2,
-        head=Head.MASKED_LM, classifier_bias=True, qk_norm=False, post_norms=False,
-        embed_scale=False),
-    Family.LLAMA: dict(
-        norm=Norm.RMS_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
-        activation=Activation.SILU, gated_mlp=True, positions=Positions.ROTARY,
-        use_bias=False, qkv_bias=False, causal=True, tie_embeddings=False, type_vocab_size=0,
-        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False, post_norms=False,
-        embed_scale=False),
-}
-FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
-FAMILY_DEFAULTS[Family.DISTILBERT] = {**FAMILY_DEFAULTS[Family.BERT], "type_vocab_size": 0,
-                                      "pooler_activation": PoolerActivation.RELU}
-# Every Qwen3 checkpoint uses rms_norm_eps=1e-6, for its block norms and QK-norms alike.
-FAMILY_DEFAULTS[Family.QWEN3] = {**FAMILY_DEFAULTS[Family.LLAMA], "qk_norm": True, "norm_eps": 1e-6}
-# Gemma 2's soft-caps are transformers' Gemma2Config defaults, which every released size uses.
-FAMILY_DEFAULTS[Family.GEMMA2] = {
-    **FAMILY_DEFAULTS[Family.LLAMA], "norm": Norm.RMS_NORM_PLUS_ONE, "norm_eps": 1e-6,
-    "activation": Activation.GELU_TANH, "tie_embeddings": True, "post_norms": True,
-    "embed_scale": True, "attn_logit_softcap": 50.0, "final_logit_softcap": 30.0}
-# Gemma3TextConfig's defaults: no soft-caps, and its global layers' RoPE base (the local layers'
-# 10,000 is model.rope_local_theta, which needs the sliding window the presets give).
-FAMILY_DEFAULTS[Family.GEMMA3] = {
-    **FAMILY_DEFAULTS[Family.GEMMA2], "qk_norm": True, "attn_logit_softcap": None,
-    "final_logit_softcap": None, "rope_theta": 1_000_000.0}
-
-# The released MoE models' routing (Mixtral 8x7B; Qwen3-30B-A3B, whose norm_topk_prob is true).
-FAMILY_DEFAULTS[Family.MIXTRAL] = {**FAMILY_DEFAULTS[Family.LLAMA],
-                                   "moe": MoeConfig(num_experts=8, experts_per_token=2)}
-FAMILY_DEFAULTS[Family.QWEN3_MOE] = {**FAMILY_DEFAULTS[Family.QWEN3],
-                                     "moe": MoeConfig(num_experts=128, experts_per_token=8)}
-MOE_FAMILIES = (Family.MIXTRAL, Family.QWEN3_MOE)
-
-
-class ParamDtype(enum.Enum):
-  FLOAT32 = "float32"
-  BFLOAT16 = "bfloat16"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +77,14 @@ class ModelConfig:
   norm: Norm = Norm.LAYER_NORM
   norm_eps: float = 1e-5
   norm_position: NormPosition = NormPosition.PRE
+  norm_bias: bool = True                 # LayerNorm's bias (ModernBERT's have none; RMSNorm: none)
+  # A norm after the embeddings in a pre-norm model too (ModernBERT's; post-norm models always
+  # have one).
+  embedding_norm: bool = False
+  # False: layer 0's attention reads its input unnormalised (pre-norm only: ModernBERT's layer 0,
+  # whose input is the embeddings' norm, has no attention norm). Its attention_norm params stay
+  # in the stacked tree, unused, so that every layer has the same params.
+  first_attention_norm: bool = True
   activation: Activation = Activation.GELU_TANH
   gated_mlp: bool = False                # SwiGLU-style: act(x W_gate) * (x W_up)
   positions: Positions = Positions.LEARNED
@@ -240,6 +132,18 @@ class ModelConfig:
   head: Head = Head.CAUSAL_LM
   pooler: bool = False                   # BERT pooler (dense + activation on the first token)
   pooler_activation: PoolerActivation = PoolerActivation.TANH  # after the pooler's dense
+  # The prediction head (`mlm_transform`: dense, activation, `mlm_norm`) before the MLM decoder:
+  # its dense's bias (ModernBERT's classifier_bias), its activation (None: model.activation;
+  # ModernBERT's classifier_activation), and the decoder's own bias (`output_bias`).
+  head_bias: bool = True
+  head_activation: Activation | None = None
+  decoder_bias: bool = True
+  # Head.CLASSIFICATION: which hidden states it reads (`token`: the encoders' first, the
+  # decoders' last real one; `mean`: their mean over the real tokens), and whether it reads them
+  # through the prediction head (mlm_transform, mlm_norm) first, as ModernBERT's classifier does
+  # (so that fine-tuning from an MLM checkpoint keeps its trained head, as in transformers).
+  classifier_pooling: ClassifierPooling = ClassifierPooling.TOKEN
+  classifier_transform: bool = False
   num_labels: int | None = None          # Head.CLASSIFICATION; None: data.labels' count
   classifier_bias: bool = True           # the classifier's bias (BERT's has one, HF decoders'
                                          # `score` none)
@@ -297,6 +201,8 @@ class ModelConfig:
       raise UserError(f"model.qk_norm=true normalises queries and keys with an RMSNorm, as Qwen3 "
                       f"does, and needs model.norm=rms_norm (got {self.norm.value!r}); set "
                       f"model.norm=rms_norm or model.qk_norm=false.")
+    self._check_norms()
+    self._check_classifier()
     if self.post_norms and self.norm_position is not NormPosition.PRE:
       raise UserError("model.post_norms=true normalises the attention's and the MLP's outputs "
                       "beside the pre-norms, and needs model.norm_position=pre.")
@@ -310,6 +216,35 @@ class ModelConfig:
     if self.num_labels is not None and self.num_labels < 2:
       raise UserError(f"model.num_labels must be at least 2 (a classifier tells labels apart), "
                       f"got {self.num_labels}.")
+
+  def _check_norms(self) -> None:
+    if not self.norm_bias and self.norm is not Norm.LAYER_NORM:
+      raise UserError(f"model.norm_bias=false drops LayerNorm's bias; model.norm="
+                      f"{self.norm.value} has none anyway: leave norm_bias at true.")
+    if not self.first_attention_norm and self.norm_position is not NormPosition.PRE:
+      raise UserError("model.first_attention_norm=false skips layer 0's attention pre-norm "
+                      "(ModernBERT's) and needs model.norm_position=pre.")
+
+  def _check_classifier(self) -> None:
+    """The classifier's pooling and prediction head, which BERT's pooler excludes."""
+    if self.pooler and (self.classifier_pooling is ClassifierPooling.MEAN
+                        or self.classifier_transform):
+      raise UserError(f"model.pooler=true reads the first token through BERT's pooler, which "
+                      f"model.classifier_pooling={self.classifier_pooling.value} / "
+                      f"model.classifier_transform={str(self.classifier_transform).lower()} "
+                      f"replace: set model.pooler=false, or classifier_pooling=token and "
+                      f"classifier_transform=false.")
+
+  @property
+  def normalises_embeddings(self) -> bool:
+    """Whether a norm follows the embeddings (post-norm models, and `embedding_norm`)."""
+    return self.norm_position is NormPosition.POST or self.embedding_norm
+
+  @property
+  def prediction_head(self) -> bool:
+    """Whether the model has the prediction head (mlm_transform, mlm_norm)."""
+    return self.head is Head.MASKED_LM or (self.head is Head.CLASSIFICATION
+                                           and self.classifier_transform)
 
   def _check_rope_variants(self) -> None:
     """Linear RoPE scaling and the local layers' own RoPE base, which need rotary positions
@@ -344,7 +279,9 @@ class ModelConfig:
     if layers is not None and (list(layers) != sorted(set(layers)) or any(
         not isinstance(i, int) or not 0 <= i < self.num_layers for i in layers)):
       raise UserError(f"model.sliding_layers={list(layers)} must list distinct layer indices in "
-                      f"increasing order, each in 0…{self.num_layers - 1}.")
+                      f"increasing order, each in 0…{self.num_layers - 1} (a preset's follow its "
+                      f"own num_layers: set model.sliding_layers too when changing "
+                      f"model.num_layers).")
     if self.attention is AttentionImpl.SPLASH:
       raise UserError(f"model.attention=splash has no sliding window (model.sliding_window="
                       f"{window}): set model.attention=xla, or auto (which then uses XLA or "

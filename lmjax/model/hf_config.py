@@ -1,5 +1,6 @@
 """The model config's Hugging Face twin: `config.json` dicts <-> ModelConfig, for gpt2, bert,
-roberta, distilbert, llama, mistral, qwen2, qwen3, gemma2 and gemma3_text.
+roberta, distilbert, modernbert, llama, mistral, qwen2, qwen3, gemma2, gemma3_text, mixtral and
+qwen3_moe.
 
 Reading fills keys a config.json leaves out with the defaults of the matching `transformers`
 config class (old checkpoints only store what differs), and refuses what the lmjax graph cannot
@@ -14,7 +15,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmjax.errors import UserError
-from lmjax.model.config import Activation, Family, Head, ModelConfig, RopeScaling
+from lmjax.model.config import (Activation, ClassifierPooling, Family, Head, ModelConfig,
+                                RopeScaling)
 from lmjax.model.hf_export import export_model_type, model_config_to_hf_config
 from lmjax.model.moe_config import MoeConfig
 from lmjax.model.hf_tables import ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS, ENCODERS, MODEL_TYPES
@@ -56,6 +58,25 @@ def _refuse(d: Mapping[str, Any], key: str, bad: Any, why: str) -> None:
                     f"{key}={not bad!r}.")
 
 
+def _integer(d: Mapping[str, Any], key: str, low: int, why: str) -> int:
+  """d[key], checked to be an integer of at least `low` (0 or 1); `why` ends the message."""
+  value = d[key]
+  if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    kind = "positive" if low == 1 else "non-negative"
+    raise UserError(f"{key}={value!r} must be a {kind} integer {why}.")
+  return value
+
+
+def _one_bias_switch(d: Mapping[str, Any]) -> bool:
+  """attention_bias and mlp_bias, which lmjax's one switch for the output projection's and the
+  MLP's biases must see equal."""
+  if d["attention_bias"] != d["mlp_bias"]:
+    raise UserError(f"attention_bias={d['attention_bias']} with mlp_bias={d['mlp_bias']} is not "
+                    f"supported: lmjax has one switch for the output-projection and MLP biases; "
+                    f"convert a model where both are equal.")
+  return bool(d["attention_bias"])
+
+
 def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool = True
                               ) -> ModelConfig:
   """The ModelConfig computing the same function as a Hugging Face config.json dict.
@@ -72,7 +93,8 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
                    Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields,
                    Family.QWEN3: _llama_fields, Family.DISTILBERT: _distilbert_fields,
                    Family.GEMMA2: _gemma2_fields, Family.GEMMA3: _gemma3_fields,
-                   Family.MIXTRAL: _moe_fields, Family.QWEN3_MOE: _moe_fields}[family]
+                   Family.MIXTRAL: _moe_fields, Family.QWEN3_MOE: _moe_fields,
+                   Family.MODERNBERT: _modernbert_fields}[family]
   fields.update(family_fields(model_type, d, fields["head"]))
   if fields["head"] is Head.CLASSIFICATION:
     fields.update(_classifier_fields(model_type, d))
@@ -106,8 +128,70 @@ def _classifier_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
   if num_labels < 2:
     raise UserError(f"num_labels={num_labels} is a regression head; lmjax classifiers have two "
                     f"labels or more.")
+  if model_type == "modernbert":  # its prediction head (a family default), then a biased classifier
+    pooling = d["classifier_pooling"]
+    if pooling not in _POOLINGS:
+      raise UserError(f"classifier_pooling={pooling!r} is not supported; lmjax converts "
+                      f"{_supported(_POOLINGS)}.")
+    return dict(num_labels=num_labels, classifier_pooling=_POOLINGS[pooling])
   encoder = MODEL_TYPES[model_type] in ENCODERS
   return dict(num_labels=num_labels, pooler=encoder, classifier_bias=encoder)
+
+
+_POOLINGS = {"cls": ClassifierPooling.TOKEN, "mean": ClassifierPooling.MEAN}
+
+
+def _modernbert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
+  """Fields of modernbert: the family's graph, its layers' kinds from layer_types (else every
+  global_attn_every_n_layers-th layer global from layer 0), a local layer seeing the keys at
+  most local_attention // 2 slots away on either side, and each kind's RoPE base. Its dropouts
+  (embeddings, MLP, classifier) become lmjax's one dropout_rate, their largest."""
+  bias = _one_bias_switch(d)
+  layers = d["num_hidden_layers"]
+  kinds = d["layer_types"]
+  if not kinds:
+    every = _integer(d, "global_attn_every_n_layers", 1,
+                     "(every n-th layer is global), or give layer_types")
+    kinds = ["sliding_attention" if i % every else "full_attention" for i in range(layers)]
+  local = _integer(d, "local_attention", 0, "(the local layers' window, both sides together)")
+  windows = _layer_type_windows(kinds, local // 2 + 1, layers, "")
+  rope = _modernbert_rope(d)
+  classifier_act = _activation(d["classifier_activation"], "classifier_activation")
+  activation = _activation(d["hidden_activation"], "hidden_activation")
+  return dict(
+      vocab_size=d["vocab_size"], num_layers=layers, embed_dim=d["hidden_size"],
+      num_heads=d["num_attention_heads"], mlp_dim=d["intermediate_size"],
+      max_seq_len=d["max_position_embeddings"], norm_eps=float(d["norm_eps"]),
+      norm_bias=bool(d["norm_bias"]), activation=activation,
+      head_activation=None if classifier_act is activation else classifier_act,
+      head_bias=bool(d["classifier_bias"]), decoder_bias=bool(d["decoder_bias"]),
+      tie_embeddings=bool(d["tie_word_embeddings"]), qkv_bias=bias, use_bias=bias,
+      dropout_rate=max(float(d[k]) for k in ("embedding_dropout", "mlp_dropout",
+                                             "classifier_dropout")),
+      rope_theta=rope["full_attention"],
+      rope_local_theta=(rope["sliding_attention"] if windows and rope["sliding_attention"]
+                        != rope["full_attention"] else None),
+      **windows)
+
+
+def _modernbert_rope(d: Mapping[str, Any]) -> dict[str, float]:
+  """Each layer kind's RoPE base, read as ModernBertConfig does: v5's `rope_parameters` by layer
+  type, each entry's missing base from v4's `global_rope_theta` / `local_rope_theta`, and v4's
+  `rope_scaling` laid over both. lmjax converts plain ('default') RoPE only."""
+  nested = d["rope_parameters"] or {}
+  bases = {}
+  for kind, key in (("full_attention", "global_rope_theta"),
+                    ("sliding_attention", "local_rope_theta")):
+    rope = {"rope_type": "default", **(nested.get(kind) or {}), **(d["rope_scaling"] or {})}
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope_type != "default":
+      raise UserError(f"RoPE type {rope_type!r} of the {kind} layers is not supported for "
+                      f"modernbert; lmjax converts plain ('default') RoPE.")
+    if (rope.get("partial_rotary_factor") or 1.0) != 1.0:
+      raise UserError("partial_rotary_factor != 1 is not supported: lmjax rotates every head "
+                      "dim.")
+    bases[kind] = float(rope.get("rope_theta") or d[key])
+  return bases
 
 
 def _gpt2_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
@@ -176,11 +260,7 @@ def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str
             "the MLP, and lmjax has one switch for o_proj and the MLP")
     qkv_bias = use_bias = False
   else:
-    if d["attention_bias"] != d["mlp_bias"]:
-      raise UserError(f"attention_bias={d['attention_bias']} with mlp_bias={d['mlp_bias']} is not "
-                      f"supported: lmjax has one switch for the output-projection and MLP biases; "
-                      f"convert a model where both are equal.")
-    qkv_bias = use_bias = bool(d["attention_bias"])
+    qkv_bias = use_bias = _one_bias_switch(d)
   head_dim = d["head_dim"]
   return dict(
       vocab_size=d["vocab_size"], num_layers=d["num_hidden_layers"], embed_dim=hidden,
@@ -282,10 +362,8 @@ def _gemma3_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[st
                     f"computes.")
   kinds = d["layer_types"]
   if not kinds:
-    pattern = d["sliding_window_pattern"]
-    if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 1:
-      raise UserError(f"sliding_window_pattern={pattern!r} must be a positive integer (every "
-                      f"pattern-th layer is global), or give layer_types.")
+    pattern = _integer(d, "sliding_window_pattern", 1,
+                       "(every pattern-th layer is global), or give layer_types")
     kinds = ["sliding_attention" if (i + 1) % pattern else "full_attention"
              for i in range(d["num_hidden_layers"])]
   return {**_gemma_fields(model_type, d, kinds), **_gemma3_rope_fields(d, kinds)}

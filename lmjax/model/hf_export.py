@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from lmjax.errors import UserError
-from lmjax.model.config import (FAMILY_DEFAULTS, Activation, Family, Head, ModelConfig,
-                                PoolerActivation, RopeScaling)
+from lmjax.model.config import (FAMILY_DEFAULTS, Activation, ClassifierPooling, Family, Head,
+                                ModelConfig, PoolerActivation, RopeScaling)
 from lmjax.model.hf_tables import ACTIVATION_NAMES, ARCHITECTURES, ENCODERS
 
 
@@ -25,7 +25,7 @@ def export_model_type(config: ModelConfig) -> str:
 
 
 _SLIDING_MODEL_TYPES = ("mistral", "qwen2", "qwen3", "gemma2",  # those with a sliding-window key
-                        "gemma3_text", "mixtral", "qwen3_moe")
+                        "gemma3_text", "mixtral", "qwen3_moe", "modernbert")
 _MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")  # those with experts
 # Switches every HF model of a family has fixed; the rest are config.json keys.
 _FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal", "qk_norm", "post_norms",
@@ -33,6 +33,11 @@ _FIXED = ("norm", "norm_position", "gated_mlp", "positions", "causal", "qk_norm"
 # Gemma's keys, which no other model type has.
 _GEMMA_MODEL_TYPES = ("gemma2", "gemma3_text")
 _GEMMA2_ONLY = dict(query_pre_attn_scalar=None, attn_logit_softcap=None, final_logit_softcap=None)
+# ModernBERT's switches, which every other model type has at these values.
+_MODERNBERT_ONLY = dict(norm_bias=True, embedding_norm=False, first_attention_norm=True,
+                        head_bias=True, head_activation=None, decoder_bias=True,
+                        classifier_pooling=ClassifierPooling.TOKEN, classifier_transform=False)
+_MODERNBERT_FIXED = ("embedding_norm", "first_attention_norm", "classifier_transform")
 
 
 def _require(config: ModelConfig, model_type: str, **expected) -> None:
@@ -56,6 +61,10 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
   model_type = export_model_type(config)
   family = config.family
   _require(config, model_type, **{k: FAMILY_DEFAULTS[family][k] for k in _FIXED})
+  if model_type == "modernbert":
+    _require(config, model_type, **{k: FAMILY_DEFAULTS[family][k] for k in _MODERNBERT_FIXED})
+  else:
+    _require(config, model_type, **_MODERNBERT_ONLY)
   if model_type not in _SLIDING_MODEL_TYPES:
     _require(config, model_type, sliding_window=None)
   if model_type not in _GEMMA_MODEL_TYPES:
@@ -64,7 +73,7 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
     raise UserError(f"model.moe.num_experts={config.moe.num_experts}: a Hugging Face {model_type} "
                     f"model has no experts; lmjax exports Mixture-of-Experts models as mixtral "
                     f"(model.family=mixtral) or qwen3_moe (model.family=qwen3_moe).")
-  if model_type != "gemma3_text":  # the only model type with a RoPE base per layer type
+  if model_type not in ("gemma3_text", "modernbert"):  # those with a RoPE base per layer type
     _require(config, model_type, rope_local_theta=None)
   heads = {head: name for name, head in ARCHITECTURES[model_type].items()}
   if config.head not in heads:
@@ -112,6 +121,8 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
     out.update(common, **_gemma2_hf_fields(config, model_type, act))
   elif family is Family.GEMMA3:
     out.update(common, **_gemma3_hf_fields(config, model_type, act))
+  elif family is Family.MODERNBERT:
+    out.update(common, **_modernbert_hf_fields(config, model_type, act))
   elif model_type in _MOE_MODEL_TYPES:
     out.update(common, **_moe_hf_fields(config, model_type, act))
   else:
@@ -126,7 +137,10 @@ def _classifier_hf_fields(config: ModelConfig, model_type: str) -> dict[str, Any
   classifier; decoders: a bias-free `score` on the last token), with placeholder label names
   (LABEL_i) that an export replaces by the run's."""
   encoder = config.family in ENCODERS
-  _require(config, model_type, pooler=encoder, classifier_bias=encoder)
+  if model_type == "modernbert":  # its prediction head, then a biased classifier
+    _require(config, model_type, pooler=False, classifier_bias=True)
+  else:
+    _require(config, model_type, pooler=encoder, classifier_bias=encoder)
   names = {i: f"LABEL_{i}" for i in range(config.num_labels)}
   return dict(id2label=names, label2id={name: i for i, name in names.items()},
               problem_type="single_label_classification")
@@ -264,6 +278,44 @@ def _gemma3_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[st
   if local["rope_type"] == "default":
     fields.update(rope_theta=config.rope_theta, rope_local_base_freq=local["rope_theta"],
                   rope_scaling=None if full["rope_type"] == "default" else dict(full))
+  return fields
+
+
+def _modernbert_hf_fields(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
+  """ModernBERT's keys: its layers' kinds and their one window (a local layer sees keys up to
+  local_attention // 2 slots away on either side, lmjax's window - 1), each kind's RoPE base in
+  v5's rope_parameters and v4's keys, and its prediction head's. v4 readers, which have no
+  layer_types, get global_attn_every_n_layers where the layers follow its pattern."""
+  _require(config, model_type, type_vocab_size=0, position_offset=0, pooler=False,
+           rope_scaling=RopeScaling.NONE, qkv_bias=config.use_bias)
+  _require_plain_heads(config, model_type)
+  windows = config.layer_windows
+  if len({w for w in windows if w is not None}) > 1:
+    raise UserError("model.sliding_window: a Hugging Face modernbert model has one window for "
+                    "all its local layers.")
+  global_every = next((n for n in range(1, config.num_layers + 1)
+                       if all((w is None) == (i % n == 0) for i, w in enumerate(windows))), None)
+  local = config.rope_local_theta or config.rope_theta
+  rope = lambda theta: {"rope_type": "default", "rope_theta": theta}
+  fields = dict(
+      hidden_size=config.embed_dim, intermediate_size=config.mlp_dim,
+      num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+      hidden_activation=act, max_position_embeddings=config.max_seq_len,
+      norm_eps=config.norm_eps, norm_bias=config.norm_bias, attention_bias=config.use_bias,
+      mlp_bias=config.use_bias, attention_dropout=0.0, embedding_dropout=config.dropout_rate,
+      mlp_dropout=config.dropout_rate, classifier_dropout=config.dropout_rate,
+      layer_types=["full_attention" if w is None else "sliding_attention" for w in windows],
+      local_attention=2 * ((config.sliding_window or 65) - 1),
+      rope_parameters={"full_attention": rope(config.rope_theta),
+                       "sliding_attention": rope(local)},
+      global_rope_theta=config.rope_theta, local_rope_theta=local,
+      classifier_activation=ACTIVATION_NAMES[config.head_activation or config.activation],
+      classifier_bias=config.head_bias, decoder_bias=config.decoder_bias,
+      classifier_pooling="mean" if config.classifier_pooling is ClassifierPooling.MEAN else "cls",
+      sparse_prediction=False, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+      cls_token_id=None, sep_token_id=None)
+  if global_every is not None:
+    fields.update(global_attn_every_n_layers=global_every)
   return fields
 
 

@@ -14,11 +14,11 @@ MODEL_TYPES: dict[str, Family] = {
     "llama": Family.LLAMA, "mistral": Family.MISTRAL, "qwen2": Family.LLAMA,
     "qwen3": Family.QWEN3, "distilbert": Family.DISTILBERT, "gemma2": Family.GEMMA2,
     "gemma3_text": Family.GEMMA3,
-    "mixtral": Family.MIXTRAL, "qwen3_moe": Family.QWEN3_MOE,
+    "mixtral": Family.MIXTRAL, "qwen3_moe": Family.QWEN3_MOE, "modernbert": Family.MODERNBERT,
 }
 
 # Bidirectional families: their classifiers read a pooled first token.
-ENCODERS = (Family.BERT, Family.DISTILBERT)
+ENCODERS = (Family.BERT, Family.DISTILBERT, Family.MODERNBERT)
 
 # Per model_type, the head each HF class computes. The class name is `architectures[0]`.
 ARCHITECTURES: dict[str, dict[str, Head]] = {
@@ -35,12 +35,13 @@ ARCHITECTURES: dict[str, dict[str, Head]] = {
     "qwen3_moe": {"Qwen3MoeForCausalLM": Head.CAUSAL_LM, "Qwen3MoeModel": Head.NONE},
     "gemma3_text": {"Gemma3ForCausalLM": Head.CAUSAL_LM, "Gemma3TextModel": Head.NONE,
                     "Gemma3TextForSequenceClassification": Head.CLASSIFICATION},
+    "modernbert": {"ModernBertForMaskedLM": Head.MASKED_LM, "ModernBertModel": Head.NONE},
 }
 for _model_type, _prefix in (("gpt2", "GPT2"), ("bert", "Bert"), ("roberta", "Roberta"),
                              ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"),
                              ("qwen3", "Qwen3"), ("distilbert", "DistilBert"),
                              ("gemma2", "Gemma2"), ("mixtral", "Mixtral"),
-                             ("qwen3_moe", "Qwen3Moe")):
+                             ("qwen3_moe", "Qwen3Moe"), ("modernbert", "ModernBert")):
   ARCHITECTURES[_model_type][f"{_prefix}ForSequenceClassification"] = Head.CLASSIFICATION
 
 # HF `hidden_act` / `activation_function` names with the exact lmjax equivalent.
@@ -113,3 +114,15 @@ CLASS_DEFAULTS["qwen3_moe"] = {
     "decoder_sparse_step": 1, "moe_intermediate_size": 768, "num_experts_per_tok": 8,
     "num_experts": 128, "norm_topk_prob": False, "router_aux_loss_coef": 0.001,
     "mlp_only_layers": None}
+# ModernBertConfig's (v5), with the v4 keys its __post_init__ still reads: every
+# global_attn_every_n_layers-th layer global from layer 0, the others local, and each kind's RoPE
+# base; v5 writes layer_types and rope_parameters by layer type instead.
+CLASS_DEFAULTS["modernbert"] = dict(
+    vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22,
+    num_attention_heads=12, hidden_activation="gelu", max_position_embeddings=8192,
+    initializer_range=0.02, norm_eps=1e-5, norm_bias=False, attention_bias=False,
+    attention_dropout=0.0, layer_types=None, rope_parameters=None, rope_scaling=None,
+    local_attention=128, global_attn_every_n_layers=3, global_rope_theta=160_000.0,
+    local_rope_theta=10_000.0, embedding_dropout=0.0, mlp_bias=False, mlp_dropout=0.0,
+    decoder_bias=True, classifier_pooling="cls", classifier_dropout=0.0, classifier_bias=False,
+    classifier_activation="gelu", tie_word_embeddings=True)

@@ -101,7 +101,7 @@ def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype) -
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm (with bias) or RMSNorm (scaled by w, or by 1 + w as Gemma's), as the config says,
+  """LayerNorm (with a bias unless `norm_bias` is off) or RMSNorm (scaled by w, or by 1 + w as Gemma's), as the config says,
   over the last dim of x; statistics in float32. `axis` is that dim's logical name: "embed" for
   the blocks' norms, "kv" (head_dim) for the QK-norms."""
 
@@ -123,11 +123,12 @@ class LayerNorm(nn.Module):
         return (y * (1.0 + scale)).astype(self.dtype)
       # As HF's LlamaRMSNorm: normalise in float32, cast back, then scale.
       return scale.astype(self.dtype) * y.astype(self.dtype)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), axes),
-                      (d,), jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.config.norm_eps) * scale + bias
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.config.norm_eps) * scale
+    if self.config.norm_bias:
+      y = y + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), axes),
+                         (d,), jnp.float32)
     return y.astype(self.dtype)
 
 

@@ -20,7 +20,7 @@ One branch in `DenseGeneral` has none of those problems.
 Targets name the blocks' projections: lmjax's names (`query key value out wi wi_gate wi_up
 wo`), `all-linear`, Hugging Face's (`q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`;
 GPT-2's `c_attn c_fc c_proj`, where `c_proj` is both the attention's and the MLP's output, as
-in peft; DistilBERT's `q_lin k_lin v_lin out_lin lin1 lin2`), or a regular expression matched against a module's path below its layer
+in peft; DistilBERT's `q_lin k_lin v_lin out_lin lin1 lin2`; ModernBERT's `Wqkv Wi Wo`), or a regular expression matched against a module's path below its layer
 ("attention/query", "mlp/w.*").
 """
 
@@ -42,6 +42,9 @@ HF_ALIASES = {
     # DistilBERT's
     "q_lin": ("attention/query",), "k_lin": ("attention/key",), "v_lin": ("attention/value",),
     "out_lin": ("attention/out",), "lin1": ("mlp/wi",), "lin2": ("mlp/wo",),
+    # ModernBERT's, whose `Wo` is both the attention's and the MLP's output, as GPT-2's c_proj
+    "Wqkv": ("attention/query", "attention/key", "attention/value"),
+    "Wi": ("mlp/wi_gate", "mlp/wi_up"), "Wo": ("attention/out", "mlp/wo"),
 }
 ADAPTER_NAMES = ("lora_a", "lora_b")
 

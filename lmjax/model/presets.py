@@ -5,6 +5,14 @@ from __future__ import annotations
 from lmjax.model.config import Family, ModelConfig, RopeScaling
 from lmjax.model.moe_config import MoeConfig
 
+def _modernbert_windows(layers: int, local_attention: int) -> dict:
+  """ModernBERT's local layers: all but every third from layer 0, each key at most
+  local_attention // 2 slots away on either side, their RoPE base 10,000 (the global layers'
+  is the family's 160,000)."""
+  return dict(sliding_window=local_attention // 2 + 1, rope_local_theta=10_000.0,
+              sliding_layers=tuple(i for i in range(layers) if i % 3))
+
+
 _PRESETS: dict[str, dict] = {
     # Small enough to train on a laptop CPU in minutes (the demo and the tests).
     "tiny-gpt": dict(family=Family.GPT2, vocab_size=2048, num_layers=4, embed_dim=128,
@@ -33,6 +41,11 @@ _PRESETS: dict[str, dict] = {
     "tiny-mixtral": dict(family=Family.MIXTRAL, vocab_size=2048, num_layers=4, embed_dim=128,
                          num_heads=4, num_kv_heads=2, mlp_dim=192, max_seq_len=256,
                          moe=MoeConfig(num_experts=4, experts_per_token=2)),
+    # ModernBERT's layout: every third layer global from layer 0, the others local (a window of
+    # 32 slots either side, their own RoPE base), at tiny-bert's width.
+    "tiny-modernbert": dict(family=Family.MODERNBERT, vocab_size=2048, num_layers=4,
+                            embed_dim=128, num_heads=4, mlp_dim=192, max_seq_len=256,
+                            **_modernbert_windows(4, 64)),
     # Published architectures.
     "gpt2-small": dict(family=Family.GPT2, vocab_size=50257, num_layers=12, embed_dim=768,
                        num_heads=12, mlp_dim=3072, max_seq_len=1024),
@@ -74,6 +87,12 @@ _PRESETS: dict[str, dict] = {
                           embed_dim=2048, num_heads=32, num_kv_heads=4, head_dim=128,
                           mlp_dim=6144, max_seq_len=40960, rope_theta=1_000_000.0,
                           moe=MoeConfig(num_experts=128, experts_per_token=8, mlp_dim=768)),
+    "modernbert-base": dict(family=Family.MODERNBERT, vocab_size=50368, num_layers=22,
+                            embed_dim=768, num_heads=12, mlp_dim=1152, max_seq_len=8192,
+                            **_modernbert_windows(22, 128)),  # answerdotai/ModernBERT-base
+    "modernbert-large": dict(family=Family.MODERNBERT, vocab_size=50368, num_layers=28,
+                             embed_dim=1024, num_heads=16, mlp_dim=2624, max_seq_len=8192,
+                             **_modernbert_windows(28, 128)),  # answerdotai/ModernBERT-large
 }
 
 PRESET_NAMES = tuple(_PRESETS)

@@ -1,7 +1,7 @@
 """The Transformer: embeddings, a stack of blocks (scanned or unrolled), and an output head.
 
-One module covers GPT-2, BERT/RoBERTa, Llama-style (dense or Mixture-of-Experts) and Gemma 2/3
-models; `ModelConfig` selects the variant. Call it as
+One module covers GPT-2, BERT/RoBERTa/DistilBERT, ModernBERT, Llama-style (dense or
+Mixture-of-Experts) and Gemma 2/3 models; `ModelConfig` selects the variant. Call it as
 
     logits = model.apply({"params": params}, input_ids, attention_mask=None, token_type_ids=None)
 
@@ -29,8 +29,8 @@ import numpy as np
 
 from lmjax.model.attention import Attention
 from lmjax.model.attention import make_mask
-from lmjax.model.config import (Head, ModelConfig, NormPosition, PoolerActivation, Positions,
-                                Remat)
+from lmjax.model.config import (ClassifierPooling, Head, ModelConfig, NormPosition,
+                                PoolerActivation, Positions, Remat)
 from lmjax.model.layers import (DenseGeneral, LayerNorm, Mlp, activation, initializer,
                                 layer_inverse_frequencies, soft_cap)
 from lmjax.model.moe import MoeMlp
@@ -74,11 +74,12 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, layer_cache, window, inv_freq, mask, positions, cache_index,
-               deterministic: bool):
+  def __call__(self, x, layer_cache, window, inv_freq, attention_norm_on, mask, positions,
+               cache_index, deterministic: bool):
     """`window`: this layer's sliding window (an int32 scalar under scan; None: none);
     `inv_freq`: its rotary inverse frequencies [head_dim / 2] where layers differ (None: the
-    config's)."""
+    config's); `attention_norm_on`: whether its attention input is normalised, where layers
+    differ (a bool scalar under scan; None: it is)."""
     cfg = self.config
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     attention = Attention(cfg, self.dtype, deterministic, name="attention")
@@ -91,7 +92,10 @@ class Block(nn.Module):
     norm2 = LayerNorm(cfg, self.dtype, name="mlp_norm")
     post = lambda y, name: LayerNorm(cfg, self.dtype, name=name)(y) if cfg.post_norms else y
     if cfg.norm_position is NormPosition.PRE:
-      h, layer_cache = attention(norm1(x), mask, positions, layer_cache, cache_index, window,
+      y = norm1(x)
+      if attention_norm_on is not None:  # ModernBERT's layer 0 reads x itself
+        y = jnp.where(attention_norm_on, y, x)
+      h, layer_cache = attention(y, mask, positions, layer_cache, cache_index, window,
                                  inv_freq)
       x = x + drop(post(h, "attention_post_norm"))
       x = x + drop(post(mlp(norm2(x)), "mlp_post_norm"))
@@ -107,13 +111,13 @@ _REMAT_POLICIES = {
     Remat.FULL: None,  # save nothing
     Remat.SAVE_DOTS: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-_DETERMINISTIC_ARG = 8  # Block.__call__'s `deterministic`, counting self: static under remat
+_DETERMINISTIC_ARG = 9  # Block.__call__'s `deterministic`, counting self: static under remat
 
 _POOLER_ACTIVATIONS = {PoolerActivation.TANH: jnp.tanh, PoolerActivation.RELU: jax.nn.relu}
 
 
 class Transformer(nn.Module):
-  """A GPT-2, BERT/RoBERTa, Llama-style or Gemma 2/3 model, as `config` says."""
+  """A GPT-2, BERT-style, ModernBERT, Llama-style or Gemma 2/3 model, as `config` says."""
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
@@ -130,19 +134,20 @@ class Transformer(nn.Module):
     if cfg.type_vocab_size:
       self.token_type_embedding = self.param("token_type_embedding", embedding((None, "embed")),
                                              (cfg.type_vocab_size, cfg.embed_dim), jnp.float32)
-    if cfg.norm_position is NormPosition.POST:
+    if cfg.normalises_embeddings:
       self.embedding_norm = LayerNorm(cfg, self.dtype)
-    else:
+    if cfg.norm_position is NormPosition.PRE:
       self.final_norm = LayerNorm(cfg, self.dtype)
     self.dropout = nn.Dropout(cfg.dropout_rate)
     self.layers = self._stack()
-    square = lambda: DenseGeneral((cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), True, cfg,
-                                  self.dtype)
+    square = lambda bias: DenseGeneral((cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), bias,
+                                       cfg, self.dtype)
     if cfg.pooler:
-      self.pooler = square()
-    if cfg.head is Head.MASKED_LM:
-      self.mlm_transform = square()
+      self.pooler = square(True)
+    if cfg.prediction_head:
+      self.mlm_transform = square(cfg.head_bias)
       self.mlm_norm = LayerNorm(cfg, self.dtype)
+    if cfg.head is Head.MASKED_LM and cfg.decoder_bias:
       self.output_bias = self.param("output_bias", nn.with_logical_partitioning(
           nn.initializers.zeros_init(), ("vocab",)), (cfg.vocab_size,), jnp.float32)
     if cfg.head in (Head.CAUSAL_LM, Head.MASKED_LM) and not cfg.tie_embeddings:
@@ -165,7 +170,7 @@ class Transformer(nn.Module):
     if not cfg.scan_layers:
       return [block(cfg, self.dtype) for _ in range(cfg.num_layers)]
     stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
-                    in_axes=(0, 0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                    in_axes=(0, 0, 0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     return stack(cfg, self.dtype)
 
@@ -216,7 +221,7 @@ class Transformer(nn.Module):
                                    (((1,), (1,)), ((), ()))).reshape(*x.shape[:-1], -1)
     else:
       logits = self.lm_head(x)
-    if cfg.head is Head.MASKED_LM:
+    if cfg.head is Head.MASKED_LM and cfg.decoder_bias:
       logits = logits + self.output_bias.astype(self.dtype)
     if logits.ndim == 3:
       logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
@@ -265,7 +270,7 @@ class Transformer(nn.Module):
     if cfg.type_vocab_size:
       types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
       x = x + jnp.take(self.token_type_embedding, types, axis=0, mode="clip").astype(self.dtype)
-    if cfg.norm_position is NormPosition.POST:
+    if cfg.normalises_embeddings:
       x = self.embedding_norm(x)
     x = self.dropout(x, deterministic=not train)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -274,19 +279,22 @@ class Transformer(nn.Module):
     cfg = self.config
     windows = cfg.layer_windows
     freqs = layer_inverse_frequencies(cfg)  # None: every layer rotates alike
+    norm_on = None if cfg.first_attention_norm else [i > 0 for i in range(cfg.num_layers)]
     if cfg.scan_layers:
       # One scanned block for all layers: each layer's window as data, "no window" as one wider
       # than any distance, and so its rotary frequencies where layers differ.
       stacked = None if cfg.sliding_window is None else jnp.array(
           [jnp.iinfo(jnp.int32).max if w is None else w for w in windows], jnp.int32)
       stacked_freqs = None if freqs is None else jnp.asarray(np.stack(freqs))  # [layers, hd/2]
-      return self.layers(x, caches, stacked, stacked_freqs, mask, positions, cache_index,
-                         not train)
+      stacked_norm_on = None if norm_on is None else jnp.array(norm_on)
+      return self.layers(x, caches, stacked, stacked_freqs, stacked_norm_on, mask, positions,
+                         cache_index, not train)
     new_caches = []
     for i, block in enumerate(self.layers):
       x, layer_cache = block(x, None if caches is None else caches[i], windows[i],
-                             None if freqs is None else freqs[i], mask, positions, cache_index,
-                             not train)
+                             None if freqs is None else freqs[i],
+                             None if norm_on is None else norm_on[i], mask, positions,
+                             cache_index, not train)
       new_caches.append(layer_cache)
     return x, None if caches is None else new_caches
 
@@ -295,20 +303,34 @@ class Transformer(nn.Module):
     their transform (dense, activation, norm)."""
     if self.config.head is not Head.MASKED_LM:
       return x
-    return self.mlm_norm(activation(self.config.activation, self.mlm_transform(x)))
+    return self._predict(x)
+
+  def _predict(self, x):
+    """The prediction head: dense, activation, norm (BERT's MLM transform, ModernBERT's `head`)."""
+    cfg = self.config
+    return self.mlm_norm(activation(cfg.head_activation or cfg.activation, self.mlm_transform(x)))
 
   def _classify(self, x, pooled, segment_ids, train):
     """Sequence logits [batch, num_labels]: encoders classify from the pooled first token (or
     the first token without a pooler), decoders from each row's last real token (the rightmost
-    one, so left or right padding alike), as HF's `*ForSequenceClassification` do."""
+    one, so left or right padding alike), as HF's `*ForSequenceClassification` do; with
+    classifier_pooling=mean, from the mean over each row's real tokens (in float32). With
+    `classifier_transform`, through the prediction head first (ModernBERT's)."""
+    cfg = self.config
     if pooled is not None:
       features = pooled
+    elif cfg.classifier_pooling is ClassifierPooling.MEAN:
+      real = (segment_ids != 0)[..., None].astype(jnp.float32)             # [batch, length, 1]
+      total = jnp.sum(x.astype(jnp.float32) * real, axis=1)
+      features = (total / jnp.maximum(jnp.sum(real, axis=1), 1.0)).astype(x.dtype)
     elif not self.config.causal:
       features = x[:, 0]
     else:
       columns = jnp.arange(x.shape[1])
       last = jnp.max(jnp.where(segment_ids != 0, columns, 0), axis=-1)  # [batch]
       features = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    if cfg.classifier_transform:
+      features = self._predict(features)
     features = self.dropout(features, deterministic=not train)
     return self.classifier(features).astype(jnp.float32)
 

@@ -1,0 +1,90 @@
+"""The model config's named options: one enum per switch with more than two values (a family,
+a norm, an activation, …), spelled in YAML by their values."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Family(enum.Enum):
+  GPT2 = "gpt2"
+  BERT = "bert"      # also RoBERTa (learned positions offset by padding_idx + 1)
+  LLAMA = "llama"    # also Qwen2 (biases on q/k/v only)
+  MISTRAL = "mistral"  # Llama's graph under Mistral's name, so that it exports as Mistral
+  QWEN3 = "qwen3"    # Llama's graph with QK-norm (an RMSNorm over each head's queries and keys)
+  DISTILBERT = "distilbert"  # BERT's graph without token types, its classifier's pooler a ReLU
+  GEMMA2 = "gemma2"  # Llama's graph with (1 + w) RMSNorms also after attention and the MLP,
+                     # GeGLU, scaled embeddings, soft-capped logits, alternating local layers
+  MIXTRAL = "mixtral"      # Mistral's graph with a Mixture-of-Experts MLP (model.moe)
+  QWEN3_MOE = "qwen3_moe"  # Qwen3's graph with a Mixture-of-Experts MLP (model.moe)
+  GEMMA3 = "gemma3"  # Gemma 2's graph with QK-norm, no soft-caps, and local layers of their own
+                     # RoPE base (HF model_type gemma3_text)
+  MODERNBERT = "modernbert"  # a pre-norm encoder: rotary, GeGLU, bias-free LayerNorms, local
+                             # (sliding-window) layers of their own RoPE base between global ones
+
+
+class Norm(enum.Enum):
+  LAYER_NORM = "layer_norm"
+  RMS_NORM = "rms_norm"
+  # Gemma's RMSNorm: the scale is 1 + w (w stored, initialised to 0) and applied in float32
+  # before the cast back, where Llama's casts first and multiplies by w.
+  RMS_NORM_PLUS_ONE = "rms_norm_plus_one"
+
+
+class NormPosition(enum.Enum):
+  PRE = "pre"    # x + f(norm(x)); a final norm after the last block (GPT-2, Llama)
+  POST = "post"  # norm(x + f(x)); a norm after the embeddings (BERT)
+
+
+class Activation(enum.Enum):
+  GELU_TANH = "gelu_tanh"  # GPT-2's "gelu_new"
+  GELU = "gelu"            # exact erf GELU, BERT's "gelu"
+  SILU = "silu"
+  RELU = "relu"
+
+
+class Positions(enum.Enum):
+  LEARNED = "learned"
+  ROTARY = "rotary"
+
+
+class RopeScaling(enum.Enum):
+  NONE = "none"
+  LLAMA3 = "llama3"  # Llama 3.1: low frequencies slowed by a factor, smooth between (HF "llama3")
+  LINEAR = "linear"  # every frequency divided by the factor (HF "linear"; Gemma 3's global layers)
+
+
+class Head(enum.Enum):
+  CAUSAL_LM = "causal_lm"            # next-token logits
+  MASKED_LM = "masked_lm"            # BERT's transform + tied decoder with its own bias
+  NONE = "none"                      # final hidden states (HF `last_hidden_state`)
+  CLASSIFICATION = "classification"  # sequence labels: encoders from the (pooled) first token,
+                                     # decoders from the last real token
+
+
+class PoolerActivation(enum.Enum):
+  TANH = "tanh"  # BERT's pooler, RoBERTa's classifier.dense
+  RELU = "relu"  # DistilBERT's pre_classifier
+
+
+class ClassifierPooling(enum.Enum):
+  TOKEN = "token"  # one token's final state: encoders' first, decoders' last real one
+  MEAN = "mean"    # the mean over each row's real tokens (ModernBERT's classifier_pooling=mean)
+
+
+class AttentionImpl(enum.Enum):
+  AUTO = "auto"      # cuDNN flash on NVIDIA GPUs, splash on TPUs (where it fits), else XLA
+  XLA = "xla"        # einsum + float32 softmax, the reference
+  CUDNN = "cudnn"    # jax.nn.dot_product_attention(implementation="cudnn")
+  SPLASH = "splash"  # the Pallas TPU splash kernel (interpret mode off TPU: tests only)
+
+
+class Remat(enum.Enum):
+  NONE = "none"              # keep all activations
+  FULL = "full"              # recompute the whole block in the backward pass
+  SAVE_DOTS = "save_dots"    # keep matmul outputs without batch dims, recompute the rest
+
+
+class ParamDtype(enum.Enum):
+  FLOAT32 = "float32"
+  BFLOAT16 = "bfloat16"

@@ -41,9 +41,13 @@ sentiment: $(VENV)/.installed-core
 	  --text "the plot is nothing but boilerplate clichés from start to finish."
 
 # The layering contracts (pyproject.toml, import-linter) first: a broken one fails in seconds.
+# `--dist loadfile` runs each test module on one worker, so that its module-scoped fixtures (the
+# 8-device sharded children, the classifier runs) are built once. (`loadgroup` with the modules'
+# xdist_group marks meant the same, but under pytest 9.2 xdist 3.8's grouping silently does
+# nothing: it renames node ids through an attribute pytest no longer reads.)
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
 
 clean:
 	rm -rf runs .pytest_cache

@@ -60,6 +60,11 @@ HF_CASES = {
     "roberta_mlm": ("RobertaForMaskedLM", "RobertaConfig",
                     {**_BERT, "vocab_size": 103, "max_position_embeddings": 34,
                      "type_vocab_size": 1, "layer_norm_eps": 1e-5}, {}, "AutoModelForMaskedLM"),
+    # RoBERTa's LM head applies exact GELU whatever hidden_act: model.head_activation.
+    "roberta_mlm_silu": ("RobertaForMaskedLM", "RobertaConfig",
+                         {**_BERT, "vocab_size": 103, "max_position_embeddings": 34,
+                          "type_vocab_size": 1, "hidden_act": "silu"}, {},
+                         "AutoModelForMaskedLM"),
     "distilbert_mlm": ("DistilBertForMaskedLM", "DistilBertConfig", _DISTILBERT, {},
                        "AutoModelForMaskedLM"),
     "distilbert_untied": ("DistilBertForMaskedLM", "DistilBertConfig",
@@ -343,6 +348,9 @@ LMJAX_CASES = {
     "bert_base": ModelConfig.for_family("bert", **_SMALL, head=Head.NONE, pooler=True),
     "roberta_mlm": ModelConfig.for_family("bert", **_SMALL, position_offset=2, type_vocab_size=1,
                                           norm_eps=1e-5),
+    "roberta_relu": ModelConfig.for_family("bert", **_SMALL, position_offset=2, type_vocab_size=1,
+                                           activation=Activation.RELU,
+                                           head_activation=Activation.GELU),
     "distilbert_mlm": ModelConfig.for_family("distilbert", **_SMALL),
     "distilbert_untied": ModelConfig.for_family("distilbert", **_SMALL, tie_embeddings=False,
                                                 activation=Activation.RELU, scan_layers=False),
@@ -403,7 +411,8 @@ def test_exported_model_loads_with_auto_classes_and_matches(tmp_path, name):
   auto = getattr(transformers, _AUTO[config.head])
   hf_model, info = auto.from_pretrained(tmp_path / "hf", output_loading_info=True)
   assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
-  assert hf_model.config.model_type == {"roberta_mlm": "roberta", "mistral": "mistral",
+  assert hf_model.config.model_type == {"roberta_mlm": "roberta", "roberta_relu": "roberta",
+                                        "mistral": "mistral",
                                         "qwen2": "qwen2", "qwen3_tied": "qwen3",
                                         "qwen2_window": "qwen2"}.get(
                                             name, config.family.value)

@@ -2,6 +2,7 @@
 the KV cache, and the options it refuses. Parity with transformers' Mistral, Qwen2 and Qwen3
 windows is in tests/test_convert.py and tests/test_generation_parity.py."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -13,6 +14,7 @@ import pytest
 from lmjax.errors import UserError
 from lmjax.model import AttentionImpl, ModelConfig, Transformer, init_cache, unrolled
 from lmjax.model import attention
+from lmjax.model.attention import make_mask, sliding_window_mask
 
 SMALL = dict(vocab_size=97, num_layers=2, embed_dim=48, num_heads=6, mlp_dim=80, max_seq_len=32)
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -128,3 +130,25 @@ def test_auto_attention_leaves_the_splash_kernel_out_when_a_window_is_set(monkey
   choose = functools.partial(attention._choose_impl, AttentionImpl.AUTO, q, k, False)
   assert choose(False) is AttentionImpl.SPLASH
   assert choose(True) is AttentionImpl.XLA
+
+
+@pytest.mark.parametrize("family, seq_len", [("mistral", 24), ("modernbert", 24),
+                                              ("modernbert", 5), ("mistral", 3)])
+def test_flops_count_the_keys_each_layers_window_holds(family, seq_len):
+  """Model FLOPs per token count, per layer, the keys the attention mask lets a query see: the
+  window's (counted on the mask itself, sliding_window_mask), or the whole (half, causal)
+  context where a layer has none."""
+  windowed = ModelConfig.for_family(family, vocab_size=50, num_layers=3, embed_dim=16,
+                                    num_heads=2, mlp_dim=24, max_seq_len=32, sliding_window=4,
+                                    sliding_layers=(0, 2))
+  full = dataclasses.replace(windowed, sliding_window=None, sliding_layers=None)
+  ids = jnp.ones((1, seq_len), jnp.int32)
+  mask = make_mask(ids, ids, causal=windowed.causal)
+  seen = int(sliding_window_mask(mask, 4, causal=windowed.causal).dense.sum()) / seq_len
+  context = seq_len / 2 if windowed.causal else seq_len
+  per_key = 3 * 4 * windowed.num_heads * windowed.dim_per_head  # per layer, key and token
+  expected = 2 * (seen - context) if seq_len > 4 else 0.0  # two windowed layers
+  assert windowed.flops_per_token(seq_len) - full.flops_per_token(seq_len) == pytest.approx(
+      per_key * expected)
+  assert full.flops_per_token(seq_len) == pytest.approx(
+      3 * 2 * (3 * full.block_param_count() + 16 * 50) + per_key * 3 * context)

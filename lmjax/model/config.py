@@ -373,15 +373,26 @@ class ModelConfig:
     """Training FLOPs (forward + backward = 3x forward) for one token of a `seq_len` sequence.
 
     Matmuls count 2 FLOPs per multiply-add. Attention scores and the weighted sum cost
-    2 * 2 * seq_len * heads * head_dim per token and layer; a causal model only needs half of
-    the score matrix, so it is counted once, not twice. The output projection (or tied
-    decoder) is included; embedding lookups are free.
+    2 * 2 * heads * head_dim per token, layer and key the token attends to: all seq_len keys in
+    a bidirectional layer, half of them in a causal one (half the score matrix), and in a
+    sliding-window layer the keys its window holds, averaged over the positions (windows the
+    sequence fits in count as full attention). The output projection (or tied decoder) is
+    included; embedding lookups are free.
     """
     matmul_params = self.num_layers * self.block_param_count() + self.embed_dim * self.vocab_size
-    attention = 4 * seq_len * self.num_heads * self.dim_per_head * self.num_layers
-    if self.causal:
-      attention /= 2
+    keys = sum(self.keys_per_query(seq_len, window) for window in self.layer_windows)
+    attention = 4 * self.num_heads * self.dim_per_head * keys
     return 3 * (2 * matmul_params + attention)
+
+  def keys_per_query(self, seq_len: int, window: int | None) -> float:
+    """The keys a query of a `seq_len` sequence attends to in a layer with `window` (None: the
+    whole context), averaged over its positions; a causal layer without a window counts half."""
+    if window is None or window >= seq_len:
+      return seq_len / 2 if self.causal else seq_len
+    if self.causal:  # min(i + 1, window) for i < seq_len
+      return window - window * (window - 1) / (2 * seq_len)
+    reach = window - 1  # up to `reach` keys on either side, and the query's own
+    return 2 * reach + 1 - reach * (reach + 1) / seq_len
 
 
 def _nearest_divisor(n: int, target: int) -> int:

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 from lmjax.errors import UserError
 from lmjax.model.config import (Activation, ClassifierPooling, Family, Head, ModelConfig,
                                 RopeScaling)
-from lmjax.model.hf_export import export_model_type, model_config_to_hf_config
+from lmjax.model.hf_export import (export_model_type, model_config_to_hf_config,
+                                   roberta_head_activation)
 from lmjax.model.moe_config import MoeConfig
 from lmjax.model.hf_tables import ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS, ENCODERS, MODEL_TYPES
 
@@ -215,11 +216,9 @@ def _bert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str,
     raise UserError(f"position_embedding_type={d['position_embedding_type']!r} is not "
                     f"supported; lmjax converts 'absolute'.")
   activation = _activation(d["hidden_act"], "hidden_act")
-  offset = 0
+  offset, head_activation = 0, None
   if model_type == "roberta":
-    if activation is not Activation.GELU and head is Head.MASKED_LM:
-      raise UserError(f"hidden_act={d['hidden_act']!r}: RoBERTa's LM head always applies exact "
-                      f"gelu while lmjax's uses hidden_act; only hidden_act='gelu' converts.")
+    head_activation = roberta_head_activation(activation, head)
     if not isinstance(d["pad_token_id"], int):
       raise UserError(f"pad_token_id={d['pad_token_id']!r}: RoBERTa numbers positions from "
                       f"pad_token_id + 1, so it must be an integer (1 in RoBERTa checkpoints).")
@@ -229,7 +228,8 @@ def _bert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str,
       num_heads=d["num_attention_heads"], mlp_dim=d["intermediate_size"],
       max_seq_len=d["max_position_embeddings"] - offset, position_offset=offset,
       type_vocab_size=d["type_vocab_size"], norm_eps=float(d["layer_norm_eps"]),
-      activation=activation, tie_embeddings=bool(d["tie_word_embeddings"]),
+      activation=activation, head_activation=head_activation,
+      tie_embeddings=bool(d["tie_word_embeddings"]),
       dropout_rate=float(d["hidden_dropout_prob"]),
       pooler=head is Head.NONE)  # as HF's BertModel; from_hf then goes by the weights
 

@@ -35,9 +35,15 @@ _GEMMA_MODEL_TYPES = ("gemma2", "gemma3_text")
 _GEMMA2_ONLY = dict(query_pre_attn_scalar=None, attn_logit_softcap=None, final_logit_softcap=None)
 # ModernBERT's switches, which every other model type has at these values.
 _MODERNBERT_ONLY = dict(norm_bias=True, embedding_norm=False, first_attention_norm=True,
-                        head_bias=True, head_activation=None, decoder_bias=True,
+                        head_bias=True, decoder_bias=True,
                         classifier_pooling=ClassifierPooling.TOKEN, classifier_transform=False)
 _MODERNBERT_FIXED = ("embedding_norm", "first_attention_norm", "classifier_transform")
+
+
+def roberta_head_activation(activation: Activation, head: Head) -> Activation | None:
+  """model.head_activation of a RoBERTa: its LM head applies exact GELU whatever hidden_act
+  (None where that is the model's activation, or where there is no LM head)."""
+  return None if activation is Activation.GELU or head is not Head.MASKED_LM else Activation.GELU
 
 
 def _require(config: ModelConfig, model_type: str, **expected) -> None:
@@ -65,6 +71,10 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
     _require(config, model_type, **{k: FAMILY_DEFAULTS[family][k] for k in _MODERNBERT_FIXED})
   else:
     _require(config, model_type, **_MODERNBERT_ONLY)
+    if config.prediction_head:  # RoBERTa's applies exact GELU, the others the model's activation
+      _require(config, model_type, head_activation=(
+          roberta_head_activation(config.activation, config.head) if model_type == "roberta"
+          else None))
   if model_type not in _SLIDING_MODEL_TYPES:
     _require(config, model_type, sliding_window=None)
   if model_type not in _GEMMA_MODEL_TYPES:
@@ -102,8 +112,6 @@ def model_config_to_hf_config(config: ModelConfig) -> dict[str, Any]:
       if config.position_offset < 1:
         raise UserError("a RoBERTa model numbers positions from pad_token_id + 1: set "
                         "model.position_offset (2 for RoBERTa's pad_token_id=1).")
-      if config.head is Head.MASKED_LM:
-        _require(config, model_type, activation=Activation.GELU)
     else:
       _require(config, model_type, position_offset=0)
     if config.pooler:

@@ -132,6 +132,16 @@ def test_a_mesh_that_does_not_fit_is_refused_naming_the_size_and_the_axis(record
 # -- on the suite's one device --------------------------------------------------------------
 
 
+def test_a_mesh_larger_than_the_devices_is_refused_before_the_data_is_read(tmp_path, capsys,
+                                                                           tiny):
+  """The corpus here does not exist: the mesh error comes first, without reading any data."""
+  assert main(["train", "tiny-gpt", "--run-dir", str(tmp_path / "run"), "--set", *tiny,
+               "mesh.data=3", "data.source=text", f"data.paths=[{tmp_path / 'absent.txt'}]"]) == 2
+  err = capsys.readouterr().err
+  assert "mesh" in err and "absent.txt" not in err and "Traceback" not in err
+  assert not (tmp_path / "run").exists()
+
+
 def test_compile_only_prints_memory_and_flops_and_writes_nothing(tmp_path, capsys, tiny):
   run_dir = tmp_path / "run"
   assert main(["train", "tiny-llama", "--run-dir", str(run_dir), "--compile-only",

@@ -91,7 +91,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
 
 
 def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
-  """Every check a start needs (run directory, resume policy, data, tokenizer, mesh, state
+  """Every check a start needs (run directory, resume policy, mesh, data, tokenizer, state
   layout), in that order; nothing is written. A classifier's labels are the run's, else the
   training data's."""
   run.check_usable()
@@ -99,9 +99,10 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   if saved is not None:
     config = inherit_labels(config, saved)
     changes = check_resume(saved, config, run.path, allow_change=allow_change)
+  placement = mesh_rules(config.mesh)  # a mesh the devices cannot hold fails before the data
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
-  setup = setup_step(config, mesh_rules(config.mesh))
+  setup = setup_step(config, placement)
   train_source, eval_source = batch_sources(config, corpus)
   return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer(), changes,
                    allow_change)

@@ -87,11 +87,10 @@ def _cmd_eval(args) -> int:
   max_length, stride = perplexity.check_window(loaded.model, max_length=args.max_length,
                                                stride=args.stride)
   stats = ReadStats()
-  texts = list(iter_sources(data, stats))
+  scores = perplexity.score_texts(loaded.model, loaded.params, loaded.tokenizer,
+                                  iter_sources(data, stats), max_length=max_length,
+                                  stride=stride, batch_size=args.batch_size)
   _report_skipped("eval", stats)
-  scores = perplexity.score_texts(loaded.model, loaded.params, loaded.tokenizer, texts,
-                                  max_length=max_length, stride=stride,
-                                  batch_size=args.batch_size)
   print(json.dumps({**perplexity.summarize(scores), "max_length": max_length, "stride": stride}))
   return 0
 

@@ -30,7 +30,7 @@ from lmjax.data import chat
 from lmjax.data.sft import chat_template
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
-from lmjax.files import write_text_atomic
+from lmjax.files import read_json_lines, write_text_atomic
 from lmjax.generate import stream_generate
 from lmjax.generate.checks import check_processors, check_sampling, require_causal_lm
 from lmjax.model import Positions, Transformer
@@ -137,30 +137,9 @@ def _file_value(path: pathlib.Path, key: str, value: Any, kind: type) -> Any:
 def read_prompts(path: str | pathlib.Path) -> list[str]:
   """The "prompt" of each line of JSON Lines file `path` (blank lines skipped); UserError naming
   the line for a bad line, or naming the file when it holds no prompt."""
-  path = pathlib.Path(path)
-  try:
-    lines = path.read_text(encoding="utf-8").splitlines()
-  except FileNotFoundError:
-    raise UserError(f"--input {path} does not exist: give a JSON Lines file of prompts.") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f"--input {path} is not readable UTF-8 text ({e}).") from None
-  prompts = []
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except ValueError as e:
-      raise UserError(f"{path} line {number} is not valid JSON ({e}): write one JSON object per "
-                      f"line, e.g. {{\"prompt\": \"Once upon a time\"}}.") from None
-    if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-      raise UserError(f"{path} line {number} has no \"prompt\" string field: write one JSON "
-                      f"object per line, e.g. {{\"prompt\": \"Once upon a time\"}}.")
-    prompts.append(record["prompt"])
-  if not prompts:
-    raise UserError(f"--input {path} holds no prompts: write one JSON object per line, e.g. "
-                    f"{{\"prompt\": \"Once upon a time\"}}.")
-  return prompts
+  records = read_json_lines(path, "prompt", noun="prompts", hint=(
+      'write one JSON object per line, e.g. {"prompt": "Once upon a time"}'))
+  return [record["prompt"] for record in records]
 
 
 def encode_prompts(loaded: Loaded, texts: Sequence[str], *, chat_mode: bool) -> list[list[int]]:

@@ -101,3 +101,33 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
     raise UserError(f"{path} holds a JSON {type(value).__name__}, not an object. Fix or delete "
                     f"it.")
   return value
+
+
+def read_json_lines(path: str | os.PathLike, field: str, *, noun: str, hint: str
+                    ) -> list[dict[str, Any]]:
+  """The JSON objects of JSON Lines file `path` (blank lines skipped), each with a string
+  `field`. UserError naming the file, or its first bad line, and ending with `hint` (how to
+  write one); `noun` names what an empty file lacks ("records", "prompts")."""
+  path = pathlib.Path(path)
+  try:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  except FileNotFoundError:
+    raise UserError(f"{path} does not exist: {hint}.") from None
+  except IsADirectoryError:
+    raise UserError(f"{path} is a directory: {hint}.") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not readable UTF-8 text ({e}): {hint}.") from None
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError as e:
+      raise UserError(f"{path} line {number} is not valid JSON ({e}): {hint}.") from None
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+      raise UserError(f"{path} line {number} has no string field {field!r}: {hint}.")
+    records.append(record)
+  if not records:
+    raise UserError(f"{path} holds no {noun}: {hint}.")
+  return records

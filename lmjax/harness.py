@@ -17,6 +17,7 @@ Hugging Face cache fails at once, saying so, instead of retrying the network.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -263,10 +264,11 @@ def run_harness(*, run_dir: str | None, hf_dir: str | None, step: int | None, ta
   lm = LmjaxLM(run_dir=run_dir, hf=hf_dir, step=step, dtype=dtype, batch_size=batch_size,
                max_length=max_length, seed=seed)
   try:
-    results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot,
-                                      limit=limit, task_manager=manager, log_samples=False,
-                                      random_seed=seed, numpy_random_seed=seed,
-                                      torch_random_seed=seed, fewshot_random_seed=seed)
+    with _without_environment_probes():
+      results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot,
+                                        limit=limit, task_manager=manager, log_samples=False,
+                                        random_seed=seed, numpy_random_seed=seed,
+                                        torch_random_seed=seed, fewshot_random_seed=seed)
   except (OSError, ValueError, RuntimeError) as e:
     problem = _download_problem(e)
     if problem is None:
@@ -281,6 +283,21 @@ def run_harness(*, run_dir: str | None, hf_dir: str | None, step: int | None, ta
         {k: results[k] for k in ("results", "versions", "n-shot", "configs") if k in results},
         indent=2, default=handle_non_serializable) + "\n")
   return results
+
+
+@contextlib.contextmanager
+def _without_environment_probes():
+  """lm-eval's simple_evaluate with its results' environment metadata left out: it runs torch's
+  collect_env (seconds of subprocesses) and `git describe` in the working directory (which
+  prints "fatal: not a git repository" outside one), and lmjax keeps neither in what it writes.
+  lm-eval has no switch for them, so its two module-level helpers are swapped for the call."""
+  from lm_eval import evaluator  # noqa: PLC0415
+  saved = evaluator.add_env_info, evaluator.get_git_commit_hash
+  evaluator.add_env_info, evaluator.get_git_commit_hash = (lambda storage: None), (lambda: None)
+  try:
+    yield
+  finally:
+    evaluator.add_env_info, evaluator.get_git_commit_hash = saved
 
 
 def format_results(results: dict[str, Any]) -> str:

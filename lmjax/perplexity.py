@@ -18,7 +18,6 @@ documents' UTF-8 byte count, so it compares across tokenizers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 from lmjax.data.config import DataConfig
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
+from lmjax.files import read_json_lines
 from lmjax.generate import continuation_log_likelihoods
 from lmjax.model import Head, Transformer
 
@@ -92,30 +92,45 @@ def check_window(model: Transformer, *, max_length: int | None, stride: int | No
   return max_length, stride
 
 
+# Windows scored at a time: memory holds this many requests (each at most max_length tokens)
+# and their documents' totals, however long the documents are or however many.
+_REQUESTS_PER_PASS = 4096
+
+
 def score_texts(model: Transformer, params, tokenizer: Tokenizer, texts: Iterable[str], *,
                 max_length: int | None = None, stride: int | None = None, batch_size: int = 16,
                 progress=None) -> list[DocumentScore]:
-  """The log-likelihood of each text (module docstring), in order."""
+  """The log-likelihood of each text (module docstring), in order. `texts` is read once, as an
+  iterator: the windows are scored a few thousand at a time as the documents come."""
   max_length, stride = check_window(model, max_length=max_length, stride=stride)
   prefix = prefix_id(tokenizer)
-  texts = list(texts)
+  sums, counts, sizes = [], [], []
   requests, owners = [], []
+
+  def score_pending() -> None:
+    results = continuation_log_likelihoods(model, params, requests, max_length=max_length,
+                                           batch_size=batch_size, progress=progress)
+    for n, request, (log_p, _) in zip(owners, requests, results):
+      sums[n] += log_p
+      counts[n] += len(request[1])
+    requests.clear()
+    owners.clear()
+
   for n, text in enumerate(texts):
     if not isinstance(text, str):
       raise UserError(f"document {n} is a {type(text).__name__}, not text.")
+    sums.append(0.0)
+    counts.append(0)
+    sizes.append(len(text.encode("utf-8")))
     pieces = window_requests(tokenizer.encode(text), prefix=prefix, max_length=max_length,
                              stride=stride)
     requests += pieces
     owners += [n] * len(pieces)
-  results = continuation_log_likelihoods(model, params, requests, max_length=max_length,
-                                         batch_size=batch_size, progress=progress)
-  sums = [0.0] * len(texts)
-  counts = [0] * len(texts)
-  for n, (request, (log_p, _)) in zip(owners, zip(requests, results)):
-    sums[n] += log_p
-    counts[n] += len(request[1])
-  return [DocumentScore(sums[n], counts[n], len(text.encode("utf-8")))
-          for n, text in enumerate(texts)]
+    if len(requests) >= _REQUESTS_PER_PASS:
+      score_pending()
+  if requests:
+    score_pending()
+  return [DocumentScore(sums[n], counts[n], sizes[n]) for n in range(len(sizes))]
 
 
 def summarize(scores: Sequence[DocumentScore]) -> dict[str, Any]:
@@ -131,33 +146,8 @@ def summarize(scores: Sequence[DocumentScore]) -> dict[str, Any]:
 def read_records(path: str, *, field: str = "text") -> list[dict[str, Any]]:
   """The JSON objects of a JSON Lines file (blank lines skipped), each with a string `field`;
   a UserError names the line of the first that is not."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError:
-    raise UserError(f"{path} does not exist: give a JSON Lines file, one object per line with "
-                    f"a {field!r} field.") from None
-  except IsADirectoryError:
-    raise UserError(f"{path} is a directory: give a JSON Lines file.") from None
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path} is not UTF-8 text (byte {e.start}): give a JSON Lines file.") from None
-  records = []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except ValueError as e:
-      raise UserError(f"{path} line {number} is not JSON ({e.msg}): write one JSON object per "
-                      f"line.") from None
-    if not isinstance(record, dict) or not isinstance(record.get(field), str):
-      raise UserError(f"{path} line {number} has no string field {field!r}: give each line one "
-                      f"(or name the field holding the text with --field).")
-    records.append(record)
-  if not records:
-    raise UserError(f"{path} holds no records: write one JSON object per line with a {field!r} "
-                    f"field.")
-  return records
+  return read_json_lines(path, field, noun="records", hint=(
+      f"write one JSON object per line with a string {field!r} field (--field names another)"))
 
 
 _SOURCES_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "csv",

@@ -27,6 +27,7 @@ from lmjax.data.sources import builtin_corpus  # noqa: E402
 from lmjax.data.tokenizer import Tokenizer  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 from lmjax.generate import continuation_log_likelihoods  # noqa: E402
+from lmjax import perplexity  # noqa: E402
 from lmjax.perplexity import window_requests  # noqa: E402
 from tests.processes import cpu_env  # noqa: E402
 from tests.test_convert import build_hf  # noqa: E402
@@ -170,6 +171,35 @@ def test_eval_data_gives_the_sliding_window_perplexity_of_transformers(hf_gpt2, 
   np.testing.assert_allclose(report["bits_per_byte"], nll / math.log(2) / num_bytes, **TOL)
 
 
+def test_documents_are_scored_a_few_windows_at_a_time_as_they_are_read(hf_gpt2, monkeypatch):
+  """score_texts reads its documents as an iterator and scores the windows in passes of at
+  most _REQUESTS_PER_PASS (plus one document's), with each document's totals as in one pass."""
+  directory, _, tokenizer = hf_gpt2
+  model, params = from_hf(directory)
+  whole = perplexity.score_texts(model, params, tokenizer, DOCUMENTS, stride=16)
+  passes, read = [], []
+  scorer = perplexity.continuation_log_likelihoods
+
+  def recording(model, params, requests, **kwargs):
+    passes.append((len(requests), len(read)))
+    return scorer(model, params, requests, **kwargs)
+
+  def documents():
+    for text in DOCUMENTS:
+      read.append(text)
+      yield text
+  monkeypatch.setattr(perplexity, "_REQUESTS_PER_PASS", 3)
+  monkeypatch.setattr(perplexity, "continuation_log_likelihoods", recording)
+  streamed = perplexity.score_texts(model, params, tokenizer, documents(), stride=16)
+  most = max(len(perplexity.window_requests(tokenizer.encode(t), prefix=tokenizer.bos_id,
+                                            max_length=CONTEXT, stride=16)) for t in DOCUMENTS)
+  assert len(passes) > 1 and passes[0][1] < len(DOCUMENTS)  # began before the last was read
+  assert all(size < 3 + most for size, _ in passes)
+  assert [(s.tokens, s.bytes) for s in streamed] == [(s.tokens, s.bytes) for s in whole]
+  np.testing.assert_allclose([s.log_likelihood for s in streamed],
+                             [s.log_likelihood for s in whole], rtol=1e-5)
+
+
 def test_a_smaller_stride_gives_more_context_and_a_plain_text_file_is_one_document(
     hf_gpt2, tmp_path, capsys):
   directory, hf_model, tokenizer = hf_gpt2
@@ -214,7 +244,7 @@ def test_score_writes_each_documents_log_likelihood(hf_gpt2, tmp_path, capsys):
 @pytest.mark.parametrize("content, flags, message", [
     (None, [], "does not exist"),
     ("", [], "holds no records"),
-    ('{"text": "a"}\nnot json\n', [], "line 2 is not JSON"),
+    ('{"text": "a"}\nnot json\n', [], "line 2 is not valid JSON"),
     ('{"text": "a"}\n{"body": "b"}\n', [], "line 2 has no string field 'text'"),
     ('{"text": "a"}\n', ["--stride", "0"], "--stride 0 must be between 1"),
     ('{"text": "a"}\n', ["--stride", "60"], "--stride 60 must be between 1"),
@@ -345,6 +375,17 @@ def test_harness_multiple_choice_accuracy_is_the_one_computed_by_hand(hf_gpt2, t
       scores.append(torch_log_probs(hf_model, whole)[len(context) - 1:].sum())
     right += int(np.argmax(scores)) == q["answer"]
   assert results["lmjax_choice"]["acc,none"] == pytest.approx(right / len(QUESTIONS))
+
+
+def test_the_harness_runs_quietly_outside_a_git_repository(hf_gpt2, tasks_dir, tmp_path, capfd,
+                                                          monkeypatch):
+  """lm-eval's `git describe` (for metadata lmjax does not keep) would print git's "fatal: not a
+  git repository" on the terminal: captured here at the file descriptor."""
+  monkeypatch.chdir(tmp_path)
+  assert main(["eval-harness", "--hf", str(hf_gpt2[0]), "--tasks", "lmjax_choice",
+               "--include-path", str(tasks_dir)]) == 0
+  out, err = capfd.readouterr()
+  assert "|" in out and "fatal" not in err and "git" not in err
 
 
 def test_harness_loglikelihoods_are_transformers_ones(hf_gpt2):

@@ -297,10 +297,7 @@ def _modernbert_hf_fields(config: ModelConfig, model_type: str, act: str) -> dic
   _require(config, model_type, type_vocab_size=0, position_offset=0, pooler=False,
            rope_scaling=RopeScaling.NONE, qkv_bias=config.use_bias)
   _require_plain_heads(config, model_type)
-  windows = config.layer_windows
-  if len({w for w in windows if w is not None}) > 1:
-    raise UserError("model.sliding_window: a Hugging Face modernbert model has one window for "
-                    "all its local layers.")
+  windows = config.layer_windows  # one window (model.sliding_window) for every local layer
   global_every = next((n for n in range(1, config.num_layers + 1)
                        if all((w is None) == (i % n == 0) for i, w in enumerate(windows))), None)
   local = config.rope_local_theta or config.rope_theta

@@ -74,8 +74,20 @@ class Tokenizer:
     """The tokenizer in `file` (one that `file_in` named). Backends override it."""
     raise NotImplementedError
 
-  def __init__(self, hf_tokenizer: tokenizers.Tokenizer, *, roles: Mapping[str, str]):
-    """Wraps `hf_tokenizer`; `roles` maps role names (see `ROLES`) to token strings."""
+  def __init__(self, hf_tokenizer: tokenizers.Tokenizer, *, roles: Mapping[str, str],
+               published: Mapping[str, Any] | None = None):
+    """Wraps `hf_tokenizer`; `roles` maps role names (see `ROLES`) to token strings.
+
+    The tokenizer's own padding and truncation are turned off, as `transformers` turns them off
+    when it loads a tokenizer.json: many published files pad or cut every encoding to a fixed
+    length (sentence-transformers' `"padding": {"strategy": {"Fixed": 128}}`), and lmjax alone
+    decides lengths, padding and masks. What the file said (`published`: its "padding" and
+    "truncation" sections, by default read from `hf_tokenizer`) is written back by `save`, so a
+    saved tokenizer is the file as published.
+    """
+    self._published = dict(_length_sections(hf_tokenizer) if published is None else published)
+    hf_tokenizer.no_padding()
+    hf_tokenizer.no_truncation()
     self.hf = hf_tokenizer
     vocab = hf_tokenizer.get_vocab(with_added_tokens=True)
     added_special = {i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special}
@@ -202,7 +214,7 @@ class Tokenizer:
     hf.post_processor = processors.TemplateProcessing(
         single=f"{head} $A {tail}", pair=f"{head} $A {tail} $B:{second_type} {tail}:{second_type}",
         special_tokens=sorted({(head, first), (tail, last)}))
-    return Tokenizer(hf, roles=self.roles)
+    return Tokenizer(hf, roles=self.roles, published=self._published)
 
   def token_to_id(self, token: str) -> int | None:
     """The id of a token string, or None when it is not in the vocabulary."""
@@ -226,7 +238,8 @@ class Tokenizer:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-able copy of this tokenizer (to send it to other processes); see `from_dict`."""
-    return {"backend": self.backend_name, "tokenizer": self.hf.to_str(), "roles": self.roles}
+    return {"backend": self.backend_name, "tokenizer": self.hf.to_str(), "roles": self.roles,
+            "published": self._published}
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> Tokenizer:
@@ -234,7 +247,8 @@ class Tokenizer:
     for backend in cls._backends:
       if data["backend"] == backend.backend_name:
         return backend.from_dict(data)
-    return Tokenizer(tokenizers.Tokenizer.from_str(data["tokenizer"]), roles=data["roles"])
+    return Tokenizer(tokenizers.Tokenizer.from_str(data["tokenizer"]), roles=data["roles"],
+                     published=data.get("published", {}))
 
   # -- construction --------------------------------------------------------------------------
 
@@ -308,11 +322,18 @@ class Tokenizer:
     """Writes `tokenizer.json` and a `tokenizer_config.json` naming the special tokens' roles.
 
     The pair is a standard Hugging Face fast-tokenizer directory: `transformers.AutoTokenizer`
-    loads it as it is, and `load` reads the roles back from it.
+    loads it as it is, and `load` reads the roles back from it. A tokenizer.json keeps the
+    padding and truncation sections it was published with (lmjax never applies them).
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    self.hf.save(os.path.join(directory, TOKENIZER_FILE))
+    file = os.path.join(directory, TOKENIZER_FILE)
+    if self._published:
+      content = {**json.loads(self.hf.to_str()), **self._published}
+      with open(file, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2, ensure_ascii=False)
+    else:
+      self.hf.save(file)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
               **{f"{role}_token": token for role, token in self.roles.items()}}
     with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
@@ -327,6 +348,14 @@ def _load_hf(file: str) -> tokenizers.Tokenizer:
     raise UserError(
         f"Could not read the tokenizer file {file!r}: {e}. It must be a Hugging Face "
         f"`tokenizer.json` (as written by `tokenizers` or transformers).") from None
+
+
+def _length_sections(hf: tokenizers.Tokenizer) -> dict[str, Any]:
+  """The "padding" and "truncation" sections of `hf`'s tokenizer.json, where either is set."""
+  if hf.padding is None and hf.truncation is None:
+    return {}
+  content = json.loads(hf.to_str())
+  return {key: content[key] for key in ("padding", "truncation")}
 
 
 def _has_token(hf: tokenizers.Tokenizer) -> Callable[[str], bool]:

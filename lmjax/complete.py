@@ -34,7 +34,6 @@ from lmjax.files import read_json_lines, write_text_atomic
 from lmjax.generate import stream_generate
 from lmjax.generate.checks import check_processors, check_sampling, require_causal_lm
 from lmjax.model import Positions, Transformer
-from lmjax.run import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +160,7 @@ def encode_prompts(loaded: Loaded, texts: Sequence[str], *, chat_mode: bool) -> 
 def chat_template_source(loaded: Loaded) -> str | None:
   """The template `--chat` renders with: the run's data.chat_template, else its tokenizer
   directory's (or the HF directory's) own, else lmjax's default."""
-  if not loaded.is_run:
-    return str(loaded.directory)
-  run = RunDir(loaded.directory)
-  return run.require_config().data.chat_template or str(run.tokenizer_dir)
+  return loaded.chat_template
 
 
 def fit_prompts(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int

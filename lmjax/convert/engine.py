@@ -32,6 +32,7 @@ from lmjax.convert.bindings import (Binding, abstract_params, bind, flatten, par
                                     unflatten)
 from lmjax.convert.key_maps import KEY_MAPS, KeyMap
 from lmjax.convert.safetensors_files import CheckpointReader, TensorEntry, write_safetensors
+from lmjax.convert.source_config import merge_source_config
 from lmjax.convert.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
 from lmjax.errors import UserError
 from lmjax.files import read_json_object, staged_directory
@@ -247,43 +248,56 @@ def _hf_tensor(binding: Binding, flat: Mapping[str, Any], dtype: np.dtype,
   return binding.transform.to_hf(arrays, config)
 
 
-def to_hf(model: Transformer, params: Mapping[str, Any], out_dir: str | os.PathLike, *,
-          dtype: str | None = None, max_shard_size: int = 2 * 2**30,
-          tokenizer_dir: str | os.PathLike | None = None,
-          config_overrides: Mapping[str, Any] | None = None) -> None:
+def write_hf(model: Transformer, params: Mapping[str, Any], out_dir: str | os.PathLike, *,
+             dtype: str | None = None, max_shard_size: int = 2 * 2**30,
+             tokenizer_dir: str | os.PathLike | None = None,
+             source_config: Mapping[str, Any] | None = None,
+             generation: Mapping[str, Any] | None = None,
+             config_overrides: Mapping[str, Any] | None = None,
+             tokenizer_pad_token: str | None = None) -> None:
   """Writes `model`/`params` as a Hugging Face model directory `out_dir` (new or empty).
 
   Writes config.json (plus generation_config.json for causal LMs) and model.safetensors, or
   shards of at most `max_shard_size` bytes plus model.safetensors.index.json, in `dtype`
   ("float32" or "bfloat16"; default: the params' dtype), and copies the tokenizer files of
   `tokenizer_dir`. A LoRA model is written with its adapters merged into the weights
-  (lmjax.convert.adapters; `lmjax convert lmjax-to-peft` writes them alone). `config_overrides` are merged into config.json (e.g. {"eos_token_id": 2}:
-  special token ids are not part of a ModelConfig). Nothing appears at `out_dir` unless the
-  whole conversion succeeds.
+  (lmjax.convert.adapters; `lmjax convert lmjax-to-peft` writes them alone).
+
+  config.json keeps every field of `source_config` (the config.json the model came from) that
+  still describes the exported graph: special token ids, label names, dropout rates and the
+  rest a ModelConfig does not hold (lmjax.convert.source_config); `generation` (the source's
+  generation_config.json) is written as it is. `config_overrides` are merged in last (e.g.
+  {"eos_token_id": 2}). Nothing appears at `out_dir` unless the whole conversion succeeds.
+  The public `lmjax.to_hf` (lmjax.convert.loading) also takes a loaded model with its source.
   """
   flat = flatten(nn.unbox(params))
   specs = {key: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype) for key, leaf in flat.items()}
   export_params(model.config, specs, lambda keys: {key: flat[key] for key in keys}, out_dir,
                 dtype=dtype, max_shard_size=max_shard_size, tokenizer_dir=tokenizer_dir,
-                config_overrides=config_overrides)
+                source_config=source_config, generation=generation,
+                config_overrides=config_overrides, tokenizer_pad_token=tokenizer_pad_token)
 
 
 def export_params(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct],
                   read: Callable[[Sequence[str]], Mapping[str, Any]],
                   out_dir: str | os.PathLike, *, dtype: str | None = None,
                   max_shard_size: int = 2 * 2**30, tokenizer_dir: str | os.PathLike | None = None,
-                  config_overrides: Mapping[str, Any] | None = None) -> None:
-  """`to_hf` for params that are read on demand, e.g. from a checkpoint on disk.
+                  source_config: Mapping[str, Any] | None = None,
+                  generation: Mapping[str, Any] | None = None,
+                  config_overrides: Mapping[str, Any] | None = None,
+                  tokenizer_pad_token: str | None = None) -> None:
+  """`write_hf` for params that are read on demand, e.g. from a checkpoint on disk.
 
   `specs` gives each param's shape and dtype (flat keys); `read(keys)` returns those params as
   host arrays. Tensors are written param by param (all layers of a stacked param in a row), and
   `read` is called once per group of params that HF tensors need together (a single param, or
   GPT-2's query/key/value, fused in HF), the previous group dropped first: memory holds one
-  group and one HF tensor.
+  group and one HF tensor. `tokenizer_pad_token` names the pad token in the copied
+  tokenizer_config.json where it names none (a decoder classifier padding with its eos).
   """
   if config.lora.enabled:  # LoRA adapters are exported merged into the weights
     config, specs, read = merged_view(config, specs, read)
-  hf_config = model_config_to_hf_config(config)
+  hf_config = merge_source_config(model_config_to_hf_config(config), source_config)
   key_map = KEY_MAPS[hf_config["model_type"]]
   _check_params(specs, config)
   out_dtype = _export_dtype(dtype, specs)
@@ -301,12 +315,19 @@ def export_params(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct]
           make=lambda b=binding: _hf_tensor(b, flat, out_dtype, config)))
   with staged_directory(out_dir) as staging:
     _write_json(staging / CONFIG_FILE, hf_config)
-    if config.head is Head.CAUSAL_LM:
+    if generation:  # the source's, as it was
+      _write_json(staging / GENERATION_CONFIG_FILE, generation)
+    elif config.head is Head.CAUSAL_LM:
       _write_json(staging / GENERATION_CONFIG_FILE, generation_config(hf_config))
     write_safetensors(staging, entries, max_shard_size=max_shard_size)
     if tokenizer_dir is not None and not copy_tokenizer_files(tokenizer_dir, staging):
       raise UserError(f"tokenizer_dir {tokenizer_dir} holds no tokenizer files (looked for "
                       f"{', '.join(TOKENIZER_FILES)}, *.model).")
+    if tokenizer_pad_token is not None:
+      tokenizer_config = read_json_object(staging / "tokenizer_config.json")
+      if tokenizer_config is not None and tokenizer_config.get("pad_token") is None:
+        tokenizer_config["pad_token"] = tokenizer_pad_token
+        _write_json(staging / "tokenizer_config.json", tokenizer_config)
 
 
 def generation_config(hf_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,4 +343,4 @@ def _write_json(path: pathlib.Path, content: Mapping[str, Any]) -> None:
 
 
 __all__ = ["HfWeights", "export_params", "from_hf", "generation_config", "read_hf_config",
-           "to_hf"]
+           "write_hf"]

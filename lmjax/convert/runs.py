@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import pathlib
+import shutil
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -34,7 +34,7 @@ from lmjax.convert.tokenizer_files import copy_tokenizer_files
 from lmjax.data.sentencepiece_tokenizer import model_file_in
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
-from lmjax.files import check_new_directory, staged_directory
+from lmjax.files import check_new_directory, read_json_object, staged_directory
 from lmjax.hub import resolve_hf_dir
 from lmjax.model import Head, param_shapes
 from lmjax.model.hf_config import hf_labels
@@ -48,9 +48,10 @@ from lmjax.version import __version__
 
 log = logging.getLogger(__name__)
 
-HF_CONFIG_COPY = "hf_config.json"  # the source's config.json, kept for token ids on export
-_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id",
-                  "mask_token_id")
+# The source's config.json and generation_config.json, kept for what a ModelConfig does not
+# hold (special token ids, label names, dropouts, sampling defaults; lmjax.convert.source_config).
+HF_CONFIG_COPY = "hf_config.json"
+HF_GENERATION_COPY = "hf_generation_config.json"
 
 
 def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
@@ -78,8 +79,7 @@ def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
     with staged_directory(run_dir) as staging:
       run = RunDir(staging)
       run.write_config(config)
-      (staging / HF_CONFIG_COPY).write_text(json.dumps(weights.hf_config, indent=2),
-                                            encoding="utf-8")
+      keep_source_config(hf_dir, staging)
       _import_tokenizer(hf_dir, run.tokenizer_dir)
       checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
       try:
@@ -119,10 +119,10 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
   config = run.require_config()
   check_new_directory(hf_dir)  # before any step is tried: not a reason to try an older one
   tokenizer_dir = run.tokenizer_dir if any(run.tokenizer_dir.glob("*")) else None
-  overrides = _token_ids(run, config)
+  fields = export_fields(run, config)
   _with_checkpoint_params(run, step, lambda specs, read: export_params(
       config.model, specs, read, hf_dir, dtype=dtype, max_shard_size=max_shard_size,
-      tokenizer_dir=tokenizer_dir, config_overrides=overrides))
+      tokenizer_dir=tokenizer_dir, **fields))
 
 
 def run_to_peft(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -188,30 +188,49 @@ def _base_arrays(run: RunDir, record: CheckpointRecord
   return specs, read
 
 
-def _token_ids(run: RunDir, config: Config) -> dict[str, Any]:
-  """config.json keys that a ModelConfig does not hold: special-token ids (the imported source's,
-  else the run tokenizer's) and a classifier's label names."""
-  source = run.path / HF_CONFIG_COPY
-  if source.is_file():
-    saved = json.loads(source.read_text(encoding="utf-8"))
-    ids = {k: saved[k] for k in _TOKEN_ID_KEYS if saved.get(k) is not None}
-  elif ((run.tokenizer_dir / "tokenizer.json").is_file()
-        or model_file_in(str(run.tokenizer_dir)) is not None):
+def keep_source_config(source: str | os.PathLike, run_path: str | os.PathLike) -> None:
+  """Keeps in run directory `run_path` the config.json and generation_config.json of `source`
+  (an HF directory, or a run that kept its own source's), unless the run has them already."""
+  source, run_path = pathlib.Path(source), pathlib.Path(run_path)
+  for run_name, names in ((HF_CONFIG_COPY, ("config.json", HF_CONFIG_COPY)),
+                          (HF_GENERATION_COPY, ("generation_config.json", HF_GENERATION_COPY))):
+    found = [source / name for name in names if (source / name).is_file()]
+    if found and not (run_path / run_name).exists() and read_json_object(found[0]) is not None:
+      run_path.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(found[0], run_path / run_name)
+
+
+def export_fields(run: RunDir, config: Config) -> dict[str, Any]:
+  """What a run's export writes beside its ModelConfig (`export_params`' keyword arguments):
+  its source's config.json and generation_config.json where it kept them, and the special-token
+  ids of its tokenizer where the source sets none, and a classifier's label names."""
+  source = read_json_object(run.path / HF_CONFIG_COPY) or {}
+  ids: dict[str, Any] = {}
+  pad_token = None
+  if ((run.tokenizer_dir / "tokenizer.json").is_file()
+      or model_file_in(str(run.tokenizer_dir)) is not None):
     tokenizer = Tokenizer.load(run.tokenizer_dir)
-    pad = tokenizer.token_to_id(tokenizer.roles["pad"]) if "pad" in tokenizer.roles else None
-    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
-           "pad_token_id": pad if pad is not None else tokenizer.eos_id,
-           "mask_token_id": tokenizer.mask_id}
-    ids = {k: v for k, v in ids.items() if v is not None}
-  else:
-    ids = {}
+    roles = {"bos_token_id": "bos", "eos_token_id": "eos", "pad_token_id": "pad",
+             "mask_token_id": "mask", "cls_token_id": "cls", "sep_token_id": "sep"}
+    ids = {key: tokenizer.token_to_id(tokenizer.roles[role]) for key, role in roles.items()
+           if role in tokenizer.roles and source.get(key) is None}
+    if (config.model.head is Head.CLASSIFICATION and config.model.causal
+        and "pad" not in tokenizer.roles and source.get("pad_token_id") is None
+        and tokenizer.eos_id is not None):
+      # Hugging Face's decoder classifiers find each row's last token by pad_token_id: as HF
+      # recipes do, the end-of-sequence token pads, in config.json and the tokenizer alike.
+      ids["pad_token_id"], pad_token = tokenizer.eos_id, tokenizer.roles["eos"]
   if config.model.position_offset:  # RoBERTa numbers positions from pad_token_id + 1
     ids.pop("pad_token_id", None)
+  fields = {"source_config": source or None,
+            "generation": read_json_object(run.path / HF_GENERATION_COPY),
+            "tokenizer_pad_token": pad_token}
   if config.model.head is not Head.CLASSIFICATION:
-    return ids
-  if config.model.causal and "pad_token_id" not in ids:
+    return {**fields, "config_overrides": ids}
+  if config.model.causal and {**source, **ids}.get("pad_token_id") is None:
     raise UserError(f"{run.path}'s tokenizer has neither a pad nor an end-of-sequence token, "
                     f"and Hugging Face's decoder classifiers find each row's last token by "
                     f"pad_token_id: train with a tokenizer that has one (data.tokenizer=bpe).")
   names = dict(enumerate(config.data.labels))
-  return {**ids, "id2label": names, "label2id": {name: i for i, name in names.items()}}
+  return {**fields, "config_overrides": {**ids, "id2label": names,
+                                         "label2id": {name: i for i, name in names.items()}}}

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 
 from lmjax.config import Config
+from lmjax.convert.runs import keep_source_config
 from lmjax.data.batches import BatchSource
 from lmjax.data.corpus import Corpus
 from lmjax.errors import WriteFailed
@@ -124,6 +125,8 @@ def _write_run_start(prepared: _Prepared, begin: Start) -> None:
   run.write_config(prepared.config)
   if not run.tokenizer_dir.is_dir():
     prepared.corpus.tokenizer.save(run.tokenizer_dir)
+  if prepared.config.init_from is not None:  # its config.json fields, for the export
+    keep_source_config(prepared.config.init_from, run.path)
   truncate_metrics_after(run.metrics_file, begin.step)
 
 

@@ -34,7 +34,11 @@ from lmjax.sharding import MeshConfig
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+# The shipped configs: inside the package (a link to the repository's configs/ in a checkout,
+# the files themselves in an installed wheel), else the checkout's configs/ beside it.
+CONFIG_DIR = next((d for d in (pathlib.Path(__file__).parent / "configs",
+                               pathlib.Path(__file__).resolve().parent.parent / "configs")
+                   if d.is_dir()), pathlib.Path(__file__).parent / "configs")
 RUN_CONFIG_FILE = "config.yaml"  # a run directory is a directory holding its config as this
 HF_CONFIG_FILE = "config.json"
 

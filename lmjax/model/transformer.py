@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from lmjax.model.attention import Attention
 from lmjax.model.attention import make_mask
@@ -66,6 +68,28 @@ def unrolled(config: ModelConfig, params) -> tuple[ModelConfig, Any]:
   return dataclasses.replace(config, scan_layers=False), params
 
 
+@struct.dataclass
+class LayerInputs:
+  """What differs from layer to layer; scanned layers take each field stacked on a leading
+  [layers] axis. None: not used by this model."""
+
+  cache: Any = None              # the layer's {"key", "value"} KV cache
+  window: Any = None             # its sliding window (an int32 scalar under scan; None: none)
+  inv_freq: Any = None           # its rotary inverse frequencies [head_dim / 2] where layers
+                                 # differ (None: the config's)
+  attention_norm_on: Any = None  # whether its attention input is normalised, where layers
+                                 # differ (a bool scalar under scan; None: it is)
+
+
+@struct.dataclass
+class SharedInputs:
+  """What every layer sees alike (broadcast under scan)."""
+
+  mask: Any                      # lmjax.model.attention's mask
+  positions: Any                 # [batch, length] int32
+  cache_index: Any = None        # where a KV cache is written (None: no cache)
+
+
 class Block(nn.Module):
   """Attention + MLP with residuals, normalised before (pre) or after (post) each; with
   `post_norms`, pre-normalised and their outputs normalised too (Gemma 2's sandwich)."""
@@ -74,13 +98,12 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, layer_cache, window, inv_freq, attention_norm_on, mask, positions,
-               cache_index, deterministic: bool):
-    """`window`: this layer's sliding window (an int32 scalar under scan; None: none);
-    `inv_freq`: its rotary inverse frequencies [head_dim / 2] where layers differ (None: the
-    config's); `attention_norm_on`: whether its attention input is normalised, where layers
-    differ (a bool scalar under scan; None: it is)."""
+  def __call__(self, x, layer: LayerInputs, shared: SharedInputs, deterministic: bool):
+    """x [batch, length, embed] -> (x, the layer's updated cache)."""
     cfg = self.config
+    layer_cache, window, inv_freq = layer.cache, layer.window, layer.inv_freq
+    attention_norm_on, mask, positions = layer.attention_norm_on, shared.mask, shared.positions
+    cache_index = shared.cache_index
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     attention = Attention(cfg, self.dtype, deterministic, name="attention")
     if cfg.moe.enabled:  # experts route real tokens only (the load-balancing statistics)
@@ -111,7 +134,8 @@ _REMAT_POLICIES = {
     Remat.FULL: None,  # save nothing
     Remat.SAVE_DOTS: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-_DETERMINISTIC_ARG = 9  # Block.__call__'s `deterministic`, counting self: static under remat
+# Block.__call__'s `deterministic`, counting self (static under remat), found by name.
+_DETERMINISTIC_ARG = list(inspect.signature(Block.__call__).parameters).index("deterministic")
 
 _POOLER_ACTIVATIONS = {PoolerActivation.TANH: jnp.tanh, PoolerActivation.RELU: jax.nn.relu}
 
@@ -170,7 +194,7 @@ class Transformer(nn.Module):
     if not cfg.scan_layers:
       return [block(cfg, self.dtype) for _ in range(cfg.num_layers)]
     stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
-                    in_axes=(0, 0, 0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                    in_axes=(0, nn.broadcast, nn.broadcast),  # LayerInputs, SharedInputs, flag
                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     return stack(cfg, self.dtype)
 
@@ -277,6 +301,7 @@ class Transformer(nn.Module):
 
   def _blocks(self, x, caches, mask, positions, cache_index, train):
     cfg = self.config
+    shared = SharedInputs(mask=mask, positions=positions, cache_index=cache_index)
     windows = cfg.layer_windows
     freqs = layer_inverse_frequencies(cfg)  # None: every layer rotates alike
     norm_on = None if cfg.first_attention_norm else [i > 0 for i in range(cfg.num_layers)]
@@ -287,14 +312,15 @@ class Transformer(nn.Module):
           [jnp.iinfo(jnp.int32).max if w is None else w for w in windows], jnp.int32)
       stacked_freqs = None if freqs is None else jnp.asarray(np.stack(freqs))  # [layers, hd/2]
       stacked_norm_on = None if norm_on is None else jnp.array(norm_on)
-      return self.layers(x, caches, stacked, stacked_freqs, stacked_norm_on, mask, positions,
-                         cache_index, not train)
+      layers = LayerInputs(cache=caches, window=stacked, inv_freq=stacked_freqs,
+                           attention_norm_on=stacked_norm_on)
+      return self.layers(x, layers, shared, not train)
     new_caches = []
     for i, block in enumerate(self.layers):
-      x, layer_cache = block(x, None if caches is None else caches[i], windows[i],
-                             None if freqs is None else freqs[i],
-                             None if norm_on is None else norm_on[i], mask, positions,
-                             cache_index, not train)
+      layer = LayerInputs(cache=None if caches is None else caches[i], window=windows[i],
+                          inv_freq=None if freqs is None else freqs[i],
+                          attention_norm_on=None if norm_on is None else norm_on[i])
+      x, layer_cache = block(x, layer, shared, not train)
       new_caches.append(layer_cache)
     return x, None if caches is None else new_caches
 

@@ -21,8 +21,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from lmjax.convert import from_hf, read_hf_config
-from lmjax.convert.base_model import load_run
+from lmjax.convert import read_hf_config
+from lmjax.convert.loading import load_model
 from lmjax.data.classification import check_labels, encode_texts, example_tokenizer
 from lmjax.data.config import Source
 from lmjax.data.examples import Examples, Fields, read_examples
@@ -69,17 +69,17 @@ def load_classifier(*, run_dir: str | None = None, hf_dir: str | None = None,
     if not str(architectures[0]).endswith("ForSequenceClassification"):
       raise UserError(f"{hf_dir} holds a {architectures[0]}, not a sequence classifier "
                       f"(*ForSequenceClassification): predict labels texts with one.")
-    model, params = from_hf(hf_dir)
-    cfg = model.config
-    return Classifier(model, params, Tokenizer.from_file(hf_dir), hf_labels(read_hf_config(hf_dir)),
-                      seq_len=min(cfg.max_seq_len, 512))
+    loaded = load_model(hf_dir=hf_dir)
+    return Classifier(loaded.model, loaded.params, loaded.tokenizer,
+                      hf_labels(read_hf_config(hf_dir)),
+                      seq_len=min(loaded.config.max_seq_len, 512))
   run = RunDir(run_dir)
   config = run.require_config()
   if config.model.head is not Head.CLASSIFICATION:
     raise UserError(f"{run_dir} holds a {config.model.head.value} model, not a classifier "
                     f"(model.head=classification): use generate or fill-mask with it.")
-  model, params = load_run(run.path, step=step)
-  return Classifier(model, params, Tokenizer.load(run.tokenizer_dir), config.data.labels,
+  loaded = load_model(run_dir=run.path, step=step)
+  return Classifier(loaded.model, loaded.params, loaded.tokenizer, config.data.labels,
                     seq_len=config.train.seq_len, field=config.data.field,
                     pair_field=config.data.pair_field, label_field=config.data.label_field)
 

@@ -14,14 +14,12 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 import lmjax
 from lmjax.cli import main
 from tests.conftest import TINY
 from tests.processes import children, cpu_env
 
-pytestmark = pytest.mark.xdist_group("checkpoints")
 
 RUN = TINY + ["train.log_every=1", "train.checkpoint_every=3", "train.eval_every=0"]
 

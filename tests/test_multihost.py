@@ -9,13 +9,11 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 import lmjax
 from tests.conftest import TINY
 from tests.processes import children, cpu_env, free_port
 
-pytestmark = pytest.mark.xdist_group("multihost")
 
 # A BPE tokenizer on purpose: process 0 trains it and hands it to process 1.
 RUN = TINY + ["data.tokenizer=bpe", "train.warmup_steps=1", "train.learning_rate=3e-3",

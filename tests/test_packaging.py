@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,8 +19,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def installed(tmp_path_factory):
   """The package as `pip install .` lays it out: the wheel pip builds, unpacked."""
   root = tmp_path_factory.mktemp("wheel")
+  source = root / "source"  # a copy: setuptools builds in the source tree (build/, egg-info)
+  for name in ("lmjax", "configs"):
+    shutil.copytree(REPO / name, source / name, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copyfile(REPO / name, source / name)
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                  "--quiet", "-w", str(root / "dist"), str(REPO)], check=True, timeout=300,
+                  "--quiet", "-w", str(root / "dist"), str(source)], check=True, timeout=300,
                  cwd=root)
   (wheel,) = (root / "dist").glob("lmjax-*.whl")
   with zipfile.ZipFile(wheel) as archive:

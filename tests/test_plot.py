@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from lmjax.cli import main  # noqa: E402
-from lmjax.plot import read_metrics, series, smoothed  # noqa: E402
+from lmjax.cli.plot import read_metrics, series, smoothed  # noqa: E402
 
 
 def png_size(path) -> tuple[int, int]:

@@ -22,7 +22,6 @@ from lmjax.train.setup import setup_step
 from tests.processes import children, cpu_env
 from tests.sharded_worker import BAD_INPUTS, KIND_MESHES, MESHES, MOE_MESHES
 
-pytestmark = pytest.mark.xdist_group("sharded_worker")  # one worker runs the children once
 
 CASES = [f"{kind}-scan{scan}" for kind in ("causal", "mlm") for scan in (1, 0)]
 EQUIVALENT = CASES + ["lora-scan1"]  # LoRA on tiny-llama: adapters shard like their kernels

@@ -23,7 +23,7 @@ steps still intact; the failed write leaves only a temporary directory, never a 
 earlier step is touched. `close` after a failure returns promptly.
 
 A failed Orbax restore can leave tracebacks in its pending coroutines and threads; the `lmjax`
-command hides those (lmjax.app), a library user's process is left as it is.
+command hides those (lmjax.cli.process), a library user's process is left as it is.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
     quiet_orbax_leftovers()   hides the tracebacks a failed Orbax restore or save leaves
                           behind in its logs, pending coroutines and threads, after lmjax has reported the failure
 
-Only lmjax.cli imports this module (an import-linter contract says so).
+Only lmjax.cli.commands imports this module (an import-linter contract says so).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `lmjax` command: running what lmjax.cli_parser parsed (train, eval, score, eval-harness,
+"""The `lmjax` command: running what lmjax.cli.parser parsed (train, eval, score, eval-harness,
 generate, predict, fill-mask, convert, checkpoints, plot, tokenizer, data).
 
 User mistakes (`UserError`) print one paragraph and exit with status 2, without a traceback.
@@ -6,7 +6,7 @@ A run stopped by a non-finite loss (`train.nan_policy=stop`) exits with status 3
 by SIGTERM/SIGINT exits 0 after saving a checkpoint. A write the disk refuses (full, read-only,
 no permission: `WriteFailed` or any OSError) exits with status 4, naming the path and cause,
 leaving what was written before untouched. What the library reports (lmjax loggers)
-shows on stderr as "lmjax: …" (lmjax.app).
+shows on stderr as "lmjax: …" (lmjax.cli.process).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pathlib
 import sys
 from typing import Sequence
 
-from lmjax import app, cli_parser, complete, perplexity
+from lmjax import complete, perplexity
+from lmjax.cli import parser as cli_parser
+from lmjax.cli import process as app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import runs, verify
 from lmjax.convert.loading import load_model
@@ -118,7 +120,7 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-  from lmjax import plot  # noqa: PLC0415 -- matplotlib loads only for this command
+  from lmjax.cli import plot  # noqa: PLC0415 -- matplotlib loads only for this command
   out = plot.plot_runs(args.run_dirs, args.out, metrics=args.metric, smooth=args.smooth,
                        log_scale=args.log_scale, overwrite=args.overwrite)
   print(f"wrote {out}")

@@ -31,9 +31,9 @@ from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.generate import classify
-from lmjax.hub import resolve_hf_dir
+from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import Head, Transformer
-from lmjax.model.hf_config import hf_labels
+from lmjax.hf.config import hf_labels
 from lmjax.run import RunDir
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
+# The helper modules shared by the test modules assert too: rewrite their asserts as pytest
+# does a test module's, so that a failing check in them reports its values.
+pytest.register_assert_rewrite("tests.helpers", "tests.hf_models")
+
 # A model and schedule small enough that a few dozen steps take seconds on 2 cores.
 TINY = [
     "model.num_layers=2", "model.embed_dim=32", "model.num_heads=4", "model.mlp_dim=64",

@@ -20,11 +20,12 @@ from lmjax.generate import classify  # noqa: E402
 from lmjax.model import Family, Head, ModelConfig  # noqa: E402
 from lmjax.model.moe_config import MoeConfig  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
+from tests.helpers import rows  # noqa: E402
+from tests.hf_models import (_BERT, _DISTILBERT, _GPT2, _LLAMA, assert_same_logits,  # noqa: E402
+                             assert_exports_and_predicts_as_transformers, fine_tune_from_hf,
+                             randomise, random_lmjax)
 from tests.processes import children, cpu_env  # noqa: E402
-from tests.test_convert import (_BERT, _DISTILBERT, _GPT2, _LLAMA, TOL, randomise,  # noqa: E402
-                                random_lmjax)
 
-pytestmark = pytest.mark.xdist_group("classification")
 
 SMALL = ["model.num_layers=2", "model.embed_dim=64", "model.num_heads=4", "model.mlp_dim=128",
          "model.max_seq_len=128", "model.vocab_size=1024", "train.seq_len=64",
@@ -46,10 +47,6 @@ def fine_tuned(tmp_path_factory, labelled):
                "train.steps=60"]) == 0
   assert main(classifier_args(root / "classifier", root / "mlm", labelled, "train.steps=120")) == 0
   return root / "mlm", root / "classifier"
-
-
-def rows(run_dir):
-  return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_a_classifier_fine_tuned_from_an_mlm_run_beats_the_majority_label(fine_tuned, labelled):
@@ -198,24 +195,6 @@ HF_CLASSIFIERS = {
 }
 
 
-def padded_inputs(vocab_size: int, pad_id: int):
-  """ids [3, 9] clear of special ids, rows 1 and 2 right-padded (the pad id only there)."""
-  ids = np.random.default_rng(0).integers(3, vocab_size, (3, 9)).astype(np.int64)
-  mask = np.ones_like(ids)
-  mask[1, 6:] = mask[2, 3:] = 0
-  return np.where(mask == 1, ids, pad_id), mask
-
-
-def assert_same_logits(hf_model, model, params):
-  ids, mask = padded_inputs(hf_model.config.vocab_size, hf_model.config.pad_token_id or 0)
-  with torch.no_grad():
-    expected = hf_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
-  got = model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
-                    attention_mask=jnp.asarray(mask, jnp.int32))
-  assert got.shape == expected.shape == (3, model.config.num_labels)
-  np.testing.assert_allclose(np.asarray(got), expected.numpy(), **TOL)
-
-
 @pytest.mark.parametrize("name", list(HF_CLASSIFIERS))
 def test_an_imported_hf_classifier_gives_the_logits_of_transformers(tmp_path, name):
   cls, config_cls, kwargs = HF_CLASSIFIERS[name]
@@ -305,38 +284,6 @@ def test_a_decoder_from_a_hugging_face_directory_fine_tunes_into_a_gpt2_classifi
   hf_config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert hf_config["architectures"] == ["GPT2ForSequenceClassification"]
   assert hf_config["pad_token_id"] == 0  # lmjax's <pad>, never a token of the text
-
-
-def fine_tune_from_hf(tmp_path, labelled, preset: str) -> None:
-  """Six steps of a `preset` classifier (sizes from tmp_path/hf) from the HF directory
-  tmp_path/hf, into tmp_path/run, with its losses checked finite."""
-  assert main(["train", "tiny-bert", "--run-dir", str(tmp_path / "run"), "--set",
-               f"model.preset={preset}", f"model.init_from={tmp_path / 'hf'}",
-               "model.head=classification", f"data.tokenizer={tmp_path / 'hf'}",
-               "data.source=jsonl", f"data.paths=[{labelled}]", "data.eval_fraction=0.2",
-               "train.seq_len=32", "train.batch_size=8", "train.steps=6", "train.log_every=1",
-               "train.eval_every=6", "train.learning_rate=1e-3"]) == 0
-  losses = [r["loss"] for r in rows(tmp_path / "run") if "loss" in r]
-  assert len(losses) == 6 and all(np.isfinite(losses))
-
-
-def assert_exports_and_predicts_as_transformers(tmp_path, capsys, architecture: str) -> None:
-  """tmp_path/run exports as `architecture` with its label names, and `lmjax predict --hf`
-  on the export agrees with transformers' text-classification pipeline."""
-  assert main(["convert", "lmjax-to-hf", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
-  hf_config = json.loads((tmp_path / "out" / "config.json").read_text())
-  assert hf_config["architectures"] == [architecture]
-  assert hf_config["id2label"] == {"0": "docstring", "1": "reference"}
-  pipe = transformers.pipeline("text-classification", model=str(tmp_path / "out"))
-  texts = ["Return a new list of the items.", "An expression statement evaluates the list."]
-  capsys.readouterr()
-  assert main(["predict", "--hf", str(tmp_path / "out"), *sum((["--text", t] for t in texts), [])
-               ]) == 0
-  ours = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert len(ours) == len(texts)
-  for theirs, mine in zip(pipe(texts), ours):
-    assert theirs["label"] == mine["label"]
-    assert theirs["score"] == pytest.approx(mine["score"], abs=1e-5)
 
 
 def test_a_distilbert_from_a_hugging_face_directory_fine_tunes_and_predicts_as_transformers(

@@ -1,34 +1,15 @@
 """The `lmjax` command as a user runs it: outputs, exit codes and the messages for mistakes."""
 
-import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 
-from lmjax.cli import main
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.run import RunDir
-
-
-def run_cli(capsys, *argv):
-  code = main(list(argv))
-  out, err = capsys.readouterr()
-  return code, out, err
-
-
-def tree_digest(path):
-  """A digest of every file under `path` (names and bytes), to prove nothing changed."""
-  digest = hashlib.sha256()
-  for root, _, files in sorted(os.walk(path)):
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      digest.update(full.encode())
-      digest.update(open(full, "rb").read())
-  return digest.hexdigest()
+from tests.helpers import run_cli, tree_digest
 
 
 @pytest.fixture(scope="module")

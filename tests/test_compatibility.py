@@ -24,7 +24,7 @@ from lmjax.convert.runs import run_to_hf  # noqa: E402
 from lmjax.model import Family  # noqa: E402
 from lmjax.run import RunDir  # noqa: E402
 from lmjax.train.loop import train  # noqa: E402
-from tests.test_convert import TOL  # noqa: E402
+from tests.hf_models import TOL  # noqa: E402
 
 ARCHIVE = pathlib.Path(__file__).parent / "data" / "runs_before_restructure.tar.gz"
 

@@ -12,12 +12,11 @@ transformers = pytest.importorskip("transformers")
 
 import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
-from lmjax.convert.loading import load  # noqa: E402
 from lmjax.generate import classify  # noqa: E402
-from lmjax.model.hf_tables import ARCHITECTURES  # noqa: E402
+from lmjax.hf.tables import ARCHITECTURES  # noqa: E402
 
 # Fields allowed to differ after a round trip, each for a reason. None today: an unchanged
-# model is written back in its source's words (lmjax.convert.source_config).
+# model is written back in its source's words (lmjax.hf.source_config).
 ALLOWED_DIFFERENCES: frozenset = frozenset()
 
 _DECODER = dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -118,8 +117,8 @@ def test_a_bare_model_and_params_export_says_what_it_cannot_know(tmp_path, caplo
 
 
 def test_a_changed_graph_keeps_the_sources_behaviour_fields_but_not_its_stale_graph_fields():
-  from lmjax.convert.source_config import merge_source_config
-  from lmjax.model.hf_config import hf_config_to_model_config, model_config_to_hf_config
+  from lmjax.hf.source_config import merge_source_config
+  from lmjax.hf.config import hf_config_to_model_config, model_config_to_hf_config
   import dataclasses
   source = hf_config("qwen3", "Qwen3ForCausalLM").to_dict()
   config = hf_config_to_model_config(source)

@@ -8,19 +8,13 @@ import torch
 import transformers
 
 import lmjax
-from lmjax.cli import main
 from lmjax.config import load_config
 from lmjax.data.sources import builtin_corpus
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.train.init_from import merge_params
 from lmjax.train.loop import train
 from tests.conftest import TINY
-
-
-def run_cli(capsys, *argv):
-  code = main([str(a) for a in argv])
-  out, err = capsys.readouterr()
-  return code, out, err
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def test_import_generate_verify_and_export_a_hugging_face_model(hf_gpt2, tmp_pat
 
 
 def test_a_qwen3_model_imports_verifies_and_exports_as_qwen3(tmp_path, capsys):
-  from tests.test_convert import build_hf
+  from tests.hf_models import build_hf
   hf_dir, run_dir, exported = tmp_path / "hf", tmp_path / "run", tmp_path / "exported"
   build_hf("qwen3").save_pretrained(hf_dir)
   code, out, _ = run_cli(capsys, "convert", "hf-to-lmjax", hf_dir, run_dir)

@@ -19,8 +19,8 @@ pytest.importorskip("transformers")
 import lmjax  # noqa: E402
 from lmjax.config import load_config  # noqa: E402
 from lmjax.convert import from_hf, to_hf  # noqa: E402
-from lmjax.convert.bindings import flatten  # noqa: E402
-from lmjax.convert.engine import export_params  # noqa: E402
+from lmjax.hf.bindings import flatten  # noqa: E402
+from lmjax.hf.engine import export_params  # noqa: E402
 from lmjax.convert.runs import hf_to_run, run_to_hf  # noqa: E402
 from lmjax.run.checkpointer import Checkpointer  # noqa: E402
 from lmjax.run.inspection import inspect_checkpoints  # noqa: E402
@@ -28,7 +28,7 @@ from lmjax.run.record import CheckpointRecord, TrainState  # noqa: E402
 from lmjax.run.streamed_arrays import DeferredArray  # noqa: E402
 from lmjax.train.loop import train  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
-from tests.test_convert import LMJAX_CASES, build_hf, random_lmjax, read_tensors  # noqa: E402
+from tests.hf_models import LMJAX_CASES, build_hf, random_lmjax, read_tensors  # noqa: E402
 
 
 class HeldArrays:

@@ -30,16 +30,11 @@ from lmjax.generate import continuation_log_likelihoods  # noqa: E402
 from lmjax import perplexity  # noqa: E402
 from lmjax.perplexity import window_requests  # noqa: E402
 from tests.processes import cpu_env  # noqa: E402
-from tests.test_convert import build_hf  # noqa: E402
+from tests.helpers import run_cli  # noqa: E402
+from tests.hf_models import build_hf  # noqa: E402
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 CONTEXT = 48  # the GPT-2's n_positions: documents below run past it
-
-
-def run_cli(capsys, *argv):
-  code = main([str(a) for a in argv])
-  out, err = capsys.readouterr()
-  return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -123,8 +123,7 @@ def test_an_imported_gemma2_classifier_gives_the_logits_of_transformers(tmp_path
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   from lmjax.convert import from_hf, to_hf
-  from tests.test_classification import assert_same_logits
-  from tests.test_convert import _GEMMA2, randomise, read_tensors
+  from tests.hf_models import _GEMMA2, assert_same_logits, randomise, read_tensors
   config = transformers.Gemma2Config(**{**_GEMMA2, "final_logit_softcapping": 0.5},
                                      pad_token_id=0, num_labels=3)
   hf_model = randomise(transformers.Gemma2ForSequenceClassification(config))
@@ -142,8 +141,7 @@ def test_an_imported_gemma2_classifier_gives_the_logits_of_transformers(tmp_path
 def test_an_exported_gemma2_classifier_gives_its_logits_in_transformers(tmp_path):
   transformers = pytest.importorskip("transformers")
   from lmjax.convert import from_hf, to_hf
-  from tests.test_classification import assert_same_logits
-  from tests.test_convert import random_lmjax
+  from tests.hf_models import assert_same_logits, random_lmjax
   config = small(vocab_size=89, head=Head.CLASSIFICATION, num_labels=2, scan_layers=False)
   model, params = random_lmjax(config)
   to_hf(model, params, tmp_path / "hf", config_overrides={"pad_token_id": 0})

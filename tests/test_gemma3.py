@@ -3,7 +3,7 @@ beside global layers with linear RoPE scaling, against transformers' Gemma3ForCa
 Gemma3TextModel and Gemma3TextForSequenceClassification both ways (logits within 1e-4, bit-exact
 round trips, greedy text past the window), plus the options it refuses by name.
 
-Every HF model is a tiny random `transformers` model (tests/test_convert.py's helpers); nothing
+Every HF model is a tiny random `transformers` model (tests/hf_models.py's helpers); nothing
 is downloaded.
 """
 
@@ -23,10 +23,9 @@ from lmjax.generate import generate  # noqa: E402
 from lmjax.model import (Head, ModelConfig, RopeScaling, Transformer, init_cache,  # noqa: E402
                          preset, unrolled)
 from lmjax.model.layers import layer_inverse_frequencies, rope_inverse_frequencies  # noqa: E402
-from tests.test_classification import assert_same_logits  # noqa: E402
-from tests.test_convert import (TOL, assert_round_trips_bit_for_bit, assert_same_outputs,  # noqa: E402
-                                cached_hf_dirs, copy_config, randomise, random_lmjax)
-from tests.test_generation_parity import NEW, PAD, hf_greedy, with_unit_norm_gains  # noqa: E402
+from tests.hf_models import (NEW, PAD, TOL, assert_round_trips_bit_for_bit,  # noqa: E402
+                             assert_same_logits, assert_same_outputs, cached_hf_dirs, copy_config,
+                             hf_greedy, randomise, random_lmjax, with_unit_norm_gains)
 
 # Odd sizes, grouped heads of a size apart from the width, a window shorter than the inputs on
 # three of four layers, a query scale apart from the head size, a final soft-cap that binds, and

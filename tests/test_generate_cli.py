@@ -17,15 +17,10 @@ from lmjax.convert.loading import load_model  # noqa: E402
 from lmjax.data.sources import builtin_corpus  # noqa: E402
 from lmjax.data.tokenizer import Tokenizer  # noqa: E402
 from lmjax.generate import generate  # noqa: E402
+from tests.helpers import run_cli  # noqa: E402
 
 PROMPT = "The object"
 GREEDY = ["--temperature", 0, "--max-new-tokens", 24]
-
-
-def run_cli(capsys, *argv):
-  code = main([str(a) for a in argv])
-  out, err = capsys.readouterr()
-  return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +261,7 @@ def test_prompt_and_input_are_exclusive(hf_gpt2, tmp_path):
 
 
 def test_a_masked_lm_is_refused_before_anything_about_its_positions(tmp_path, capsys):
-  from tests.test_convert import build_hf
+  from tests.hf_models import build_hf
   build_hf("bert_mlm").save_pretrained(tmp_path)
   Tokenizer.byte_level().save(tmp_path)
   code, _, err = run_cli(capsys, "generate", "--hf", tmp_path, "--prompt", "The")

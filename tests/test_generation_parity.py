@@ -1,6 +1,6 @@
 """Greedy decoding against transformers' `generate`, token for token, for every causal family.
 
-Each family is a tiny random HF model (tests/test_convert.py's `HF_CASES`, every weight
+Each family is a tiny random HF model (tests/hf_models.py's `HF_CASES`, every weight
 randomised), saved and converted with `from_hf`. Prompts of mixed lengths go in one batch: HF
 pads them on the left with an attention mask, lmjax pads them its own way. Every prompt starts
 with the pad id, so that HF, which counts its left padding as seen tokens for the repetition
@@ -15,25 +15,11 @@ pytest.importorskip("transformers")
 
 from lmjax.convert import from_hf  # noqa: E402
 from lmjax.generate import generate  # noqa: E402
-from tests.test_convert import build_hf  # noqa: E402
+from tests.hf_models import NEW, PAD, build_hf, hf_greedy, with_unit_norm_gains  # noqa: E402
 
 CAUSAL = ["gpt2_lm", "llama", "llama_tied", "mistral", "qwen2", "qwen3", "qwen3_tied",
           "mistral_window", "qwen2_window", "qwen3_window",  # windows shorter than the prompts
           "gemma2", "gemma2_untied", "mixtral", "qwen3_moe"]
-NEW = 12
-PAD = 3
-
-
-def with_unit_norm_gains(hf_model, seed: int = 0):
-  """`hf_model` with its norms' gains drawn from [0.8, 1.2] instead of randomise's [-0.5, 0.5]:
-  gains near zero squash the final hidden state, and greedy decoding then repeats one or two
-  tokens (GPT-2's batch holds 3 distinct ids), which would make the comparisons below weak."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for module in hf_model.modules():
-      if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
-        module.weight.uniform_(0.8, 1.2)
-  return hf_model
 
 
 @pytest.fixture(scope="module", params=CAUSAL)
@@ -48,22 +34,6 @@ def family(request, tmp_path_factory):
   vocab = model.config.vocab_size
   prompts = [[PAD] + rng.integers(4, vocab, length).tolist() for length in (6, 2, 10)]
   return request.param, hf_model, model, params, prompts
-
-
-def hf_greedy(hf_model, prompts, eos=(), **kwargs) -> list[list[int]]:
-  """transformers' greedy continuations of `prompts`, left-padded in one batch, each cut after
-  its first id of `eos` (HF pads the rows that ended)."""
-  length = max(map(len, prompts))
-  ids = torch.tensor([[PAD] * (length - len(p)) + p for p in prompts])
-  mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
-  with torch.no_grad():
-    out = hf_model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
-                            pad_token_id=PAD, eos_token_id=list(eos) or None, **kwargs)
-  rows = []
-  for row in out[:, length:].tolist():
-    ends = [i for i, t in enumerate(row) if t in eos]
-    rows.append(row[:ends[0] + 1] if ends else row)
-  return rows
 
 
 def test_greedy_batch_of_mixed_lengths_matches_transformers(family):

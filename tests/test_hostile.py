@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.conftest import TINY
-from tests.test_cli import tree_digest
+from tests.helpers import tree_digest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEADLINE = 240  # seconds; a hang (the failure mode these tests guard against) fails the test

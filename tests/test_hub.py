@@ -13,8 +13,8 @@ import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
 from lmjax.config import load_config  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
-from lmjax.hub import resolve_hf_dir  # noqa: E402
-from tests.test_convert import HF_CASES, randomise  # noqa: E402
+from lmjax.hf.hub import resolve_hf_dir  # noqa: E402
+from tests.hf_models import HF_CASES, randomise  # noqa: E402
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TAGGED = "fedcba9876543210fedcba9876543210fedcba98"

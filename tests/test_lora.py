@@ -402,7 +402,7 @@ def test_an_adapter_for_another_base_is_refused_naming_the_shapes(lora_run, tmp_
                                            ("qwen3", {"head_dim": 6})],
                          ids=["mistral", "qwen2", "qwen3"])
 def test_mistral_and_qwen_adapters_export_merged_and_as_peft(tmp_path, family, extra):
-  from lmjax.convert.adapters import export_peft, without_lora
+  from lmjax.hf.adapters import export_peft, without_lora
   config = ModelConfig.for_family(family, vocab_size=61, num_layers=2, embed_dim=24, num_heads=6,
                                   num_kv_heads=2, mlp_dim=40, max_seq_len=32,
                                   lora=LoraConfig(rank=3, alpha=6.0), **extra)

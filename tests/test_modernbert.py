@@ -5,7 +5,7 @@ ModernBertForSequenceClassification both ways (logits within 1e-4, bit-exact rou
 fill-mask), fine-tuned from an MLM checkpoint into a classifier as transformers does, trained
 on a sharded mesh (tests/test_sharding.py), and the options it refuses by name.
 
-Every HF model is a tiny random `transformers` model (tests/test_convert.py's helpers); nothing
+Every HF model is a tiny random `transformers` model (tests/hf_models.py's helpers); nothing
 is downloaded.
 """
 
@@ -29,12 +29,10 @@ from lmjax.model import Activation, Family, Head, ModelConfig, preset  # noqa: E
 from lmjax.model.config import LoraConfig  # noqa: E402
 from lmjax.model.options import ClassifierPooling, Norm, NormPosition  # noqa: E402
 from lmjax.model.transformer import param_shapes  # noqa: E402
-from tests.test_classification import (assert_exports_and_predicts_as_transformers,  # noqa: E402
-                                       assert_same_logits, fine_tune_from_hf)
-from tests.test_convert import (assert_fill_mask_matches,  # noqa: E402
-                                assert_round_trips_bit_for_bit, assert_same_outputs,
-                                cached_hf_dirs, copy_config, randomise, random_lmjax,
-                                read_tensors)
+from tests.hf_models import (assert_exports_and_predicts_as_transformers,  # noqa: E402
+                             assert_fill_mask_matches, assert_round_trips_bit_for_bit,
+                             assert_same_logits, assert_same_outputs, cached_hf_dirs, copy_config,
+                             fine_tune_from_hf, randomise, random_lmjax, read_tensors)
 
 # Odd sizes; every third layer global from layer 0 (global_attn_every_n_layers=3), the others
 # seeing keys at most 3 slots away on either side (local_attention=6), shorter than the inputs;

@@ -16,7 +16,7 @@ import pytest
 from lmjax.data.spec import Objective
 from lmjax.errors import UserError
 from lmjax.model import ModelConfig, Transformer
-from lmjax.model.hf_config import hf_config_to_model_config, model_config_to_hf_config
+from lmjax.hf.config import hf_config_to_model_config, model_config_to_hf_config
 from lmjax.model.moe import MoeMlp, dense_moe, load_balancing_loss, route
 from lmjax.model.moe_config import MoeConfig
 from lmjax.run.record import TrainState

@@ -16,6 +16,7 @@ from lmjax.data.sources import builtin_corpus
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from tests.conftest import TINY
+from tests.helpers import run_cli
 
 TEXTS = [
     "Hello world", "  two leading spaces", " one", "trailing  \n", "lines\nand\n\nblank lines\n",
@@ -48,12 +49,6 @@ def unigram_model(tmp_path_factory):
 def bpe_model(tmp_path_factory):
   """BPE with sentencepiece's defaults: NFKC normalisation, whitespace folding, unknowns."""
   return train_sentencepiece(tmp_path_factory.mktemp("bpe"), vocab_size=320, model_type="bpe")
-
-
-def run_cli(capsys, *argv):
-  code = main([str(a) for a in argv])
-  out, err = capsys.readouterr()
-  return code, out, err
 
 
 # -- the tokenizer ---------------------------------------------------------------------------

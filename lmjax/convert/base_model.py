@@ -18,7 +18,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from lmjax.config import is_run_directory
-from lmjax.convert.engine import from_hf
+from lmjax.hf.engine import from_hf
 from lmjax.errors import UserError
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.lora import merge_lora

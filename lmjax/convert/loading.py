@@ -7,7 +7,7 @@
 
 Every inference command (generate, eval, score, eval-harness) loads through here, so they read
 the same weights, tokenizer and `generation_config.json` the same way; an HF directory may be a hub id in the local
-cache (lmjax.hub).
+cache (lmjax.hf.hub).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import jax.numpy as jnp
 
 from lmjax.config import is_run_directory
 from lmjax.convert.base_model import load_run
-from lmjax.convert.engine import from_hf, read_hf_config, write_hf
+from lmjax.hf.engine import from_hf, read_hf_config, write_hf
 from lmjax.convert.runs import export_fields
-from lmjax.convert.tokenizer_files import tokenizer_file_names
+from lmjax.hf.tokenizer_files import tokenizer_file_names
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
-from lmjax.hub import resolve_hf_dir
+from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import ModelConfig, Transformer
 from lmjax.run import RunDir
 
@@ -47,7 +47,7 @@ class Loaded:
   tokenizer: Tokenizer | None  # None only from `load` of a directory without tokenizer files
   directory: pathlib.Path  # the run or HF directory it came from
   is_run: bool
-  # What a ModelConfig does not hold, for an export (lmjax.convert.source_config): the source's
+  # What a ModelConfig does not hold, for an export (lmjax.hf.source_config): the source's
   # config.json (a run's: the one it was imported or fine-tuned from, with its tokenizer's
   # special-token ids and its label names), its generation_config.json, and the pad token a
   # decoder classifier's exported tokenizer must name.
@@ -162,7 +162,7 @@ def to_hf(model: Transformer | Loaded, params: Any = None, out_dir: str | os.Pat
   config and tokenizer files. A bare (model, params) has no source: pass `source_config` (a
   config.json dict) and `tokenizer_dir`, or its config.json lacks the special-token ids, label
   names and dropout rates a ModelConfig does not hold (a warning says so). See
-  lmjax.convert.engine.write_hf for dtypes, shards and LoRA.
+  lmjax.hf.engine.write_hf for dtypes, shards and LoRA.
   """
   generation, pad_token = None, None
   if isinstance(model, Loaded):

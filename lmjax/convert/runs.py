@@ -25,19 +25,19 @@ from flax import traverse_util
 
 from lmjax.config import Config, TrainConfig
 from lmjax.data.config import DataConfig
-from lmjax.convert.adapters import export_peft
+from lmjax.hf.adapters import export_peft
 from lmjax.convert.base_model import frozen_params
-from lmjax.convert.bindings import unflatten
-from lmjax.convert.engine import HfWeights, export_params
-from lmjax.convert.peft_import import read_peft
-from lmjax.convert.tokenizer_files import copy_tokenizer_files
+from lmjax.hf.bindings import unflatten
+from lmjax.hf.engine import HfWeights, export_params
+from lmjax.hf.peft_import import read_peft
+from lmjax.hf.tokenizer_files import copy_tokenizer_files
 from lmjax.data.sentencepiece_tokenizer import model_file_in
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_directory, read_json_object, staged_directory
-from lmjax.hub import resolve_hf_dir
+from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import Head, param_shapes
-from lmjax.model.hf_config import hf_labels
+from lmjax.hf.config import hf_labels
 from lmjax.model.trainable import frozen_dtype, split
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.load import open_checkpoints, restore_step
@@ -49,7 +49,7 @@ from lmjax.version import __version__
 log = logging.getLogger(__name__)
 
 # The source's config.json and generation_config.json, kept for what a ModelConfig does not
-# hold (special token ids, label names, dropouts, sampling defaults; lmjax.convert.source_config).
+# hold (special token ids, label names, dropouts, sampling defaults; lmjax.hf.source_config).
 HF_CONFIG_COPY = "hf_config.json"
 HF_GENERATION_COPY = "hf_generation_config.json"
 
@@ -61,7 +61,7 @@ def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
 
   Each param is made from its HF tensors only when the checkpoint writes it: memory holds one
   param (a stacked one: all its layers) and its compressed copy, not the model. `adapter`, a
-  PEFT LoRA adapter directory for this model, is attached (lmjax.convert.peft_import).
+  PEFT LoRA adapter directory for this model, is attached (lmjax.hf.peft_import).
   """
   hf_dir = resolve_hf_dir(hf_dir, what="HF_DIR")
   with HfWeights(hf_dir, scan_layers=scan_layers, allow_pickle=allow_pickle) as weights:
@@ -128,7 +128,7 @@ def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: in
 def run_to_peft(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                 step: int | None = None, base_model: str | None = None) -> None:
   """Exports a LoRA run's adapters (default: the newest checkpoint that reads) as a PEFT
-  adapter directory for the base model's Hugging Face export (lmjax.convert.adapters);
+  adapter directory for the base model's Hugging Face export (lmjax.hf.adapters);
   `base_model` (default: the run's `model.init_from`) names it in adapter_config.json."""
   run = RunDir(run_dir)
   config = run.require_config()

@@ -17,10 +17,10 @@ from typing import Any, Mapping
 from lmjax.errors import UserError
 from lmjax.model.config import (Activation, ClassifierPooling, Family, Head, ModelConfig,
                                 RopeScaling)
-from lmjax.model.hf_export import (export_model_type, model_config_to_hf_config,
+from lmjax.hf.config_export import (export_model_type, model_config_to_hf_config,
                                    roberta_head_activation)
 from lmjax.model.moe_config import MoeConfig
-from lmjax.model.hf_tables import ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS, ENCODERS, MODEL_TYPES
+from lmjax.hf.tables import ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS, ENCODERS, MODEL_TYPES
 
 def _supported(names) -> str:
   return ", ".join(sorted(names))

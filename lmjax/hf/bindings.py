@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from lmjax.convert.key_maps import KeyMap
-from lmjax.convert.transforms import Transform, hf_shape
+from lmjax.hf.key_maps import KeyMap
+from lmjax.hf.transforms import Transform, hf_shape
 from lmjax.errors import UserError
 from lmjax.model import ModelConfig, param_shapes
 

@@ -27,18 +27,18 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from lmjax.convert.adapters import merged_view
-from lmjax.convert.bindings import (Binding, abstract_params, bind, flatten, param_groups,
+from lmjax.hf.adapters import merged_view
+from lmjax.hf.bindings import (Binding, abstract_params, bind, flatten, param_groups,
                                     unflatten)
-from lmjax.convert.key_maps import KEY_MAPS, KeyMap
-from lmjax.convert.safetensors_files import CheckpointReader, TensorEntry, write_safetensors
-from lmjax.convert.source_config import merge_source_config
-from lmjax.convert.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
+from lmjax.hf.key_maps import KEY_MAPS, KeyMap
+from lmjax.hf.safetensors_files import CheckpointReader, TensorEntry, write_safetensors
+from lmjax.hf.source_config import merge_source_config
+from lmjax.hf.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
 from lmjax.errors import UserError
 from lmjax.files import read_json_object, staged_directory
-from lmjax.hub import resolve_hf_dir
+from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import Family, Head, ModelConfig, Transformer
-from lmjax.model.hf_config import (hf_config_to_model_config, model_config_to_hf_config,
+from lmjax.hf.config import (hf_config_to_model_config, model_config_to_hf_config,
                                    model_type_of)
 
 CONFIG_FILE = "config.json"
@@ -167,7 +167,7 @@ class HfWeights:
 
 def from_hf(hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32, scan_layers: bool = True,
             allow_pickle: bool = False) -> tuple[Transformer, dict[str, Any]]:
-  """A Hugging Face model directory (or hub id in the local cache, lmjax.hub) -> (Transformer,
+  """A Hugging Face model directory (or hub id in the local cache, lmjax.hf.hub) -> (Transformer,
   params) computing the same function.
 
   Params are `dtype` (float32 by default; bfloat16 keeps a bf16 checkpoint bit for bit) jax
@@ -261,11 +261,11 @@ def write_hf(model: Transformer, params: Mapping[str, Any], out_dir: str | os.Pa
   shards of at most `max_shard_size` bytes plus model.safetensors.index.json, in `dtype`
   ("float32" or "bfloat16"; default: the params' dtype), and copies the tokenizer files of
   `tokenizer_dir`. A LoRA model is written with its adapters merged into the weights
-  (lmjax.convert.adapters; `lmjax convert lmjax-to-peft` writes them alone).
+  (lmjax.hf.adapters; `lmjax convert lmjax-to-peft` writes them alone).
 
   config.json keeps every field of `source_config` (the config.json the model came from) that
   still describes the exported graph: special token ids, label names, dropout rates and the
-  rest a ModelConfig does not hold (lmjax.convert.source_config); `generation` (the source's
+  rest a ModelConfig does not hold (lmjax.hf.source_config); `generation` (the source's
   generation_config.json) is written as it is. `config_overrides` are merged in last (e.g.
   {"eos_token_id": 2}). Nothing appears at `out_dir` unless the whole conversion succeeds.
   The public `lmjax.to_hf` (lmjax.convert.loading) also takes a loaded model with its source.

@@ -9,7 +9,7 @@ from typing import Any
 from lmjax.errors import UserError
 from lmjax.model.config import (FAMILY_DEFAULTS, Activation, ClassifierPooling, Family, Head,
                                 ModelConfig, PoolerActivation, RopeScaling)
-from lmjax.model.hf_tables import ACTIVATION_NAMES, ARCHITECTURES, ENCODERS
+from lmjax.hf.tables import ACTIVATION_NAMES, ARCHITECTURES, ENCODERS
 
 
 def export_model_type(config: ModelConfig) -> str:

@@ -25,7 +25,7 @@ import logging
 from typing import Any, Mapping
 
 from lmjax.errors import UserError
-from lmjax.model.hf_config import hf_config_to_model_config
+from lmjax.hf.config import hf_config_to_model_config
 
 log = logging.getLogger(__name__)
 

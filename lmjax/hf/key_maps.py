@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lmjax.convert.transforms import (BIAS_TO_HEADS, CONV1D_FROM_HEADS, FUSED_GATE_UP_BIAS,
+from lmjax.hf.transforms import (BIAS_TO_HEADS, CONV1D_FROM_HEADS, FUSED_GATE_UP_BIAS,
                                       FUSED_QKV_BIAS, FUSED_QKV_KERNEL, IDENTITY,
                                       LINEAR_FROM_HEADS, LINEAR_FUSED_GATE_UP_KERNEL,
                                       LINEAR_FUSED_QKV_KERNEL, LINEAR_TO_HEADS, TRANSPOSE,

@@ -19,12 +19,12 @@ import time
 import numpy as np
 
 from lmjax.config import load_config
-from lmjax.data.batches import pack_for
-from lmjax.data.corpus import Corpus
-from lmjax.data.pipeline import BatchIterator
+from lmjax.data.pipeline.batches import pack_for
+from lmjax.data.pipeline.corpus import Corpus
+from lmjax.data.pipeline.grain_pipeline import BatchIterator
 from lmjax.data.rows import MemoryRows
-from lmjax.data.sources import read_documents
-from lmjax.data.tokenizer_setup import build_tokenizer
+from lmjax.data.sources.documents import read_documents
+from lmjax.data.tokenize.setup import build_tokenizer
 from lmjax.train.inputs import batch_sources, batch_spec, load_corpus, prepare_data
 from lmjax.train.loop import train
 

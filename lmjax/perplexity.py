@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lmjax.data.config import DataConfig
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import read_json_lines
 from lmjax.generate import continuation_log_likelihoods

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from lmjax.config import load_config
-from lmjax.data.pipeline import BatchIterator
+from lmjax.data.pipeline.grain_pipeline import BatchIterator
 from lmjax.sharding import mesh_rules
 from lmjax.train.inputs import batch_sources, load_corpus
 from lmjax.train.multihost import initialize_distributed

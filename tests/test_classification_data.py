@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from lmjax.config import load_config
-from lmjax.data.classification import (encode_examples, example_tokenizer, label_set,
+from lmjax.data.examples.classification import (encode_examples, example_tokenizer, label_set,
                                        stratified_split)
-from lmjax.data.examples import Fields, read_examples
-from lmjax.data.sources import ReadStats
+from lmjax.data.examples.labelled import Fields, read_examples
+from lmjax.data.sources.documents import ReadStats
 from lmjax.data.spec import BatchSpec, Objective
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.train.inputs import batch_sources, batch_spec, load_corpus
 from tests.conftest import TINY

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.run import RunDir
 from tests.helpers import run_cli, tree_digest
 
@@ -114,7 +114,7 @@ def test_tokenizer_train_writes_a_tokenizer_that_training_then_uses(tmp_path, ca
   code, text, _ = run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", str(out),
                           "--vocab-size", "300")
   assert code == 0 and f"data.tokenizer={out}" in text
-  from lmjax.data.tokenizer import Tokenizer
+  from lmjax.data.tokenize.tokenizer import Tokenizer
   assert Tokenizer.load(out).vocab_size <= 300
   overrides = [o for o in tiny if not o.startswith("data.tokenizer")]
   code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", str(tmp_path / "run"), "--set",

@@ -9,8 +9,8 @@ import transformers
 
 import lmjax
 from lmjax.config import load_config
-from lmjax.data.sources import builtin_corpus
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.sources.documents import builtin_corpus
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.train.init_from import merge_params
 from lmjax.train.loop import train
 from tests.conftest import TINY

@@ -23,8 +23,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noq
 
 from lmjax.cli import main  # noqa: E402
 from lmjax.convert import from_hf  # noqa: E402
-from lmjax.data.sources import builtin_corpus  # noqa: E402
-from lmjax.data.tokenizer import Tokenizer  # noqa: E402
+from lmjax.data.sources.documents import builtin_corpus  # noqa: E402
+from lmjax.data.tokenize.tokenizer import Tokenizer  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 from lmjax.generate import continuation_log_likelihoods  # noqa: E402
 from lmjax import perplexity  # noqa: E402

@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 from lmjax.cli import main  # noqa: E402
 from lmjax.complete import GenerationSettings, complete, stable_prefix  # noqa: E402
 from lmjax.convert.loading import load_model  # noqa: E402
-from lmjax.data.sources import builtin_corpus  # noqa: E402
-from lmjax.data.tokenizer import Tokenizer  # noqa: E402
+from lmjax.data.sources.documents import builtin_corpus  # noqa: E402
+from lmjax.data.tokenize.tokenizer import Tokenizer  # noqa: E402
 from lmjax.generate import generate  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 

@@ -11,12 +11,12 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from lmjax.config import load_config  # noqa: E402
-from lmjax.data.dataset_rows import DatasetRows  # noqa: E402
-from lmjax.data.examples import Fields, read_examples  # noqa: E402
-from lmjax.data.hf_datasets_source import TextColumn  # noqa: E402
-from lmjax.data.pipeline import BatchIterator  # noqa: E402
+from lmjax.data.pipeline.dataset_rows import DatasetRows  # noqa: E402
+from lmjax.data.examples.labelled import Fields, read_examples  # noqa: E402
+from lmjax.data.sources.hf_datasets import TextColumn  # noqa: E402
+from lmjax.data.pipeline.grain_pipeline import BatchIterator  # noqa: E402
 from lmjax.data.rows import ConcatenatedRows  # noqa: E402
-from lmjax.data.sources import builtin_corpus, read_documents  # noqa: E402
+from lmjax.data.sources.documents import builtin_corpus, read_documents  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 from lmjax.train.inputs import batch_sources, load_corpus  # noqa: E402
 from lmjax.train.loop import train  # noqa: E402

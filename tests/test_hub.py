@@ -25,8 +25,8 @@ def hub_cache(tmp_path, monkeypatch):
   """A cache holding org/tiny-llama at `main` and at tag v2 (another snapshot)."""
   import transformers
 
-  from lmjax.data.sources import builtin_corpus
-  from lmjax.data.tokenizer import Tokenizer
+  from lmjax.data.sources.documents import builtin_corpus
+  from lmjax.data.tokenize.tokenizer import Tokenizer
   tokenizer = Tokenizer.train_bpe(builtin_corpus()[:10], vocab_size=300)
   config = transformers.LlamaConfig(**{**HF_CASES["llama"][2], "vocab_size": 300})
   cache = tmp_path / "hub"

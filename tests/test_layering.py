@@ -33,12 +33,13 @@ def copy_of_the_package(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("module, added, broken", [
-    ("data/packing.py", "from lmjax.model import Transformer", "The data layer knows no model"),
+    ("data/examples/packing.py", "from lmjax.model import Transformer", "The data layer knows no model"),
     ("convert/runs.py", "import lmjax.train.loop", "Conversion never imports the trainer"),
     ("hf/engine.py", "import lmjax.run.run_dir", "The Hugging Face format knows no runs"),
     ("model/layers.py", "from lmjax.sharding import MeshRules", "The model and the sharding"),
     # An import inside a function is an import all the same.
-    ("data/tokenizer.py", "def _late():\n  from lmjax.data import sentencepiece_tokenizer",
+    ("data/tokenize/tokenizer.py",
+     "def _late():\n  from lmjax.data.tokenize import sentencepiece_model",
      "No import cycles"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, added, broken):

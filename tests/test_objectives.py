@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lmjax.config import load_config
-from lmjax.data.masking import mask_tokens_for_mlm
+from lmjax.data.examples.masking import mask_tokens_for_mlm
 from lmjax.model import Transformer
 from lmjax.objectives import causal_lm_loss, cross_entropy_sums
 from lmjax.train.inputs import batch_sources, load_corpus

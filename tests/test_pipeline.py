@@ -12,9 +12,9 @@ import pytest
 
 from lmjax.cli import main as cli_main
 from lmjax.config import load_config
-from lmjax.data.packing import RowPacker, pack_documents
-from lmjax.data.pipeline import BatchIterator
-from lmjax.data.sources import ReadStats, read_documents
+from lmjax.data.examples.packing import RowPacker, pack_documents
+from lmjax.data.pipeline.grain_pipeline import BatchIterator
+from lmjax.data.sources.documents import ReadStats, read_documents
 from lmjax.errors import UserError
 from lmjax.train.inputs import batch_sources, load_corpus, prepare_data
 from lmjax.train.loop import train

@@ -19,9 +19,9 @@ transformers = pytest.importorskip("transformers")
 
 import lmjax  # noqa: E402
 from lmjax.config import load_config  # noqa: E402
-from lmjax.data.masking import mask_tokens_for_mlm  # noqa: E402
-from lmjax.data.sources import builtin_corpus  # noqa: E402
-from lmjax.data.tokenizer import Tokenizer  # noqa: E402
+from lmjax.data.examples.masking import mask_tokens_for_mlm  # noqa: E402
+from lmjax.data.sources.documents import builtin_corpus  # noqa: E402
+from lmjax.data.tokenize.tokenizer import Tokenizer  # noqa: E402
 from lmjax.sharding import mesh_rules  # noqa: E402
 from lmjax.train.setup import setup_step  # noqa: E402
 from lmjax.train.state import create_train_state  # noqa: E402

@@ -11,9 +11,9 @@ import sentencepiece
 
 import lmjax
 from lmjax.cli import main
-from lmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
-from lmjax.data.sources import builtin_corpus
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.sentencepiece_model import SentencePieceTokenizer
+from lmjax.data.sources.documents import builtin_corpus
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from tests.conftest import TINY
 from tests.helpers import run_cli

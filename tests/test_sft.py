@@ -9,11 +9,11 @@ import pytest
 
 from lmjax.cli import main
 from lmjax.config import load_config
-from lmjax.data.chat import DEFAULT_TEMPLATE, ChatTemplate, load_template, segments
+from lmjax.data.tokenize.chat import DEFAULT_TEMPLATE, ChatTemplate, load_template, segments
 from lmjax.data.config import BadRecords, DataConfig
-from lmjax.data.sft import pack_examples, tokenize_examples
-from lmjax.data.sources import ReadStats
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.examples.sft import pack_examples, tokenize_examples
+from lmjax.data.sources.documents import ReadStats
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.objectives import cross_entropy_sums, objective_loss, sft_targets
 from lmjax.data.spec import Objective

@@ -16,7 +16,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from lmjax.config import load_config
-from lmjax.data.sources import ReadStats, read_documents
+from lmjax.data.sources.documents import ReadStats, read_documents
 from lmjax.errors import UserError
 from lmjax.train.loop import train
 from tests.conftest import TINY
@@ -131,7 +131,7 @@ def test_training_reads_a_tfds_dataset(data_dir, tmp_path):
 # dataset is then refused with the install advice, and read once TensorFlow can be imported.
 FRESH_PROCESS = textwrap.dedent("""
     import sys
-    from lmjax.data.sources import ReadStats, read_documents
+    from lmjax.data.sources.documents import ReadStats, read_documents
     from lmjax.errors import UserError
     array_record, tfrecord = sys.argv[1:]
     docs = read_documents(source="tfds", paths=["lmjax_tiny_text"], data_dir=array_record)
@@ -162,7 +162,7 @@ def test_array_record_needs_no_tensorflow_and_tfrecord_says_how_to_get_it(data_d
 
 
 def test_a_classifier_trains_on_tfds_labels_with_a_held_out_split(data_dir, tmp_path, tiny):
-  from lmjax.data.examples import Fields, read_examples
+  from lmjax.data.examples.labelled import Fields, read_examples
   examples = read_examples("tfds", ["lmjax_tiny_text:1.0.0"], fields=Fields(), split="train",
                            data_dir=data_dir)
   assert sorted(zip(examples.texts, examples.labels)) == sorted(

@@ -11,9 +11,9 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from lmjax.cli import main
 from lmjax.config import load_config
-from lmjax.data.classification import encode_texts, example_tokenizer
+from lmjax.data.examples.classification import encode_texts, example_tokenizer
 from lmjax.data.spec import BatchSpec, Objective
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.train.inputs import load_corpus
 from tests.conftest import TINY
 from tests.labelled_text import two_corpora

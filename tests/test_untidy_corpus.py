@@ -9,8 +9,8 @@ import pytest
 
 from lmjax.cli import main
 from lmjax.config import load_config
-from lmjax.data.globs import glob_files
-from lmjax.data.sources import ReadStats, keep_tokenized, read_documents
+from lmjax.data.sources.globs import glob_files
+from lmjax.data.sources.documents import ReadStats, keep_tokenized, read_documents
 from lmjax.errors import UserError
 from lmjax.train.inputs import load_corpus
 from tests.conftest import TINY
@@ -164,7 +164,7 @@ def test_training_on_an_untidy_tree_through_the_cli(tmp_path, capsys):
 
 
 def test_a_labelled_glob_leaves_out_empty_files(tmp_path):
-  from lmjax.data.examples import Fields, read_examples
+  from lmjax.data.examples.labelled import Fields, read_examples
   (tmp_path / "a.jsonl").write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": 0}\n')
   (tmp_path / "b.jsonl").write_text("")
   stats = ReadStats()

@@ -23,8 +23,8 @@ from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import runs, verify
 from lmjax.convert.loading import load_model
 from lmjax.data.config import DataConfig
-from lmjax.data.sources import ReadStats, iter_sources
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.sources.documents import ReadStats, iter_sources
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.generate import fill_mask

@@ -27,7 +27,7 @@ from lmjax.convert.base_model import load_run
 from lmjax.hf.engine import from_hf, read_hf_config, write_hf
 from lmjax.convert.runs import export_fields
 from lmjax.hf.tokenizer_files import tokenizer_file_names
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import ModelConfig, Transformer
@@ -73,7 +73,7 @@ class Loaded:
   @property
   def chat_template(self) -> str | None:
     """The chat template source `--chat` renders with: a run's data.chat_template, else its
-    tokenizer directory's (or the HF directory's) own (lmjax.data.chat.load_template)."""
+    tokenizer directory's (or the HF directory's) own (lmjax.data.tokenize.chat.load_template)."""
     if not self.is_run:
       return str(self.directory)
     return RunDir(self.directory).require_config().data.chat_template or str(self.tokenizer_dir)

@@ -31,8 +31,8 @@ from lmjax.hf.bindings import unflatten
 from lmjax.hf.engine import HfWeights, export_params
 from lmjax.hf.peft_import import read_peft
 from lmjax.hf.tokenizer_files import copy_tokenizer_files
-from lmjax.data.sentencepiece_tokenizer import model_file_in
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.sentencepiece_model import model_file_in
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_directory, read_json_object, staged_directory
 from lmjax.hf.hub import resolve_hf_dir

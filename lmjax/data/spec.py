@@ -48,5 +48,5 @@ def batch_fields(objective: Objective) -> dict[str, np.dtype]:
   if objective is Objective.CLASSIFY:
     fields.update(token_type_ids=np.dtype(np.int32), labels=np.dtype(np.int32))
   if objective is Objective.SFT:
-    fields.update(loss_mask=np.dtype(np.int32))  # 1: a token of an answer (lmjax.data.sft)
+    fields.update(loss_mask=np.dtype(np.int32))  # 1: a token of an answer (lmjax.data.examples.sft)
   return fields

@@ -16,8 +16,8 @@ import numpy as np
 
 from lmjax.config import load_config
 from lmjax.convert.base_model import load_run_at
-from lmjax.data.batches import BatchSource
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.pipeline.batches import BatchSource
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.run.load import open_checkpoints
 from lmjax.run.resume_policy import check_model_unchanged
 from lmjax.run.run_dir import RunDir

@@ -6,13 +6,13 @@ from __future__ import annotations
 import jax
 
 from lmjax.config import Config
-from lmjax.data import corpus as data_corpus
-from lmjax.data.batches import BatchSource
-from lmjax.data.corpus import Corpus
-from lmjax.data.pipeline import BatchIterator
-from lmjax.data.prepared import prepare
+from lmjax.data.pipeline import corpus as data_corpus
+from lmjax.data.pipeline.batches import BatchSource
+from lmjax.data.pipeline.corpus import Corpus
+from lmjax.data.pipeline.grain_pipeline import BatchIterator
+from lmjax.data.pipeline.prepared import prepare
 from lmjax.data.spec import BatchSpec
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshRules
@@ -39,7 +39,7 @@ def inherit_labels(config: Config, saved: Config) -> Config:
 
 
 def load_corpus(config: Config, tokenizer: Tokenizer | None = None) -> Corpus:
-  """The config's corpus (lmjax.data.corpus.load_corpus), with `tokenizer` or the one the config
+  """The config's corpus (lmjax.data.pipeline.corpus.load_corpus), with `tokenizer` or the one the config
   chooses (`data.tokenizer`, else `model.init_from`'s, else a BPE trained on the corpus)."""
   return data_corpus.load_corpus(config.data, batch_spec(config), tokenizer=tokenizer,
                                  tokenizer_choice=config.tokenizer_choice)
@@ -48,7 +48,7 @@ def load_corpus(config: Config, tokenizer: Tokenizer | None = None) -> Corpus:
 def prepare_data(config: Config, out_dir, *, workers: int = 0, rows_per_shard: int = 65536
                  ) -> dict:
   """`lmjax data prepare`: the config's sources tokenized and packed into `out_dir` (new), as
-  this config would train on them (lmjax.data.prepared.prepare); returns the metadata."""
+  this config would train on them (lmjax.data.pipeline.prepared.prepare); returns the metadata."""
   return prepare(config.data, batch_spec(config), out_dir, tokenizer_choice=config.tokenizer_choice,
                  workers=workers, rows_per_shard=rows_per_shard)
 
@@ -84,7 +84,7 @@ def shared_corpus(config: Config, run: RunDir) -> Corpus:
 
 
 class TrainBatches:
-  """The training batches, step after step, from the Grain pipeline (lmjax.data.pipeline),
+  """The training batches, step after step, from the Grain pipeline (lmjax.data.pipeline.grain_pipeline),
   placed on the mesh; `state()` is the pipeline position a checkpoint records."""
 
   def __init__(self, source: BatchSource, placement: MeshRules, *, num_steps: int, start: int,

@@ -23,8 +23,8 @@ import jax
 
 from lmjax.config import Config
 from lmjax.convert.runs import keep_source_config
-from lmjax.data.batches import BatchSource
-from lmjax.data.corpus import Corpus
+from lmjax.data.pipeline.batches import BatchSource
+from lmjax.data.pipeline.corpus import Corpus
 from lmjax.errors import WriteFailed
 from lmjax.model.trainable import trained_part
 from lmjax.run.checkpointer import Checkpointer

@@ -5,7 +5,7 @@ and turn user mistakes (a glob that matches nothing, an empty file, bytes that a
 JSON line without the text field) into a `UserError` that names the file, and the line or byte
 where that helps.
 
-Globs are expanded by lmjax.data.globs (`**` recurses, a symbolic-link loop ends the walk); each
+Globs are expanded by lmjax.data.sources.globs (`**` recurses, a symbolic-link loop ends the walk); each
 real file is read once, under the first name it is matched by, however many patterns or links
 reach it.
 
@@ -29,10 +29,10 @@ import os
 from collections.abc import Iterator, Sequence
 
 from lmjax.data.config import BadRecords, DataConfig, EncodingErrors, Source
-from lmjax.data.globs import glob_files
-from lmjax.data.tables import parse_csv, read_parquet
-from lmjax.data.hf_datasets_source import read_hf_texts
-from lmjax.data.tfds_source import read_tfds
+from lmjax.data.sources.globs import glob_files
+from lmjax.data.sources.tables import parse_csv, read_parquet
+from lmjax.data.sources.hf_datasets import read_hf_texts
+from lmjax.data.sources.tfds import read_tfds
 from lmjax.errors import UserError
 
 _NAMED_IN_REPORT = 3  # skipped files named in a report; the rest are counted

@@ -13,11 +13,11 @@ import dataclasses
 
 import numpy as np
 
-from lmjax.data.masking import mask_tokens_for_mlm
-from lmjax.data.packing import pack_documents
+from lmjax.data.examples.masking import mask_tokens_for_mlm
+from lmjax.data.examples.packing import pack_documents
 from lmjax.data.rows import Rows
 from lmjax.data.spec import BatchSpec, Objective
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from lmjax.data.batches import BatchSource
-from lmjax.data.prefetch import prefetched
+from lmjax.data.pipeline.batches import BatchSource
+from lmjax.data.pipeline.prefetch import prefetched
 
 
 class _StepBatches:

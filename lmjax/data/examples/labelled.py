@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from lmjax.data.config import BadRecords, EncodingErrors, Source
-from lmjax.data.sources import ReadStats, find_units, is_blank, read_text
-from lmjax.data.tables import parse_csv, read_parquet
-from lmjax.data.hf_datasets_source import read_columns
-from lmjax.data.tfds_source import read_tfds_examples
+from lmjax.data.sources.documents import ReadStats, find_units, is_blank, read_text
+from lmjax.data.sources.tables import parse_csv, read_parquet
+from lmjax.data.sources.hf_datasets import read_columns
+from lmjax.data.sources.tfds import read_tfds_examples
 from lmjax.errors import UserError
 
 LABELLED_SOURCES = (Source.JSONL, Source.CSV, Source.PARQUET, Source.TFDS, Source.HF_DATASETS)
@@ -78,7 +78,7 @@ def read_examples(source: str, paths: Sequence[str], *, fields: Fields, split: s
   parts = []
   for unit in find_units(source=kind, paths=paths):
     if unit.globbed and kind not in (Source.TFDS, Source.HF_DATASETS) and is_blank(unit.name):
-      stats.skip_file(unit.name, "empty")  # a glob's empty file is left out (lmjax.data.sources)
+      stats.skip_file(unit.name, "empty")  # a glob's empty file is left out (lmjax.data.sources.documents)
       continue
     parts.append(_read_unit(unit.name, kind, fields=fields, split=split, data_dir=data_dir,
                             stats=stats))

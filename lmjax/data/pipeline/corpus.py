@@ -3,11 +3,11 @@
 Each source's last `data.eval_fraction` of packed rows (at least one) is held out for
 evaluation; rows carry the index of their source, sorted, which weighted mixtures draw by.
 Rows are held in memory, except an hf_datasets source's: those are built when a batch asks for
-them, from its memory-mapped Arrow files (lmjax.data.dataset_rows).
+them, from its memory-mapped Arrow files (lmjax.data.pipeline.dataset_rows).
 
 Building one says what it does in a few log lines before the first step: the files each source
 found and their size, the tokenizer it trains (if it trains one), what was left out (one line
-each for bad records and for empty or unusable files, see lmjax.data.sources) and the documents
+each for bad records and for empty or unusable files, see lmjax.data.sources.documents) and the documents
 kept and rows packed.
 """
 
@@ -21,19 +21,19 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from lmjax.data.batches import BatchSource, pack_for, packing_ids
-from lmjax.data.classification import encode_examples, example_tokenizer, read_labelled
+from lmjax.data.pipeline.batches import BatchSource, pack_for, packing_ids
+from lmjax.data.examples.classification import encode_examples, example_tokenizer, read_labelled
 from lmjax.data.config import DataConfig, DataSource, Source
-from lmjax.data.dataset_rows import DatasetRows, DocumentIndex, index_documents, iter_texts
-from lmjax.data.hf_datasets_source import TextColumn
-from lmjax.data.prepared import Prepared, open_prepared
+from lmjax.data.pipeline.dataset_rows import DatasetRows, DocumentIndex, index_documents, iter_texts
+from lmjax.data.sources.hf_datasets import TextColumn
+from lmjax.data.pipeline.prepared import Prepared, open_prepared
 from lmjax.data.rows import ArrayRecordRows, ConcatenatedRows, MemoryRows, Rows
-from lmjax.data.sft import load_sft, read_sft_examples
-from lmjax.data.sources import (ReadStats, describe_files, find_units, keep_tokenized,
+from lmjax.data.examples.sft import load_sft, read_sft_examples
+from lmjax.data.sources.documents import (ReadStats, describe_files, find_units, keep_tokenized,
                                  read_units)
 from lmjax.data.spec import BatchSpec, Objective
-from lmjax.data.tokenizer import Tokenizer
-from lmjax.data.tokenizer_setup import build_tokenizer, check_tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
+from lmjax.data.tokenize.setup import build_tokenizer, check_tokenizer
 from lmjax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Corpus:
   train: Rows
   held_out: Rows
   weights: tuple[float, ...] = ()   # by source id; () for one source
-  skipped_records: int = 0          # bad records and unusable files left out (lmjax.data.sources)
+  skipped_records: int = 0          # bad records and unusable files left out (lmjax.data.sources.documents)
   labels: tuple[str, ...] = ()      # classify: the label names, by index
   truncated: int = 0                # classify: examples cut to train.seq_len
 
@@ -76,7 +76,7 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
     raise UserError("data.mixture mixes 'prepared' sources with document sources; prepare the "
                     "others too (lmjax data prepare), or tokenize all of them on the fly.")
   stats = ReadStats()
-  # hf_datasets sources are read on demand (lmjax.data.dataset_rows): opened and checked here,
+  # hf_datasets sources are read on demand (lmjax.data.pipeline.dataset_rows): opened and checked here,
   # indexed once the tokenizer is known; the others are read whole and packed in memory.
   columns = {i: _text_columns(s) for i, s in enumerate(data.sources)
              if s.source == Source.HF_DATASETS.value}
@@ -180,7 +180,7 @@ def _report_skipped(stats: ReadStats) -> None:
 
 def _load_instructions(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,
                        tokenizer_choice: str | None) -> Corpus:
-  """Instruction examples (lmjax.data.sft) with the tokenizer given, or the one chosen (a BPE
+  """Instruction examples (lmjax.data.examples.sft) with the tokenizer given, or the one chosen (a BPE
   trains on the examples' text)."""
   stats = ReadStats()
   rows = read_sft_examples(data, stats)
@@ -208,7 +208,7 @@ def _texts(row: dict) -> list:
 
 def _load_labelled(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,
                    tokenizer_choice: str | None) -> Corpus:
-  """Labelled examples one per row (lmjax.data.classification)."""
+  """Labelled examples one per row (lmjax.data.examples.classification)."""
   if data.source == Source.PREPARED.value:
     raise UserError("prepared data holds packed language-model rows; a classifier reads its "
                     "labelled source directly (jsonl, csv, parquet or tfds).")

@@ -1,6 +1,6 @@
 """Instruction-tuning rows: JSON Lines examples -> tokens with a loss mask, packed whole.
 
-Each line is a `{prompt, completion}` pair or a `{messages}` chat (lmjax.data.chat). Its
+Each line is a `{prompt, completion}` pair or a `{messages}` chat (lmjax.data.tokenize.chat). Its
 segments are tokenized one by one (template text with special-token spellings as the special
 tokens, as `apply_chat_template` does) and joined, then the tokenizer's eos is appended; the
 `loss_mask` marks the tokens the model learns to produce (completion or assistant text, and the
@@ -20,11 +20,11 @@ import logging
 
 import numpy as np
 
-from lmjax.data.chat import ChatTemplate, load_template, segments
+from lmjax.data.tokenize.chat import ChatTemplate, load_template, segments
 from lmjax.data.config import BadRecords, DataConfig, Source
 from lmjax.data.rows import MemoryRows
-from lmjax.data.sources import ReadStats, find_units, read_text
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.sources.documents import ReadStats, find_units, read_text
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def pack_examples(examples: list[Example], seq_len: int) -> tuple[dict[str, np.n
 
 
 def chat_template(source: str | None, tokenizer: Tokenizer) -> ChatTemplate:
-  """The template `source` names (lmjax.data.chat.load_template), with `tokenizer`'s bos and
+  """The template `source` names (lmjax.data.tokenize.chat.load_template), with `tokenizer`'s bos and
   eos spellings for the templates that use them."""
   return ChatTemplate(load_template(source), bos_token=_token(tokenizer, tokenizer.bos_id),
                       eos_token=_token(tokenizer, tokenizer.eos_id))

@@ -1,6 +1,6 @@
 """An `hf_datasets` source's packed rows, built on demand from its memory-mapped Arrow files.
 
-Packing is greedy over the source's whole token stream (lmjax.data.packing), so where row r
+Packing is greedy over the source's whole token stream (lmjax.data.examples.packing), so where row r
 starts depends on the length of every document before it. Opening a source therefore makes one
 streamed pass over its texts, a batch of rows at a time, that tokenizes them and keeps only each
 kept document's place: its dataset, its row number there and where its packed tokens end in
@@ -25,11 +25,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from lmjax.data.config import Source
-from lmjax.data.hf_datasets_source import TextColumn
-from lmjax.data.packing import packed_row
+from lmjax.data.sources.hf_datasets import TextColumn
+from lmjax.data.examples.packing import packed_row
 from lmjax.data.rows import ROW_FIELDS, Rows
-from lmjax.data.sources import ReadStats, keep_tokenized
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.sources.documents import ReadStats, keep_tokenized
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 
 

@@ -27,9 +27,9 @@ from typing import Any
 import tokenizers
 from tokenizers import models, pre_tokenizers, processors, trainers
 
-from lmjax.data.byte_level import LMJAX_SPECIALS, byte_level_pipeline, byte_to_unicode
-from lmjax.data.special_tokens import CONFIG_FILE, ROLES, roles_from_hf_configs, roles_from_spellings
-from lmjax.data.truncation import fit_longest_first
+from lmjax.data.tokenize.byte_level import LMJAX_SPECIALS, byte_level_pipeline, byte_to_unicode
+from lmjax.data.tokenize.special_tokens import CONFIG_FILE, ROLES, roles_from_hf_configs, roles_from_spellings
+from lmjax.data.tokenize.truncation import fit_longest_first
 from lmjax.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"

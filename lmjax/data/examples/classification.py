@@ -23,10 +23,10 @@ from collections import Counter
 import numpy as np
 
 from lmjax.data.config import DataConfig, Source
-from lmjax.data.examples import Examples, Fields, read_examples
-from lmjax.data.sources import ReadStats
+from lmjax.data.examples.labelled import Examples, Fields, read_examples
+from lmjax.data.sources.documents import ReadStats
 from lmjax.data.spec import BatchSpec
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 
 log = logging.getLogger(__name__)

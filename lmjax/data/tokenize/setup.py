@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable, Sized
 
 from lmjax.data.spec import BatchSpec, Objective
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Examples per objective: labelled (classification), instruction (SFT), masking (MLM) and packing."""

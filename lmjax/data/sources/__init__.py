@@ -1,0 +1,1 @@
+"""Where documents come from: files, globs, tables, TFDS and Hugging Face datasets."""

@@ -1,0 +1,1 @@
+"""Text <-> token ids: the tokenizer backends, special-token roles, truncation, chat templates."""

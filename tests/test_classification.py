@@ -35,8 +35,8 @@ SMALL = ["model.num_layers=2", "model.embed_dim=64", "model.num_heads=4", "model
 
 def classifier_args(run_dir, init_from, data, *extra):
   return ["train", "tiny-bert", "--run-dir", str(run_dir), "--set", *SMALL,
-          f"model.init_from={init_from}", "model.head=classification", "data.source=jsonl",
-          f"data.paths=[{data}]", "data.eval_fraction=0.2", "train.learning_rate=1e-3", *extra]
+          f"model.init_from={init_from}", "data.tokenizer=null", "model.head=classification",
+          "data.source=jsonl", f"data.paths=[{data}]", "data.eval_fraction=0.2", "train.learning_rate=1e-3", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -275,9 +275,10 @@ def test_a_decoder_from_a_hugging_face_directory_fine_tunes_into_a_gpt2_classifi
   lmjax.data.Tokenizer.byte_level().save(tmp_path / "hf")
   capsys.readouterr()
   assert main(["train", "tiny-gpt", "--run-dir", str(tmp_path / "run"), "--set",
-               f"model.init_from={tmp_path / 'hf'}", "model.head=classification",
-               "data.source=jsonl", f"data.paths=[{labelled}]", "train.seq_len=32",
-               "train.batch_size=8", "train.steps=3", "train.eval_every=0"]) == 0
+               f"model.init_from={tmp_path / 'hf'}", "data.tokenizer=null",
+               "model.head=classification", "data.source=jsonl", f"data.paths=[{labelled}]",
+               "train.seq_len=32", "train.batch_size=8", "train.steps=3",
+               "train.eval_every=0"]) == 0
   err = capsys.readouterr().err
   assert "new (randomly initialised): classifier/kernel" in err and "not used" not in err
   assert main(["convert", "lmjax-to-hf", str(tmp_path / "run"), str(tmp_path / "out")]) == 0

@@ -127,7 +127,8 @@ def test_fine_tuning_starts_from_the_imported_weights(hf_gpt2, tmp_path, capsys)
   assert run_cli(capsys, "convert", "hf-to-lmjax", hf_gpt2, imported)[0] == 0
   # With a zero learning rate the one step changes nothing: the run holds the source weights.
   code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", tuned, "--set",
-                         f"model.init_from={imported}", "train.seq_len=32",
+                         f"model.init_from={imported}", "data.tokenizer=null",
+                         "train.seq_len=32",
                          "train.batch_size=2", "train.steps=1", "train.learning_rate=0",
                          "train.warmup_steps=0")
   assert code == 0, err

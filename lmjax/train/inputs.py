@@ -3,9 +3,11 @@ tokenizer for all processes), and batches placed on the mesh step after step."""
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 
-from lmjax.config import Config
+from lmjax.config import Config, is_run_directory
 from lmjax.data.pipeline import corpus as data_corpus
 from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.pipeline.corpus import Corpus
@@ -14,6 +16,7 @@ from lmjax.data.pipeline.prepared import prepare
 from lmjax.data.spec import BatchSpec
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
+from lmjax.hf.tokenizer_files import tokenizer_file_names
 from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshRules
 from lmjax.train.multihost import broadcast_json, is_writer
@@ -67,6 +70,8 @@ def shared_corpus(config: Config, run: RunDir) -> Corpus:
   every process, so none is left waiting.
   """
   saved = Tokenizer.load(run.tokenizer_dir) if run.tokenizer_dir.is_dir() else None
+  if saved is None:
+    check_tokenizer_of_source(config)
   if jax.process_count() == 1:
     return load_corpus(config, saved)
   if is_writer():
@@ -81,6 +86,27 @@ def shared_corpus(config: Config, run: RunDir) -> Corpus:
   if is_writer():
     return loaded
   return load_corpus(config, Tokenizer.from_dict(message["tokenizer"]))
+
+
+def check_tokenizer_of_source(config: Config) -> None:
+  """UserError when fine-tuning from a source that has its own tokenizer while `data.tokenizer`
+  asks for a new one (bpe, byte): the new ids would mean nothing to the source's embeddings,
+  and training would go on silently on a scrambled vocabulary. A byte-level source may say
+  byte, which makes the same tokenizer."""
+  choice = config.data.tokenizer
+  if config.init_from is None or choice not in ("bpe", "byte"):
+    return
+  source = pathlib.Path(config.init_from)
+  directory = source / "tokenizer" if is_run_directory(source) else source
+  if not tokenizer_file_names(directory):
+    return  # the source has none: the config's is the only tokenizer there is
+  own = Tokenizer.from_file(directory)
+  if choice == "byte" and own.to_dict() == Tokenizer.byte_level().to_dict():
+    return
+  raise UserError(
+      f"model.init_from={config.init_from} brings its own tokenizer ({directory}), but "
+      f"data.tokenizer={choice!r} would make a new one whose ids mean nothing to its "
+      f"embeddings. Use the source's: --set data.tokenizer=null (or name its directory).")
 
 
 class TrainBatches:

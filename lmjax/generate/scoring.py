@@ -1,7 +1,15 @@
-"""Scoring at the token-id level: fill-mask, sequence log-likelihoods, classification."""
+"""Scoring at the token-id level: fill-mask, sequence log-likelihoods, classification.
+
+Log-likelihoods project the final hidden states to the vocabulary a chunk of positions at a
+time (`target_log_probs`), keeping each position's log p(target) and never the whole
+[batch, length, vocab] logits or their log-softmax. Batches of continuations are padded to
+lengths under 1/8 above their own (`bucket_length`), and where attention is dense (CPUs), a
+long batch is read a block of queries at a time through a KV cache (`_QUERY_BLOCK`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -12,7 +20,73 @@ import numpy as np
 from lmjax.errors import UserError
 from lmjax.generate.checks import (check_ids, check_length, left_padded_positions,
                                   require_causal_lm)
-from lmjax.model import Head, Transformer
+from lmjax.model import AttentionImpl, Cache, Head, Transformer, init_cache
+
+
+# -- log p(target) at each position, a chunk of positions at a time -----------------------------
+
+# The logits of one chunk ([rows, chunk, vocab] float32) take about this many bytes: few enough
+# that memory stays bounded (a 49k vocabulary: ~340 positions of one row), while the vocabulary
+# product keeps hundreds of rows, enough to run near the matmul's peak.
+_CHUNK_BYTES = 1 << 26
+
+
+def _chunk_positions(rows: int, length: int, vocab_size: int) -> int:
+  """Positions per chunk for a [rows, length] batch: its logits near _CHUNK_BYTES."""
+  return max(1, min(length, _CHUNK_BYTES // (4 * rows * vocab_size)))
+
+
+def _pick(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """float32 logits [..., vocab], targets [...] -> (log p(target), whether it is the argmax)."""
+  # jax.nn.log_softmax's arithmetic, for the target only: shift by the max, then normalise.
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  log_z = jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1) - top
+  # argmax (the first of tied maxima, as torch's) says whether greedy decoding picks it
+  return picked[..., 0] - log_z, jnp.argmax(logits, axis=-1) == targets
+
+
+def _chunked_pick(model: Transformer, params, hidden: jax.Array, targets: jax.Array, chunk: int
+                  ) -> tuple[jax.Array, jax.Array]:
+  """`_pick` of the logits of hidden states [batch, len, embed], `chunk` positions at a time."""
+  one = lambda h, t: _pick(model.apply({"params": params}, h, method=Transformer.decode), t)
+  b, n = targets.shape
+  whole = n - n % chunk
+  parts = []
+  if whole:  # lax.map runs the chunks one after another: one chunk's logits live at a time
+    split = lambda a: jnp.swapaxes(a[:, :whole].reshape(b, whole // chunk, chunk,
+                                                        *a.shape[2:]), 0, 1)
+    merge = lambda a: jnp.swapaxes(a, 0, 1).reshape(b, whole)
+    log_probs, greedy = jax.lax.map(lambda args: one(*args), (split(hidden), split(targets)))
+    parts.append((merge(log_probs), merge(greedy)))
+  if whole < n:  # the remainder, a shorter chunk, rather than padding the hidden states
+    parts.append(one(hidden[:, whole:], targets[:, whole:]))
+  return tuple(jnp.concatenate(a, axis=1) if len(parts) > 1 else a[0] for a in zip(*parts))
+
+
+def _position_log_probs(model: Transformer, params, input_ids: jax.Array,
+                        attention_mask: jax.Array | None, targets: jax.Array,
+                        positions: jax.Array | None, chunk: int
+                        ) -> tuple[jax.Array, jax.Array]:
+  """Traced body of `target_log_probs` (positions: as Transformer takes them)."""
+  hidden = model.apply({"params": params}, input_ids, attention_mask, positions=positions,
+                       method=Transformer.features)  # [batch, len, embed]
+  return _chunked_pick(model, params, hidden, targets, chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk"))
+def target_log_probs(model: Transformer, params, input_ids: jax.Array, targets: jax.Array,
+                     attention_mask: jax.Array | None = None, *, chunk: int
+                     ) -> tuple[jax.Array, jax.Array]:
+  """log p(targets[b, t] | input_ids[b, :t + 1]) under a causal model, and whether it is the
+  argmax: float32 and bool [batch, len].
+
+  input_ids, targets, attention_mask (1 = token, 0 = padding; right padding keeps positions
+  0, 1, …): int [batch, len]. The hidden states go to the vocabulary `chunk` positions at a
+  time (any chunk: a shorter last one takes the remainder), so the logits of at most
+  [batch, chunk, vocab] exist at once; the numbers are those of log_softmax over full logits.
+  """
+  return _position_log_probs(model, params, input_ids, attention_mask, targets, None, chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "top_k"))
@@ -24,17 +98,16 @@ def _top_k_probabilities(model: Transformer, params, input_ids: jax.Array,
   return jax.lax.top_k(jax.nn.softmax(logits[0], axis=-1), top_k)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jax.jit, static_argnames=("model", "chunk"))
 def _sequence_log_likelihood(model: Transformer, params, input_ids: jax.Array,
-                             attention_mask: jax.Array) -> jax.Array:
+                             attention_mask: jax.Array, *, chunk: int) -> jax.Array:
   """input_ids, attention_mask [batch, len] -> sum of log p(token | earlier tokens) [batch]."""
-  logits = model.apply({"params": params}, input_ids, attention_mask,
-                       positions=left_padded_positions(attention_mask))
-  log_probs = jax.nn.log_softmax(logits[:, :-1], axis=-1)  # [batch, len - 1, vocab]
-  token_log_probs = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+  targets = jnp.pad(input_ids[:, 1:], ((0, 0), (0, 1)))  # position t predicts token t + 1
+  log_probs, _ = _position_log_probs(model, params, input_ids, attention_mask, targets,
+                                     left_padded_positions(attention_mask), chunk)
   # Token t counts when it and its predecessor are real: the first real token has no context.
   counted = (attention_mask[:, 1:] != 0) & (attention_mask[:, :-1] != 0)
-  return jnp.sum(jnp.where(counted, token_log_probs, 0.0), axis=-1)
+  return jnp.sum(jnp.where(counted, log_probs[:, :-1], 0.0), axis=-1)
 
 
 def fill_mask(model: Transformer, params, input_ids: Sequence[int], *, mask_id: int,
@@ -93,7 +166,8 @@ def score(model: Transformer, params, input_ids, attention_mask=None) -> jax.Arr
   input_ids = np.where(attention_mask != 0, input_ids, 0)
   check_length(model, int(attention_mask.sum(axis=-1).max(initial=0)), what="the longest sequence",
                 fix="score shorter pieces")
-  return _sequence_log_likelihood(model, params, input_ids, attention_mask)
+  chunk = _chunk_positions(*input_ids.shape, model.config.vocab_size)
+  return _sequence_log_likelihood(model, params, input_ids, attention_mask, chunk=chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -131,31 +205,111 @@ def classify(model: Transformer, params, input_ids, attention_mask=None, token_t
 
 # -- continuations: what lm-evaluation-harness and perplexity ask for ---------------------------
 
-# A batch's padded length is the next of these buckets (capped at the model's context), so that
-# scoring many requests of varied lengths compiles a handful of programs, not one per length.
+# A batch's padded length is the next multiple of a step that is 1/16 of the power of two at or
+# above its longest row (at least _MIN_BUCKET): 8 lengths per doubling, so padding stays under
+# max(_MIN_BUCKET, length / 8) (a 4,232-token window is scored at 4,608, not 8,192) while scoring
+# requests of varied lengths compiles a few dozen programs at most, not one per length.
 _MIN_BUCKET = 16
-# Logits of a batch take batch * length * vocab floats; rows per batch are cut to keep them
-# near this many bytes (float32), so a large vocabulary does not exhaust memory.
-_LOGITS_BYTES = 1 << 30
+_BUCKETS_PER_DOUBLING = 8
+# Dense attention (XLA's einsum and softmax: CPUs, and GPUs in float32) holds a [rows, heads,
+# length, length] float32 score matrix and its softmax, and computes every masked score too. A
+# longer batch is read this many queries at a time through a KV cache, as decoding reads one:
+# each block attends to the keys up to its own end only, so it holds [rows, heads, block, end]
+# scores and skips most masked ones (an 8,192-token window computes 5/8 of the scores). Blocks
+# compile one by one, so windows of different lengths share their leading blocks' programs.
+_QUERY_BLOCK = 2048
+# Rows per batch are cut to keep a batch's attention scores and their softmax (float32) near
+# this many bytes, so that a long window is scored alone. The logits are bounded apart from this
+# (_CHUNK_BYTES).
+_ATTENTION_BYTES = 1 << 30
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _target_log_probs(model: Transformer, params, input_ids: jax.Array, attention_mask: jax.Array,
-                      targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def bucket_length(length: int, cap: int) -> int:
+  """The padded length of a batch whose longest row has `length` tokens, at most `cap`: a
+  multiple of max(_MIN_BUCKET, 2**ceil(log2(length)) / 16), so the padding is under
+  max(_MIN_BUCKET, length / 8) positions."""
+  octave = 1 << max(length - 1, 0).bit_length()  # the power of two at or above length
+  step = max(_MIN_BUCKET, octave // (2 * _BUCKETS_PER_DOUBLING))
+  return min(-(-length // step) * step, cap)
+
+
+def _dense_attention(model: Transformer) -> bool:
+  """Whether the model attends with XLA's einsum and softmax (as attention.py's `auto` picks)."""
+  impl = model.config.attention
+  if impl is AttentionImpl.AUTO:
+    backend = jax.default_backend()
+    return not (backend == "tpu" or (backend == "gpu" and model.dtype in (jnp.bfloat16,
+                                                                          jnp.float16)))
+  return impl is AttentionImpl.XLA
+
+
+def _query_block(model: Transformer, length: int) -> int:
+  """Queries read at a time in a batch of `length` (all of them: in one pass)."""
+  return _QUERY_BLOCK if length > _QUERY_BLOCK and _dense_attention(model) else length
+
+
+def _rows_per_batch(model: Transformer, length: int, batch_size: int) -> int:
+  per_row = 2 * 4 * model.config.num_heads * _query_block(model, length) * length
+  return max(1, min(batch_size, _ATTENTION_BYTES // per_row))
+
+
+def _weighted(log_probs: jax.Array, greedy: jax.Array, weights: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+  """[batch, len] -> (sum of log p where weights, whether every weighted target is greedy)."""
+  return (jnp.sum(jnp.where(weights != 0, log_probs, 0.0), axis=-1),
+          jnp.all(greedy | (weights == 0), axis=-1))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk"))
+def _continuation_sums(model: Transformer, params, input_ids: jax.Array,
+                       attention_mask: jax.Array, targets: jax.Array, weights: jax.Array, *,
+                       chunk: int) -> tuple[jax.Array, jax.Array]:
   """Right-padded rows [batch, len] -> (sum of log p(target) where weights, [batch] float32;
   whether every weighted target is the argmax, [batch] bool)."""
-  logits = model.apply({"params": params}, input_ids, attention_mask).astype(jnp.float32)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  greedy = (jnp.argmax(logits, axis=-1) == targets) | (weights == 0)
-  return jnp.sum(jnp.where(weights != 0, picked, 0.0), axis=-1), jnp.all(greedy, axis=-1)
+  return _weighted(*_position_log_probs(model, params, input_ids, attention_mask, targets, None,
+                                        chunk), weights)
 
 
-def _bucket(length: int, cap: int) -> int:
-  size = _MIN_BUCKET
-  while size < length:
-    size *= 2
-  return min(size, cap)
+@functools.lru_cache(maxsize=8)
+def _headless(model: Transformer) -> Transformer:
+  """The model without its head: with a KV cache, it returns the final hidden states (what
+  Transformer.features returns, which takes no cache), for `_chunked_pick` to project."""
+  return Transformer(dataclasses.replace(model.config, head=Head.NONE), model.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk"))
+def _block_sums(model: Transformer, params, cache: Cache, input_ids: jax.Array,
+                attention_mask: jax.Array, targets: jax.Array, weights: jax.Array, *,
+                chunk: int) -> tuple[jax.Array, jax.Array, Cache]:
+  """`_continuation_sums` of the next block of a batch's positions, after the keys and values
+  of those before it in `cache`; returns the cache grown by the block."""
+  n = input_ids.shape[1]
+  grow = lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, n), (0, 0)])  # [..., len, dim]
+  cache = {"layers": jax.tree.map(grow, cache["layers"]), "index": cache["index"],
+           "segment_ids": jnp.pad(cache["segment_ids"], ((0, 0), (0, n)))}
+  hidden, cache = _headless(model).apply({"params": params}, input_ids, attention_mask,
+                                         cache=cache)
+  return *_weighted(*_chunked_pick(model, params, hidden, targets, chunk), weights), cache
+
+
+def _batch_sums(model: Transformer, params, input_ids: np.ndarray, attention_mask: np.ndarray,
+                targets: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`_continuation_sums` of a batch, in one pass or a block of queries at a time."""
+  rows, length = input_ids.shape
+  block = _query_block(model, length)
+  chunk = _chunk_positions(rows, block, model.config.vocab_size)
+  if block == length:
+    return jax.device_get(_continuation_sums(model, params, input_ids, attention_mask, targets,
+                                             weights, chunk=chunk))
+  cache = init_cache(model.config, rows, 0, model.dtype)
+  sums, greedy = 0.0, True
+  for start in range(0, length, block):
+    part = slice(start, start + block)  # the last block may be shorter: its shape compiles too
+    block_sums, block_greedy, cache = _block_sums(
+        model, params, cache, input_ids[:, part], attention_mask[:, part], targets[:, part],
+        weights[:, part], chunk=min(chunk, length - start))
+    sums, greedy = sums + block_sums, greedy & block_greedy
+  return jax.device_get((sums, greedy))
 
 
 def continuation_log_likelihoods(model: Transformer, params,
@@ -169,8 +323,9 @@ def continuation_log_likelihoods(model: Transformer, params,
   model.max_seq_len) tokens of context + continuation, less the final one, and the continuation
   is its last predictions; a longer context loses its oldest tokens. Contexts need at least one
   token (a BOS/EOS prefix for an empty one) and continuations at most `max_length`. Requests are
-  sorted by length and padded to a few bucketed lengths in batches of at most `batch_size`
-  (fewer when the logits would pass ~1 GiB); `progress(n)` is called as n more are done.
+  sorted by length and padded to bucketed lengths (`bucket_length`: under 1/8 more) in batches
+  of at most `batch_size` (fewer for long rows, whose attention would pass ~1 GiB); the logits
+  are taken a chunk of positions at a time. `progress(n)` is called as n more are done.
   """
   require_causal_lm(model, "continuation_log_likelihoods")
   cfg = model.config
@@ -198,23 +353,25 @@ def continuation_log_likelihoods(model: Transformer, params,
     progress(len(rows) - len(order))  # empty continuations: log p = 0, trivially greedy
   start = 0
   while start < len(order):
-    length = _bucket(len(rows[order[start]][0]), max_length)
-    per_batch = max(1, min(batch_size, _LOGITS_BYTES // (4 * length * cfg.vocab_size)))
-    chunk = order[start:start + per_batch]
-    shape = (per_batch, length)  # short batches are filled with empty rows: one shape per bucket
+    length = bucket_length(len(rows[order[start]][0]), max_length)
+    members = order[start:start + _rows_per_batch(model, length, batch_size)]
+    # A short batch (the last) is filled with empty rows up to a power of two: a few shapes per
+    # bucket, and under twice the work, where a full batch_size would score a lone document
+    # batch_size times over.
+    per_batch = 1 << (len(members) - 1).bit_length()
+    shape = (per_batch, length)
     input_ids, targets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     mask, weights = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     mask[:, 0] = 1  # an all-padding row would attend to nothing
-    for row, n in enumerate(chunk):
+    for row, n in enumerate(members):
       inputs, target, scored = rows[n]
       input_ids[row, :len(inputs)], targets[row, :len(target)] = inputs, target
       mask[row, :len(inputs)] = 1
       weights[row, len(inputs) - scored:len(inputs)] = 1
-    sums, greedy = jax.device_get(_target_log_probs(model, params, input_ids, mask, targets,
-                                                    weights))
-    for row, n in enumerate(chunk):
+    sums, greedy = _batch_sums(model, params, input_ids, mask, targets, weights)
+    for row, n in enumerate(members):
       results[n] = (float(sums[row]), bool(greedy[row]))
     if progress is not None:
-      progress(len(chunk))
-    start += len(chunk)
+      progress(len(members))
+    start += len(members)
   return results

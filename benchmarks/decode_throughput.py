@@ -50,7 +50,7 @@ def main() -> None:
   import transformers
 
   import lmjax
-  from lmjax.generate import generate
+  from lmjax.infer import generate
 
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)

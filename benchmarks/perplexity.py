@@ -8,7 +8,7 @@ Writes a random Llama-style Hugging Face model with SmolLM2-135M's shape (hidden
 `--layers` of its 30) and a BPE tokenizer trained on the built-in corpus, then documents of
 about `--tokens` tokens each. For each document, in child processes: `python -m lmjax eval --hf
 DIR --data FILE` (float32, disjoint windows of the whole context), and a PyTorch (CPU) loop over
-the same windows (`lmjax.perplexity.window_requests`) that takes log_softmax of the model's
+the same windows (`lmjax.infer.perplexity.window_requests`) that takes log_softmax of the model's
 logits, as HF's perplexity guide and lm-evaluation-harness do. Reports each one's wall time
 (process start to exit: imports, loading and, for lmjax, compiling included), peak resident
 memory (ru_maxrss) and perplexity, which must agree.
@@ -104,7 +104,7 @@ def main() -> None:
   args = parser.parse_args()
   from lmjax.data.sources.documents import builtin_corpus
   from lmjax.data.tokenize.tokenizer import Tokenizer
-  from lmjax.perplexity import prefix_id, window_requests
+  from lmjax.infer.perplexity import prefix_id, window_requests
 
   work = pathlib.Path(args.workdir)
   shutil.rmtree(work, ignore_errors=True)

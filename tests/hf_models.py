@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 from lmjax.cli import main  # noqa: E402
 from lmjax.convert import from_hf, to_hf  # noqa: E402
-from lmjax.generate import fill_mask  # noqa: E402
+from lmjax.infer import fill_mask  # noqa: E402
 from lmjax.model import Activation, Head, ModelConfig, RopeScaling, Transformer  # noqa: E402
 from lmjax.model.moe_config import MoeConfig  # noqa: E402
 from tests.helpers import rows  # noqa: E402

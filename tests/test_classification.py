@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
 from lmjax.convert import from_hf, to_hf  # noqa: E402
-from lmjax.generate import classify  # noqa: E402
+from lmjax.infer import classify  # noqa: E402
 from lmjax.model import Family, Head, ModelConfig  # noqa: E402
 from lmjax.model.moe_config import MoeConfig  # noqa: E402
 from tests.conftest import TINY  # noqa: E402

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
-from lmjax.generate import classify  # noqa: E402
+from lmjax.infer import classify  # noqa: E402
 from lmjax.hf.tables import ARCHITECTURES  # noqa: E402
 
 # Fields allowed to differ after a round trip, each for a reason. None today: an unchanged

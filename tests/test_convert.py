@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 from lmjax.convert import (copy_tokenizer_files, from_hf, hf_config_to_model_config,  # noqa: E402
                            model_config_to_hf_config, to_hf)
 from lmjax.errors import UserError  # noqa: E402
-from lmjax.generate import generate  # noqa: E402
+from lmjax.infer import generate  # noqa: E402
 from lmjax.model import (Activation, Family, Head, ModelConfig, PoolerActivation,  # noqa: E402
                          RopeScaling)
 from tests.hf_models import (_LLAMA3_ROPE, _SMALL, HF_CASES, LMJAX_CASES,  # noqa: E402

@@ -26,9 +26,9 @@ from lmjax.convert import from_hf  # noqa: E402
 from lmjax.data.sources.documents import builtin_corpus  # noqa: E402
 from lmjax.data.tokenize.tokenizer import Tokenizer  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
-from lmjax.generate import continuation_log_likelihoods  # noqa: E402
-from lmjax import perplexity  # noqa: E402
-from lmjax.perplexity import window_requests  # noqa: E402
+from lmjax.infer import continuation_log_likelihoods  # noqa: E402
+from lmjax.infer import perplexity  # noqa: E402
+from lmjax.infer.perplexity import window_requests  # noqa: E402
 from tests.processes import cpu_env  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 from tests.hf_models import build_hf  # noqa: E402
@@ -385,7 +385,7 @@ def test_the_harness_runs_quietly_outside_a_git_repository(hf_gpt2, tasks_dir, t
 
 def test_harness_loglikelihoods_are_transformers_ones(hf_gpt2):
   directory, hf_model, tokenizer = hf_gpt2
-  from lmjax.harness import LmjaxLM
+  from lmjax.infer.harness import LmjaxLM
   lm = LmjaxLM(hf=str(directory), batch_size=2)
   pairs = [("Question: The sky is\nAnswer:", " blue"), ("The opposite of hot is ", "cold"),
            ("", "An empty context is the BOS token."), ("x " * 60, " far past the context")]
@@ -419,7 +419,7 @@ def test_harness_rolling_perplexity_agrees_with_eval_data(hf_gpt2, tasks_dir, tm
 def test_harness_generation_stops_at_the_tasks_stop_strings(hf_gpt2, tasks_dir, tmp_path,
                                                             capsys):
   directory, hf_model, tokenizer = hf_gpt2
-  from lmjax.harness import LmjaxLM
+  from lmjax.infer.harness import LmjaxLM
   lm = LmjaxLM(hf=str(directory))
   requests = [Instance(
       "generate_until", {}, (q["question"], {"until": ["e"], "max_gen_toks": 12}), 0)
@@ -441,8 +441,8 @@ def test_the_harness_finds_the_model_by_name_from_python(hf_gpt2, tasks_dir):
   from lm_eval.api.registry import get_model
   from lm_eval.tasks import TaskManager
 
-  import lmjax.harness  # importing it registers the model "lmjax"
-  assert get_model("lmjax") is lmjax.harness.LmjaxLM
+  import lmjax.infer.harness  # importing it registers the model "lmjax"
+  assert get_model("lmjax") is lmjax.infer.harness.LmjaxLM
   results = lm_eval.simple_evaluate(model="lmjax", model_args=f"hf={hf_gpt2[0]},batch_size=4",
                                     tasks=["lmjax_choice"], limit=3,
                                     task_manager=TaskManager(include_path=str(tasks_dir)))

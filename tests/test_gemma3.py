@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 from lmjax.convert import (from_hf, hf_config_to_model_config,  # noqa: E402
                            model_config_to_hf_config, to_hf)
 from lmjax.errors import UserError  # noqa: E402
-from lmjax.generate import generate  # noqa: E402
+from lmjax.infer import generate  # noqa: E402
 from lmjax.model import (Head, ModelConfig, RopeScaling, Transformer, init_cache,  # noqa: E402
                          preset, unrolled)
 from lmjax.model.layers import layer_inverse_frequencies, rope_inverse_frequencies  # noqa: E402

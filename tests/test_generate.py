@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lmjax.errors import UserError
-from lmjax.generate import fill_mask, filter_logits, generate, score, stream_generate
-from lmjax.generate.sampling import penalise_repetitions
+from lmjax.infer import fill_mask, filter_logits, generate, score, stream_generate
+from lmjax.infer.sampling import penalise_repetitions
 from lmjax.model import Transformer, init_cache, preset
 
 TINY = dict(vocab_size=128, num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_seq_len=64)

@@ -12,11 +12,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from lmjax.cli import main  # noqa: E402
-from lmjax.complete import GenerationSettings, complete, stable_prefix  # noqa: E402
+from lmjax.infer.complete import GenerationSettings, complete, stable_prefix  # noqa: E402
 from lmjax.convert.loading import load_model  # noqa: E402
 from lmjax.data.sources.documents import builtin_corpus  # noqa: E402
 from lmjax.data.tokenize.tokenizer import Tokenizer  # noqa: E402
-from lmjax.generate import generate  # noqa: E402
+from lmjax.infer import generate  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 
 PROMPT = "The object"

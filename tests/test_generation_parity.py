@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from lmjax.convert import from_hf  # noqa: E402
-from lmjax.generate import generate  # noqa: E402
+from lmjax.infer import generate  # noqa: E402
 from tests.hf_models import NEW, PAD, build_hf, hf_greedy, with_unit_norm_gains  # noqa: E402
 
 CAUSAL = ["gpt2_lm", "llama", "llama_tied", "mistral", "qwen2", "qwen3", "qwen3_tied",

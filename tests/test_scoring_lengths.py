@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmjax.generate import continuation_log_likelihoods, score
-from lmjax.generate import scoring
-from lmjax.generate.scoring import bucket_length, target_log_probs
+from lmjax.infer import continuation_log_likelihoods, score
+from lmjax.infer import scoring
+from lmjax.infer.scoring import bucket_length, target_log_probs
 from lmjax.model import Transformer, preset
 
 VOCAB = 300

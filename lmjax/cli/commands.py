@@ -16,7 +16,7 @@ import pathlib
 import sys
 from typing import Sequence
 
-from lmjax import complete, perplexity
+from lmjax.infer import complete, perplexity
 from lmjax.cli import parser as cli_parser
 from lmjax.cli import process as app
 from lmjax.config import load_config, resolve_config_path
@@ -27,8 +27,8 @@ from lmjax.data.sources.documents import ReadStats, iter_sources
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
-from lmjax.generate import fill_mask
-from lmjax.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
+from lmjax.infer import fill_mask
+from lmjax.infer.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
@@ -128,7 +128,7 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_eval_harness(args) -> int:
-  from lmjax import harness  # noqa: PLC0415 -- lm-eval loads only for this command
+  from lmjax.infer import harness  # noqa: PLC0415 -- lm-eval loads only for this command
   results = harness.run_harness(
       run_dir=args.run_dir, hf_dir=args.hf, step=args.step, tasks=args.tasks,
       num_fewshot=args.num_fewshot, limit=args.limit, include_path=args.include_path,

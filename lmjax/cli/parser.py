@@ -183,7 +183,7 @@ def _byte_size(text: str) -> int:
 
 def _add_generate(commands) -> None:
   """`generate`'s flags. Sampling flags default to None: unset ones come from the model's
-  generation_config.json, else lmjax's defaults (lmjax.complete.resolve_settings)."""
+  generation_config.json, else lmjax's defaults (lmjax.infer.complete.resolve_settings)."""
   generate = commands.add_parser("generate", help="continue a prompt with a causal model")
   _add_source(generate)
   prompts = generate.add_mutually_exclusive_group(required=True)
@@ -221,7 +221,7 @@ def _add_generate(commands) -> None:
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
-  """Flags of the commands that score documents in sliding windows (lmjax.perplexity)."""
+  """Flags of the commands that score documents in sliding windows (lmjax.infer.perplexity)."""
   parser.add_argument("--stride", type=int, default=None,
                       help="tokens each window advances and predicts (default: --max-length, "
                            "disjoint windows; smaller gives each prediction more context)")

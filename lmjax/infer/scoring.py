@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import UserError
-from lmjax.generate.checks import (check_ids, check_length, left_padded_positions,
+from lmjax.infer.checks import (check_ids, check_length, left_padded_positions,
                                   require_causal_lm)
 from lmjax.model import AttentionImpl, Cache, Head, Transformer, init_cache
 

@@ -4,7 +4,7 @@
     results = complete(loaded, ["Once upon"], settings, on_text=print_piece)
     results[0].shown_prompt + results[0].completions[0]  # what `lmjax generate` prints
 
-The token level (lmjax.generate) knows no text. Here a continuation is the text the new ids add
+The token level (lmjax.infer) knows no text. Here a continuation is the text the new ids add
 to the prompt's own decoding (`decode(prompt + new)` minus `decode(prompt)`), so byte-level BPE
 pieces and SentencePiece's spaces come out as a full decode would. A row ends at an
 end-of-sequence id, or once its continuation contains a stop string; the text is cut before the
@@ -31,8 +31,8 @@ from lmjax.data.examples.sft import chat_template
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import read_json_lines, write_text_atomic
-from lmjax.generate import stream_generate
-from lmjax.generate.checks import check_processors, check_sampling, require_causal_lm
+from lmjax.infer import stream_generate
+from lmjax.infer.checks import check_processors, check_sampling, require_causal_lm
 from lmjax.model import Positions, Transformer
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,12 @@
 """EleutherAI's lm-evaluation-harness, backed by lmjax: the `lmjax` model and `lmjax eval-harness`.
 
-    import lm_eval, lmjax.harness                  # importing registers the model "lmjax"
+    import lm_eval, lmjax.infer.harness                  # importing registers the model "lmjax"
     lm_eval.simple_evaluate(model="lmjax", model_args="run_dir=runs/demo", tasks=["arc_easy"])
-    lm_eval.simple_evaluate(model=lmjax.harness.LmjaxLM(hf="llama-dir"), tasks=[...])
+    lm_eval.simple_evaluate(model=lmjax.infer.harness.LmjaxLM(hf="llama-dir"), tasks=[...])
 
 `LmjaxLM` answers the harness' three requests with lmjax's jitted code: `loglikelihood`
-(lmjax.generate.continuation_log_likelihoods: batched, sorted by length, padded to a few
-bucketed lengths), `loglikelihood_rolling` (the disjoint windows of lmjax.perplexity, the
+(lmjax.infer.continuation_log_likelihoods: batched, sorted by length, padded to a few
+bucketed lengths), `loglikelihood_rolling` (the disjoint windows of lmjax.infer.perplexity, the
 harness' own scheme) and `generate_until` (greedy, or sampled as the task asks, cut at the
 task's stop strings). Tokenization follows the harness' `TemplateLM` (the context's trailing
 spaces move to the continuation; an empty context is the BOS token, else EOS).
@@ -28,12 +28,12 @@ from typing import Any
 
 import jax
 
-from lmjax.complete import GenerationSettings, complete_batch
+from lmjax.infer.complete import GenerationSettings, complete_batch
 from lmjax.convert.loading import Loaded, load_model
 from lmjax.errors import UserError
 from lmjax.files import check_new_file, write_text_atomic
-from lmjax.generate import continuation_log_likelihoods
-from lmjax.perplexity import prefix_id, require_language_model, window_requests
+from lmjax.infer import continuation_log_likelihoods
+from lmjax.infer.perplexity import prefix_id, require_language_model, window_requests
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_file, write_text_atomic
-from lmjax.generate import classify
+from lmjax.infer import classify
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import Head, Transformer
 from lmjax.hf.config import hf_labels

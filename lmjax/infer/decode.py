@@ -12,7 +12,7 @@ and stops once every row has emitted an end-of-sequence id. Left-padded rows get
 positions (their count of real tokens so far), so a prompt continues the same whether it is
 batched or alone. A step's sampling key is `fold_in(key, step)`, so the chunk size changes no
 token: `generate` is one chunk of `max_new_tokens`, and equals the joined stream. No tokenizer
-and no file I/O here: lmjax.complete does those.
+and no file I/O here: lmjax.infer.complete does those.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import UserError
-from lmjax.generate.checks import (check_ids, check_length, check_processors, check_sampling,
+from lmjax.infer.checks import (check_ids, check_length, check_processors, check_sampling,
                                    left_padded_positions, require_causal_lm)
-from lmjax.generate.sampling import Sampling, next_token, seen_ids
+from lmjax.infer.sampling import Sampling, next_token, seen_ids
 from lmjax.model import Transformer, init_cache, unrolled
 
 # Prompts are left-padded to a multiple of this, so that nearby prompt lengths share one compiled

@@ -27,7 +27,7 @@ from lmjax.data.config import DataConfig
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import read_json_lines
-from lmjax.generate import continuation_log_likelihoods
+from lmjax.infer import continuation_log_likelihoods
 from lmjax.model import Head, Transformer
 
 

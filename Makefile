@@ -1,6 +1,7 @@
 # Commands, each self-contained on a fresh machine with Python >= 3.11 and pip:
 #   make demo        train the tiny GPT on CPython's docs (~3 min on 2 cores), then sample from it
 #   make test        run the whole test suite
+#   make test-fast   the inner loop: model, config, data, conversion parity, refusals
 #   make sentiment   pre-train tiny-bert, then fine-tune it on Rotten Tomatoes sentiment
 # Each creates (or reuses) the virtual environment .venv/ and installs what it needs into it.
 
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test sentiment clean
+.PHONY: demo test test-fast sentiment clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,15 @@ sentiment: $(VENV)/.installed-core
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
+
+# The inner loop: the model, configs, data paths, conversion parity both ways and the config
+# round trip, refusals of bad configs and layering; the whole suite stays `make test`.
+FAST := tests/test_model.py tests/test_config.py tests/test_data.py tests/test_convert.py \
+  tests/test_config_round_trip.py tests/test_tokenizer_lengths.py tests/test_classification_data.py \
+  tests/test_layering.py
+test-fast: $(VENV)/.installed-test
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(FAST)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -15,15 +15,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmjax.errors import UserError
-from lmjax.model.config import (Activation, ClassifierPooling, Family, Head, ModelConfig,
-                                RopeScaling)
 from lmjax.hf.config_export import (export_model_type, model_config_to_hf_config,
-                                   roberta_head_activation)
+                                    roberta_head_activation)
+from lmjax.hf.config_fields import (activation_of, integer_key, layer_type_windows, refuse,
+                                    rope_fields, sliding_fields, supported)
+from lmjax.hf.config_gemma import gemma2_fields, gemma3_fields
+from lmjax.hf.tables import ARCHITECTURES, CLASS_DEFAULTS, ENCODERS, MODEL_TYPES
+from lmjax.model.config import ClassifierPooling, Family, Head, ModelConfig
 from lmjax.model.moe_config import MoeConfig
-from lmjax.hf.tables import ACTIVATIONS, ARCHITECTURES, CLASS_DEFAULTS, ENCODERS, MODEL_TYPES
-
-def _supported(names) -> str:
-  return ", ".join(sorted(names))
 
 
 def model_type_of(hf_config: Mapping[str, Any]) -> str:
@@ -31,7 +30,7 @@ def model_type_of(hf_config: Mapping[str, Any]) -> str:
   model_type = hf_config.get("model_type")
   if model_type not in MODEL_TYPES:
     raise UserError(f"Hugging Face model_type {model_type!r} is not supported; lmjax converts "
-                    f"{_supported(MODEL_TYPES)}.")
+                    f"{supported(MODEL_TYPES)}.")
   return model_type
 
 
@@ -42,30 +41,8 @@ def _head(model_type: str, hf_config: Mapping[str, Any]) -> Head:
     return Head.NONE if MODEL_TYPES[model_type] in ENCODERS else Head.CAUSAL_LM
   if architectures[0] not in heads:
     raise UserError(f"architecture {architectures[0]!r} is not supported for model_type "
-                    f"{model_type!r}; lmjax converts {_supported(heads)}.")
+                    f"{model_type!r}; lmjax converts {supported(heads)}.")
   return heads[architectures[0]]
-
-
-def _activation(name: str, key: str) -> Activation:
-  if name not in ACTIVATIONS:
-    raise UserError(f"{key}={name!r} has no exact lmjax equivalent; supported: "
-                    f"{_supported(ACTIVATIONS)}.")
-  return ACTIVATIONS[name]
-
-
-def _refuse(d: Mapping[str, Any], key: str, bad: Any, why: str) -> None:
-  if d.get(key) == bad:
-    raise UserError(f"{key}={bad!r} is not supported by lmjax ({why}); convert a model with "
-                    f"{key}={not bad!r}.")
-
-
-def _integer(d: Mapping[str, Any], key: str, low: int, why: str) -> int:
-  """d[key], checked to be an integer of at least `low` (0 or 1); `why` ends the message."""
-  value = d[key]
-  if not isinstance(value, int) or isinstance(value, bool) or value < low:
-    kind = "positive" if low == 1 else "non-negative"
-    raise UserError(f"{key}={value!r} must be a {kind} integer {why}.")
-  return value
 
 
 def _one_bias_switch(d: Mapping[str, Any]) -> bool:
@@ -93,7 +70,7 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
   family_fields = {Family.GPT2: _gpt2_fields, Family.BERT: _bert_fields,
                    Family.LLAMA: _llama_fields, Family.MISTRAL: _llama_fields,
                    Family.QWEN3: _llama_fields, Family.DISTILBERT: _distilbert_fields,
-                   Family.GEMMA2: _gemma2_fields, Family.GEMMA3: _gemma3_fields,
+                   Family.GEMMA2: gemma2_fields, Family.GEMMA3: gemma3_fields,
                    Family.MIXTRAL: _moe_fields, Family.QWEN3_MOE: _moe_fields,
                    Family.MODERNBERT: _modernbert_fields}[family]
   fields.update(family_fields(model_type, d, fields["head"]))
@@ -133,7 +110,7 @@ def _classifier_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
     pooling = d["classifier_pooling"]
     if pooling not in _POOLINGS:
       raise UserError(f"classifier_pooling={pooling!r} is not supported; lmjax converts "
-                      f"{_supported(_POOLINGS)}.")
+                      f"{supported(_POOLINGS)}.")
     return dict(num_labels=num_labels, classifier_pooling=_POOLINGS[pooling])
   encoder = MODEL_TYPES[model_type] in ENCODERS
   return dict(num_labels=num_labels, pooler=encoder, classifier_bias=encoder)
@@ -151,14 +128,14 @@ def _modernbert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dic
   layers = d["num_hidden_layers"]
   kinds = d["layer_types"]
   if not kinds:
-    every = _integer(d, "global_attn_every_n_layers", 1,
+    every = integer_key(d, "global_attn_every_n_layers", 1,
                      "(every n-th layer is global), or give layer_types")
     kinds = ["sliding_attention" if i % every else "full_attention" for i in range(layers)]
-  local = _integer(d, "local_attention", 0, "(the local layers' window, both sides together)")
-  windows = _layer_type_windows(kinds, local // 2 + 1, layers, "")
+  local = integer_key(d, "local_attention", 0, "(the local layers' window, both sides together)")
+  windows = layer_type_windows(kinds, local // 2 + 1, layers, "")
   rope = _modernbert_rope(d)
-  classifier_act = _activation(d["classifier_activation"], "classifier_activation")
-  activation = _activation(d["hidden_activation"], "hidden_activation")
+  classifier_act = activation_of(d["classifier_activation"], "classifier_activation")
+  activation = activation_of(d["hidden_activation"], "hidden_activation")
   return dict(
       vocab_size=d["vocab_size"], num_layers=layers, embed_dim=d["hidden_size"],
       num_heads=d["num_attention_heads"], mlp_dim=d["intermediate_size"],
@@ -196,26 +173,26 @@ def _modernbert_rope(d: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _gpt2_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
-  _refuse(d, "scale_attn_weights", False, "attention is always scaled by 1/sqrt(head_dim)")
-  _refuse(d, "scale_attn_by_inverse_layer_idx", True, "no per-layer attention scaling")
-  _refuse(d, "add_cross_attention", True, "decoder-only")
+  refuse(d, "scale_attn_weights", False, "attention is always scaled by 1/sqrt(head_dim)")
+  refuse(d, "scale_attn_by_inverse_layer_idx", True, "no per-layer attention scaling")
+  refuse(d, "add_cross_attention", True, "decoder-only")
   # reorder_and_upcast_attn only changes rounding in half precision: lmjax's softmax is float32.
   return dict(
       vocab_size=d["vocab_size"], num_layers=d["n_layer"], embed_dim=d["n_embd"],
       num_heads=d["n_head"], mlp_dim=d["n_inner"] or 4 * d["n_embd"],
       max_seq_len=d["n_positions"], norm_eps=float(d["layer_norm_epsilon"]),
-      activation=_activation(d["activation_function"], "activation_function"),
+      activation=activation_of(d["activation_function"], "activation_function"),
       tie_embeddings=bool(d["tie_word_embeddings"]), dropout_rate=float(d["resid_pdrop"]))
 
 
 def _bert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
   """Fields of bert and roberta: the same graph, with RoBERTa's positions offset."""
-  _refuse(d, "is_decoder", True, "bidirectional encoders only")
-  _refuse(d, "add_cross_attention", True, "no cross-attention")
+  refuse(d, "is_decoder", True, "bidirectional encoders only")
+  refuse(d, "add_cross_attention", True, "no cross-attention")
   if d["position_embedding_type"] != "absolute":
     raise UserError(f"position_embedding_type={d['position_embedding_type']!r} is not "
                     f"supported; lmjax converts 'absolute'.")
-  activation = _activation(d["hidden_act"], "hidden_act")
+  activation = activation_of(d["hidden_act"], "hidden_act")
   offset, head_activation = 0, None
   if model_type == "roberta":
     head_activation = roberta_head_activation(activation, head)
@@ -242,7 +219,7 @@ def _distilbert_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dic
   return dict(
       vocab_size=d["vocab_size"], num_layers=d["n_layers"], embed_dim=d["dim"],
       num_heads=d["n_heads"], mlp_dim=d["hidden_dim"], max_seq_len=d["max_position_embeddings"],
-      norm_eps=1e-12, activation=_activation(d["activation"], "activation"),
+      norm_eps=1e-12, activation=activation_of(d["activation"], "activation"),
       tie_embeddings=bool(d["tie_word_embeddings"]), dropout_rate=float(d["dropout"]))
 
 
@@ -250,13 +227,13 @@ def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str
   """Fields of llama, mistral, qwen2 and qwen3, which share one graph (Qwen3's with QK-norm, a
   family default)."""
   hidden, heads = d["hidden_size"], d["num_attention_heads"]
-  activation = _activation(d["hidden_act"], "hidden_act")
+  activation = activation_of(d["hidden_act"], "hidden_act")
   if model_type == "qwen2":
     qkv_bias, use_bias = True, False
   elif model_type == "mistral":
     qkv_bias = use_bias = False
   elif model_type == "qwen3":
-    _refuse(d, "attention_bias", True, "Qwen3's attention_bias biases q/k/v and o_proj but not "
+    refuse(d, "attention_bias", True, "Qwen3's attention_bias biases q/k/v and o_proj but not "
             "the MLP, and lmjax has one switch for o_proj and the MLP")
     qkv_bias = use_bias = False
   else:
@@ -269,7 +246,7 @@ def _llama_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str
       mlp_dim=d["intermediate_size"], max_seq_len=d["max_position_embeddings"],
       norm_eps=float(d["rms_norm_eps"]), activation=activation,
       tie_embeddings=bool(d["tie_word_embeddings"]), qkv_bias=qkv_bias, use_bias=use_bias,
-      **_rope_fields(d), **_sliding_fields(model_type, d))
+      **rope_fields(d), **sliding_fields(model_type, d))
 
 
 def _moe_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
@@ -299,172 +276,6 @@ def _moe_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, 
       mlp_dim=None if width == fields["mlp_dim"] else width, normalize_weights=normalize,
       aux_loss_coef=float(d["router_aux_loss_coef"]))
   return fields
-
-
-def _sliding_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
-  """The sliding window and the layers it applies to, as transformers reads them: Mistral's
-  `sliding_window` covers every layer; Qwen2's and Qwen3's only counts with
-  `use_sliding_window`, on the layers `layer_types` calls sliding_attention (without
-  layer_types: from layer `max_window_layers` on)."""
-  window, layers = d.get("sliding_window"), d["num_hidden_layers"]
-  if model_type == "llama":
-    return {}
-  if model_type == "mistral":  # transformers' Mistral ignores layer_types (Ministral has them)
-    return dict(sliding_window=window)
-  window = window if d["use_sliding_window"] else None
-  kinds = d.get("layer_types") or [
-      "sliding_attention" if window is not None and i >= d["max_window_layers"]
-      else "full_attention" for i in range(layers)]
-  return _layer_type_windows(
-      kinds, window, layers,
-      f"use_sliding_window={d['use_sliding_window']}, sliding_window="
-      f"{d.get('sliding_window')!r}): set use_sliding_window=true and sliding_window")
-
-
-def _layer_type_windows(kinds: list[str], window: int | None, layers: int, missing: str
-                        ) -> dict[str, Any]:
-  """sliding_window and sliding_layers from transformers' `layer_types`; `missing`: the keys
-  that leave `window` unset, and how to set it."""
-  unknown = sorted(set(kinds) - {"full_attention", "sliding_attention"})
-  if unknown:
-    raise UserError(f"layer_types names {', '.join(map(repr, unknown))}, which lmjax does not "
-                    f"convert: its layers are 'full_attention' or 'sliding_attention'.")
-  if len(kinds) != layers:
-    raise UserError(f"layer_types has {len(kinds)} entries for num_hidden_layers={layers}.")
-  sliding = tuple(i for i, kind in enumerate(kinds) if kind == "sliding_attention")
-  if sliding and window is None:
-    raise UserError(f"layer_types has 'sliding_attention' layers ({', '.join(map(str, sliding))}) "
-                    f"without a window ({missing}, or call those layers 'full_attention'.")
-  if not sliding:
-    return {}
-  return dict(sliding_window=window, sliding_layers=None if len(sliding) == layers else sliding)
-
-
-def _gemma2_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
-  """Fields of gemma2: Llama's graph with the family's (1 + w) sandwich norms, scaled
-  embeddings and GeGLU, plus the keys below; with layer_types null, Gemma2Config makes the
-  even layers (0, 2, …) sliding."""
-  kinds = d["layer_types"] or ["sliding_attention" if i % 2 == 0 else "full_attention"
-                               for i in range(d["num_hidden_layers"])]
-  return {**_gemma_fields(model_type, d, kinds), **_rope_fields(d)}
-
-
-def _gemma3_fields(model_type: str, d: Mapping[str, Any], head: Head) -> dict[str, Any]:
-  """Fields of gemma3_text: Gemma 2's graph with the family's QK-norms and a RoPE per layer
-  type; with layer_types null, Gemma3TextConfig makes every `sliding_window_pattern`-th layer
-  global (5, 11, … for 6) and the others sliding. Its attention ignores attn_logit_softcapping
-  (never soft-caps), so a checkpoint that sets one is ambiguous and refused."""
-  cap = d["attn_logit_softcapping"]
-  if cap is not None:
-    raise UserError(f"attn_logit_softcapping={cap!r} is not supported for gemma3_text: "
-                    f"transformers' Gemma 3 attention ignores it (it never soft-caps), so what the "
-                    f"checkpoint expects is unclear; set it to null to convert what transformers "
-                    f"computes.")
-  kinds = d["layer_types"]
-  if not kinds:
-    pattern = _integer(d, "sliding_window_pattern", 1,
-                       "(every pattern-th layer is global), or give layer_types")
-    kinds = ["sliding_attention" if (i + 1) % pattern else "full_attention"
-             for i in range(d["num_hidden_layers"])]
-  return {**_gemma_fields(model_type, d, kinds), **_gemma3_rope_fields(d, kinds)}
-
-
-def _gemma_fields(model_type: str, d: Mapping[str, Any], kinds: list[str]) -> dict[str, Any]:
-  """What gemma2 and gemma3_text share: the keys below, and the windows of `kinds`, the
-  layers' types."""
-  name = "Gemma 2" if model_type == "gemma2" else "Gemma 3"
-  _refuse(d, "attention_bias", True, f"{name}'s attention_bias biases q/k/v and o_proj but not "
-          "the MLP, and lmjax has one switch for o_proj and the MLP")
-  _refuse(d, "use_bidirectional_attention", True, f"{name} converts as a causal decoder")
-  hidden, heads, layers = d["hidden_size"], d["num_attention_heads"], d["num_hidden_layers"]
-  head_dim = d["head_dim"] or hidden // heads
-  scalar = d["query_pre_attn_scalar"]
-  cap = lambda key: None if d[key] is None else float(d[key])
-  return dict(
-      vocab_size=d["vocab_size"], num_layers=layers, embed_dim=hidden, num_heads=heads,
-      num_kv_heads=d["num_key_value_heads"] or heads,
-      head_dim=None if head_dim == hidden // heads else head_dim,
-      mlp_dim=d["intermediate_size"], max_seq_len=d["max_position_embeddings"],
-      norm_eps=float(d["rms_norm_eps"]),
-      activation=_activation(d["hidden_activation"], "hidden_activation"),
-      tie_embeddings=bool(d["tie_word_embeddings"]),
-      query_pre_attn_scalar=None if scalar == head_dim else float(scalar),
-      attn_logit_softcap=cap("attn_logit_softcapping"),
-      final_logit_softcap=cap("final_logit_softcapping"),
-      **_layer_type_windows(kinds, d["sliding_window"], layers,
-                            "sliding_window=None): set sliding_window"))
-
-
-def _gemma3_rope_fields(d: Mapping[str, Any], kinds: list[str]) -> dict[str, Any]:
-  """Gemma 3's RoPE by layer type, read as Gemma3TextConfig does: v5's `rope_parameters`
-  {"full_attention": …, "sliding_attention": …}, each entry's missing base from v4's
-  `rope_theta` (global) and `rope_local_base_freq` (local), and v4's `rope_scaling` laid over
-  the global entry. The global layers' RoPE is rope_theta and rope_scaling; the local layers',
-  where it differs, rope_local_theta (plain RoPE, the only kind lmjax's local layers have)."""
-  nested = d["rope_parameters"] or {}
-  if nested and not {"full_attention", "sliding_attention"} & set(nested):
-    raise UserError(f"rope_parameters={dict(nested)!r} has no entries by layer type; gemma3_text "
-                    f"nests them under 'full_attention' and 'sliding_attention' (as transformers "
-                    f"v5 writes them), or give rope_theta and rope_local_base_freq.")
-  full = {**(nested.get("full_attention") or {"rope_type": "default"}), **(d["rope_scaling"] or {})}
-  full.setdefault("rope_theta", d["rope_theta"] or 1_000_000.0)
-  local = dict(nested.get("sliding_attention") or {"rope_type": "default"})
-  local.setdefault("rope_theta", d["rope_local_base_freq"] or 10_000.0)
-  global_rope = _layer_rope(d, full, "full_attention")
-  local_rope = _layer_rope(d, local, "sliding_attention")
-  global_type, theta, factor = global_rope
-  fields: dict[str, Any] = dict(rope_theta=theta)
-  if global_type == "linear":
-    fields.update(rope_scaling=RopeScaling.LINEAR, rope_scaling_factor=factor)
-  if "sliding_attention" in kinds and local_rope != global_rope:
-    if local_rope[0] != "default":
-      raise UserError(f"rope_parameters['sliding_attention'] has rope_type {local_rope[0]!r}, "
-                      f"unlike the full_attention layers' RoPE: lmjax's local layers rotate as "
-                      f"the global ones, or with plain ('default') RoPE of their own base.")
-    fields.update(rope_local_theta=local_rope[1])
-  return fields
-
-
-def _layer_rope(d: Mapping[str, Any], rope: Mapping[str, Any], kind: str
-                ) -> tuple[str, float, float | None]:
-  """(rope_type, base, linear factor or None) of one layer type's Gemma 3 RoPE entry."""
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
-  if rope_type not in ("default", "linear"):
-    raise UserError(f"RoPE type {rope_type!r} of the {kind} layers is not supported for "
-                    f"gemma3_text; lmjax converts default, linear.")
-  if (rope.get("partial_rotary_factor") or d.get("partial_rotary_factor") or 1.0) != 1.0:
-    raise UserError("partial_rotary_factor != 1 is not supported: lmjax rotates every head dim.")
-  return rope_type, float(rope["rope_theta"]), (float(rope["factor"]) if rope_type == "linear"
-                                                 else None)
-
-
-_ROPE_TYPES = ("default", "llama3", "linear")
-
-
-def _rope_fields(d: Mapping[str, Any]) -> dict[str, Any]:
-  """RoPE fields from v5 `rope_parameters` or the older `rope_theta` + `rope_scaling`.
-
-  Where both are given, `rope_scaling` wins, as in transformers v5.
-  """
-  rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
-  theta = float(rope.get("rope_theta") or d["rope_theta"] or 10000.0)
-  if rope_type not in _ROPE_TYPES:
-    raise UserError(f"RoPE type {rope_type!r} is not supported; lmjax converts "
-                    f"{', '.join(_ROPE_TYPES)}.")
-  if (rope.get("partial_rotary_factor") or d.get("partial_rotary_factor") or 1.0) != 1.0:
-    raise UserError("partial_rotary_factor != 1 is not supported: lmjax rotates every head dim.")
-  if rope_type == "default":
-    return dict(rope_theta=theta)
-  if rope_type == "linear":
-    return dict(rope_theta=theta, rope_scaling=RopeScaling.LINEAR,
-                rope_scaling_factor=float(rope["factor"]))
-  return dict(rope_theta=theta, rope_scaling=RopeScaling.LLAMA3,
-              rope_scaling_factor=float(rope["factor"]),
-              rope_low_freq_factor=float(rope["low_freq_factor"]),
-              rope_high_freq_factor=float(rope["high_freq_factor"]),
-              rope_original_max_len=int(rope.get("original_max_position_embeddings")
-                                        or d["max_position_embeddings"]))
 
 
 __all__ = ["hf_config_to_model_config", "hf_labels", "model_config_to_hf_config", "export_model_type",

@@ -205,3 +205,16 @@ def test_a_decoder_classifier_fine_tuned_without_a_pad_token_pads_with_its_eos_i
   for theirs, mine in zip(pipe(sample), ours):
     for entry in theirs:
       assert mine["probabilities"][entry["label"]] == pytest.approx(entry["score"], abs=1e-4)
+
+
+def test_a_source_config_that_does_not_read_is_not_kept_and_training_goes_on(tmp_path, caplog):
+  from lmjax.convert.runs import HF_CONFIG_COPY, keep_source_config
+  (tmp_path / "src").mkdir()
+  (tmp_path / "src" / "config.json").write_text("{not json")
+  keep_source_config(tmp_path / "src", tmp_path / "run")
+  assert not (tmp_path / "run" / HF_CONFIG_COPY).exists()
+  assert "an export of this run will not carry its fields" in caplog.text
+  (tmp_path / "src" / "config.json").write_text('{"model_type": "gpt2", "pad_token_id": 7}')
+  keep_source_config(tmp_path / "src", tmp_path / "run")
+  keep_source_config(tmp_path / "elsewhere", tmp_path / "run")  # kept once: a resume keeps it
+  assert json.loads((tmp_path / "run" / HF_CONFIG_COPY).read_text())["pad_token_id"] == 7

@@ -195,9 +195,15 @@ def keep_source_config(source: str | os.PathLike, run_path: str | os.PathLike) -
   for run_name, names in ((HF_CONFIG_COPY, ("config.json", HF_CONFIG_COPY)),
                           (HF_GENERATION_COPY, ("generation_config.json", HF_GENERATION_COPY))):
     found = [source / name for name in names if (source / name).is_file()]
-    if found and not (run_path / run_name).exists() and read_json_object(found[0]) is not None:
-      run_path.mkdir(parents=True, exist_ok=True)
-      shutil.copyfile(found[0], run_path / run_name)
+    if not found or (run_path / run_name).exists():
+      continue
+    try:
+      read_json_object(found[0])
+    except UserError as e:  # metadata for the export only: not a reason to stop training
+      log.warning("%s; an export of this run will not carry its fields.", str(e).rstrip("."))
+      continue
+    run_path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(found[0], run_path / run_name)
 
 
 def export_fields(run: RunDir, config: Config) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from lmjax.config_schema import build, coerce_enum, did_you_mean, plain
 from lmjax.data.config import DataConfig
 from lmjax.errors import UserError
 from lmjax.files import read_json_object
+from lmjax.hf.config import hf_config_to_model_config, hf_labels
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model.config import FAMILY_DEFAULTS, Family, Head, ModelConfig
-from lmjax.hf.config import hf_config_to_model_config, hf_labels
 from lmjax.model.presets import PRESET_NAMES, preset_fields
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from lmjax.sharding import MeshConfig

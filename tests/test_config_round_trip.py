@@ -2,6 +2,7 @@
 by the command line, for every family and head: special-token ids, label names, dropout rates,
 generation defaults and every other field a ModelConfig does not hold."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,8 +13,11 @@ transformers = pytest.importorskip("transformers")
 
 import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
-from lmjax.infer import classify  # noqa: E402
+from lmjax.convert.runs import HF_CONFIG_COPY, keep_source_config  # noqa: E402
+from lmjax.hf.config import hf_config_to_model_config, model_config_to_hf_config  # noqa: E402
+from lmjax.hf.source_config import merge_source_config  # noqa: E402
 from lmjax.hf.tables import ARCHITECTURES  # noqa: E402
+from lmjax.infer import classify  # noqa: E402
 
 # Fields allowed to differ after a round trip, each for a reason. None today: an unchanged
 # model is written back in its source's words (lmjax.hf.source_config).
@@ -117,9 +121,6 @@ def test_a_bare_model_and_params_export_says_what_it_cannot_know(tmp_path, caplo
 
 
 def test_a_changed_graph_keeps_the_sources_behaviour_fields_but_not_its_stale_graph_fields():
-  from lmjax.hf.source_config import merge_source_config
-  from lmjax.hf.config import hf_config_to_model_config, model_config_to_hf_config
-  import dataclasses
   source = hf_config("qwen3", "Qwen3ForCausalLM").to_dict()
   config = hf_config_to_model_config(source)
   longer = dataclasses.replace(config, max_seq_len=256, sliding_window=None,
@@ -208,7 +209,6 @@ def test_a_decoder_classifier_fine_tuned_without_a_pad_token_pads_with_its_eos_i
 
 
 def test_a_source_config_that_does_not_read_is_not_kept_and_training_goes_on(tmp_path, caplog):
-  from lmjax.convert.runs import HF_CONFIG_COPY, keep_source_config
   (tmp_path / "src").mkdir()
   (tmp_path / "src" / "config.json").write_text("{not json")
   keep_source_config(tmp_path / "src", tmp_path / "run")

@@ -16,7 +16,6 @@ import pathlib
 import sys
 from typing import Sequence
 
-from lmjax.infer import complete, perplexity
 from lmjax.cli import parser as cli_parser
 from lmjax.cli import process as app
 from lmjax.config import load_config, resolve_config_path
@@ -27,6 +26,7 @@ from lmjax.data.sources.documents import ReadStats, iter_sources
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
+from lmjax.infer import complete, perplexity
 from lmjax.infer import fill_mask
 from lmjax.infer.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
 from lmjax.run.inspection import format_table, inspect_checkpoints

@@ -11,10 +11,10 @@ directory) and `verify` (an HF model against a run's). The config.json translati
 config's twin, lmjax.hf.config.
 """
 
-from lmjax.hf.engine import from_hf, read_hf_config
 from lmjax.convert.loading import Loaded, load, to_hf
-from lmjax.hf.tokenizer_files import copy_tokenizer_files
 from lmjax.hf.config import hf_config_to_model_config, model_config_to_hf_config
+from lmjax.hf.engine import from_hf, read_hf_config
+from lmjax.hf.tokenizer_files import copy_tokenizer_files
 
 __all__ = ["Loaded", "copy_tokenizer_files", "load", "from_hf", "hf_config_to_model_config",
            "model_config_to_hf_config", "read_hf_config", "to_hf"]

@@ -18,8 +18,8 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from lmjax.config import is_run_directory
-from lmjax.hf.engine import from_hf
 from lmjax.errors import UserError
+from lmjax.hf.engine import from_hf
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.lora import merge_lora
 from lmjax.model.trainable import frozen_dtype

@@ -24,12 +24,12 @@ import jax.numpy as jnp
 
 from lmjax.config import is_run_directory
 from lmjax.convert.base_model import load_run
-from lmjax.hf.engine import from_hf, read_hf_config, write_hf
 from lmjax.convert.runs import export_fields
-from lmjax.hf.tokenizer_files import tokenizer_file_names
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
+from lmjax.hf.engine import from_hf, read_hf_config, write_hf
 from lmjax.hf.hub import resolve_hf_dir
+from lmjax.hf.tokenizer_files import tokenizer_file_names
 from lmjax.model import ModelConfig, Transformer
 from lmjax.run import RunDir
 
@@ -111,15 +111,13 @@ def load_model(*, run_dir: str | pathlib.Path | None = None,
                       f"Face directory: drop --step.")
     hf_dir = resolve_hf_dir(hf_dir)
     model, params = from_hf(hf_dir)
-    directory, is_run = pathlib.Path(hf_dir), False
-    tokenizer = (Tokenizer.from_file(hf_dir) if require_tokenizer or tokenizer_file_names(hf_dir)
-                 else None)
+    directory, is_run, tokenizer_dir = pathlib.Path(hf_dir), False, pathlib.Path(hf_dir)
   else:
     model, params = load_run(run_dir, step=step)
     run = RunDir(run_dir)
-    directory, is_run = run.path, True
-    tokenizer = (Tokenizer.load(run.tokenizer_dir)
-                 if require_tokenizer or tokenizer_file_names(run.tokenizer_dir) else None)
+    directory, is_run, tokenizer_dir = run.path, True, run.tokenizer_dir
+  tokenizer = (Tokenizer.from_file(tokenizer_dir)
+               if require_tokenizer or Tokenizer.readable_in(tokenizer_dir) else None)
   if dtype == "bfloat16":
     model = Transformer(model.config, jnp.bfloat16)
     params = jax.tree.map(
@@ -137,7 +135,7 @@ def load(source: str | os.PathLike, *, step: int | None = None, dtype: str = "fl
   if is_run_directory(source):
     loaded = load_model(run_dir=source, step=step, dtype=dtype, require_tokenizer=False)
     run = RunDir(source)
-    fields = export_fields(run, run.require_config())
+    fields = export_fields(run, run.require_config(), loaded.tokenizer)
     hf_config = {**(fields["source_config"] or {}), **fields["config_overrides"]}
     return dataclasses.replace(loaded, hf_config=hf_config,
                                hf_generation_config=fields["generation"],

@@ -24,20 +24,20 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from lmjax.config import Config, TrainConfig
-from lmjax.data.config import DataConfig
-from lmjax.hf.adapters import export_peft
 from lmjax.convert.base_model import frozen_params
-from lmjax.hf.bindings import unflatten
-from lmjax.hf.engine import HfWeights, export_params
-from lmjax.hf.peft_import import read_peft
-from lmjax.hf.tokenizer_files import copy_tokenizer_files
+from lmjax.data.config import DataConfig
 from lmjax.data.tokenize.sentencepiece_model import model_file_in
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_directory, read_json_object, staged_directory
-from lmjax.hf.hub import resolve_hf_dir
-from lmjax.model import Head, param_shapes
+from lmjax.hf.adapters import export_peft
+from lmjax.hf.bindings import unflatten
 from lmjax.hf.config import hf_labels
+from lmjax.hf.engine import HfWeights, export_params
+from lmjax.hf.hub import resolve_hf_dir
+from lmjax.hf.peft_import import read_peft
+from lmjax.hf.tokenizer_files import copy_tokenizer_files
+from lmjax.model import Head, param_shapes
 from lmjax.model.trainable import frozen_dtype, split
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.load import open_checkpoints, restore_step
@@ -206,16 +206,18 @@ def keep_source_config(source: str | os.PathLike, run_path: str | os.PathLike) -
     shutil.copyfile(found[0], run_path / run_name)
 
 
-def export_fields(run: RunDir, config: Config) -> dict[str, Any]:
+def export_fields(run: RunDir, config: Config, tokenizer: Tokenizer | None = None
+                  ) -> dict[str, Any]:
   """What a run's export writes beside its ModelConfig (`export_params`' keyword arguments):
   its source's config.json and generation_config.json where it kept them, and the special-token
-  ids of its tokenizer where the source sets none, and a classifier's label names."""
+  ids of its tokenizer (`tokenizer`, else the run's, where it has one) where the source sets
+  none, and a classifier's label names."""
   source = read_json_object(run.path / HF_CONFIG_COPY) or {}
   ids: dict[str, Any] = {}
   pad_token = None
-  if ((run.tokenizer_dir / "tokenizer.json").is_file()
-      or model_file_in(str(run.tokenizer_dir)) is not None):
+  if tokenizer is None and Tokenizer.readable_in(run.tokenizer_dir):
     tokenizer = Tokenizer.load(run.tokenizer_dir)
+  if tokenizer is not None:
     roles = {"bos_token_id": "bos", "eos_token_id": "eos", "pad_token_id": "pad",
              "mask_token_id": "mask", "cls_token_id": "cls", "sep_token_id": "sep"}
     ids = {key: tokenizer.token_to_id(tokenizer.roles[role]) for key, role in roles.items()

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.convert.base_model import load_run
-from lmjax.hf.engine import read_hf_config
-from lmjax.hf.safetensors_files import CheckpointReader
 from lmjax.errors import UserError
+from lmjax.hf.engine import read_hf_config
 from lmjax.hf.hub import resolve_hf_dir
+from lmjax.hf.safetensors_files import CheckpointReader
 from lmjax.model import Head
 
 

@@ -10,11 +10,11 @@ Pure Python/numpy: this layer knows nothing of the model, the losses, the traine
 directory; the trainer describes what it needs in a `BatchSpec` (spec.py).
 """
 
-from lmjax.data.tokenize import sentencepiece_model  # registers the sentencepiece backend
 from lmjax.data.config import BadRecords, DataConfig, DataSource, EncodingErrors, Source
 from lmjax.data.examples.packing import pack_documents, pad_and_stack
 from lmjax.data.sources.documents import builtin_corpus, read_documents
 from lmjax.data.spec import BatchSpec, Objective
+from lmjax.data.tokenize import sentencepiece_model  # registers the sentencepiece backend
 from lmjax.data.tokenize.tokenizer import Tokenizer
 
 __all__ = [

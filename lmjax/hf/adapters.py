@@ -25,14 +25,14 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from lmjax.hf.bindings import bind
-from lmjax.hf.key_maps import KEY_MAPS
-from lmjax.hf.safetensors_files import TensorEntry, write_safetensors_file
 from lmjax.errors import UserError
 from lmjax.files import staged_directory
+from lmjax.hf.bindings import bind
+from lmjax.hf.config import model_config_to_hf_config
+from lmjax.hf.key_maps import KEY_MAPS
+from lmjax.hf.safetensors_files import TensorEntry, write_safetensors_file
 from lmjax.model import Family, Head, ModelConfig
 from lmjax.model.config import LoraConfig
-from lmjax.hf.config import model_config_to_hf_config
 from lmjax.model.lora import ADAPTER_NAMES, adapter_delta, scale
 
 Read = Callable[[Sequence[str]], Mapping[str, Any]]

@@ -18,9 +18,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from lmjax.errors import UserError
 from lmjax.hf.key_maps import KeyMap
 from lmjax.hf.transforms import Transform, hf_shape
-from lmjax.errors import UserError
 from lmjax.model import ModelConfig, param_shapes
 
 

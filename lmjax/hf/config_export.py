@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from lmjax.errors import UserError
+from lmjax.hf.tables import ACTIVATION_NAMES, ARCHITECTURES, ENCODERS
 from lmjax.model.config import (FAMILY_DEFAULTS, Activation, ClassifierPooling, Family, Head,
                                 ModelConfig, PoolerActivation, RopeScaling)
-from lmjax.hf.tables import ACTIVATION_NAMES, ARCHITECTURES, ENCODERS
 
 
 def export_model_type(config: ModelConfig) -> str:

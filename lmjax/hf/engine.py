@@ -1,12 +1,12 @@
 """Hugging Face checkpoints -> (Transformer, params) and back, for every family in one engine.
 
     model, params = from_hf("gpt2-dir")             # float32, scanned layers
-    to_hf(model, params, "out-dir", dtype="bfloat16", tokenizer_dir="gpt2-dir")
+    write_hf(model, params, "out-dir", dtype="bfloat16", tokenizer_dir="gpt2-dir")
 
 `from_hf` reads config.json, checks every tensor name and shape against the family's key map
 before reading any data, then fills preallocated params tensor by tensor (memory: the params
 plus one HF tensor); `HfWeights` also makes one param at a time, for imports that write each
-param as soon as it is made. `to_hf` builds each HF tensor only when its shard is written, in
+param as soon as it is made. `write_hf` builds each HF tensor only when its shard is written, in
 a staging directory renamed into place on success; `export_params` does the same for params
 read from disk a group at a time.
 """
@@ -27,19 +27,19 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from lmjax.errors import UserError
+from lmjax.files import read_json_object, staged_directory
 from lmjax.hf.adapters import merged_view
 from lmjax.hf.bindings import (Binding, abstract_params, bind, flatten, param_groups,
                                     unflatten)
+from lmjax.hf.config import (hf_config_to_model_config, model_config_to_hf_config,
+                                   model_type_of)
+from lmjax.hf.hub import resolve_hf_dir
 from lmjax.hf.key_maps import KEY_MAPS, KeyMap
 from lmjax.hf.safetensors_files import CheckpointReader, TensorEntry, write_safetensors
 from lmjax.hf.source_config import merge_source_config
 from lmjax.hf.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
-from lmjax.errors import UserError
-from lmjax.files import read_json_object, staged_directory
-from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import Family, Head, ModelConfig, Transformer
-from lmjax.hf.config import (hf_config_to_model_config, model_config_to_hf_config,
-                                   model_type_of)
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from lmjax.errors import UserError
 from lmjax.hf.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, without_lora
 from lmjax.hf.bindings import abstract_params, bind
+from lmjax.hf.config import model_config_to_hf_config
 from lmjax.hf.key_maps import KEY_MAPS
-from lmjax.errors import UserError
 from lmjax.model import ModelConfig
 from lmjax.model.config import LoraConfig
-from lmjax.hf.config import model_config_to_hf_config
 from lmjax.model.lora import layer_module, scale
 
 

@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 from lmjax.convert.loading import Loaded
-from lmjax.data.tokenize import chat
 from lmjax.data.examples.sft import chat_template
+from lmjax.data.tokenize import chat
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import read_json_lines, write_text_atomic

@@ -28,11 +28,11 @@ from typing import Any
 
 import jax
 
-from lmjax.infer.complete import GenerationSettings, complete_batch
 from lmjax.convert.loading import Loaded, load_model
 from lmjax.errors import UserError
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import continuation_log_likelihoods
+from lmjax.infer.complete import GenerationSettings, complete_batch
 from lmjax.infer.perplexity import prefix_id, require_language_model, window_requests
 
 log = logging.getLogger(__name__)

@@ -23,17 +23,17 @@ from typing import Any
 
 from lmjax.convert import read_hf_config
 from lmjax.convert.loading import load_model
-from lmjax.data.examples.classification import check_labels, encode_texts, example_tokenizer
 from lmjax.data.config import Source
+from lmjax.data.examples.classification import check_labels, encode_texts, example_tokenizer
 from lmjax.data.examples.labelled import Examples, Fields, read_examples
 from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_file, write_text_atomic
-from lmjax.infer import classify
-from lmjax.hf.hub import resolve_hf_dir
-from lmjax.model import Head, Transformer
 from lmjax.hf.config import hf_labels
+from lmjax.hf.hub import resolve_hf_dir
+from lmjax.infer import classify
+from lmjax.model import Head, Transformer
 from lmjax.run import RunDir
 
 log = logging.getLogger(__name__)

@@ -100,8 +100,8 @@ def check_tokenizer_of_source(config: Config) -> None:
   directory = source / "tokenizer" if is_run_directory(source) else source
   if not tokenizer_file_names(directory):
     return  # the source has none: the config's is the only tokenizer there is
-  own = Tokenizer.from_file(directory)
-  if choice == "byte" and own.to_dict() == Tokenizer.byte_level().to_dict():
+  if choice == "byte" and (Tokenizer.from_file(directory).to_dict()
+                           == Tokenizer.byte_level().to_dict()):
     return
   raise UserError(
       f"model.init_from={config.init_from} brings its own tokenizer ({directory}), but "

@@ -20,10 +20,10 @@ import logging
 
 import numpy as np
 
-from lmjax.data.tokenize.chat import ChatTemplate, load_template, segments
 from lmjax.data.config import BadRecords, DataConfig, Source
 from lmjax.data.rows import MemoryRows
 from lmjax.data.sources.documents import ReadStats, find_units, read_text
+from lmjax.data.tokenize.chat import ChatTemplate, load_template, segments
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 

@@ -21,19 +21,19 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from lmjax.data.pipeline.batches import BatchSource, pack_for, packing_ids
-from lmjax.data.examples.classification import encode_examples, example_tokenizer, read_labelled
 from lmjax.data.config import DataConfig, DataSource, Source
+from lmjax.data.examples.classification import encode_examples, example_tokenizer, read_labelled
+from lmjax.data.examples.sft import load_sft, read_sft_examples
+from lmjax.data.pipeline.batches import BatchSource, pack_for, packing_ids
 from lmjax.data.pipeline.dataset_rows import DatasetRows, DocumentIndex, index_documents, iter_texts
-from lmjax.data.sources.hf_datasets import TextColumn
 from lmjax.data.pipeline.prepared import Prepared, open_prepared
 from lmjax.data.rows import ArrayRecordRows, ConcatenatedRows, MemoryRows, Rows
-from lmjax.data.examples.sft import load_sft, read_sft_examples
 from lmjax.data.sources.documents import (ReadStats, describe_files, find_units, keep_tokenized,
                                  read_units)
+from lmjax.data.sources.hf_datasets import TextColumn
 from lmjax.data.spec import BatchSpec, Objective
-from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.data.tokenize.setup import build_tokenizer, check_tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 
 log = logging.getLogger(__name__)

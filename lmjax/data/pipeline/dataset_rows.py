@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from lmjax.data.config import Source
-from lmjax.data.sources.hf_datasets import TextColumn
 from lmjax.data.examples.packing import packed_row
 from lmjax.data.rows import ROW_FIELDS, Rows
 from lmjax.data.sources.documents import ReadStats, keep_tokenized
+from lmjax.data.sources.hf_datasets import TextColumn
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 

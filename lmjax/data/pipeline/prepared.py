@@ -29,16 +29,16 @@ import grain
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from lmjax.data.pipeline.batches import packing_ids
 from lmjax.data.config import DataConfig, DataSource, Source
 from lmjax.data.examples.packing import Batch, RowPacker
+from lmjax.data.pipeline.batches import packing_ids
 from lmjax.data.pipeline.prefetch import prefetched
 from lmjax.data.rows import ArrayRecordRows, encode_row
 from lmjax.data.sources.documents import (ReadStats, Unit, describe_files, find_units, iter_sources,
                                  keep_tokenized, read_unit)
 from lmjax.data.spec import BatchSpec, Objective
-from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.data.tokenize.setup import build_tokenizer, check_tokenizer
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import staged_directory
 

@@ -30,8 +30,8 @@ from collections.abc import Iterator, Sequence
 
 from lmjax.data.config import BadRecords, DataConfig, EncodingErrors, Source
 from lmjax.data.sources.globs import glob_files
-from lmjax.data.sources.tables import parse_csv, read_parquet
 from lmjax.data.sources.hf_datasets import read_hf_texts
+from lmjax.data.sources.tables import parse_csv, read_parquet
 from lmjax.data.sources.tfds import read_tfds
 from lmjax.errors import UserError
 

@@ -285,6 +285,14 @@ class Tokenizer:
     return Tokenizer(hf, roles=LMJAX_SPECIALS)
 
   @classmethod
+  def readable_in(cls, path: str | os.PathLike) -> bool:
+    """Whether `from_file(path)` finds a file to read there (a tokenizer.json or a backend's
+    file, such as a sentencepiece model; vocab.txt alone is not one)."""
+    path = os.fspath(path)
+    return (any(backend.file_in(path) is not None for backend in cls._backends)
+            or os.path.isfile(os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path))
+
+  @classmethod
   def from_file(cls, path: str | os.PathLike) -> Tokenizer:
     """The tokenizer at `path`: a `tokenizer.json`, a sentencepiece `.model`, or a directory.
 

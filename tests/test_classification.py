@@ -36,7 +36,8 @@ SMALL = ["model.num_layers=2", "model.embed_dim=64", "model.num_heads=4", "model
 def classifier_args(run_dir, init_from, data, *extra):
   return ["train", "tiny-bert", "--run-dir", str(run_dir), "--set", *SMALL,
           f"model.init_from={init_from}", "data.tokenizer=null", "model.head=classification",
-          "data.source=jsonl", f"data.paths=[{data}]", "data.eval_fraction=0.2", "train.learning_rate=1e-3", *extra]
+          "data.source=jsonl", f"data.paths=[{data}]", "data.eval_fraction=0.2",
+          "train.learning_rate=1e-3", *extra]
 
 
 @pytest.fixture(scope="module")

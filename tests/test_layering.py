@@ -33,7 +33,8 @@ def copy_of_the_package(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("module, added, broken", [
-    ("data/examples/packing.py", "from lmjax.model import Transformer", "The data layer knows no model"),
+    ("data/examples/packing.py", "from lmjax.model import Transformer",
+     "The data layer knows no model"),
     ("convert/runs.py", "import lmjax.train.loop", "Conversion never imports the trainer"),
     ("hf/engine.py", "import lmjax.run.run_dir", "The Hugging Face format knows no runs"),
     ("model/layers.py", "from lmjax.sharding import MeshRules", "The model and the sharding"),

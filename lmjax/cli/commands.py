@@ -28,7 +28,8 @@ from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import complete, perplexity
 from lmjax.infer import fill_mask
-from lmjax.infer.predict import load_classifier, predict, read_inputs, texts_input, write_predictions
+from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
+                                 write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run

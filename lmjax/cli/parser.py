@@ -1,6 +1,6 @@
 """The `lmjax` command's arguments: one argparse subcommand per command, and the flag groups
-several commands share (where the model comes from, sliding-window scoring). lmjax.cli.commands parses
-with them and runs the commands.
+several commands share (where the model comes from, sliding-window scoring). lmjax.cli.commands
+parses with them and runs the commands.
 """
 
 from __future__ import annotations

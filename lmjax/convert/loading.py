@@ -153,7 +153,7 @@ def to_hf(model: Transformer | Loaded, params: Any = None, out_dir: str | os.Pat
           config_overrides: Mapping[str, Any] | None = None) -> None:
   """Writes a model as a Hugging Face model directory `out_dir` (new or empty).
 
-      lmjax.to_hf(lmjax.load(src), out_dir)                  # with its source's fields and tokenizer
+      lmjax.to_hf(lmjax.load(src), out_dir)       # with its source's fields and tokenizer
       lmjax.to_hf(model, params, out_dir, source_config=json.load(open("src/config.json")))
 
   A `Loaded` model (`lmjax.load`) is written with its source's config.json fields, generation

@@ -25,7 +25,8 @@ class Source(enum.Enum):
   PARQUET = "parquet"  # one document per row, from a string column (needs pyarrow)
   TFDS = "tfds"        # one document per example, from a text feature of a TFDS dataset
   HF_DATASETS = "hf_datasets"  # one document per row of a Hugging Face `datasets` split (local)
-  PREPARED = "prepared"  # packed rows that `lmjax data prepare` wrote (lmjax.data.pipeline.prepared)
+  PREPARED = "prepared"  # packed rows that `lmjax data prepare` wrote
+                         # (lmjax.data.pipeline.prepared)
 
 
 class EncodingErrors(enum.Enum):

@@ -1,9 +1,10 @@
 """Packed rows by random access: held in memory, or read from `lmjax data prepare` shards (or
-built on demand from an hf_datasets source, lmjax.data.pipeline.dataset_rows), or several of these joined.
+built on demand from an hf_datasets source, lmjax.data.pipeline.dataset_rows), or several of these
+joined.
 
 A row is three int32 vectors of `seq_len` (`input_ids`, `segment_ids`, `positions`, see
-lmjax.data.examples.packing) and the index of the data source it came from. Rows are grouped by source:
-source ids are sorted, so `source_ranges` gives each source's rows as one contiguous range,
+lmjax.data.examples.packing) and the index of the data source it came from. Rows are grouped by
+source: source ids are sorted, so `source_ranges` gives each source's rows as one contiguous range,
 which is what weighted mixtures draw from.
 """
 

@@ -7,7 +7,7 @@ config class (old checkpoints only store what differs), and refuses what the lmj
 compute exactly: the error names the key, the value and what is supported. Writing checks the
 reverse: every switch of the ModelConfig must be expressible in the target `model_type`. Plain
 dicts only: reading and writing the files is lmjax.convert's; the writing half is
-`hf_export.py` (re-exported here).
+`config_export.py` (re-exported here).
 """
 
 from __future__ import annotations

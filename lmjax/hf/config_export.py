@@ -1,6 +1,6 @@
 """The lmjax -> Hugging Face half of the model config's twin: ModelConfig -> `config.json`
 dicts, refusing every switch the target `model_type` cannot express (naming it and the value it
-needs). Its reading half is `hf_config.py`."""
+needs). Its reading half is `config.py`."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmjax.errors import UserError
-from lmjax.hf.config_fields import activation_of, integer_key, layer_type_windows, refuse, rope_fields
+from lmjax.hf.config_fields import (activation_of, integer_key, layer_type_windows, refuse,
+                                    rope_fields)
 from lmjax.model.config import Head, RopeScaling
 
 

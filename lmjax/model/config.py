@@ -7,8 +7,8 @@ A family name fills in the architectural switches (norm, activation, positions, 
 define it; every switch can still be set on its own. Derived quantities (head size, parameter
 count, FLOPs per token) are properties, so MFU, benchmarks and conversion all read them from
 here. The config describes the graph only: where initial weights come from is the run config's
-business (`model.init_from`, lmjax.config), and its Hugging Face twin is `hf_config.py` (reading)
-and `hf_export.py` (writing).
+business (`model.init_from`, lmjax.config), and its Hugging Face twin is lmjax/hf/config.py
+(reading) and lmjax/hf/config_export.py (writing).
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ class CheckpointRecord:
   lmjax_version: str
   config: dict[str, Any]                 # the resolved run config the step was written with
   data_position: int | None = None       # the next step's batch index: the step itself
-  data_iterator: dict[str, Any] | None = None   # the Grain iterator state (lmjax.data.pipeline.grain_pipeline)
+  data_iterator: dict[str, Any] | None = None   # the Grain iterator state
+                                                # (lmjax.data.pipeline.grain_pipeline)
   rng: dict[str, Any] | None = None
   skipped_steps: int = 0                 # non-finite updates skipped so far
   elapsed_seconds: float = 0.0           # training time up to this step

@@ -42,8 +42,8 @@ def inherit_labels(config: Config, saved: Config) -> Config:
 
 
 def load_corpus(config: Config, tokenizer: Tokenizer | None = None) -> Corpus:
-  """The config's corpus (lmjax.data.pipeline.corpus.load_corpus), with `tokenizer` or the one the config
-  chooses (`data.tokenizer`, else `model.init_from`'s, else a BPE trained on the corpus)."""
+  """The config's corpus (lmjax.data.pipeline.corpus.load_corpus), with `tokenizer` or the one the
+  config chooses (`data.tokenizer`, else `model.init_from`'s, else a BPE trained on the corpus)."""
   return data_corpus.load_corpus(config.data, batch_spec(config), tokenizer=tokenizer,
                                  tokenizer_choice=config.tokenizer_choice)
 
@@ -110,8 +110,9 @@ def check_tokenizer_of_source(config: Config) -> None:
 
 
 class TrainBatches:
-  """The training batches, step after step, from the Grain pipeline (lmjax.data.pipeline.grain_pipeline),
-  placed on the mesh; `state()` is the pipeline position a checkpoint records."""
+  """The training batches, step after step, from the Grain pipeline
+  (lmjax.data.pipeline.grain_pipeline), placed on the mesh; `state()` is the pipeline position a
+  checkpoint records."""
 
   def __init__(self, source: BatchSource, placement: MeshRules, *, num_steps: int, start: int,
                workers: int, state: dict | None):

@@ -1,1 +1,2 @@
-"""Examples per objective: labelled (classification), instruction (SFT), masking (MLM) and packing."""
+"""Examples per objective: labelled (classification), instruction (SFT), masking (MLM) and
+packing."""

@@ -78,7 +78,8 @@ def read_examples(source: str, paths: Sequence[str], *, fields: Fields, split: s
   parts = []
   for unit in find_units(source=kind, paths=paths):
     if unit.globbed and kind not in (Source.TFDS, Source.HF_DATASETS) and is_blank(unit.name):
-      stats.skip_file(unit.name, "empty")  # a glob's empty file is left out (lmjax.data.sources.documents)
+      stats.skip_file(unit.name, "empty")  # a glob's empty file is left out
+                                           # (lmjax.data.sources.documents)
       continue
     parts.append(_read_unit(unit.name, kind, fields=fields, split=split, data_dir=data_dir,
                             stats=stats))

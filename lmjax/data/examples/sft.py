@@ -116,8 +116,8 @@ def pack_examples(examples: list[Example], seq_len: int) -> tuple[dict[str, np.n
 
 
 def chat_template(source: str | None, tokenizer: Tokenizer) -> ChatTemplate:
-  """The template `source` names (lmjax.data.tokenize.chat.load_template), with `tokenizer`'s bos and
-  eos spellings for the templates that use them."""
+  """The template `source` names (lmjax.data.tokenize.chat.load_template), with `tokenizer`'s bos
+  and eos spellings for the templates that use them."""
   return ChatTemplate(load_template(source), bos_token=_token(tokenizer, tokenizer.bos_id),
                       eos_token=_token(tokenizer, tokenizer.eos_id))
 

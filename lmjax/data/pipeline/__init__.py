@@ -1,1 +1,2 @@
-"""From tokenized examples to batches: the corpus, packed rows, prepared shards, the Grain pipeline."""
+"""From tokenized examples to batches: the corpus, packed rows, prepared shards, the Grain
+pipeline."""

@@ -7,8 +7,8 @@ them, from its memory-mapped Arrow files (lmjax.data.pipeline.dataset_rows).
 
 Building one says what it does in a few log lines before the first step: the files each source
 found and their size, the tokenizer it trains (if it trains one), what was left out (one line
-each for bad records and for empty or unusable files, see lmjax.data.sources.documents) and the documents
-kept and rows packed.
+each for bad records and for empty or unusable files, see lmjax.data.sources.documents) and the
+documents kept and rows packed.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class Corpus:
   train: Rows
   held_out: Rows
   weights: tuple[float, ...] = ()   # by source id; () for one source
-  skipped_records: int = 0          # bad records and unusable files left out (lmjax.data.sources.documents)
+  skipped_records: int = 0          # bad records and unusable files left out
+                                    # (lmjax.data.sources.documents)
   labels: tuple[str, ...] = ()      # classify: the label names, by index
   truncated: int = 0                # classify: examples cut to train.seq_len
 
@@ -76,7 +77,8 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
     raise UserError("data.mixture mixes 'prepared' sources with document sources; prepare the "
                     "others too (lmjax data prepare), or tokenize all of them on the fly.")
   stats = ReadStats()
-  # hf_datasets sources are read on demand (lmjax.data.pipeline.dataset_rows): opened and checked here,
+  # hf_datasets sources are read on demand (lmjax.data.pipeline.dataset_rows): opened and checked
+  # here,
   # indexed once the tokenizer is known; the others are read whole and packed in memory.
   columns = {i: _text_columns(s) for i, s in enumerate(data.sources)
              if s.source == Source.HF_DATASETS.value}
@@ -180,8 +182,8 @@ def _report_skipped(stats: ReadStats) -> None:
 
 def _load_instructions(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,
                        tokenizer_choice: str | None) -> Corpus:
-  """Instruction examples (lmjax.data.examples.sft) with the tokenizer given, or the one chosen (a BPE
-  trains on the examples' text)."""
+  """Instruction examples (lmjax.data.examples.sft) with the tokenizer given, or the one chosen (a
+  BPE trains on the examples' text)."""
   stats = ReadStats()
   rows = read_sft_examples(data, stats)
   if tokenizer is None:

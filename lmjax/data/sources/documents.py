@@ -5,8 +5,8 @@ and turn user mistakes (a glob that matches nothing, an empty file, bytes that a
 JSON line without the text field) into a `UserError` that names the file, and the line or byte
 where that helps.
 
-Globs are expanded by lmjax.data.sources.globs (`**` recurses, a symbolic-link loop ends the walk); each
-real file is read once, under the first name it is matched by, however many patterns or links
+Globs are expanded by lmjax.data.sources.globs (`**` recurses, a symbolic-link loop ends the walk);
+each real file is read once, under the first name it is matched by, however many patterns or links
 reach it.
 
 Untidy trees: a glob names files nobody looked at one by one (CPython's `Lib/**/*.py` holds

@@ -6,8 +6,8 @@ Each `data.paths` entry is a directory written by `Dataset.save_to_disk` /
 (slicing works: `train[:90%]`), `data.field` the text column (and `data.label_field`,
 `data.pair_field` for labelled examples). The Arrow files are memory-mapped: a `TextColumn` reads
 a batch of rows at a time when streamed, or just the rows asked for by number, which is how
-training reads documents on demand (lmjax.data.pipeline.dataset_rows). Labelled examples are read whole,
-as every labelled source is. Nothing is downloaded: the Hub is not consulted.
+training reads documents on demand (lmjax.data.pipeline.dataset_rows). Labelled examples are read
+whole, as every labelled source is. Nothing is downloaded: the Hub is not consulted.
 """
 
 from __future__ import annotations

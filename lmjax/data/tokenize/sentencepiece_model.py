@@ -25,7 +25,8 @@ from typing import Any
 
 import sentencepiece
 
-from lmjax.data.tokenize.special_tokens import CONFIG_FILE, roles_from_hf_configs, roles_from_spellings
+from lmjax.data.tokenize.special_tokens import (CONFIG_FILE, roles_from_hf_configs,
+                                                roles_from_spellings)
 from lmjax.data.tokenize.tokenizer import TOKENIZER_FILE, Tokenizer
 from lmjax.data.tokenize.truncation import fit_longest_first
 from lmjax.errors import UserError

@@ -1,7 +1,7 @@
 """Tokenizers: text <-> token ids, with the ids of the special tokens by role.
 
 `Tokenizer` wraps a Hugging Face `tokenizers.Tokenizer`, whatever its origin; its subclass
-`SentencePieceTokenizer` (sentencepiece_tokenizer.py) wraps a sentencepiece `.model` as it is.
+`SentencePieceTokenizer` (sentencepiece_model.py) wraps a sentencepiece `.model` as it is.
 `Tokenizer.from_file` / `load` pick the backend from what a path holds: a `tokenizer.json`
 (preferred where both exist), else a sentencepiece model. Other backends live in modules of
 their own that register with `Tokenizer.register_backend` (lmjax.data imports them all), so
@@ -28,7 +28,8 @@ import tokenizers
 from tokenizers import models, pre_tokenizers, processors, trainers
 
 from lmjax.data.tokenize.byte_level import LMJAX_SPECIALS, byte_level_pipeline, byte_to_unicode
-from lmjax.data.tokenize.special_tokens import CONFIG_FILE, ROLES, roles_from_hf_configs, roles_from_spellings
+from lmjax.data.tokenize.special_tokens import (CONFIG_FILE, ROLES, roles_from_hf_configs,
+                                                roles_from_spellings)
 from lmjax.data.tokenize.truncation import fit_longest_first
 from lmjax.errors import UserError
 

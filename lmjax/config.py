@@ -21,13 +21,14 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from lmjax.config_schema import build, coerce_enum, did_you_mean, plain
+from lmjax.config_schema import build, did_you_mean, plain
 from lmjax.data.config import DataConfig
 from lmjax.errors import UserError
 from lmjax.files import read_json_object
 from lmjax.hf.config import hf_config_to_model_config, hf_labels
 from lmjax.hf.hub import resolve_hf_dir
-from lmjax.model.config import FAMILY_DEFAULTS, Family, Head, ModelConfig
+from lmjax.model.config import Head, ModelConfig
+from lmjax.model.families import Family, family_names, resolve_family
 from lmjax.model.presets import PRESET_NAMES, preset_fields
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from lmjax.sharding import MeshConfig
@@ -337,11 +338,11 @@ def model_config_from_dict(raw: Mapping[str, Any], source_fields: Mapping[str, A
   fields = _merged(fields, raw)
   _fold_legacy_hf_model_type(fields)
   if "family" not in fields:
-    raise UserError(f"model.family is missing: set it to one of "
-                    f"{', '.join(f.value for f in Family)}, or give model.preset.")
-  family = coerce_enum(fields["family"], Family, "model.family")
-  fields = _merged(FAMILY_DEFAULTS[family], fields)
-  _head_fields(fields, raw)
+    raise UserError(f"model.family is missing: set it to one of {', '.join(family_names())}, "
+                    f"or give model.preset.")
+  family, alias_fields = resolve_family(fields["family"])
+  fields = _merged({**family.defaults, **alias_fields}, {**fields, "family": family.name})
+  _head_fields(fields, raw, family)
   return build(ModelConfig, fields, "model")
 
 
@@ -358,31 +359,31 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
   return merged
 
 
-def _head_fields(fields: dict[str, Any], raw: Mapping[str, Any]) -> None:
+def _head_fields(fields: dict[str, Any], raw: Mapping[str, Any], family: Family) -> None:
   """Fields that follow from the head unless `raw` (the user's own keys) sets them: a
-  classifier's label count comes from its labels (config.data.labels), a BERT or DistilBERT
-  classifier has a pooler (as HF's BertForSequenceClassification, DistilBERT's
-  `pre_classifier`); other heads have no label count."""
+  classifier's label count comes from its labels (config.data.labels), and it has its family's
+  classifier defaults (BERT's pooler, as HF's BertForSequenceClassification); other heads have
+  no label count."""
   if fields.get("head") not in ("classification", Head.CLASSIFICATION):
     fields["num_labels"] = None
     return
   if "num_labels" not in raw:
     fields["num_labels"] = None
-  if "pooler" not in raw and fields.get("family") in ("bert", Family.BERT, "distilbert",
-                                                     Family.DISTILBERT):
-    fields["pooler"] = True
+  for key, value in family.classifier_defaults.items():
+    if key not in raw:
+      fields[key] = value
 
 
 def _fold_legacy_hf_model_type(fields: dict[str, Any]) -> None:
   """`model.hf_model_type`, which configs (and run directories) written before the model config
-  became graph-only carry: `mistral` on a llama is now `family: mistral`; the other model types
-  follow from the graph (qwen2: biases on q/k/v only; roberta: positions offset)."""
+  became graph-only carry: a model type that is also a family name (or alias) becomes the
+  family (a llama exported as mistral is `family: mistral`); the others follow from the graph."""
   value = fields.pop("hf_model_type", None)
-  if value == "mistral" and fields.get("family") in ("llama", Family.LLAMA):
-    fields["family"] = Family.MISTRAL.value
-  elif value is not None and value != "mistral":
+  if value in family_names():
+    fields["family"] = value
+  elif value is not None:
     log.warning("model.hf_model_type=%r is no longer a setting and is ignored: the exported model "
-                "type follows from the graph (set model.family=mistral for Mistral).", value)
+                "type follows from the graph and model.family.", value)
 
 
 def source_model(source: str) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -17,7 +17,7 @@ import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
 from lmjax.convert import from_hf, to_hf  # noqa: E402
 from lmjax.infer import classify  # noqa: E402
-from lmjax.model import Family, Head, ModelConfig  # noqa: E402
+from lmjax.model import Head, ModelConfig  # noqa: E402
 from lmjax.model.moe_config import MoeConfig  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from tests.helpers import rows  # noqa: E402
@@ -300,7 +300,7 @@ def test_a_distilbert_from_a_hugging_face_directory_fine_tunes_and_predicts_as_t
   assert ("new (randomly initialised): classifier/bias, classifier/kernel, pooler/bias, "
           "pooler/kernel;") in err  # DistilBERT's pre_classifier: new, as in transformers
   config = lmjax.run.RunDir(tmp_path / "run").require_config().model
-  assert (config.family, config.pooler, config.embed_dim) == (Family.DISTILBERT, True, 42)
+  assert (config.family, config.pooler, config.embed_dim) == ("distilbert", True, 42)
   assert_exports_and_predicts_as_transformers(tmp_path, capsys,
                                               "DistilBertForSequenceClassification")
 

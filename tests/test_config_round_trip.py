@@ -16,7 +16,7 @@ from lmjax.cli import main  # noqa: E402
 from lmjax.convert.runs import HF_CONFIG_COPY, keep_source_config  # noqa: E402
 from lmjax.hf.config import hf_config_to_model_config, model_config_to_hf_config  # noqa: E402
 from lmjax.hf.source_config import merge_source_config  # noqa: E402
-from lmjax.hf.tables import ARCHITECTURES  # noqa: E402
+from lmjax.hf.family import model_types  # noqa: E402
 from lmjax.infer import classify  # noqa: E402
 
 # Fields allowed to differ after a round trip, each for a reason. None today: an unchanged
@@ -56,7 +56,8 @@ CONFIGS = {
                        intermediate_size=40, vocab_size=61, max_position_embeddings=64,
                        local_attention=4, embedding_dropout=0.1, mlp_dropout=0.05),
 }
-CASES = [(model_type, arch) for model_type, archs in ARCHITECTURES.items() for arch in archs]
+CASES = [(name, arch) for name, model_type in model_types().items()
+         for arch in model_type.architectures]
 
 
 def hf_config(model_type: str, arch: str):

@@ -25,7 +25,7 @@ from lmjax.cli import main  # noqa: E402
 from lmjax.convert import (from_hf, hf_config_to_model_config,  # noqa: E402
                            model_config_to_hf_config, to_hf)
 from lmjax.errors import UserError  # noqa: E402
-from lmjax.model import Activation, Family, Head, ModelConfig, preset  # noqa: E402
+from lmjax.model import Activation, Head, ModelConfig, preset  # noqa: E402
 from lmjax.model.config import LoraConfig  # noqa: E402
 from lmjax.model.options import ClassifierPooling, Norm, NormPosition  # noqa: E402
 from lmjax.model.transformer import param_shapes  # noqa: E402
@@ -99,7 +99,7 @@ def test_converted_configs_carry_the_modernbert_options(hf_dirs):
           config.embedding_norm, config.first_attention_norm, config.gated_mlp,
           config.activation, config.causal, config.use_bias, config.head_bias,
           config.decoder_bias, config.tie_embeddings) == (
-              Family.MODERNBERT, Norm.LAYER_NORM, NormPosition.PRE, False, True, False, True,
+              "modernbert", Norm.LAYER_NORM, NormPosition.PRE, False, True, False, True,
               Activation.GELU, False, False, False, True, True)
   # local_attention=6: keys at most 3 slots away, lmjax's window of 4 (|i - j| < 4)
   assert (config.sliding_window, config.sliding_layers, config.rope_theta,
@@ -285,7 +285,7 @@ def test_a_modernbert_mlm_fine_tunes_into_a_classifier_keeping_its_head_as_trans
   assert "not used: output_bias" in err  # the MLM decoder's bias, as transformers drops it
   config = lmjax.run.RunDir(tmp_path / "run").require_config().model
   assert (config.family, config.classifier_transform, config.embed_dim,
-          config.sliding_layers) == (Family.MODERNBERT, True, 36, (1, 2))
+          config.sliding_layers) == ("modernbert", True, 36, (1, 2))
   assert_exports_and_predicts_as_transformers(tmp_path, capsys,
                                               "ModernBertForSequenceClassification")
 
@@ -369,7 +369,7 @@ def test_exports_refuse_what_modernbert_options_cannot_express(config, message):
      r"model\.first_attention_norm=false .* needs model\.norm_position=pre"),
     (dict(family="bert", head=Head.CLASSIFICATION, num_labels=2, pooler=True,
           classifier_pooling=ClassifierPooling.MEAN),
-     r"model\.pooler=true reads the first token through BERT's pooler"),
+     r"model\.pooler=true reads the first token through the pooler"),
 ])
 def test_inconsistent_modernbert_options_are_refused_by_name(fields, message):
   family = fields.pop("family")

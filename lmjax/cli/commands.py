@@ -204,7 +204,7 @@ def _cmd_convert(args) -> int:
   if args.direction == "hf-to-lmjax":
     config = runs.hf_to_run(args.hf_dir, args.run_dir, allow_pickle=args.allow_pickle,
                             scan_layers=not args.no_scan, adapter=args.adapter)
-    print(f"imported {args.hf_dir} as {args.run_dir} ({config.model.family.value}, "
+    print(f"imported {args.hf_dir} as {args.run_dir} ({config.model.family}, "
           f"{config.model.num_layers} layers, width {config.model.embed_dim})")
   elif args.direction == "lmjax-to-peft":
     runs.run_to_peft(args.run_dir, args.out_dir, step=args.step, base_model=args.base_model)

@@ -1,5 +1,6 @@
-"""The Hugging Face format and nothing else: config.json <-> ModelConfig (`config`,
-`config_export`, `tables`), the key-map engine (`key_maps`, `transforms`, `bindings`, `engine`),
+"""The Hugging Face format and nothing else: the model families, one file each (`families/`,
+registered through `family`), config.json <-> ModelConfig (`config`, `config_export`,
+`config_fields`, `tables`), the key-map engine (`key_maps`, `transforms`, `bindings`, `engine`),
 safetensors streaming (`safetensors_files`), tokenizer files, PEFT adapters (`adapters`,
 `peft_import`), what an export keeps of its source's config (`source_config`) and the local hub
 cache (`hub`). It knows the model layer and nothing above it: no runs, training, inference or

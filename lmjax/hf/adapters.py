@@ -29,9 +29,9 @@ from lmjax.errors import UserError
 from lmjax.files import staged_directory
 from lmjax.hf.bindings import bind
 from lmjax.hf.config import model_config_to_hf_config
-from lmjax.hf.key_maps import KEY_MAPS
+from lmjax.hf.family import model_type_named
 from lmjax.hf.safetensors_files import TensorEntry, write_safetensors_file
-from lmjax.model import Family, Head, ModelConfig
+from lmjax.model import Head, ModelConfig
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import ADAPTER_NAMES, adapter_delta, scale
 
@@ -83,7 +83,7 @@ def export_peft(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct], 
                     f"{config.head.value}. Export merged weights with `lmjax convert lmjax-to-hf`.")
   base = without_lora(config)
   hf_config = model_config_to_hf_config(base)
-  key_map = KEY_MAPS[hf_config["model_type"]]
+  key_map = model_type_named(hf_config["model_type"]).key_map
   factor = scale(spec.alpha, spec.rank, spec.rslora)
   tensors, modules, patterns = [], set(), {}
   # The adapters are small (rank r): read them all once, not once per layer of a stacked one.
@@ -109,7 +109,7 @@ def export_peft(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct], 
   adapter_config = {
       "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank, "lora_alpha": spec.alpha,
       "lora_dropout": spec.dropout, "target_modules": sorted(modules), "bias": "none",
-      "fan_in_fan_out": base.family is Family.GPT2, "use_rslora": spec.rslora,
+      "fan_in_fan_out": key_map.conv1d, "use_rslora": spec.rslora,
       "base_model_name_or_path": base_model, "inference_mode": True,
       "rank_pattern": {k: r for k, (r, _) in patterns.items()},
       "alpha_pattern": {k: a for k, (_, a) in patterns.items()},

@@ -1,7 +1,7 @@
-"""Readers of config.json keys that several Hugging Face families share: activations, refused
-values, RoPE (`rope_parameters` / `rope_theta` + `rope_scaling`) and sliding windows
-(`sliding_window`, `layer_types`). Plain dicts in, ModelConfig fields out; UserError names the
-key, the value and what is supported."""
+"""config.json keys that several Hugging Face families share, both ways: activations, refused
+values, biases, RoPE (`rope_parameters` / `rope_theta` + `rope_scaling`) and `layer_types`
+windows. Readers take plain dicts and give ModelConfig fields, writers the reverse; UserError
+names the key, the value and what is supported (or the model field and the value it needs)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from lmjax.errors import UserError
 from lmjax.hf.tables import ACTIVATIONS
-from lmjax.model.config import Activation, RopeScaling
+from lmjax.model.config import Activation, ModelConfig, RopeScaling
 
 
 def supported(names) -> str:
@@ -36,26 +36,6 @@ def integer_key(d: Mapping[str, Any], key: str, low: int, why: str) -> int:
     kind = "positive" if low == 1 else "non-negative"
     raise UserError(f"{key}={value!r} must be a {kind} integer {why}.")
   return value
-
-
-def sliding_fields(model_type: str, d: Mapping[str, Any]) -> dict[str, Any]:
-  """The sliding window and the layers it applies to, as transformers reads them: Mistral's
-  `sliding_window` covers every layer; Qwen2's and Qwen3's only counts with
-  `use_sliding_window`, on the layers `layer_types` calls sliding_attention (without
-  layer_types: from layer `max_window_layers` on)."""
-  window, layers = d.get("sliding_window"), d["num_hidden_layers"]
-  if model_type == "llama":
-    return {}
-  if model_type == "mistral":  # transformers' Mistral ignores layer_types (Ministral has them)
-    return dict(sliding_window=window)
-  window = window if d["use_sliding_window"] else None
-  kinds = d.get("layer_types") or [
-      "sliding_attention" if window is not None and i >= d["max_window_layers"]
-      else "full_attention" for i in range(layers)]
-  return layer_type_windows(
-      kinds, window, layers,
-      f"use_sliding_window={d['use_sliding_window']}, sliding_window="
-      f"{d.get('sliding_window')!r}): set use_sliding_window=true and sliding_window")
 
 
 def layer_type_windows(kinds: list[str], window: int | None, layers: int, missing: str
@@ -104,3 +84,53 @@ def rope_fields(d: Mapping[str, Any]) -> dict[str, Any]:
               rope_high_freq_factor=float(rope["high_freq_factor"]),
               rope_original_max_len=int(rope.get("original_max_position_embeddings")
                                         or d["max_position_embeddings"]))
+
+
+def one_bias_switch(d: Mapping[str, Any]) -> bool:
+  """attention_bias and mlp_bias, which lmjax's one switch for the output projection's and the
+  MLP's biases must see equal."""
+  if d["attention_bias"] != d["mlp_bias"]:
+    raise UserError(f"attention_bias={d['attention_bias']} with mlp_bias={d['mlp_bias']} is not "
+                    f"supported: lmjax has one switch for the output-projection and MLP biases; "
+                    f"convert a model where both are equal.")
+  return bool(d["attention_bias"])
+
+
+def require(config: ModelConfig, model_type: str, **expected) -> None:
+  """UserError unless each named field of `config` has the expected value."""
+  plain = lambda value: getattr(value, "value", value)  # enums as their config spelling
+  for name, value in expected.items():
+    if getattr(config, name) != value:
+      raise UserError(f"model.{name}={plain(getattr(config, name))!r} cannot be expressed as a "
+                      f"Hugging Face {model_type} model, which needs {name}={plain(value)!r}.")
+
+
+def require_plain_heads(config: ModelConfig, model_type: str) -> None:
+  """As many key/value heads as query heads, each embed_dim / num_heads wide."""
+  if (config.kv_heads != config.num_heads
+      or config.dim_per_head * config.num_heads != config.embed_dim):
+    raise UserError(f"model.num_kv_heads={config.num_kv_heads} / model.head_dim={config.head_dim}: "
+                    f"a Hugging Face {model_type} model has as many key/value heads as query heads "
+                    f"and head_dim = embed_dim / num_heads; set both to null.")
+
+
+def rope_hf_fields(config: ModelConfig) -> dict[str, Any]:
+  """v5 `rope_parameters`, and the same RoPE in the keys of transformers v4 (and of tools that
+  read them)."""
+  rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
+  if config.rope_scaling is RopeScaling.LLAMA3:
+    rope = {"rope_type": "llama3", "rope_theta": config.rope_theta,
+            "factor": config.rope_scaling_factor,
+            "low_freq_factor": config.rope_low_freq_factor,
+            "high_freq_factor": config.rope_high_freq_factor,
+            "original_max_position_embeddings": config.rope_original_max_len}
+  elif config.rope_scaling is RopeScaling.LINEAR:
+    rope = {"rope_type": "linear", "rope_theta": config.rope_theta,
+            "factor": config.rope_scaling_factor}
+  return dict(rope_parameters=rope, rope_theta=config.rope_theta,
+              rope_scaling=None if rope["rope_type"] == "default" else dict(rope))
+
+
+def layer_types(config: ModelConfig) -> list[str]:
+  """transformers' `layer_types` of `config`'s layers."""
+  return ["full_attention" if w is None else "sliding_attention" for w in config.layer_windows]

@@ -32,14 +32,14 @@ from lmjax.files import read_json_object, staged_directory
 from lmjax.hf.adapters import merged_view
 from lmjax.hf.bindings import (Binding, abstract_params, bind, flatten, param_groups,
                                     unflatten)
-from lmjax.hf.config import (hf_config_to_model_config, model_config_to_hf_config,
-                                   model_type_of)
+from lmjax.hf.config import hf_config_to_model_config, model_config_to_hf_config
+from lmjax.hf.family import model_type_named, model_type_of
 from lmjax.hf.hub import resolve_hf_dir
-from lmjax.hf.key_maps import KEY_MAPS, KeyMap
+from lmjax.hf.key_maps import KeyMap
 from lmjax.hf.safetensors_files import CheckpointReader, TensorEntry, write_safetensors
 from lmjax.hf.source_config import merge_source_config
 from lmjax.hf.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
-from lmjax.model import Family, Head, ModelConfig, Transformer
+from lmjax.model import Head, ModelConfig, Transformer
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -84,7 +84,7 @@ def _check_tensors(bindings: list[Binding], stored: Mapping[str, str], reader: C
   unexpected = [stored[name] for name in stored if name not in expected and name not in aliases
                 and not any(p.fullmatch(name) for p in tolerated)]
   if unexpected:
-    raise UserError(f"{reader.dir} holds tensor(s) this {config.family.value}-family model has no "
+    raise UserError(f"{reader.dir} holds tensor(s) this {config.family}-family model has no "
                     f"place for: {_shown(sorted(unexpected))}. Is config.json "
                     f"(architectures, sizes, tie_word_embeddings) the one these weights belong to?")
   for name, binding in expected.items():
@@ -111,7 +111,8 @@ class HfWeights:
                scan_layers: bool = True, allow_pickle: bool = False):
     hf_dir = pathlib.Path(resolve_hf_dir(hf_dir))  # a hub id: its snapshot in the local cache
     self.hf_config = read_hf_config(hf_dir)
-    key_map = KEY_MAPS[model_type_of(self.hf_config)]
+    model_type = model_type_of(self.hf_config)
+    key_map = model_type.key_map
     config = hf_config_to_model_config(self.hf_config, scan_layers=scan_layers)
     self.dtype = _dtype(dtype)
     if self.dtype not in (*_EXPORT_DTYPES.values(), np.dtype(np.float16)):
@@ -119,8 +120,8 @@ class HfWeights:
                       f"bfloat16 or float16.")
     self._reader = CheckpointReader(hf_dir, allow_pickle=allow_pickle)  # reads headers only
     self._stored = _relative_names(self._reader.shapes, key_map)
-    if config.family is Family.BERT and config.head is Head.NONE:  # BertModel: with or without
-      config = dataclasses.replace(config, pooler="pooler.dense.weight" in self._stored)
+    if model_type.optional_pooler and config.head is Head.NONE:  # saved with or without it
+      config = dataclasses.replace(config, pooler=model_type.optional_pooler in self._stored)
     self.config = config
     self._bindings = bind(key_map, config)
     _check_tensors(self._bindings, self._stored, self._reader, key_map, config)
@@ -298,7 +299,7 @@ def export_params(config: ModelConfig, specs: Mapping[str, jax.ShapeDtypeStruct]
   if config.lora.enabled:  # LoRA adapters are exported merged into the weights
     config, specs, read = merged_view(config, specs, read)
   hf_config = merge_source_config(model_config_to_hf_config(config), source_config)
-  key_map = KEY_MAPS[hf_config["model_type"]]
+  key_map = model_type_named(hf_config["model_type"]).key_map
   _check_params(specs, config)
   out_dtype = _export_dtype(dtype, specs)
   hf_config.update(config_overrides or {}, dtype=str(out_dtype))

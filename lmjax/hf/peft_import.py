@@ -25,7 +25,7 @@ from lmjax.errors import UserError
 from lmjax.hf.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, without_lora
 from lmjax.hf.bindings import abstract_params, bind
 from lmjax.hf.config import model_config_to_hf_config
-from lmjax.hf.key_maps import KEY_MAPS
+from lmjax.hf.family import model_type_named
 from lmjax.model import ModelConfig
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import layer_module, scale
@@ -40,7 +40,7 @@ def read_peft(adapter_dir: str | pathlib.Path, config: ModelConfig
   tensors = _tensors(adapter_dir)
   base = without_lora(config)
   hf_config = model_config_to_hf_config(base)
-  key_map = KEY_MAPS[hf_config["model_type"]]
+  key_map = model_type_named(hf_config["model_type"]).key_map
   specs = abstract_params(base)
   rank, alpha, rslora = settings["r"], float(settings["lora_alpha"]), settings["use_rslora"]
   factor = scale(alpha, rank, rslora)

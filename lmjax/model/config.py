@@ -1,7 +1,7 @@
-"""The model's architecture: one frozen config that covers GPT-2, BERT/RoBERTa, DistilBERT,
-ModernBERT, Llama-style, Qwen3, Gemma 2 and Gemma 3, and their Mixture-of-Experts variants
-(Mixtral, Qwen3-MoE: `moe`). The switches' enums are in `options.py`, the families' defaults in
-`families.py`.
+"""The model's architecture: one frozen config of switches that covers every registered family
+(encoders and decoders, dense or Mixture-of-Experts: `moe`). The switches' enums are in
+`options.py`; the families are registered names (`families.py`), each defined in its own file of
+lmjax/hf/families/.
 
 A family name fills in the architectural switches (norm, activation, positions, biases, …) that
 define it; every switch can still be set on its own. Derived quantities (head size, parameter
@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 
 from lmjax.errors import UserError
-from lmjax.model.families import FAMILY_DEFAULTS, MOE_FAMILIES
+from lmjax.model.families import dense_twins, family_fields, resolve_family
 from lmjax.model.lora import block_projections, check_targets
 from lmjax.model.moe_config import MoeConfig
-from lmjax.model.options import (Activation, AttentionImpl, ClassifierPooling, Family, Head, Norm,
+from lmjax.model.options import (Activation, AttentionImpl, ClassifierPooling, Head, Norm,
                                  NormPosition, ParamDtype, PoolerActivation, Positions, Remat,
                                  RopeScaling)
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
@@ -65,7 +65,7 @@ _MODEL_RANGES = {
 class ModelConfig:
   """Architecture of a Transformer. Build with `ModelConfig.for_family` to get family defaults."""
 
-  family: Family
+  family: str                            # a registered family (model.families)
   vocab_size: int
   num_layers: int
   embed_dim: int
@@ -159,16 +159,21 @@ class ModelConfig:
   moe: MoeConfig = MoeConfig()
 
   @classmethod
-  def for_family(cls, family: Family | str, **fields) -> ModelConfig:
-    """A config with `family`'s architectural defaults, overridden by `fields`."""
-    family = Family(family)
-    return cls(family=family, **{**FAMILY_DEFAULTS[family], **fields})
+  def for_family(cls, family: str, **fields) -> ModelConfig:
+    """A config with `family`'s architectural defaults (an alias's on top), overridden by
+    `fields`."""
+    name, defaults = family_fields(family)
+    return cls(family=name, **{**defaults, **fields})
 
   def __post_init__(self):
     self.validate()
 
   def validate(self) -> None:
     """Raises UserError naming the first inconsistent field and how to fix it."""
+    family, alias_fields = resolve_family(self.family)
+    if alias_fields or family.name != self.family:
+      raise UserError(f"model.family={self.family!r} is another name for {family.name!r}: build "
+                      f"it with ModelConfig.for_family({self.family!r}, ...).")
     for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "mlp_dim", "max_seq_len"):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
@@ -198,8 +203,8 @@ class ModelConfig:
             f"{self.rope_original_max_len} must be positive (Llama 3.1 uses 8 and 8192).")
     self._check_rope_variants()
     if self.qk_norm and self.norm not in (Norm.RMS_NORM, Norm.RMS_NORM_PLUS_ONE):
-      raise UserError(f"model.qk_norm=true normalises queries and keys with an RMSNorm, as Qwen3 "
-                      f"does, and needs model.norm=rms_norm (got {self.norm.value!r}); set "
+      raise UserError(f"model.qk_norm=true normalises queries and keys with an RMSNorm, "
+                      f"and needs model.norm=rms_norm (got {self.norm.value!r}); set "
                       f"model.norm=rms_norm or model.qk_norm=false.")
     self._check_norms()
     self._check_classifier()
@@ -223,13 +228,13 @@ class ModelConfig:
                       f"{self.norm.value} has none anyway: leave norm_bias at true.")
     if not self.first_attention_norm and self.norm_position is not NormPosition.PRE:
       raise UserError("model.first_attention_norm=false skips layer 0's attention pre-norm "
-                      "(ModernBERT's) and needs model.norm_position=pre.")
+                      "and needs model.norm_position=pre.")
 
   def _check_classifier(self) -> None:
     """The classifier's pooling and prediction head, which BERT's pooler excludes."""
     if self.pooler and (self.classifier_pooling is ClassifierPooling.MEAN
                         or self.classifier_transform):
-      raise UserError(f"model.pooler=true reads the first token through BERT's pooler, which "
+      raise UserError(f"model.pooler=true reads the first token through the pooler, which "
                       f"model.classifier_pooling={self.classifier_pooling.value} / "
                       f"model.classifier_transform={str(self.classifier_transform).lower()} "
                       f"replace: set model.pooler=false, or classifier_pooling=token and "
@@ -290,22 +295,23 @@ class ModelConfig:
   def _check_moe(self) -> None:
     moe = self.moe
     if not moe.enabled:
-      if self.family in MOE_FAMILIES:
-        raise UserError(f"model.family={self.family.value} is a Mixture-of-Experts model: set "
+      family = resolve_family(self.family)[0]
+      if family.experts:
+        twins = " or ".join(dense_twins(family)) or "a dense family"
+        raise UserError(f"model.family={self.family} is a Mixture-of-Experts model: set "
                         f"model.moe.num_experts (and model.moe.experts_per_token), or choose its "
-                        f"dense twin ({'mistral' if self.family is Family.MIXTRAL else 'qwen3'}).")
+                        f"dense twin ({twins}).")
       return
     if not self.gated_mlp:
       raise UserError(f"model.moe.num_experts={moe.num_experts}: lmjax's experts are gated "
-                      f"(SwiGLU-style, as Mixtral's and Qwen3-MoE's); set model.gated_mlp=true or "
+                      f"(SwiGLU-style); set model.gated_mlp=true or "
                       f"model.moe.num_experts=0.")
     if moe.experts_per_token > moe.num_experts:
       raise UserError(f"model.moe.experts_per_token={moe.experts_per_token} exceeds "
                       f"model.moe.num_experts={moe.num_experts}: each token picks that many "
                       f"distinct experts.")
     if self.use_bias:
-      raise UserError("model.moe: lmjax's experts have no biases (neither have Mixtral's or "
-                      "Qwen3-MoE's); set model.use_bias=false.")
+      raise UserError("model.moe: lmjax's experts have no biases; set model.use_bias=false.")
 
   @property
   def expert_mlp_dim(self) -> int:

@@ -1,60 +1,79 @@
-"""Each model family's architectural switches: what `ModelConfig.for_family` fills in (every
-switch can still be set on its own)."""
+"""The family registry: a model family is a name and the architectural switches it fills in
+(`ModelConfig.for_family`); every switch can still be set on its own.
+
+The model layer names no family. Each is defined, with everything it means to Hugging Face, in
+one file of lmjax/hf/families/, which registers it here when lmjax is imported; a family of
+one's own registers the same way (`lmjax.hf.family.register`).
+"""
 
 from __future__ import annotations
 
-from lmjax.model.moe_config import MoeConfig
-from lmjax.model.options import Activation, Family, Head, Norm, NormPosition, PoolerActivation, Positions
+import dataclasses
+from typing import Any, Mapping
 
-FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
-    Family.GPT2: dict(
-        norm=Norm.LAYER_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
-        activation=Activation.GELU_TANH, gated_mlp=False, positions=Positions.LEARNED,
-        use_bias=True, qkv_bias=True, causal=True, tie_embeddings=True, type_vocab_size=0,
-        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False, post_norms=False,
-        embed_scale=False),
-    Family.BERT: dict(
-        norm=Norm.LAYER_NORM, norm_eps=1e-12, norm_position=NormPosition.POST,
-        activation=Activation.GELU, gated_mlp=False, positions=Positions.LEARNED,
-        use_bias=True, qkv_bias=True, causal=False, tie_embeddings=True, type_vocab_size=2,
-        head=Head.MASKED_LM, classifier_bias=True, qk_norm=False, post_norms=False,
-        embed_scale=False),
-    Family.LLAMA: dict(
-        norm=Norm.RMS_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
-        activation=Activation.SILU, gated_mlp=True, positions=Positions.ROTARY,
-        use_bias=False, qkv_bias=False, causal=True, tie_embeddings=False, type_vocab_size=0,
-        head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False, post_norms=False,
-        embed_scale=False),
-}
-FAMILY_DEFAULTS[Family.MISTRAL] = FAMILY_DEFAULTS[Family.LLAMA]
-FAMILY_DEFAULTS[Family.DISTILBERT] = {**FAMILY_DEFAULTS[Family.BERT], "type_vocab_size": 0,
-                                      "pooler_activation": PoolerActivation.RELU}
-# Every Qwen3 checkpoint uses rms_norm_eps=1e-6, for its block norms and QK-norms alike.
-FAMILY_DEFAULTS[Family.QWEN3] = {**FAMILY_DEFAULTS[Family.LLAMA], "qk_norm": True, "norm_eps": 1e-6}
-# Gemma 2's soft-caps are transformers' Gemma2Config defaults, which every released size uses.
-FAMILY_DEFAULTS[Family.GEMMA2] = {
-    **FAMILY_DEFAULTS[Family.LLAMA], "norm": Norm.RMS_NORM_PLUS_ONE, "norm_eps": 1e-6,
-    "activation": Activation.GELU_TANH, "tie_embeddings": True, "post_norms": True,
-    "embed_scale": True, "attn_logit_softcap": 50.0, "final_logit_softcap": 30.0}
-# Gemma3TextConfig's defaults: no soft-caps, and its global layers' RoPE base (the local layers'
-# 10,000 is model.rope_local_theta, which needs the sliding window the presets give).
-FAMILY_DEFAULTS[Family.GEMMA3] = {
-    **FAMILY_DEFAULTS[Family.GEMMA2], "qk_norm": True, "attn_logit_softcap": None,
-    "final_logit_softcap": None, "rope_theta": 1_000_000.0}
+from lmjax.errors import UserError
 
-# The released MoE models' routing (Mixtral 8x7B; Qwen3-30B-A3B, whose norm_topk_prob is true).
-FAMILY_DEFAULTS[Family.MIXTRAL] = {**FAMILY_DEFAULTS[Family.LLAMA],
-                                   "moe": MoeConfig(num_experts=8, experts_per_token=2)}
-FAMILY_DEFAULTS[Family.QWEN3_MOE] = {**FAMILY_DEFAULTS[Family.QWEN3],
-                                     "moe": MoeConfig(num_experts=128, experts_per_token=8)}
-# ModernBERT's: pre-norm LayerNorms without biases, also after the embeddings but not before
-# layer 0's attention, and one prediction head (dense, activation, norm) for the MLM decoder and
-# the classifier alike. Its global layers' RoPE base is ModernBertConfig's; the local layers'
-# 10,000 is model.rope_local_theta, which needs the sliding window the presets give.
-FAMILY_DEFAULTS[Family.MODERNBERT] = {
-    **FAMILY_DEFAULTS[Family.LLAMA], "norm": Norm.LAYER_NORM, "norm_bias": False,
-    "activation": Activation.GELU, "causal": False, "tie_embeddings": True,
-    "head": Head.MASKED_LM, "classifier_bias": True, "embedding_norm": True,
-    "first_attention_norm": False, "head_bias": False, "classifier_transform": True,
-    "rope_theta": 160_000.0}
-MOE_FAMILIES = (Family.MIXTRAL, Family.QWEN3_MOE)
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A model family: its name (`model.family`) and the ModelConfig fields it implies."""
+
+  name: str
+  defaults: Mapping[str, Any]
+  # Fields a sequence classifier of this family has unless the config sets them (BERT's pooled
+  # first token: {"pooler": True}).
+  classifier_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # Other `model.family` spellings for this graph, each with the fields it implies (RoBERTa:
+  # BERT's graph with positions offset); a config names the family itself once resolved.
+  aliases: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  # A Mixture-of-Experts family: model.moe must give it experts.
+  experts: bool = False
+
+
+_FAMILIES: dict[str, Family] = {}
+_ALIASES: dict[str, tuple[str, Mapping[str, Any]]] = {}
+
+
+def register_family(family: Family) -> None:
+  """Adds `family` (and its aliases) to the names `model.family` accepts. Registering the same
+  family twice is a no-op; another family under a taken name is an error."""
+  for name in (family.name, *family.aliases):
+    owner = _ALIASES[name][0] if name in _ALIASES else name if name in _FAMILIES else None
+    if owner is not None and _FAMILIES[owner] != family:
+      raise ValueError(f"model family {name!r} is already registered (by {owner!r}).")
+  _FAMILIES[family.name] = family
+  for alias, fields in family.aliases.items():
+    _ALIASES[alias] = (family.name, fields)
+
+
+def family_names() -> tuple[str, ...]:
+  """Every name `model.family` accepts, aliases included, sorted."""
+  return tuple(sorted({*_FAMILIES, *_ALIASES}))
+
+
+def resolve_family(name: Any) -> tuple[Family, dict[str, Any]]:
+  """(the family `name` denotes, the fields its alias implies: {} for the family itself).
+
+  Raises UserError naming the value and every registered name."""
+  if isinstance(name, str) and name in _ALIASES:
+    owner, fields = _ALIASES[name]
+    return _FAMILIES[owner], dict(fields)
+  if not isinstance(name, str) or name not in _FAMILIES:
+    raise UserError(f"model.family={name!r} is not a model family; lmjax builds "
+                    f"{', '.join(family_names())}.")
+  return _FAMILIES[name], {}
+
+
+def dense_twins(family: Family) -> tuple[str, ...]:
+  """The families whose graph is `family`'s without experts."""
+  dense = {k: v for k, v in family.defaults.items() if k != "moe"}
+  return tuple(sorted(name for name, f in _FAMILIES.items() if not f.experts and f.defaults == dense))
+
+
+def family_fields(name: Any) -> tuple[str, dict[str, Any]]:
+  """(the family's own name, its defaults with the alias's fields on top)."""
+  family, alias_fields = resolve_family(name)
+  return family.name, {**family.defaults, **alias_fields}
+
+
+__all__ = ["Family", "dense_twins", "family_fields", "family_names", "register_family", "resolve_family"]

@@ -1,26 +1,10 @@
-"""The model config's named options: one enum per switch with more than two values (a family,
-a norm, an activation, …), spelled in YAML by their values."""
+"""The model config's named options: one enum per switch with more than two values (a norm, an
+activation, …), spelled in YAML by their values. Families are registered names
+(lmjax.model.families)."""
 
 from __future__ import annotations
 
 import enum
-
-
-class Family(enum.Enum):
-  GPT2 = "gpt2"
-  BERT = "bert"      # also RoBERTa (learned positions offset by padding_idx + 1)
-  LLAMA = "llama"    # also Qwen2 (biases on q/k/v only)
-  MISTRAL = "mistral"  # Llama's graph under Mistral's name, so that it exports as Mistral
-  QWEN3 = "qwen3"    # Llama's graph with QK-norm (an RMSNorm over each head's queries and keys)
-  DISTILBERT = "distilbert"  # BERT's graph without token types, its classifier's pooler a ReLU
-  GEMMA2 = "gemma2"  # Llama's graph with (1 + w) RMSNorms also after attention and the MLP,
-                     # GeGLU, scaled embeddings, soft-capped logits, alternating local layers
-  MIXTRAL = "mixtral"      # Mistral's graph with a Mixture-of-Experts MLP (model.moe)
-  QWEN3_MOE = "qwen3_moe"  # Qwen3's graph with a Mixture-of-Experts MLP (model.moe)
-  GEMMA3 = "gemma3"  # Gemma 2's graph with QK-norm, no soft-caps, and local layers of their own
-                     # RoPE base (HF model_type gemma3_text)
-  MODERNBERT = "modernbert"  # a pre-norm encoder: rotary, GeGLU, bias-free LayerNorms, local
-                             # (sliding-window) layers of their own RoPE base between global ones
 
 
 class Norm(enum.Enum):

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
-from lmjax.convert.runs import HF_CONFIG_COPY, keep_source_config  # noqa: E402
+from lmjax.run.source_fields import HF_CONFIG_COPY, keep_source_config  # noqa: E402
 from lmjax.hf.config import hf_config_to_model_config, model_config_to_hf_config  # noqa: E402
 from lmjax.hf.source_config import merge_source_config  # noqa: E402
 from lmjax.hf.family import model_types  # noqa: E402

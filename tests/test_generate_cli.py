@@ -13,10 +13,10 @@ transformers = pytest.importorskip("transformers")
 
 from lmjax.cli import main  # noqa: E402
 from lmjax.infer.complete import GenerationSettings, complete, stable_prefix  # noqa: E402
-from lmjax.convert.loading import load_model  # noqa: E402
 from lmjax.data.sources.documents import builtin_corpus  # noqa: E402
 from lmjax.data.tokenize.tokenizer import Tokenizer  # noqa: E402
 from lmjax.infer import generate  # noqa: E402
+from lmjax.run.loader import load  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 
 PROMPT = "The object"
@@ -58,7 +58,7 @@ def write_lines(path, lines):
 
 
 def test_streamed_pieces_join_to_the_non_streamed_text(hf_gpt2, greedy_text, capsys):
-  loaded = load_model(hf_dir=hf_gpt2)
+  loaded = load(hf_gpt2, require_tokenizer=True)
   pieces = []
   settings = GenerationSettings(max_new_tokens=24, temperature=0,
                                 eos_ids=(loaded.tokenizer.eos_id,))
@@ -71,7 +71,7 @@ def test_streamed_pieces_join_to_the_non_streamed_text(hf_gpt2, greedy_text, cap
 
 def test_streaming_holds_back_a_possible_stop_string_start_and_cut_text_matches(hf_gpt2,
                                                                                greedy_text):
-  loaded = load_model(hf_dir=hf_gpt2)
+  loaded = load(hf_gpt2, require_tokenizer=True)
   # Stop strings starting at every character of the first chunks' text: some straddle the end
   # of a chunk, whose first part streaming must hold back until the next chunk decides.
   for start in range(1, 16):
@@ -154,7 +154,7 @@ def test_num_return_sequences_gives_each_prompt_its_samples(hf_gpt2, tmp_path, c
 
 
 def test_generation_config_gives_the_defaults_and_flags_win(hf_gpt2, tmp_path, capsys):
-  loaded = load_model(hf_dir=hf_gpt2)
+  loaded = load(hf_gpt2, require_tokenizer=True)
   tokenizer = loaded.tokenizer
   ids = tokenizer.encode(PROMPT, add_special_tokens=True)
 

@@ -38,6 +38,9 @@ def copy_of_the_package(tmp_path: pathlib.Path) -> pathlib.Path:
     ("convert/runs.py", "import lmjax.train.loop", "Conversion never imports the trainer"),
     ("hf/engine.py", "import lmjax.run.run_dir", "The Hugging Face format knows no runs"),
     ("model/layers.py", "from lmjax.sharding import MeshRules", "The model and the sharding"),
+    ("hf/engine.py", "from lmjax.hf.families import gpt2", "names no family"),
+    ("hf/families/qwen3.py", "from lmjax.hf.families.llama import LLAMA",
+     "Each family file stands alone"),
     # An import inside a function is an import all the same.
     ("data/tokenize/tokenizer.py",
      "def _late():\n  from lmjax.data.tokenize import sentencepiece_model",
@@ -50,3 +53,9 @@ def test_a_forbidden_import_breaks_a_contract(tmp_path, module, added, broken):
   result = lint_imports(root)
   assert result.returncode != 0, result.stdout
   assert f"{broken}" in result.stdout and "BROKEN" in result.stdout, result.stdout
+
+
+def test_every_module_is_under_400_lines():
+  long = {str(path.relative_to(ROOT)): n for path in (ROOT / "lmjax").rglob("*.py")
+          if (n := len(path.read_text(encoding="utf-8").splitlines())) >= 400}
+  assert not long, f"split these modules (one concept each, under 400 lines): {long}"

@@ -20,7 +20,6 @@ from lmjax.cli import parser as cli_parser
 from lmjax.cli import process as app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import runs, verify
-from lmjax.convert.loading import load_model
 from lmjax.data.config import DataConfig
 from lmjax.data.sources.documents import ReadStats, iter_sources
 from lmjax.data.tokenize.tokenizer import Tokenizer
@@ -31,11 +30,19 @@ from lmjax.infer import fill_mask
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
+from lmjax.run.loader import Loaded, load
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
 from lmjax.train.inputs import prepare_data
 from lmjax.train.loop import train
 from lmjax.train.multihost import is_writer
+
+
+def _load(args, **options) -> Loaded:
+  """The model a command's SOURCE names (`--run-dir DIR` or `--hf HF_DIR_OR_HUB_ID`), with its
+  tokenizer, through the one loader (lmjax.run.loader)."""
+  kind, source = ("run", args.run_dir) if args.run_dir is not None else ("hf", args.hf)
+  return load(source, step=args.step, require_tokenizer=True, kind=kind, **options)
 
 
 def _cmd_train(args) -> int:
@@ -86,7 +93,7 @@ def _cmd_eval(args) -> int:
   if not args.data and data == DataConfig():
     raise UserError("--data is missing: name the documents to score (plain text, .jsonl, .csv "
                     "or .parquet files), or give a CONFIG whose data.* keys name them.")
-  loaded = load_model(run_dir=args.run_dir, hf_dir=args.hf, step=args.step, dtype=args.dtype)
+  loaded = _load(args, dtype=args.dtype)
   max_length, stride = perplexity.check_window(loaded.model, max_length=args.max_length,
                                                stride=args.stride)
   stats = ReadStats()
@@ -101,7 +108,7 @@ def _cmd_eval(args) -> int:
 def _cmd_score(args) -> int:
   output = check_new_file(args.output) if args.output else None
   records = perplexity.read_records(args.input, field=args.field)
-  loaded = load_model(run_dir=args.run_dir, hf_dir=args.hf, step=args.step, dtype=args.dtype)
+  loaded = _load(args, dtype=args.dtype)
   scores = perplexity.score_texts(loaded.model, loaded.params, loaded.tokenizer,
                                   [r[args.field] for r in records], max_length=args.max_length,
                                   stride=args.stride, batch_size=args.batch_size)
@@ -144,7 +151,7 @@ def _cmd_eval_harness(args) -> int:
 def _cmd_generate(args) -> int:
   output = check_new_file(args.output) if args.output else None
   texts = complete.read_prompts(args.input) if args.input else args.prompt
-  loaded = load_model(run_dir=args.run_dir, hf_dir=args.hf, step=args.step, dtype=args.dtype)
+  loaded = _load(args, dtype=args.dtype)
   settings = complete.resolve_settings(vars(args), loaded)
   as_jsonl = bool(args.input or args.output)
   streams = (not args.no_stream and not as_jsonl and len(texts) == 1
@@ -177,7 +184,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_fill_mask(args) -> int:
-  loaded = load_model(run_dir=args.run_dir, hf_dir=args.hf, step=args.step)
+  loaded = _load(args)
   model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
   if tokenizer.mask_id is None:
     raise UserError("this model's tokenizer has no mask token, so it cannot fill masks.")

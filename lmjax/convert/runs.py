@@ -4,7 +4,7 @@
     lmjax convert lmjax-to-hf RUN_DIR HF_DIR      -> run_to_hf
 
 An imported run directory is an ordinary one (config.yaml, tokenizer/, checkpoints/0/) whose
-checkpoint holds params only (no optimizer state yet): `lmjax.load_run`, `generate`,
+checkpoint holds params only (no optimizer state yet): `lmjax.load`, `generate`,
 `fill-mask`, export, and `model.init_from` for fine-tuning all read it.
 """
 
@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import pathlib
-import shutil
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -24,12 +23,9 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from lmjax.config import Config, TrainConfig
-from lmjax.convert.base_model import frozen_params
 from lmjax.data.config import DataConfig
 from lmjax.data.tokenize.sentencepiece_model import model_file_in
-from lmjax.data.tokenize.tokenizer import Tokenizer
-from lmjax.errors import UserError
-from lmjax.files import check_new_directory, read_json_object, staged_directory
+from lmjax.files import check_new_directory, staged_directory
 from lmjax.hf.adapters import export_peft
 from lmjax.hf.bindings import unflatten
 from lmjax.hf.config import hf_labels
@@ -40,18 +36,16 @@ from lmjax.hf.tokenizer_files import copy_tokenizer_files
 from lmjax.model import Head, param_shapes
 from lmjax.model.trainable import frozen_dtype, split
 from lmjax.run.checkpointer import Checkpointer
-from lmjax.run.load import open_checkpoints, restore_step
+from lmjax.run.loader import frozen_params
 from lmjax.run.record import CheckpointRecord, TrainState
+from lmjax.run.restore import open_checkpoints, restore_step
 from lmjax.run.run_dir import RunDir
+from lmjax.run.source_fields import export_fields, keep_source_config
 from lmjax.run.streamed_arrays import DeferredArray
 from lmjax.version import __version__
 
 log = logging.getLogger(__name__)
 
-# The source's config.json and generation_config.json, kept for what a ModelConfig does not
-# hold (special token ids, label names, dropouts, sampling defaults; lmjax.hf.source_config).
-HF_CONFIG_COPY = "hf_config.json"
-HF_GENERATION_COPY = "hf_generation_config.json"
 
 
 def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
@@ -160,7 +154,7 @@ def _with_checkpoint_params(run: RunDir, step: int | None, use) -> None:
     use({**specs, **base_specs}, read)
 
   try:
-    if step is None:  # a damaged newest step is skipped (with a warning), as load_run does
+    if step is None:  # a damaged newest step is skipped (with a warning), as lmjax.load does
       checkpointer.restore_newest(export)
     else:
       restore_step(run, step, export)
@@ -186,59 +180,3 @@ def _base_arrays(run: RunDir, record: CheckpointRecord
     arrays = frozen_params(record.base, config.init_from, config.model, frozen)
     return {".".join(path): array for path, array in traverse_util.flatten_dict(arrays).items()}
   return specs, read
-
-
-def keep_source_config(source: str | os.PathLike, run_path: str | os.PathLike) -> None:
-  """Keeps in run directory `run_path` the config.json and generation_config.json of `source`
-  (an HF directory, or a run that kept its own source's), unless the run has them already."""
-  source, run_path = pathlib.Path(source), pathlib.Path(run_path)
-  for run_name, names in ((HF_CONFIG_COPY, ("config.json", HF_CONFIG_COPY)),
-                          (HF_GENERATION_COPY, ("generation_config.json", HF_GENERATION_COPY))):
-    found = [source / name for name in names if (source / name).is_file()]
-    if not found or (run_path / run_name).exists():
-      continue
-    try:
-      read_json_object(found[0])
-    except UserError as e:  # metadata for the export only: not a reason to stop training
-      log.warning("%s; an export of this run will not carry its fields.", str(e).rstrip("."))
-      continue
-    run_path.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(found[0], run_path / run_name)
-
-
-def export_fields(run: RunDir, config: Config, tokenizer: Tokenizer | None = None
-                  ) -> dict[str, Any]:
-  """What a run's export writes beside its ModelConfig (`export_params`' keyword arguments):
-  its source's config.json and generation_config.json where it kept them, and the special-token
-  ids of its tokenizer (`tokenizer`, else the run's, where it has one) where the source sets
-  none, and a classifier's label names."""
-  source = read_json_object(run.path / HF_CONFIG_COPY) or {}
-  ids: dict[str, Any] = {}
-  pad_token = None
-  if tokenizer is None and Tokenizer.readable_in(run.tokenizer_dir):
-    tokenizer = Tokenizer.load(run.tokenizer_dir)
-  if tokenizer is not None:
-    roles = {"bos_token_id": "bos", "eos_token_id": "eos", "pad_token_id": "pad",
-             "mask_token_id": "mask", "cls_token_id": "cls", "sep_token_id": "sep"}
-    ids = {key: tokenizer.token_to_id(tokenizer.roles[role]) for key, role in roles.items()
-           if role in tokenizer.roles and source.get(key) is None}
-    if (config.model.head is Head.CLASSIFICATION and config.model.causal
-        and "pad" not in tokenizer.roles and source.get("pad_token_id") is None
-        and tokenizer.eos_id is not None):
-      # Hugging Face's decoder classifiers find each row's last token by pad_token_id: as HF
-      # recipes do, the end-of-sequence token pads, in config.json and the tokenizer alike.
-      ids["pad_token_id"], pad_token = tokenizer.eos_id, tokenizer.roles["eos"]
-  if config.model.position_offset:  # RoBERTa numbers positions from pad_token_id + 1
-    ids.pop("pad_token_id", None)
-  fields = {"source_config": source or None,
-            "generation": read_json_object(run.path / HF_GENERATION_COPY),
-            "tokenizer_pad_token": pad_token}
-  if config.model.head is not Head.CLASSIFICATION:
-    return {**fields, "config_overrides": ids}
-  if config.model.causal and {**source, **ids}.get("pad_token_id") is None:
-    raise UserError(f"{run.path}'s tokenizer has neither a pad nor an end-of-sequence token, "
-                    f"and Hugging Face's decoder classifiers find each row's last token by "
-                    f"pad_token_id: train with a tokenizer that has one (data.tokenizer=bpe).")
-  names = dict(enumerate(config.data.labels))
-  return {**fields, "config_overrides": {**ids, "id2label": names,
-                                         "label2id": {name: i for i, name in names.items()}}}

@@ -10,7 +10,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.convert.base_model import load_run
+from lmjax.run.loader import load_run
 from lmjax.errors import UserError
 from lmjax.hf.engine import read_hf_config
 from lmjax.hf.hub import resolve_hf_dir

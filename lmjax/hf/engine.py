@@ -269,7 +269,7 @@ def write_hf(model: Transformer, params: Mapping[str, Any], out_dir: str | os.Pa
   rest a ModelConfig does not hold (lmjax.hf.source_config); `generation` (the source's
   generation_config.json) is written as it is. `config_overrides` are merged in last (e.g.
   {"eos_token_id": 2}). Nothing appears at `out_dir` unless the whole conversion succeeds.
-  The public `lmjax.to_hf` (lmjax.convert.loading) also takes a loaded model with its source.
+  The public `lmjax.to_hf` (lmjax.convert.export) also takes a loaded model with its source.
   """
   flat = flatten(nn.unbox(params))
   specs = {key: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype) for key, leaf in flat.items()}

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
-from lmjax.convert.loading import Loaded
+from lmjax.run.loader import Loaded
 from lmjax.data.examples.sft import chat_template
 from lmjax.data.tokenize import chat
 from lmjax.data.tokenize.tokenizer import Tokenizer

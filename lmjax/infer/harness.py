@@ -28,12 +28,12 @@ from typing import Any
 
 import jax
 
-from lmjax.convert.loading import Loaded, load_model
 from lmjax.errors import UserError
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import continuation_log_likelihoods
 from lmjax.infer.complete import GenerationSettings, complete_batch
 from lmjax.infer.perplexity import prefix_id, require_language_model, window_requests
+from lmjax.run.loader import Loaded, load
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _int(value, name: str, *, low: int = 1) -> int | None:
 @register_model("lmjax")
 class LmjaxLM(TemplateLM):
   """An lmjax causal LM for lm-evaluation-harness: a run (`run_dir`, `step`) or an HF directory
-  (`hf`), or one already `loaded` (lmjax.convert.loading.Loaded)."""
+  (`hf`), or one already `loaded` (lmjax.load)."""
 
   def __init__(self, run_dir: str | None = None, hf: str | None = None, step=None,
                dtype: str = "float32", batch_size=16, max_length=None, max_gen_toks=256,
@@ -70,8 +70,11 @@ class LmjaxLM(TemplateLM):
     if TemplateLM is object:
       raise UserError(f"lm-evaluation-harness is not installed: {_INSTALL}.")
     super().__init__()
-    self.loaded = loaded or load_model(run_dir=run_dir, hf_dir=hf, step=_int(step, "step", low=0),
-                                       dtype=dtype)
+    if loaded is None and (run_dir is None) == (hf is None):
+      raise UserError("give exactly one of run_dir= (an lmjax run directory) or hf= (a Hugging "
+                      "Face directory or hub id).")
+    self.loaded = loaded or load(run_dir or hf, step=_int(step, "step", low=0), dtype=dtype,
+                                 require_tokenizer=True, kind="run" if run_dir else "hf")
     require_language_model(self.loaded.model)
     cfg = self.loaded.model.config
     self._batch_size = _int(batch_size if batch_size != "auto" else None, "batch_size") or 16

@@ -21,8 +21,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from lmjax.convert import read_hf_config
-from lmjax.convert.loading import load_model
 from lmjax.data.config import Source
 from lmjax.data.examples.classification import check_labels, encode_texts, example_tokenizer
 from lmjax.data.examples.labelled import Examples, Fields, read_examples
@@ -31,10 +29,12 @@ from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.hf.config import hf_labels
+from lmjax.hf.engine import read_hf_config
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.infer import classify
 from lmjax.model import Head, Transformer
 from lmjax.run import RunDir
+from lmjax.run.loader import load
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def load_classifier(*, run_dir: str | None = None, hf_dir: str | None = None,
     if not str(architectures[0]).endswith("ForSequenceClassification"):
       raise UserError(f"{hf_dir} holds a {architectures[0]}, not a sequence classifier "
                       f"(*ForSequenceClassification): predict labels texts with one.")
-    loaded = load_model(hf_dir=hf_dir)
+    loaded = load(hf_dir, require_tokenizer=True, kind="hf")
     return Classifier(loaded.model, loaded.params, loaded.tokenizer,
                       hf_labels(read_hf_config(hf_dir)),
                       seq_len=min(loaded.config.max_seq_len, 512))
@@ -78,7 +78,7 @@ def load_classifier(*, run_dir: str | None = None, hf_dir: str | None = None,
   if config.model.head is not Head.CLASSIFICATION:
     raise UserError(f"{run_dir} holds a {config.model.head.value} model, not a classifier "
                     f"(model.head=classification): use generate or fill-mask with it.")
-  loaded = load_model(run_dir=run.path, step=step)
+  loaded = load(run.path, step=step, require_tokenizer=True, kind="run")
   return Classifier(loaded.model, loaded.params, loaded.tokenizer, config.data.labels,
                     seq_len=config.train.seq_len, field=config.data.field,
                     pair_field=config.data.pair_field, label_field=config.data.label_field)

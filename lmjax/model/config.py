@@ -18,31 +18,12 @@ import dataclasses
 from lmjax.errors import UserError
 from lmjax.model.families import dense_twins, family_fields, resolve_family
 from lmjax.model.lora import block_projections, check_targets
+from lmjax.model.lora_config import LoraConfig
 from lmjax.model.moe_config import MoeConfig
 from lmjax.model.options import (Activation, AttentionImpl, ClassifierPooling, Head, Norm,
-                                 NormPosition, ParamDtype, PoolerActivation, Positions, Remat,
+                                 NormPosition, PoolerActivation, Positions, Remat,
                                  RopeScaling)
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-  """Low-rank adapters on the blocks' projections (lmjax.model.lora); rank 0: none."""
-
-  rank: int = 0
-  alpha: float = 16.0
-  dropout: float = 0.0                 # on the adapter's input only, as peft
-  targets: tuple[str, ...] = ("all-linear",)  # lmjax or HF projection names, or path patterns
-  rslora: bool = False                 # scale alpha / sqrt(rank) instead of alpha / rank
-  base_dtype: ParamDtype = ParamDtype.FLOAT32  # how the frozen base is stored (bfloat16: half)
-
-  def __post_init__(self):
-    check_ranges(self, "model.lora", {"rank": NON_NEGATIVE, "alpha": POSITIVE,
-                                      "dropout": FRACTION})
-
-  @property
-  def enabled(self) -> bool:
-    return self.rank > 0
 
 
 _MODEL_RANGES = {

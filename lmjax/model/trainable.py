@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from lmjax.model.config import Head, ModelConfig, ParamDtype
+from lmjax.model.config import Head, ModelConfig
+from lmjax.model.options import ParamDtype
 from lmjax.model.lora import is_adapter
 
 

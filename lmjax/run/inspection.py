@@ -23,7 +23,8 @@ from lmjax.files import file_sizes
 from lmjax.model import ModelConfig, param_shapes
 from lmjax.model.trainable import trained_part
 from lmjax.run.base_ref import BaseRef, check_base
-from lmjax.run.checkpointer import TMP_MARKER, ArrayPath, Checkpointer, first_line
+from lmjax.run.checkpointer import TMP_MARKER, ArrayPath, Checkpointer
+from lmjax.run.orbax_errors import first_line
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.run_dir import RunDir
 

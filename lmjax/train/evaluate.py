@@ -15,10 +15,10 @@ import jax
 import numpy as np
 
 from lmjax.config import load_config
-from lmjax.convert.base_model import load_run_at
 from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.tokenize.tokenizer import Tokenizer
-from lmjax.run.load import open_checkpoints
+from lmjax.run.loader import load_run_at
+from lmjax.run.restore import open_checkpoints
 from lmjax.run.resume_policy import check_model_unchanged
 from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshRules, mesh_rules

@@ -3,7 +3,7 @@
 Parameters are matched by path: those the source has with the same shape are loaded, those it
 lacks (e.g. a new classification head) keep their fresh initialisation, and those only the
 source has (e.g. an MLM head when fine-tuning a classifier) are left out. Scanned and unrolled
-layer layouts are converted as needed (lmjax.convert.base_model).
+layer layouts are converted as needed (lmjax.run.loader).
 
 A LoRA run whose every frozen param comes from the source saves the trained part only and
 refers to the source by a BaseRef (lmjax.run.base_ref); otherwise its checkpoints are whole.
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from lmjax.convert.base_model import load_source
+from lmjax.run.loader import load_source
 from lmjax.model import ModelConfig
 from lmjax.model.lora import is_adapter
 from lmjax.model.trainable import is_trained, trained_part

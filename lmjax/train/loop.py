@@ -22,7 +22,7 @@ from typing import Any
 import jax
 
 from lmjax.config import Config
-from lmjax.convert.runs import keep_source_config
+from lmjax.run.source_fields import keep_source_config
 from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.pipeline.corpus import Corpus
 from lmjax.errors import WriteFailed

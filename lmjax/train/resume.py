@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from lmjax.config import Config
-from lmjax.convert.base_model import frozen_params
+from lmjax.run.loader import frozen_params
 from lmjax.model.trainable import combine, split, trained_part
 from lmjax.run.base_ref import BaseRef, locate_base
 from lmjax.run.checkpointer import Checkpointer

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from lmjax.data.config import BadRecords, EncodingErrors, Source
-from lmjax.data.sources.documents import ReadStats, find_units, is_blank, read_text
+from lmjax.data.sources.documents import ReadStats, find_units
+from lmjax.data.sources.file_readers import is_blank, read_text
 from lmjax.data.sources.hf_datasets import read_columns
 from lmjax.data.sources.tables import parse_csv, read_parquet
 from lmjax.data.sources.tfds import read_tfds_examples

@@ -22,7 +22,8 @@ import numpy as np
 
 from lmjax.data.config import BadRecords, DataConfig, Source
 from lmjax.data.rows import MemoryRows
-from lmjax.data.sources.documents import ReadStats, find_units, read_text
+from lmjax.data.sources.documents import ReadStats, find_units
+from lmjax.data.sources.file_readers import read_text
 from lmjax.data.tokenize.chat import ChatTemplate, load_template, segments
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError

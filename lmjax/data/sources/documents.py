@@ -24,51 +24,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import glob
-import json
 import os
 from collections.abc import Iterator, Sequence
 
 from lmjax.data.config import BadRecords, DataConfig, EncodingErrors, Source
+from lmjax.data.sources.file_readers import (empty_file, not_utf8, parse_jsonl, parse_jsonl_lines,
+                                             read_csv_texts, read_parquet_texts, slurp)
 from lmjax.data.sources.globs import glob_files
 from lmjax.data.sources.hf_datasets import read_hf_texts
-from lmjax.data.sources.tables import parse_csv, read_parquet
+from lmjax.data.sources.read_stats import ReadStats, first_few
 from lmjax.data.sources.tfds import read_tfds
 from lmjax.errors import UserError
-
-_NAMED_IN_REPORT = 3  # skipped files named in a report; the rest are counted
-
-
-@dataclasses.dataclass
-class ReadStats:
-  """What reading left out: bad records under `data.bad_records: skip`, and whole files."""
-
-  skipped: int = 0
-  first_problem: str | None = None   # the first skipped record's problem, for the log
-  skipped_files: list[str] = dataclasses.field(default_factory=list)  # "name (why)", in order
-
-  def skip(self, problem: str) -> None:
-    self.skipped += 1
-    self.first_problem = self.first_problem or problem
-
-  def skip_file(self, file: str, why: str) -> None:
-    self.skipped_files.append(f"{file} ({why})")
-
-  @property
-  def total(self) -> int:
-    """Records and files left out: what metrics.jsonl reports as `skipped_records`."""
-    return self.skipped + len(self.skipped_files)
-
-  def files_report(self) -> str:
-    """One line for the log: how many files were left out, and the first few."""
-    return (f"skipped {len(self.skipped_files)} empty or unusable file(s): "
-            f"{_first_few(self.skipped_files)}")
-
-
-def _first_few(names: list[str]) -> str:
-  """The first `_NAMED_IN_REPORT` of `names`, and "…" for the rest: a report stays one line."""
-  more = ", …" if len(names) > _NAMED_IN_REPORT else ""
-  return ", ".join(names[:_NAMED_IN_REPORT]) + more
-
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
@@ -137,7 +103,7 @@ def _no_documents(source: str | Source, paths: Sequence[str], *, skipped_files: 
     return UserError(
         f"The {Source(source).value} source has no usable text in `data.paths` {named}: all "
         f"{len(skipped_files)} file(s) were left out as empty or unusable "
-        f"({_first_few(skipped_files)}). Point "
+        f"({first_few(skipped_files)}). Point "
         f"`data.paths` at files that hold text, give those files some, or (for files that are "
         f"not UTF-8) set `data.encoding_errors: replace`.")
   return UserError(
@@ -224,35 +190,35 @@ def read_unit(unit: str | Unit, *, source: str | Source, field: str = "text",
     return read_tfds(file, split=split, data_dir=data_dir, field=field, errors=errors.value,
                      skip=stats.skip if policy is BadRecords.SKIP else None)
   if source is Source.PARQUET:
-    return _read_parquet(file, column=field)
+    return read_parquet_texts(file, column=field)
   if source is Source.HF_DATASETS:
     return read_hf_texts(file, split=split, field=field)
   skip = policy is BadRecords.SKIP
-  data = _slurp(file)
+  data = slurp(file)
   if not data.strip():
     if not (unit.globbed or skip):
-      raise _empty_file(file)
+      raise empty_file(file)
     stats.skip_file(file, "empty")
     return []
   if source is Source.JSONL and skip and errors is EncodingErrors.STRICT:
-    return _parse_jsonl_lines(data, file=file, field=field, stats=stats)
+    return parse_jsonl_lines(data, file=file, field=field, stats=stats)
   try:
     text = data.decode("utf-8", errors=errors.value).removeprefix("\ufeff")
   except UnicodeDecodeError as e:
     if not skip:
-      raise _not_utf8(file, data, e, can_skip=True) from None
+      raise not_utf8(file, data, e, can_skip=True) from None
     stats.skip_file(file, f"not UTF-8 at byte {e.start}")
     return []
   if source is Source.CSV:
-    return _read_csv(text, file=file, column=field)
+    return read_csv_texts(text, file=file, column=field)
   if source is Source.TEXT:
     if not text.strip():  # Unicode whitespace only (no-break spaces, …)
       if not (unit.globbed or skip):
-        raise _empty_file(file)
+        raise empty_file(file)
       stats.skip_file(file, "whitespace only")
       return []
     return [text]
-  return _parse_jsonl(text, file=file, field=field, stats=stats if skip else None)
+  return parse_jsonl(text, file=file, field=field, stats=stats if skip else None)
 
 
 def keep_tokenized(unit: str, token_docs: list, *, source: str | Source, stats: ReadStats
@@ -315,122 +281,3 @@ def _expand_paths(paths: Sequence[str], *, source: Source) -> list[Unit]:
       if first.globbed and not globbed:  # named explicitly after all
         files[real] = Unit(first.name, globbed=False)
   return list(files.values())
-
-
-def is_blank(file: str, *, look_at: int = 1 << 16) -> bool:
-  """Whether `file` is empty or holds only ASCII whitespace (files over `look_at` bytes are
-  taken as not blank without reading them)."""
-  size = os.path.getsize(file)
-  return size == 0 or (size <= look_at and not _slurp(file).strip())
-
-
-def _slurp(file: str) -> bytes:
-  with open(file, "rb") as f:
-    return f.read()
-
-
-def _empty_file(file: str) -> UserError:
-  return UserError(f"The data file {file!r} is empty (or holds only whitespace). Remove it "
-                   f"from `data.paths` or give it some text.")
-
-
-def _not_utf8(file: str, data: bytes, e: UnicodeDecodeError, *, can_skip: bool = False
-              ) -> UserError:
-  line = data.count(b"\n", 0, e.start) + 1
-  return UserError(
-      f"The data file {file!r} is not valid UTF-8: byte {data[e.start]:#04x} at byte offset "
-      f"{e.start} (line {line}) cannot be decoded ({e.reason}). Convert the file to UTF-8, "
-      f"or set `data.encoding_errors: replace` to substitute U+FFFD for undecodable bytes"
-      + (", or `data.bad_records: skip` to leave such files out." if can_skip else "."))
-
-
-def read_text(file: str, *, errors: EncodingErrors) -> str:
-  """A whole file decoded as UTF-8 (a leading byte-order mark is dropped); UserError when it is
-  empty or (`errors` strict) not UTF-8."""
-  data = _slurp(file)
-  if not data.strip():
-    raise _empty_file(file)
-  try:
-    text = data.decode("utf-8", errors=errors.value)
-  except UnicodeDecodeError as e:
-    raise _not_utf8(file, data, e) from None
-  return text.removeprefix("\ufeff")
-
-
-def _parse_jsonl_lines(data: bytes, *, file: str, field: str, stats: ReadStats) -> list[str]:
-  """`_parse_jsonl` decoding line by line, skipping (and counting) lines that are not UTF-8."""
-  documents = []
-  for line_number, line in enumerate(data.split(b"\n"), start=1):
-    try:
-      text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-      stats.skip(f"{file}:{line_number}: byte offset {e.start} of the line is not UTF-8")
-      continue
-    documents.extend(_parse_jsonl(text.removeprefix("\ufeff") if line_number == 1 else text,
-                                  file=file, field=field, stats=stats, first_line=line_number))
-  return documents
-
-
-def _parse_jsonl(text: str, *, file: str, field: str, stats: ReadStats | None = None,
-                 first_line: int = 1) -> list[str]:
-  """The string in `field` of each non-blank line of a JSON Lines file.
-
-  A bad line raises a UserError naming it, or with `stats` is skipped and counted there.
-  """
-  documents = []
-  # Split on "\n" only: str.splitlines would also split at U+2028 and friends, which JSON
-  # allows unescaped inside strings.
-  for line_number, line in enumerate(text.split("\n"), start=first_line):
-    if not line.strip():
-      continue
-    where = f"{file}:{line_number}"
-    try:
-      documents.append(_json_record(line, where=where, field=field))
-    except UserError as e:
-      if stats is None:
-        raise
-      stats.skip(str(e).split(". ")[0])
-  return documents
-
-
-def _json_record(line: str, *, where: str, field: str) -> str:
-  """The string in `field` of one JSON Lines line; UserError naming `where` otherwise."""
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise UserError(f"Line {where} is not valid JSON ({e.msg} at column {e.colno}). Each "
-                    f"line of a JSON Lines file must be one JSON object, e.g. "
-                    f'{{"{field}": "..."}}; fix or remove that line, or set `data.bad_records: skip`.'
-                    ) from None
-  if not isinstance(record, dict):
-    raise UserError(f"Line {where} holds a JSON {type(record).__name__}, not an object. Each "
-                    f'line must be one JSON object with a string field, e.g. {{"{field}": '
-                    f'"..."}}.')
-  value = record.get(field)
-  if not isinstance(value, str):
-    problem = "has no field" if field not in record else (
-        f"has a value of type {type(value).__name__}, not a string, in field")
-    keys = ", ".join(repr(k) for k in record) or "none"
-    raise UserError(f"Line {where} {problem} {field!r} (keys present: {keys}). Set "
-                    f"`data.field` to the key that holds the text, or fix that line.")
-  return value
-
-
-def _read_parquet(file: str, *, column: str) -> list[str]:
-  """The non-null strings of `column` in a Parquet file, read one row group at a time."""
-  values, _ = read_parquet(file, columns=[column], text_columns=[column])
-  documents = [v for v in values[column] if v is not None]
-  if not documents:
-    raise UserError(f"Column {column!r} of the Parquet file {file!r} has no text (no rows, or "
-                    f"only nulls). Remove it from `data.paths` or give it some rows.")
-  return documents
-
-
-def _read_csv(text: str, *, file: str, column: str) -> list[str]:
-  """The non-blank cells of `column` in a CSV/TSV file's text."""
-  values, _ = parse_csv(text, file=file, columns=[column])
-  documents = [v for v in values[column] if v.strip()]
-  if not documents:
-    raise UserError(f"Column {column!r} of the CSV file {file!r} has no text. Remove it from "
-                    f"`data.paths` or give it some rows.")
-  return documents

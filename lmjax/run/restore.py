@@ -1,5 +1,5 @@
-"""Reading a run's params back from its checkpoints (`lmjax.load_run` is the public entry,
-lmjax.convert.base_model, which also loads a LoRA run's base).
+"""Restoring a run's params from its checkpoints: the mechanics under the loader
+(lmjax.run.loader, `lmjax.load`), which also brings a LoRA run's base.
 
 Only the params are read (never the optimizer state), placed on the mesh by the logical-axis
 rules: the run's own `mesh.rules` unless the caller names others.
@@ -16,7 +16,8 @@ from lmjax.errors import UserError
 from lmjax.model import Transformer
 from lmjax.model.trainable import combine, split
 from lmjax.placement import placed_params
-from lmjax.run.checkpointer import Checkpointer, first_line
+from lmjax.run.checkpointer import Checkpointer
+from lmjax.run.orbax_errors import first_line
 from lmjax.run.base_ref import BaseRef
 from lmjax.run.inspection import inspect_checkpoints
 from lmjax.run.record import CheckpointRecord
@@ -63,14 +64,15 @@ def restore_step(run: RunDir, step: int, restore: Callable[[int], T]) -> T:
                     f"checks every step.") from None
 
 
-def load_run_at(run_dir: str | pathlib.Path, step: int | None = None, *, mesh: Mesh | None = None,
-                rules: Any = None, base: LoadBase | None = None) -> tuple[Transformer, Any, int]:
+def restore_params(run_dir: str | pathlib.Path, step: int | None = None, *,
+                   mesh: Mesh | None = None, rules: Any = None, base: LoadBase | None = None
+                   ) -> tuple[Transformer, Any, int]:
   """(model, params, step) of the run at `step` (default: the newest checkpoint that restores,
-  a damaged newer one skipped with a warning), placed on `mesh` by `rules` (lmjax.load_run).
+  a damaged newer one skipped with a warning), placed on `mesh` by `rules`.
 
   A LoRA run's checkpoint that holds the adapters only (its record names the base,
   lmjax.run.base_ref) needs `base(ref, abstract_frozen_params)`, which returns the frozen params
-  placed as `abstract_frozen_params`; lmjax.load_run passes the one that reads Hugging Face and
+  placed as `abstract_frozen_params`; the loader passes the one that reads Hugging Face and
   run directories.
   """
   run = RunDir(run_dir)
@@ -96,6 +98,6 @@ def load_run_at(run_dir: str | pathlib.Path, step: int | None = None, *, mesh: M
   if record.base is not None:
     if base is None:
       raise UserError(f"{run.path} step {step} holds LoRA adapters only, for the base model "
-                      f"{record.base}: load it with lmjax.load_run, which loads the base too.")
+                      f"{record.base}: load it with lmjax.load, which loads the base too.")
     params = combine(params, base(record.base, frozen_abstract))
   return Transformer(config.model), params, step

@@ -15,6 +15,13 @@ once per array, so activations, whose batch dim takes ('data', 'fsdp', 'expert')
 
 `mesh.rules` in a config replaces the table, e.g. `[[batch, [data, fsdp]], [embed, null]]`.
 A mesh and the rules that place arrays on it travel together as one `MeshRules`.
+
+Multi-slice (ICI x DCN): `mesh.dcn_data`, `mesh.dcn_fsdp`, … multiply an axis across slices
+(TPU slices joined by the data-center network, or hosts of a GPU cluster), while `mesh.data`,
+`mesh.fsdp`, … give its size inside one slice. The usual layout keeps FSDP and tensor
+parallelism inside a slice and crosses slices with data parallelism only (`mesh.dcn_data=2`:
+two slices, each a data-parallel replica), so the slow network carries one gradient all-reduce
+per step. Devices without a slice index (CPUs, GPUs) take each process as a slice.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from lmjax.errors import UserError
@@ -95,6 +103,11 @@ class MeshConfig:
   fsdp: int = 1
   tensor: int = 1
   expert: int = 1   # expert parallelism (Mixture-of-Experts models); a batch axis elsewhere
+  # Across slices (the data-center network): each axis's size is its ICI size times these.
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
+  dcn_tensor: int = 1
+  dcn_expert: int = 1
   # [[logical_name, mesh_axis | [mesh_axis, ...] | null], ...] replacing the default table
   # (LOGICAL_AXIS_RULES); null keeps the default.
   rules: Any = None
@@ -102,6 +115,16 @@ class MeshConfig:
   def __post_init__(self):
     if self.rules is not None:
       object.__setattr__(self, "rules", parse_rules(self.rules))
+    for axis in MESH_AXES:
+      size = getattr(self, f"dcn_{axis}")
+      if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise UserError(f"mesh.dcn_{axis}={size!r}: the number of slices an axis spans is a "
+                        f"positive integer (1: inside one slice).")
+
+  @property
+  def dcn_shape(self) -> tuple[int, ...]:
+    """(dcn_data, dcn_fsdp, dcn_tensor, dcn_expert)."""
+    return tuple(getattr(self, f"dcn_{axis}") for axis in MESH_AXES)
 
 
 def axis_rules(config: MeshConfig) -> Rules:
@@ -110,7 +133,13 @@ def axis_rules(config: MeshConfig) -> Rules:
 
 
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
-  """(data, fsdp, tensor, expert) sizes, with at most one -1 filled from `num_devices`."""
+  """(data, fsdp, tensor, expert) sizes inside one slice (all of `num_devices` when the mesh
+  spans one), with at most one -1 filled from the devices of a slice."""
+  slices = math.prod(config.dcn_shape)
+  if num_devices % slices:
+    raise UserError(f"mesh.dcn_* spans {slices} slices ({' x '.join(map(str, config.dcn_shape))}), "
+                    f"which do not divide the {num_devices} devices available.")
+  num_devices //= slices
   sizes = [getattr(config, axis) for axis in MESH_AXES]
   if sizes.count(-1) > 1:
     raise UserError(f"at most one of mesh.data/fsdp/tensor/expert may be -1, got "
@@ -126,19 +155,33 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
     sizes[sizes.index(-1)] = num_devices // fixed
   if int(np.prod(sizes)) != num_devices:
     shown = " x ".join(f"{axis}={size}" for axis, size in zip(MESH_AXES, sizes))
-    raise UserError(f"mesh {shown} needs "
-                    f"{int(np.prod(sizes))} devices but {num_devices} are available; set one "
-                    f"axis to -1 to use all of them.")
+    where = f" in each of {slices} slices" if slices > 1 else ""
+    raise UserError(f"mesh {shown} needs {int(np.prod(sizes))} devices but {num_devices} are "
+                    f"available{where}; set one axis to -1 to use all of them.")
   return tuple(sizes)
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ('data', 'fsdp', 'tensor', 'expert') mesh over all devices (of all processes), Auto axis
-  types."""
+  types; across slices (`mesh.dcn_*`), each axis's slices laid out by the slow network."""
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(config, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if math.prod(config.dcn_shape) == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  # TPU slices number their devices by slice; elsewhere (CPU, GPU hosts: one slice index, or
+  # none) each process is a slice.
+  by_process = len({getattr(d, "slice_index", None) for d in devices}) == 1
+  try:
+    grid = mesh_utils.create_hybrid_device_mesh(shape, config.dcn_shape, devices,
+                                                process_is_granule=by_process)
+  except ValueError as e:
+    unit = "processes" if by_process else "slices"
+    raise UserError(f"mesh.dcn_* = {' x '.join(map(str, config.dcn_shape))} does not match the "
+                    f"{unit} the devices come from ({e}); each of the "
+                    f"{math.prod(config.dcn_shape)} {unit} must hold "
+                    f"{math.prod(shape)} devices.") from None
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def mesh_axes_size(mesh: Mesh, axes: Any) -> int:

@@ -56,6 +56,7 @@ def test_a_resolved_config_round_trips_through_yaml(tmp_path):
     ("model.num_kv_heads=3", "model.num_kv_heads=3 must divide model.num_heads=4"),
     ("train.compute_dtype=fp16", "train.compute_dtype='fp16' is not one of float32, bfloat16"),
     ("model.preset=gpt5", "unknown model.preset 'gpt5'"),
+    ("mesh.dcn_data=0", "mesh.dcn_data=0: the number of slices an axis spans"),
     ("novalue", "--set expects key.path=value"),
 ])
 def test_config_mistakes_are_explained(override, expected):

@@ -19,6 +19,8 @@ from tests.processes import children, cpu_env, free_port
 RUN = TINY + ["data.tokenizer=bpe", "train.warmup_steps=1", "train.learning_rate=3e-3",
               "train.log_every=1", "train.eval_every=4", "train.checkpoint_every=4"]
 MESH_2x2x2 = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+# The same mesh as two slices, each process one (fsdp and tensor inside a slice, data across).
+TWO_SLICES = ["mesh.dcn_data=2", "mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2"]
 GLOO = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
 
 
@@ -31,21 +33,24 @@ def rows(run_dir):
   return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_train_like_one_and_their_checkpoint_restores_on_other_meshes(tmp_path):
+def test_two_slices_train_like_one_process_and_their_checkpoint_restores_on_other_meshes(
+    tmp_path):
   pair, single = tmp_path / "two_processes", tmp_path / "one_process"
   with children(tmp_path) as group:
-    # Phase 1: 2 processes x 4 devices and 1 process x 8 devices, same 2x2x2 mesh, 4 steps.
+    # Phase 1: 2 processes x 4 devices as two slices (an ICI x DCN mesh) and 1 process x 8
+    # devices, the same 2x2x2 mesh, 4 steps.
     address = f"127.0.0.1:{free_port()}"
     for process_id in (0, 1):
       group.start(f"process{process_id}", train_args(
-          pair, "train.steps=4", *MESH_2x2x2, f"distributed.coordinator_address={address}",
+          pair, "train.steps=4", *TWO_SLICES, f"distributed.coordinator_address={address}",
           "distributed.num_processes=2", f"distributed.process_id={process_id}",
           "distributed.initialization_timeout=60"), cpu_env(4, **GLOO))
     group.start("reference", train_args(single, "train.steps=4", *MESH_2x2x2), cpu_env(8))
     group.check(timeout=240)
     # Phase 2: one process with another mesh (fsdp=8) resumes the pair's
     # checkpoint; the reference resumes its own, and both run to step 6.
-    group.start("resumed", train_args(pair, "train.steps=6", "mesh.data=1", "mesh.fsdp=8"),
+    group.start("resumed", train_args(pair, "train.steps=6", "mesh.dcn_data=1", "mesh.data=1",
+                                      "mesh.fsdp=8"),
                 cpu_env(8))
     group.start("reference_resumed", train_args(single, "train.steps=6", *MESH_2x2x2), cpu_env(8))
     group.check(timeout=180)

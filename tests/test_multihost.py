@@ -100,3 +100,18 @@ def test_a_process_that_cannot_reach_the_coordinator_fails_naming_the_address(tm
   assert time.monotonic() - started < 60  # the 3 s timeout, plus starting Python and JAX
   assert f"could not reach the coordinator at distributed.coordinator_address={address}" in log
   assert "Traceback" not in log and not (tmp_path / "run").exists()
+
+
+def test_a_tpu_pod_worker_joins_its_slice_without_distributed_keys(tmp_path):
+  """On a TPU VM of a multi-host slice (TPU_WORKER_HOSTNAMES), the job is joined as
+  distributed.auto does; here no TPU answers, so that attempt fails with one clear message."""
+  with children(tmp_path) as group:
+    group.start("worker", train_args(tmp_path / "run", "distributed.initialization_timeout=5"),
+                cpu_env(1, TPU_WORKER_HOSTNAMES="10.0.0.2,10.0.0.3"))
+    codes = group.wait(timeout=90)
+  log = (tmp_path / "worker.log").read_text()
+  assert codes["worker"] == 2, log
+  assert "one of 2 TPU pod workers" in log
+  assert "could not join the distributed job through the coordinator found in the environment" \
+      in log
+  assert "Traceback" not in log and not (tmp_path / "run").exists()

@@ -2,7 +2,8 @@
 
 Every process of a multi-host job runs the same command. `initialize_distributed` joins them
 through `jax.distributed` (explicit `distributed.*` keys, or `distributed.auto` to let JAX read
-the TPU pod / SLURM / MPI environment). Process 0 alone builds the tokenizer (BPE training is
+the TPU pod / SLURM / MPI environment; on the workers of a TPU pod slice, found by
+TPU_WORKER_HOSTNAMES, that is the default). Process 0 alone builds the tokenizer (BPE training is
 not worth trusting to be bit-identical across hosts, lmjax.train.inputs) and writes the run
 directory; `broadcast_json` hands what it decided to the others. With one process every
 function here is a no-op or a plain call.
@@ -40,8 +41,14 @@ def initialize_distributed(config: DistributedConfig) -> None:
   if jax.distributed.is_initialized():
     return
   if not config.auto and config.coordinator_address is None:
-    _warn_if_launched_as_many(os.environ)
-    return
+    workers = tpu_pod_workers(os.environ)
+    if workers < 2:
+      _warn_if_launched_as_many(os.environ)
+      return
+    # A TPU pod slice runs one process per worker VM, which JAX finds by itself: joining them
+    # is the only thing that makes sense there.
+    log.info("one of %d TPU pod workers (TPU_WORKER_HOSTNAMES): joining them as "
+             "distributed.auto=true does", workers)
   address, timeout = config.coordinator_address, config.initialization_timeout
   deadline = time.monotonic() + timeout
   if address is not None and config.process_id not in (None, 0):
@@ -83,14 +90,21 @@ def _wait_for_coordinator(address: str, deadline: float, timeout: int) -> None:
     time.sleep(0.25)
 
 
-def _warn_if_launched_as_many(environ) -> None:
-  """Warns when the launcher started several copies that will not know about each other."""
+def tpu_pod_workers(environ) -> int:
+  """How many worker VMs the TPU slice this process runs on has (0: not on a TPU VM)."""
   hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
-  many = int(environ.get("SLURM_NTASKS", "1") or 1) > 1 or hosts.count(",") > 0
-  if many:
-    log.warning("this looks like one of several processes (SLURM_NTASKS or "
-                "TPU_WORKER_HOSTNAMES), but distributed.* is not set, so each process will train "
-                "on its own: set distributed.auto=true to join them.")
+  return len([h for h in hosts.split(",") if h.strip()])
+
+
+def _warn_if_launched_as_many(environ) -> None:
+  """Warns when the launcher started several copies that will not know about each other. (Under
+  SLURM, JAX's detection gives each process the one GPU of its SLURM_LOCALID, which is wrong for
+  one process per node: the job's shape is the user's to say, distributed.auto or the keys.)"""
+  if int(environ.get("SLURM_NTASKS", "1") or 1) > 1:
+    log.warning("this looks like one of several processes (SLURM_NTASKS), but distributed.* is "
+                "not set, so each process will train on its own: set distributed.auto=true (one "
+                "process per GPU) or distributed.coordinator_address/num_processes/process_id "
+                "(one per node) to join them.")
 
 
 def is_writer() -> bool:

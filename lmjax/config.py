@@ -32,6 +32,7 @@ from lmjax.model.config import Head, ModelConfig
 from lmjax.model.presets import PRESET_NAMES
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from lmjax.sharding import MeshConfig
+from lmjax.storage import check_local
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,7 @@ def from_dict(raw: Mapping[str, Any], *, resolved: bool = False) -> Config:
   if not isinstance(model, Mapping):
     raise UserError(f"config section `model` must be a mapping, got {model!r}.")
   init_from = model.get("init_from")
+  check_local(init_from, what="model.init_from")
   if init_from and not resolved:  # a hub id: its cached snapshot, recorded as that directory
     init_from = resolve_hf_dir(str(init_from), what="model.init_from")
   source_fields, source_labels = source_model(str(init_from)) if init_from and not resolved \

@@ -123,3 +123,21 @@ def test_tokenizer_train_writes_a_tokenizer_that_training_then_uses(tmp_path, ca
   assert code == 0, err
   assert Tokenizer.load(tmp_path / "run" / "tokenizer").encode("def") == Tokenizer.load(out).encode("def")
   assert run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", str(out))[0] == 2  # not empty
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "tiny-gpt", "--run-dir", "gs://bucket/run"], "--run-dir gs://bucket/run"),
+    (["train", "tiny-gpt", "--set", "data.source=text", "data.paths=[s3://bucket/a.txt]"],
+     "data.paths s3://bucket/a.txt"),
+    (["train", "tiny-gpt", "--set", "model.init_from=gs://bucket/model"],
+     "model.init_from gs://bucket/model"),
+    (["convert", "hf-to-lmjax", "s3://bucket/model", "run"], "HF_DIR s3://bucket/model"),
+    (["generate", "--hf", "gs://bucket/model", "--prompt", "x"], "--hf gs://bucket/model"),
+])
+def test_a_bucket_url_is_refused_with_how_to_use_one_not_read_as_a_folder(
+    tmp_path, capsys, monkeypatch, argv, flag):
+  monkeypatch.chdir(tmp_path)
+  code, _, err = run_cli(capsys, *argv)
+  assert code == 2 and f"error: {flag}: " in err, err
+  assert "mount the bucket" in err
+  assert not any(tmp_path.iterdir())  # no folder named `gs:` or `s3:`, no run directory

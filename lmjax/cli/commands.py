@@ -31,6 +31,7 @@ from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_in
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.run.loader import Loaded, load
+from lmjax.storage import check_local
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
 from lmjax.train.inputs import prepare_data
@@ -285,10 +286,26 @@ _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "score": _cmd_score,
              "tokenizer": _cmd_tokenizer, "data": _cmd_data}
 
 
+# The command-line arguments that name files or directories, as the parser stores them.
+_PATH_ARGUMENTS = {"config": "CONFIG", "run_dir": "--run-dir", "run_dirs": "RUN_DIR",
+                   "hf_dir": "HF_DIR", "hf": "--hf", "out_dir": "OUT_DIR", "out": "--out",
+                   "data": "--data", "input": "--input", "output": "--output",
+                   "include_path": "--include-path", "adapter": "--adapter"}
+
+
+def _check_paths(args) -> None:
+  """Every path argument is local (lmjax.storage)."""
+  for name, flag in _PATH_ARGUMENTS.items():
+    value = getattr(args, name, None)
+    if isinstance(value, (str, list)):
+      check_local(value, what=flag)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = cli_parser.parser().parse_args(argv)
   app.configure_process()
   try:
+    _check_paths(args)
     return _COMMANDS[args.command](args)
   except UserError as e:
     print(f"lmjax {args.command}: error: {e}", file=sys.stderr)

@@ -30,6 +30,16 @@ def train_args(run_dir, *overrides):
           *overrides]
 
 
+def start_pair(group, name, run_dir, *overrides):
+  """Two processes (4 fake devices each) joined by jax.distributed on a free local port."""
+  address = f"127.0.0.1:{free_port()}"
+  for process_id in (0, 1):
+    group.start(f"{name}{process_id}", train_args(
+        run_dir, *overrides, f"distributed.coordinator_address={address}",
+        "distributed.num_processes=2", f"distributed.process_id={process_id}",
+        "distributed.initialization_timeout=60"), cpu_env(4, **GLOO))
+
+
 def rows(run_dir):
   return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -40,12 +50,7 @@ def test_two_slices_train_like_one_process_and_their_checkpoint_restores_on_othe
   with children(tmp_path) as group:
     # Phase 1: 2 processes x 4 devices as two slices (an ICI x DCN mesh) and 1 process x 8
     # devices, the same 2x2x2 mesh, 4 steps.
-    address = f"127.0.0.1:{free_port()}"
-    for process_id in (0, 1):
-      group.start(f"process{process_id}", train_args(
-          pair, "train.steps=4", *TWO_SLICES, f"distributed.coordinator_address={address}",
-          "distributed.num_processes=2", f"distributed.process_id={process_id}",
-          "distributed.initialization_timeout=60"), cpu_env(4, **GLOO))
+    start_pair(group, "process", pair, "train.steps=4", *TWO_SLICES)
     group.start("reference", train_args(single, "train.steps=4", *MESH_2x2x2), cpu_env(8))
     group.check(timeout=240)
     # Phase 2, resuming on another topology, as a pod that comes back in another shape: the
@@ -54,12 +59,7 @@ def test_two_slices_train_like_one_process_and_their_checkpoint_restores_on_othe
     # each runs on to step 6.
     group.start("resumed", train_args(pair, "train.steps=6", "mesh.dcn_data=1", "mesh.data=1",
                                       "mesh.fsdp=2", "mesh.tensor=1"), cpu_env(2))
-    address = f"127.0.0.1:{free_port()}"
-    for process_id in (0, 1):
-      group.start(f"reference_resumed{process_id}", train_args(
-          single, "train.steps=6", *MESH_2x2x2, f"distributed.coordinator_address={address}",
-          "distributed.num_processes=2", f"distributed.process_id={process_id}",
-          "distributed.initialization_timeout=60"), cpu_env(4, **GLOO))
+    start_pair(group, "reference_resumed", single, "train.steps=6", *MESH_2x2x2)
     group.check(timeout=180)
 
   logged, expected = rows(pair), rows(single)

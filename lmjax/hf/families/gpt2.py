@@ -6,20 +6,19 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmjax.hf.config_fields import activation_of, refuse, require, require_plain_heads
+from lmjax.hf.families.graphs import ENCODER
 from lmjax.hf.family import HfFamily, ModelType
 from lmjax.hf.key_maps import QKV, SCORE, KeyMap, dense, norm, rule
 from lmjax.hf.transforms import (CONV1D_FROM_HEADS, FUSED_QKV_BIAS, FUSED_QKV_KERNEL, IDENTITY,
                                  TRANSPOSE)
 from lmjax.model.config import ModelConfig
 from lmjax.model.families import Family
-from lmjax.model.options import Activation, Head, Norm, NormPosition, Positions
+from lmjax.model.options import Activation, Head, NormPosition
 
-DEFAULTS = dict(
-    norm=Norm.LAYER_NORM, norm_eps=1e-5, norm_position=NormPosition.PRE,
-    activation=Activation.GELU_TANH, gated_mlp=False, positions=Positions.LEARNED,
-    use_bias=True, qkv_bias=True, causal=True, tie_embeddings=True, type_vocab_size=0,
-    head=Head.CAUSAL_LM, classifier_bias=False, qk_norm=False, post_norms=False,
-    embed_scale=False)
+# The encoder's layers (learned positions, LayerNorm, biases), pre-norm and causal.
+DEFAULTS = {**ENCODER, "norm_eps": 1e-5, "norm_position": NormPosition.PRE,
+            "activation": Activation.GELU_TANH, "causal": True, "type_vocab_size": 0,
+            "head": Head.CAUSAL_LM, "classifier_bias": False}
 
 KEY_MAP = KeyMap(
     base_prefix="transformer",

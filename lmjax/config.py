@@ -256,9 +256,25 @@ def resolve_config_path(path_or_name: str | pathlib.Path) -> pathlib.Path:
                   f"({', '.join(names) or 'none found'}){did_you_mean(str(path_or_name), names)}.")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+  """yaml.safe_load's loader, refusing a key given twice in one mapping (YAML says keys are
+  unique; PyYAML silently keeps the last, so one of two settings would be ignored unseen)."""
+
+  def construct_mapping(self, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+      key = self.construct_object(key_node, deep=deep)
+      if isinstance(key, (str, int, float, bool)) and key in seen:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"key {key!r} appears twice in one mapping; keep one",
+            key_node.start_mark)
+      seen.add(key)
+    return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: pathlib.Path) -> dict[str, Any]:
   try:
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
   except yaml.YAMLError as e:
     raise UserError(f"config {path} is not valid YAML: {e}") from None
   except UnicodeDecodeError as e:

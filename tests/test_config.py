@@ -114,3 +114,11 @@ def test_invalid_yaml_names_the_file(tmp_path: pathlib.Path):
   with pytest.raises(UserError) as info:
     load_config(path)
   assert str(path) in str(info.value)
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path):
+  path = tmp_path / "twice.yaml"
+  path.write_text("model:\n  preset: tiny-gpt\ntrain:\n  steps: 5\n  steps: 7\n")
+  with pytest.raises(UserError, match=r"key 'steps' appears twice in one mapping; keep one"
+                                      r"(.|\n)*line 5"):
+    load_config(str(path))

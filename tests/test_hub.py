@@ -2,6 +2,7 @@
 the layout `huggingface_hub` writes (refs/<branch> naming a snapshot directory); offline."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -87,3 +88,10 @@ def test_a_model_missing_from_the_cache_says_how_to_fetch_it(hub_cache, tmp_path
   assert "hf download org/absent" in err and "Traceback" not in err
   assert main(["convert", "hf-to-lmjax", "org/absent", str(tmp_path / "run")]) == 2
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("revision", ["../../x", "main/../..", "a//b"])
+def test_a_revision_that_would_leave_the_cache_is_refused(revision):
+  with pytest.raises(UserError, match=f"revision '{re.escape(revision)}' is not a branch, tag or "
+                                      f"commit name"):
+    resolve_hf_dir(f"org/name@{revision}")

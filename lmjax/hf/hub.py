@@ -35,6 +35,10 @@ def resolve_hf_dir(value: str | os.PathLike, *, what: str = "--hf") -> str:
     raise UserError(f"{what} {value!r} is not a directory, and reading hub ids from the local "
                     f"cache needs huggingface_hub (pip install huggingface_hub).") from None
   repo_id, _, revision = value.partition("@")
+  if revision and any(part in ("", ".", "..") for part in revision.split("/")):
+    # A revision names a branch, tag or commit; `..` would reach outside the cache.
+    raise UserError(f"{what} {value!r}: revision {revision!r} is not a branch, tag or commit "
+                    f"name (no empty, '.' or '..' parts); give e.g. {repo_id}@main.")
   try:
     return huggingface_hub.snapshot_download(repo_id, revision=revision or None,
                                              local_files_only=True)

@@ -100,9 +100,12 @@ class TrainConfig:
 
 
 _AT_LEAST_ONE = Range(1)
+# The step counter is an int32 in the train state and its checkpoints.
+_STEPS = Range(1, 2**31 - 1, why="steps are counted in int32")
 _TRAIN_RANGES = {
-    **dict.fromkeys(("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every",
+    **dict.fromkeys(("batch_size", "seq_len", "grad_accum_steps", "log_every",
                      "keep_checkpoints", "checkpoint_every", "eval_batches"), _AT_LEAST_ONE),
+    "steps": _STEPS,
     "learning_rate": NON_NEGATIVE,  # 0 trains nothing: a way to check a setup
     "warmup_steps": NON_NEGATIVE,
     "min_learning_rate_ratio": Range(0, 1, why="a fraction of the peak learning rate"),
@@ -115,7 +118,7 @@ _TRAIN_RANGES = {
     "loss_chunk_size": Range(0, why="0: no chunking, else a number of positions"),
     "eval_every": Range(0, why="0 disables periodic eval"),
     "keep_every": Range(0, why="0 keeps no milestones, else a step interval"),
-    "debug_nan_at_step": _AT_LEAST_ONE,
+    "debug_nan_at_step": _STEPS,
 }
 
 

@@ -33,9 +33,14 @@ class Range:
     return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
   def __str__(self) -> str:
-    low = "(-inf" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
-    high = "inf)" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+    low = "(-inf" if self.low is None else f"{'(' if self.low_open else '['}{_shown(self.low)}"
+    high = "inf)" if self.high is None else f"{_shown(self.high)}{')' if self.high_open else ']'}"
     return f"{low}, {high}"
+
+
+def _shown(bound: float) -> str:
+  """A bound as written: integers in full (2147483647, not 2.14748e+09)."""
+  return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 POSITIVE = Range(0, low_open=True)

@@ -70,6 +70,8 @@ def test_config_mistakes_are_explained(override, expected):
     ("train.learning_rate=-1e-3", "train.learning_rate=-0.001 is out of range"),
     ("train.learning_rate=.inf", "train.learning_rate=inf is out of range"),
     ("train.warmup_steps=-1", "train.warmup_steps=-1 is out of range: it must be in [0, inf)"),
+    ("train.steps=2147483648", "train.steps=2147483648 is out of range: it must be in "
+     "[1, 2147483647] (steps are counted in int32)"),
     ("train.adam_b1=1", "train.adam_b1=1 is out of range: it must be in [0, 1)"),
     ("train.adam_eps=0", "train.adam_eps=0 is out of range"),
     ("train.grad_clip=-1", "train.grad_clip=-1 is out of range"),

@@ -38,6 +38,8 @@ def saved(tmp_path_factory):
                                           "length": [len(t) for t in TEXTS[50:]]})})
   splits.save_to_disk(root / "dict")
   splits["train"].save_to_disk(root / "single")
+  datasets.Dataset.from_dict({"text": []}, features=datasets.Features(
+      {"text": datasets.Value("string")})).save_to_disk(root / "empty")
   return root
 
 
@@ -91,6 +93,7 @@ def test_labelled_examples_and_their_held_out_split(saved):
     (["dict"], "train", "length", "holds int64, not strings"),
     (["single"], "test", "text", "is a single split"),
     (["missing"], "train", "text", "does not exist"),
+    (["empty"], "train", "text", "holds no rows"),
     ([], "train", "text", "needs datasets in `data.paths`"),
 ])
 def test_mistakes_name_what_the_dataset_has(saved, paths, split, field, message):

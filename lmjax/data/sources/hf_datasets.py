@@ -74,6 +74,9 @@ def open_split(path: str, *, split: str):
     return datasets.load_dataset(str(where), split=split)
   except UserError:
     raise
+  except IndexError:  # datasets cannot open a split saved with no rows (no Arrow shard)
+    raise UserError(f"The dataset at {path!r} holds no rows: give a dataset (or split) with "
+                    f"some, or another data.paths.") from None
   except ValueError as e:  # an unknown split names the ones there are
     if "split" in str(e).lower():
       raise UserError(f"The dataset at {path!r} has no split {split!r} ({e}). Set `data.split` "

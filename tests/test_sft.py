@@ -47,6 +47,20 @@ def test_a_tokenizer_config_template_is_used(tmp_path):
                                                    ("yo", True)]
 
 
+@pytest.mark.parametrize("file, content, message", [
+    ("chat.jinja", " \n", "is empty: a template renders the messages"),
+    ("tokenizer_config.json", json.dumps({"chat_template": [{"name": "tool_use",
+                                                              "template": "x"}]}),
+     "has chat templates named 'tool_use' but none named 'default'"),
+    ("tokenizer_config.json", "{not json", "is not valid JSON"),
+])
+def test_a_chat_template_that_cannot_mean_what_it_says_is_refused(tmp_path, file, content,
+                                                                  message):
+  (tmp_path / file).write_text(content)
+  with pytest.raises(UserError, match=message):
+    load_template(str(tmp_path / file))
+
+
 def test_sft_targets_count_only_predictions_of_answer_tokens():
   # Two examples packed in a row, then padding: segments 1 1 1 1 | 2 2 2 | 0.
   input_ids = jnp.array([[5, 6, 7, 8, 9, 10, 11, 0]])

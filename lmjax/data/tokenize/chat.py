@@ -18,11 +18,11 @@ documented default (ChatML):
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Mapping
 
 from lmjax.errors import UserError
+from lmjax.files import read_json_object
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_TEMPLATE = (
@@ -47,11 +47,26 @@ def load_template(source: str | None) -> str:
     raise UserError(f"data.chat_template={source!r} is neither 'default', a template file nor a "
                     f"directory with a tokenizer_config.json.")
   if path.name == "tokenizer_config.json":
-    template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    template = (read_json_object(path) or {}).get("chat_template")
     if isinstance(template, list):  # several named templates: the default one
-      template = next((t["template"] for t in template if t.get("name") == "default"), None)
+      named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+      if "default" not in named:
+        raise UserError(f"{path} has chat templates named {', '.join(map(repr, named))} but none "
+                        f"named 'default': save the one to use as a .jinja file and set "
+                        f"data.chat_template to it.")
+      template = named["default"]
+    if template is not None and not isinstance(template, str):
+      raise UserError(f"{path}: chat_template holds a {type(template).__name__}, not a Jinja "
+                      f"template string.")
     return template or DEFAULT_TEMPLATE
-  return path.read_text(encoding="utf-8")
+  try:
+    template = path.read_text(encoding="utf-8")
+  except UnicodeDecodeError:
+    raise UserError(f"data.chat_template={source!r} is not UTF-8 text.") from None
+  if not template.strip():
+    raise UserError(f"data.chat_template={source!r} is empty: a template renders the messages "
+                    f"(write one, or set data.chat_template=default for lmjax's).")
+  return template
 
 
 class ChatTemplate:

@@ -141,3 +141,12 @@ def test_a_bucket_url_is_refused_with_how_to_use_one_not_read_as_a_folder(
   assert code == 2 and f"error: {flag}: " in err, err
   assert "mount the bucket" in err
   assert not any(tmp_path.iterdir())  # no folder named `gs:` or `s3:`, no run directory
+
+
+def test_a_path_the_system_cannot_create_is_a_user_error_not_a_full_disk(capsys, tiny):
+  """Exit 4 says the storage refused a write (full, read-only, forbidden); a path that cannot
+  exist (here under /proc) is the user's to change: exit 2, with what the system said."""
+  code, _, err = run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out",
+                         "/proc/lmjax-tokenizer", "--set", *tiny)
+  assert code == 2, err
+  assert "No such file or directory" in err and "Free disk space" not in err

@@ -11,6 +11,7 @@ shows on stderr as "lmjax: …" (lmjax.cli.process).
 
 from __future__ import annotations
 
+import errno
 import json
 import pathlib
 import sys
@@ -301,6 +302,11 @@ def _check_paths(args) -> None:
       check_local(value, what=flag)
 
 
+# The errors of a write the storage refused (DESIGN.md's exit 4, and only these).
+_STORAGE_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                    errno.EFBIG}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = cli_parser.parser().parse_args(argv)
   app.configure_process()
@@ -310,10 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   except UserError as e:
     print(f"lmjax {args.command}: error: {e}", file=sys.stderr)
     return getattr(e, "exit_code", 2)
-  except OSError as e:  # the disk refused a write (full, read-only): the path and the cause
-    print(f"lmjax {args.command}: error: {e}. Free disk space or fix the permissions, then "
-          f"rerun the same command.", file=sys.stderr)
-    return WriteFailed.exit_code
+  except OSError as e:
+    if e.errno in _STORAGE_REFUSED:  # full, read-only or forbidden: the storage's, exit 4
+      print(f"lmjax {args.command}: error: {e}. Free disk space or fix the permissions, then "
+            f"rerun the same command.", file=sys.stderr)
+      return WriteFailed.exit_code
+    # Anything else (no such file, a directory or a device where a file was expected, …) is
+    # a path the user gave: exit 2, with what the system said about it.
+    print(f"lmjax {args.command}: error: {e}. Check the path.", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:
     print(f"lmjax {args.command}: interrupted", file=sys.stderr)
     return 130

@@ -285,6 +285,9 @@ def read_yaml(path: pathlib.Path) -> dict[str, Any]:
                     "save it as UTF-8.") from None
   except IsADirectoryError:
     raise UserError(f"config {path} is a directory; pass a YAML file.") from None
+  except RecursionError:
+    raise UserError(f"config {path} nests deeper than a config can (thousands of levels of "
+                    f"brackets or indentation): a run config is a few levels deep.") from None
   if raw is None:
     return {}
   if not isinstance(raw, dict):

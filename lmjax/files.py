@@ -97,6 +97,9 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
     value = json.loads(path.read_text(encoding="utf-8"))
   except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
     raise UserError(f"{path} is not valid JSON ({e}). Fix or delete it.") from None
+  except RecursionError:
+    raise UserError(f"{path} nests JSON deeper than Python reads (thousands of levels). Fix or "
+                    f"delete it.") from None
   if not isinstance(value, dict):
     raise UserError(f"{path} holds a JSON {type(value).__name__}, not an object. Fix or delete "
                     f"it.")

@@ -124,3 +124,18 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path):
   with pytest.raises(UserError, match=r"key 'steps' appears twice in one mapping; keep one"
                                       r"(.|\n)*line 5"):
     load_config(str(path))
+
+
+def test_a_config_nested_thousands_deep_is_refused_not_a_recursion_error(tmp_path):
+  path = tmp_path / "deep.yaml"
+  path.write_text("model: " + "[" * 100_000 + "]" * 100_000 + "\n")
+  with pytest.raises(UserError, match="nests deeper than a config can"):
+    load_config(str(path))
+
+
+def test_a_json_file_nested_thousands_deep_is_refused_not_a_recursion_error(tmp_path):
+  from lmjax.files import read_json_object
+  path = tmp_path / "config.json"
+  path.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+  with pytest.raises(UserError, match="nests JSON deeper than Python reads"):
+    read_json_object(path)

@@ -3,13 +3,16 @@
 import json
 import os
 
+from tests.processes import XLA_CPU_FLAGS
+
 # Tests run on CPU; keep XLA from grabbing every core in every xdist worker.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Compiling dominates these tiny models' tests: skip XLA's CPU backend optimisations (they change
-# no result a test compares; child processes use the same flag, see tests/processes.py) and keep
-# compiled programs in a persistent cache that all test processes share, so the many tests that
-# train the same tiny model compile it once. Set before JAX starts; children inherit both.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# Compiling dominates these tiny models' tests: compile with XLA's fastest-compiling CPU flags
+# (they change no result a test compares; child processes use the same ones, see
+# tests/processes.py) and keep compiled programs in a persistent cache that all test processes
+# share, so the many tests that train the same tiny model compile it once. Set before JAX
+# starts; children inherit both.
+os.environ.setdefault("XLA_FLAGS", XLA_CPU_FLAGS)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -49,3 +52,4 @@ def labelled(tmp_path_factory):
   path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in two_corpora()),
                   encoding="utf-8")
   return path
+

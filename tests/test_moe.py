@@ -143,8 +143,9 @@ def test_the_train_step_minimises_the_loss_plus_the_weighted_load_balancing_loss
   assert float(metrics["loss"]) == pytest.approx(float(_ce(model, params, batch)), rel=1e-5)
   # The update is SGD's on loss + 0.5 * aux, not on the loss alone.
   router = lambda params: np.asarray(params["layers"]["mlp"]["router"])
-  total = jax.grad(lambda p: _ce(model, p, batch) + 0.5 * _aux(model, p, batch))(params)
-  alone = jax.grad(lambda p: _ce(model, p, batch))(params)
+  # Compiled, as the train step is: one program each instead of the model's ops one by one.
+  total = jax.jit(jax.grad(lambda p: _ce(model, p, batch) + 0.5 * _aux(model, p, batch)))(params)
+  alone = jax.jit(jax.grad(lambda p: _ce(model, p, batch)))(params)
   moved = router(params) - router(new.params)
   np.testing.assert_allclose(moved, 0.1 * router(total), atol=1e-6, rtol=1e-4)
   assert not np.allclose(moved, 0.1 * router(alone), atol=1e-6)

@@ -49,12 +49,14 @@ def test_both_dispatches_equal_every_expert_on_every_token(capacity_factor, norm
   params = mlp_params(cfg)
   valid = jnp.ones(X.shape[:2], bool)
   apply = lambda p: MoeMlp(cfg).apply({"params": p}, X, valid)
-  np.testing.assert_allclose(apply(params), dense_moe(X, params, cfg), atol=1e-5, rtol=1e-5)
+  dense = lambda p: dense_moe(X, p, cfg)
+  # Each side compiled (one program, not its ops one by one), as a model runs.
+  np.testing.assert_allclose(jax.jit(apply)(params), jax.jit(dense)(params), atol=1e-5, rtol=1e-5)
   # And so do their gradients (the grouped matmul's and the buffers' transposes).
   probe = jax.random.normal(jax.random.key(8), X.shape)
   loss = lambda f: lambda p: jnp.sum(f(p) * probe + 0.1 * f(p) ** 2)
-  grads = jax.grad(loss(apply))(params)
-  expected = jax.grad(loss(lambda p: dense_moe(X, p, cfg)))(params)
+  grads = jax.jit(jax.grad(loss(apply)))(params)
+  expected = jax.jit(jax.grad(loss(dense)))(params)
   for name in params:
     np.testing.assert_allclose(grads[name], expected[name], atol=1e-4, rtol=1e-4, err_msg=name)
 

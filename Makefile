@@ -46,9 +46,12 @@ sentiment: $(VENV)/.installed-core
 # 8-device sharded children, the classifier runs) are built once. (`loadgroup` with the modules'
 # xdist_group marks meant the same, but under pytest 9.2 xdist 3.8's grouping silently does
 # nothing: it renames node ids through an attribute pytest no longer reads.)
+# `--no-loadscope-reorder` hands out the modules in collection order, which tests/conftest.py
+# starts with the slowest (SLOW_MODULES); xdist's default order (most tests first) left the
+# few-test, minutes-long modules for last. `--durations=15` names the slowest tests of each run.
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=15 tests
 
 # The inner loop: the model, configs, data paths, conversion parity both ways and the config
 # round trip, refusals of bad configs and layering; the whole suite stays `make test`.
@@ -57,7 +60,7 @@ FAST := tests/test_model.py tests/test_config.py tests/test_data.py tests/test_c
   tests/test_layering.py
 test-fast: $(VENV)/.installed-test
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(FAST)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q $(FAST)
 
 clean:
 	rm -rf runs .pytest_cache

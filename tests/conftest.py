@@ -3,13 +3,16 @@
 import json
 import os
 
+from tests.processes import XLA_CPU_FLAGS
+
 # Tests run on CPU; keep XLA from grabbing every core in every xdist worker.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Compiling dominates these tiny models' tests: skip XLA's CPU backend optimisations (they change
-# no result a test compares; child processes use the same flag, see tests/processes.py) and keep
-# compiled programs in a persistent cache that all test processes share, so the many tests that
-# train the same tiny model compile it once. Set before JAX starts; children inherit both.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# Compiling dominates these tiny models' tests: compile with XLA's fastest-compiling CPU flags
+# (they change no result a test compares; child processes use the same ones, see
+# tests/processes.py) and keep compiled programs in a persistent cache that all test processes
+# share, so the many tests that train the same tiny model compile it once. Set before JAX
+# starts; children inherit both.
+os.environ.setdefault("XLA_FLAGS", XLA_CPU_FLAGS)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -49,3 +52,22 @@ def labelled(tmp_path_factory):
   path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in two_corpora()),
                   encoding="utf-8")
   return path
+
+
+# The modules that take longest, longest first. `make test` hands whole modules to its two
+# workers (`--dist loadfile --no-loadscope-reorder`) in collection order: starting these first
+# keeps one of them from being the last module left while the other worker idles (xdist's own
+# order, by number of tests, put the few-test, minutes-long ones last). The 8-device children
+# of test_sharding.py lead: they keep both cores busy for minutes. Approximate, from cold runs
+# on 2 cores; a module not named here keeps its place after them.
+SLOW_MODULES = [
+    "test_sharding.py", "test_classification.py", "test_checkpoints.py", "test_notebooks.py",
+    "test_hostile.py", "test_lora.py", "test_evaluation.py", "test_train.py",
+    "test_convert_cli.py", "test_moe.py", "test_multihost.py", "test_modernbert.py",
+    "test_splash.py", "test_convert.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest in order

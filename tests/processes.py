@@ -15,18 +15,25 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# XLA's CPU flags for every JAX process of the suite (tests/conftest.py sets them for pytest's
+# own processes): compiling dominates these tiny models' tests, and both flags cut compile time
+# without changing what any test compares (both sides of every comparison run with them).
+# Level 0 skips LLVM's optimisation passes; the legacy fusion emitters compile about twice as
+# fast as the MLIR ones on these models (the programs run a little slower, which tiny models do
+# not notice).
+XLA_CPU_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
 
 def cpu_env(num_devices: int, **extra: str) -> dict[str, str]:
   """The environment of a JAX child with `num_devices` fake CPU devices.
 
-  XLA's CPU backend optimisations are switched off: they cost most of the compile time of
-  these tiny models and change no result the tests compare (both sides of every comparison
-  run with the same flags).
+  XLA's compile-time flags are the suite's (XLA_CPU_FLAGS): they cost most of the compile
+  time of these tiny models and change no result the tests compare (both sides of every
+  comparison run with the same flags).
   """
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} "
-                       f"--xla_backend_optimization_level=0",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} {XLA_CPU_FLAGS}",
              TF_CPP_MIN_LOG_LEVEL="2")  # keep XLA's partitioner warnings out of the logs
   env.update(extra)
   return env

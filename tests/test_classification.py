@@ -328,8 +328,9 @@ def test_a_classifier_sharded_over_8_devices_trains_as_on_one(fine_tuned, labell
   args = lambda run, *mesh: ["-m", "lmjax", *classifier_args(
       run, mlm, labelled, "train.steps=4", "train.log_every=1", "train.eval_every=4", *mesh)]
   with children(tmp_path) as group:
-    group.start("one", args(tmp_path / "one", "mesh.data=1"), cpu_env(1))
     group.start("eight", args(tmp_path / "eight", "mesh.data=4", "mesh.fsdp=2"), cpu_env(8))
+    # One device is this process's: the same command, in-process, while the child runs.
+    assert main(args(tmp_path / "one", "mesh.data=1")[2:]) == 0
     group.check(timeout=300)
   one, eight = rows(tmp_path / "one"), rows(tmp_path / "eight")
   np.testing.assert_allclose([r["loss"] for r in eight], [r["loss"] for r in one], rtol=1e-5)

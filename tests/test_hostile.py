@@ -1,8 +1,13 @@
-"""The `lmjax` command under hostile inputs and faults, run as a user runs it: real child
-processes with deadlines, real tmp directories, a real size-limited file system and real
-read-only mounts where the machine allows (root may mount), else a simulated OSError at the
-write. Every case checks the exit code, one clear message and no traceback, and that nothing
-already on disk changed.
+"""The `lmjax` command under hostile inputs and faults: real tmp directories, a real size-limited
+file system and real read-only mounts where the machine allows (root may mount), else a simulated
+OSError at the write. Every case checks the exit code, one clear message and no traceback, and
+that nothing already on disk changed.
+
+Faults during training and each command's refusal of a damaged checkpoint run as a user runs
+them, in real child processes with deadlines (the exit code and stderr of the process itself).
+Refusals decided before any work starts (the run directory, the config, the resume policy, the
+weights format) call the same entry point, `lmjax.cli.main`, in this process: the same code
+without paying the start-up of Python, JAX and PyTorch again for every case.
 """
 
 import contextlib
@@ -16,6 +21,7 @@ import time
 
 import pytest
 
+from lmjax.cli import main
 from tests.conftest import TINY
 from tests.helpers import tree_digest
 
@@ -60,6 +66,20 @@ def lmjax(*argv, timeout=DEADLINE, prefix=()):
 def train(run_dir, *overrides, flags=(), prefix=()):
   return lmjax("train", "tiny-gpt", "--run-dir", run_dir, *flags, "--set", *TINY, *overrides,
                prefix=prefix)
+
+
+def lmjax_here(capsys, *argv):
+  """`lmjax ARGV` through its entry point in this process: (exit code, stdout, stderr) in the
+  shape `lmjax` gives them. An exception escaping `main` fails the test with its traceback."""
+  capsys.readouterr()
+  code = main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return subprocess.CompletedProcess(argv, code, out, err)
+
+
+def train_here(capsys, run_dir, *overrides, flags=()):
+  return lmjax_here(capsys, "train", "tiny-gpt", "--run-dir", run_dir, *flags, "--set", *TINY,
+                    *overrides)
 
 
 def assert_refused(result, code, *phrases):
@@ -141,10 +161,10 @@ def fill(directory: pathlib.Path, leave: int) -> pathlib.Path:
 # -- checkpoint writes the disk refuses ------------------------------------------------------
 
 
-def test_a_full_disk_stops_training_at_the_failed_save_and_a_rerun_resumes(tmp_path):
+def test_a_full_disk_stops_training_at_the_failed_save_and_a_rerun_resumes(tmp_path, capsys):
   with small_file_system(tmp_path / "fs", "16m") as fs:
     run = (fs or tmp_path) / "run"
-    first = train(run, "train.steps=20")
+    first = train_here(capsys, run, "train.steps=20")  # the setting; the faults run in children
     assert first.returncode == 0, first.stderr[-3000:]
     before = step_digests(run)
     if fs is not None:  # room for config.yaml and the metrics, not for a checkpoint
@@ -165,9 +185,10 @@ def test_a_full_disk_stops_training_at_the_failed_save_and_a_rerun_resumes(tmp_p
     assert sorted(map(int, step_digests(run))) == [20, 30, 40]
 
 
-def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and_cause(tmp_path):
+def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and_cause(tmp_path,
+                                                                                     capsys):
   run = tmp_path / "run"
-  assert train(run, "train.steps=10").returncode == 0
+  assert train_here(capsys, run, "train.steps=10").returncode == 0
   before = step_digests(run)
   with bind_mounted(run / "checkpoints") as can_turn_read_only:
     fault = "readonly" if can_turn_read_only else "enospc"
@@ -180,14 +201,14 @@ def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and
   assert step_digests(run) == before
 
 
-def test_an_unwritable_checkpoints_directory_is_refused_before_training(tmp_path):
+def test_an_unwritable_checkpoints_directory_is_refused_before_training(tmp_path, capsys):
   run = tmp_path / "run"
-  assert train(run, "train.steps=10").returncode == 0
+  assert train_here(capsys, run, "train.steps=10").returncode == 0
   before = tree_digest(run)
   with read_only(run / "checkpoints") as refused:
     if not refused:
       pytest.skip("cannot make a directory read-only on this machine (root without mount)")
-    result = train(run, "train.steps=20")
+    result = train_here(capsys, run, "train.steps=20")
   assert_refused(result, 2, "checkpoints is not writable")
   assert tree_digest(run) == before
 
@@ -201,74 +222,77 @@ def test_an_unwritable_checkpoints_directory_is_refused_before_training(tmp_path
      "is not empty and is not an lmjax run directory"),
     (lambda d: (d.write_text("x"), d / "run")[1], "is a file, not a directory"),
 ])
-def test_run_directory_mistakes_are_refused_and_touch_nothing(tmp_path, make, phrase):
+def test_run_directory_mistakes_are_refused_and_touch_nothing(tmp_path, capsys, make, phrase):
   run = make(tmp_path / "target")
   before = tree_digest(tmp_path)
-  assert_refused(train(run, "train.steps=2"), 2, phrase)
+  assert_refused(train_here(capsys, run, "train.steps=2"), 2, phrase)
   assert tree_digest(tmp_path) == before
 
 
-def test_an_unwritable_run_directory_is_refused_before_anything_runs(tmp_path):
+def test_an_unwritable_run_directory_is_refused_before_anything_runs(tmp_path, capsys):
   parent = tmp_path / "parent"
   parent.mkdir()
   with read_only(parent) as refused:
     if not refused:
       pytest.skip("cannot make a directory read-only on this machine (root without mount)")
-    assert_refused(train(parent / "run", "train.steps=2"), 2, "is not writable", str(parent))
+    assert_refused(train_here(capsys, parent / "run", "train.steps=2"), 2, "is not writable",
+                   str(parent))
   assert not (parent / "run").exists()
 
 
-def test_a_failed_start_leaves_nothing_and_the_corrected_retry_runs(tmp_path):
+def test_a_failed_start_leaves_nothing_and_the_corrected_retry_runs(tmp_path, capsys):
   pickled = tmp_path / "pickled"
   pickled.mkdir()
   (pickled / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
   (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle: never loaded
   run = tmp_path / "run"
-  result = train(run, "train.steps=2", f"model.init_from={pickled}")
+  result = train_here(capsys, run, "train.steps=2", f"model.init_from={pickled}")
   assert_refused(result, 2, "pickled PyTorch weights", "lmjax convert hf-to-lmjax")
   assert "--allow-pickle`" in result.stderr  # named as hf-to-lmjax's flag, not train's
   assert not run.exists()
-  assert_refused(train(run, "train.steps=2", "data.source=text",
-                       f"data.paths=[{tmp_path}/nothing/*.txt]"), 2, "nothing/*.txt")
+  assert_refused(train_here(capsys, run, "train.steps=2", "data.source=text",
+                            f"data.paths=[{tmp_path}/nothing/*.txt]"), 2, "nothing/*.txt")
   assert not run.exists()
-  assert train(run, "train.steps=2").returncode == 0
+  assert train_here(capsys, run, "train.steps=2").returncode == 0
 
 
-def test_generate_on_pickled_weights_names_a_flag_that_exists(tmp_path):
+def test_generate_on_pickled_weights_names_a_flag_that_exists(tmp_path, capsys):
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
   (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
-  result = lmjax("generate", "--hf", tmp_path, "--prompt", "x")
+  result = lmjax_here(capsys, "generate", "--hf", tmp_path, "--prompt", "x")
   assert_refused(result, 2, "pickled PyTorch weights", "lmjax convert hf-to-lmjax")
   assert "--allow-pickle`" in result.stderr  # hf-to-lmjax's flag; generate has none
 
 
-def test_a_config_that_is_not_utf8_is_refused_by_name(tmp_path):
+def test_a_config_that_is_not_utf8_is_refused_by_name(tmp_path, capsys):
   config = tmp_path / "latin1.yaml"
   config.write_bytes("train:\n  steps: 3  # r\xe9sum\xe9\n".encode("latin-1"))
-  assert_refused(lmjax("train", config, "--run-dir", tmp_path / "run"), 2, str(config), "UTF-8")
+  assert_refused(lmjax_here(capsys, "train", config, "--run-dir", tmp_path / "run"), 2,
+                 str(config), "UTF-8")
 
 
 # -- the resume policy -----------------------------------------------------------------------
 
 
-def test_resume_applies_schedule_changes_and_refuses_trajectory_changes(tmp_path):
+def test_resume_applies_schedule_changes_and_refuses_trajectory_changes(tmp_path, capsys):
   run = tmp_path / "run"
-  assert train(run, "train.steps=10").returncode == 0
+  assert train_here(capsys, run, "train.steps=10").returncode == 0
   before = tree_digest(run)
-  refused = train(run, "train.steps=20", "train.learning_rate=0.01", "train.seed=7",
-                  "train.batch_size=4")
+  refused = train_here(capsys, run, "train.steps=20", "train.learning_rate=0.01", "train.seed=7",
+                       "train.batch_size=4")
   assert_refused(refused, 2, "train.learning_rate: 0.003 -> 0.01", "train.seed: 0 -> 7",
                  "train.batch_size: 8 -> 4", "--allow-config-change")
   assert tree_digest(run) == before  # config.yaml and everything else untouched
-  assert_refused(train(run, "train.steps=20", "data.tokenizer=bpe",
-                       flags=("--allow-config-change",)), 2, "another tokenizer")
-  assert_refused(train(run, "train.steps=20", "model.num_layers=3"), 2, "different model")
+  assert_refused(train_here(capsys, run, "train.steps=20", "data.tokenizer=bpe",
+                            flags=("--allow-config-change",)), 2, "another tokenizer")
+  assert_refused(train_here(capsys, run, "train.steps=20", "model.num_layers=3"), 2,
+                 "different model")
   assert tree_digest(run) == before
 
-  schedule = train(run, "train.steps=15", "train.log_every=3")
+  schedule = train_here(capsys, run, "train.steps=15", "train.log_every=3")
   assert schedule.returncode == 0, schedule.stderr[-3000:]
-  allowed = train(run, "train.steps=20", "train.log_every=3", "train.learning_rate=0.01",
-                  flags=("--allow-config-change",))
+  allowed = train_here(capsys, run, "train.steps=20", "train.log_every=3",
+                       "train.learning_rate=0.01", flags=("--allow-config-change",))
   assert allowed.returncode == 0, allowed.stderr[-3000:]
   history = [json.loads(line) for line in (run / "config_history.jsonl").read_text().splitlines()]
   assert [h["resumed_from_step"] for h in history] == [10, 15]
@@ -286,8 +310,7 @@ def test_resume_applies_schedule_changes_and_refuses_trajectory_changes(tmp_path
 def damaged_run(tmp_path_factory):
   """A run with steps 10 and 20 whose step 20 has its array files truncated."""
   run = tmp_path_factory.mktemp("damaged") / "run"
-  result = train(run, "train.steps=20")
-  assert result.returncode == 0, result.stderr[-3000:]
+  assert main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *TINY, "train.steps=20"]) == 0
   for data in (run / "checkpoints" / "20" / "state").rglob("d/*"):  # params and optimizer
     with open(data, "r+b") as f:
       f.truncate(data.stat().st_size // 2)
@@ -316,18 +339,20 @@ def test_checkpoints_listing_exits_non_zero_naming_the_damaged_step(damaged_run,
     assert "changed since written" in rows["20"]
 
 
-def test_convert_verify_refuses_pickled_weights(damaged_run, tmp_path):
+def test_convert_verify_refuses_pickled_weights(damaged_run, tmp_path, capsys):
   (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
   (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
-  assert_refused(lmjax("convert", "verify", tmp_path, damaged_run), 2, "pickled PyTorch weights")
+  assert_refused(lmjax_here(capsys, "convert", "verify", tmp_path, damaged_run), 2,
+                 "pickled PyTorch weights")
 
 
 # -- metrics ---------------------------------------------------------------------------------
 
 
-def test_metrics_jsonl_is_strict_json_when_a_loss_is_nan(tmp_path):
+def test_metrics_jsonl_is_strict_json_when_a_loss_is_nan(tmp_path, capsys):
   run = tmp_path / "run"
-  result = train(run, "train.steps=5", "train.nan_policy=skip_step", "train.debug_nan_at_step=5")
+  result = train_here(capsys, run, "train.steps=5", "train.nan_policy=skip_step",
+                      "train.debug_nan_at_step=5")
   assert result.returncode == 0, result.stderr[-3000:]
 
   def no_constants(name):

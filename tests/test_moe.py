@@ -49,12 +49,14 @@ def test_both_dispatches_equal_every_expert_on_every_token(capacity_factor, norm
   params = mlp_params(cfg)
   valid = jnp.ones(X.shape[:2], bool)
   apply = lambda p: MoeMlp(cfg).apply({"params": p}, X, valid)
-  np.testing.assert_allclose(apply(params), dense_moe(X, params, cfg), atol=1e-5, rtol=1e-5)
+  dense = lambda p: dense_moe(X, p, cfg)
+  # Each side compiled (one program, not its ops one by one), as a model runs.
+  np.testing.assert_allclose(jax.jit(apply)(params), jax.jit(dense)(params), atol=1e-5, rtol=1e-5)
   # And so do their gradients (the grouped matmul's and the buffers' transposes).
   probe = jax.random.normal(jax.random.key(8), X.shape)
   loss = lambda f: lambda p: jnp.sum(f(p) * probe + 0.1 * f(p) ** 2)
-  grads = jax.grad(loss(apply))(params)
-  expected = jax.grad(loss(lambda p: dense_moe(X, p, cfg)))(params)
+  grads = jax.jit(jax.grad(loss(apply)))(params)
+  expected = jax.jit(jax.grad(loss(dense)))(params)
   for name in params:
     np.testing.assert_allclose(grads[name], expected[name], atol=1e-4, rtol=1e-4, err_msg=name)
 
@@ -143,8 +145,9 @@ def test_the_train_step_minimises_the_loss_plus_the_weighted_load_balancing_loss
   assert float(metrics["loss"]) == pytest.approx(float(_ce(model, params, batch)), rel=1e-5)
   # The update is SGD's on loss + 0.5 * aux, not on the loss alone.
   router = lambda params: np.asarray(params["layers"]["mlp"]["router"])
-  total = jax.grad(lambda p: _ce(model, p, batch) + 0.5 * _aux(model, p, batch))(params)
-  alone = jax.grad(lambda p: _ce(model, p, batch))(params)
+  # Compiled, as the train step is: one program each instead of the model's ops one by one.
+  total = jax.jit(jax.grad(lambda p: _ce(model, p, batch) + 0.5 * _aux(model, p, batch)))(params)
+  alone = jax.jit(jax.grad(lambda p: _ce(model, p, batch)))(params)
   moved = router(params) - router(new.params)
   np.testing.assert_allclose(moved, 0.1 * router(total), atol=1e-6, rtol=1e-4)
   assert not np.allclose(moved, 0.1 * router(alone), atol=1e-6)

@@ -18,12 +18,14 @@ $(BIN)/python:
 
 # Stamps record what was installed; they are redone when pyproject.toml or constraints.txt
 # changes. constraints.txt pins the versions the suite last passed with, together.
+# --no-compile: pip would byte-compile every module of torch, TensorFlow and transformers (most
+# never imported, over a minute on 2 cores); Python compiles and caches what is imported.
 $(VENV)/.installed-core: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core

@@ -54,6 +54,24 @@ def model_flops_utilization(flops_per_token: float, tokens_per_second: float, *,
   return flops_per_token * tokens_per_second / (peak * len(devices))
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet.
+
+  tensorboardX imports torch only to recognise torch tensors among the values it is given
+  (`try: import torch except ImportError`); lmjax logs floats, and importing torch costs every
+  training process seconds of start-up. A `None` in sys.modules makes that one import fail as if
+  torch were absent (Python's documented way); torch stays importable afterwards."""
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # type: ignore[assignment]
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsWriter:
   """Appends rows to metrics.jsonl and TensorBoard, and drives a tqdm bar, on process 0."""
 
@@ -73,7 +91,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     if self._jsonl is None:
-      from tensorboardX import SummaryWriter  # imported only by the writing process
+      SummaryWriter = _summary_writer_class()  # imported only by the writing process
       self._jsonl = open(self._run_dir / "metrics.jsonl", "a", encoding="utf-8")
       self._tensorboard = SummaryWriter(str(self._run_dir / "tensorboard"))
     self._jsonl.write(json.dumps(_json_safe(row), allow_nan=False) + "\n")

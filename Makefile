@@ -1,7 +1,7 @@
 # Commands, each self-contained on a fresh machine with Python >= 3.11 and pip:
 #   make demo        train the tiny GPT on CPython's docs (~3 min on 2 cores), then sample from it
 #   make test        run the whole test suite
-#   make test-fast   the inner loop: model, config, data, conversion parity, refusals
+#   make test-fast   the inner loop: model, config, data, conversion parity, families, refusals
 #   make sentiment   pre-train tiny-bert, then fine-tune it on Rotten Tomatoes sentiment
 # Each creates (or reuses) the virtual environment .venv/ and installs what it needs into it.
 
@@ -59,7 +59,7 @@ test: $(VENV)/.installed-test
 # round trip, refusals of bad configs and layering; the whole suite stays `make test`.
 FAST := tests/test_model.py tests/test_config.py tests/test_data.py tests/test_convert.py \
   tests/test_config_round_trip.py tests/test_tokenizer_lengths.py tests/test_classification_data.py \
-  tests/test_layering.py
+  tests/test_layering.py tests/test_families.py
 test-fast: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q $(FAST)

@@ -130,6 +130,11 @@ def write_layered_window(config: ModelConfig) -> dict[str, Any]:
   return fields
 
 
+def read_every_layer_window(d: Mapping[str, Any]) -> dict[str, Any]:
+  """One `sliding_window` for every layer (or none): transformers' Mistral ignores layer_types."""
+  return dict(sliding_window=d.get("sliding_window"))
+
+
 def write_every_layer_window(config: ModelConfig, model_type: str) -> dict[str, Any]:
   """One `sliding_window` for every layer (or none)."""
   if config.sliding_window is not None:

@@ -18,8 +18,7 @@ CLASS_DEFAULTS = {**decoder.CLASS_DEFAULTS, "intermediate_size": 14336, "num_key
 
 
 def read(d: Mapping[str, Any], head: Head) -> dict[str, Any]:
-  return dict(decoder.read(d, qkv_bias=False, use_bias=False),
-              sliding_window=d.get("sliding_window"))
+  return {**decoder.read(d, qkv_bias=False, use_bias=False), **decoder.read_every_layer_window(d)}
 
 
 def write(config: ModelConfig, act: str) -> dict[str, Any]:

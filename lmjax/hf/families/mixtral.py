@@ -27,8 +27,8 @@ def read(d: Mapping[str, Any], head: Head) -> dict[str, Any]:
   if d["router_jitter_noise"]:
     raise UserError(f"router_jitter_noise={d['router_jitter_noise']!r} is not supported: lmjax's "
                     f"router adds no noise in training; convert a model with 0.")
-  fields = dict(decoder.read(d, qkv_bias=False, use_bias=False),
-                sliding_window=d.get("sliding_window"))
+  fields = {**decoder.read(d, qkv_bias=False, use_bias=False),
+            **decoder.read_every_layer_window(d)}
   # transformers v5 maps `num_experts` to `num_local_experts`
   width = d["intermediate_size"]
   fields["moe"] = MoeConfig(

@@ -54,11 +54,11 @@ def run(name: str, args) -> None:
       "input_ids": ids, "segment_ids": np.ones_like(ids),
       "positions": np.broadcast_to(np.arange(length, dtype=np.int32), ids.shape).copy()}, rows)
   for _ in range(args.warmup):
-    state, metrics = setup.step_fn(state, batch)
+    state, metrics = setup.step(state, batch)
   jax.block_until_ready(metrics["loss"])
   start = time.perf_counter()
   for _ in range(args.steps):
-    state, metrics = setup.step_fn(state, batch)
+    state, metrics = setup.step(state, batch)
   jax.block_until_ready(metrics["loss"])
   step_time = (time.perf_counter() - start) / args.steps
   tokens_per_second = rows * length / step_time

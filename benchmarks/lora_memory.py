@@ -55,12 +55,12 @@ def step_time(width: int, layers: int, rank: int, steps: int, seq: int, batch: i
     batch_arrays = {"input_ids": ids, "segment_ids": np.ones_like(ids),
                     "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
     placed = {k: jax.device_put(v, placement.batch_sharding()) for k, v in batch_arrays.items()}
-    state, metrics = setup.step_fn(state, placed)  # compile
+    state, metrics = setup.step(state, placed)  # compile
     jax.block_until_ready(metrics)
     times = []
     for _ in range(steps):
       start = time.perf_counter()
-      state, metrics = setup.step_fn(state, placed)
+      state, metrics = setup.step(state, placed)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - start)
     out[name] = statistics.median(times)

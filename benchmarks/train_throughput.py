@@ -79,7 +79,7 @@ class Lmjax:
 
   def step(self, ids):
     batch = self.placement.shard_batch({"input_ids": ids, **self.fixed}, ids.shape[0])
-    self.state, metrics = self.setup.step_fn(self.state, batch)
+    self.state, metrics = self.setup.step(self.state, batch)
     jax.block_until_ready(metrics["loss"])
 
 

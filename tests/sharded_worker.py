@@ -85,7 +85,7 @@ def train_steps(config, placement, corpus):
                              seq_len=config.train.seq_len)
   losses = []
   for step in range(STEPS):
-    state, metrics = setup.step_fn(state, next(batches))
+    state, metrics = setup.step(state, next(batches))
     losses.append(float(metrics["loss"]))
   return losses, state
 

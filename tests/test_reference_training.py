@@ -61,7 +61,7 @@ def lmjax_curve(config, batches):
   initial = jax.device_get(state.params)
   losses = []
   for batch in batches:
-    state, metrics = setup.step_fn(state, placement.shard_batch(batch, BATCH))
+    state, metrics = setup.step(state, placement.shard_batch(batch, BATCH))
     losses.append(float(metrics["loss"]))
   return losses, setup.model, initial
 

@@ -99,7 +99,8 @@ def compile_train_step(config: Config) -> CompileReport:
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_labels=2))
   placement = mesh_rules(config.mesh)
   setup = setup_step(config, placement)
-  lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, placement))
+  lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, placement),
+                               setup.hyper)
   compiled = lowered.compile()
   tokens = config.train.batch_size * config.train.seq_len
   device = jax.local_devices()[0]

@@ -159,7 +159,7 @@ class _Loop:
     try:
       with PreemptionGuard() as guard:
         for step in range(start, end):
-          self.state, metrics = self.setup.step_fn(self.state, next(self.batches))
+          self.state, metrics = self.setup.step(self.state, next(self.batches))
           done = step + 1
           self.nonfinite.add(done, metrics)
           self.nonfinite.check(last_saved=self.last_saved, keep_newest=True)

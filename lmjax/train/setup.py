@@ -4,7 +4,9 @@ sharded abstract state and the jitted step, built and checked before anything is
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
+
+import jax
 
 import jax.numpy as jnp
 import optax
@@ -16,7 +18,7 @@ from lmjax.model import Head, Transformer
 from lmjax.objectives import default_objective
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules, check_divisible
-from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
+from lmjax.train.optimizer import make_optimizer, schedule_values
 from lmjax.train.state import state_shardings
 from lmjax.train.step import jit_train_step
 
@@ -27,12 +29,16 @@ class StepSetup:
 
   model: Transformer
   objective: Objective
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
+  tx: optax.GradientTransformation  # its state's structure; the step builds it from `hyper`
+  hyper: dict[str, Any]         # the schedule's numbers as replicated arrays: step_fn's 3rd arg
   placement: MeshRules
   abstract_state: TrainState    # ShapeDtypeStructs carrying their shardings
   shardings: TrainState         # NamedShardings
-  step_fn: Callable             # jitted, donating (state, global batch) -> (state, metrics)
+  step_fn: Callable             # jitted, donating (state, global batch, hyper) -> (state, metrics)
+
+  def step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One train step with this config's schedule."""
+    return self.step_fn(state, batch, self.hyper)
 
 
 def make_model(config: Config) -> Transformer:
@@ -63,13 +69,17 @@ def setup_step(config: Config, placement: MeshRules) -> StepSetup:
   """Checks that the config fits the mesh, then builds the sharded, jitted train step for it."""
   check_batch_fits_mesh(config, placement)
   model, objective = make_model(config), objective_of(config)
-  tx, schedule = make_optimizer(config.train), learning_rate_schedule(config.train)
+  tx = make_optimizer(config.train)
   abstract_state, shardings = state_shardings(model, tx, placement, seq_len=config.train.seq_len)
-  step_fn = jit_train_step(model, objective, tx, schedule, placement, shardings,
-                           seed=config.train.seed, grad_accum_steps=config.train.grad_accum_steps,
+  replicated = placement.replicated()
+  hyper = {name: jax.make_array_from_callback((), replicated, lambda _, v=value: v)
+           for name, value in schedule_values(config.train).items()}
+  step_fn = jit_train_step(model, objective, lambda h: make_optimizer(config.train, h), placement,
+                           shardings, seed=config.train.seed,
+                           grad_accum_steps=config.train.grad_accum_steps,
                            nan_at_step=config.train.debug_nan_at_step,
                            loss_chunk=config.train.loss_chunk_size)
-  return StepSetup(model, objective, tx, schedule, placement, abstract_state, shardings, step_fn)
+  return StepSetup(model, objective, tx, hyper, placement, abstract_state, shardings, step_fn)
 
 
 def check_batch_fits_mesh(config: Config, placement: MeshRules) -> None:

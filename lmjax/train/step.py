@@ -1,6 +1,6 @@
 """The pure train and eval steps, and their jitted, sharded forms.
 
-`train_step(state, batch) -> (state, metrics)` splits the global batch into
+`train_step(state, batch, hyper) -> (state, metrics)` splits the global batch into
 `grad_accum_steps` micro-batches, sums losses and gradients over them under `lax.scan`, and
 divides once by the number of tokens that counted, so the update is the same token-weighted
 mean whatever the accumulation. Dropout keys derive from (seed, step), so a resumed run draws
@@ -30,6 +30,7 @@ from lmjax.model.moe import load_balancing_loss
 from lmjax.objectives import LossSums, chunked_objective_loss, confusion_counts, objective_loss
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
+from lmjax.train.optimizer import Hyper, learning_rate_at
 
 Batch = Mapping[str, jax.Array]
 
@@ -65,11 +66,14 @@ def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch
   return objective_loss(objective, logits, batch), aux
 
 
-def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective: Objective,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, grad_accum_steps: int,
-               seed: int, nan_at_step: int | None = None, loss_chunk: int = 0
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transformer,
+               objective: Objective, make_tx: Callable[[Hyper], optax.GradientTransformation],
+               grad_accum_steps: int, seed: int, nan_at_step: int | None = None,
+               loss_chunk: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and scalar metrics.
+
+  `hyper` holds the learning-rate schedule's numbers (lmjax.train.optimizer.schedule_values) as
+  arguments of the step, and `make_tx(hyper)` is the optimizer.
 
   `nan_at_step` (a testing hook) multiplies the loss of the step numbered so (1-based, as
   logged) by NaN.
@@ -119,7 +123,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def update(_):
-    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    updates, opt_state = make_tx(hyper).update(grads, state.opt_state, trained)
     return (trainable.combine(optax.apply_updates(trained, updates), frozen), opt_state,
             jnp.int32(-1))
 
@@ -133,7 +137,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer, objective
       "loss": loss,
       "accuracy": sums.correct / weight,
       "grad_norm": grad_norm,
-      "learning_rate": schedule(state.step),
+      "learning_rate": learning_rate_at(state.step, hyper),
       "target_tokens": sums.weight,
       "finite": finite,
       "first_nonfinite_grad": bad_leaf,
@@ -168,22 +172,24 @@ def batch_shardings(placement: MeshRules, objective: Objective) -> dict[str, Any
           for name in batch_fields(objective)}
 
 
-def jit_train_step(model: Transformer, objective: Objective, tx: optax.GradientTransformation,
-                   schedule: optax.Schedule, placement: MeshRules, state_shardings: Any, *,
-                   grad_accum_steps: int, seed: int, nan_at_step: int | None = None,
-                   loss_chunk: int = 0
-                   ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-  """train_step jitted with explicit shardings; the input state is donated.
+def jit_train_step(model: Transformer, objective: Objective,
+                   make_tx: Callable[[Hyper], optax.GradientTransformation], placement: MeshRules,
+                   state_shardings: Any, *, grad_accum_steps: int, seed: int,
+                   nan_at_step: int | None = None, loss_chunk: int = 0
+                   ) -> Callable[[TrainState, Batch, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
+  """train_step jitted with explicit shardings; the input state is donated, the schedule's
+  numbers (`hyper`) are replicated arguments.
 
   Activations follow the model's logical constraints under the placement's rules; metrics are
   replicated.
   """
   step = _with_activation_sharding(
-      functools.partial(train_step, model=model, objective=objective, tx=tx, schedule=schedule,
+      functools.partial(train_step, model=model, objective=objective, make_tx=make_tx,
                         grad_accum_steps=grad_accum_steps, seed=seed, nan_at_step=nan_at_step,
                         loss_chunk=loss_chunk),
       placement)
-  return jax.jit(step, in_shardings=(state_shardings, batch_shardings(placement, objective)),
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings(placement, objective),
+                                     placement.replicated()),
                  out_shardings=(state_shardings, placement.replicated()), donate_argnums=0)
 
 

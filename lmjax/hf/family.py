@@ -33,7 +33,7 @@ class GgufArch:
   `general.architecture`, the config.json keys its metadata implies beyond the ones every
   decoder shares, and what its converter did to tensor values, undone on import."""
 
-  name: str                            # `general.architecture`, e.g. the GGUF name of a family
+  name: str                            # the `general.architecture` of its files
   # (the architecture's own metadata keys without their "<name>." prefix, e.g.
   # "attention.sliding_window", and the file's tensor names) -> config.json keys.
   config: Callable[[Mapping[str, Any], frozenset[str]], dict[str, Any]] = lambda keys, names: {}

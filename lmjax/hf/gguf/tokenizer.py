@@ -13,11 +13,14 @@ read it.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from lmjax.errors import UserError
 from lmjax.hf.gguf.reader import INSTALL, GgufFile, gguf_library
+
+log = logging.getLogger(__name__)
 
 # tokenizer_config.json's special tokens -> the `tokenizer.ggml.<key>` holding each one's id
 _SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
@@ -44,9 +47,6 @@ def tokenizer_fields(file: GgufFile) -> tuple[dict[str, Any], dict[str, Any]]:
               if f"tokenizer.{key}" in file.metadata}
              for group in ("tokenizer", "tokenizer_config")]
   fields, config = grouped
-  if "tokens" not in fields:
-    raise UserError(f"{file.path} has no tokenizer (no tokenizer.ggml.tokens in its metadata); "
-                    f"give the model's tokenizer another way (a Hugging Face directory).")
   # A sentencepiece vocabulary that does not say otherwise gets a BOS, as llama.cpp adds one.
   if fields.get("tokenizer_type") == gguf_library().SentencePieceVocab.tokenizer_model:
     config.setdefault("add_bos_token", True)
@@ -57,7 +57,11 @@ def tokenizer_fields(file: GgufFile) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def write_tokenizer(file: GgufFile, directory: str | os.PathLike) -> None:
-  """Writes the tokenizer of `file` into `directory` as a Hugging Face fast tokenizer."""
+  """Writes the tokenizer of `file` into `directory` as a Hugging Face fast tokenizer; nothing
+  when the file has none (then the model comes without one, as an HF directory may)."""
+  if "tokenizer.ggml.tokens" not in file.metadata:
+    log.warning("%s has no tokenizer (no tokenizer.ggml.tokens): imported without one", file.path)
+    return
   fields, config = tokenizer_fields(file)
   _, convert, fast_tokenizer = _transformers()
   try:

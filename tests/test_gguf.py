@@ -10,6 +10,8 @@ in one of six ggml types; the reference is `transformers` loading the same file
 
 import json
 import os
+import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -24,7 +26,7 @@ from lmjax.config import from_dict  # noqa: E402
 from lmjax.data.tokenize.chat import ChatTemplate, load_template  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 from lmjax.hf.families import gemma2, gemma3  # noqa: E402
-from lmjax.hf.gguf.materialise import cache_root  # noqa: E402
+from lmjax.hf.gguf.materialise import cache_key, cache_root  # noqa: E402
 from lmjax.run.loader import load_source  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 from tests.gguf_files import CHAT_TEMPLATE, SAMPLE, Q, byte_level_vocab  # noqa: E402
@@ -249,3 +251,16 @@ def test_gemma_query_scale_is_llama_cpps(family, layers, scale):
   keys = {"embedding_length": 4608, "attention.head_count": 32, "attention.key_length": 256,
           "block_count": layers}
   assert family.read_gguf(keys, frozenset())["query_pre_attn_scalar"] == scale
+
+
+def test_a_killed_import_leaves_nothing_the_next_one_uses(gguf_file, tmp_path):
+  path, _ = gguf_file("qwen2_f16")
+  copy = tmp_path / "copy.gguf"
+  copy.write_bytes(path.read_bytes())
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()  # its id names no live process now
+  partial = cache_root() / f".{cache_key(copy)}.partial-{socket.gethostname()}-{dead.pid}"
+  partial.mkdir(parents=True)
+  (partial / "model.safetensors").write_bytes(b"half a tensor")
+  directory = lmjax.load(copy).directory
+  assert not partial.exists() and directory.name == cache_key(copy)

@@ -87,7 +87,6 @@ def _write(path: pathlib.Path, directory: pathlib.Path) -> None:
     generation = generation_config(file)
     if generation:
       (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    log.info("importing %s (%s, %d tensors) into %s", path, file.arch, len(entries), directory)
     write_safetensors(directory, entries, max_shard_size=_SHARD)
   stat = path.stat()
   source = dict(path=str(path.resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
@@ -124,6 +123,7 @@ def materialise(path: str | os.PathLike, *, what: str = "--hf") -> pathlib.Path:
   staging = root / f".{key}.partial-{socket.gethostname()}-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir()
+  log.info("importing %s into %s (once: later uses read it there)", path, target)
   try:
     _write(path, staging)
     try:

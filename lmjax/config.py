@@ -188,7 +188,8 @@ class Config:
   data: DataConfig = DataConfig()
   logging: LoggingConfig = LoggingConfig()
   # Where the initial weights come from (`model.init_from` in YAML): an lmjax run directory or a
-  # Hugging Face model directory (fine-tuning); `model` already has its architecture.
+  # Hugging Face model directory (fine-tuning; a hub id or a GGUF file is recorded as the
+  # directory it resolves to); `model` already has its architecture.
   init_from: str | None = None
 
   def __post_init__(self):
@@ -331,7 +332,9 @@ def from_dict(raw: Mapping[str, Any], *, resolved: bool = False) -> Config:
     raise UserError(f"config section `model` must be a mapping, got {model!r}.")
   init_from = model.get("init_from")
   check_local(init_from, what="model.init_from")
-  if init_from and not resolved:  # a hub id: its cached snapshot, recorded as that directory
+  # A hub id (its cached snapshot) or a GGUF file (the HF directory it is imported into) is
+  # recorded as that directory.
+  if init_from and not resolved:
     init_from = resolve_hf_dir(str(init_from), what="model.init_from")
   source_fields, source_labels = source_model(str(init_from)) if init_from and not resolved \
       else ({}, ())

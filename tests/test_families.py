@@ -33,11 +33,11 @@ LMJAX = pathlib.Path(__file__).resolve().parent.parent / "lmjax"
 
 # How a family name is spelled in code: in identifiers, strings and HF class names, any case
 # ("Qwen3MoeForCausalLM" is qwen3_moe; "llama3" and "Llama 3.1", a RoPE type, are not the llama
-# family).
+# family, nor is "llama.cpp", the program whose GGUF files lmjax reads).
 _SPELLINGS = {"qwen3_moe": r"qwen3_?moe", "modernbert": "modernbert", "distilbert": "distilbert",
               "roberta": "roberta", "gemma2": "gemma2", "gemma3": "gemma3", "mistral": "mistral",
-              "mixtral": "mixtral", "qwen2": "qwen2", "qwen3": "qwen3", "llama": r"llama(?! ?3)",
-              "gpt2": "gpt2", "bert": "bert"}
+              "mixtral": "mixtral", "qwen2": "qwen2", "qwen3": "qwen3",
+              "llama": r"llama(?! ?3)(?!\.cpp)", "gpt2": "gpt2", "bert": "bert"}
 _SPELLING = re.compile(r"(?<![a-z0-9])(" + "|".join(
     sorted(_SPELLINGS.values(), key=len, reverse=True)) + ")")
 

@@ -137,7 +137,8 @@ def _add_convert(commands) -> None:
   convert = commands.add_parser("convert", help="convert weights to and from Hugging Face")
   directions = convert.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
   hf_in = directions.add_parser("hf-to-lmjax", help="import a Hugging Face model as a run directory")
-  hf_in.add_argument("hf_dir", metavar="HF_DIR")
+  hf_in.add_argument("hf_dir", metavar="HF_DIR",
+                     help="a Hugging Face model directory, a hub id or a .gguf file")
   hf_in.add_argument("run_dir", metavar="RUN_DIR")
   hf_in.add_argument("--allow-pickle", action="store_true",
                      help="read a pickled pytorch_model.bin (with torch.load(weights_only=True))")
@@ -234,5 +235,6 @@ def _add_window(parser: argparse.ArgumentParser) -> None:
 def _add_source(parser: argparse.ArgumentParser) -> None:
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--run-dir", help="an lmjax run directory (latest checkpoint)")
-  source.add_argument("--hf", metavar="HF_DIR", help="a Hugging Face model directory")
+  source.add_argument("--hf", metavar="HF_DIR",
+                      help="a Hugging Face model directory, a hub id or a .gguf file")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")

@@ -5,9 +5,10 @@ A family file (lmjax/hf/families/<family>.py) describes one lmjax family and the
 
     register(HfFamily(Family("gpt2", defaults), (ModelType("gpt2", ...),)))
 
-The config readers and writers (`config.py`, `config_export.py`), the key-map engine and the
-PEFT adapters look a model type up here and call what it gives; none of them names a family.
-Registering also makes the family a `model.family` value (lmjax.model.families).
+The config readers and writers (`config.py`, `config_export.py`), the key-map engine, the
+PEFT adapters and the GGUF import (lmjax/hf/gguf/) look a model type up here and call what it
+gives; none of them names a family. Registering also makes the family a `model.family` value
+(lmjax.model.families).
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ from lmjax.model.families import Family, register_family, resolve_family
 Reader = Callable[[Mapping[str, Any], Head], dict[str, Any]]
 # A ModelConfig and its activation's HF name -> the model type's own config.json keys.
 Writer = Callable[[ModelConfig, str], dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufArch:
+  """How llama.cpp writes a model type into a GGUF file (lmjax/hf/gguf/): its
+  `general.architecture`, the config.json keys its metadata implies beyond the ones every
+  decoder shares, and what its converter did to tensor values, undone on import."""
+
+  name: str                            # the `general.architecture` of its files
+  # (the architecture's own metadata keys without their "<name>." prefix, e.g.
+  # "attention.sliding_window", and the file's tensor names) -> config.json keys.
+  config: Callable[[Mapping[str, Any], frozenset[str]], dict[str, Any]] = lambda keys, names: {}
+  # (GGUF tensor name, its values [out, in] float32, the config.json dict) -> the values HF has.
+  tensor: Callable[[str, Any, Mapping[str, Any]], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +64,7 @@ class ModelType:
   read_classifier: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
   # A bare model's pooler tensor, there or not (BertModel saved with or without its pooler).
   optional_pooler: str | None = None
+  gguf: GgufArch | None = None         # how llama.cpp's GGUF files hold it; None: not imported
 
   @property
   def classifier_switches(self) -> Mapping[str, Any]:
@@ -113,5 +129,5 @@ def export_type(config: ModelConfig) -> ModelType:
   return model_type_named(hf_family.export_as(config))
 
 
-__all__ = ["HfFamily", "ModelType", "export_type", "model_type_named", "model_type_of",
+__all__ = ["GgufArch", "HfFamily", "ModelType", "export_type", "model_type_named", "model_type_of",
            "model_types", "register"]

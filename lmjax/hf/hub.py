@@ -4,7 +4,8 @@ Wherever lmjax takes a Hugging Face model directory (`--hf`, `model.init_from`, 
 hf-to-lmjax`, `convert verify`) it also takes a hub id, looked up in the local Hugging Face cache
 (`HF_HUB_CACHE`, default ~/.cache/huggingface/hub) without touching the network: lmjax runs on
 machines that cannot reach the Hub. A model not in the cache is an error saying how to fetch it
-on a connected machine.
+on a connected machine. It also takes a GGUF file, read as the Hugging Face directory it
+describes (lmjax.hf.gguf.materialise, which writes that directory once into lmjax's cache).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 
 from lmjax.errors import UserError
+from lmjax.hf.gguf.materialise import is_gguf_source, materialise
 
 # org/name, optionally @revision (a branch, tag or commit); what is not a hub id is left as is
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.\-/]+)?$")
@@ -24,8 +26,11 @@ def is_hub_id(value: str) -> bool:
 
 def resolve_hf_dir(value: str | os.PathLike, *, what: str = "--hf") -> str:
   """`value` itself when it exists or is no hub id; else the cached snapshot of hub id `value`
-  (a UserError naming the cache and the fix when it is not cached)."""
+  (a UserError naming the cache and the fix when it is not cached); for a GGUF file, the
+  Hugging Face directory it was imported into."""
   value = os.fspath(value)
+  if is_gguf_source(value):
+    return str(materialise(value, what=what))
   if not is_hub_id(value):
     return value
   try:

@@ -1,6 +1,7 @@
 """THE loader: a model with everything it came with, from wherever a command or a script points.
 
-    m = lmjax.load("runs/demo")     # a run dir, an HF dir or a hub id in the local cache
+    m = lmjax.load("runs/demo")     # a run dir, an HF dir, a hub id in the local cache or a
+                                    # .gguf file (imported once as an HF dir, lmjax.hf.gguf)
     m.model, m.params, m.tokenizer, m.config, m.chat_template, m.source, m.step
     model, params = lmjax.load_run("runs/demo", step=100, mesh=mesh)   # thin alias
 
@@ -114,7 +115,8 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
          mesh: Mesh | None = None, rules: Any = None, require_tokenizer: bool = False,
          kind: str | None = None) -> Loaded:
   """The model at `source`: a run directory (checkpoint `step`, default the newest that
-  restores), a Hugging Face model directory or a hub id in the local cache.
+  restores), a Hugging Face model directory, a hub id in the local cache or a GGUF file (read
+  as the Hugging Face directory it is imported into, `directory`; lmjax.hf.gguf).
 
   `dtype="bfloat16"` casts the floating-point params and computes in bfloat16 (half the memory;
   on CPU often slower). A run's params are placed on `mesh` by `rules` (see `load_run`).

@@ -1,7 +1,7 @@
 """What Gemma 2 and Gemma 3 share: the rotary decoder (graphs.DECODER) with (1 + w) RMSNorms
 also after attention and the MLP (sandwich norms), scaled embeddings, GeGLU, soft-capped logits
 and sliding layers by type; its tensor names, its config class's defaults and its keys both
-ways."""
+ways, and what their GGUF files (lmjax/hf/gguf/) store differently."""
 
 from __future__ import annotations
 
@@ -90,3 +90,22 @@ def write(config: ModelConfig, model_type: str, act: str) -> dict[str, Any]:
       sliding_window=config.sliding_window or config.max_seq_len,
       layer_types=layer_types(config), use_bidirectional_attention=False, bos_token_id=None,
       eos_token_id=None, pad_token_id=0, **rope_hf_fields(config))
+
+
+def read_gguf(keys: Mapping[str, Any], *, large_size_layers: int) -> dict[str, Any]:
+  """The config.json keys a Gemma GGUF's metadata implies beyond the common ones: its window,
+  and the query scale llama.cpp applies (it stores none): 1/sqrt(head_dim), except for the
+  27B size, which it recognises by its layer count (`large_size_layers`), where it is
+  1/sqrt(hidden / heads), as that checkpoint's query_pre_attn_scalar says."""
+  hidden, heads = keys["embedding_length"], keys["attention.head_count"]
+  large = keys["block_count"] == large_size_layers
+  fields = dict(query_pre_attn_scalar=hidden // heads if large else
+                keys.get("attention.key_length") or hidden // heads)
+  if "attention.sliding_window" in keys:
+    fields.update(sliding_window=keys["attention.sliding_window"])
+  return fields
+
+
+def gguf_tensor(name: str, values, hf_config: Mapping[str, Any]):
+  """llama.cpp stores Gemma's (1 + w) RMSNorm gains as 1 + w: this gives w back, in float32."""
+  return values - 1.0 if name.endswith("norm.weight") else values

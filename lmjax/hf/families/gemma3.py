@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from lmjax.errors import UserError
 from lmjax.hf.config_fields import integer_key, rope_hf_fields
 from lmjax.hf.families import decoder, gemma
-from lmjax.hf.family import HfFamily, ModelType
+from lmjax.hf.family import GgufArch, HfFamily, ModelType
 from lmjax.model.config import ModelConfig
 from lmjax.model.families import Family
 from lmjax.model.options import Head, RopeScaling
@@ -106,6 +106,14 @@ def write(config: ModelConfig, act: str) -> dict[str, Any]:
   return fields
 
 
+def read_gguf(keys: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+  """Gemma's keys (gemma.read_gguf; the 27B size has 62 layers). llama.cpp writes neither the
+  layer pattern nor the local layers' RoPE base: it fixes them at 6 and 10000, this config
+  class's defaults, and applies a RoPE scaling to the global layers only, as rope_scaling
+  does here."""
+  return gemma.read_gguf(keys, large_size_layers=62)
+
+
 FAMILY = HfFamily(
     Family("gemma3", {**gemma.DEFAULTS, "qk_norm": True, "attn_logit_softcap": None,
                       "final_logit_softcap": None, "rope_theta": 1_000_000.0}),
@@ -113,4 +121,5 @@ FAMILY = HfFamily(
                {"Gemma3ForCausalLM": Head.CAUSAL_LM, "Gemma3TextModel": Head.NONE,
                 "Gemma3TextForSequenceClassification": Head.CLASSIFICATION},
                CLASS_DEFAULTS, decoder.with_qk_norms(gemma.KEY_MAP), read, write,
-               keys=(gemma.KEYS - {"attn_logit_softcap"}) | {"rope_local_theta"}),))
+               keys=(gemma.KEYS - {"attn_logit_softcap"}) | {"rope_local_theta"},
+               gguf=GgufArch("gemma3", read_gguf, gemma.gguf_tensor)),))

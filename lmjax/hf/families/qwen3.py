@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from lmjax.hf.config_fields import refuse, require
 from lmjax.hf.families import decoder
 from lmjax.hf.families.graphs import DECODER
-from lmjax.hf.family import HfFamily, ModelType
+from lmjax.hf.family import GgufArch, HfFamily, ModelType
 from lmjax.model.config import ModelConfig
 from lmjax.model.families import Family
 from lmjax.model.options import Head
@@ -35,4 +35,5 @@ def write(config: ModelConfig, act: str) -> dict[str, Any]:
 
 FAMILY = HfFamily(Family("qwen3", DEFAULTS), (ModelType(
     "qwen3", "qwen3", decoder.architectures("Qwen3"), CLASS_DEFAULTS,
-    decoder.with_qk_norms(decoder.KEY_MAP), read, write, keys=frozenset({"sliding_window"})),))
+    decoder.with_qk_norms(decoder.KEY_MAP), read, write, keys=frozenset({"sliding_window"}),
+    gguf=GgufArch("qwen3")),))

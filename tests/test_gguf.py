@@ -4,7 +4,8 @@ and chat template, through `lmjax.load`, the CLI and `model.init_from`; damaged 
 files refused with exit 2.
 
 Each file is a tiny random transformers model written as llama.cpp writes it (tests/gguf_files.py)
-in one of six ggml types; the reference is `transformers` loading the same file
+in one of nine ggml types (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K; three
+architectures in four each); the reference is `transformers` loading the same file
 (`from_pretrained(dir, gguf_file=...)`), never lmjax itself.
 """
 
@@ -61,6 +62,12 @@ CASES = {
                     "tiny"),
 }
 
+# Each of three architectures also in three more types (with CASES, at least four each): the
+# dequantized weights and logits, as above. name -> (CASES entry it varies, ggml type).
+GRID = {f"{base.rsplit('_', 1)[0].rsplit('_', 1)[0]}_{qtype.name.lower()}": (base, qtype)
+        for base in ("llama_q8_0", "qwen3_q6_k", "gemma2_q4_0")
+        for qtype in (Q.F32, Q.Q4_1, Q.Q5_K)}
+
 
 @pytest.fixture(scope="module", autouse=True)
 def lmjax_cache(tmp_path_factory):
@@ -87,7 +94,9 @@ def gguf_file(tmp_path_factory, vocabs):
 
   def get(name):
     if name not in built:
-      prefix, kwargs, arch, qtype, vocab, model_name = CASES[name]
+      base, qtype = GRID.get(name, (name, None))
+      prefix, kwargs, arch, case_type, vocab, model_name = CASES[base]
+      qtype = qtype or case_type
       config_class = "Gemma3TextConfig" if prefix == "Gemma3" else f"{prefix}Config"
       config = getattr(transformers, config_class)(vocab_size=len(vocabs[vocab]["tokens"]),
                                                    **kwargs)
@@ -101,7 +110,7 @@ def gguf_file(tmp_path_factory, vocabs):
   return get
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", [*CASES, *GRID])
 def test_weights_and_logits_equal_transformers_reading_the_same_file(gguf_file, name):
   path, reference = gguf_file(name)
   loaded = lmjax.load(path)

@@ -338,15 +338,15 @@ def test_generate_continues_the_whole_prompt_as_transformers(padded_gpt2, capsys
 
 def test_fine_tuning_refuses_a_new_tokenizer_for_a_source_that_has_its_own(padded_gpt2, tmp_path,
                                                                          capsys):
-  """tiny-gpt says data.tokenizer: bpe; with model.init_from a pretrained source, that would
-  train a new vocabulary under the source's embeddings: refused, naming the fix, which works."""
+  """data.tokenizer=bpe with model.init_from a pretrained source would train a new vocabulary
+  under the source's embeddings: refused, naming the fix, which works."""
   hf_dir, _, _ = padded_gpt2
   data = _jsonl(tmp_path / "docs.jsonl", [{"text": t} for t, _ in two_corpora()[:40]])
   args = ["train", "tiny-gpt", "--run-dir", str(tmp_path / "run"), "--set",
           f"model.init_from={hf_dir}", "data.source=jsonl", f"data.paths=[{data}]",
           "train.seq_len=32", "train.batch_size=4", "train.steps=1", "train.eval_every=0"]
   capsys.readouterr()
-  assert main(args) == 2
+  assert main([*args, "data.tokenizer=bpe"]) == 2
   err = capsys.readouterr().err
   assert "data.tokenizer='bpe' would make a new one" in err and "data.tokenizer=null" in err
   assert not (tmp_path / "run").exists()

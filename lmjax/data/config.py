@@ -69,6 +69,9 @@ class DataConfig:
   tokenizer: str | None = None         # byte | bpe (trained on the corpus) | a tokenizer.json,
                                        # sentencepiece .model or
                                        # HF tokenizer dir; unset: model.init_from's, else bpe
+  # Fine-tuning (model.init_from) uses the source's tokenizer; another one (data.tokenizer) is
+  # refused unless this says the replacement is meant, and then it must have as many tokens.
+  replace_tokenizer: bool = False
   encoding_errors: EncodingErrors = EncodingErrors.STRICT
   bad_records: BadRecords = BadRecords.ERROR  # error | skip (and count) a bad JSON Lines record
   workers: int = 0                     # Grain worker processes assembling batches (0: a thread)

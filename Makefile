@@ -68,9 +68,11 @@ sentiment-minilm: $(VENV)/.installed-core
 # `--no-loadscope-reorder` hands out the modules in collection order, which tests/conftest.py
 # starts with the slowest (SLOW_MODULES); xdist's default order (most tests first) left the
 # few-test, minutes-long modules for last. `--durations=15` names the slowest tests of each run.
+# Three workers on two cores: a sixth of the tests' time is spent waiting (on child processes
+# starting and being killed, notebook kernels, polls), which a third worker fills.
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=15 tests
+	$(BIN)/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder -q --durations=15 tests
 
 # The inner loop: the model, configs, data paths, conversion parity both ways and the config
 # round trip, refusals of bad configs and layering; the whole suite stays `make test`.

@@ -54,10 +54,20 @@ KIND_OVERRIDES = {"lora": ["model.lora.rank=4"],
                                    "model.remat=none"]}
 KIND_SCANS = {"lora": (True,), "moe_dropless": (True,), "moe_capacity": (True,),
               "modernbert": (True,)}
-KIND_MESHES = {"modernbert": ("fsdp8", "tensor2_fsdp4")}  # default: all of MESHES
 MESHES = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
           "tensor2_fsdp4": dict(data=1, fsdp=4, tensor=2),
           "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
+# The scanned causal and MLM models train on every mesh; the unrolled layouts (the same
+# rules, per-layer names) on the two that use every axis; LoRA and ModernBERT on two.
+KIND_MESHES = {"modernbert": ("fsdp8", "tensor2_fsdp4"), "lora": ("fsdp8", "tensor2_fsdp4")}
+UNROLLED_MESHES = ("fsdp8", "data2_fsdp2_tensor2")
+
+
+def meshes_of(kind: str, scan: bool) -> tuple[str, ...]:
+  """The MESHES (or MOE_MESHES) a model kind trains on with scanned or unrolled layers."""
+  if kind.startswith("moe"):
+    return tuple(MOE_MESHES)
+  return KIND_MESHES.get(kind, tuple(MESHES) if scan else UNROLLED_MESHES)
 MOE_MESHES = {"expert4_fsdp2": dict(data=1, fsdp=2, expert=4)}
 OVERRIDES = TINY + ["train.warmup_steps=1", "train.learning_rate=3e-3", "train.batch_size=16"]
 
@@ -111,9 +121,8 @@ def equivalence_runs(out: pathlib.Path, results: dict, kind: str) -> None:
     corpus = corpus or load_corpus(config)
     one = mesh_rules(config.mesh, devices=jax.devices()[:1])
     runs = {"one_device": (config, one)}
-    meshes = MOE_MESHES if kind.startswith("moe") else {
-        k: v for k, v in MESHES.items() if k in KIND_MESHES.get(kind, MESHES)}
-    for mesh_name, sizes in meshes.items():
+    for mesh_name in meshes_of(kind, scan):
+      sizes = (MOE_MESHES if kind.startswith("moe") else MESHES)[mesh_name]
       sharded = load_config(name, base + [f"mesh.{k}={v}" for k, v in sizes.items()])
       runs[mesh_name] = (sharded, mesh_rules(sharded.mesh))
     for mesh_name, (run_config, placement) in runs.items():

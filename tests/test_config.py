@@ -1,5 +1,6 @@
 """Config loading, overrides and the messages for config mistakes."""
 
+import json
 import pathlib
 
 import pytest
@@ -10,6 +11,12 @@ from lmjax.model import Head, Transformer
 from lmjax.run import RunDir
 
 ALL_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+ALL_CONFIGS_RUNS = [f"runs/{name}" for name in ALL_CONFIGS]
+# The Hugging Face models shipped configs fine-tune (installed by their recipes), in miniature.
+HF_SOURCES = {"runs/models/all-MiniLM-L6-v2": {
+    "model_type": "bert", "architectures": ["BertModel"], "hidden_size": 32,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+    "vocab_size": 128, "max_position_embeddings": 64, "type_vocab_size": 2}}
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
@@ -18,8 +25,12 @@ def test_every_shipped_config_loads_and_builds_a_model(name, tmp_path):
   import jax.numpy as jnp
   overrides = []
   source = (read_yaml(resolve_config_path(name)).get("model") or {}).get("init_from")
-  if source:  # a fine-tuning config: the run it starts from is runs/<its config's name>
+  if source in ALL_CONFIGS_RUNS:  # fine-tuning a run: runs/<its config's name>
     RunDir(tmp_path / "source").write_config(load_config(pathlib.Path(source).name))
+    overrides.append(f"model.init_from={tmp_path / 'source'}")
+  elif source:  # fine-tuning a Hugging Face model: a small one of its kind
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "config.json").write_text(json.dumps(HF_SOURCES[source]))
     overrides.append(f"model.init_from={tmp_path / 'source'}")
   config = load_config(name, overrides)
   if config.model.head is Head.CLASSIFICATION:  # its labels come from its data

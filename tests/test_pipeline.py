@@ -62,19 +62,16 @@ def assert_same_batches(a, b):
 def test_iterator_state_restores_exactly_the_following_batches(corpus_config, workers):
   source, _ = batch_sources(corpus_config, load_corpus(corpus_config))
   positions = np.arange(source.batch_size)
-  straight = BatchIterator(source, positions, num_steps=12, workers=workers)
-  expected = collect(straight, 9)
-  straight.close()
-
+  # The iterator yields the source's batches, step by step, MLM masks included (same seed, same
+  # batches), before and after a restore from its saved state.
+  expected = [source.batch(k, positions=positions) for k in range(9)]
   first = BatchIterator(source, positions, num_steps=12, workers=workers)
-  collect(first, 4)
+  assert_same_batches(collect(first, 4), expected[:4])
   state = json.loads(json.dumps(first.state()))  # as a checkpoint stores it
   first.close()
   resumed = BatchIterator(source, positions, num_steps=12, workers=workers, state=state)
   assert_same_batches(collect(resumed, 5), expected[4:])
   resumed.close()
-  # The batches are the source's, step by step, MLM masks included (same seed, same batches).
-  assert_same_batches(expected, [source.batch(k, positions=positions) for k in range(9)])
   assert not np.array_equal(expected[0]["input_ids"], expected[1]["input_ids"])
 
 

@@ -52,16 +52,17 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path, tiny):
 
 
 def test_mlm_training_raises_held_out_accuracy(tmp_path, tiny):
-  # MLM on bytes sits on a unigram plateau for a while: give it a little width and 300 steps.
+  # MLM on bytes sits on a unigram plateau for a while: give it a little width, a brisk rate
+  # and 150 steps (masked accuracy about 0.25 -> 0.29 on 8 held-out batches).
   overrides = tiny + ["model.embed_dim=64", "model.mlp_dim=128", "train.seq_len=64",
-                      "train.batch_size=16", "train.steps=300", "train.eval_every=100",
-                      "train.eval_batches=8", "train.learning_rate=1e-3"]
+                      "train.batch_size=16", "train.steps=150", "train.eval_every=50",
+                      "train.eval_batches=8", "train.learning_rate=3e-3"]
   train(load_config("tiny-bert", overrides), tmp_path)
   evals = [r for r in rows(tmp_path) if "eval_accuracy" in r]
-  assert [r["step"] for r in evals] == [100, 200, 300]
+  assert [r["step"] for r in evals] == [50, 100, 150]
   assert evals[-1]["eval_accuracy"] > evals[0]["eval_accuracy"] + 0.02
   assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
   # `lmjax eval` on the final checkpoint reproduces the loop's own evaluation.
   final = evaluate_run("tiny-bert", tmp_path, step=None, overrides=overrides)
-  assert final["step"] == 300
+  assert final["step"] == 150
   assert final["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], rel=1e-5)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import logging
 import os
@@ -211,7 +212,16 @@ def _task_manager(include_path: Sequence[str], tasks: Sequence[str]):
     local = TaskManager(include_path=list(include_path), include_defaults=False)
     if set(tasks) <= set(local.all_tasks):
       return local
-  return TaskManager(include_path=list(include_path) or None)
+    return TaskManager(include_path=list(include_path))
+  return _builtin_task_manager()
+
+
+@functools.cache
+def _builtin_task_manager():
+  """The index of the built-in tasks, built once per process (a notebook or script that runs
+  the harness again does not scan the ~15,000 task files again); tasks load from it afresh."""
+  from lm_eval.tasks import TaskManager  # noqa: PLC0415
+  return TaskManager()
 
 
 def check_tasks(manager, tasks: Sequence[str]) -> list[str]:

@@ -16,7 +16,13 @@ ALL_CONFIGS_RUNS = [f"runs/{name}" for name in ALL_CONFIGS]
 HF_SOURCES = {"runs/models/all-MiniLM-L6-v2": {
     "model_type": "bert", "architectures": ["BertModel"], "hidden_size": 32,
     "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-    "vocab_size": 128, "max_position_embeddings": 64, "type_vocab_size": 2}}
+    "vocab_size": 128, "max_position_embeddings": 64, "type_vocab_size": 2},
+    # a GGUF file is read as the Hugging Face directory it holds
+    "runs/models/SmolLM2-135M-Instruct.Q4_1.gguf": {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 64, "vocab_size": 128, "max_position_embeddings": 64,
+        "tie_word_embeddings": True}}
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)

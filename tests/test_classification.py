@@ -42,12 +42,13 @@ def classifier_args(run_dir, init_from, data, *extra):
 
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory, labelled):
-  """(MLM run, classifier run fine-tuned from it for 80 steps at 2e-3: about 0.9 accuracy)."""
+  """(MLM run, classifier run fine-tuned from it for 120 steps). (80 steps at 2e-3 reach 0.9 with
+  XLA's default CPU flags but stay on the majority label with the suite's fast-compiling ones:
+  the shorter recipe is not robust.)"""
   root = tmp_path_factory.mktemp("fine_tuned")
   assert main(["train", "tiny-bert", "--run-dir", str(root / "mlm"), "--set", *SMALL,
                "train.steps=60"]) == 0
-  assert main(classifier_args(root / "classifier", root / "mlm", labelled, "train.steps=80",
-                              "train.learning_rate=2e-3")) == 0
+  assert main(classifier_args(root / "classifier", root / "mlm", labelled, "train.steps=120")) == 0
   return root / "mlm", root / "classifier"
 
 
@@ -56,7 +57,7 @@ def test_a_classifier_fine_tuned_from_an_mlm_run_beats_the_majority_label(fine_t
   labels = [json.loads(line)["label"] for line in labelled.read_text().splitlines()]
   majority = max(labels.count(y) for y in set(labels)) / len(labels)
   final = rows(run)[-1]
-  assert final["step"] == 80 and final["eval_accuracy"] > majority + 0.2, (final, majority)
+  assert final["step"] == 120 and final["eval_accuracy"] > majority + 0.2, (final, majority)
   confusion = np.array(final["eval_confusion"])
   assert confusion.shape == (2, 2)
   assert final["eval_accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
@@ -75,7 +76,7 @@ def test_lmjax_eval_reports_the_classifier_metrics(fine_tuned, labelled, capsys)
                "model.head=classification", "data.source=jsonl", f"data.paths=[{labelled}]",
                "data.eval_fraction=0.2"])
   out = json.loads(capsys.readouterr().out)
-  assert code == 0 and out["step"] == 80
+  assert code == 0 and out["step"] == 120
   assert out["eval_accuracy"] == pytest.approx(rows(run)[-1]["eval_accuracy"], abs=1e-6)
   assert out["eval_confusion"] == rows(run)[-1]["eval_confusion"]
 

@@ -21,7 +21,7 @@ HF_SOURCES = {"runs/models/all-MiniLM-L6-v2": {
     "runs/models/SmolLM2-135M-Instruct.Q4_1.gguf": {
         "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "intermediate_size": 64, "vocab_size": 128, "max_position_embeddings": 64,
+        "intermediate_size": 64, "vocab_size": 128, "max_position_embeddings": 512,
         "tie_word_embeddings": True}}
 
 

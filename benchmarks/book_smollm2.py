@@ -6,7 +6,7 @@
 1. The book: Natsume Soseki's "Botchan" (Project Gutenberg eBook #8868, public domain in the
    US), the copy that sentencepiece's source distribution ships as test data (`pip download`
    of the sdist, nothing else is fetched). Gutenberg's header and licence are cut; the first 90%
-   of the paragraphs are written to runs/data/botchan_train.txt, the rest to
+   of the lines are written to runs/data/botchan_train.txt, the rest to
    runs/data/botchan_heldout.txt.
 2. Held-out perplexity of the model as published: `lmjax eval --hf FILE.gguf --data heldout`.
 3. `lmjax train book-smollm2`: every weight trained, 30 steps of 8 x 128 tokens.
@@ -44,12 +44,12 @@ def write_book(data_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
       raw = sdist.extractfile("sentencepiece-0.2.3/test/botchan.txt").read().decode("utf-8-sig")
   text = raw.split("*** START OF THIS PROJECT GUTENBERG EBOOK")[1].split("\n", 1)[1]
   text = text.split("End of Project Gutenberg")[0].split("*** END OF THIS PROJECT")[0]
-  paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
-  cut = int(len(paragraphs) * 0.9)
+  lines = [line.rstrip() for line in text.splitlines() if line.strip()]  # (no blank lines)
+  cut = int(len(lines) * 0.9)
   data_dir.mkdir(parents=True, exist_ok=True)
   train, held_out = data_dir / "botchan_train.txt", data_dir / "botchan_heldout.txt"
-  train.write_text("\n\n".join(paragraphs[:cut]) + "\n", encoding="utf-8")
-  held_out.write_text("\n\n".join(paragraphs[cut:]) + "\n", encoding="utf-8")
+  train.write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
+  held_out.write_text("\n".join(lines[cut:]) + "\n", encoding="utf-8")
   return train, held_out
 
 

@@ -301,6 +301,15 @@ def _checkpoint_params(run, step):
     checkpointer.close()
 
 
+def _array_bytes(run, step):
+  checkpointer = Checkpointer(run / "checkpoints", keep=3)
+  try:
+    return sum(int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+               for spec in checkpointer.array_specs(step).values())
+  finally:
+    checkpointer.close()
+
+
 def _record(run, step):
   checkpointer = Checkpointer(run / "checkpoints", keep=3)
   try:
@@ -317,9 +326,10 @@ def test_lora_checkpoints_hold_the_adapters_and_refer_to_the_base(lora_run):
   record = _record(tmp / "lora", 20)
   assert record.base.source == str((tmp / "base").absolute()) and record.base.step == 10
   assert len(record.base.sha256) == 64
-  size = lambda run: sum(f.stat().st_size for f in (run / "checkpoints" / "10").rglob("*")
-                         if f.is_file())
-  assert size(tmp / "lora") < size(tmp / "base") / 2  # tiny arrays: metadata is much of it
+  # What a checkpoint stores (params and optimizer state, by the checkpoint's own array specs):
+  # the adapters and their moments, a ninth of the base run's. (Its bytes on disk are no
+  # measure at this size: Orbax's metadata and OCDBT's file count, which varies, dominate.)
+  assert _array_bytes(tmp / "lora", 10) < _array_bytes(tmp / "base", 10) / 4
   listing = inspect_checkpoints(tmp / "lora", verify=True)
   assert [i.problem for i in listing] == [None, None]
   assert "the base model is " + str(record.base) in format_table(listing, verified=True)

@@ -32,32 +32,29 @@ def source_tokenizer(config: Config) -> tuple[pathlib.Path, Tokenizer] | None:
   return directory, Tokenizer.from_file(directory)
 
 
-def _is_the_same(choice: str, directory: pathlib.Path, theirs: Tokenizer) -> bool:
-  """Whether `data.tokenizer=choice` makes the source's tokenizer: names its directory, or
-  makes/holds one with the same vocabulary, normalisation and special tokens."""
-  if choice == "bpe":
-    return False
-  if choice != "byte" and pathlib.Path(choice).resolve() in (directory.resolve(),
-                                                            (directory / "tokenizer.json").resolve()):
-    return True
-  ours = Tokenizer.byte_level() if choice == "byte" else Tokenizer.from_file(choice)
-  return ours.to_dict() == theirs.to_dict()
+def _named(choice: str, directory: pathlib.Path) -> bool:
+  """Whether the path `data.tokenizer=choice` names the source's tokenizer directory or file."""
+  return pathlib.Path(choice).resolve() in (directory.resolve(),
+                                            (directory / "tokenizer.json").resolve())
 
 
 def check_tokenizer_of_source(config: Config) -> None:
   """UserError when fine-tuning from a source with its own tokenizer while `data.tokenizer`
-  makes or names another, unless `data.replace_tokenizer` (then, for a tokenizer file, the
-  sizes must agree here; a BPE trained on the corpus is checked by `check_replacement`)."""
+  makes or names another, unless `data.replace_tokenizer` (then, for bytes or a tokenizer file,
+  the sizes must agree here; a BPE trained on the corpus is checked by `check_replacement`)."""
   choice, found = config.data.tokenizer, source_tokenizer(config)
   if choice is None or found is None:
     return  # the source's own, or the source has none: the config's is the only one there is
   directory, theirs = found
-  if _is_the_same(choice, directory, theirs):
+  if choice not in ("bpe", "byte") and _named(choice, directory):
     return
+  ours = None if choice == "bpe" else (
+      Tokenizer.byte_level() if choice == "byte" else Tokenizer.from_file(choice))
+  if ours is not None and ours.to_dict() == theirs.to_dict():
+    return  # the same vocabulary, normalisation and special tokens
   if config.data.replace_tokenizer:
-    if choice != "bpe":
-      check_replacement(config, Tokenizer.byte_level() if choice == "byte"
-                        else Tokenizer.from_file(choice))
+    if ours is not None:
+      _check_sizes(ours, directory, theirs)
     return
   what = ("would make a new one" if choice in ("bpe", "byte") else "is another one")
   raise UserError(
@@ -71,10 +68,12 @@ def check_tokenizer_of_source(config: Config) -> None:
 def check_replacement(config: Config, tokenizer: Tokenizer) -> None:
   """UserError when a tokenizer replacing the source's (`data.replace_tokenizer`) has another
   number of tokens than the source's."""
-  found = source_tokenizer(config)
-  if found is None or not config.data.replace_tokenizer:
-    return
-  directory, theirs = found
+  found = source_tokenizer(config) if config.data.replace_tokenizer else None
+  if found is not None:
+    _check_sizes(tokenizer, *found)
+
+
+def _check_sizes(tokenizer: Tokenizer, directory: pathlib.Path, theirs: Tokenizer) -> None:
   if tokenizer.vocab_size != theirs.vocab_size:
     raise UserError(
         f"data.replace_tokenizer: the new tokenizer has {tokenizer.vocab_size} tokens but "

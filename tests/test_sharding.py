@@ -20,14 +20,14 @@ from lmjax.train.inputs import batch_sources, load_corpus
 from lmjax.train.loop import train
 from lmjax.train.setup import setup_step
 from tests.processes import children, cpu_env
-from tests.sharded_worker import BAD_INPUTS, MOE_MESHES, meshes_of
+from tests.sharded_worker import BAD_INPUTS, KIND_SCANS, MOE_MESHES, meshes_of
 
 
-CASES = [f"{kind}-scan{scan}" for kind in ("causal", "mlm") for scan in (1, 0)]
+CASES = [f"{kind}-scan{int(scan)}" for kind in ("causal", "mlm")
+         for scan in KIND_SCANS.get(kind, (True, False))]
 # (case, mesh): the meshes each case trains on (sharded_worker.meshes_of), ModernBERT (MLM) too
-PAIRS = [(f"{kind}-scan{scan}", mesh) for kind, scan in [
-    *((k, s) for k in ("causal", "mlm") for s in (1, 0)), ("lora", 1), ("modernbert", 1)]
-         for mesh in meshes_of(kind, bool(scan))]
+PAIRS = [(f"{kind}-scan{int(scan)}", mesh) for kind in ("causal", "mlm", "lora", "modernbert")
+         for scan in KIND_SCANS.get(kind, (True, False)) for mesh in meshes_of(kind, scan)]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def recorded(tmp_path_factory):
   # In this worker's base directory, kept for the session: pytest-xdist may run this module's
   # tests in more than one stretch on the same worker, setting the fixture up again each time.
   out = tmp_path_factory.getbasetemp() / "sharded"
-  parts = {"causal": ["causal", "compile", "moe"],
-           "mlm": ["mlm", "bad_inputs", "lora", "modernbert"]}
+  parts = {"causal": ["causal", "moe"],
+           "mlm": ["mlm", "compile", "bad_inputs", "lora", "modernbert"]}
   if not all((out / f"{'-'.join(args)}.json").is_file() for args in parts.values()):
     out.mkdir(exist_ok=True)
     with children(out) as group:

@@ -27,7 +27,7 @@ from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import complete, perplexity
-from lmjax.infer import fill_mask
+from lmjax.infer import cloze_ids, fill_mask
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
@@ -188,19 +188,7 @@ def _cmd_predict(args) -> int:
 def _cmd_fill_mask(args) -> int:
   loaded = _load(args)
   model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
-  if tokenizer.mask_id is None:
-    raise UserError("this model's tokenizer has no mask token, so it cannot fill masks.")
-  mask_text = tokenizer.id_to_token(tokenizer.mask_id)
-  pieces = args.text.replace("[MASK]", mask_text).split(mask_text)
-  if len(pieces) < 2:
-    raise UserError(f"--text has no mask token: write [MASK] (or {mask_text}) where a word is missing.")
-  ids = [tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id]
-  for i, piece in enumerate(pieces):
-    if i:
-      ids.append(tokenizer.mask_id)
-    ids.extend(tokenizer.encode(piece))
-  ids.append(tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id)
-  ids = [i for i in ids if i is not None]
+  ids = cloze_ids(tokenizer, args.text)
   for n, candidates in enumerate(fill_mask(model, params, ids, mask_id=tokenizer.mask_id,
                                            top_k=args.top_k)):
     print(f"mask {n + 1}:")

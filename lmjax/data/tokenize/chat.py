@@ -61,6 +61,9 @@ def load_template(source: str | None) -> str:
   a directory without one gives the default."""
   if source in (None, "default"):
     return DEFAULT_TEMPLATE
+  if not source.strip():  # pathlib would read "" as ".", the working directory
+    raise UserError("data.chat_template is an empty string: name a .jinja file or a tokenizer "
+                    "directory, or set data.chat_template=default for lmjax's (ChatML).")
   path = pathlib.Path(source)
   if path.is_dir():
     return own_template(path) or DEFAULT_TEMPLATE
@@ -79,7 +82,11 @@ def load_template(source: str | None) -> str:
     if template is not None and not isinstance(template, str):
       raise UserError(f"{path}: chat_template holds a {type(template).__name__}, not a Jinja "
                       f"template string.")
-    return template or DEFAULT_TEMPLATE
+    if not template or not template.strip():
+      raise UserError(f"data.chat_template={source!r} holds no chat template (chat_template is "
+                      f"{template!r}): name a file that has one, or set "
+                      f"data.chat_template=default for lmjax's (ChatML).")
+    return template
   try:
     template = path.read_text(encoding="utf-8")
   except UnicodeDecodeError:

@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import shutil
+import stat
 import tempfile
 import uuid
 from typing import Any, Iterator
@@ -29,6 +30,21 @@ def check_new_directory(destination: str | os.PathLike) -> pathlib.Path:
     raise UserError(f"{destination} already exists and is not empty: choose a new directory or "
                     f"remove it first.")
   return destination
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+  """What `path` is when it exists but is neither a regular file nor a directory ("a FIFO
+  (named pipe)", "a character device", …), else None. lmjax reads no such input: a FIFO
+  blocks until someone writes, /dev/zero never ends."""
+  try:
+    mode = os.stat(path).st_mode
+  except (OSError, ValueError):
+    return None
+  return next((what for test, what in _SPECIAL if test(mode)), None)
 
 
 def check_new_file(path: str | os.PathLike, *, flag: str = "--output") -> pathlib.Path:
@@ -102,6 +118,8 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
   UserError, naming the file, when it is not valid JSON or holds something other than an object.
   """
   path = pathlib.Path(path)
+  if special_file(path):
+    raise UserError(f"{path} is {special_file(path)}, not a file: replace it with the file.")
   if not path.is_file():
     return None
   try:
@@ -123,6 +141,8 @@ def read_json_lines(path: str | os.PathLike, field: str, *, noun: str, hint: str
   `field`. UserError naming the file, or its first bad line, and ending with `hint` (how to
   write one); `noun` names what an empty file lacks ("records", "prompts")."""
   path = pathlib.Path(path)
+  if special_file(path):
+    raise UserError(f"{path} is {special_file(path)}, not a file: {hint}.")
   try:
     lines = path.read_text(encoding="utf-8").splitlines()
   except FileNotFoundError:

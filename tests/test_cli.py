@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -150,3 +151,27 @@ def test_a_path_the_system_cannot_create_is_a_user_error_not_a_full_disk(capsys,
                          "/proc/lmjax-tokenizer", "--set", *tiny)
   assert code == 2, err
   assert "No such file or directory" in err and "Free disk space" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--run-dir", "nowhere", "--input", "{special}"], "JSON object per line"),
+    (["score", "{special}", "--run-dir", "nowhere"], ""),
+    (["train", "{special}"], "not a YAML file"),
+    (["train", "tiny-gpt", "--run-dir", "{tmp}/run", "--set", "data.source=text",
+      "data.paths=[{special}]"], "`data.paths` names"),
+])
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_a_fifo_or_device_as_input_is_named_as_such_never_read(tmp_path, capsys, tiny, argv,
+                                                                message, special):
+  """A FIFO would block the read until someone writes, /dev/zero would fill the memory: both
+  are refused by what they are (not "no such file"), with exit 2 and nothing written."""
+  if special == "fifo":
+    special = str(tmp_path / "fifo")
+    os.mkfifo(special)
+  argv = [a.format(special=special, tmp=tmp_path) for a in argv]
+  if argv[0] == "train" and len(argv) > 2:
+    argv[-2:-2] = tiny
+  code, _, err = run_cli(capsys, *argv)
+  kind = "a FIFO (named pipe)" if special.endswith("fifo") else "a character device"
+  assert code == 2 and f"is {kind}, not a" in err and message in err, err
+  assert "Traceback" not in err and not (tmp_path / "run").exists()

@@ -201,6 +201,16 @@ def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and
   assert step_digests(run) == before
 
 
+def test_the_orbax_internals_that_release_a_failed_saves_threads_are_still_there():
+  """lmjax.run.orbax_errors.release_orbax_threads works around Orbax having no public way to
+  end the commit threads of a save that failed at once (they keep the process alive for 10
+  minutes): this fails as soon as an Orbax upgrade moves what it uses."""
+  from lmjax.run.orbax_errors import orbax_signal_internals
+  thread_class, client, signal_key = orbax_signal_internals()
+  assert callable(getattr(thread_class, "cancel", None)) and callable(signal_key)
+  assert callable(getattr(client, "key_value_set", None))
+
+
 def test_an_unwritable_checkpoints_directory_is_refused_before_training(tmp_path, capsys):
   run = tmp_path / "run"
   assert train_here(capsys, run, "train.steps=10").returncode == 0

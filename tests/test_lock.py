@@ -132,3 +132,4 @@ def test_a_live_trainer_refuses_a_second_and_its_lock_is_broken_after_kill_9(
   assert (f"broke the stale lock of pid {holder.pid} on host {socket.gethostname()}"
           in warnings_logged.text)
   assert not (run_dir / LOCK_FILE).exists()
+

@@ -145,8 +145,6 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
     tokenizer_dir = directory
   tokenizer = (Tokenizer.from_file(tokenizer_dir)
                if require_tokenizer or Tokenizer.readable_in(tokenizer_dir) else None)
-  if tokenizer is not None:
-    check_vocabulary(tokenizer, model.config, tokenizer_dir)
   if dtype == "bfloat16":
     model = Transformer(model.config, jnp.bfloat16)
     params = jax.tree.map(

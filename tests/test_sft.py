@@ -131,6 +131,22 @@ def test_bad_rows_are_named(row, message):
   assert stats.skipped == 1
 
 
+@pytest.mark.parametrize("source, message", [
+    ("{% for i in range(10**9) %}x{% endfor %}", "failed to render it: OverflowError: Range too big"),
+    ("{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}{% endfor %}",
+     "renders more than 1,000,000 characters for it"),
+    ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+     "ran for more than 0.3 s on it"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recurses without end"),
+])
+def test_a_template_that_would_render_without_end_is_stopped_and_named(monkeypatch, source,
+                                                                      message):
+  from lmjax.data.tokenize import render_limits
+  monkeypatch.setattr(render_limits, "RENDER_SECONDS", 0.3)
+  with pytest.raises(UserError, match=f"data.jsonl:4: the chat template {message}"):
+    ChatTemplate(source).render([{"role": "user", "content": "hi"}], where="data.jsonl:4")
+
+
 def test_a_template_that_fails_names_the_row():
   template = ChatTemplate("{{ raise_exception('no system messages here') }}")
   with pytest.raises(UserError, match="data.jsonl:2: the chat template failed.*no system"):

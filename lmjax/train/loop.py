@@ -28,6 +28,7 @@ from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.pipeline.corpus import Corpus
 from lmjax.errors import UserError, WriteFailed
 from lmjax.lock import DirectoryLock
+from lmjax.memory import check_fits, per_device_bytes
 from lmjax.model.trainable import trained_part
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
@@ -131,6 +132,12 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
   setup = setup_step(config, placement)
+  check_fits(per_device_bytes(setup.abstract_state)  # + the gradients of what trains
+             + per_device_bytes(trained_part(setup.abstract_state.params, config.model)),
+             what="the train state (params, optimizer state and gradients)",
+             knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
+                   "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
+                   "adapters (model.lora.rank)")
   train_source, eval_source = batch_sources(config, corpus)
   return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer(), changes,
                    allow_change)

@@ -22,6 +22,8 @@ import json
 import pathlib
 from typing import Any, Mapping
 
+from lmjax.data.tokenize import render_limits
+from lmjax.data.tokenize.render_limits import RenderTimeout, joined_within, output_limit
 from lmjax.errors import UserError
 from lmjax.files import read_json_object
 
@@ -118,10 +120,20 @@ class ChatTemplate:
 
   def render(self, messages: list[Mapping[str, Any]], *, add_generation_prompt: bool = False,
              where: str = "") -> str:
+    """The template's text for `messages`, within render_limits' bounds of output and time."""
+    size = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, Mapping))
     try:
-      return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                   **self._tokens)
-    except self._errors as e:
+      with render_limits.time_limit(render_limits.RENDER_SECONDS):
+        return joined_within(self._template.generate(
+            messages=messages, add_generation_prompt=add_generation_prompt, **self._tokens),
+            limit=output_limit(size), where=where)
+    except RenderTimeout:
+      raise UserError(f"{where}: the chat template ran for more than {render_limits.RENDER_SECONDS:g} s on it "
+                      f"(a loop without end?): fix the template (data.chat_template).") from None
+    except RecursionError:
+      raise UserError(f"{where}: the chat template recurses without end (a macro calling "
+                      f"itself?): fix the template (data.chat_template).") from None
+    except (*self._errors, OverflowError) as e:  # the sandbox's range limit is an OverflowError
       raise UserError(f"{where}: the chat template failed to render it: "
                       f"{type(e).__name__}: {e}.") from None
 

@@ -305,6 +305,14 @@ def test_a_truncated_safetensors_file_is_named(hf_dirs, tmp_path):
     ("gemma2", {"layer_types": ["full_attention", "chunked_attention"] * 2},
      r"layer_types names 'chunked_attention'"),
     ("gemma2", {"attn_logit_softcapping": 0.0}, r"model\.attn_logit_softcap=0 is out of range"),
+    # Sizes no file holds: refused at once (not after building a million layers' bindings, or
+    # a billion trial divisions to suggest a head count).
+    ("gpt2_lm", {"n_layer": 10**6}, r"config\.json implies at least 16,896,004,656 weights "
+     r"\(1000000 layers of width 48, vocabulary 97\), but its weight files hold 41,104"),
+    ("gpt2_lm", {"n_embd": 10**9}, r"model\.num_heads=6 does not divide "
+     r"model\.embed_dim=1000000000: choose a head count that divides the width \(e\.g\. 5\)"),
+    ("gpt2_lm", {"n_embd": 10**9 - 4}, r"implies at least .* weights \(2 layers of width "
+     r"999999996"),
     ("llama", {"quantization_config": {"quant_method": "gptq", "bits": 4}},
      r"config\.json has a quantization_config \(quant_method 'gptq'\): lmjax imports "
      r"unquantized weights"),

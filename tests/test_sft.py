@@ -142,7 +142,8 @@ def test_bad_rows_are_named(row, message):
 def test_a_template_that_would_render_without_end_is_stopped_and_named(monkeypatch, source,
                                                                       message):
   from lmjax.data.tokenize import render_limits
-  monkeypatch.setattr(render_limits, "RENDER_SECONDS", 0.3)
+  if "ran for more than" in message:  # the others must stop on their own, well before 10 s
+    monkeypatch.setattr(render_limits, "RENDER_SECONDS", 0.3)
   with pytest.raises(UserError, match=f"data.jsonl:4: the chat template {message}"):
     ChatTemplate(source).render([{"role": "user", "content": "hi"}], where="data.jsonl:4")
 

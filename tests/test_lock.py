@@ -110,7 +110,9 @@ def test_a_live_trainer_refuses_a_second_and_its_lock_is_broken_after_kill_9(
   log = open(tmp_path / "holder.log", "w")
   holder = subprocess.Popen(
       [sys.executable, "-m", "lmjax", "train", "tiny-gpt", "--run-dir", str(run_dir), "--set",
-       *TINY, "train.steps=100000"], cwd=ROOT, env=cpu_env(1), stdout=log,
+       *TINY, "train.steps=100000"], cwd=ROOT, stdout=log,
+      # killed mid-run: it must not be writing the compilation cache the suite shares
+      env=cpu_env(1, JAX_ENABLE_COMPILATION_CACHE="false"),
       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
   try:
     deadline = time.monotonic() + 120

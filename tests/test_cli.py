@@ -175,3 +175,17 @@ def test_a_fifo_or_device_as_input_is_named_as_such_never_read(tmp_path, capsys,
   kind = "a FIFO (named pipe)" if special.endswith("fifo") else "a character device"
   assert code == 2 and f"is {kind}, not a" in err and message in err, err
   assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_params_cannot_fit_is_refused_before_its_checkpoint_is_read(
+    trained_gpt, tmp_path, capsys):
+  import shutil
+  import yaml
+  run = tmp_path / "run"
+  shutil.copytree(trained_gpt, run)
+  config = yaml.safe_load((run / "config.yaml").read_text())
+  config["model"]["embed_dim"] = 10**8  # as if config.yaml said so
+  (run / "config.yaml").write_text(yaml.safe_dump(config))
+  code, _, err = run_cli(capsys, "generate", "--run-dir", run, "--prompt", "The")
+  assert code == 2 and "Traceback" not in err, err
+  assert f"loading the params of {run} needs at least" in err and "TiB per device" in err

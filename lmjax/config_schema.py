@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import decimal
 import enum
 import types
 import typing
@@ -86,7 +87,21 @@ def _coerce_scalar(value: Any, hint: type, where: str) -> Any:
       return float(value)
     except ValueError:
       pass
+  if hint is int and not is_bool and isinstance(value, (float, str)):  # 1e4, 1.0e4, 2048.0
+    whole = _whole_number(value)
+    if whole is not None:
+      return whole
   raise UserError(f"{where} must be {_TYPE_NAMES[hint]}, got {value!r} ({type(value).__name__}).")
+
+
+def _whole_number(value: float | str) -> int | None:
+  """The int a float or a numeric string such as '1e4' (YAML 1.1 reads a number without a dot
+  as a string) stands for exactly, else None."""
+  try:
+    number = decimal.Decimal(str(value).strip())  # exact: '1e23' is 10**23, not float's
+  except decimal.InvalidOperation:
+    return None
+  return int(number) if number.is_finite() and number == number.to_integral_value() else None
 
 
 def did_you_mean(word: str, options, section: str | None = None) -> str:

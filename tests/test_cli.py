@@ -188,4 +188,4 @@ def test_a_run_whose_params_cannot_fit_is_refused_before_its_checkpoint_is_read(
   (run / "config.yaml").write_text(yaml.safe_dump(config))
   code, _, err = run_cli(capsys, "generate", "--run-dir", run, "--prompt", "The")
   assert code == 2 and "Traceback" not in err, err
-  assert f"loading the params of {run} needs at least" in err and "TiB per device" in err
+  assert f"loading the params of {run} needs at least" in err and "iB per device" in err

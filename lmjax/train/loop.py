@@ -34,7 +34,7 @@ from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.resume_policy import Change, check_resume, history_entry
 from lmjax.run.run_dir import RunDir
-from lmjax.sharding import mesh_rules
+from lmjax.sharding import MeshRules, mesh_axes_size, mesh_rules
 from lmjax.train.evaluate import evaluate
 from lmjax.train.inputs import TrainBatches, batch_sources, inherit_labels, shared_corpus
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
@@ -119,6 +119,16 @@ def _lock(run: RunDir) -> DirectoryLock | None:
   return lock
 
 
+def _residual_bytes(config: Config, placement: MeshRules) -> int:
+  """Bytes one device holds of a micro-batch's residual stream at every layer's input (and the
+  last's output): whatever the remat policy, the backward pass needs at least these."""
+  shards = mesh_axes_size(placement.mesh, placement.batch_sharding().spec[0])
+  rows = -(-config.train.batch_size // (config.train.grad_accum_steps * shards))
+  itemsize = jax.numpy.dtype(config.train.compute_dtype.value).itemsize
+  model = config.model
+  return rows * config.train.seq_len * model.embed_dim * itemsize * (model.num_layers + 1)
+
+
 def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   """Every check a start needs (run directory, resume policy, mesh, data, tokenizer, state
   layout), in that order; nothing is written. A classifier's labels are the run's, else the
@@ -132,12 +142,18 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
   setup = setup_step(config, placement)
-  check_fits(per_device_bytes(setup.abstract_state)  # + the gradients of what trains
-             + per_device_bytes(trained_part(setup.abstract_state.params, config.model)),
-             what="the train state (params, optimizer state and gradients)",
+  state_bytes = (per_device_bytes(setup.abstract_state)  # + the gradients of what trains
+                 + per_device_bytes(trained_part(setup.abstract_state.params, config.model)))
+  check_fits(state_bytes, what="the train state (params, optimizer state and gradients)",
              knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
                    "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
                    "adapters (model.lora.rank)")
+  check_fits(state_bytes + _residual_bytes(config, placement),
+             what="the train state and one micro-batch's activations (the residual stream "
+                  "kept at every layer for the backward pass, a lower bound)",
+             knobs="lower train.batch_size or train.seq_len, split the batch into "
+                   "train.grad_accum_steps micro-batches, or spread it over more devices "
+                   "(mesh.data, mesh.fsdp)")
   train_source, eval_source = batch_sources(config, corpus)
   return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer(), changes,
                    allow_change)

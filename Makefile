@@ -3,6 +3,7 @@
 #   make test        run the whole test suite
 #   make test-fast   the inner loop: model, config, data, conversion parity, families, refusals
 #   make sentiment   pre-train tiny-bert, then fine-tune it on Rotten Tomatoes sentiment
+#   make docs        build the documentation site into site/ (open site/index.html)
 # Each creates (or reuses) the virtual environment .venv/ and installs what it needs into it.
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test test-fast sentiment sentiment-minilm sft-smollm2 book-smollm2 clean
+.PHONY: demo test test-fast sentiment sentiment-minilm sft-smollm2 book-smollm2 docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -97,5 +98,15 @@ test-fast: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q $(FAST)
 
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link or a public
+# function without a docstring; the config and command-line references are generated from the
+# code (docs/hooks/reference.py). `make test` builds it the same way (tests/test_docs.py).
+$(VENV)/.installed-docs: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[docs]'
+	touch $@ $(VENV)/.installed-core
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

@@ -61,6 +61,9 @@ class GenerationSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
+  """One prompt's results: the prompt, what is shown before each continuation, and the
+  continuations."""
+
   prompt: str                # as given
   shown_prompt: str          # what is printed before a continuation ("" with --chat)
   completions: list[str]     # num_return_sequences continuations, cut before a stop string

@@ -4,6 +4,7 @@ pages hold what the code defines."""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tomllib
@@ -54,3 +55,13 @@ def test_the_install_page_names_every_extra():
   extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
   page = (ROOT / "docs/install.md").read_text()
   assert [e for e in extras if f"| `{e}` |" not in page] == []
+
+
+def test_the_readme_is_one_screen_that_links_the_documentation():
+  """The README keeps what a newcomer needs first; the rest lives in docs/ (and figures other
+  pages rely on, the performance page among them, are linked from it)."""
+  readme = (ROOT / "README.md").read_text()
+  links = re.findall(r"\]\(([^)#]+)", readme)
+  assert "docs/index.md" in links and "docs/performance.md" in links and "make docs" in readme
+  assert [link for link in links if not (ROOT / link).is_file()] == []
+  assert len(readme.splitlines()) <= 60, "move long sections into a page under docs/"

@@ -25,7 +25,7 @@ from lmjax.config_model import model_config_from_dict
 from lmjax.config_schema import build, did_you_mean, plain
 from lmjax.data.config import DataConfig
 from lmjax.errors import UserError
-from lmjax.files import read_json_object
+from lmjax.files import read_json_object, special_file
 from lmjax.hf.config import hf_config_to_model_config, hf_labels
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model.config import Head, ModelConfig
@@ -259,6 +259,9 @@ def resolve_config_path(path_or_name: str | pathlib.Path) -> pathlib.Path:
   path = pathlib.Path(path_or_name)
   if path.is_file():
     return path
+  if special_file(path):
+    raise UserError(f"config {str(path_or_name)!r} is {special_file(path)}, not a YAML file: "
+                    f"pass a file (or the name of a shipped config).")
   for candidate in (CONFIG_DIR / f"{path_or_name}.yaml", pathlib.Path("configs") / f"{path_or_name}.yaml"):
     if candidate.is_file():
       return candidate

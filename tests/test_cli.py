@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -223,3 +224,41 @@ def test_a_path_the_system_cannot_create_is_a_user_error_not_a_full_disk(capsys,
                          "/proc/lmjax-tokenizer", "--set", *tiny)
   assert code == 2, err
   assert "No such file or directory" in err and "Free disk space" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--run-dir", "nowhere", "--input", "{special}"], "JSON object per line"),
+    (["score", "{special}", "--run-dir", "nowhere"], ""),
+    (["train", "{special}"], "not a YAML file"),
+    (["train", "tiny-gpt", "--run-dir", "{tmp}/run", "--set", "data.source=text",
+      "data.paths=[{special}]"], "`data.paths` names"),
+])
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_a_fifo_or_device_as_input_is_named_as_such_never_read(tmp_path, capsys, tiny, argv,
+                                                                message, special):
+  """A FIFO would block the read until someone writes, /dev/zero would fill the memory: both
+  are refused by what they are (not "no such file"), with exit 2 and nothing written."""
+  if special == "fifo":
+    special = str(tmp_path / "fifo")
+    os.mkfifo(special)
+  argv = [a.format(special=special, tmp=tmp_path) for a in argv]
+  if argv[0] == "train" and len(argv) > 2:
+    argv[-2:-2] = tiny
+  code, _, err = run_cli(capsys, *argv)
+  kind = "a FIFO (named pipe)" if special.endswith("fifo") else "a character device"
+  assert code == 2 and f"is {kind}, not a" in err and message in err, err
+  assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_params_cannot_fit_is_refused_before_its_checkpoint_is_read(
+    trained_gpt, tmp_path, capsys):
+  import shutil
+  import yaml
+  run = tmp_path / "run"
+  shutil.copytree(trained_gpt, run)
+  config = yaml.safe_load((run / "config.yaml").read_text())
+  config["model"]["embed_dim"] = 10**8  # as if config.yaml said so
+  (run / "config.yaml").write_text(yaml.safe_dump(config))
+  code, _, err = run_cli(capsys, "generate", "--run-dir", run, "--prompt", "The")
+  assert code == 2 and "Traceback" not in err, err
+  assert f"loading the params of {run} needs at least" in err and "TiB per device" in err

@@ -75,6 +75,12 @@ def test_a_resolved_config_round_trips_through_yaml(tmp_path):
     ("model.preset=gpt5", "unknown model.preset 'gpt5'"),
     ("mesh.dcn_data=0", "mesh.dcn_data=0: the number of slices an axis spans"),
     ("novalue", "--set expects key.path=value"),
+    ("model.lora.alpha=32", "model.lora.rank is 0 (no adapters: the whole model trains), but "
+     "model.lora.alpha=32"),
+    ("model.lora.targets=[q]", "give model.lora.rank (e.g. 8 or 16) to train LoRA adapters, or "
+     "remove the model.lora section"),
+    ("train.steps=1e23", "train.steps must be an integer, got '1e23'"),
+    ("train.steps=1.0e+23", "train.steps must be an integer"),
 ])
 def test_config_mistakes_are_explained(override, expected):
   with pytest.raises(UserError, match=None) as info:

@@ -1,6 +1,8 @@
-"""Every notebook in notebooks/ runs top to bottom without an error, and the outputs stored in
-it read as a tutorial's should: no path of the machine that ran it, no warning noise."""
+"""Every notebook in notebooks/ runs top to bottom without an error (the recipes' in
+notebooks/recipes/ by `make recipe-notebooks`, not here), and the outputs stored in each read as
+a tutorial's should: no path of the machine that ran it, no warning noise."""
 
+import ast
 import pathlib
 import re
 
@@ -8,7 +10,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+ROOT = pathlib.Path(__file__).parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+RECIPES = sorted((ROOT / "notebooks" / "recipes").glob("*.ipynb"))
 
 # An absolute path: "/" after a space, a quote, a bracket or the line's start, then a name and
 # another "/" (so "tok/s", "8/12" and "a / b" are not paths), or a Windows drive.
@@ -42,7 +46,7 @@ def assert_clean(notebook) -> None:
     assert not WARNING_LINE.search(text), f"cell {n} shows a warning: {text[:500]}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS + RECIPES, ids=lambda p: p.name)
 def test_stored_outputs_hold_no_machine_path_and_no_warning(path):
   assert_clean(nbformat.read(path, as_version=4))
 
@@ -62,3 +66,38 @@ def test_notebook_runs(path, tmp_path):
   NotebookClient(notebook, timeout=300, kernel_name="python3",
                  resources={"metadata": {"path": str(tmp_path)}}).execute()
   assert_clean(notebook)  # clean by construction: a fresh run's outputs as well as the stored
+
+
+# The recipes' notebooks (notebooks/recipes/) train real pretrained models for minutes: `make
+# recipe-notebooks` runs them, not the suite. Here: what they name exists, so that a renamed
+# config, make target or benchmark helper breaks this test rather than a reader's notebook.
+def test_there_are_three_recipe_notebooks_and_make_runs_them():
+  assert [p.stem for p in RECIPES] == ["book_smollm2", "sentiment_minilm", "sft_smollm2"]
+  assert "notebooks/recipes/*.ipynb" in (ROOT / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_a_recipe_notebook_names_configs_and_helpers_that_exist(path):
+  cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+  source = "\n".join(c.source for c in cells)
+  tree = ast.parse(source)  # every cell is plain Python
+  trained = re.findall(r'lmjax\("train", "([\w-]+)"', source)
+  assert trained, "a recipe trains"
+  for name in trained:
+    assert (ROOT / "configs" / f"{name}.yaml").is_file(), name
+    assert re.search(rf"^{name}:", (ROOT / "Makefile").read_text(), re.M), f"make {name}"
+  for node in ast.walk(tree):
+    helper = ROOT / "benchmarks" / f"{node.module}.py" if isinstance(node, ast.ImportFrom) else None
+    if helper and helper.is_file():
+      assert {a.name for a in node.names} <= top_level_names(helper), node.module
+
+
+def top_level_names(module: pathlib.Path) -> set[str]:
+  """The functions, classes and assigned names a Python file defines at its top level."""
+  names = set()
+  for node in ast.parse(module.read_text()).body:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, ast.Assign):
+      names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+  return names

@@ -11,6 +11,7 @@ refers to the source by a BaseRef (lmjax.run.base_ref); otherwise its checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 from typing import Any
@@ -66,8 +67,16 @@ def start_from_source(state, tx, opt_state_shardings, source: str, config: Model
     report += f"; not used: {', '.join(unused)}"
   base = _base_reference(source, step, config, kept_fresh, run_path)
   if base is not None:
-    report += f"; checkpoints hold the trained params only, the base is {base}"
+    shown = dataclasses.replace(base, source=_shown(base.source))
+    report += f"; checkpoints hold the trained params only, the base is {shown}"
   return state.replace(params=params, opt_state=opt_state), report, base
+
+
+def _shown(path: str) -> str:
+  """`path` relative to the working directory when it lies under it (as the user wrote it,
+  and as a notebook's output should show it), else absolute."""
+  absolute, here = pathlib.Path(path), pathlib.Path.cwd()
+  return str(absolute.relative_to(here)) if absolute.is_relative_to(here) else path
 
 
 def _base_reference(source: str, step: int | None, config: ModelConfig, kept_fresh: list[str],

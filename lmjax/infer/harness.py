@@ -235,7 +235,7 @@ def check_tasks(manager, tasks: Sequence[str]) -> list[str]:
       hint = f" Close ones: {', '.join(close)}." if close else ""
       raise UserError(f"--tasks names {task!r}, which lm-evaluation-harness does not know.{hint} "
                       f"A task of your own: a YAML file in a directory given with "
-                      f"--include-path (README: evaluation).")
+                      f"--include-path (docs/evaluate.md).")
   return list(tasks)
 
 

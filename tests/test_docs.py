@@ -65,3 +65,10 @@ def test_the_readme_is_one_screen_that_links_the_documentation():
   assert "docs/index.md" in links and "docs/performance.md" in links and "make docs" in readme
   assert [link for link in links if not (ROOT / link).is_file()] == []
   assert len(readme.splitlines()) <= 60, "move long sections into a page under docs/"
+
+
+def test_the_readme_shows_the_test_command_that_ci_runs():
+  ci = [line for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))]
+  assert ci == ["make test"]
+  assert re.search(r"^make test\b", (ROOT / "README.md").read_text(), re.MULTILINE)

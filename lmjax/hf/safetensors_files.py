@@ -22,6 +22,7 @@ import numpy as np
 import safetensors
 
 from lmjax.errors import UserError
+from lmjax.extras import require
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -95,7 +96,7 @@ class CheckpointReader:
     self.close()
     path = self.dir / file
     if self._pickled:
-      import torch  # deferred: PyTorch is an extra; only pickled weights need it
+      torch = require("torch", extra="hf", needed_for="reading pytorch_model.bin (--allow-pickle)")
 
       try:  # mmap keeps memory bounded: tensors are paged in when read
         handle = torch.load(path, weights_only=True, map_location="cpu", mmap=True)

@@ -56,11 +56,31 @@ class TrainObjective(enum.Enum):
   MASKED_LM = "masked_lm"
   CLASSIFY = "classify"
   SFT = "sft"              # instruction tuning of a causal LM: the loss on the answers only
+  DPO = "dpo"              # preference pairs (train.preference): sigmoid DPO against a reference
+  IPO = "ipo"              # the squared, length-normalised loss against a reference
+  ORPO = "orpo"            # odds ratio + NLL of the chosen answer, reference-free
+  SIMPO = "simpo"          # length-normalised margin with a target gap, reference-free
 
 
 class NanPolicy(enum.Enum):
   STOP = "stop"            # end the run (exit code 3) naming the step, the loss and the bad param
   SKIP_STEP = "skip_step"  # discard that update, count it in `skipped_steps`, carry on
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceConfig:
+  """The preference objectives' settings (`train.preference.*`), as trl names them. dpo and ipo
+  compare the policy with a reference: the LoRA base with the adapters off (same params, no
+  extra memory), so they need model.lora.rank > 0; orpo and simpo need no reference."""
+  beta: float = 0.1              # DPO/ORPO/SimPO temperature; IPO's tau (target gap 1/(2 beta))
+  label_smoothing: float = 0.0   # dpo, simpo: the chance a label is flipped (conservative DPO)
+  simpo_gamma: float = 0.5       # simpo: the target reward margin (divided by beta, as trl does)
+
+  def __post_init__(self):
+    check_ranges(self, "train.preference", {
+        "beta": POSITIVE,
+        "label_smoothing": Range(0, 0.5, high_open=True, why="a flip probability below 1/2"),
+        "simpo_gamma": NON_NEGATIVE})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +111,7 @@ class TrainConfig:
   debug_nan_at_step: int | None = None  # testing hook: multiplies that step's loss by NaN
   compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
   objective: TrainObjective = TrainObjective.AUTO
+  preference: PreferenceConfig = PreferenceConfig()  # dpo, ipo, orpo, simpo
 
   def __post_init__(self):
     check_ranges(self, "train", _TRAIN_RANGES)

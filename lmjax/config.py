@@ -91,19 +91,15 @@ _TRAIN_RANGES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class PreferenceConfig:
-  """The preference objectives' settings (`train.preference.*`), as trl names them. dpo and ipo
-  compare the policy with a reference: the LoRA base with the adapters off (same params, no
-  extra memory), so they need model.lora.rank > 0; orpo and simpo need no reference."""
+class PreferenceConfig:  # train.preference.*, as trl names them; dpo and ipo need LoRA (setup.py)
+  RANGES: ClassVar[Mapping[str, Range]] = {"beta": POSITIVE, "simpo_gamma": NON_NEGATIVE,
+      "label_smoothing": Range(0, 0.5, high_open=True, why="a flip probability below 1/2")}
   beta: float = 0.1              # DPO/ORPO/SimPO temperature; IPO's tau (target gap 1/(2 beta))
   label_smoothing: float = 0.0   # dpo, simpo: the chance a label is flipped (conservative DPO)
   simpo_gamma: float = 0.5       # simpo: the target reward margin (divided by beta, as trl does)
 
   def __post_init__(self):
-    check_ranges(self, "train.preference", {
-        "beta": POSITIVE,
-        "label_smoothing": Range(0, 0.5, high_open=True, why="a flip probability below 1/2"),
-        "simpo_gamma": NON_NEGATIVE})
+    check_ranges(self, "train.preference", self.RANGES)
 
 
 @dataclasses.dataclass(frozen=True)

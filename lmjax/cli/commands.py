@@ -44,7 +44,9 @@ def _load(args, **options) -> Loaded:
   """The model a command's SOURCE names (`--run-dir DIR` or `--hf HF_DIR_OR_HUB_ID`), with its
   tokenizer, through the one loader (lmjax.run.loader)."""
   kind, source = ("run", args.run_dir) if args.run_dir is not None else ("hf", args.hf)
-  return load(source, step=args.step, require_tokenizer=True, kind=kind, **options)
+  scheme = getattr(args, "quantize", None)
+  return load(source, step=args.step, require_tokenizer=True, kind=kind,
+              quantization={"scheme": scheme} if scheme else None, **options)
 
 
 def _cmd_train(args) -> int:

@@ -85,6 +85,12 @@ def preference_settings(config: Config) -> Settings | None:
 def setup_step(config: Config, placement: MeshRules) -> StepSetup:
   """Checks that the config fits the mesh, then builds the sharded, jitted train step for it."""
   check_batch_fits_mesh(config, placement)
+  if config.model.quantization.enabled:
+    raise UserError(
+        f"model.quantization.scheme={config.model.quantization.scheme.value} stores the weights "
+        f"as integers for inference, which training cannot update: remove the "
+        f"model.quantization section to train, then quantize when you generate, score or "
+        f"evaluate (--quantize {config.model.quantization.scheme.value}).")
   model, objective = make_model(config), objective_of(config)
   preference = preference_settings(config)
   tx = make_optimizer(config.train)

@@ -40,19 +40,20 @@ def reference_log_probs(model, params, input_ids, targets, attention_mask=None):
 
 
 def bucket_bound(length: int) -> float:
-  """The padding bucket_length promises: under max(_MIN_BUCKET, length / 8) positions."""
-  return max(scoring._MIN_BUCKET, length / 8)
+  """The padding bucket_length promises: under max(16, min(length / 8, 128)) positions."""
+  return max(scoring._MIN_BUCKET, min(length / 8, scoring._MAX_STEP))
 
 
-def test_padding_stays_under_an_eighth_just_past_every_bucket_boundary():
+def test_padding_stays_under_an_eighth_and_128_positions_just_past_every_bucket_boundary():
   buckets = sorted({bucket_length(n, NO_CAP) for n in range(1, 40_000)})
   for edge in buckets:
     for length in (edge + 1, edge + 2, edge + scoring._MIN_BUCKET - 1):
       padded = bucket_length(length, NO_CAP)
       assert length <= padded and padded % scoring._MIN_BUCKET == 0, length
       assert padded - length < bucket_bound(length), (length, padded)
-  # the case in the issue: a 4,232-token document was scored as 8,192
-  assert bucket_length(4232, 8192) == 4608
+  # the case in the issue: a 4,232-token document was scored as 8,192 (2.8% padding, not 94%)
+  assert bucket_length(4232, 8192) == 4352
+  assert bucket_length(8193 - 127, 8192) == 8192 and bucket_length(8000, 8192) == 8064
 
 
 def test_padding_bound_holds_for_every_length_and_a_cap_only_lowers_it():
@@ -65,8 +66,8 @@ def test_padding_bound_holds_for_every_length_and_a_cap_only_lowers_it():
 
 
 def test_few_lengths_are_compiled_per_doubling():
-  # 8 multiples of 16 up to 128, then 8 lengths in each doubling after: 8 + 8 * 6 up to 8,192.
-  assert len({bucket_length(n, NO_CAP) for n in range(1, 8193)}) == 8 + 8 * 6
+  # 8 multiples of 16 up to 128, 8 lengths in each doubling to 1,024, then multiples of 128
+  assert len({bucket_length(n, NO_CAP) for n in range(1, 8193)}) == 8 + 8 * 3 + 7 * 1024 // 128
 
 
 # -- log-probabilities a chunk of positions at a time ---------------------------------------------

@@ -3,7 +3,7 @@
 Log-likelihoods project the final hidden states to the vocabulary a chunk of positions at a
 time (`target_log_probs`), keeping each position's log p(target) and never the whole
 [batch, length, vocab] logits or their log-softmax. Batches of continuations are padded to
-lengths under 1/8 above their own (`bucket_length`).
+lengths a few percent above their own (`bucket_length`: under 1/8, and under 128 positions).
 Dense attention reads long rows a block of queries at a time (lmjax.model.attention).
 """
 
@@ -205,11 +205,14 @@ def classify(model: Transformer, params, input_ids, attention_mask=None, token_t
 
 # -- continuations: what lm-evaluation-harness and perplexity ask for ---------------------------
 
-# A batch's padded length is the next multiple of a step that is 1/16 of the power of two at or
-# above its longest row (at least _MIN_BUCKET): 8 lengths per doubling, so padding stays under
-# max(_MIN_BUCKET, length / 8) (a 4,232-token window is scored at 4,608, not 8,192) while scoring
-# requests of varied lengths compiles a few dozen programs at most, not one per length.
+# A batch's padded length is the next multiple of a step: 1/16 of the power of two at or above
+# its longest row, at least _MIN_BUCKET and at most _MAX_STEP. So 8 lengths per doubling up to
+# 1,024 tokens, where compiling dominates, then every multiple of 128, where computing does: the
+# padding stays under max(_MIN_BUCKET, min(length / 8, _MAX_STEP)) positions (a 4,232-token
+# window is scored at 4,352, not 8,192), and scoring requests of varied lengths compiles a few
+# dozen programs at most (88 up to 8,192 tokens), not one per length.
 _MIN_BUCKET = 16
+_MAX_STEP = 128
 _BUCKETS_PER_DOUBLING = 8
 # Rows per batch are cut to keep a batch's attention scores and their softmax (float32, a block
 # of queries at a time: attention.QUERY_BLOCK) near this many bytes, so that a long window is
@@ -219,10 +222,10 @@ _ATTENTION_BYTES = 1 << 30
 
 def bucket_length(length: int, cap: int) -> int:
   """The padded length of a batch whose longest row has `length` tokens, at most `cap`: a
-  multiple of max(_MIN_BUCKET, 2**ceil(log2(length)) / 16), so the padding is under
-  max(_MIN_BUCKET, length / 8) positions."""
+  multiple of 2**ceil(log2(length)) / 16 clipped to [_MIN_BUCKET, _MAX_STEP], so the padding
+  is under max(_MIN_BUCKET, min(length / 8, _MAX_STEP)) positions."""
   octave = 1 << max(length - 1, 0).bit_length()  # the power of two at or above length
-  step = max(_MIN_BUCKET, octave // (2 * _BUCKETS_PER_DOUBLING))
+  step = min(_MAX_STEP, max(_MIN_BUCKET, octave // (2 * _BUCKETS_PER_DOUBLING)))
   return min(-(-length // step) * step, cap)
 
 
@@ -254,7 +257,7 @@ def continuation_log_likelihoods(model: Transformer, params,
   model.max_seq_len) tokens of context + continuation, less the final one, and the continuation
   is its last predictions; a longer context loses its oldest tokens. Contexts need at least one
   token (a BOS/EOS prefix for an empty one) and continuations at most `max_length`. Requests are
-  sorted by length and padded to bucketed lengths (`bucket_length`: under 1/8 more) in
+  sorted by length and padded to bucketed lengths (`bucket_length`: under 1/8 and 128 more) in
   batches of at most `batch_size` (fewer for long rows, whose attention would pass ~1 GiB); the
   logits are taken a chunk of positions at a time. `progress(n)` is called as n more are done.
   """

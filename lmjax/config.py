@@ -17,7 +17,7 @@ import enum
 import logging
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import yaml
 
@@ -25,7 +25,7 @@ from lmjax.config_model import model_config_from_dict
 from lmjax.config_schema import build, did_you_mean, plain
 from lmjax.data.config import DataConfig
 from lmjax.errors import UserError
-from lmjax.files import read_json_object
+from lmjax.files import read_json_object, special_file
 from lmjax.hf.config import hf_config_to_model_config, hf_labels
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model.config import Head, ModelConfig
@@ -63,8 +63,33 @@ class NanPolicy(enum.Enum):
   SKIP_STEP = "skip_step"  # discard that update, count it in `skipped_steps`, carry on
 
 
+_AT_LEAST_ONE = Range(1)
+# The step counter is an int32 in the train state and its checkpoints.
+_STEPS = Range(1, 2**31 - 1, why="steps are counted in int32")
+_TRAIN_RANGES = {
+    **dict.fromkeys(("batch_size", "seq_len", "grad_accum_steps", "log_every",
+                     "keep_checkpoints", "checkpoint_every", "eval_batches"), _AT_LEAST_ONE),
+    "steps": _STEPS,
+    "learning_rate": NON_NEGATIVE,  # 0 trains nothing: a way to check a setup
+    "warmup_steps": NON_NEGATIVE,
+    "min_learning_rate_ratio": Range(0, 1, why="a fraction of the peak learning rate"),
+    "weight_decay": NON_NEGATIVE,
+    "grad_clip": Range(0, why="0 disables clipping"),
+    "adam_b1": FRACTION,
+    "adam_b2": FRACTION,
+    "adam_eps": POSITIVE,
+    "mlm_probability": Range(0, 1, low_open=True, high_open=True),
+    "loss_chunk_size": Range(0, why="0: no chunking, else a number of positions"),
+    "eval_every": Range(0, why="0 disables periodic eval"),
+    "keep_every": Range(0, why="0 keeps no milestones, else a step interval"),
+    "debug_nan_at_step": _STEPS,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  RANGES: ClassVar[Mapping[str, Range]] = _TRAIN_RANGES  # lmjax.ranges: checked on creation
+
   steps: int = 1000
   batch_size: int = 16                 # global, in sequences
   seq_len: int = 128
@@ -93,37 +118,16 @@ class TrainConfig:
   objective: TrainObjective = TrainObjective.AUTO
 
   def __post_init__(self):
-    check_ranges(self, "train", _TRAIN_RANGES)
+    check_ranges(self, "train", self.RANGES)
     if self.batch_size % self.grad_accum_steps:
       raise UserError(f"train.batch_size={self.batch_size} is not divisible by "
                       f"train.grad_accum_steps={self.grad_accum_steps}.")
 
 
-_AT_LEAST_ONE = Range(1)
-# The step counter is an int32 in the train state and its checkpoints.
-_STEPS = Range(1, 2**31 - 1, why="steps are counted in int32")
-_TRAIN_RANGES = {
-    **dict.fromkeys(("batch_size", "seq_len", "grad_accum_steps", "log_every",
-                     "keep_checkpoints", "checkpoint_every", "eval_batches"), _AT_LEAST_ONE),
-    "steps": _STEPS,
-    "learning_rate": NON_NEGATIVE,  # 0 trains nothing: a way to check a setup
-    "warmup_steps": NON_NEGATIVE,
-    "min_learning_rate_ratio": Range(0, 1, why="a fraction of the peak learning rate"),
-    "weight_decay": NON_NEGATIVE,
-    "grad_clip": Range(0, why="0 disables clipping"),
-    "adam_b1": FRACTION,
-    "adam_b2": FRACTION,
-    "adam_eps": POSITIVE,
-    "mlm_probability": Range(0, 1, low_open=True, high_open=True),
-    "loss_chunk_size": Range(0, why="0: no chunking, else a number of positions"),
-    "eval_every": Range(0, why="0 disables periodic eval"),
-    "keep_every": Range(0, why="0 keeps no milestones, else a step interval"),
-    "debug_nan_at_step": _STEPS,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
+  RANGES: ClassVar[Mapping[str, Range]] = {"initialization_timeout": Range(1, why="seconds")}
+
   coordinator_address: str | None = None   # host:port of process 0; None for one process
   num_processes: int | None = None
   process_id: int | None = None
@@ -133,7 +137,7 @@ class DistributedConfig:
   initialization_timeout: int = 300        # seconds to wait for all processes to join
 
   def __post_init__(self):
-    check_ranges(self, "distributed", {"initialization_timeout": Range(1, why="seconds")})
+    check_ranges(self, "distributed", self.RANGES)
     if self.auto:
       return
     given = [self.coordinator_address is not None, self.num_processes is not None,
@@ -181,6 +185,9 @@ class LoggingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+  """A run config: its sections (`model`, `train`, `mesh`, `distributed`, `data`, `logging`)
+  and the source of the initial weights; made by `load_config`, frozen and validated."""
+
   model: ModelConfig
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
@@ -252,6 +259,9 @@ def resolve_config_path(path_or_name: str | pathlib.Path) -> pathlib.Path:
   path = pathlib.Path(path_or_name)
   if path.is_file():
     return path
+  if special_file(path):
+    raise UserError(f"config {str(path_or_name)!r} is {special_file(path)}, not a YAML file: "
+                    f"pass a file (or the name of a shipped config).")
   for candidate in (CONFIG_DIR / f"{path_or_name}.yaml", pathlib.Path("configs") / f"{path_or_name}.yaml"):
     if candidate.is_file():
       return candidate

@@ -52,14 +52,14 @@ KIND_OVERRIDES = {"lora": ["model.lora.rank=4"],
                   "moe_dropless": ["model.moe.aux_loss_coef=0.1", "model.remat=none"],
                   "moe_capacity": ["model.moe.aux_loss_coef=0.1", "model.moe.capacity_factor=1.0",
                                    "model.remat=none"]}
-KIND_SCANS = {"lora": (True,), "moe_dropless": (True,), "moe_capacity": (True,),
+KIND_SCANS = {"mlm": (True,), "lora": (True,), "moe_dropless": (True,), "moe_capacity": (True,),
               "modernbert": (True,)}
 MESHES = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
           "tensor2_fsdp4": dict(data=1, fsdp=4, tensor=2),
           "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
 # The scanned causal model trains on every mesh, the scanned MLM model on all but plain data
-# parallelism; the unrolled layouts (the same rules, per-layer names) on the two that use
-# every axis; LoRA and ModernBERT on two.
+# parallelism; the unrolled layouts (the same rules, per-layer names, whatever the head) of the
+# causal model on the two that use every axis; LoRA and ModernBERT on two.
 KIND_MESHES = {"modernbert": ("fsdp8", "tensor2_fsdp4"), "lora": ("fsdp8", "tensor2_fsdp4")}
 UNROLLED_MESHES = ("fsdp8", "data2_fsdp2_tensor2")
 

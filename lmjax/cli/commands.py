@@ -27,7 +27,7 @@ from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import complete, perplexity
-from lmjax.infer import fill_mask
+from lmjax.infer import cloze_ids, fill_mask
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
@@ -168,8 +168,7 @@ def _cmd_generate(args) -> int:
   elif streams:
     print()
   else:
-    shown = [r.shown_prompt + text for r in results for text in r.completions]
-    print("\n\n".join(shown))
+    print(complete.format_completions(results))
   return 0
 
 
@@ -188,24 +187,15 @@ def _cmd_predict(args) -> int:
 def _cmd_fill_mask(args) -> int:
   loaded = _load(args)
   model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
-  if tokenizer.mask_id is None:
-    raise UserError("this model's tokenizer has no mask token, so it cannot fill masks.")
-  mask_text = tokenizer.id_to_token(tokenizer.mask_id)
-  pieces = args.text.replace("[MASK]", mask_text).split(mask_text)
-  if len(pieces) < 2:
-    raise UserError(f"--text has no mask token: write [MASK] (or {mask_text}) where a word is missing.")
-  ids = [tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id]
-  for i, piece in enumerate(pieces):
-    if i:
-      ids.append(tokenizer.mask_id)
-    ids.extend(tokenizer.encode(piece))
-  ids.append(tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id)
-  ids = [i for i in ids if i is not None]
-  for n, candidates in enumerate(fill_mask(model, params, ids, mask_id=tokenizer.mask_id,
-                                           top_k=args.top_k)):
-    print(f"mask {n + 1}:")
-    for token_id, prob in candidates:
-      print(f"  {prob:.4f}  {tokenizer.decode([token_id])!r}")
+  answers = [fill_mask(model, params, cloze_ids(tokenizer, text), mask_id=tokenizer.mask_id,
+                       top_k=args.top_k) for text in args.text]  # every text checked first
+  for number, (text, masks) in enumerate(zip(args.text, answers), 1):
+    if len(args.text) > 1:  # one block per text, headed by it
+      print(("\n" if number > 1 else "") + f"text {number}: {text!r}")
+    for n, candidates in enumerate(masks, 1):
+      print(f"mask {n}:")
+      for token_id, prob in candidates:
+        print(f"  {prob:.4f}  {tokenizer.decode([token_id])!r}")
   return 0
 
 
@@ -308,7 +298,7 @@ _STORAGE_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = cli_parser.parser().parse_args(argv)
+  args = cli_parser.parse(argv)
   app.configure_process()
   try:
     _check_paths(args)

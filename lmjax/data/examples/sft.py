@@ -136,6 +136,14 @@ def load_sft(data: DataConfig, rows: list[tuple[dict, str]], stats: ReadStats,
   num_eval = min(max(1, round(len(examples) * data.eval_fraction)), len(examples) - 1)
   train, truncated = pack_examples(examples[:-num_eval], seq_len)
   held_out, cut = pack_examples(examples[-num_eval:], seq_len)
+  for packed, part, which in ((train, examples[:-num_eval], "training"),
+                              (held_out, examples[-num_eval:], "held-out")):
+    if not packed["loss_mask"].any():  # the loss would be 0.0 on nothing
+      shortest = min(mask.index(1) for _, mask in part)
+      raise UserError(
+          f"train.seq_len={seq_len} cuts away the answer of every {which} instruction example "
+          f"(the shortest prompt is {shortest} tokens), so there would be nothing to learn or "
+          f"evaluate: raise train.seq_len (up to model.max_seq_len) or shorten the prompts.")
   log.info("kept %d instruction examples (%d trained tokens of %d), packed into %d + %d rows of "
            "%d tokens", len(examples), sum(sum(m) for _, m in examples),
            sum(len(i) for i, _ in examples), len(train["input_ids"]), len(held_out["input_ids"]),

@@ -56,6 +56,10 @@ class TrainObjective(enum.Enum):
   MASKED_LM = "masked_lm"
   CLASSIFY = "classify"
   SFT = "sft"              # instruction tuning of a causal LM: the loss on the answers only
+  DPO = "dpo"              # preference pairs (train.preference): sigmoid DPO against a reference
+  IPO = "ipo"              # the squared, length-normalised loss against a reference
+  ORPO = "orpo"            # odds ratio + NLL of the chosen answer, reference-free
+  SIMPO = "simpo"          # length-normalised margin with a target gap, reference-free
 
 
 class NanPolicy(enum.Enum):
@@ -84,6 +88,18 @@ _TRAIN_RANGES = {
     "keep_every": Range(0, why="0 keeps no milestones, else a step interval"),
     "debug_nan_at_step": _STEPS,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceConfig:  # train.preference.*, as trl names them; dpo and ipo need LoRA (setup.py)
+  RANGES: ClassVar[Mapping[str, Range]] = {"beta": POSITIVE, "simpo_gamma": NON_NEGATIVE,
+      "label_smoothing": Range(0, 0.5, high_open=True, why="a flip probability below 1/2")}
+  beta: float = 0.1              # DPO/ORPO/SimPO temperature; IPO's tau (target gap 1/(2 beta))
+  label_smoothing: float = 0.0   # dpo, simpo: the chance a label is flipped (conservative DPO)
+  simpo_gamma: float = 0.5       # simpo: the target reward margin (divided by beta, as trl does)
+
+  def __post_init__(self):
+    check_ranges(self, "train.preference", self.RANGES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +132,7 @@ class TrainConfig:
   debug_nan_at_step: int | None = None  # testing hook: multiplies that step's loss by NaN
   compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
   objective: TrainObjective = TrainObjective.AUTO
+  preference: PreferenceConfig = PreferenceConfig()  # dpo, ipo, orpo, simpo
 
   def __post_init__(self):
     check_ranges(self, "train", self.RANGES)

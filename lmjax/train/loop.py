@@ -191,7 +191,8 @@ class _Loop:
                                 num_steps=config.train.steps, start=begin.step,
                                 workers=config.data.workers, state=begin.data_state)
     self.eval_fn = jit_eval_step(setup.model, setup.objective, setup.placement,
-                                 setup.shardings.params, loss_chunk=config.train.loss_chunk_size)
+                                 setup.shardings.params, loss_chunk=config.train.loss_chunk_size,
+                                 preference=setup.preference)
     self.writer = MetricsWriter(prepared.run.path, total_steps=config.train.steps,
                                 start_step=begin.step, enabled=prepared.writes,
                                 wandb=config.logging.wandb, config=config.to_dict())
@@ -325,8 +326,11 @@ def _metrics_row(config: Config, done: int, metrics: dict, tokens_per_second: fl
       "skipped_steps": skipped_steps,
       "skipped_records": skipped_records,
   }
-  if config.model.head.value != "causal_lm":
-    row["accuracy"] = float(metrics["accuracy"])
+  if config.model.head.value != "causal_lm" or "rewards_chosen" in metrics:
+    row["accuracy"] = float(metrics["accuracy"])  # a preference objective's: pairs ranked right
+  for name in ("rewards_chosen", "rewards_rejected", "rewards_margin"):
+    if name in metrics:
+      row[name] = float(metrics[name])
   if "moe_aux_loss" in metrics:  # `loss` is the objective's; the step also minimised this
     row["moe_aux_loss"] = float(metrics["moe_aux_loss"])
   return row

@@ -6,9 +6,9 @@ resumes exactly."""
 import collections
 import json
 import math
-import os
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -98,7 +98,6 @@ def test_the_grpo_loss_its_gradient_and_metrics_match_trl(loss_type, beta, old):
                             settings)
     return sums.loss / sums.weight, extra
 
-  import jax
   (loss, extra), grad = jax.value_and_grad(ours, has_aux=True)(jnp.asarray(values["logps"]))
   expected, theirs, logged = _trl_grpo_loss(values, loss_type=loss_type, beta=beta, epsilon=0.2,
                                             epsilon_high=0.28, old=old)
@@ -260,5 +259,3 @@ def test_a_resumed_grpo_run_samples_and_trains_as_the_uninterrupted_one(toy_runs
     assert math.isclose(got[1], expected[1], rel_tol=1e-6, abs_tol=1e-9), (got, expected)
     assert math.isclose(got[2], expected[2], rel_tol=1e-4, abs_tol=1e-7), (got, expected)
 
-
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

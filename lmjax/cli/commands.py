@@ -27,7 +27,7 @@ from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import complete, perplexity
-from lmjax.infer import cloze_ids, fill_mask
+from lmjax.infer import cloze_ids, fill_mask, generate
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
@@ -57,7 +57,8 @@ def _cmd_train(args) -> int:
       print(report.format(), flush=True)
     return 0
   run_dir = args.run_dir or f"runs/{resolve_config_path(args.config).stem}"
-  result = train(config, run_dir, allow_config_change=args.allow_config_change)
+  # A GRPO run samples with inference's KV-cache decoder, which the trainer does not import.
+  result = train(config, run_dir, allow_config_change=args.allow_config_change, sampler=generate)
   if result.stopped_by:
     print(f"stopped {run_dir} by {result.stopped_by} at step {result.final_step} (saved); rerun "
           f"the same command to resume")

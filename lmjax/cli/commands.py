@@ -87,6 +87,9 @@ def _cmd_eval(args) -> int:
     if args.config is None:
       raise UserError("give the run's CONFIG to evaluate on its held-out data, or --data PATH "
                       "to score documents of your own.")
+    if args.quantize:
+      raise UserError(f"--quantize {args.quantize} applies to scored documents (--data PATH), "
+                      f"not yet to a run's held-out batches: add --data, or drop --quantize.")
     print(json.dumps(evaluate_run(args.config, args.run_dir, step=args.step,
                                   overrides=args.overrides)))
     return 0

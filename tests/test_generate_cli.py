@@ -4,6 +4,7 @@ generation_config.json defaults, streaming, bfloat16, and the messages for bad i
 import contextlib
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -146,8 +147,10 @@ def test_num_return_sequences_gives_each_prompt_its_samples(hf_gpt2, tmp_path, c
   assert len(set(records[0]["completions"])) == 3  # independent samples
   code, out, _ = run_cli(capsys, "generate", "--hf", hf_gpt2, "--prompt", "The",
                          "--num-return-sequences", 2, "--max-new-tokens", 12)
-  blocks = out.rstrip("\n").split("\n\n")
-  assert code == 0 and len(blocks) == 2 and all(b.startswith("The") for b in blocks)
+  assert code == 0
+  headers = re.findall(r"^--- prompt 1/1, sequence (\d)/2 ---$", out, flags=re.MULTILINE)
+  blocks = re.split(r"^--- prompt 1/1, sequence \d/2 ---\n", out, flags=re.MULTILINE)[1:]
+  assert headers == ["1", "2"] and all(b.startswith("The") for b in blocks), out
 
 
 # -- generation_config.json ---------------------------------------------------------------------

@@ -38,8 +38,12 @@ def lmjax(*args: str) -> str:
 def write_book(data_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
   """(training text, held-out text) of Botchan, from sentencepiece 0.2.3's sdist."""
   with tempfile.TemporaryDirectory() as tmp:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--no-binary", ":all:", "sentencepiece==0.2.3", "-d", tmp], check=True)
+    # pip's own notes (e.g. about this machine's index configuration) are shown only on failure
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                          "--no-binary", ":all:", "sentencepiece==0.2.3", "-d", tmp],
+                         capture_output=True, text=True)
+    if got.returncode:
+      sys.exit(f"pip download sentencepiece==0.2.3 failed:\n{got.stderr}")
     with tarfile.open(next(pathlib.Path(tmp).glob("sentencepiece-*.tar.gz"))) as sdist:
       raw = sdist.extractfile("sentencepiece-0.2.3/test/botchan.txt").read().decode("utf-8-sig")
   text = raw.split("*** START OF THIS PROJECT GUTENBERG EBOOK")[1].split("\n", 1)[1]

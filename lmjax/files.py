@@ -1,7 +1,8 @@
 """File-system helpers every layer may use: staged output directories, atomic writes, JSON reads.
 
 A staged directory is built under a hidden sibling name and renamed into place only when
-complete, so a failed conversion or data preparation leaves nothing behind; an atomic write
+complete, so a failed conversion or data preparation leaves nothing behind, and its destination
+is locked meanwhile (lmjax.lock), so two writers never build it at once; an atomic write
 replaces a file in one rename, so a crash never leaves half of it.
 """
 
@@ -12,20 +13,38 @@ import json
 import os
 import pathlib
 import shutil
+import stat
 import tempfile
 import uuid
 from typing import Any, Iterator
 
 from lmjax.errors import UserError
+from lmjax.lock import LOCK_FILE, DirectoryLock
 
 
 def check_new_directory(destination: str | os.PathLike) -> pathlib.Path:
-  """`destination` as a path; UserError if it exists and is not an empty directory."""
+  """`destination` as a path; UserError if it exists and is not an empty directory (a lock
+  file alone, lmjax.lock, counts as empty: its holder is named when the lock is taken)."""
   destination = pathlib.Path(destination)
-  if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+  if destination.exists() and (not destination.is_dir() or not is_empty(destination)):
     raise UserError(f"{destination} already exists and is not empty: choose a new directory or "
                     f"remove it first.")
   return destination
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+  """What `path` is when it exists but is neither a regular file nor a directory ("a FIFO
+  (named pipe)", "a character device", …), else None. lmjax reads no such input: a FIFO
+  blocks until someone writes, /dev/zero never ends."""
+  try:
+    mode = os.stat(path).st_mode
+  except (OSError, ValueError):
+    return None
+  return next((what for test, what in _SPECIAL if test(mode)), None)
 
 
 def check_new_file(path: str | os.PathLike, *, flag: str = "--output") -> pathlib.Path:
@@ -37,25 +56,33 @@ def check_new_file(path: str | os.PathLike, *, flag: str = "--output") -> pathli
   return path
 
 
+def is_empty(directory: pathlib.Path) -> bool:
+  """Whether `directory` holds nothing but, maybe, a lock file (lmjax.lock)."""
+  return all(child.name == LOCK_FILE for child in directory.iterdir())
+
+
 @contextlib.contextmanager
 def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
   """A fresh sibling directory of `destination`, renamed to it when the block succeeds.
 
-  Refuses a destination that exists and is not an empty directory; on failure the staging
-  directory is removed and `destination` is untouched.
+  Refuses a destination that exists and is not an empty directory, and one another process
+  is writing (its lock, lmjax.lock, names it); on failure the staging directory is removed and
+  `destination` is as it was.
   """
   destination = check_new_directory(destination)
-  destination.parent.mkdir(parents=True, exist_ok=True)
-  staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
-  staging.mkdir()
-  try:
-    yield staging
-    if destination.exists():
-      destination.rmdir()  # empty, checked above
-    os.replace(staging, destination)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+  with DirectoryLock(destination) as lock:
+    destination = check_new_directory(destination)  # again, now that no one else writes it
+    staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+      yield staging
+      lock.relocate(staging)  # the lock travels with the directory that replaces this one
+      destination.rmdir()
+      os.replace(staging, destination)
+      lock.follow(destination)
+    except BaseException:
+      shutil.rmtree(staging, ignore_errors=True)
+      raise
 
 
 def file_sizes(directory: pathlib.Path) -> dict[str, int]:
@@ -91,6 +118,8 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
   UserError, naming the file, when it is not valid JSON or holds something other than an object.
   """
   path = pathlib.Path(path)
+  if special_file(path):
+    raise UserError(f"{path} is {special_file(path)}, not a file: replace it with the file.")
   if not path.is_file():
     return None
   try:
@@ -112,6 +141,8 @@ def read_json_lines(path: str | os.PathLike, field: str, *, noun: str, hint: str
   `field`. UserError naming the file, or its first bad line, and ending with `hint` (how to
   write one); `noun` names what an empty file lacks ("records", "prompts")."""
   path = pathlib.Path(path)
+  if special_file(path):
+    raise UserError(f"{path} is {special_file(path)}, not a file: {hint}.")
   try:
     lines = path.read_text(encoding="utf-8").splitlines()
   except FileNotFoundError:

@@ -247,6 +247,15 @@ def _rewrite_weights(src: pathlib.Path, dst: pathlib.Path, edit) -> None:
      r"no place for: transformer\.h\.0\.attn\.extra"),
     (lambda t: t.update({"transformer.wpe.weight": np.zeros((31, 48), np.float32)}),
      r"transformer\.wpe\.weight .* shape \[31, 48\], but config\.json implies \[32, 48\]"),
+    # Values that no trained model holds: refused by tensor name and position, not imported.
+    (lambda t: t["transformer.h.1.mlp.c_fc.weight"].__setitem__((5, 7), np.nan),
+     r"tensor transformer\.h\.1\.mlp\.c_fc\.weight in .*model\.safetensors holds nan at "
+     r"\[5, 7\]: weights must be finite"),
+    (lambda t: t["transformer.ln_f.bias"].__setitem__(3, -np.inf),
+     r"tensor transformer\.ln_f\.bias in .* holds -inf at \[3\]"),
+    (lambda t: t.update({"transformer.wpe.weight": np.ones((32, 48), np.int8)}),
+     r"tensor transformer\.wpe\.weight in .* is int8, not floating point: is the checkpoint "
+     r"quantized\?"),
 ])
 def test_missing_unexpected_and_misshapen_tensors_are_named(hf_dirs, tmp_path, edit, message):
   _rewrite_weights(hf_dirs("gpt2_lm")[0], tmp_path, edit)
@@ -296,6 +305,17 @@ def test_a_truncated_safetensors_file_is_named(hf_dirs, tmp_path):
     ("gemma2", {"layer_types": ["full_attention", "chunked_attention"] * 2},
      r"layer_types names 'chunked_attention'"),
     ("gemma2", {"attn_logit_softcapping": 0.0}, r"model\.attn_logit_softcap=0 is out of range"),
+    # Sizes no file holds: refused at once (not after building a million layers' bindings, or
+    # a billion trial divisions to suggest a head count).
+    ("gpt2_lm", {"n_layer": 10**6}, r"config\.json implies at least 16,896,004,656 weights "
+     r"\(1000000 layers of width 48, vocabulary 97\), but its weight files hold 41,104"),
+    ("gpt2_lm", {"n_embd": 10**9}, r"model\.num_heads=6 does not divide "
+     r"model\.embed_dim=1000000000: choose a head count that divides the width \(e\.g\. 5\)"),
+    ("gpt2_lm", {"n_embd": 10**9 - 4}, r"implies at least .* weights \(2 layers of width "
+     r"999999996"),
+    ("llama", {"quantization_config": {"quant_method": "gptq", "bits": 4}},
+     r"config\.json has a quantization_config \(quant_method 'gptq'\): lmjax imports "
+     r"unquantized weights"),
 ])
 def test_unsupported_configs_are_refused_by_name(hf_dirs, tmp_path, name, changes, message):
   path, _ = hf_dirs(name)
@@ -404,6 +424,26 @@ def test_export_refuses_a_non_empty_destination_and_leaves_no_partial_output(tmp
   assert (tmp_path / "empty" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("tokenizer, message", [
+    (b'{"version": "1.0", "model": {"type": "Garbage"}}', "Could not read the tokenizer file"),
+    (None, r"makes ids up to \d+, but the model's vocabulary has 97 rows"),  # byte-level: 259
+])
+def test_an_import_refuses_a_tokenizer_that_does_not_load_or_fit_and_writes_nothing(
+    hf_dirs, tmp_path, tokenizer, message):
+  from lmjax.convert.runs import hf_to_run
+  from lmjax.data.tokenize.tokenizer import Tokenizer
+  path, _ = hf_dirs("gpt2_lm")
+  copy_config(path, tmp_path / "hf")
+  (tmp_path / "hf" / "model.safetensors").symlink_to(path / "model.safetensors")
+  if tokenizer is None:
+    Tokenizer.byte_level().save(tmp_path / "hf")
+  else:
+    (tmp_path / "hf" / "tokenizer.json").write_bytes(tokenizer)
+  with pytest.raises(UserError, match=message):
+    hf_to_run(tmp_path / "hf", tmp_path / "run")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no run, no staging, no lock
+
+
 def test_tokenizer_files_travel_with_the_weights(tmp_path):
   src = tmp_path / "tok"
   src.mkdir()
@@ -417,3 +457,18 @@ def test_tokenizer_files_travel_with_the_weights(tmp_path):
       "config.json", "generation_config.json", "model.safetensors", "spiece.model",
       "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
   assert (tmp_path / "hf" / "vocab.txt").read_text() == "vocab.txt"
+
+
+def test_a_peft_adapter_holding_nan_is_refused_by_tensor_name(tmp_path):
+  from lmjax.hf.peft_import import read_peft
+  (tmp_path / "adapter_config.json").write_text(json.dumps(
+      {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}))
+  lora_a = np.zeros((2, 48), np.float32)
+  lora_a[1, 9] = np.nan
+  save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": lora_a,
+             "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight":
+                 np.zeros((48, 2), np.float32)}, tmp_path / "adapter_model.safetensors")
+  with pytest.raises(UserError, match=r"tensor base_model\.model\.model\.layers\.0\.self_attn\."
+                                      r"q_proj\.lora_A\.weight in .*adapter_model\.safetensors "
+                                      r"holds nan at \[1, 9\]"):
+    read_peft(tmp_path, LMJAX_CASES["llama_tied"])

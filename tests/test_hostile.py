@@ -201,6 +201,16 @@ def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and
   assert step_digests(run) == before
 
 
+def test_the_orbax_internals_that_release_a_failed_saves_threads_are_still_there():
+  """lmjax.run.orbax_errors.release_orbax_threads works around Orbax having no public way to
+  end the commit threads of a save that failed at once (they keep the process alive for 10
+  minutes): this fails as soon as an Orbax upgrade moves what it uses."""
+  from lmjax.run.orbax_errors import orbax_signal_internals
+  thread_class, client, signal_key = orbax_signal_internals()
+  assert callable(getattr(thread_class, "cancel", None)) and callable(signal_key)
+  assert callable(getattr(client, "key_value_set", None))
+
+
 def test_an_unwritable_checkpoints_directory_is_refused_before_training(tmp_path, capsys):
   run = tmp_path / "run"
   assert train_here(capsys, run, "train.steps=10").returncode == 0
@@ -361,3 +371,48 @@ def test_metrics_jsonl_is_strict_json_when_a_loss_is_nan(tmp_path, capsys):
           for line in (run / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["step"] == 5 and rows[-1]["loss"] is None and rows[-1]["skipped_steps"] == 1
 
+
+
+# -- sizes that cannot fit -----------------------------------------------------------------------
+
+
+def test_a_model_whose_train_state_cannot_fit_is_refused_naming_the_size_and_the_knobs(
+    tmp_path, capsys):
+  from tests.helpers import run_cli
+  run = tmp_path / "run"
+  code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", run, "--set", *TINY,
+                         "model.embed_dim=100000000")
+  assert code == 2 and "Traceback" not in err, err
+  assert "the train state (params, optimizer state and gradients) needs at least" in err
+  assert "EiB per device, more than the" in err and "model.embed_dim" in err
+  assert not run.exists()
+
+
+@pytest.mark.parametrize("batch_size", ["1000000000000", "1e400"])
+def test_a_batch_whose_activations_cannot_fit_is_refused_before_any_row_is_placed(
+    tmp_path, capsys, batch_size):
+  from tests.helpers import run_cli
+  run = tmp_path / "run"
+  code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", run, "--set", *TINY,
+                         f"train.batch_size={batch_size}")
+  assert code == 2 and "Traceback" not in err, err
+  assert "one micro-batch's activations (the residual stream kept at every layer" in err
+  assert "per device, more than the" in err and "train.grad_accum_steps" in err
+  assert not run.exists()
+
+
+def test_generation_is_bounded_by_the_context_and_the_kv_cache_by_memory():
+  import dataclasses
+  from lmjax.config import load_config
+  from lmjax.errors import UserError
+  from lmjax.infer import generate
+  from lmjax.model import Transformer
+  config = load_config("tiny-llama", TINY).model  # RoPE: no learned positions to run out of
+  with pytest.raises(UserError, match=r"max_new_tokens=1000000000 is more than this model's "
+                                      r"context \(model.max_seq_len=64 positions\): lower "
+                                      r"--max-new-tokens to at most 64"):
+    generate(Transformer(config), None, [[1, 2]], max_new_tokens=10**9)
+  long = Transformer(dataclasses.replace(config, max_seq_len=2**22))
+  with pytest.raises(UserError, match=r"the KV cache of 1024 sequence\(s\) of \d+ \+ 4194304 tokens "
+                                      r"needs at least .* TiB per device.*lower --max-new-tokens"):
+    generate(long, None, [[1, 2]] * 1024, max_new_tokens=2**22)

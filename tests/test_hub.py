@@ -95,3 +95,18 @@ def test_a_revision_that_would_leave_the_cache_is_refused(revision):
   with pytest.raises(UserError, match=f"revision '{re.escape(revision)}' is not a branch, tag or "
                                       f"commit name"):
     resolve_hf_dir(f"org/name@{revision}")
+
+
+def test_a_revision_naming_a_folder_of_refs_is_explained_not_a_path_error(tmp_path, monkeypatch):
+  """refs/pr/1 makes `@pr` a directory in the cache: it names no branch, tag or commit."""
+  repo = tmp_path / "models--org--tiny"
+  (repo / "refs" / "pr").mkdir(parents=True)
+  (repo / "refs" / "pr" / "1").write_text(COMMIT)
+  (repo / "snapshots" / COMMIT).mkdir(parents=True)
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  assert resolve_hf_dir("org/tiny@pr/1") == str(repo / "snapshots" / COMMIT)
+  with pytest.raises(UserError, match=r"--hf 'org/tiny@pr': revision 'pr' is a group of refs in "
+                                      r"the cache, not a branch, tag or commit: name one of them, "
+                                      r"e.g. org/tiny@pr/1"):
+    resolve_hf_dir("org/tiny@pr")

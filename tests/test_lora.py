@@ -348,13 +348,17 @@ def _lora_from(base, run, *more):
 
 @pytest.mark.parametrize("lora_run", ["llama"], indirect=True)
 def test_a_lora_run_on_a_hugging_face_base_resumes_exactly_and_refuses_a_changed_base(
-    lora_run, tmp_path, capsys):
+    lora_run, tmp_path, capsys, monkeypatch):
   from safetensors.numpy import load_file, save_file
   _, tmp = lora_run
   base = tmp_path / "base_hf"
   shutil.copytree(tmp / "base_hf", base)
   whole, part = tmp_path / "whole", tmp_path / "part"
+  monkeypatch.chdir(tmp_path)  # the report shows a base under the working directory relative
+  capsys.readouterr()
   assert _lora_from(base, whole, "train.steps=6") == 0
+  assert "checkpoints hold the trained params only, the base is base_hf (sha256" in (
+      capsys.readouterr().err)
   train(load_config("tiny-llama", _lora_settings(base, "train.steps=6")), part, stop_after=3)
   assert _lora_from(base, part, "train.steps=6") == 0  # resumes from step 3, base reloaded
   losses = lambda run: [json.loads(line)["loss"] for line in

@@ -53,12 +53,28 @@ def test_a_tokenizer_config_template_is_used(tmp_path):
                                                               "template": "x"}]}),
      "has chat templates named 'tool_use' but none named 'default'"),
     ("tokenizer_config.json", "{not json", "is not valid JSON"),
+    ("tokenizer_config.json", json.dumps({"chat_template": ""}), "holds no chat template"),
+    ("tokenizer_config.json", json.dumps({"model_max_length": 8}), "holds no chat template"),
+    ("", None, "data.chat_template is an empty string"),  # would be read as "."
 ])
 def test_a_chat_template_that_cannot_mean_what_it_says_is_refused(tmp_path, file, content,
                                                                   message):
-  (tmp_path / file).write_text(content)
+  if content is not None:
+    (tmp_path / file).write_text(content)
   with pytest.raises(UserError, match=message):
-    load_template(str(tmp_path / file))
+    load_template(str(tmp_path / file) if file else file)
+
+
+def test_instruction_rows_whose_answers_seq_len_cuts_away_are_refused_not_trained_at_loss_0():
+  from lmjax.data.examples.sft import load_sft
+  rows = [({"prompt": "a long question " * 4, "completion": "yes"}, f"d.jsonl:{i}")
+          for i in range(4)]
+  with pytest.raises(UserError, match=r"train.seq_len=32 cuts away the answer of every training "
+                                      r"instruction example \(the shortest prompt is 64 tokens"):
+    load_sft(DataConfig(), rows, ReadStats(), BYTES, seq_len=32, template_source=None)
+  train, held_out, cut = load_sft(DataConfig(), rows, ReadStats(), BYTES, seq_len=80,
+                                  template_source=None)
+  assert train.arrays["loss_mask"].sum() > 0 and cut == 0
 
 
 def test_sft_targets_count_only_predictions_of_answer_tokens():
@@ -113,6 +129,23 @@ def test_bad_rows_are_named(row, message):
   assert tokenize_examples([(row, "data.jsonl:7")], BYTES, ChatTemplate(DEFAULT_TEMPLATE),
                            DataConfig(bad_records=BadRecords.SKIP), stats) == []
   assert stats.skipped == 1
+
+
+@pytest.mark.parametrize("source, message", [
+    ("{% for i in range(10**9) %}x{% endfor %}", "failed to render it: OverflowError: Range too big"),
+    ("{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}{% endfor %}",
+     "renders more than 1,000,000 characters for it"),
+    ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+     "ran for more than 0.3 s on it"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recurses without end"),
+])
+def test_a_template_that_would_render_without_end_is_stopped_and_named(monkeypatch, source,
+                                                                      message):
+  from lmjax.data.tokenize import render_limits
+  if "ran for more than" in message:  # the others must stop on their own, well before 10 s
+    monkeypatch.setattr(render_limits, "RENDER_SECONDS", 0.3)
+  with pytest.raises(UserError, match=f"data.jsonl:4: the chat template {message}"):
+    ChatTemplate(source).render([{"role": "user", "content": "hi"}], where="data.jsonl:4")
 
 
 def test_a_template_that_fails_names_the_row():

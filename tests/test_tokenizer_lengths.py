@@ -132,6 +132,21 @@ def test_documents_and_prompts_encode_as_transformers_whatever_their_length(publ
   assert [ours.encode(t, add_special_tokens=True) for t in texts] == theirs(texts)["input_ids"]
 
 
+def test_a_long_text_goes_to_the_library_in_pieces_with_the_whole_texts_ids(published,
+                                                                            monkeypatch):
+  """A text longer than PIECE_CHARS (here 64 characters) is encoded piece by piece, each cut
+  before a space: the ids are transformers' for the whole text (a 50 MB line would otherwise
+  go to the Rust tokenizer in one piece)."""
+  from lmjax.data.tokenize import pieces
+  _, _, ours, theirs = published
+  text = "  ".join(_corpus()[:20])
+  monkeypatch.setattr(pieces, "PIECE_CHARS", 64)
+  assert len(pieces.split_long(text)) > len(text) // 64
+  assert max(map(len, pieces.split_long("x" * 200 + " y" * 100))) <= 64  # no space: cut anyway
+  whole = theirs(text, add_special_tokens=False)["input_ids"]
+  assert ours.encode(text) == whole and ours.encode_batch(["a b", text])[1] == whole
+
+
 @pytest.mark.parametrize("seq_len", [FIXED - 4, FIXED, 40])
 def test_classifier_rows_equal_transformers_ids_masks_and_token_types(published, seq_len):
   kind, _, ours, theirs = published

@@ -169,8 +169,7 @@ def _cmd_generate(args) -> int:
   elif streams:
     print()
   else:
-    shown = [r.shown_prompt + text for r in results for text in r.completions]
-    print("\n\n".join(shown))
+    print(complete.format_completions(results))
   return 0
 
 
@@ -207,12 +206,15 @@ def _cmd_predict(args) -> int:
 def _cmd_fill_mask(args) -> int:
   loaded = _load(args)
   model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
-  ids = cloze_ids(tokenizer, args.text)
-  for n, candidates in enumerate(fill_mask(model, params, ids, mask_id=tokenizer.mask_id,
-                                           top_k=args.top_k)):
-    print(f"mask {n + 1}:")
-    for token_id, prob in candidates:
-      print(f"  {prob:.4f}  {tokenizer.decode([token_id])!r}")
+  answers = [fill_mask(model, params, cloze_ids(tokenizer, text), mask_id=tokenizer.mask_id,
+                       top_k=args.top_k) for text in args.text]  # every text checked first
+  for number, (text, masks) in enumerate(zip(args.text, answers), 1):
+    if len(args.text) > 1:  # one block per text, headed by it
+      print(("\n" if number > 1 else "") + f"text {number}: {text!r}")
+    for n, candidates in enumerate(masks, 1):
+      print(f"mask {n}:")
+      for token_id, prob in candidates:
+        print(f"  {prob:.4f}  {tokenizer.decode([token_id])!r}")
   return 0
 
 
@@ -315,7 +317,7 @@ _STORAGE_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = cli_parser.parser().parse_args(argv)
+  args = cli_parser.parse(argv)
   app.configure_process()
   try:
     _check_paths(args)

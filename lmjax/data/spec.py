@@ -19,6 +19,21 @@ class Objective(enum.Enum):
   MASKED_LM = "masked_lm"   # packed documents with BERT masking: targets and their weights
   CLASSIFY = "classify"     # one labelled example per row, padded: token types and a label
   SFT = "sft"               # whole instruction examples packed; the loss only on the answers
+  # Preference pairs (lmjax.data.examples.preference), one pair to a row: prompt + chosen is
+  # segment 1, prompt + rejected segment 2, so one forward pass scores both.
+  DPO = "dpo"
+  IPO = "ipo"
+  ORPO = "orpo"
+  SIMPO = "simpo"
+
+  @property
+  def is_preference(self) -> bool:
+    return self in (Objective.DPO, Objective.IPO, Objective.ORPO, Objective.SIMPO)
+
+  @property
+  def needs_reference(self) -> bool:
+    """Whether the loss compares the policy with a reference model (orpo, simpo do not)."""
+    return self in (Objective.DPO, Objective.IPO)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +62,6 @@ def batch_fields(objective: Objective) -> dict[str, np.dtype]:
     fields.update(targets=np.dtype(np.int32), target_weights=np.dtype(np.float32))
   if objective is Objective.CLASSIFY:
     fields.update(token_type_ids=np.dtype(np.int32), labels=np.dtype(np.int32))
-  if objective is Objective.SFT:
+  if objective is Objective.SFT or objective.is_preference:
     fields.update(loss_mask=np.dtype(np.int32))  # 1: a token of an answer (lmjax.data.examples.sft)
   return fields

@@ -38,6 +38,12 @@ def hf_config_to_model_config(hf_config: Mapping[str, Any], *, scan_layers: bool
   Raises UserError for an unsupported model_type, architecture, activation, RoPE scaling or
   other option, naming it and listing what is supported.
   """
+  quantization = hf_config.get("quantization_config")
+  if quantization is not None:  # its packed integers would otherwise be read as weights
+    method = quantization.get("quant_method") if isinstance(quantization, Mapping) else None
+    raise UserError(f"config.json has a quantization_config (quant_method {method!r}): lmjax "
+                    f"imports unquantized weights (float32, bfloat16 or float16) only. Use the "
+                    f"unquantized model, or dequantize this one first.")
   model_type = model_type_of(hf_config)
   d = {**model_type.class_defaults, **hf_config}  # an explicit null means what it means to HF
   fields: dict[str, Any] = dict(head=_head(model_type, hf_config), scan_layers=scan_layers,

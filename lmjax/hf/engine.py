@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import pathlib
 import re
@@ -94,6 +95,20 @@ def _check_tensors(bindings: list[Binding], stored: Mapping[str, str], reader: C
                       f"config.json implies {list(want)}.")
 
 
+def _check_size(config: ModelConfig, reader: CheckpointReader) -> None:
+  """A config.json that implies far more weights than the files hold (num_hidden_layers=10**6,
+  hidden_size=10**9) is refused before anything is built for it (per-layer bindings, shapes):
+  the implied count is a lower bound (the blocks' matmuls and one embedding)."""
+  implied = config.num_layers * config.block_param_count() + config.embed_dim * config.vocab_size
+  stored = sum(math.prod(shape) for shape in reader.shapes.values())
+  if implied > 1.05 * stored + 4096:
+    raise UserError(f"{reader.dir}/{CONFIG_FILE} implies at least {implied:,} weights "
+                    f"({config.num_layers} layers of width {config.embed_dim}, vocabulary "
+                    f"{config.vocab_size}), but its weight files hold {stored:,}: config.json "
+                    f"does not describe these weights (check num_hidden_layers, hidden_size, "
+                    f"intermediate_size and vocab_size).")
+
+
 class HfWeights:
   """A Hugging Face model directory opened for import: its ModelConfig, and its tensors, checked
   against the family's key map before any data is read, made into lmjax params on request.
@@ -119,6 +134,7 @@ class HfWeights:
       raise UserError(f"dtype={dtype!r} is not a parameter dtype; use float32 (the default), "
                       f"bfloat16 or float16.")
     self._reader = CheckpointReader(hf_dir, allow_pickle=allow_pickle)  # reads headers only
+    _check_size(config, self._reader)
     self._stored = _relative_names(self._reader.shapes, key_map)
     if model_type.optional_pooler and config.head is Head.NONE:  # saved with or without it
       config = dataclasses.replace(config, pooler=model_type.optional_pooler in self._stored)

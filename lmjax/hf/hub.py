@@ -11,6 +11,7 @@ describes (lmjax.hf.gguf.materialise, which writes that directory once into lmja
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 
 from lmjax.errors import UserError
@@ -47,6 +48,12 @@ def resolve_hf_dir(value: str | os.PathLike, *, what: str = "--hf") -> str:
   try:
     return huggingface_hub.snapshot_download(repo_id, revision=revision or None,
                                              local_files_only=True)
+  except IsADirectoryError as e:  # refs/<revision> is a folder of refs (refs/pr/1, …)
+    inside = sorted(p.relative_to(e.filename).as_posix()
+                    for p in pathlib.Path(e.filename).rglob("*") if p.is_file())
+    raise UserError(f"{what} {value!r}: revision {revision!r} is a group of refs in the cache, "
+                    f"not a branch, tag or commit: name one of them, e.g. "
+                    f"{repo_id}@{revision}/{inside[0] if inside else '<name>'}.") from None
   except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as e:
     cache = huggingface_hub.constants.HF_HUB_CACHE
     fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")

@@ -26,6 +26,7 @@ from lmjax.hf.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, without_lora
 from lmjax.hf.bindings import abstract_params, bind
 from lmjax.hf.config import model_config_to_hf_config
 from lmjax.hf.family import model_type_named
+from lmjax.hf.safetensors_files import check_weight
 from lmjax.model import ModelConfig
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import layer_module, scale
@@ -120,9 +121,11 @@ def _tensors(adapter_dir: pathlib.Path) -> dict[str, np.ndarray]:
                     f"are not read).")
   from safetensors.numpy import load_file  # the format's own reader
   try:
-    return {k.replace(".default.", "."): v.astype(np.float32) for k, v in load_file(path).items()}
+    tensors = load_file(path)
   except Exception as e:  # noqa: BLE001 -- a damaged file, said in one line
     raise UserError(f"{path} cannot be read as safetensors ({type(e).__name__}: {e}).") from None
+  return {k.replace(".default.", "."): check_weight(v, k, path).astype(np.float32)
+          for k, v in tensors.items()}
 
 
 def _pair(tensors, name):

@@ -22,6 +22,7 @@ import numpy as np
 import safetensors
 
 from lmjax.errors import UserError
+from lmjax.extras import require
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -95,7 +96,7 @@ class CheckpointReader:
     self.close()
     path = self.dir / file
     if self._pickled:
-      import torch  # deferred: PyTorch is an extra; only pickled weights need it
+      torch = require("torch", extra="hf", needed_for="reading pytorch_model.bin (--allow-pickle)")
 
       try:  # mmap keeps memory bounded: tensors are paged in when read
         handle = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
@@ -118,9 +119,9 @@ class CheckpointReader:
     file = self._file_of[name]
     handle = self._open(file)
     if self._pickled:
-      return _torch_to_numpy(handle[name])
+      return check_weight(_torch_to_numpy(handle[name]), name, self.dir / file)
     try:
-      return handle.get_tensor(name)
+      return check_weight(handle.get_tensor(name), name, self.dir / file)
     except (safetensors.SafetensorError, OSError) as e:
       raise UserError(f"{self.dir / file}: tensor {name} could not be read (corrupt or "
                       f"truncated?): {e}") from None
@@ -134,6 +135,28 @@ class CheckpointReader:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+_CHUNK = 1 << 24  # elements checked at a time: the mask never costs more than 16 MB
+
+
+def check_weight(array: np.ndarray, name: str, where: Any) -> np.ndarray:
+  """`array`, tensor `name` of file `where`, if it holds finite floating-point numbers; else
+  UserError naming the tensor (integers are a quantized checkpoint's packed values, which read
+  as numbers would make a model that computes garbage)."""
+  if array.dtype.kind != "f" and array.dtype != ml_dtypes.bfloat16:
+    raise UserError(f"tensor {name} in {where} is {array.dtype}, not floating point: is the "
+                    f"checkpoint quantized? lmjax imports float32, bfloat16 or float16 weights; "
+                    f"use the unquantized model.")
+  flat = array.reshape(-1)
+  for start in range(0, flat.size, _CHUNK):
+    finite = np.isfinite(flat[start:start + _CHUNK])
+    if not finite.all():
+      at = np.unravel_index(start + int(np.argmin(finite)), array.shape)
+      raise UserError(f"tensor {name} in {where} holds {flat[start + np.argmin(finite)]} at "
+                      f"{list(map(int, at))}: weights must be finite numbers. The file is "
+                      f"damaged or was saved from a diverged run: download or export it again.")
+  return array
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:

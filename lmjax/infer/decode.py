@@ -28,6 +28,7 @@ from lmjax.errors import UserError
 from lmjax.infer.checks import (check_ids, check_length, check_processors, check_sampling,
                                    left_padded_positions, require_causal_lm)
 from lmjax.infer.sampling import Sampling, next_token, seen_ids
+from lmjax.memory import check_fits, per_device_bytes
 from lmjax.model import Transformer, init_cache, unrolled
 
 # Prompts are left-padded to a multiple of this, so that nearby prompt lengths share one compiled
@@ -164,6 +165,10 @@ def _check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens:
       raise UserError(f"prompt {n} is empty: generation needs at least one token to continue "
                       f"(e.g. a beginning-of-sequence id).")
     check_ids(prompt, vocab_size=vocab_size, what=f"prompt {n}")
+  if max_new_tokens > model.config.max_seq_len:  # also bounds the KV cache of RoPE models
+    raise UserError(f"max_new_tokens={max_new_tokens} is more than this model's context "
+                    f"(model.max_seq_len={model.config.max_seq_len} positions): lower "
+                    f"--max-new-tokens to at most {model.config.max_seq_len}.")
   if prompts and max_new_tokens:
     longest = max(map(len, prompts))
     check_length(model, longest + max_new_tokens,
@@ -247,6 +252,12 @@ def stream_generate(model: Transformer, params, prompts: Sequence[Sequence[int]]
     longest = max(map(len, rows))
     padded_len = -(-longest // _PROMPT_LENGTH_BUCKET) * _PROMPT_LENGTH_BUCKET
     input_ids, attention_mask = _left_pad(rows, length=padded_len, pad_id=pad_id)
+    cache = jax.eval_shape(lambda: init_cache(model.config, len(rows),
+                                              padded_len + max_new_tokens, model.dtype))
+    check_fits(per_device_bytes(cache), what=f"the KV cache of {len(rows)} sequence(s) of "
+               f"{padded_len} + {max_new_tokens} tokens",
+               knobs="lower --max-new-tokens, or generate for fewer prompts at a time "
+                     "(--batch-size, --num-return-sequences)")
     ended = np.zeros(len(rows), bool)  # host side: the row emitted an EOS id or was ended
     start = 0
     while start < max_new_tokens and not ended.all():

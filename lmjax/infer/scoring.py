@@ -120,8 +120,8 @@ def fill_mask(model: Transformer, params, input_ids: Sequence[int], *, mask_id: 
   """
   cfg = model.config
   if cfg.head is not Head.MASKED_LM:
-    raise UserError(f"fill_mask needs a masked-LM model (model.head=masked_lm), but this one has "
-                    f"head={cfg.head.value}: use generate for causal models.")
+    raise UserError(f"fill-mask (lmjax.infer.fill_mask) needs a masked-LM model (model.head=masked_lm), but this one has "
+                    f"head={cfg.head.value}: for a causal model use `lmjax generate` (lmjax.generate).")
   input_ids = [int(i) for i in input_ids]
   positions = [n for n, token in enumerate(input_ids) if token == mask_id]
   if not positions:
@@ -189,7 +189,8 @@ def classify(model: Transformer, params, input_ids, attention_mask=None, token_t
   cfg = model.config
   if cfg.head is not Head.CLASSIFICATION:
     raise UserError(f"classify needs a sequence classifier (model.head=classification), but "
-                    f"this model has head={cfg.head.value}: use generate, fill_mask or score.")
+                    f"this model has head={cfg.head.value}: use `lmjax generate`, `lmjax fill-mask` "
+                    f"or `lmjax score` (lmjax.generate, lmjax.infer.fill_mask, lmjax.infer.score).")
   input_ids = np.asarray(input_ids, np.int32)
   if input_ids.ndim != 2:
     raise UserError(f"input_ids must be [batch, len], got shape {input_ids.shape}.")

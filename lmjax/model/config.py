@@ -15,6 +15,7 @@ business (`model.init_from`, lmjax.config), and its Hugging Face twin is lmjax/h
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar, Mapping
 
 from lmjax.errors import UserError
 from lmjax.model.config_parts import (AttentionFields, HeadFields, MlpFields, NormFields,
@@ -50,6 +51,8 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
   attention, norms, positions, MLP, heads), plus how it is computed. Build with
   `ModelConfig.for_family` to get a family's defaults."""
 
+  RANGES: ClassVar[Mapping[str, Range]] = _MODEL_RANGES  # lmjax.ranges: checked by validate()
+
   dropout_rate: float = 0.0
   initializer_range: float = 0.02
   scan_layers: bool = True
@@ -76,7 +79,7 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
       raise UserError(f"model.family={self.family!r} is another name for {family.name!r}: build "
                       f"it with ModelConfig.for_family({self.family!r}, ...).")
     self._check_shape()
-    check_ranges(self, "model", _MODEL_RANGES)
+    check_ranges(self, "model", self.RANGES)
     self._check_heads()
     self._check_positions()
     self._check_norms()

@@ -152,6 +152,15 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
   return Loaded(model, params, tokenizer, directory, is_run, origin=str(source), step=step)
 
 
+def check_vocabulary(tokenizer: Tokenizer, config: ModelConfig, where: Any) -> None:
+  """UserError when `tokenizer` (of directory `where`) makes ids the model has no rows for
+  (they would silently read other rows of the embedding: its lookup clips)."""
+  if tokenizer.vocab_size > config.vocab_size:
+    raise UserError(f"the tokenizer in {where} makes ids up to {tokenizer.vocab_size - 1}, but "
+                    f"the model's vocabulary has {config.vocab_size} rows (vocab_size): is it "
+                    f"this model's tokenizer? Put the model's own tokenizer files there.")
+
+
 def load_run(run_dir: str | pathlib.Path, step: int | None = None, *, mesh: Mesh | None = None,
              rules: Any = None) -> tuple[Transformer, Any]:
   """The run's float32 model and params at `step` (default: the latest complete checkpoint).

@@ -13,6 +13,7 @@ from typing import Any, Callable, TypeVar
 from jax.sharding import Mesh
 
 from lmjax.errors import UserError
+from lmjax.memory import check_fits, per_device_bytes
 from lmjax.model import Transformer
 from lmjax.model.trainable import combine, split
 from lmjax.placement import placed_params
@@ -77,11 +78,14 @@ def restore_params(run_dir: str | pathlib.Path, step: int | None = None, *,
   """
   run = RunDir(run_dir)
   config = run.require_config()
-  checkpointer, step = open_checkpoints(run, step)
   placement = MeshRules(mesh or make_mesh(MeshConfig()),
                         axis_rules(config.mesh) if rules is None else parse_rules(rules))
   abstract = placed_params(config.model, placement)
+  check_fits(per_device_bytes(abstract), what=f"loading the params of {run.path}",
+             knobs="load it on a device with more memory, or spread it over several devices "
+                   "(lmjax.load_run with a mesh)")
   trained_abstract, frozen_abstract = split(abstract, config.model)
+  checkpointer, step = open_checkpoints(run, step)
 
   def restore(at: int) -> tuple[Any, CheckpointRecord]:
     record = checkpointer.restore_record(at)

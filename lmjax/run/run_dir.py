@@ -8,6 +8,7 @@
     RUN_DIR/metrics.jsonl        one JSON object per logged step
     RUN_DIR/tensorboard/         TensorBoard event files
     RUN_DIR/tokenizer/           the tokenizer the run used
+    RUN_DIR/.lmjax.lock          while a process writes the run (lmjax.lock)
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pathlib
 
 from lmjax.config import RUN_CONFIG_FILE, Config, dump_config, from_dict, is_run_directory, read_yaml
 from lmjax.errors import UserError
-from lmjax.files import nearest_existing, write_text_atomic
+from lmjax.files import is_empty, nearest_existing, write_text_atomic
+from lmjax.lock import DirectoryLock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,7 @@ class RunDir:
     if self.path.exists() and not self.path.is_dir():
       raise UserError(f"--run-dir {self.path} is a file, not a directory: pass a directory "
                       f"(a new one starts a run).")
-    if self.path.is_dir() and not self.exists() and any(self.path.iterdir()):
+    if self.path.is_dir() and not self.exists() and not is_empty(self.path):
       raise UserError(f"--run-dir {self.path} is not empty and is not an lmjax run directory "
                       f"(it has no {RUN_CONFIG_FILE}): pass a new or empty directory, or the "
                       f"directory of an lmjax run to resume it.")
@@ -80,6 +82,11 @@ class RunDir:
         if child.exists() and not os.access(child, os.W_OK):
           raise UserError(f"{child} is not writable (permissions or a read-only file system): "
                           f"make it writable to resume this run.")
+
+  def lock(self) -> DirectoryLock:
+    """Takes the run's exclusive lock (lmjax.lock): DirectoryLocked, naming the holder, when
+    another live process writes this run; a dead holder's lock is broken with a warning."""
+    return DirectoryLock(self.path, what=f"run directory {self.path}").acquire()
 
   def append_history(self, line: str) -> None:
     with open(self.config_history, "a", encoding="utf-8") as f:

@@ -16,6 +16,7 @@ import jax
 
 from lmjax.config import Config
 from lmjax.data.spec import PER_EXAMPLE, batch_fields
+from lmjax.memory import device_memory, format_bytes
 from lmjax.model import Head
 from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.multihost import initialize_distributed
@@ -60,12 +61,12 @@ class CompileReport:
               ("temporaries", "temp", "activations, gradients, collectives' buffers"),
               ("generated code", "generated_code", "")]
       for label, key, note in rows:
-        lines.append(f"  {label:<15}{_bytes(self.memory[key]):>12}  {note}".rstrip())
-      lines.append(f"  {'total':<15}{_bytes(self.bytes_per_device):>12}  "
+        lines.append(f"  {label:<15}{format_bytes(self.memory[key]):>12}  {note}".rstrip())
+      lines.append(f"  {'total':<15}{format_bytes(self.bytes_per_device):>12}  "
                    f"arguments + outputs - aliased + temporaries + code")
       if self.device_memory:
         verdict = "fits" if self.bytes_per_device <= self.device_memory else "DOES NOT FIT"
-        lines.append(f"  device memory  {_bytes(self.device_memory):>12}  {verdict}")
+        lines.append(f"  device memory  {format_bytes(self.device_memory):>12}  {verdict}")
     lines.append("FLOPs per step:")
     if self.xla_flops_per_device is None:
       lines.append("  XLA cost analysis: not reported by this backend")
@@ -106,7 +107,7 @@ def compile_train_step(config: Config) -> CompileReport:
   device = jax.local_devices()[0]
   return CompileReport(
       mesh=dict(placement.mesh.shape), device_kind=device.device_kind,
-      memory=_memory(compiled.memory_analysis()), device_memory=_device_memory(device),
+      memory=_memory(compiled.memory_analysis()), device_memory=device_memory(device),
       xla_flops_per_device=_flops(compiled.cost_analysis()),
       model_flops_per_step=config.model.flops_per_token(config.train.seq_len) * tokens,
       tokens_per_step=tokens, scanned_layers=config.model.scan_layers)
@@ -119,25 +120,9 @@ def _memory(stats: Any) -> dict[str, int] | None:
   return {n: int(getattr(stats, f"{n}_size_in_bytes", 0) or 0) for n in names}
 
 
-def _device_memory(device: jax.Device) -> int | None:
-  try:
-    stats = device.memory_stats()
-  except Exception:  # backends without allocator stats (CPU) raise or return None
-    return None
-  return (stats or {}).get("bytes_limit")
-
-
 def _flops(cost: Any) -> float | None:
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
     cost = cost[0] if cost else None
   if not cost or "flops" not in cost:
     return None
   return float(cost["flops"])
-
-
-def _bytes(n: int) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-    if abs(n) < 1024 or unit == "TiB":
-      return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-    n /= 1024
-  return f"{n} B"

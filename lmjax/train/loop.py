@@ -2,7 +2,8 @@
 
 Everything that can fail on a user's input (config, data, tokenizer, mesh, the run directory,
 a resume that would change the run: lmjax.run.resume_policy, initial weights, the first step)
-is checked before anything is written: config.yaml, the tokenizer and the config history are
+is checked before anything is written (but the lock, RUN_DIR/.lmjax.lock: one writer per run
+directory, see lmjax.lock): config.yaml, the tokenizer and the config history are
 written once the first step has run, so a failed start leaves nothing behind.
 Rerunning the same command resumes from the latest checkpoint that restores (a damaged newer
 one is reported and moved to RUN_DIR/corrupt_checkpoints/). SIGTERM or SIGINT stops the run at
@@ -25,17 +26,20 @@ from lmjax.config import Config
 from lmjax.run.source_fields import keep_source_config
 from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.pipeline.corpus import Corpus
-from lmjax.errors import WriteFailed
+from lmjax.errors import UserError, WriteFailed
+from lmjax.lock import DirectoryLock
+from lmjax.memory import check_fits, per_device_bytes
 from lmjax.model.trainable import trained_part
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.resume_policy import Change, check_resume, history_entry
 from lmjax.run.run_dir import RunDir
-from lmjax.sharding import mesh_rules
+from lmjax.sharding import MeshRules, mesh_axes_size, mesh_rules
 from lmjax.train.evaluate import evaluate
 from lmjax.train.inputs import TrainBatches, batch_sources, inherit_labels, shared_corpus
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
-from lmjax.train.multihost import any_process_each, initialize_distributed, is_writer
+from lmjax.train.multihost import (any_process_each, broadcast_json, initialize_distributed,
+                                   is_writer)
 from lmjax.train.nonfinite import NonFiniteSteps
 from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
@@ -80,16 +84,49 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
   settings that alter the run's trajectory (see lmjax.run.resume_policy).
   """
   initialize_distributed(config.distributed)
-  prepared = _prepare(config, RunDir(run_dir), allow_config_change)
-  checkpointer = Checkpointer(prepared.run.checkpoints, keep=config.train.keep_checkpoints,
-                              keep_every=config.train.keep_every, async_save=async_checkpoints)
+  lock = _lock(RunDir(run_dir))
   try:
-    begin = start_or_resume(config, prepared.run, prepared.setup, checkpointer,
-                            report=prepared.writes)
-    end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
-    return _Loop(prepared, checkpointer, begin).run(end)
+    prepared = _prepare(config, RunDir(run_dir), allow_config_change)
+    checkpointer = Checkpointer(prepared.run.checkpoints, keep=config.train.keep_checkpoints,
+                                keep_every=config.train.keep_every, async_save=async_checkpoints)
+    try:
+      begin = start_or_resume(config, prepared.run, prepared.setup, checkpointer,
+                              report=prepared.writes)
+      end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
+      return _Loop(prepared, checkpointer, begin).run(end)
+    finally:
+      checkpointer.close()
   finally:
-    checkpointer.close()
+    if lock is not None:
+      lock.release()
+
+
+def _lock(run: RunDir) -> DirectoryLock | None:
+  """The run directory's lock, taken by the writing process (the others of a multi-host job
+  learn its refusal and raise it too); None on the others."""
+  lock, refused = None, None
+  if is_writer():
+    try:
+      run.check_usable()  # a file or a foreign directory is named as such, not locked
+      lock = run.lock()
+    except UserError as e:
+      refused = e
+  refusal = broadcast_json(None if refused is None else str(refused))
+  if refused is not None:
+    raise refused
+  if refusal is not None:
+    raise UserError(refusal)
+  return lock
+
+
+def _residual_bytes(config: Config, placement: MeshRules) -> int:
+  """Bytes one device holds of a micro-batch's residual stream at every layer's input (and the
+  last's output): whatever the remat policy, the backward pass needs at least these."""
+  shards = mesh_axes_size(placement.mesh, placement.batch_sharding().spec[0])
+  rows = -(-config.train.batch_size // (config.train.grad_accum_steps * shards))
+  itemsize = jax.numpy.dtype(config.train.compute_dtype.value).itemsize
+  model = config.model
+  return rows * config.train.seq_len * model.embed_dim * itemsize * (model.num_layers + 1)
 
 
 def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
@@ -105,6 +142,18 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
   setup = setup_step(config, placement)
+  state_bytes = (per_device_bytes(setup.abstract_state)  # + the gradients of what trains
+                 + per_device_bytes(trained_part(setup.abstract_state.params, config.model)))
+  check_fits(state_bytes, what="the train state (params, optimizer state and gradients)",
+             knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
+                   "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
+                   "adapters (model.lora.rank)")
+  check_fits(state_bytes + _residual_bytes(config, placement),
+             what="the train state and one micro-batch's activations (the residual stream "
+                  "kept at every layer for the backward pass, a lower bound)",
+             knobs="lower train.batch_size or train.seq_len, split the batch into "
+                   "train.grad_accum_steps micro-batches, or spread it over more devices "
+                   "(mesh.data, mesh.fsdp)")
   train_source, eval_source = batch_sources(config, corpus)
   return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer(), changes,
                    allow_change)
@@ -142,7 +191,8 @@ class _Loop:
                                 num_steps=config.train.steps, start=begin.step,
                                 workers=config.data.workers, state=begin.data_state)
     self.eval_fn = jit_eval_step(setup.model, setup.objective, setup.placement,
-                                 setup.shardings.params, loss_chunk=config.train.loss_chunk_size)
+                                 setup.shardings.params, loss_chunk=config.train.loss_chunk_size,
+                                 preference=setup.preference)
     self.writer = MetricsWriter(prepared.run.path, total_steps=config.train.steps,
                                 start_step=begin.step, enabled=prepared.writes,
                                 wandb=config.logging.wandb, config=config.to_dict())
@@ -276,8 +326,11 @@ def _metrics_row(config: Config, done: int, metrics: dict, tokens_per_second: fl
       "skipped_steps": skipped_steps,
       "skipped_records": skipped_records,
   }
-  if config.model.head.value != "causal_lm":
-    row["accuracy"] = float(metrics["accuracy"])
+  if config.model.head.value != "causal_lm" or "rewards_chosen" in metrics:
+    row["accuracy"] = float(metrics["accuracy"])  # a preference objective's: pairs ranked right
+  for name in ("rewards_chosen", "rewards_rejected", "rewards_margin"):
+    if name in metrics:
+      row[name] = float(metrics[name])
   if "moe_aux_loss" in metrics:  # `loss` is the objective's; the step also minimised this
     row["moe_aux_loss"] = float(metrics["moe_aux_loss"])
   return row

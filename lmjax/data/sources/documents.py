@@ -35,6 +35,7 @@ from lmjax.data.sources.hf_datasets import read_hf_texts
 from lmjax.data.sources.read_stats import ReadStats, first_few
 from lmjax.data.sources.tfds import read_tfds
 from lmjax.errors import UserError
+from lmjax.files import special_file
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
@@ -271,6 +272,9 @@ def _expand_paths(paths: Sequence[str], *, source: Source) -> list[Unit]:
     globbed = glob.has_magic(pattern)
     if not matches and os.path.isfile(pattern):  # a file whose name has glob characters
       matches, globbed = [pattern], False
+    if not matches and special_file(pattern):
+      raise UserError(f"`data.paths` names {pattern!r}, which is {special_file(pattern)}, not a "
+                      f"file: lmjax reads data from files. Write the data to a file and name it.")
     if not matches:
       raise UserError(
           f"No file matches {pattern!r} in `data.paths` (working directory "

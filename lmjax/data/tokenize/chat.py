@@ -22,6 +22,8 @@ import json
 import pathlib
 from typing import Any, Mapping
 
+from lmjax.data.tokenize import render_limits
+from lmjax.data.tokenize.render_limits import RenderTimeout, joined_within, output_limit
 from lmjax.errors import UserError
 from lmjax.files import read_json_object
 
@@ -61,6 +63,9 @@ def load_template(source: str | None) -> str:
   a directory without one gives the default."""
   if source in (None, "default"):
     return DEFAULT_TEMPLATE
+  if not source.strip():  # pathlib would read "" as ".", the working directory
+    raise UserError("data.chat_template is an empty string: name a .jinja file or a tokenizer "
+                    "directory, or set data.chat_template=default for lmjax's (ChatML).")
   path = pathlib.Path(source)
   if path.is_dir():
     return own_template(path) or DEFAULT_TEMPLATE
@@ -79,7 +84,11 @@ def load_template(source: str | None) -> str:
     if template is not None and not isinstance(template, str):
       raise UserError(f"{path}: chat_template holds a {type(template).__name__}, not a Jinja "
                       f"template string.")
-    return template or DEFAULT_TEMPLATE
+    if not template or not template.strip():
+      raise UserError(f"data.chat_template={source!r} holds no chat template (chat_template is "
+                      f"{template!r}): name a file that has one, or set "
+                      f"data.chat_template=default for lmjax's (ChatML).")
+    return template
   try:
     template = path.read_text(encoding="utf-8")
   except UnicodeDecodeError:
@@ -111,10 +120,20 @@ class ChatTemplate:
 
   def render(self, messages: list[Mapping[str, Any]], *, add_generation_prompt: bool = False,
              where: str = "") -> str:
+    """The template's text for `messages`, within render_limits' bounds of output and time."""
+    size = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, Mapping))
     try:
-      return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                   **self._tokens)
-    except self._errors as e:
+      with render_limits.time_limit(render_limits.RENDER_SECONDS):
+        return joined_within(self._template.generate(
+            messages=messages, add_generation_prompt=add_generation_prompt, **self._tokens),
+            limit=output_limit(size), where=where)
+    except RenderTimeout:
+      raise UserError(f"{where}: the chat template ran for more than {render_limits.RENDER_SECONDS:g} s on it "
+                      f"(a loop without end?): fix the template (data.chat_template).") from None
+    except RecursionError:
+      raise UserError(f"{where}: the chat template recurses without end (a macro calling "
+                      f"itself?): fix the template (data.chat_template).") from None
+    except (*self._errors, OverflowError) as e:  # the sandbox's range limit is an OverflowError
       raise UserError(f"{where}: the chat template failed to render it: "
                       f"{type(e).__name__}: {e}.") from None
 

@@ -27,6 +27,7 @@ from typing import Any
 import tokenizers
 from tokenizers import models, pre_tokenizers, processors, trainers
 
+from lmjax.data.tokenize import pieces
 from lmjax.data.tokenize.byte_level import LMJAX_SPECIALS, byte_level_pipeline, byte_to_unicode
 from lmjax.data.tokenize.special_tokens import (CONFIG_FILE, ROLES, roles_from_hf_configs,
                                                 roles_from_spellings)
@@ -169,14 +170,18 @@ class Tokenizer:
     Hugging Face does for prompts; tokenizers made by lmjax have none.
     """
     self._set_parse_special(parse_special_tokens)
-    return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+    if add_special_tokens or len(text) <= pieces.PIECE_CHARS:
+      return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+    return self.encode_batch([text], parse_special_tokens=parse_special_tokens)[0]
 
   def encode_batch(self, texts: Sequence[str], *,
                    parse_special_tokens: bool = False) -> list[list[int]]:
-    """Token ids of each text, in parallel: [num_texts] -> [num_texts][num_tokens_i]."""
+    """Token ids of each text, in parallel: [num_texts] -> [num_texts][num_tokens_i]. A long
+    text goes to the library in bounded pieces (lmjax.data.tokenize.pieces)."""
     self._set_parse_special(parse_special_tokens)
-    encodings = self.hf.encode_batch_fast(list(texts), add_special_tokens=False)
-    return [e.ids for e in encodings]
+    return pieces.encode_in_pieces(
+        lambda batch: [e.ids for e in self.hf.encode_batch_fast(batch, add_special_tokens=False)],
+        texts)
 
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
     """The text of token ids [num_tokens] (special tokens left out unless asked for)."""

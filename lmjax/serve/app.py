@@ -12,6 +12,7 @@ server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any, AsyncIterator, Callable
@@ -39,7 +40,11 @@ class _Run:
     loop = asyncio.get_running_loop()
     self.events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     self.choices = [Choice() for _ in parsed.requests]
-    put = lambda i, event: loop.call_soon_threadsafe(self.events.put_nowait, (i, event))
+
+    def put(index: int, event: Event) -> None:  # called in the engine's thread
+      with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+        loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
+
     try:
       self.handles: list[Handle] = served.engine.submit(parsed.requests, put)
     except UserError as e:

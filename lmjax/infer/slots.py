@@ -85,15 +85,24 @@ def prefill_buckets(max_seq_len: int, *, smallest: int = 16) -> list[int]:
 def _sample(logits: jax.Array, keys: jax.Array, step: jax.Array, settings: SlotSettings
             ) -> Sampled:
   """One token per row: logits [rows, vocab] -> Sampled [rows]. Greedy rows (temperature 0)
-  take the argmax; the others are sampled after temperature, top-k and top-p."""
+  take the argmax; the others are sampled after temperature, top-k and top-p. A step where
+  every row is greedy samples nothing, and one where no row filters sorts nothing (the sort of
+  top-k/top-p costs several times the forward pass of a small model on CPU)."""
   logits = logits.astype(jnp.float32)
   logprobs = jax.nn.log_softmax(logits, axis=-1)
   greedy = settings.temperature == 0
-  scaled = logits / jnp.where(greedy, 1.0, settings.temperature)[:, None]
-  filtered = filter_logits(scaled, top_k=settings.top_k[:, None], top_p=settings.top_p[:, None])
-  step_keys = jax.vmap(jax.random.fold_in)(keys, step)
-  sampled = jax.vmap(jax.random.categorical)(step_keys, filtered)
-  token = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+  argmax = jnp.argmax(logits, axis=-1)
+
+  def sample() -> jax.Array:
+    scaled = logits / jnp.where(greedy, 1.0, settings.temperature)[:, None]
+    filters = ~greedy & ((settings.top_p < 1) | (settings.top_k < logits.shape[-1]))
+    scaled = jax.lax.cond(jnp.any(filters), lambda x: filter_logits(
+        x, top_k=settings.top_k[:, None], top_p=settings.top_p[:, None]), lambda x: x, scaled)
+    step_keys = jax.vmap(jax.random.fold_in)(keys, step)
+    return jax.vmap(jax.random.categorical)(step_keys, scaled)
+
+  sampled = jax.lax.cond(jnp.all(greedy), lambda: argmax, sample)
+  token = jnp.where(greedy, argmax, sampled).astype(jnp.int32)
   top_logprobs, top_ids = jax.lax.top_k(logprobs, TOP_LOGPROBS)
   return Sampled(token=token, logprob=jnp.take_along_axis(logprobs, token[:, None], -1)[:, 0],
                  top_ids=top_ids.astype(jnp.int32), top_logprobs=top_logprobs)

@@ -28,6 +28,7 @@ from lmjax.data.sources.documents import builtin_corpus  # noqa: E402
 from lmjax.data.tokenize.tokenizer import Tokenizer  # noqa: E402
 from lmjax.infer import generate  # noqa: E402
 from lmjax.infer.slots import prefill_buckets  # noqa: E402
+from lmjax.serve.tools import split_tool_calls  # noqa: E402
 from lmjax.run.loader import load  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 from tests.processes import ROOT, cpu_env  # noqa: E402
@@ -38,12 +39,23 @@ LONG = 480  # tokens: a request that keeps a slot busy for about a second
 TIMEOUT = 60
 
 
+# ChatML that lists the tools it is given, as Hermes-style templates do.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WEATHER = {"type": "function", "function": {
+    "name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  """A tiny random Llama (RoPE, 1,024 positions) with a 320-token BPE, saved as HF saves it."""
+  """A tiny random Llama (RoPE, 1,024 positions) with a 320-token BPE and a chat template that
+  lists tools, saved as HF saves it."""
   directory = tmp_path_factory.mktemp("serve-llama")
   tokenizer = Tokenizer.train_bpe(builtin_corpus()[:20], vocab_size=320)
   tokenizer.save(directory)
+  (directory / "chat_template.jinja").write_text(TOOLS_TEMPLATE)
   config = transformers.LlamaConfig(
       vocab_size=tokenizer.vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
       num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=1024,
@@ -234,6 +246,28 @@ def test_logprobs_name_each_token_and_its_alternatives(client):
   assert len(content) == 4 and all(len(entry.top_logprobs) == 2 for entry in content)
 
 
+def test_tools_reach_the_chat_template(client):
+  messages = [{"role": "user", "content": "Weather in Paris?"}]
+  ask = lambda **tools: client.chat.completions.create(
+      model="tiny", messages=messages, max_tokens=2, temperature=0, **tools)
+  plain, with_tools, refused = ask(), ask(tools=[WEATHER]), ask(tools=[WEATHER],
+                                                                  tool_choice="none")
+  assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens
+  assert refused.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_tool_calls_are_read_from_hermes_style_blocks():
+  content, calls = split_tool_calls(
+      'Let me look.\n<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n'
+      '</tool_call><tool_call>{"name": "time", "parameters": {}}</tool_call>'
+      "<tool_call>{not json}</tool_call>")
+  assert content == "Let me look.\n<tool_call>{not json}</tool_call>"
+  assert [(c["type"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+          for c in calls] == [("function", "weather", {"city": "Paris"}), ("function", "time", {})]
+  assert len({c["id"] for c in calls}) == 2
+  assert split_tool_calls("no call here") == ("no call here", [])
+
+
 def test_models_and_health(client, url):
   assert [m.id for m in client.models.list().data] == ["tiny"]
   state = health(url)
@@ -262,6 +296,8 @@ def test_bad_requests_get_openai_errors_and_the_server_carries_on(client, url):
   error_of(post("completions", json={"model": "tiny", "prompt": "hi", "n": 1000}), 400)
   error_of(post("chat/completions", json={"model": "tiny", "messages": []}), 400)
   error_of(post("completions", json={"model": "tiny"}), 400)
+  error_of(post("chat/completions", json={"model": "tiny", "tools": [{"type": "function"}],
+                                          "messages": [{"role": "user", "content": "hi"}]}), 400)
   error_of(httpx.get(f"{url}/v1/nowhere", timeout=TIMEOUT), 404)
   error_of(httpx.get(f"{url}/v1/completions", timeout=TIMEOUT), 405)
   with pytest.raises(openai.BadRequestError, match="context"):

@@ -171,10 +171,12 @@ def loaded_chat_template(loaded: Loaded) -> chat.ChatTemplate:
 
 
 def encode_chat(tokenizer: Tokenizer, template: chat.ChatTemplate,
-                messages: list[Mapping[str, Any]]) -> list[int]:
-  """Token ids of the prompt that answers `messages` (rendered with the generation prompt;
-  special tokens in the template's text are the tokenizer's)."""
-  return tokenizer.encode(chat.render_prompt(messages, template), parse_special_tokens=True)
+                messages: list[Mapping[str, Any]], *,
+                tools: list[Mapping[str, Any]] | None = None) -> list[int]:
+  """Token ids of the prompt that answers `messages` (rendered with the generation prompt and
+  any `tools`; special tokens in the template's text are the tokenizer's)."""
+  return tokenizer.encode(chat.render_prompt(messages, template, tools=tools),
+                          parse_special_tokens=True)
 
 
 def fit_prompts(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int

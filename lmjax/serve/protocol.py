@@ -20,6 +20,7 @@ from typing import Any
 from lmjax.errors import UserError
 from lmjax.infer.complete import encode_chat, encode_prompts, loaded_chat_template
 from lmjax.infer.engine import Busy, ContextTooLong, Engine, Request, TokenLogprob
+from lmjax.serve.tools import read_tools, split_tool_calls
 
 MAX_STOP_STRINGS = 4   # as OpenAI's API
 MAX_TOP_LOGPROBS = 20
@@ -64,6 +65,7 @@ class Parsed:
   stream: bool
   include_usage: bool
   logprobs: bool
+  tools: bool = False  # the answer is read for tool calls
   id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(12))
   created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
@@ -197,8 +199,9 @@ def _is_ids(value: Any) -> bool:
 
 
 def chat_request(body: dict[str, Any], served: Served) -> Parsed:
-  """/v1/chat/completions: `messages` rendered with the model's chat template; `logprobs`
-  (true or false) and `top_logprobs` (0 to 20)."""
+  """/v1/chat/completions: `messages` rendered with the model's chat template (with `tools`
+  where it lists them: the answer's tool calls come back as `tool_calls` when not streamed);
+  `logprobs` (true or false) and `top_logprobs` (0 to 20)."""
   _check_model(body, served)
   messages = body.get("messages")
   if not isinstance(messages, list) or not messages:
@@ -210,13 +213,14 @@ def chat_request(body: dict[str, Any], served: Served) -> Parsed:
       raise ApiError(400, f"messages[{n}] must be an object with a role.", param="messages")
     plain.append({**message, "content": _content(message.get("content"), n)})
   loaded = served.engine.loaded
-  prompt = encode_chat(loaded.tokenizer, served.template(), plain)
+  tools = read_tools(body)
+  prompt = encode_chat(loaded.tokenizer, served.template(), plain, tools=tools)
   wants = _field(body, "logprobs", (bool,), False, "true or false")
   top = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
   requests, n = _requests(body, served, [prompt], chat=True,
                           top_logprobs=(top or 0) if wants else None, default_max_tokens=None)
   stream, usage = _stream_options(body)
-  return Parsed(True, requests, n, stream, usage, wants)
+  return Parsed(True, requests, n, stream, usage, wants, tools=tools is not None)
 
 
 def _content(content: Any, n: int) -> str:
@@ -275,6 +279,10 @@ def response(parsed: Parsed, model: str, choices: list[Choice]) -> dict[str, Any
                              "finish_reason": choice.finish_reason}
     if parsed.chat:
       entry["message"] = {"role": "assistant", "content": choice.text}
+      content, calls = split_tool_calls(choice.text) if parsed.tools else (choice.text, [])
+      if calls:
+        entry["message"] = {"role": "assistant", "content": content, "tool_calls": calls}
+        entry["finish_reason"] = "tool_calls"
     else:
       entry["text"] = choice.text
     out.append(entry)

@@ -8,7 +8,8 @@
 
 One thread runs the loop: it admits queued requests into free slots (one prefill each, the
 prompt padded to a bucket length: lmjax.infer.slots), then decodes `DECODE_STEPS` tokens of
-every slot in one program, and hands each request the text its new tokens add, as `Event`s.
+every request in one program (over the smallest group of slots that holds them: requests take
+the lowest free slots), and hands each request the text its new tokens add, as `Event`s.
 Requests join at the next chunk and leave at the end of the one that finishes them; shapes
 never change, so nothing is compiled as they come and go. The text follows lmjax.infer.complete's
 rules (`TextRow`): a continuation is what its ids add to the prompt's decoding, it ends at an
@@ -128,6 +129,7 @@ class Engine:
     self.max_queue = max_queue
     self.eos_ids = frozenset(int(i) for i in eos_ids)
     self.buckets = slots.prefill_buckets(max_seq_len)
+    self.groups = slots.decode_groups(max_batch)
     self._queue: collections.deque[Handle] = collections.deque()
     self._running: dict[int, _Running] = {}
     self._lock = threading.Condition()
@@ -184,14 +186,15 @@ class Engine:
               "compiled_decodes": slots.decode._cache_size()}
 
   def start(self) -> None:
-    """Compiles the decode program and the smallest prefill, then starts the loop's thread."""
+    """Compiles the decode programs and the smallest prefill, then starts the loop's thread."""
     model, params = self.loaded.model, self.loaded.params
     self._state = slots.empty_slots(model, slots=self.max_batch, max_seq_len=self.max_seq_len)
     self._state, _ = slots.prefill(model, params, self._state, jnp.int32(0),
                                    np.zeros((1, self.buckets[0]), np.int32), jnp.int32(1),
                                    jax.random.key(0), _settings(Request([0], 1), model))
-    self._state, _ = slots.decode(model, params, self._state, jnp.zeros(self.max_batch, bool),
-                                  steps=DECODE_STEPS)
+    for rows in self.groups:
+      self._state, _ = slots.decode(model, params, self._state, jnp.zeros(rows, bool),
+                                    steps=DECODE_STEPS)
     self._thread = threading.Thread(target=self._loop, name="lmjax-engine", daemon=True)
     self._thread.start()
 
@@ -255,7 +258,8 @@ class Engine:
     self._take(slot, jax.tree.map(lambda x: x[:, None], jax.device_get(first)), 0)  # 1 step
 
   def _decode(self) -> None:
-    active = np.zeros(self.max_batch, bool)
+    # Requests take the lowest free slots: the group that holds the highest one decodes.
+    active = np.zeros(next(g for g in self.groups if g > max(self._running)), bool)
     active[list(self._running)] = True
     self._state, sampled = slots.decode(self.loaded.model, self.loaded.params, self._state,
                                         jnp.asarray(active), steps=DECODE_STEPS)

@@ -2,13 +2,15 @@
 
     state = empty_slots(model, slots=8, max_seq_len=256)
     state, first = prefill(model, params, state, slot, padded_ids, length, key, settings)
-    state, steps = decode(model, params, state, steps=4)   # every slot, 4 tokens each
+    state, steps = decode(model, params, state, active, steps=4)   # 4 tokens a slot
 
 Every shape is fixed: the cache holds `slots` rows of `max_seq_len` slots each, with a
 per-row write index (lmjax.model.init_cache's "index" as a [slots] vector), so requests of any
 lengths decode together. A prompt is right-padded to a bucket length (`prefill_buckets`) and
-run alone through a fresh cache row, which then replaces the slot's row; one program is
-compiled per bucket used, plus one decode program, and none as requests come and go. Each slot
+run alone through a fresh cache row, which then replaces the slot's row. A decoding step runs
+over the lowest power-of-two number of slots that holds every request (`decode_groups`), so a
+few requests cost few rows. One program is compiled per prefill bucket used and per decode
+group, and none as requests come and go. Each slot
 has its own sampling settings and random key (a request's seed), so what a request generates
 does not depend on what it is batched with. A step's key is `fold_in(key, step)`, as in
 lmjax.infer.decode, so that a seeded request continues as `lmjax generate` does.
@@ -134,12 +136,22 @@ def prefill(model: Transformer, params, state: Slots, slot: jax.Array, input_ids
   return _set_row(state, row, slot), first
 
 
+def decode_groups(slots: int) -> list[int]:
+  """The numbers of leading slots `decode` runs over: powers of two below `slots`, and `slots`."""
+  return prefill_buckets(slots, smallest=1)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "steps"), donate_argnames=("state",))
 def decode(model: Transformer, params, state: Slots, active: jax.Array, *, steps: int
            ) -> tuple[Slots, Sampled]:
-  """`steps` tokens for every slot; `active` [slots] bool marks the slots in use (the others
-  compute alongside and keep their place). Returns the new state and Sampled [slots, steps]."""
+  """`steps` tokens for each of the first `rows = len(active)` slots (one of `decode_groups`:
+  a server with few requests in its lowest slots computes few rows); `active` [rows] bool marks
+  the slots in use (the others compute alongside and keep their place). Returns the new state
+  (the slots from `rows` on untouched) and Sampled [rows, steps]."""
   model, params = unrolled_model(model, params)
+  whole, rows = state, active.shape[0]
+  if rows < state.token.shape[0]:
+    state = jax.tree.map(lambda x: x[:rows], state)
 
   def one_step(state: Slots, _) -> tuple[Slots, Sampled]:
     index = state.cache["index"]
@@ -153,8 +165,11 @@ def decode(model: Transformer, params, state: Slots, active: jax.Array, *, steps
     return state._replace(cache=cache, token=chosen.token, step=state.step + 1), chosen
 
   state, sampled = jax.lax.scan(one_step, state, None, length=steps)
+  if rows < whole.token.shape[0]:
+    state = jax.tree.map(lambda w, part: jax.lax.dynamic_update_slice_in_dim(w, part, 0, 0),
+                         whole, state)
   return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), sampled)
 
 
-__all__ = ["Sampled", "SlotSettings", "Slots", "TOP_LOGPROBS", "decode", "empty_slots", "prefill",
-           "prefill_buckets"]
+__all__ = ["Sampled", "SlotSettings", "Slots", "TOP_LOGPROBS", "decode", "decode_groups",
+           "empty_slots", "prefill", "prefill_buckets"]

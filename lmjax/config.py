@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import yaml
 
+from lmjax.config_objectives import GrpoConfig, PreferenceConfig, check_grpo_train
 from lmjax.config_model import model_config_from_dict
 from lmjax.config_schema import build, did_you_mean, plain
 from lmjax.data.config import DataConfig
@@ -60,6 +61,7 @@ class TrainObjective(enum.Enum):
   IPO = "ipo"              # the squared, length-normalised loss against a reference
   ORPO = "orpo"            # odds ratio + NLL of the chosen answer, reference-free
   SIMPO = "simpo"          # length-normalised margin with a target gap, reference-free
+  GRPO = "grpo"            # RL on sampled completions scored by rewards (train.grpo)
 
 
 class NanPolicy(enum.Enum):
@@ -88,18 +90,6 @@ _TRAIN_RANGES = {
     "keep_every": Range(0, why="0 keeps no milestones, else a step interval"),
     "debug_nan_at_step": _STEPS,
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class PreferenceConfig:  # train.preference.*, as trl names them; dpo and ipo need LoRA (setup.py)
-  RANGES: ClassVar[Mapping[str, Range]] = {"beta": POSITIVE, "simpo_gamma": NON_NEGATIVE,
-      "label_smoothing": Range(0, 0.5, high_open=True, why="a flip probability below 1/2")}
-  beta: float = 0.1              # DPO/ORPO/SimPO temperature; IPO's tau (target gap 1/(2 beta))
-  label_smoothing: float = 0.0   # dpo, simpo: the chance a label is flipped (conservative DPO)
-  simpo_gamma: float = 0.5       # simpo: the target reward margin (divided by beta, as trl does)
-
-  def __post_init__(self):
-    check_ranges(self, "train.preference", self.RANGES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +123,15 @@ class TrainConfig:
   compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
   objective: TrainObjective = TrainObjective.AUTO
   preference: PreferenceConfig = PreferenceConfig()  # dpo, ipo, orpo, simpo
+  grpo: GrpoConfig = GrpoConfig()  # lmjax.config_objectives
 
   def __post_init__(self):
     check_ranges(self, "train", self.RANGES)
     if self.batch_size % self.grad_accum_steps:
       raise UserError(f"train.batch_size={self.batch_size} is not divisible by "
                       f"train.grad_accum_steps={self.grad_accum_steps}.")
+    if self.objective is TrainObjective.GRPO:
+      check_grpo_train(self)
 
 
 @dataclasses.dataclass(frozen=True)

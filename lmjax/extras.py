@@ -28,6 +28,7 @@ EXTRAS = {
     "tfds": ("tensorflow_datasets",),
     "tfrecord": ("tensorflow",),
     "gguf": ("gguf",),
+    "quant": ("qwix",),
 }
 
 

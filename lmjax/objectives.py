@@ -1,5 +1,5 @@
 """Training losses: causal-LM, masked-LM, sequence classification (and its confusion counts),
-SFT and the preference objectives (DPO, IPO, ORPO, SimPO; the section at the end).
+SFT, the preference objectives (DPO, IPO, ORPO, SimPO) and GRPO (the sections at the end).
 
 Losses return *sums* (`LossSums`) rather than means, so that gradient accumulation and
 multi-device reductions combine micro-batches exactly: the reported loss is always
@@ -204,7 +204,7 @@ class PairLogps(NamedTuple):
 
 
 class Settings(NamedTuple):
-  """train.preference's numbers (lmjax.config.PreferenceConfig), as the step takes them."""
+  """train.preference's numbers (lmjax.config_objectives.PreferenceConfig), as the step takes them."""
 
   beta: float
   label_smoothing: float = 0.0
@@ -295,3 +295,65 @@ def preference_sums(objective: Objective, settings: Settings, policy: PairLogps,
                   jnp.sum((chosen_reward > rejected_reward) * weights))
   return sums, {"chosen_reward": jnp.sum(chosen_reward * weights),
                 "rejected_reward": jnp.sum(rejected_reward * weights)}
+
+
+# --- GRPO -------------------------------------------------------------------------------------
+#
+# The clipped surrogate of PPO on sampled completions with group-normalised advantages A, plus
+# β times the k3 estimate of KL(π ‖ π_ref), as trl 1.16's GRPOTrainer._compute_loss computes it
+# (tests/test_grpo.py runs its code on the same inputs):
+#
+#     r = exp(log π - log π_old),  per token  -min(r A, clip(r, 1 - ε_low, 1 + ε_high) A)
+#                                             + β (exp(log π_ref - log π) - (log π_ref - log π) - 1)
+#
+# averaged over each completion's tokens then over the completions (loss_type grpo), or over
+# all the batch's completion tokens (bnpo). π_old is the policy that sampled the completions
+# (the same params when a round has one optimisation step: then only the gradient flows).
+
+
+class GrpoSettings(NamedTuple):
+  """train.grpo's numbers (lmjax.config_objectives.GrpoConfig), as the step takes them."""
+
+  epsilon_low: float = 0.2
+  epsilon_high: float = 0.2
+  beta: float = 0.0
+  per_completion: bool = True  # loss_type grpo; False: bnpo
+  on_policy: bool = True       # num_iterations 1: π_old is the current params
+
+
+GRPO_SUMS = ("kl", "clipped", "completion_tokens")
+
+
+def grpo_sums(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array,
+              advantages: jax.Array, mask: jax.Array, settings: GrpoSettings
+              ) -> tuple[LossSums, dict[str, jax.Array]]:
+  """The GRPO loss summed over completions (or tokens, bnpo) and their count (`LossSums`), with
+  the sums {kl, clipped, completion_tokens} over completion tokens for the metrics.
+
+  logps, old_logps, ref_logps, mask [batch, len]: the log-probs of each position's target under
+  the policy, the sampling policy and the reference, and 1 where the target is a completion
+  token; advantages [batch].
+  """
+  mask = mask.astype(jnp.float32)
+  if settings.on_policy:
+    old_logps = jax.lax.stop_gradient(logps)
+  ratio = jnp.exp(logps - old_logps)  # [batch, len]
+  a = advantages[:, None]
+  clipped_ratio = jnp.clip(ratio, 1 - settings.epsilon_low, 1 + settings.epsilon_high)
+  per_token = -jnp.minimum(ratio * a, clipped_ratio * a)
+  kl = jnp.zeros_like(per_token)
+  if settings.beta:
+    kl = jnp.exp(ref_logps - logps) - (ref_logps - logps) - 1
+    per_token = per_token + settings.beta * kl
+  tokens = jnp.sum(mask, axis=-1)  # [batch]
+  if settings.per_completion:
+    loss = jnp.sum(jnp.sum(per_token * mask, axis=-1) / jnp.maximum(tokens, 1.0))
+    weight = jnp.sum(tokens > 0).astype(jnp.float32)
+  else:
+    loss, weight = jnp.sum(per_token * mask), jnp.sum(tokens)
+  clipped = (((ratio < 1 - settings.epsilon_low) & (a < 0))
+             | ((ratio > 1 + settings.epsilon_high) & (a > 0)))
+  stop = jax.lax.stop_gradient
+  return LossSums(loss, weight, jnp.zeros((), jnp.float32)), {
+      "kl": stop(jnp.sum(kl * mask)), "clipped": jnp.sum(clipped * mask),
+      "completion_tokens": jnp.sum(tokens)}

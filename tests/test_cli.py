@@ -14,16 +14,6 @@ from tests.helpers import run_cli, tree_digest
 
 
 @pytest.fixture(scope="module")
-def trained_gpt(tmp_path_factory):
-  from lmjax.config import load_config
-  from lmjax.train.loop import train
-  from tests.conftest import TINY
-  run_dir = tmp_path_factory.mktemp("gpt")
-  train(load_config("tiny-gpt", TINY + ["train.steps=10"]), run_dir)
-  return run_dir
-
-
-@pytest.fixture(scope="module")
 def trained_bert(tmp_path_factory):
   from lmjax.config import load_config
   from lmjax.train.loop import train

@@ -27,7 +27,7 @@ from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import complete, perplexity
-from lmjax.infer import cloze_ids, fill_mask
+from lmjax.infer import cloze_ids, fill_mask, generate
 from lmjax.infer.engine import check_limits
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
@@ -45,7 +45,9 @@ def _load(args, **options) -> Loaded:
   """The model a command's SOURCE names (`--run-dir DIR` or `--hf HF_DIR_OR_HUB_ID`), with its
   tokenizer, through the one loader (lmjax.run.loader)."""
   kind, source = ("run", args.run_dir) if args.run_dir is not None else ("hf", args.hf)
-  return load(source, step=args.step, require_tokenizer=True, kind=kind, **options)
+  scheme = getattr(args, "quantize", None)
+  return load(source, step=args.step, require_tokenizer=True, kind=kind,
+              quantization={"scheme": scheme} if scheme else None, **options)
 
 
 def _cmd_train(args) -> int:
@@ -56,7 +58,8 @@ def _cmd_train(args) -> int:
       print(report.format(), flush=True)
     return 0
   run_dir = args.run_dir or f"runs/{resolve_config_path(args.config).stem}"
-  result = train(config, run_dir, allow_config_change=args.allow_config_change)
+  # A GRPO run samples with inference's KV-cache decoder, which the trainer does not import.
+  result = train(config, run_dir, allow_config_change=args.allow_config_change, sampler=generate)
   if result.stopped_by:
     print(f"stopped {run_dir} by {result.stopped_by} at step {result.final_step} (saved); rerun "
           f"the same command to resume")
@@ -85,6 +88,9 @@ def _cmd_eval(args) -> int:
     if args.config is None:
       raise UserError("give the run's CONFIG to evaluate on its held-out data, or --data PATH "
                       "to score documents of your own.")
+    if args.quantize:
+      raise UserError(f"--quantize {args.quantize} applies to scored documents (--data PATH), "
+                      f"not yet to a run's held-out batches: add --data, or drop --quantize.")
     print(json.dumps(evaluate_run(args.config, args.run_dir, step=args.step,
                                   overrides=args.overrides)))
     return 0

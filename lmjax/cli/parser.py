@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--field", default=None,
                         help="the JSON field or column holding the text (default: data.field)")
   _add_window(evaluate)
+  _add_quantize(evaluate)
 
   score = commands.add_parser("score", help="write each document's log-likelihood")
   score.add_argument("input", metavar="FILE.jsonl", help="one JSON object per line with the text")
@@ -84,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
   score.add_argument("--output", default=None, metavar="FILE",
                      help="a new JSON Lines file (default: stdout)")
   _add_window(score)
+  _add_quantize(score)
 
   harness = commands.add_parser("eval-harness",
                                 help="run lm-evaluation-harness tasks on a causal model")
@@ -247,6 +249,7 @@ def _add_generate(commands) -> None:
                              "repeat for several")
   generate.add_argument("--seed", type=int, default=None, help="default 0")
   generate.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  _add_quantize(generate)
   generate.add_argument("--no-stream", action="store_true",
                         help="print a single prompt's text at the end, not as it is decoded")
   generate.add_argument("--chat", action="store_true",
@@ -285,6 +288,12 @@ def _add_window(parser: argparse.ArgumentParser) -> None:
                       help="window length in tokens (default: model.max_seq_len)")
   parser.add_argument("--batch-size", type=int, default=16)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+
+
+def _add_quantize(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--quantize", choices=("int8", "int4"), default=None, metavar="SCHEME",
+                      help="hold the blocks' projections as int8 or int4 weights "
+                           "(model.quantization.scheme; needs lmjax[quant])")
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,8 @@ from lmjax.config import ComputeDtype, Config, TrainObjective
 from lmjax.data.spec import Objective
 from lmjax.errors import UserError
 from lmjax.model import Head, Transformer
-from lmjax.objectives import Settings, default_objective
+from lmjax.config_objectives import GrpoLoss
+from lmjax.objectives import GrpoSettings, Settings, default_objective
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules, check_divisible
 from lmjax.train.optimizer import make_optimizer, schedule_values
@@ -48,7 +49,8 @@ def make_model(config: Config) -> Transformer:
   return Transformer(config.model, dtype=dtype)
 
 
-_HEAD_OF = {**{o: Head.CAUSAL_LM for o in Objective if o is Objective.SFT or o.is_preference},
+_HEAD_OF = {**{o: Head.CAUSAL_LM for o in Objective
+               if o in (Objective.SFT, Objective.GRPO) or o.is_preference},
             Objective.CAUSAL_LM: Head.CAUSAL_LM, Objective.MASKED_LM: Head.MASKED_LM,
             Objective.CLASSIFY: Head.CLASSIFICATION}
 
@@ -71,12 +73,24 @@ def objective_of(config: Config) -> Objective:
         f"config has no LoRA (model.lora.rank=0). Set model.lora.rank (e.g. 16), or use "
         f"train.objective=orpo or simpo, which need no reference. Full fine-tuning against a "
         f"frozen copy is not implemented yet.")
+  if objective is Objective.GRPO and config.train.grpo.beta and not config.model.lora.enabled:
+    raise UserError(
+        f"train.grpo.beta={config.train.grpo.beta} penalises the KL to a reference, which lmjax "
+        f"takes as the LoRA base with the adapters off (no second copy of the weights); this "
+        f"config has no LoRA (model.lora.rank=0). Set model.lora.rank (e.g. 16), or "
+        f"train.grpo.beta=0 (no KL term, no reference; trl's default).")
   return objective
 
 
-def preference_settings(config: Config) -> Settings | None:
-  """A preference objective's settings (None for the others)."""
-  if not objective_of(config).is_preference:
+def preference_settings(config: Config) -> Settings | GrpoSettings | None:
+  """A preference objective's settings, or GRPO's (None for the others)."""
+  objective = objective_of(config)
+  if objective is Objective.GRPO:
+    grpo = config.train.grpo
+    return GrpoSettings(grpo.epsilon, grpo.epsilon if grpo.epsilon_high is None
+                        else grpo.epsilon_high, grpo.beta, grpo.loss_type is GrpoLoss.GRPO,
+                        grpo.num_iterations == 1)
+  if not objective.is_preference:
     return None
   pref = config.train.preference
   return Settings(pref.beta, pref.label_smoothing, pref.simpo_gamma)
@@ -85,6 +99,12 @@ def preference_settings(config: Config) -> Settings | None:
 def setup_step(config: Config, placement: MeshRules) -> StepSetup:
   """Checks that the config fits the mesh, then builds the sharded, jitted train step for it."""
   check_batch_fits_mesh(config, placement)
+  if config.model.quantization.enabled:
+    raise UserError(
+        f"model.quantization.scheme={config.model.quantization.scheme.value} stores the weights "
+        f"as integers for inference, which training cannot update: remove the "
+        f"model.quantization section to train, then quantize when you generate, score or "
+        f"evaluate (--quantize {config.model.quantization.scheme.value}).")
   model, objective = make_model(config), objective_of(config)
   preference = preference_settings(config)
   tx = make_optimizer(config.train)

@@ -28,9 +28,10 @@ from lmjax.data.spec import PER_EXAMPLE, Objective, batch_fields
 from lmjax.model import Transformer, trainable
 from lmjax.model.lora import is_adapter
 from lmjax.model.moe import load_balancing_loss
-from lmjax.objectives import (REWARD_SUMS, LossSums, Settings, causal_lm_targets,
-                              chunked_objective_loss, chunked_token_log_probs, confusion_counts,
-                              objective_loss, pair_log_probs, preference_sums, token_log_probs)
+from lmjax.objectives import (GRPO_SUMS, REWARD_SUMS, GrpoSettings, LossSums, Settings,
+                              causal_lm_targets, chunked_objective_loss, chunked_token_log_probs,
+                              confusion_counts, grpo_sums, objective_loss, pair_log_probs,
+                              preference_sums, sft_targets, token_log_probs)
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
 from lmjax.train.optimizer import Hyper, learning_rate_at
@@ -45,33 +46,24 @@ _TOKEN_OBJECTIVES = (Objective.CAUSAL_LM, Objective.MASKED_LM, Objective.SFT)
 
 def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch, *, train: bool,
                   dropout_rng: jax.Array | None = None, loss_chunk: int = 0,
-                  preference: Settings | None = None
+                  preference: Settings | GrpoSettings | None = None
                   ) -> tuple[LossSums, jax.Array, dict[str, jax.Array]]:
   """The objective's loss sums, a Mixture-of-Experts model's load-balancing loss (0.0 without
-  experts) and a preference objective's reward sums ({} for the others); `loss_chunk` > 0
-  (token-level and preference objectives) projects to the vocabulary that many positions at a
-  time, never holding the whole batch's logits."""
+  experts) and a preference objective's reward sums, or GRPO's KL and clipping sums ({} for the
+  others); `loss_chunk` > 0 (token-level, preference and GRPO objectives) projects to the
+  vocabulary that many positions at a time, never holding the whole batch's logits.
+  `preference` holds a preference objective's or GRPO's settings."""
   inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-  moe = model.config.moe.enabled
-
-  def apply(variables, *args, **kwargs):  # -> (output, load-balancing loss)
-    if not moe:
-      return model.apply(variables, *args, **kwargs), jnp.zeros((), jnp.float32)
-    out, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
-    return out, load_balancing_loss(state["intermediates"])
-
-  def log_probs(variables, **kwargs):  # -> ([batch, len] what each position predicts, aux)
-    targets, _ = causal_lm_targets(batch["input_ids"], batch["segment_ids"])
-    if loss_chunk:
-      hidden, aux = apply(variables, batch["input_ids"], method=Transformer.features, **kwargs,
-                          **inputs)
-      logits_fn = lambda h: model.apply(variables, h, method=Transformer.decode)
-      return chunked_token_log_probs(hidden, logits_fn, targets, loss_chunk), aux
-    logits, aux = apply(variables, batch["input_ids"], **kwargs, **inputs)
-    return token_log_probs(logits, targets), aux
-
+  apply = functools.partial(_apply, model)
+  log_probs = functools.partial(_target_log_probs, model, batch=batch, loss_chunk=loss_chunk)
   variables = {"params": params}
+  if objective is Objective.GRPO:
+    token_logps, aux = log_probs(variables, train=train, rngs=rngs)
+    _, mask = sft_targets(batch["input_ids"], batch["segment_ids"], batch["loss_mask"])
+    sums, extra = grpo_sums(token_logps, batch["old_logps"], batch["ref_logps"],
+                            batch["advantages"], mask, preference)
+    return sums, aux, extra
   if objective.is_preference:
     token_logps, aux = log_probs(variables, train=train, rngs=rngs)
     reference = None
@@ -89,6 +81,29 @@ def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch
     return chunked_objective_loss(objective, hidden, logits_fn, batch, loss_chunk), aux, {}
   logits, aux = apply(variables, batch["input_ids"], train=train, rngs=rngs, **inputs)
   return objective_loss(objective, logits, batch), aux, {}
+
+
+def _apply(model: Transformer, variables, *args, **kwargs) -> tuple[Any, jax.Array]:
+  """model.apply, and a Mixture-of-Experts model's load-balancing loss (0.0 without experts)."""
+  if not model.config.moe.enabled:
+    return model.apply(variables, *args, **kwargs), jnp.zeros((), jnp.float32)
+  out, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
+  return out, load_balancing_loss(state["intermediates"])
+
+
+def _target_log_probs(model: Transformer, variables, *, batch: Batch, loss_chunk: int,
+                      **kwargs) -> tuple[jax.Array, jax.Array]:
+  """The log-prob of what each position predicts ([batch, len], as `causal_lm_targets` pairs
+  positions with targets) and the load-balancing loss; `loss_chunk` positions at a time."""
+  inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+  targets, _ = causal_lm_targets(batch["input_ids"], batch["segment_ids"])
+  if loss_chunk:
+    hidden, aux = _apply(model, variables, batch["input_ids"], method=Transformer.features,
+                         **kwargs, **inputs)
+    logits_fn = lambda h: model.apply(variables, h, method=Transformer.decode)
+    return chunked_token_log_probs(hidden, logits_fn, targets, loss_chunk), aux
+  logits, aux = _apply(model, variables, batch["input_ids"], **kwargs, **inputs)
+  return token_log_probs(logits, targets), aux
 
 
 def adapters_off(params):
@@ -149,7 +164,7 @@ def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transfor
       return jax.tree.map(jnp.add, carry, (sums, grads)), None
 
     scalar = jnp.zeros((), jnp.float32)
-    no_rewards = dict.fromkeys(REWARD_SUMS if objective.is_preference else (), scalar)
+    no_rewards = dict.fromkeys(extra_sums(objective), scalar)
     zeros = jax.tree.map(jnp.zeros_like, ((LossSums(*(scalar,) * 3), scalar, no_rewards), trained))
     ((sums, aux, rewards), grads), _ = jax.lax.scan(accumulate, zeros,
                                                     (micro, jnp.arange(grad_accum_steps)))
@@ -185,11 +200,21 @@ def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transfor
   return new_state, metrics
 
 
+def extra_sums(objective: Objective) -> tuple[str, ...]:
+  """The names of the sums beside the loss's that the objective's step adds up."""
+  return REWARD_SUMS if objective.is_preference else \
+      GRPO_SUMS if objective is Objective.GRPO else ()
+
+
 def reward_metrics(rewards: Mapping[str, jax.Array], pairs) -> dict[str, jax.Array]:
   """The mean implicit rewards of a preference objective and their margin, from the sums over
-  `pairs` pairs ({} for the other objectives)."""
+  `pairs` pairs; GRPO's mean KL and clip fraction per completion token ({} for the other
+  objectives)."""
   if not rewards:
     return {}
+  if "kl" in rewards:
+    tokens = jnp.maximum(rewards["completion_tokens"], 1.0)
+    return {"kl": rewards["kl"] / tokens, "clip_fraction": rewards["clipped"] / tokens}
   chosen, rejected = rewards["chosen_reward"] / pairs, rewards["rejected_reward"] / pairs
   return {"rewards_chosen": chosen, "rewards_rejected": rejected,
           "rewards_margin": chosen - rejected}
@@ -254,6 +279,21 @@ def jit_eval_step(model: Transformer, objective: Objective, placement: MeshRules
       placement)
   return jax.jit(step, in_shardings=(params_shardings, batch_shardings(placement, objective)),
                  out_shardings=placement.replicated())
+
+
+def jit_log_probs(model: Transformer, placement: MeshRules, params_shardings: Any, *,
+                  reference: bool, loss_chunk: int = 0) -> Callable[[Any, Batch], jax.Array]:
+  """The log-prob of what each position of a GRPO batch predicts, [batch, len] float32, under
+  `params` (`reference`: the LoRA base, the adapters off), jitted like the train step: what
+  the sampling policy and the reference give the completions, for the steps of a round."""
+  def log_probs(params, batch):
+    params = adapters_off(params) if reference else params
+    return _target_log_probs(model, {"params": params}, batch=batch, loss_chunk=loss_chunk,
+                             train=False)[0]
+  step = _with_activation_sharding(log_probs, placement)
+  shardings = batch_shardings(placement, Objective.GRPO)
+  return jax.jit(step, in_shardings=(params_shardings, shardings),
+                 out_shardings=placement.batch_sharding())
 
 
 def _with_activation_sharding(fn: Callable, placement: MeshRules) -> Callable:

@@ -35,28 +35,39 @@ def alternating(fns: dict, repeats: int) -> tuple[dict[str, float], dict]:
   return {name: statistics.median(t) for name, t in times.items()}, outputs
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+  """The random GPT-2's size and the request shape (benchmarks/serve.py takes them too)."""
   parser.add_argument("--width", type=int, default=256)
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--vocab", type=int, default=8192)
   parser.add_argument("--prompt", type=int, default=32, help="prompt tokens")
   parser.add_argument("--new", type=int, default=128, help="new tokens per sequence")
+
+
+def random_gpt2(args):
+  """The random GPT-2 both libraries decode, in PyTorch (seed 0), sized by `args`."""
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      n_layer=args.layers, n_embd=args.width, n_head=max(1, args.width // 64),
+      n_positions=args.prompt + args.new, vocab_size=args.vocab)).eval()
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_model_arguments(parser)
   parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
   parser.add_argument("--repeats", type=int, default=7)
   args = parser.parse_args()
 
   import torch
-  import transformers
 
   import lmjax
   from lmjax.infer import generate
 
   torch.set_num_threads(os.cpu_count() or 1)
-  torch.manual_seed(0)
-  hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      n_layer=args.layers, n_embd=args.width, n_head=max(1, args.width // 64),
-      n_positions=args.prompt + args.new, vocab_size=args.vocab)).eval()
+  hf_model = random_gpt2(args)
   with tempfile.TemporaryDirectory() as directory:
     hf_model.save_pretrained(directory)
     model, params = lmjax.from_hf(directory)

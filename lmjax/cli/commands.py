@@ -1,5 +1,5 @@
 """The `lmjax` command: running what lmjax.cli.parser parsed (train, eval, score, eval-harness,
-generate, predict, fill-mask, convert, checkpoints, plot, tokenizer, data).
+generate, serve, predict, fill-mask, convert, checkpoints, plot, tokenizer, data).
 
 User mistakes (`UserError`) print one paragraph and exit with status 2, without a traceback.
 A run stopped by a non-finite loss (`train.nan_policy=stop`) exits with status 3; one stopped
@@ -28,6 +28,7 @@ from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import complete, perplexity
 from lmjax.infer import cloze_ids, fill_mask, generate
+from lmjax.infer.engine import check_limits
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
@@ -178,6 +179,24 @@ def _cmd_generate(args) -> int:
   return 0
 
 
+def _cmd_serve(args) -> int:
+  try:
+    from lmjax.serve import server  # noqa: PLC0415 -- Starlette and uvicorn load only here
+  except ImportError as e:
+    if e.name not in ("starlette", "uvicorn"):
+      raise
+    raise UserError(f"lmjax serve needs {e.name}, which is not installed: pip install "
+                    f"'lmjax[serve]'.") from None
+  # Bad limits and addresses fail before the model loads.
+  check_limits(max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=args.max_seq_len)
+  server.listen(args.host, args.port).close()
+  loaded = _load(args, dtype=args.dtype)
+  server.serve(loaded, host=args.host, port=args.port, max_batch=args.max_batch,
+               max_seq_len=args.max_seq_len, max_queue=args.max_queue, name=args.model_name,
+               announce=lambda line: print(f"lmjax serve: {line}", flush=True))
+  return 0
+
+
 def _cmd_predict(args) -> int:
   classifier = load_classifier(run_dir=args.run_dir, hf_dir=args.hf, step=args.step)
   inputs = read_inputs(args.input, classifier) if args.input else texts_input(args.text)
@@ -278,7 +297,7 @@ def _cmd_data(args) -> int:
 
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "score": _cmd_score,
              "eval-harness": _cmd_eval_harness, "plot": _cmd_plot, "generate": _cmd_generate,
-             "predict": _cmd_predict,
+             "serve": _cmd_serve, "predict": _cmd_predict,
              "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,
              "tokenizer": _cmd_tokenizer, "data": _cmd_data}
 

@@ -9,8 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
-DESCRIPTION = ("The `lmjax` command: train, eval, score, eval-harness, generate, predict, fill-mask, "
-               "convert, checkpoints, plot, tokenizer, data.")
+DESCRIPTION = ("The `lmjax` command: train, eval, score, eval-harness, generate, serve, predict, "
+               "fill-mask, convert, checkpoints, plot, tokenizer, data.")
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -121,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
   plot.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
   _add_generate(commands)
+  _add_serve(commands)
 
   classify = commands.add_parser("predict", help="label texts with a classifier")
   _add_source(classify)
@@ -255,6 +256,27 @@ def _add_generate(commands) -> None:
                         help="each prompt is a user message, rendered with the run's chat "
                              "template (data.chat_template, else the tokenizer's, else ChatML); "
                              "prints the reply")
+
+
+def _add_serve(commands) -> None:
+  serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous "
+                                            "batching (needs lmjax[serve])")
+  _add_source(serve)
+  serve.add_argument("--host", default="127.0.0.1",
+                     help="the address to listen on (default 127.0.0.1; 0.0.0.0 for every "
+                          "interface)")
+  serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
+  serve.add_argument("--max-batch", type=int, default=8,
+                     help="requests decoded together: the KV cache's slots (default 8)")
+  serve.add_argument("--max-seq-len", type=int, default=None,
+                     help="each slot's tokens, prompt and answer (default: the model's context, "
+                          "at most 2048)")
+  serve.add_argument("--max-queue", type=int, default=None,
+                     help="requests waiting for a slot before more are refused with 429 "
+                          "(default 4 x --max-batch)")
+  serve.add_argument("--model-name", default=None,
+                     help="the name clients ask for (default: the source directory's name)")
+  serve.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:

@@ -149,9 +149,8 @@ def encode_prompts(loaded: Loaded, texts: Sequence[str], *, chat_mode: bool) -> 
   a user message rendered with the chat template (`chat_template_source`)."""
   tokenizer = loaded.tokenizer
   if chat_mode:
-    template = chat_template(chat_template_source(loaded), tokenizer)
-    rendered = [chat.render_prompt([{"role": "user", "content": t}], template) for t in texts]
-    prompts = [tokenizer.encode(t, parse_special_tokens=True) for t in rendered]
+    template = loaded_chat_template(loaded)
+    prompts = [encode_chat(tokenizer, template, [{"role": "user", "content": t}]) for t in texts]
   else:
     prompts = [tokenizer.encode(t, add_special_tokens=True) for t in texts]
   for text, ids in zip(texts, prompts):
@@ -164,6 +163,20 @@ def chat_template_source(loaded: Loaded) -> str | None:
   """The template `--chat` renders with: the run's data.chat_template, else its tokenizer
   directory's (or the HF directory's) own, else lmjax's default."""
   return loaded.chat_template
+
+
+def loaded_chat_template(loaded: Loaded) -> chat.ChatTemplate:
+  """The compiled template of `chat_template_source`, with the tokenizer's bos and eos."""
+  return chat_template(chat_template_source(loaded), loaded.tokenizer)
+
+
+def encode_chat(tokenizer: Tokenizer, template: chat.ChatTemplate,
+                messages: list[Mapping[str, Any]], *,
+                tools: list[Mapping[str, Any]] | None = None) -> list[int]:
+  """Token ids of the prompt that answers `messages` (rendered with the generation prompt and
+  any `tools`; special tokens in the template's text are the tokenizer's)."""
+  return tokenizer.encode(chat.render_prompt(messages, template, tools=tools),
+                          parse_special_tokens=True)
 
 
 def fit_prompts(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int
@@ -208,8 +221,8 @@ def stable_prefix(text: str, stop: Sequence[str]) -> str:
 
 
 @dataclasses.dataclass
-class _Row:
-  """One returned sequence as it grows."""
+class TextRow:
+  """One returned sequence as it grows: its ids, and their text cut before a stop string."""
 
   prefix: list[int]  # the ids decoded with the new ones (the prompt; none with --chat)
   head: str          # their text, which the continuation follows
@@ -238,7 +251,8 @@ def complete_batch(loaded: Loaded, prompts: list[list[int]], settings: Generatio
   rows = []
   for prompt in prompts:
     prefix = prompt if echo else []
-    rows += [_Row(prefix, tokenizer.decode(prefix)) for _ in range(settings.num_return_sequences)]
+    rows += [TextRow(prefix, tokenizer.decode(prefix))
+             for _ in range(settings.num_return_sequences)]
   chunk = STREAM_CHUNK if stop or on_text else max(settings.max_new_tokens, 1)
   stream = stream_generate(
       loaded.model, loaded.params, prompts, max_new_tokens=settings.max_new_tokens, chunk=chunk,
@@ -341,6 +355,7 @@ def write_completions(results: Sequence[Completion], path: pathlib.Path | None) 
     write_text_atomic(path, text)
 
 
-__all__ = ["Completion", "GenerationSettings", "STREAM_CHUNK",
-           "chat_template_source", "complete", "complete_batch", "encode_prompts", "fit_prompts",
-           "read_prompts", "resolve_settings", "stable_prefix", "write_completions"]
+__all__ = ["Completion", "GenerationSettings", "STREAM_CHUNK", "TextRow",
+           "chat_template_source", "complete", "complete_batch", "encode_chat", "encode_prompts",
+           "fit_prompts", "loaded_chat_template", "read_prompts", "resolve_settings",
+           "stable_prefix", "write_completions"]

@@ -53,7 +53,7 @@ class _DecodeState(NamedTuple):
 # -- the jitted core --------------------------------------------------------------------------
 
 
-def _unrolled(model: Transformer, params) -> tuple[Transformer, Any]:
+def unrolled_model(model: Transformer, params) -> tuple[Transformer, Any]:
   """The same model with unrolled layers, each with a KV cache array of its own, updated in
   place (see lmjax.model.unrolled). Called inside the jitted programs below, where slicing the
   layers' params out of the stacked ones costs less than a copy made outside."""
@@ -115,7 +115,7 @@ def _decode_loop(model: Transformer, params, state: _DecodeState, key: jax.Array
 def _first_chunk(model: Transformer, params, input_ids: jax.Array, attention_mask: jax.Array,
                  key: jax.Array, sampling: Sampling, until: jax.Array, *, max_new_tokens: int,
                  greedy: bool, penalise: bool) -> _DecodeState:
-  model, params = _unrolled(model, params)
+  model, params = unrolled_model(model, params)
   state = _prefill(model, params, input_ids, attention_mask, key, sampling,
                    max_new_tokens=max_new_tokens, greedy=greedy, penalise=penalise)
   return _decode_loop(model, params, state, key, sampling, until, greedy=greedy)
@@ -124,7 +124,7 @@ def _first_chunk(model: Transformer, params, input_ids: jax.Array, attention_mas
 @functools.partial(jax.jit, static_argnames=("model", "greedy"), donate_argnames=("state",))
 def _next_chunk(model: Transformer, params, state: _DecodeState, key: jax.Array,
                 sampling: Sampling, until: jax.Array, *, greedy: bool) -> _DecodeState:
-  model, params = _unrolled(model, params)
+  model, params = unrolled_model(model, params)
   return _decode_loop(model, params, state, key, sampling, until, greedy=greedy)
 
 
@@ -312,4 +312,4 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
   return rows
 
 
-__all__ = ["Chunk", "generate", "stream_generate"]
+__all__ = ["Chunk", "generate", "stream_generate", "unrolled_model"]

@@ -37,15 +37,20 @@ def attention_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *, 
   """Which keys each query may see: [batch, q] and [batch, k] segment ids -> [batch, 1, q, k].
 
   Segment 0 is padding and is never attended to; other ids must match. With `causal`, query i
-  (at slot `query_offset + i`) sees keys at slots <= its own.
+  (at slot `query_offset + i`) sees keys at slots <= its own; `query_offset` is a scalar, or
+  [batch] where each row's cache stands elsewhere (a server's slots).
   """
-  q_len, k_len = query_segment_ids.shape[1], key_segment_ids.shape[1]
   mask = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
   mask &= key_segment_ids[:, None, :] != 0
   if causal:
-    q_slot = query_offset + jnp.arange(q_len)
-    mask &= q_slot[:, None] >= jnp.arange(k_len)[None, :]
+    mask &= _slot_distance(query_offset, *mask.shape[1:]) >= 0
   return mask[:, None, :, :]
+
+
+def _slot_distance(query_offset: jax.Array | int, q_len: int, k_len: int) -> jax.Array:
+  """Query slot minus key slot: [q_len, k_len], or [batch, q_len, k_len] for a [batch] offset."""
+  q_slot = jnp.asarray(query_offset)[..., None] + jnp.arange(q_len)  # [q_len] or [batch, q_len]
+  return q_slot[..., :, None] - jnp.arange(k_len)
 
 
 class Mask(NamedTuple):
@@ -70,10 +75,11 @@ def sliding_window_mask(mask: Mask, window: jax.Array | int, *, causal: bool) ->
   itself and the window - 1 before it (transformers' `sliding_window_overlay`); bidirectional:
   |i - j| < window.
   """
-  q_len, k_len = mask.dense.shape[2:]
-  distance = (mask.query_offset + jnp.arange(q_len))[:, None] - jnp.arange(k_len)[None, :]
+  distance = _slot_distance(mask.query_offset, *mask.dense.shape[2:])  # [(batch,) q, kv]
   if not causal:
-    distance = jnp.abs(distance)                               # [q_len, kv_len]
+    distance = jnp.abs(distance)
+  if distance.ndim == 3:
+    distance = distance[:, None]  # [batch, 1, q_len, kv_len], as the dense mask
   return mask._replace(dense=mask.dense & (distance < window))
 
 
@@ -158,6 +164,17 @@ def _dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
   return out.reshape(b, kv_heads, group, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
+def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array | int, *, axis: int
+                ) -> jax.Array:
+  """`new` written into `cache` ([batch, …], the same rank) from slot `index` along `axis`:
+  one index for every row, or a [batch] vector of each row's own."""
+  new = new.astype(cache.dtype)
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis)
+  return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, axis - 1))(
+      cache, new, index)
+
+
 class Attention(nn.Module):
   """Self-attention: projections, optional QK-norm, optional rotary positions, optional KV cache,
   output projection."""
@@ -193,9 +210,8 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_heads, length, head_dim]
     if cache is not None:
-      start = (0, 0, cache_index, 0)
-      k = jax.lax.dynamic_update_slice(cache["key"], k.astype(cache["key"].dtype), start)
-      v = jax.lax.dynamic_update_slice(cache["value"], v.astype(cache["value"].dtype), start)
+      k = write_cache(cache["key"], k, cache_index, axis=2)
+      v = write_cache(cache["value"], v, cache_index, axis=2)
       cache = {"key": k, "value": v}
     if window is not None:
       mask = sliding_window_mask(mask, window, causal=cfg.causal)

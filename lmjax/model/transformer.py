@@ -30,7 +30,7 @@ import numpy as np
 from flax import struct
 
 from lmjax.model.attention import Attention
-from lmjax.model.attention import make_mask
+from lmjax.model.attention import make_mask, write_cache
 from lmjax.model.config import (ClassifierPooling, Head, ModelConfig, NormPosition,
                                 PoolerActivation, Positions, Remat)
 from lmjax.model.layers import (DenseGeneral, LayerNorm, Mlp, activation, initializer,
@@ -39,12 +39,14 @@ from lmjax.model.moe import MoeMlp
 
 Cache = dict  # {"layers": the layers' {"key", "value"} [batch, kv_heads, len, head_dim],
               #    stacked [layers, …] for scanned models, a list of one per layer unrolled;
-              #  "segment_ids": [batch, len] (0 = empty slot), "index": int32 scalar}
+              #  "segment_ids": [batch, len] (0 = empty slot), "index": int32 scalar, or [batch]}
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int,
                dtype: jnp.dtype = jnp.float32) -> Cache:
-  """An empty KV cache for `batch_size` sequences of up to `max_length` tokens."""
+  """An empty KV cache for `batch_size` sequences of up to `max_length` tokens. Its "index" (the
+  next slot written) is one scalar for all rows; a [batch_size] vector in its place gives each
+  row its own (lmjax.infer.slots: a server's requests of different lengths)."""
   shape = (batch_size, config.kv_heads, max_length, config.dim_per_head)
   empty = lambda *lead: {"key": jnp.zeros(lead + shape, dtype),
                          "value": jnp.zeros(lead + shape, dtype)}
@@ -275,15 +277,16 @@ class Transformer(nn.Module):
     if segment_ids is None:
       segment_ids = (jnp.ones((b, s), jnp.int32) if attention_mask is None
                      else attention_mask.astype(jnp.int32))
-    offset = 0 if cache is None else cache["index"]
+    offset = 0 if cache is None else cache["index"]  # a scalar, or [batch]: each row's own
     if positions is None:
-      positions = jnp.broadcast_to(offset + jnp.arange(s, dtype=jnp.int32), (b, s))
+      positions = jnp.broadcast_to(jnp.asarray(offset, jnp.int32)[..., None] + jnp.arange(s),
+                                   (b, s))
     x = self._embed(input_ids, token_type_ids, positions, train)  # [batch, length, embed]
 
     if cache is None:
       key_segment_ids, layer_caches = segment_ids, None
     else:
-      key_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, offset))
+      key_segment_ids = write_cache(cache["segment_ids"], segment_ids, offset, axis=1)
       layer_caches = cache["layers"]
     mask = make_mask(segment_ids, key_segment_ids, causal=cfg.causal, query_offset=offset)
     x, layer_caches = self._blocks(x, layer_caches, mask, positions,

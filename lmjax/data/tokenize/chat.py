@@ -119,14 +119,18 @@ class ChatTemplate:
     self._errors = (jinja2.TemplateError, TypeError, KeyError, ValueError)
 
   def render(self, messages: list[Mapping[str, Any]], *, add_generation_prompt: bool = False,
-             where: str = "") -> str:
-    """The template's text for `messages`, within render_limits' bounds of output and time."""
+             where: str = "", tools: list[Mapping[str, Any]] | None = None) -> str:
+    """The template's text for `messages`, within render_limits' bounds of output and time;
+    `tools` (OpenAI's function specs) reach the templates that list them, as in transformers'
+    apply_chat_template."""
     size = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, Mapping))
+    size += len(str(tools or ""))
+    extra = {} if tools is None else {"tools": tools}
     try:
       with render_limits.time_limit(render_limits.RENDER_SECONDS):
         return joined_within(self._template.generate(
-            messages=messages, add_generation_prompt=add_generation_prompt, **self._tokens),
-            limit=output_limit(size), where=where)
+            messages=messages, add_generation_prompt=add_generation_prompt, **extra,
+            **self._tokens), limit=output_limit(size), where=where)
     except RenderTimeout:
       raise UserError(f"{where}: the chat template ran for more than {render_limits.RENDER_SECONDS:g} s on it "
                       f"(a loop without end?): fix the template (data.chat_template).") from None
@@ -180,6 +184,8 @@ def _chat_segments(messages: Any, template: ChatTemplate, where: str) -> Segment
   return [(text, trained) for text, trained in out if text]
 
 
-def render_prompt(messages: list[Mapping[str, Any]], template: ChatTemplate) -> str:
-  """The text a model continues to answer `messages` (the generation prompt added)."""
-  return template.render(messages, add_generation_prompt=True, where="the prompt")
+def render_prompt(messages: list[Mapping[str, Any]], template: ChatTemplate, *,
+                  tools: list[Mapping[str, Any]] | None = None) -> str:
+  """The text a model continues to answer `messages` (the generation prompt added), with the
+  `tools` it may call where the template lists them."""
+  return template.render(messages, add_generation_prompt=True, where="the prompt", tools=tools)

@@ -32,7 +32,7 @@ from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_in
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.run.loader import Loaded, load
-from lmjax.storage import check_local
+from lmjax.storage import check_local, check_path
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
 from lmjax.train.inputs import prepare_data
@@ -282,12 +282,17 @@ _PATH_ARGUMENTS = {"config": "CONFIG", "run_dir": "--run-dir", "run_dirs": "RUN_
                    "include_path": "--include-path", "adapter": "--adapter"}
 
 
+# Those that may be on a bucket (gs://, s3://); the others are local only, for now.
+_REMOTE_ARGUMENTS = {"run_dir", "hf_dir", "hf"}
+
+
 def _check_paths(args) -> None:
-  """Every path argument is local (lmjax.storage)."""
+  """Every path argument is local, or a usable bucket's where remote ones are read
+  (lmjax.storage)."""
   for name, flag in _PATH_ARGUMENTS.items():
     value = getattr(args, name, None)
     if isinstance(value, (str, list)):
-      check_local(value, what=flag)
+      (check_path if name in _REMOTE_ARGUMENTS else check_local)(value, what=flag)
 
 
 # The errors of a write the storage refused (DESIGN.md's exit 4, and only these).

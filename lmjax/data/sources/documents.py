@@ -36,6 +36,7 @@ from lmjax.data.sources.read_stats import ReadStats, first_few
 from lmjax.data.sources.tfds import read_tfds
 from lmjax.errors import UserError
 from lmjax.files import special_file
+from lmjax.storage import file_size
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
@@ -167,7 +168,7 @@ def describe_files(units: Sequence[Unit]) -> str:
   size = 0
   for unit in units:
     try:
-      size += os.path.getsize(unit.name)
+      size += file_size(unit.name)
     except OSError:  # gone since it was listed: reading it will say so
       pass
   return f"{len(units)} file(s), {size / 1e6:.1f} MB"

@@ -1,0 +1,181 @@
+"""Run directories, data and exports on object storage (gs://), against a real GCS server.
+
+The server is `gcp-storage-emulator`, started on a free port for this module and stopped after
+it; gcsfs and google-cloud-storage find it through STORAGE_EMULATOR_HOST, tensorstore (Orbax's
+array writes) through TENSORSTORE_GCS_HTTP_URL. The dress rehearsal trains a run whose data
+and run directory are on the bucket, kills it (-9) in a child process after a checkpoint,
+resumes it here, and compares it with an uninterrupted run; the export goes to the bucket and
+comes back. The rest is what a wrong remote path says.
+"""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import gcsfs
+import jax
+import numpy as np
+import pytest
+
+import lmjax
+from lmjax import storage
+from lmjax.cli import main
+from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
+from tests.conftest import TINY
+from tests.helpers import run_cli
+from tests.processes import ROOT, children, cpu_env, free_port
+
+BUCKET = "lmjax-test"
+RUN = TINY + ["train.log_every=1", "train.checkpoint_every=6", "train.eval_every=0",
+              "train.steps=12", "data.source=text", f"data.paths=[gs://{BUCKET}/data/*.md]"]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """The emulator's URL, with the environment pointing every client at it; stopped after."""
+  port = free_port()
+  url = f"http://127.0.0.1:{port}"
+  log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")
+  server = subprocess.Popen(
+      [sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port),
+       "--default-bucket", BUCKET, "--in-memory", "--quiet"],
+      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 30
+    while True:
+      try:
+        urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=1).read()
+        break
+      except OSError:
+        assert server.poll() is None and time.monotonic() < deadline, "the emulator did not start"
+        time.sleep(0.1)
+    with pytest.MonkeyPatch.context() as env:
+      env.setenv("STORAGE_EMULATOR_HOST", url)
+      env.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+      env.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # tensorstore: no credential hunt
+      gcsfs.GCSFileSystem.clear_instance_cache()
+      for name in ("README.md", "notebooks/README.md"):  # the data: this repository's prose
+        path = ROOT / name
+        if path.is_file():
+          storage.as_path(f"gs://{BUCKET}/data/{path.parent.name}-{path.name}").write_bytes(
+              path.read_bytes())
+      yield url
+  finally:
+    server.kill()
+    server.wait(timeout=30)
+    log.close()
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    storage._probed.clear()
+
+
+def gs(path: str) -> str:
+  return f"gs://{BUCKET}/{path}"
+
+
+def remote_rows(run_dir: str) -> list[dict]:
+  return [json.loads(line) for line in
+          storage.as_path(run_dir + "/metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def whole(gcs):
+  """An uninterrupted run on the bucket, its data read from the bucket too."""
+  assert main(["train", "tiny-gpt", "--run-dir", gs("whole"), "--set", *RUN]) == 0
+  return gs("whole")
+
+
+def test_resume_after_kill_9_on_gcs_matches_an_uninterrupted_run(gcs, whole, tmp_path):
+  killed = gs("killed")
+  with children(tmp_path) as group:
+    env = cpu_env(1, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs,
+                  GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator")
+    group.start("killed", ["-m", "lmjax", "train", "tiny-gpt", "--run-dir", killed, "--set",
+                           *RUN], env)
+    checkpoint = storage.as_path(killed + "/checkpoints/6/commit_success.txt")
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():  # a committed step, then a kill in the middle of the next
+      assert group.procs["killed"].poll() is None, group.log("killed")
+      assert time.monotonic() < deadline, group.log("killed")
+      time.sleep(0.2)
+    group.procs["killed"].kill()
+    group.procs.pop("killed").wait(timeout=30)
+  assert storage.as_path(killed + "/" + LOCK_FILE).exists()  # -9: nothing removed it
+  assert main(["train", "tiny-gpt", "--run-dir", killed, "--set", *RUN]) == 0
+  assert not storage.as_path(killed + "/" + LOCK_FILE).exists()
+  expected, got = remote_rows(whole), remote_rows(killed)
+  assert [r["step"] for r in got] == list(range(1, 13))  # each step logged once
+  assert [r["loss"] for r in got] == [r["loss"] for r in expected]
+  _, params_whole = lmjax.load_run(whole)
+  _, params_killed = lmjax.load_run(killed)
+  jax.tree.map(np.testing.assert_array_equal, params_whole, params_killed)
+  for name in ("config.yaml", "tokenizer/tokenizer.json", "checkpoint_sizes.json"):
+    assert storage.as_path(f"{killed}/{name}").is_file(), name
+  assert storage.as_path(f"{killed}/tensorboard").is_dir()
+
+
+def test_export_to_gcs_and_import_back_keeps_the_logits(whole, capsys):
+  assert run_cli(capsys, "convert", "lmjax-to-hf", whole, gs("hf"))[0] == 0
+  assert storage.as_path(gs("hf/model.safetensors")).is_file()
+  assert run_cli(capsys, "convert", "hf-to-lmjax", gs("hf"), gs("back"))[0] == 0
+  code, out, err = run_cli(capsys, "generate", "--run-dir", gs("back"), "--prompt", "The",
+                           "--max-new-tokens", "4", "--temperature", "0")
+  assert code == 0 and "Traceback" not in err, err
+  code, listing, _ = run_cli(capsys, "checkpoints", whole)
+  assert code == 0 and "complete" in listing, listing
+  ids = np.arange(1, 17, dtype=np.int32)[None]  # [batch 1, seq 16]
+  logits = [np.asarray(m.model.apply({"params": m.params}, ids))
+            for m in (lmjax.load(whole), lmjax.load(gs("back")), lmjax.load(gs("hf")))]
+  np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits[2], logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_run_directory_on_gcs_is_locked_against_a_second_writer(gcs):
+  with DirectoryLock(gs("locked"), what="run"):
+    with pytest.raises(DirectoryLocked, match="in use by another lmjax process"):
+      DirectoryLock(gs("locked")).acquire()
+  assert not storage.as_path(gs("locked/" + LOCK_FILE)).exists()
+
+
+@pytest.fixture
+def unreachable(gcs, monkeypatch):
+  """A storage server that is down: nothing listens at STORAGE_EMULATOR_HOST."""
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+  monkeypatch.setattr(storage, "PROBE_SECONDS", 2.0)
+  monkeypatch.setattr(storage, "_probed", set())
+  gcsfs.GCSFileSystem.clear_instance_cache()
+  yield
+  gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--run-dir", "ftp://host/run", "--prompt", "a"], "unknown scheme ftp://"),
+    (["generate", "--run-dir", "gs:///run", "--prompt", "a"], "names no bucket"),
+    (["generate", "--run-dir", "gs://no-such-bucket/run", "--prompt", "a"],
+     "bucket gs://no-such-bucket does not exist"),
+    (["train", "tiny-gpt", "--run-dir", "gs://no-such-bucket/run"],
+     "bucket gs://no-such-bucket does not exist"),
+    (["convert", "lmjax-to-hf", gs("nothing-here"), "gs://no-such-bucket/out"],
+     "bucket gs://no-such-bucket does not exist"),
+])
+def test_a_bad_remote_path_is_one_message(gcs, capsys, argv, message):
+  code, _, err = run_cli(capsys, *argv)
+  assert code == 2 and message in err and "Traceback" not in err, err
+  assert len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unreachable_server_is_one_message_in_bounded_time(unreachable, capsys):
+  started = time.monotonic()
+  code, _, err = run_cli(capsys, "generate", "--run-dir", gs("whole"), "--prompt", "a")
+  assert time.monotonic() - started < 10
+  assert code == 2 and "no answer from the storage server" in err, err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_credentials_are_named_not_printed(gcs, capsys, monkeypatch, tmp_path):
+  monkeypatch.setattr(storage, "_probed", set())
+  monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+  code, _, err = run_cli(capsys, "generate", "--run-dir", gs("whole"), "--prompt", "a")
+  assert code == 2 and "GOOGLE_APPLICATION_CREDENTIALS" in err and "does not exist" in err, err
+  assert "Traceback" not in err

@@ -40,6 +40,12 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from etils import epath  # noqa: E402 -- after the environment above
+import fsspec  # noqa: E402 -- comes with etils' epath; gcsfs and s3fs are the gcs/s3 extras
+
+# gcsfs and s3fs cache each directory listing for the life of the process: a step another
+# process (or tensorstore, which bypasses fsspec) wrote would stay invisible to this one.
+for _protocol in ("gs", "gcs", "s3"):
+  fsspec.config.conf.setdefault(_protocol, {})["use_listings_cache"] = False
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _MOUNTS = {"gs": "gcsfuse", "s3": "mountpoint-s3 or s3fs-fuse"}
@@ -164,7 +170,6 @@ def describe_error(error: BaseException, url: str) -> str:
 
 def filesystem(url: PathLike):
   """The fsspec file system that serves `url` (gcsfs for gs://, s3fs for s3://)."""
-  import fsspec  # fsspec comes with etils' epath; gcsfs or s3fs are the gcs/s3 extras
   fs, _ = fsspec.core.url_to_fs(os.fspath(url))
   return fs
 

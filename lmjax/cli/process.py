@@ -71,8 +71,7 @@ def quiet_orbax_leftovers() -> None:
   def quiet_log(record: logging.LogRecord) -> bool:  # Orbax logs a failed save's traceback
     return not (record.exc_info and is_leftover(record.exc_info[1])) \
         and "Failed to run" not in record.getMessage() \
-        and "Removing existing directory since it is not finalized" not in record.getMessage() \
-        and "Skipping merge of OCDBT checkpoints" not in record.getMessage()  # per-array layout
+        and "Removing existing directory since it is not finalized" not in record.getMessage()
 
   logging.getLogger("absl").addFilter(quiet_log)
   # a save cancelled after its failure leaves coroutines that never ran

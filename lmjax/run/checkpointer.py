@@ -87,12 +87,8 @@ class Checkpointer:
     """Orbax's manager, made on first use: it creates the directory, which a run must not
     have before its first save."""
     if self._opened is None:
-      if is_remote(self.directory):
-        self._opened = ocp.CheckpointManager(self.directory, options=self._options,
-                                             handler_registry=_bucket_handlers())
-      else:
-        self._opened = ocp.CheckpointManager(self.directory, options=self._options,
-                                             item_names=ITEMS)
+      self._opened = ocp.CheckpointManager(self.directory, options=self._options,
+                                           item_names=ITEMS)
     return self._opened
 
   def steps(self) -> list[int]:
@@ -199,8 +195,8 @@ class Checkpointer:
     options = dataclasses.replace(self._options, enable_async_checkpointing=False)
     # A manager of its own: `self._manager` ties item "state" to StandardSave's handler,
     # which accepts array leaves only.
-    manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=
-                                    streaming_handlers(use_ocdbt=not is_remote(self.directory)))
+    manager = ocp.CheckpointManager(self.directory, options=options,
+                                    handler_registry=streaming_handlers())
     try:
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(state), record=ocp.args.JsonSave(record.to_json())))
@@ -376,22 +372,6 @@ class Checkpointer:
           raise
       if self._failure is not None:
         release_orbax_threads()
-
-
-def _bucket_handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
-  """Orbax's handlers for checkpoints on a bucket: each array in a zarr directory of its own
-  rather than in one OCDBT database. OCDBT commits its manifest by a conditional write on the
-  generation its last read returned; a store that returns none on reads (gcp-storage-emulator,
-  the suite's GCS) then refuses every checkpoint. Per-array files need no such write, which
-  is what a bucket gives everywhere; they cost more objects per checkpoint (a few per param).
-  Restores read either layout: Orbax tells them apart by the checkpoint's metadata."""
-  handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
-  handler = ocp.StandardCheckpointHandler(use_ocdbt=False)
-  handlers.add("state", ocp.args.StandardSave, handler)
-  handlers.add("state", ocp.args.StandardRestore, handler)
-  handlers.add("record", ocp.args.JsonSave, ocp.JsonCheckpointHandler())
-  handlers.add("record", ocp.args.JsonRestore, ocp.JsonCheckpointHandler())
-  return handlers
 
 
 def _all_processes_agree(ok: bool) -> bool:

@@ -79,9 +79,7 @@ def _inspect_step(checkpointer: Checkpointer, path: pathlib.Path, committed: boo
                   ) -> CheckpointInfo:
   files = file_sizes(path)
   step, size = int(path.name), sum(files.values())
-  per_array = any(name.endswith("/.zarray") for name in files)  # no OCDBT (on a bucket)
-  missing = [f for f in REQUIRED_FILES if f not in files
-             and not (per_array and f == "state/manifest.ocdbt")]
+  missing = [f for f in REQUIRED_FILES if f not in files]
   empty = sorted(name for name, bytes_ in files.items() if bytes_ == 0)
   problem, record = None, None
   if not committed:

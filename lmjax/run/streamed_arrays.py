@@ -66,10 +66,9 @@ class _DeferredArrayHandler(ocp.type_handlers.NumpyHandler):
                                                             name="deferred_arrays")]
 
 
-def streaming_handlers(*, use_ocdbt: bool = True) -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+def streaming_handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   """Checkpoint handlers for `save_streamed`: Orbax's defaults plus DeferredArray leaves (in a
-  registry of their own, so that no other save or restore sees them); `use_ocdbt=False` for a
-  bucket (lmjax.run.checkpointer)."""
+  registry of their own, so that no other save or restore sees them)."""
   defaults = [(ty, ocp.type_handlers.get_type_handler(ty))
               for ty in ocp.type_handlers.supported_types()]
   # DeferredArray first: its typestr is np.ndarray's, whose handler the defaults then restore.
@@ -77,7 +76,7 @@ def streaming_handlers(*, use_ocdbt: bool = True) -> ocp.handlers.DefaultCheckpo
       (DeferredArray, _DeferredArrayHandler()), *defaults)
   handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
   handlers.add("state", ocp.args.PyTreeSave,
-               ocp.PyTreeCheckpointHandler(type_handler_registry=types, use_ocdbt=use_ocdbt))
+               ocp.PyTreeCheckpointHandler(type_handler_registry=types))
   handlers.add("record", ocp.args.JsonSave, ocp.JsonCheckpointHandler())
   return handlers
 

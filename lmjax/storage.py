@@ -96,9 +96,11 @@ def check_local(paths: PathLike | Iterable[PathLike] | None, *, what: str) -> No
                     f"directly here yet; {how}.")
 
 
-def check_path(paths: PathLike | Iterable[PathLike] | None, *, what: str) -> None:
+def check_path(paths: PathLike | Iterable[PathLike] | None, *, what: str,
+               run_directory: bool = False) -> None:
   """UserError naming `what` for the first path that is a URL of an unknown scheme, or on a
-  bucket that cannot be used (missing, unreachable, no credentials, no fsspec backend)."""
+  bucket that cannot be used (missing, unreachable, no credentials, no fsspec backend); and,
+  for a `run_directory`, on a store its checkpoints cannot be written to (`check_run_store`)."""
   for path in _each(paths):
     scheme = url_scheme(path)
     if scheme is None:
@@ -106,7 +108,20 @@ def check_path(paths: PathLike | Iterable[PathLike] | None, *, what: str) -> Non
     if scheme not in REMOTE_SCHEMES:
       raise UserError(f"{what} {os.fspath(path)}: unknown scheme {scheme}://; lmjax reads and "
                       f"writes local paths, gs:// and s3://.")
+    if run_directory:
+      check_run_store(path, what=what)
     _probe(os.fspath(path), what=what)
+
+
+def check_run_store(path: PathLike, *, what: str = "run directory") -> None:
+  """UserError for a run directory on a store Orbax cannot write checkpoints to: Orbax 0.12
+  builds tensorstore's GCS driver for gs:// only (an s3:// path falls to its local-file
+  driver), so run directories are local or gs://; s3:// serves data and HF directories."""
+  if url_scheme(path) == "s3":
+    raise UserError(f"{what} {os.fspath(path)}: run directories (Orbax checkpoints) cannot be on "
+                    f"s3:// yet, only on gs:// or a local path; mount the bucket "
+                    f"({_MOUNTS['s3']}) and pass the mounted path. Data (data.paths) and "
+                    f"Hugging Face directories may be on s3://.")
 
 
 def _each(paths) -> list:
@@ -316,6 +331,6 @@ def local_output(directory: PathLike) -> Iterator[pathlib.Path]:
 
 
 __all__ = ["PROBE_SECONDS", "REMOTE_SCHEMES", "Path", "append_text", "as_path", "check_local",
-           "check_path", "copy_file", "create_exclusive", "describe_error", "file_size", "filesystem",
+           "check_path", "check_run_store", "copy_file", "create_exclusive", "describe_error", "file_size", "filesystem",
            "glob_remote", "is_remote", "read_bytes",
            "local_copy", "local_output", "open_append", "url_scheme"]

@@ -292,7 +292,10 @@ def _check_paths(args) -> None:
   for name, flag in _PATH_ARGUMENTS.items():
     value = getattr(args, name, None)
     if isinstance(value, (str, list)):
-      (check_path if name in _REMOTE_ARGUMENTS else check_local)(value, what=flag)
+      if name not in _REMOTE_ARGUMENTS:
+        check_local(value, what=flag)
+      else:
+        check_path(value, what=flag, run_directory=name == "run_dir")
 
 
 # The errors of a write the storage refused (DESIGN.md's exit 4, and only these).

@@ -47,7 +47,7 @@ from lmjax.files import file_sizes, nearest_existing, read_json_object, write_te
 from lmjax.run.orbax_errors import first_line, os_cause, release_orbax_threads
 from lmjax.run.record import CheckpointRecord, TrainState
 from lmjax.run.streamed_arrays import streaming_handlers
-from lmjax.storage import Path, as_path, filesystem, is_remote
+from lmjax.storage import Path, as_path, check_run_store, filesystem, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, *, keep: int, keep_every: int = 0,
                async_save: bool = True):
+    check_run_store(directory)
     directory = as_path(directory)  # a bucket's (epath) goes to Orbax as it is
     self.directory = directory if is_remote(directory) else directory.absolute()
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]

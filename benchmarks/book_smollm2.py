@@ -35,8 +35,9 @@ def lmjax(*args: str) -> str:
   return result.stdout
 
 
-def write_book(data_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-  """(training text, held-out text) of Botchan, from sentencepiece 0.2.3's sdist."""
+def botchan_lines() -> list[str]:
+  """Botchan's non-blank lines, Gutenberg's header and licence cut, from sentencepiece 0.2.3's
+  sdist (`pip download`; nothing else is fetched)."""
   with tempfile.TemporaryDirectory() as tmp:
     # pip's own notes (e.g. about this machine's index configuration) are shown only on failure
     got = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
@@ -48,7 +49,12 @@ def write_book(data_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
       raw = sdist.extractfile("sentencepiece-0.2.3/test/botchan.txt").read().decode("utf-8-sig")
   text = raw.split("*** START OF THIS PROJECT GUTENBERG EBOOK")[1].split("\n", 1)[1]
   text = text.split("End of Project Gutenberg")[0].split("*** END OF THIS PROJECT")[0]
-  lines = [line.rstrip() for line in text.splitlines() if line.strip()]  # (no blank lines)
+  return [line.rstrip() for line in text.splitlines() if line.strip()]  # (no blank lines)
+
+
+def write_book(data_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """(training text, held-out text) of Botchan: the first 90% of its lines, and the rest."""
+  lines = botchan_lines()
   cut = int(len(lines) * 0.9)
   data_dir.mkdir(parents=True, exist_ok=True)
   train, held_out = data_dir / "botchan_train.txt", data_dir / "botchan_heldout.txt"

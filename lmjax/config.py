@@ -17,10 +17,11 @@ import enum
 import logging
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import yaml
 
+from lmjax.config_objectives import GrpoConfig, PreferenceConfig, check_grpo_train
 from lmjax.config_model import model_config_from_dict
 from lmjax.config_schema import build, did_you_mean, plain
 from lmjax.data.config import DataConfig
@@ -56,47 +57,16 @@ class TrainObjective(enum.Enum):
   MASKED_LM = "masked_lm"
   CLASSIFY = "classify"
   SFT = "sft"              # instruction tuning of a causal LM: the loss on the answers only
+  DPO = "dpo"              # preference pairs (train.preference): sigmoid DPO against a reference
+  IPO = "ipo"              # the squared, length-normalised loss against a reference
+  ORPO = "orpo"            # odds ratio + NLL of the chosen answer, reference-free
+  SIMPO = "simpo"          # length-normalised margin with a target gap, reference-free
+  GRPO = "grpo"            # RL on sampled completions scored by rewards (train.grpo)
 
 
 class NanPolicy(enum.Enum):
   STOP = "stop"            # end the run (exit code 3) naming the step, the loss and the bad param
   SKIP_STEP = "skip_step"  # discard that update, count it in `skipped_steps`, carry on
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  steps: int = 1000
-  batch_size: int = 16                 # global, in sequences
-  seq_len: int = 128
-  learning_rate: float = 1e-3          # peak, after warmup
-  warmup_steps: int = 100
-  min_learning_rate_ratio: float = 0.1  # cosine decays to this fraction of the peak
-  weight_decay: float = 0.1            # not applied to biases and norm scales
-  grad_clip: float = 1.0               # global-norm clipping; 0 disables
-  adam_b1: float = 0.9
-  adam_b2: float = 0.95
-  adam_eps: float = 1e-8
-  grad_accum_steps: int = 1            # micro-batches per step; batch_size must divide evenly
-  mlm_probability: float = 0.15
-  loss_chunk_size: int = 0             # LM heads: project to the vocabulary this many positions
-                                       # at a time (0: all), bounding logits memory
-  seed: int = 0
-  log_every: int = 10
-  eval_every: int = 200                # 0 disables periodic eval
-  eval_batches: int = 4
-  checkpoint_every: int = 200
-  keep_checkpoints: int = 3             # the newest K are kept…
-  keep_every: int = 0                  # …plus every step divisible by this, forever; 0: none
-  nan_policy: NanPolicy = NanPolicy.STOP  # what a non-finite loss or gradient norm does
-  debug_nan_at_step: int | None = None  # testing hook: multiplies that step's loss by NaN
-  compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
-  objective: TrainObjective = TrainObjective.AUTO
-
-  def __post_init__(self):
-    check_ranges(self, "train", _TRAIN_RANGES)
-    if self.batch_size % self.grad_accum_steps:
-      raise UserError(f"train.batch_size={self.batch_size} is not divisible by "
-                      f"train.grad_accum_steps={self.grad_accum_steps}.")
 
 
 _AT_LEAST_ONE = Range(1)
@@ -123,7 +93,51 @@ _TRAIN_RANGES = {
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  RANGES: ClassVar[Mapping[str, Range]] = _TRAIN_RANGES  # lmjax.ranges: checked on creation
+
+  steps: int = 1000
+  batch_size: int = 16                 # global, in sequences
+  seq_len: int = 128
+  learning_rate: float = 1e-3          # peak, after warmup
+  warmup_steps: int = 100
+  min_learning_rate_ratio: float = 0.1  # cosine decays to this fraction of the peak
+  weight_decay: float = 0.1            # not applied to biases and norm scales
+  grad_clip: float = 1.0               # global-norm clipping; 0 disables
+  adam_b1: float = 0.9
+  adam_b2: float = 0.95
+  adam_eps: float = 1e-8
+  grad_accum_steps: int = 1            # micro-batches per step; batch_size must divide evenly
+  mlm_probability: float = 0.15
+  loss_chunk_size: int = 0             # LM heads: project to the vocabulary this many positions
+                                       # at a time (0: all), bounding logits memory
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 200                # 0 disables periodic eval
+  eval_batches: int = 4
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 3             # the newest K are kept…
+  keep_every: int = 0                  # …plus every step divisible by this, forever; 0: none
+  nan_policy: NanPolicy = NanPolicy.STOP  # what a non-finite loss or gradient norm does
+  debug_nan_at_step: int | None = None  # testing hook: multiplies that step's loss by NaN
+  compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
+  objective: TrainObjective = TrainObjective.AUTO
+  preference: PreferenceConfig = PreferenceConfig()  # dpo, ipo, orpo, simpo
+  grpo: GrpoConfig = GrpoConfig()  # lmjax.config_objectives
+
+  def __post_init__(self):
+    check_ranges(self, "train", self.RANGES)
+    if self.batch_size % self.grad_accum_steps:
+      raise UserError(f"train.batch_size={self.batch_size} is not divisible by "
+                      f"train.grad_accum_steps={self.grad_accum_steps}.")
+    if self.objective is TrainObjective.GRPO:
+      check_grpo_train(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class DistributedConfig:
+  RANGES: ClassVar[Mapping[str, Range]] = {"initialization_timeout": Range(1, why="seconds")}
+
   coordinator_address: str | None = None   # host:port of process 0; None for one process
   num_processes: int | None = None
   process_id: int | None = None
@@ -133,7 +147,7 @@ class DistributedConfig:
   initialization_timeout: int = 300        # seconds to wait for all processes to join
 
   def __post_init__(self):
-    check_ranges(self, "distributed", {"initialization_timeout": Range(1, why="seconds")})
+    check_ranges(self, "distributed", self.RANGES)
     if self.auto:
       return
     given = [self.coordinator_address is not None, self.num_processes is not None,
@@ -181,6 +195,9 @@ class LoggingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+  """A run config: its sections (`model`, `train`, `mesh`, `distributed`, `data`, `logging`)
+  and the source of the initial weights; made by `load_config`, frozen and validated."""
+
   model: ModelConfig
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()

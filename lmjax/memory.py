@@ -26,8 +26,10 @@ from lmjax.errors import UserError
 
 def format_bytes(n: float) -> str:
   """1536 -> '1.5 KiB'."""
-  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-    if abs(n) < 1024 or unit == "TiB":
+  if abs(n) >= 1024**7:  # past what any machine holds: the power of ten is the news
+    return f"~10^{len(str(int(abs(n)))) - 1} B"
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+    if abs(n) < 1024 or unit == "EiB":
       return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
     n /= 1024
   return f"{n} B"

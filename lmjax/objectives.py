@@ -1,4 +1,5 @@
-"""Training losses: causal-LM, masked-LM and sequence classification (and its confusion counts).
+"""Training losses: causal-LM, masked-LM, sequence classification (and its confusion counts),
+SFT, the preference objectives (DPO, IPO, ORPO, SimPO) and GRPO (the sections at the end).
 
 Losses return *sums* (`LossSums`) rather than means, so that gradient accumulation and
 multi-device reductions combine micro-batches exactly: the reported loss is always
@@ -48,21 +49,23 @@ def chunked_cross_entropy_sums(hidden: jax.Array, logits_fn: Callable[[jax.Array
   float32 logits. Each chunk's logits are recomputed in the backward pass (jax.checkpoint), so
   at most [batch, chunk, vocab] logits exist at once instead of [batch, len, vocab].
   """
-  b, n = targets.shape
-  num_chunks = -(-n // chunk)
-  pad = num_chunks * chunk - n
-
-  def chunks(a):  # [batch, len, ...] -> [num_chunks, batch, chunk, ...]
-    a = jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))
-    return jnp.swapaxes(a.reshape(b, num_chunks, chunk, *a.shape[2:]), 0, 1)
-
   @jax.checkpoint
   def one(args):
     h, t, w = args
     return cross_entropy_sums(logits_fn(h), t, w)
 
-  sums = jax.lax.map(one, (chunks(hidden), chunks(targets), chunks(weights.astype(jnp.float32))))
+  sums = jax.lax.map(one, (position_chunks(hidden, chunk), position_chunks(targets, chunk),
+                           position_chunks(weights.astype(jnp.float32), chunk)))
   return LossSums(*(jnp.sum(x) for x in sums))
+
+
+def position_chunks(a: jax.Array, chunk: int) -> jax.Array:
+  """[batch, len, ...] -> [num_chunks, batch, chunk, ...], the positions zero-padded to a
+  multiple of `chunk`."""
+  b, n = a.shape[:2]
+  num_chunks = -(-n // chunk)
+  a = jnp.pad(a, ((0, 0), (0, num_chunks * chunk - n)) + ((0, 0),) * (a.ndim - 2))
+  return jnp.swapaxes(a.reshape(b, num_chunks, chunk, *a.shape[2:]), 0, 1)
 
 
 def causal_lm_targets(input_ids: jax.Array, segment_ids: jax.Array
@@ -158,3 +161,199 @@ def chunked_objective_loss(objective: Objective, hidden: jax.Array,
   projection (`logits_fn`), `chunk` positions at a time (see `chunked_cross_entropy_sums`)."""
   targets, weights = token_targets(objective, batch)
   return chunked_cross_entropy_sums(hidden, logits_fn, targets, weights, chunk)
+
+
+# --- Preference objectives --------------------------------------------------------------------
+#
+# DPO (sigmoid; with label smoothing the conservative cDPO), IPO, ORPO and SimPO, as trl 1.16
+# computes them (tests/test_preference.py checks losses and gradients against its DPOTrainer,
+# CPOTrainer and ORPOTrainer code; trl's DPOTrainer itself has no smoothing for the sigmoid loss,
+# its CPOTrainer's sigmoid has this one):
+#
+#     dpo    -(1-ε) log σ(β Δ) - ε log σ(-β Δ),
+#            Δ = (log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r))
+#     ipo    (Δc/|c| - Δr/|r| - 1/(2β))²           the log-ratios averaged over answer tokens
+#     orpo   NLL(prompt + chosen) - β log σ(log odds(c̄) - log odds(r̄)),
+#            odds(p̄) = p̄ / (1 - p̄)
+#     simpo  -(1-ε) log σ(β (c̄ - r̄) - γ) - ε log σ(-(β (c̄ - r̄) - γ))
+#
+# where log π(c) sums the answer tokens' log-probs and c̄ averages them. ORPO's NLL is the token
+# mean over the whole chosen sequence, prompt included, as trl computes it. The implicit rewards
+# people read are β (log π - log π_ref) (dpo, ipo) and β c̄ (orpo, simpo); the accuracy is how
+# often the chosen answer's reward is the higher.
+#
+# A batch row holds one pair (lmjax.data.examples.preference): prompt + chosen is segment 1,
+# prompt + rejected segment 2, `loss_mask` marks the answers. Losses come back as sums over the
+# pairs (`LossSums`: loss, pairs, pairs ranked right) plus the reward sums, so gradient
+# accumulation and devices combine as for the other objectives; ORPO's NLL joins as its
+# micro-batch token mean times the micro-batch's pairs.
+
+REWARD_SUMS = ("chosen_reward", "rejected_reward")
+
+
+class PairLogps(NamedTuple):
+  """Per pair [batch]: the answers' summed log-probs, their token counts, and (ORPO) the summed
+  negative log-likelihood of the whole chosen sequence and its token count."""
+
+  chosen: jax.Array
+  rejected: jax.Array
+  chosen_tokens: jax.Array
+  rejected_tokens: jax.Array
+  chosen_nll: jax.Array
+  chosen_all_tokens: jax.Array
+
+
+class Settings(NamedTuple):
+  """train.preference's numbers (lmjax.config_objectives.PreferenceConfig), as the step takes them."""
+
+  beta: float
+  label_smoothing: float = 0.0
+  simpo_gamma: float = 0.5
+
+
+def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """log p(target) at each position, float32: logits [batch, len, vocab], targets [batch, len]
+  -> [batch, len]."""
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_z
+
+
+def chunked_token_log_probs(hidden: jax.Array, logits_fn: Callable[[jax.Array], jax.Array],
+                            targets: jax.Array, chunk: int) -> jax.Array:
+  """`token_log_probs(logits_fn(hidden), targets)`, `chunk` positions at a time (each chunk's
+  logits recomputed in the backward pass): hidden [batch, len, embed] -> [batch, len]."""
+  b, n = targets.shape
+  one = jax.checkpoint(lambda args: token_log_probs(logits_fn(args[0]), args[1]))
+  out = jax.lax.map(one, (position_chunks(hidden, chunk), position_chunks(targets, chunk)))
+  return jnp.swapaxes(out, 0, 1).reshape(b, -1)[:, :n]  # [num_chunks, batch, chunk] -> [b, n]
+
+
+def pair_log_probs(token_logps: jax.Array, batch: Mapping[str, jax.Array]) -> PairLogps:
+  """Each row's pair from the log-probs of what every position predicts ([batch, len], as
+  `causal_lm_targets` pairs positions with targets)."""
+  segments = batch["segment_ids"]
+  _, answer = sft_targets(batch["input_ids"], segments, batch["loss_mask"])
+  _, sequence = causal_lm_targets(batch["input_ids"], segments)
+  side = lambda weights, s: (weights & (segments == s)).astype(jnp.float32)
+  chosen, rejected, whole = side(answer, 1), side(answer, 2), side(sequence, 1)
+  total = lambda w: jnp.sum(token_logps * w, axis=-1)
+  return PairLogps(total(chosen), total(rejected), chosen.sum(-1), rejected.sum(-1),
+                   -total(whole), whole.sum(-1))
+
+
+def _log1mexp(x: jax.Array) -> jax.Array:
+  """log(1 - exp(x)) for x < 0, branching at -ln 2 as trl does."""
+  return jnp.where(x < -0.6931471805599453, jnp.log1p(-jnp.exp(x)), jnp.log(-jnp.expm1(x)))
+
+
+def _smoothed_sigmoid_loss(logits: jax.Array, label_smoothing: float) -> jax.Array:
+  return (-jax.nn.log_sigmoid(logits) * (1 - label_smoothing)
+          - jax.nn.log_sigmoid(-logits) * label_smoothing)
+
+
+def preference_sums(objective: Objective, settings: Settings, policy: PairLogps,
+                    reference: PairLogps | None = None
+                    ) -> tuple[LossSums, dict[str, jax.Array]]:
+  """The loss summed over the batch's pairs, the pairs, the pairs whose chosen reward is the
+  higher (`LossSums`), and the summed rewards {chosen_reward, rejected_reward}. The reference
+  model's log-probs of the same pairs are needed by dpo and ipo only."""
+  beta, smoothing = settings.beta, settings.label_smoothing
+  present = (policy.chosen_tokens > 0) & (policy.rejected_tokens > 0)  # [batch]
+  mean = lambda logps, n: logps / jnp.maximum(n, 1.0)
+  extra = jnp.zeros((), jnp.float32)
+  match objective:
+    case Objective.DPO | Objective.IPO:
+      chosen_ratio = policy.chosen - reference.chosen
+      rejected_ratio = policy.rejected - reference.rejected
+      if objective is Objective.DPO:
+        losses = _smoothed_sigmoid_loss(beta * (chosen_ratio - rejected_ratio), smoothing)
+      else:
+        gap = mean(chosen_ratio, policy.chosen_tokens) - mean(rejected_ratio,
+                                                              policy.rejected_tokens)
+        losses = (gap - 1 / (2 * beta)) ** 2
+      chosen_reward, rejected_reward = beta * chosen_ratio, beta * rejected_ratio
+    case Objective.ORPO | Objective.SIMPO:
+      chosen = mean(policy.chosen, policy.chosen_tokens)
+      rejected = mean(policy.rejected, policy.rejected_tokens)
+      if objective is Objective.ORPO:
+        log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
+        losses = -beta * jax.nn.log_sigmoid(log_odds)
+        nll = jnp.sum(policy.chosen_nll * present) / jnp.maximum(
+            jnp.sum(policy.chosen_all_tokens * present), 1.0)
+        extra = nll * jnp.sum(present)
+      else:
+        losses = _smoothed_sigmoid_loss(beta * (chosen - rejected - settings.simpo_gamma / beta),
+                                        smoothing)
+      chosen_reward, rejected_reward = beta * chosen, beta * rejected
+    case _:
+      raise ValueError(f"{objective.value!r} is not a preference objective")
+  weights = present.astype(jnp.float32)
+  chosen_reward, rejected_reward = (jax.lax.stop_gradient(r) for r in (chosen_reward,
+                                                                       rejected_reward))
+  sums = LossSums(jnp.sum(losses * weights) + extra, jnp.sum(weights),
+                  jnp.sum((chosen_reward > rejected_reward) * weights))
+  return sums, {"chosen_reward": jnp.sum(chosen_reward * weights),
+                "rejected_reward": jnp.sum(rejected_reward * weights)}
+
+
+# --- GRPO -------------------------------------------------------------------------------------
+#
+# The clipped surrogate of PPO on sampled completions with group-normalised advantages A, plus
+# β times the k3 estimate of KL(π ‖ π_ref), as trl 1.16's GRPOTrainer._compute_loss computes it
+# (tests/test_grpo.py runs its code on the same inputs):
+#
+#     r = exp(log π - log π_old),  per token  -min(r A, clip(r, 1 - ε_low, 1 + ε_high) A)
+#                                             + β (exp(log π_ref - log π) - (log π_ref - log π) - 1)
+#
+# averaged over each completion's tokens then over the completions (loss_type grpo), or over
+# all the batch's completion tokens (bnpo). π_old is the policy that sampled the completions
+# (the same params when a round has one optimisation step: then only the gradient flows).
+
+
+class GrpoSettings(NamedTuple):
+  """train.grpo's numbers (lmjax.config_objectives.GrpoConfig), as the step takes them."""
+
+  epsilon_low: float = 0.2
+  epsilon_high: float = 0.2
+  beta: float = 0.0
+  per_completion: bool = True  # loss_type grpo; False: bnpo
+  on_policy: bool = True       # num_iterations 1: π_old is the current params
+
+
+GRPO_SUMS = ("kl", "clipped", "completion_tokens")
+
+
+def grpo_sums(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array,
+              advantages: jax.Array, mask: jax.Array, settings: GrpoSettings
+              ) -> tuple[LossSums, dict[str, jax.Array]]:
+  """The GRPO loss summed over completions (or tokens, bnpo) and their count (`LossSums`), with
+  the sums {kl, clipped, completion_tokens} over completion tokens for the metrics.
+
+  logps, old_logps, ref_logps, mask [batch, len]: the log-probs of each position's target under
+  the policy, the sampling policy and the reference, and 1 where the target is a completion
+  token; advantages [batch].
+  """
+  mask = mask.astype(jnp.float32)
+  if settings.on_policy:
+    old_logps = jax.lax.stop_gradient(logps)
+  ratio = jnp.exp(logps - old_logps)  # [batch, len]
+  a = advantages[:, None]
+  clipped_ratio = jnp.clip(ratio, 1 - settings.epsilon_low, 1 + settings.epsilon_high)
+  per_token = -jnp.minimum(ratio * a, clipped_ratio * a)
+  kl = jnp.zeros_like(per_token)
+  if settings.beta:
+    kl = jnp.exp(ref_logps - logps) - (ref_logps - logps) - 1
+    per_token = per_token + settings.beta * kl
+  tokens = jnp.sum(mask, axis=-1)  # [batch]
+  if settings.per_completion:
+    loss = jnp.sum(jnp.sum(per_token * mask, axis=-1) / jnp.maximum(tokens, 1.0))
+    weight = jnp.sum(tokens > 0).astype(jnp.float32)
+  else:
+    loss, weight = jnp.sum(per_token * mask), jnp.sum(tokens)
+  clipped = (((ratio < 1 - settings.epsilon_low) & (a < 0))
+             | ((ratio > 1 + settings.epsilon_high) & (a > 0)))
+  stop = jax.lax.stop_gradient
+  return LossSums(loss, weight, jnp.zeros((), jnp.float32)), {
+      "kl": stop(jnp.sum(kl * mask)), "clipped": jnp.sum(clipped * mask),
+      "completion_tokens": jnp.sum(tokens)}

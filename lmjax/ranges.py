@@ -26,7 +26,9 @@ class Range:
   why: str = ""
 
   def __contains__(self, value: float) -> bool:
-    if not math.isfinite(value):  # NaN and infinities are in no range
+    if isinstance(value, float) and not math.isfinite(value):  # NaN, infinities: in no range
+      # (an int of any size compares exactly with the float bounds; math.isfinite would
+      # overflow on one past 1e308)
       return False
     if self.low is not None and (value <= self.low if self.low_open else value < self.low):
       return False

@@ -32,6 +32,7 @@ import tempfile
 from typing import Iterable, Iterator, Union
 
 from lmjax.errors import UserError
+from lmjax.extras import require
 
 # Before etils or gcsfs is imported (they read these when called, and at import).
 os.environ.setdefault("EPATH_USE_TF", "false")
@@ -143,18 +144,14 @@ def _probe(url: str, *, what: str) -> None:
   if f"{scheme}://{bucket}" in _probed:
     return
   package, extra = REMOTE_SCHEMES[scheme]
+  require(package, extra=extra, needed_for=f"{what} {url}")
   credentials = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") if scheme == "gs" else None
   if credentials and not os.path.isfile(credentials):  # its contents are never read here
     raise UserError(f"{what} {url}: GOOGLE_APPLICATION_CREDENTIALS names {credentials}, which "
                     f"does not exist: point it at a service-account key file, or unset it and "
                     f"run `gcloud auth application-default login`.")
   try:
-    fs = filesystem(url)
-  except ImportError:
-    raise UserError(f"{what} {url}: reading {scheme}:// needs {package}: pip install "
-                    f"'lmjax[{extra}]'.") from None
-  try:
-    found = fs.exists(bucket, timeout=PROBE_SECONDS)
+    found = filesystem(url).exists(bucket, timeout=PROBE_SECONDS)
   except Exception as e:  # noqa: BLE001 -- whatever the client raised, said in one line
     raise UserError(f"{what} {url}: {describe_error(e, url)}") from None
   if not found:

@@ -43,6 +43,17 @@ def tiny():
   return list(TINY)
 
 
+@pytest.fixture(scope="session")
+def trained_gpt(tmp_path_factory):
+  """A tiny-gpt run trained for 10 steps (a byte tokenizer), shared by the modules that read
+  a trained run: trained once per test process."""
+  from lmjax.config import load_config
+  from lmjax.train.loop import train
+  run_dir = tmp_path_factory.mktemp("gpt")
+  train(load_config("tiny-gpt", TINY + ["train.steps=10"]), run_dir)
+  return run_dir
+
+
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
   """A JSON Lines file of real paragraphs labelled by the corpus they come from

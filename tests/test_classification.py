@@ -276,12 +276,17 @@ def test_a_decoder_from_a_hugging_face_directory_fine_tunes_into_a_gpt2_classifi
       **{**_GPT2, "vocab_size": 288, "n_positions": 64})))
   hf_model.save_pretrained(tmp_path / "hf")
   lmjax.data.Tokenizer.byte_level().save(tmp_path / "hf")
+  args = ["train", "tiny-gpt", "--run-dir", str(tmp_path / "run"), "--set",
+          f"model.init_from={tmp_path / 'hf'}", "data.tokenizer=null",
+          "model.head=classification", "data.source=jsonl", f"data.paths=[{labelled}]",
+          "train.seq_len=32", "train.batch_size=8", "train.steps=3", "train.eval_every=0"]
   capsys.readouterr()
-  assert main(["train", "tiny-gpt", "--run-dir", str(tmp_path / "run"), "--set",
-               f"model.init_from={tmp_path / 'hf'}", "data.tokenizer=null",
-               "model.head=classification", "data.source=jsonl", f"data.paths=[{labelled}]",
-               "train.seq_len=32", "train.batch_size=8", "train.steps=3",
-               "train.eval_every=0"]) == 0
+  assert main([*args, "model.mlp_dim=40"]) == 2  # an architecture the source's weights do not fit
+  err = capsys.readouterr().err
+  assert "does not fit this config's model" in err, err
+  assert "layers/mlp/wi/kernel (2, 48, 80) there, (2, 48, 40) here" in err
+  assert "Traceback" not in err and not (tmp_path / "run" / "checkpoints").exists()
+  assert main(args) == 0
   err = capsys.readouterr().err
   assert "new (randomly initialised): classifier/kernel" in err and "not used" not in err
   assert main(["convert", "lmjax-to-hf", str(tmp_path / "run"), str(tmp_path / "out")]) == 0

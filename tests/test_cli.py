@@ -14,22 +14,44 @@ from tests.helpers import run_cli, tree_digest
 
 
 @pytest.fixture(scope="module")
-def trained_gpt(tmp_path_factory):
+def trained_bert(tmp_path_factory):
   from lmjax.config import load_config
   from lmjax.train.loop import train
   from tests.conftest import TINY
-  run_dir = tmp_path_factory.mktemp("gpt")
-  train(load_config("tiny-gpt", TINY + ["train.steps=10"]), run_dir)
+  run_dir = tmp_path_factory.mktemp("bert")
+  train(load_config("tiny-bert", TINY + ["train.steps=10"]), run_dir)
   return run_dir
 
 
 def test_generate_prints_the_prompt_and_its_continuation(trained_gpt, capsys):
   code, out, _ = run_cli(capsys, "generate", "--run-dir", str(trained_gpt), "--prompt", "The",
-                         "--prompt", "In Python", "--max-new-tokens", "12", "--temperature", "0")
+                         "--max-new-tokens", "12", "--temperature", "0", "--no-stream")
+  assert code == 0 and out.startswith("The") and len(out.rstrip("\n")) > len("The")
+  assert "---" not in out  # one text: no header
+
+
+def test_generate_heads_each_of_several_texts_with_its_prompt_and_sequence(trained_gpt, capsys):
+  code, out, _ = run_cli(capsys, "generate", "--run-dir", str(trained_gpt), "--prompt", "The",
+                         "--prompt", "In Python", "--max-new-tokens", "12",
+                         "--num-return-sequences", "2")
   assert code == 0
-  first, second = out.rstrip("\n").split("\n\n", 1) if "\n\n" in out else (out, "")
-  assert first.startswith("The") and len(first) > len("The")
-  assert "In Python" in out
+  headers = [line for line in out.splitlines() if line.startswith("--- prompt")]
+  assert headers == ["--- prompt 1/2, sequence 1/2 ---", "--- prompt 1/2, sequence 2/2 ---",
+                     "--- prompt 2/2, sequence 1/2 ---", "--- prompt 2/2, sequence 2/2 ---"]
+  texts = [block.split("\n", 1)[1] for block in out.split("--- prompt")[1:]]
+  assert [t[:3] for t in texts] == ["The", "The", "In ", "In "]
+
+
+def test_set_before_config_leaves_the_config_to_the_command(capsys):
+  from lmjax.cli.parser import parse
+  args = parse(["train", "--set", "train.steps=3", "model.num_layers=1", "tiny-gpt",
+                "--compile-only"])
+  assert args.config == "tiny-gpt" and args.overrides == ["train.steps=3", "model.num_layers=1"]
+  args = parse(["eval", "--set", "train.steps=3", "tiny-gpt", "--run-dir", "r", "--set", "a=1"])
+  assert args.config == "tiny-gpt" and args.overrides == ["train.steps=3", "a=1"]
+  with pytest.raises(SystemExit) as exit_:
+    parse(["train", "--set", "train.steps=3"])
+  assert exit_.value.code == 2 and "required: CONFIG" in capsys.readouterr().err
 
 
 def test_eval_prints_the_held_out_loss(trained_gpt, capsys, tiny):
@@ -57,13 +79,54 @@ def test_eval_data_scores_a_runs_perplexity_on_a_text_file(trained_gpt, capsys, 
       report["loss"] * report["tokens"] / (math.log(2) * num_bytes))
 
 
-def test_fill_mask_answers_with_a_trained_bert(tmp_path, capsys, tiny):
-  assert run_cli(capsys, "train", "tiny-bert", "--run-dir", str(tmp_path), "--set", *tiny,
-                 "train.steps=10")[0] == 0
-  code, out, _ = run_cli(capsys, "fill-mask", "--run-dir", str(tmp_path), "--text",
+def test_fill_mask_answers_with_a_trained_bert(trained_bert, capsys):
+  code, out, _ = run_cli(capsys, "fill-mask", "--run-dir", str(trained_bert), "--text",
                          "The [MASK] statement", "--top-k", "3")
   assert code == 0
   assert out.startswith("mask 1:") and len(out.strip().splitlines()) == 4
+
+
+def test_fill_mask_prints_one_block_per_text(trained_bert, capsys):
+  code, out, _ = run_cli(capsys, "fill-mask", "--run-dir", str(trained_bert), "--text",
+                         "The [MASK] statement", "--text", "An [MASK] is [MASK].", "--top-k", "2")
+  assert code == 0
+  first, second = out.split("\n\n")
+  assert first.splitlines() == ["text 1: 'The [MASK] statement'", "mask 1:", *first.splitlines()[2:]]
+  assert len(first.splitlines()) == 2 + 2
+  assert second.splitlines()[0] == "text 2: 'An [MASK] is [MASK].'"
+  assert [line for line in second.splitlines() if line.startswith("mask")] == ["mask 1:", "mask 2:"]
+
+
+def test_generate_on_a_masked_lm_names_the_fill_mask_command(trained_bert, capsys):
+  code, _, err = run_cli(capsys, "generate", "--run-dir", str(trained_bert), "--prompt", "The")
+  assert code == 2 and "use `lmjax fill-mask`" in err and "fill_mask for" not in err
+
+
+def test_importing_a_model_without_a_tokenizer_says_what_will_need_one(trained_gpt, tmp_path,
+                                                                        capsys):
+  hf_dir = tmp_path / "hf"
+  assert run_cli(capsys, "convert", "lmjax-to-hf", trained_gpt, hf_dir)[0] == 0
+  for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    (hf_dir / name).unlink(missing_ok=True)
+  code, out, err = run_cli(capsys, "convert", "hf-to-lmjax", hf_dir, tmp_path / "run")
+  assert code == 0 and out.startswith("imported")
+  assert f"{hf_dir} has no tokenizer files" in err
+  assert f"Copy the model's tokenizer files into {tmp_path / 'run'}/tokenizer/" in err
+  code, _, err = run_cli(capsys, "generate", "--run-dir", tmp_path / "run", "--prompt", "The")
+  assert code == 2 and "No tokenizer file" in err
+
+
+def test_the_python_api_reaches_loading_completion_and_scoring(trained_gpt):
+  import lmjax
+  m = lmjax.load(trained_gpt)
+  assert m.tokenizer is not None
+  settings = lmjax.resolve_settings({"max_new_tokens": 6, "temperature": 0}, m)
+  (result,) = lmjax.complete(m, ["The"], settings)
+  assert result.prompt == "The" and len(result.completions) == 1
+  (scored,) = lmjax.score_texts(m.model, m.params, m.tokenizer, ["The return statement."])
+  assert scored.tokens > 0 and scored.log_likelihood < 0
+  for name in lmjax.__all__:
+    assert getattr(lmjax, name) is not None
 
 
 def bad_file(tmp_path, name, content: bytes):
@@ -190,4 +253,4 @@ def test_a_run_whose_params_cannot_fit_is_refused_before_its_checkpoint_is_read(
   (run / "config.yaml").write_text(yaml.safe_dump(config))
   code, _, err = run_cli(capsys, "generate", "--run-dir", run, "--prompt", "The")
   assert code == 2 and "Traceback" not in err, err
-  assert f"loading the params of {run} needs at least" in err and "TiB per device" in err
+  assert f"loading the params of {run} needs at least" in err and "iB per device" in err

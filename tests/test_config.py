@@ -51,6 +51,12 @@ def test_overrides_reach_nested_keys_and_parse_types():
   assert config.model.num_layers == 3 and config.model.family == "gpt2"
   assert config.train.learning_rate == 1e-4 and config.mesh.fsdp == 2
   assert config.train.compute_dtype.value == "bfloat16"
+  # a whole number written as 1e4 (a string to YAML 1.1) or 2.5e3 or 32.0 is that integer
+  config = load_config("tiny-gpt", ["train.steps=1e4", "train.warmup_steps=2.5e3",
+                                    "train.batch_size=32.0"])
+  assert (config.train.steps, config.train.warmup_steps, config.train.batch_size) == (
+      10_000, 2_500, 32)
+  assert all(type(v) is int for v in (config.train.steps, config.train.batch_size))
 
 
 def test_a_resolved_config_round_trips_through_yaml(tmp_path):
@@ -79,8 +85,11 @@ def test_a_resolved_config_round_trips_through_yaml(tmp_path):
      "model.lora.alpha=32"),
     ("model.lora.targets=[q]", "give model.lora.rank (e.g. 8 or 16) to train LoRA adapters, or "
      "remove the model.lora section"),
-    ("train.steps=1e23", "train.steps must be an integer, got '1e23'"),
-    ("train.steps=1.0e+23", "train.steps must be an integer"),
+    ("train.steps=1e23", "train.steps=100000000000000000000000 is out of range"),
+    ("train.steps=1.0e+23", "train.steps=100000000000000000000000 is out of range"),
+    ("train.steps=1.5", "train.steps must be an integer, got 1.5"),
+    ("train.steps=2.5e-3", "train.steps must be an integer, got 0.0025 (float)"),
+    ("train.steps=nan", "train.steps must be an integer, got 'nan'"),
 ])
 def test_config_mistakes_are_explained(override, expected):
   with pytest.raises(UserError, match=None) as info:

@@ -55,7 +55,7 @@ def test_every_pin_lies_inside_the_range_pyproject_declares():
 def test_the_stack_is_pinned_and_the_test_command_installs_with_the_pins():
   pinned = pins()
   assert [n for n in MUST_PIN if n not in pinned] == []
-  assert pinned["torch"] == Version("2.13.0")  # the CPU build's version (README)
+  assert pinned["torch"] == Version("2.13.0")  # the CPU build's version (docs/install.md)
   installs = re.findall(r"pip install .*", (ROOT / "Makefile").read_text())
   lmjax_installs = [line for line in installs if "-e " in line]
   assert lmjax_installs and all("-c constraints.txt" in line for line in lmjax_installs)

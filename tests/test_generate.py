@@ -349,13 +349,14 @@ def test_generate_rejects_bad_arguments(kwargs, message):
 
 
 def test_generate_and_score_refuse_a_masked_lm_and_fill_mask_a_causal_lm():
+  # The commands as they are spelled (`fill-mask`), and the Python functions.
   bert, bert_params = bert_model()
-  with pytest.raises(UserError, match="use fill_mask"):
+  with pytest.raises(UserError, match=r"use `lmjax fill-mask` \(lmjax.infer.fill_mask\)"):
     generate(bert, bert_params, [[1, 2]], max_new_tokens=4)
-  with pytest.raises(UserError, match="use fill_mask"):
+  with pytest.raises(UserError, match=r"use `lmjax fill-mask` \(lmjax.infer.fill_mask\)"):
     score(bert, bert_params, np.ones((1, 4), np.int32))
   gpt, gpt_params = causal_model("gpt2")
-  with pytest.raises(UserError, match="use generate"):
+  with pytest.raises(UserError, match=r"use `lmjax generate` \(lmjax.generate\)"):
     fill_mask(gpt, gpt_params, [1, 4, 2], mask_id=4)
 
 

@@ -384,7 +384,20 @@ def test_a_model_whose_train_state_cannot_fit_is_refused_naming_the_size_and_the
                          "model.embed_dim=100000000")
   assert code == 2 and "Traceback" not in err, err
   assert "the train state (params, optimizer state and gradients) needs at least" in err
-  assert "TiB per device, more than the" in err and "model.embed_dim" in err
+  assert "EiB per device, more than the" in err and "model.embed_dim" in err
+  assert not run.exists()
+
+
+@pytest.mark.parametrize("batch_size", ["1000000000000", "1e400"])
+def test_a_batch_whose_activations_cannot_fit_is_refused_before_any_row_is_placed(
+    tmp_path, capsys, batch_size):
+  from tests.helpers import run_cli
+  run = tmp_path / "run"
+  code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", run, "--set", *TINY,
+                         f"train.batch_size={batch_size}")
+  assert code == 2 and "Traceback" not in err, err
+  assert "one micro-batch's activations (the residual stream kept at every layer" in err
+  assert "per device, more than the" in err and "train.grad_accum_steps" in err
   assert not run.exists()
 
 

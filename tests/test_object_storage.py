@@ -267,6 +267,13 @@ def test_an_unreachable_server_is_one_message_in_bounded_time(unreachable, capsy
   assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_bucket_without_its_client_library_names_the_extra(capsys, monkeypatch):
+  monkeypatch.setattr(storage, "_probed", set())
+  monkeypatch.setitem(sys.modules, "gcsfs", None)
+  code, _, err = run_cli(capsys, "generate", "--run-dir", "gs://bucket/run", "--prompt", "a")
+  assert code == 2 and "needs gcsfs" in err and "pip install 'lmjax[gcs]'" in err, err
+
+
 def test_missing_credentials_are_named_not_printed(gcs, capsys, monkeypatch, tmp_path):
   monkeypatch.setattr(storage, "_probed", set())
   monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))

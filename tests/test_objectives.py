@@ -77,7 +77,8 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch_ones(name, extra):
 
   def loss_and_grads(chunk):
     def loss(p):
-      sums, _ = _forward_sums(model, objective_of(config), p, batch, train=False, loss_chunk=chunk)
+      sums, _, _ = _forward_sums(model, objective_of(config), p, batch, train=False,
+                                 loss_chunk=chunk)
       return sums.loss / sums.weight, sums
     (_, sums), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return sums, grads

@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from lmjax.cli import main  # noqa: E402
-from lmjax.cli.plot import read_metrics, series, smoothed  # noqa: E402
+from lmjax.cli.plot import (MIN_POINTS_TO_SMOOTH, read_metrics, series, smoothed,  # noqa: E402
+                            solid_curve)
 
 
 def png_size(path) -> tuple[int, int]:
@@ -58,6 +59,16 @@ def test_smoothing_is_tensorboards_debiased_moving_average():
     expected.append(average / (1 - weight ** n))
   np.testing.assert_allclose(smoothed(values, 0.6), expected)
   assert smoothed(values, 0.6)[0] == 4.0  # debiased: the first point is the first value
+
+
+def test_a_curve_of_a_few_points_is_drawn_as_logged_not_smoothed():
+  # Two points smoothed would end below the last value logged (0.375 * 4 + 0.625 * 2 = 2.75).
+  assert solid_curve([4.0, 2.0], 0.6) == ([4.0, 2.0], False)
+  few = [float(v) for v in range(MIN_POINTS_TO_SMOOTH - 1)]
+  assert solid_curve(few, 0.9) == (few, False)
+  many = [float(v % 3) for v in range(MIN_POINTS_TO_SMOOTH)]
+  assert solid_curve(many, 0.6) == (smoothed(many, 0.6), True)
+  assert solid_curve(many, 0.0) == (many, False)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,5 +1,6 @@
-"""Scoring long windows: padded lengths a few percent above a batch's own, and log-probabilities
-taken a chunk of positions at a time that equal log_softmax over the full logits."""
+"""Scoring long windows: padded lengths a few percent above a batch's own, log-probabilities
+taken a chunk of positions at a time that equal log_softmax over the full logits, and causal
+attention read a block of queries at a time that equals attention in one pass."""
 
 import functools
 
@@ -11,7 +12,7 @@ import pytest
 from lmjax.infer import continuation_log_likelihoods, score
 from lmjax.infer import scoring
 from lmjax.infer.scoring import bucket_length, target_log_probs
-from lmjax.model import Transformer, preset
+from lmjax.model import Transformer, attention, preset
 
 VOCAB = 300
 # Long enough that rows pass several buckets, short enough to compile in seconds.
@@ -39,19 +40,20 @@ def reference_log_probs(model, params, input_ids, targets, attention_mask=None):
 
 
 def bucket_bound(length: int) -> float:
-  """The padding bucket_length promises: under max(_MIN_BUCKET, length / 8) positions."""
-  return max(scoring._MIN_BUCKET, length / 8)
+  """The padding bucket_length promises: under max(16, min(length / 8, 128)) positions."""
+  return max(scoring._MIN_BUCKET, min(length / 8, scoring._MAX_STEP))
 
 
-def test_padding_stays_under_an_eighth_just_past_every_bucket_boundary():
+def test_padding_stays_under_an_eighth_and_128_positions_just_past_every_bucket_boundary():
   buckets = sorted({bucket_length(n, NO_CAP) for n in range(1, 40_000)})
   for edge in buckets:
     for length in (edge + 1, edge + 2, edge + scoring._MIN_BUCKET - 1):
       padded = bucket_length(length, NO_CAP)
       assert length <= padded and padded % scoring._MIN_BUCKET == 0, length
       assert padded - length < bucket_bound(length), (length, padded)
-  # the case in the issue: a 4,232-token document was scored as 8,192
-  assert bucket_length(4232, 8192) == 4608
+  # the case in the issue: a 4,232-token document was scored as 8,192 (2.8% padding, not 94%)
+  assert bucket_length(4232, 8192) == 4352
+  assert bucket_length(8193 - 127, 8192) == 8192 and bucket_length(8000, 8192) == 8064
 
 
 def test_padding_bound_holds_for_every_length_and_a_cap_only_lowers_it():
@@ -64,8 +66,8 @@ def test_padding_bound_holds_for_every_length_and_a_cap_only_lowers_it():
 
 
 def test_few_lengths_are_compiled_per_doubling():
-  # 8 multiples of 16 up to 128, then 8 lengths in each doubling after: 8 + 8 * 6 up to 8,192.
-  assert len({bucket_length(n, NO_CAP) for n in range(1, 8193)}) == 8 + 8 * 6
+  # 8 multiples of 16 up to 128, 8 lengths in each doubling to 1,024, then multiples of 128
+  assert len({bucket_length(n, NO_CAP) for n in range(1, 8193)}) == 8 + 8 * 3 + 7 * 1024 // 128
 
 
 # -- log-probabilities a chunk of positions at a time ---------------------------------------------
@@ -126,41 +128,52 @@ def test_score_in_chunks_ignores_left_and_right_padding(monkeypatch):
   np.testing.assert_allclose(score(model, params, ids, mask), [expected.sum()] * 2, rtol=1e-5)
 
 
-def greedy_continuation(model, params, context, num_tokens):
-  """The argmax continuation of `context`, recomputing the whole sequence for each token."""
-  apply = jax.jit(lambda ids: model.apply({"params": params}, ids))
-  sequence = list(context)
-  for _ in range(num_tokens):
-    buffer = np.zeros((1, TINY["max_seq_len"]), np.int32)  # right padding: invisible, causal
-    buffer[0, :len(sequence)] = sequence
-    sequence.append(int(np.argmax(apply(buffer)[0, len(sequence) - 1])))
-  return sequence[len(context):]
+# -- causal attention a block of queries at a time -------------------------------------------------
 
 
-@pytest.mark.parametrize("block, blocks", [(64, [64] * 5), (100, [100, 100, 100, 20])])
-def test_long_batches_read_a_block_of_queries_at_a_time_score_the_same(monkeypatch, block,
-                                                                         blocks):
-  model, params = llama()
-  monkeypatch.setattr(scoring, "_QUERY_BLOCK", block)
+@pytest.mark.parametrize("block, calls, softcap, window", [(16, 5, None, None), (35, 2, 3.0, 20)])
+def test_causal_attention_a_block_of_queries_at_a_time_equals_one_pass(monkeypatch, block, calls,
+                                                                         softcap, window):
+  rng = np.random.default_rng(block)
+  q = jnp.asarray(rng.normal(size=(2, 70, 4, 8)), jnp.float32)      # [batch, len, heads, dim]
+  k, v = (jnp.asarray(rng.normal(size=(2, 2, 70, 8)), jnp.float32) for _ in range(2))
+  # row 0: two packed documents; row 1: right padding
+  segments = jnp.asarray([[1] * 30 + [2] * 40, [1] * 50 + [0] * 20], jnp.int32)
+  mask = attention.make_mask(segments, segments, causal=True)
+  if window is not None:
+    mask = attention.sliding_window_mask(mask, window, causal=True)
+  expected = attention._dense_attention(q, k, v, mask.dense, scale=0.3, softcap=softcap)
+  monkeypatch.setattr(attention, "QUERY_BLOCK", block)
   shapes = []
-  real = scoring._block_sums
+  real = attention._dense_attention
 
-  def spy(model, params, cache, input_ids, *args, chunk):
-    shapes.append(input_ids.shape)
-    return real(model, params, cache, input_ids, *args, chunk=chunk)
+  def spy(q, k, *args, **kwargs):
+    shapes.append((q.shape[1], k.shape[2]))
+    return real(q, k, *args, **kwargs)
 
-  monkeypatch.setattr(scoring, "_block_sums", spy)
-  rng = np.random.default_rng(3)
-  context = rng.integers(0, VOCAB, 10).tolist()
-  requests = [(rng.integers(0, VOCAB, 1).tolist(), rng.integers(0, VOCAB, 300).tolist()),
-              (context, greedy_continuation(model, params, context, 150)),  # across blocks
-              (rng.integers(0, VOCAB, 29).tolist(), rng.integers(0, VOCAB, 12).tolist())]
-  got = continuation_log_likelihoods(model, params, requests, max_length=512, batch_size=2)
-  # the two long rows as one batch of 320 positions, a block at a time; the short one at once
-  assert shapes == [(2, n) for n in blocks]
-  assert [g for _, g in got] == [False, True, False]
-  for (context, continuation), (log_p, _) in zip(requests, got):
-    whole = context + continuation
-    expected, _ = reference_log_probs(model, params, np.asarray([whole[:-1]], np.int32),
-                                      np.asarray([whole[1:]], np.int32))
-    np.testing.assert_allclose(log_p, expected[0, -len(continuation):].sum(), rtol=1e-5)
+  monkeypatch.setattr(attention, "_dense_attention", spy)
+  got = attention.dot_product_attention(q, k, v, mask, impl=attention.AttentionImpl.XLA,
+                                        causal=True, scale=0.3, softcap=softcap)
+  # each block of queries sees the keys up to its own end only
+  assert shapes == [(min(block, 70 - n), min(n + block, 70)) for n in range(0, 70, block)]
+  assert len(shapes) == calls
+  real_rows = np.asarray(segments != 0)  # padded queries attend to nothing: any value
+  np.testing.assert_allclose(np.asarray(got)[real_rows], np.asarray(expected)[real_rows],
+                             atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2"])  # gemma2: soft-capped, sliding windows
+def test_a_model_reading_blocks_of_queries_gives_transformers_logits(monkeypatch, tmp_path, name):
+  hf_models = pytest.importorskip("tests.hf_models")  # transformers
+  from lmjax.convert import from_hf
+  hf_model = hf_models.build_hf(name)
+  hf_model.save_pretrained(tmp_path)
+  model, params = from_hf(tmp_path)
+  monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # sample_inputs has 11 positions: 4, 4, 3
+  blocks = []
+  real = attention._dense_attention
+  monkeypatch.setattr(attention, "_dense_attention",
+                      lambda q, *args, **kwargs: blocks.append(q.shape[1]) or real(q, *args,
+                                                                                   **kwargs))
+  hf_models.assert_same_outputs(hf_model, model, params)
+  assert set(blocks) == {4, 3}

@@ -42,7 +42,9 @@ def recorded(tmp_path_factory):
     out.mkdir(exist_ok=True)
     with children(out) as group:
       for name, args in parts.items():
-        group.start(name, ["-m", "tests.sharded_worker", str(out), *args], cpu_env(8))
+        # XLA's warnings shown (cpu_env hides them): the partitioner's are checked below.
+        group.start(name, ["-m", "tests.sharded_worker", str(out), *args],
+                    cpu_env(8, TF_CPP_MIN_LOG_LEVEL="1"))
       group.check(timeout=600)
   results = {"losses": {}, "fsdp_shards": {}, "compile": {}, "bad_inputs": {}}
   for args in parts.values():
@@ -63,6 +65,18 @@ def test_sharded_training_matches_one_device(recorded, case, mesh):
     np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
   # The params moved: the comparison is not between two untouched initialisations.
   assert results["losses"][one][-1] < results["losses"][one][0]
+
+
+def test_no_mesh_makes_xla_replicate_a_sharded_activation_in_full(recorded):
+  """The children train on meshes with fsdp and tensor both > 1 (tensor2_fsdp4,
+  data2_fsdp2_tensor2): no step may leave XLA's partitioner a resharding it can only do by
+  replicating the whole array (the embedding lookup did: lmjax.model.transformer._lookup)."""
+  _, out = recorded
+  logs = sorted(out.glob("*.log"))
+  assert logs
+  for log in logs:
+    text = log.read_text(errors="replace")
+    assert "Involuntary full rematerialization" not in text, f"{log.name}:\n{text[-3000:]}"
 
 
 @pytest.mark.parametrize("mesh", list(MOE_MESHES))

@@ -27,7 +27,7 @@ from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import complete, perplexity
-from lmjax.infer import cloze_ids, fill_mask
+from lmjax.infer import cloze_ids, fill_mask, generate
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
@@ -44,7 +44,9 @@ def _load(args, **options) -> Loaded:
   """The model a command's SOURCE names (`--run-dir DIR` or `--hf HF_DIR_OR_HUB_ID`), with its
   tokenizer, through the one loader (lmjax.run.loader)."""
   kind, source = ("run", args.run_dir) if args.run_dir is not None else ("hf", args.hf)
-  return load(source, step=args.step, require_tokenizer=True, kind=kind, **options)
+  scheme = getattr(args, "quantize", None)
+  return load(source, step=args.step, require_tokenizer=True, kind=kind,
+              quantization={"scheme": scheme} if scheme else None, **options)
 
 
 def _cmd_train(args) -> int:
@@ -55,7 +57,8 @@ def _cmd_train(args) -> int:
       print(report.format(), flush=True)
     return 0
   run_dir = args.run_dir or f"runs/{resolve_config_path(args.config).stem}"
-  result = train(config, run_dir, allow_config_change=args.allow_config_change)
+  # A GRPO run samples with inference's KV-cache decoder, which the trainer does not import.
+  result = train(config, run_dir, allow_config_change=args.allow_config_change, sampler=generate)
   if result.stopped_by:
     print(f"stopped {run_dir} by {result.stopped_by} at step {result.final_step} (saved); rerun "
           f"the same command to resume")
@@ -84,6 +87,9 @@ def _cmd_eval(args) -> int:
     if args.config is None:
       raise UserError("give the run's CONFIG to evaluate on its held-out data, or --data PATH "
                       "to score documents of your own.")
+    if args.quantize:
+      raise UserError(f"--quantize {args.quantize} applies to scored documents (--data PATH), "
+                      f"not yet to a run's held-out batches: add --data, or drop --quantize.")
     print(json.dumps(evaluate_run(args.config, args.run_dir, step=args.step,
                                   overrides=args.overrides)))
     return 0
@@ -168,8 +174,7 @@ def _cmd_generate(args) -> int:
   elif streams:
     print()
   else:
-    shown = [r.shown_prompt + text for r in results for text in r.completions]
-    print("\n\n".join(shown))
+    print(complete.format_completions(results))
   return 0
 
 
@@ -188,12 +193,15 @@ def _cmd_predict(args) -> int:
 def _cmd_fill_mask(args) -> int:
   loaded = _load(args)
   model, params, tokenizer = loaded.model, loaded.params, loaded.tokenizer
-  ids = cloze_ids(tokenizer, args.text)
-  for n, candidates in enumerate(fill_mask(model, params, ids, mask_id=tokenizer.mask_id,
-                                           top_k=args.top_k)):
-    print(f"mask {n + 1}:")
-    for token_id, prob in candidates:
-      print(f"  {prob:.4f}  {tokenizer.decode([token_id])!r}")
+  answers = [fill_mask(model, params, cloze_ids(tokenizer, text), mask_id=tokenizer.mask_id,
+                       top_k=args.top_k) for text in args.text]  # every text checked first
+  for number, (text, masks) in enumerate(zip(args.text, answers), 1):
+    if len(args.text) > 1:  # one block per text, headed by it
+      print(("\n" if number > 1 else "") + f"text {number}: {text!r}")
+    for n, candidates in enumerate(masks, 1):
+      print(f"mask {n}:")
+      for token_id, prob in candidates:
+        print(f"  {prob:.4f}  {tokenizer.decode([token_id])!r}")
   return 0
 
 
@@ -305,7 +313,7 @@ _STORAGE_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = cli_parser.parser().parse_args(argv)
+  args = cli_parser.parse(argv)
   app.configure_process()
   try:
     _check_paths(args)

@@ -6,9 +6,40 @@ parses with them and runs the commands.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Sequence
 
 DESCRIPTION = ("The `lmjax` command: train, eval, score, eval-harness, generate, predict, fill-mask, "
                "convert, checkpoints, plot, tokenizer, data.")
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  """The command line `argv` (default: sys.argv[1:]) parsed; argparse's own errors exit 2."""
+  return parser().parse_args(bind_set_values(sys.argv[1:] if argv is None else argv))
+
+
+def bind_set_values(argv: Sequence[str]) -> list[str]:
+  """`--set a=1 b=2 CONFIG` as `--set=a=1 --set=b=2 CONFIG`.
+
+  `--set` takes one or more KEY=VALUE words, and argparse would give it every word up to the
+  next flag, CONFIG too (`lmjax train --set train.steps=10 tiny-gpt` then says CONFIG is
+  missing). Binding each KEY=VALUE word to its own `--set=` ends the list at the first word
+  without "=", which is left for the positional arguments. A `--set` followed by no KEY=VALUE
+  word is left as it was, for the usual messages.
+  """
+  out, words, n = [], list(argv), 0
+  while n < len(words):
+    values = []
+    if words[n] == "--set":
+      while n + 1 + len(values) < len(words) and _is_override(words[n + 1 + len(values)]):
+        values.append(words[n + 1 + len(values)])
+    out += [f"--set={v}" for v in values] or [words[n]]
+    n += 1 + len(values)
+  return out
+
+
+def _is_override(word: str) -> bool:
+  return "=" in word and not word.startswith("-")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--field", default=None,
                         help="the JSON field or column holding the text (default: data.field)")
   _add_window(evaluate)
+  _add_quantize(evaluate)
 
   score = commands.add_parser("score", help="write each document's log-likelihood")
   score.add_argument("input", metavar="FILE.jsonl", help="one JSON object per line with the text")
@@ -53,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
   score.add_argument("--output", default=None, metavar="FILE",
                      help="a new JSON Lines file (default: stdout)")
   _add_window(score)
+  _add_quantize(score)
 
   harness = commands.add_parser("eval-harness",
                                 help="run lm-evaluation-harness tasks on a causal model")
@@ -82,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
                     help="comma-separated metrics.jsonl keys, one panel each (default: loss and "
                          "eval_loss)")
   plot.add_argument("--smooth", type=float, default=0.6,
-                    help="moving-average weight in [0, 1) for the solid curves (default 0.6)")
+                    help="moving-average weight in [0, 1) for the solid curves (default 0.6); "
+                         "curves of only a few points are drawn as logged")
   plot.add_argument("--log-scale", action="store_true", help="a logarithmic y axis")
   plot.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -100,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
 
   fill = commands.add_parser("fill-mask", help="predict the [MASK] tokens of a text with an MLM")
   _add_source(fill)
-  fill.add_argument("--text", required=True, help='text with a mask token, e.g. "a [MASK] b"')
+  fill.add_argument("--text", required=True, action="append",
+                    help='text with a mask token, e.g. "a [MASK] b"; repeat for several')
   fill.add_argument("--top-k", type=int, default=5)
   _add_convert(commands)
 
@@ -213,6 +248,7 @@ def _add_generate(commands) -> None:
                              "repeat for several")
   generate.add_argument("--seed", type=int, default=None, help="default 0")
   generate.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  _add_quantize(generate)
   generate.add_argument("--no-stream", action="store_true",
                         help="print a single prompt's text at the end, not as it is decoded")
   generate.add_argument("--chat", action="store_true",
@@ -230,6 +266,12 @@ def _add_window(parser: argparse.ArgumentParser) -> None:
                       help="window length in tokens (default: model.max_seq_len)")
   parser.add_argument("--batch-size", type=int, default=16)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+
+
+def _add_quantize(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--quantize", choices=("int8", "int4"), default=None, metavar="SCHEME",
+                      help="hold the blocks' projections as int8 or int4 weights "
+                           "(model.quantization.scheme; needs lmjax[quant])")
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,8 @@
 
 One panel per metric, against the step; each run is a colour, named by its directory, drawn raw
 (faint) and smoothed (an exponential moving average with TensorBoard's debiasing, `--smooth`
-its weight). A torn last line (a run killed mid-write) is skipped; a run or metric without any
+its weight); a curve of fewer than MIN_POINTS_TO_SMOOTH points is drawn as logged, its points
+marked. A torn last line (a run killed mid-write) is skipped; a run or metric without any
 value is an error naming what there is.
 """
 
@@ -19,12 +20,17 @@ import tempfile
 from collections.abc import Sequence
 
 from lmjax.errors import UserError
+from lmjax.extras import require
 from lmjax.run import RunDir
 from lmjax.storage import as_path, is_remote
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("loss", "eval_loss")
+# A curve of fewer points is drawn as logged, each point marked, whatever `--smooth` says: a
+# moving average over a handful of points shows mostly its own lag (with two points, the last
+# one drawn is not the last value logged), not a trend.
+MIN_POINTS_TO_SMOOTH = 10
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -68,6 +74,13 @@ def smoothed(values: Sequence[float], weight: float) -> list[float]:
   return out
 
 
+def solid_curve(values: Sequence[float], weight: float) -> tuple[list[float], bool]:
+  """The curve drawn solid, and whether it is smoothed (the raw one is then drawn faint)."""
+  if weight and len(values) >= MIN_POINTS_TO_SMOOTH:
+    return smoothed(values, weight), True
+  return list(values), False
+
+
 def _names(run_dirs: Sequence[str]) -> list[str]:
   """Each run's directory name, or its whole path where two names are the same."""
   names = [(as_path(d) if is_remote(d) else pathlib.Path(d).resolve()).name or str(d)
@@ -96,9 +109,9 @@ def plot_runs(run_dirs: Sequence[str], out: str | os.PathLike, *,
   if missing or not wanted:
     raise UserError(f"--metric {','.join(missing or wanted) or '(none)'}: the runs log no such "
                     f"metric. They have: {', '.join(available) or 'none'}.")
-  import matplotlib  # noqa: PLC0415 -- an optional dependency, for this command only
+  matplotlib = require("matplotlib", extra="plot", needed_for="`lmjax plot`")
   matplotlib.use("Agg")
-  from matplotlib import pyplot  # noqa: PLC0415
+  from matplotlib import pyplot  # noqa: PLC0415 -- after choosing the backend
 
   figure, axes = pyplot.subplots(1, len(wanted), figsize=(5.5 * len(wanted), 4), squeeze=False)
   colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -108,9 +121,11 @@ def plot_runs(run_dirs: Sequence[str], out: str | os.PathLike, *,
       if not steps:
         continue
       colour = colours[n % len(colours)]
-      if smooth and len(values) > 1:
+      curve, is_smoothed = solid_curve(values, smooth)
+      if is_smoothed:
         axis.plot(steps, values, color=colour, alpha=0.25, linewidth=1)
-      axis.plot(steps, smoothed(values, smooth), color=colour, label=name, linewidth=1.8)
+      axis.plot(steps, curve, color=colour, label=name, linewidth=1.8,
+                marker=None if is_smoothed else "o", markersize=3)
     axis.set_title(metric)
     axis.set_xlabel("step")
     if log_scale:

@@ -75,7 +75,11 @@ def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
       run = RunDir(staging)
       run.write_config(config)
       keep_source_config(hf_dir, staging)
-      _import_tokenizer(hf_dir, run.tokenizer_dir, model_config)
+      if not _import_tokenizer(hf_dir, run.tokenizer_dir, model_config):
+        log.warning("%s has no tokenizer files (tokenizer.json, a sentencepiece .model, "
+                    "vocab.txt…): the weights are imported, but generate, predict, fill-mask, "
+                    "eval and score need a tokenizer. Copy the model's tokenizer files into "
+                    "%s/tokenizer/ (or train with data.tokenizer=PATH).", hf_dir, run_dir)
       checkpointer = Checkpointer(run.checkpoints, keep=config.train.keep_checkpoints)
       try:
         checkpointer.save_streamed(
@@ -87,22 +91,24 @@ def hf_to_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
   return config
 
 
-def _import_tokenizer(hf_dir, destination: pathlib.Path, config: ModelConfig) -> None:
+def _import_tokenizer(hf_dir, destination: pathlib.Path, config: ModelConfig) -> bool:
   """Copies the tokenizer files, once they load and fit the model's vocabulary; makes a
   tokenizer.json from vocab files when there is none (a sentencepiece model is kept as it is:
-  lmjax reads it through sentencepiece itself)."""
+  lmjax reads it through sentencepiece itself). Whether there was any to copy."""
   if Tokenizer.readable_in(hf_dir):  # a damaged file is refused by name, not copied
     check_vocabulary(Tokenizer.from_file(hf_dir), config, hf_dir)
   copied = copy_tokenizer_files(hf_dir, destination)
-  if (not copied or (destination / "tokenizer.json").is_file()
-      or model_file_in(str(destination)) is not None):
-    return
+  if not copied:
+    return False
+  if (destination / "tokenizer.json").is_file() or model_file_in(str(destination)) is not None:
+    return True
   try:  # e.g. a BERT with vocab.txt only: transformers builds the fast tokenizer offline
     from transformers import AutoTokenizer  # deferred: transformers (with torch) is an extra
     AutoTokenizer.from_pretrained(str(hf_dir)).save_pretrained(str(destination))
   except Exception as e:  # no transformers, or a slow-only tokenizer: keep the copied files
     log.warning("no tokenizer.json could be made from %s (%s); copied %s as they are.", hf_dir,
                 type(e).__name__, ", ".join(copied))
+  return True
 
 
 def run_to_hf(run_dir: str | os.PathLike, hf_dir: str | os.PathLike, *, step: int | None = None,

@@ -11,6 +11,7 @@ import numpy as np
 
 from lmjax.run.loader import load_run
 from lmjax.errors import UserError
+from lmjax.extras import require
 from lmjax.hf.engine import read_hf_config
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.hf.safetensors_files import CheckpointReader
@@ -44,7 +45,7 @@ def verify(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, step: int |
   mask[1:, seq_len - seq_len // 4:] = 0  # some right padding in every row but the first
   ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids, jnp.int32),
                                 attention_mask=jnp.asarray(mask, jnp.int32)))
-  import torch  # deferred: PyTorch is an extra (lmjax[hf])
+  torch = require("torch", extra="hf", needed_for="`lmjax convert verify`")
   with torch.no_grad():
     out = torch_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
   theirs = (out.logits if config.head is not Head.NONE else out.last_hidden_state).float().numpy()
@@ -65,11 +66,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _load_torch_model(hf_dir):
-  try:
-    import transformers  # deferred: an extra (lmjax[hf])
-  except ImportError:
-    raise UserError("verify runs the Hugging Face model with PyTorch: install them with "
-                    "pip install 'lmjax[hf]'.") from None
+  transformers = require("transformers", extra="hf", needed_for="`lmjax convert verify` (it "
+                         "runs the Hugging Face model with PyTorch)")
   architectures = read_hf_config(hf_dir).get("architectures") or []
   cls = getattr(transformers, architectures[0], None) if architectures else None
   if cls is None:

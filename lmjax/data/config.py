@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 from lmjax.errors import UserError
 from lmjax.ranges import POSITIVE, Range, check_ranges
@@ -50,6 +50,8 @@ class BadRecords(enum.Enum):
 class DataSource:
   """One component of a weighted mixture (`data.mixture`)."""
 
+  RANGES: ClassVar[Mapping[str, Range]] = {"weight": POSITIVE}
+
   source: str = "builtin"
   paths: tuple[str, ...] = ()
   field: str = "text"
@@ -58,8 +60,16 @@ class DataSource:
   weight: float = 1.0                  # relative share of training rows drawn from it
 
 
+_DATA_RANGES = {
+    "workers": Range(0, why="0: a background thread, else a number of worker processes"),
+    "eval_fraction": Range(0, 1, low_open=True, high_open=True),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+  RANGES: ClassVar[Mapping[str, Range]] = _DATA_RANGES  # lmjax.ranges: checked on creation
+
   source: str = "builtin"              # builtin (CPython's pydoc) | text | jsonl | csv | parquet
                                        # | tfds | prepared (a directory `lmjax data prepare` wrote)
   paths: tuple[str, ...] = ()          # files or globs; for tfds: names name[/config][:version]
@@ -94,9 +104,9 @@ class DataConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "labels", _label_names(self.labels))
-    check_ranges(self, "data", _DATA_RANGES)
+    check_ranges(self, "data", self.RANGES)
     for i, component in enumerate(self.mixture):
-      check_ranges(component, f"data.mixture[{i}]", {"weight": POSITIVE})
+      check_ranges(component, f"data.mixture[{i}]", component.RANGES)
     if self.mixture and (self.paths or self.source != DataConfig.source):
       raise UserError("data.mixture replaces data.source and data.paths: give the sources inside "
                       "the mixture only.")
@@ -111,12 +121,6 @@ class DataConfig:
     """The mixture, or the single source as a one-component mixture."""
     return self.mixture or (DataSource(source=self.source, paths=self.paths, field=self.field,
                                        split=self.split, data_dir=self.data_dir),)
-
-
-_DATA_RANGES = {
-    "workers": Range(0, why="0: a background thread, else a number of worker processes"),
-    "eval_fraction": Range(0, 1, low_open=True, high_open=True),
-}
 
 
 def _label_names(labels: tuple[Any, ...]) -> tuple[str, ...]:

@@ -196,7 +196,10 @@ def from_hf(hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32, scan_layers:
   with HfWeights(hf_dir, dtype=dtype, scan_layers=scan_layers,
                  allow_pickle=allow_pickle) as weights:
     flat = weights.read_params()
-  params = unflatten({key: jnp.asarray(flat.pop(key)) for key in list(flat)})
+  # One param at a time, each copy finished before the next begins (the copies are asynchronous
+  # otherwise, and would hold every numpy array until the last is copied): memory holds the
+  # params once, plus one.
+  params = unflatten({key: jnp.asarray(flat.pop(key)).block_until_ready() for key in list(flat)})
   return Transformer(weights.config), params
 
 

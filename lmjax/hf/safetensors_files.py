@@ -22,6 +22,7 @@ import numpy as np
 import safetensors
 
 from lmjax.errors import UserError
+from lmjax.extras import require
 from lmjax.storage import is_remote
 
 SAFETENSORS = "model.safetensors"
@@ -44,8 +45,9 @@ class CheckpointReader:
   """Tensor names, shapes and data of the weights in a Hugging Face model directory.
 
   Use as a context manager; `shapes` comes from file headers, `read(name)` loads one tensor as
-  a numpy array in its stored dtype. At most one file is open at a time, so that the mapped
-  pages of one file at most count as this process's memory.
+  a numpy array in its stored dtype. At most one file is open at a time, and a safetensors file
+  only while a tensor is read, so that the mapped pages of one tensor (of one pickled file) at
+  most count as this process's memory.
   """
 
   def __init__(self, hf_dir: pathlib.Path, *, allow_pickle: bool = False):
@@ -96,7 +98,7 @@ class CheckpointReader:
     self.close()
     path = self.dir / file
     if self._pickled:
-      import torch  # deferred: PyTorch is an extra; only pickled weights need it
+      torch = require("torch", extra="hf", needed_for="reading pytorch_model.bin (--allow-pickle)")
 
       try:  # mmap keeps memory bounded: tensors are paged in when read
         handle = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
@@ -126,6 +128,10 @@ class CheckpointReader:
     except (safetensors.SafetensorError, OSError) as e:
       raise UserError(f"{self.dir / file}: tensor {name} could not be read (corrupt or "
                       f"truncated?): {e}") from None
+    finally:
+      # The tensor is a copy: unmapping the file now keeps its pages from counting as ours
+      # beside the copies (a whole file's worth by the last tensor); reopening reads a header.
+      self.close()
 
   def close(self) -> None:
     """Closes the open file (its mapped pages stop counting as ours); reads reopen it."""

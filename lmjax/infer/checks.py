@@ -16,8 +16,8 @@ def require_causal_lm(model: Transformer, what: str) -> None:
   if not cfg.causal or cfg.head is not Head.CAUSAL_LM:
     raise UserError(
         f"{what} needs a causal language model (model.causal=true, model.head=causal_lm), but this "
-        f"one has causal={cfg.causal} and head={cfg.head.value}: use fill_mask for masked-LM "
-        f"models.")
+        f"one has causal={cfg.causal} and head={cfg.head.value}: for a masked-LM model use "
+        f"`lmjax fill-mask` (lmjax.infer.fill_mask), for a classifier `lmjax predict`.")
 
 
 def check_ids(ids: Sequence[int], *, vocab_size: int, what: str) -> None:

@@ -61,6 +61,9 @@ class GenerationSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
+  """One prompt's results: the prompt, what is shown before each continuation, and the
+  continuations."""
+
   prompt: str                # as given
   shown_prompt: str          # what is printed before a continuation ("" with --chat)
   completions: list[str]     # num_return_sequences continuations, cut before a stop string
@@ -310,6 +313,20 @@ def complete(loaded: Loaded, texts: Sequence[str], settings: GenerationSettings,
 
 
 # -- output -----------------------------------------------------------------------------------
+
+
+def format_completions(results: Sequence[Completion]) -> str:
+  """What `lmjax generate` prints for its results: each prompt's text and continuation, under a
+  header naming the prompt (and the sequence, with several per prompt) where there are several,
+  so that continuations holding blank lines of their own are still told apart."""
+  shown = [(n, k, r.shown_prompt + text) for n, r in enumerate(results, 1)
+           for k, text in enumerate(r.completions, 1)]
+  if len(shown) == 1:
+    return shown[0][2]
+  per_prompt = max(len(r.completions) for r in results)
+  return "\n\n".join(
+      f"--- prompt {n}/{len(results)}" + (f", sequence {k}/{per_prompt}" if per_prompt > 1 else "")
+      + f" ---\n{text}" for n, k, text in shown)
 
 
 def write_completions(results: Sequence[Completion], path: pathlib.Path | None) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import jax
 
 from lmjax.errors import UserError
+from lmjax.extras import missing_message, require
 from lmjax.files import check_new_file, write_text_atomic
 from lmjax.infer import continuation_log_likelihoods
 from lmjax.infer.complete import GenerationSettings, complete_batch
@@ -45,7 +46,8 @@ try:
 except ImportError:  # lmjax works without lm-eval; LmjaxLM then says how to get it
   TemplateLM, register_model = object, lambda *names: (lambda cls: cls)
 
-_INSTALL = "install it with: pip install 'lmjax[eval]' (lm-eval)"
+_NEEDED_FOR = "`lmjax eval-harness`"
+_PACKAGE = "lm-eval (lm-evaluation-harness)"
 
 
 def _int(value, name: str, *, low: int = 1) -> int | None:
@@ -69,7 +71,7 @@ class LmjaxLM(TemplateLM):
                dtype: str = "float32", batch_size=16, max_length=None, max_gen_toks=256,
                loaded: Loaded | None = None, seed=0, **_ignored):  # device, max_batch_size
     if TemplateLM is object:
-      raise UserError(f"lm-evaluation-harness is not installed: {_INSTALL}.")
+      raise UserError(missing_message(_PACKAGE, extra="eval", needed_for=_NEEDED_FOR))
     super().__init__()
     if loaded is None and (run_dir is None) == (hf is None):
       raise UserError("give exactly one of run_dir= (an lmjax run directory) or hf= (a Hugging "
@@ -233,7 +235,7 @@ def check_tasks(manager, tasks: Sequence[str]) -> list[str]:
       hint = f" Close ones: {', '.join(close)}." if close else ""
       raise UserError(f"--tasks names {task!r}, which lm-evaluation-harness does not know.{hint} "
                       f"A task of your own: a YAML file in a directory given with "
-                      f"--include-path (README: evaluation).")
+                      f"--include-path (docs/evaluate.md).")
   return list(tasks)
 
 
@@ -268,10 +270,7 @@ def run_harness(*, run_dir: str | None, hf_dir: str | None, step: int | None, ta
     raise UserError(f"--limit must be > 0 (a count, or a fraction below 1), got {limit}.")
   if not tasks:
     raise UserError("--tasks is empty: name one or more tasks, comma-separated.")
-  try:
-    import lm_eval  # noqa: PLC0415
-  except ImportError:
-    raise UserError(f"lm-evaluation-harness is not installed: {_INSTALL}.") from None
+  lm_eval = require("lm_eval", extra="eval", needed_for=_NEEDED_FOR, package=_PACKAGE)
   manager = _task_manager(include_path, tasks)
   tasks = check_tasks(manager, tasks)
   lm = LmjaxLM(run_dir=run_dir, hf=hf_dir, step=step, dtype=dtype, batch_size=batch_size,

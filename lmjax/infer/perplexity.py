@@ -33,6 +33,8 @@ from lmjax.model import Head, Transformer
 
 @dataclasses.dataclass(frozen=True)
 class DocumentScore:
+  """A document's log-likelihood under the model, and what it is measured over."""
+
   log_likelihood: float  # natural log, summed over the predicted tokens
   tokens: int            # tokens predicted
   bytes: int             # UTF-8 bytes of the text

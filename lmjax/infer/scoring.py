@@ -3,13 +3,12 @@
 Log-likelihoods project the final hidden states to the vocabulary a chunk of positions at a
 time (`target_log_probs`), keeping each position's log p(target) and never the whole
 [batch, length, vocab] logits or their log-softmax. Batches of continuations are padded to
-lengths under 1/8 above their own (`bucket_length`), and where attention is dense (CPUs), a
-long batch is read a block of queries at a time through a KV cache (`_QUERY_BLOCK`).
+lengths a few percent above their own (`bucket_length`: under 1/8, and under 128 positions).
+Dense attention reads long rows a block of queries at a time (lmjax.model.attention).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Sequence
 
@@ -20,7 +19,8 @@ import numpy as np
 from lmjax.errors import UserError
 from lmjax.infer.checks import (check_ids, check_length, left_padded_positions,
                                   require_causal_lm)
-from lmjax.model import AttentionImpl, Cache, Head, Transformer, init_cache
+from lmjax.model import Head, Transformer
+from lmjax.model.attention import QUERY_BLOCK
 
 
 # -- log p(target) at each position, a chunk of positions at a time -----------------------------
@@ -120,8 +120,8 @@ def fill_mask(model: Transformer, params, input_ids: Sequence[int], *, mask_id: 
   """
   cfg = model.config
   if cfg.head is not Head.MASKED_LM:
-    raise UserError(f"fill_mask needs a masked-LM model (model.head=masked_lm), but this one has "
-                    f"head={cfg.head.value}: use generate for causal models.")
+    raise UserError(f"fill-mask (lmjax.infer.fill_mask) needs a masked-LM model (model.head=masked_lm), but this one has "
+                    f"head={cfg.head.value}: for a causal model use `lmjax generate` (lmjax.generate).")
   input_ids = [int(i) for i in input_ids]
   positions = [n for n, token in enumerate(input_ids) if token == mask_id]
   if not positions:
@@ -189,7 +189,8 @@ def classify(model: Transformer, params, input_ids, attention_mask=None, token_t
   cfg = model.config
   if cfg.head is not Head.CLASSIFICATION:
     raise UserError(f"classify needs a sequence classifier (model.head=classification), but "
-                    f"this model has head={cfg.head.value}: use generate, fill_mask or score.")
+                    f"this model has head={cfg.head.value}: use `lmjax generate`, `lmjax fill-mask` "
+                    f"or `lmjax score` (lmjax.generate, lmjax.infer.fill_mask, lmjax.infer.score).")
   input_ids = np.asarray(input_ids, np.int32)
   if input_ids.ndim != 2:
     raise UserError(f"input_ids must be [batch, len], got shape {input_ids.shape}.")
@@ -205,59 +206,33 @@ def classify(model: Transformer, params, input_ids, attention_mask=None, token_t
 
 # -- continuations: what lm-evaluation-harness and perplexity ask for ---------------------------
 
-# A batch's padded length is the next multiple of a step that is 1/16 of the power of two at or
-# above its longest row (at least _MIN_BUCKET): 8 lengths per doubling, so padding stays under
-# max(_MIN_BUCKET, length / 8) (a 4,232-token window is scored at 4,608, not 8,192) while scoring
-# requests of varied lengths compiles a few dozen programs at most, not one per length.
+# A batch's padded length is the next multiple of a step: 1/16 of the power of two at or above
+# its longest row, at least _MIN_BUCKET and at most _MAX_STEP. So 8 lengths per doubling up to
+# 1,024 tokens, where compiling dominates, then every multiple of 128, where computing does: the
+# padding stays under max(_MIN_BUCKET, min(length / 8, _MAX_STEP)) positions (a 4,232-token
+# window is scored at 4,352, not 8,192), and scoring requests of varied lengths compiles a few
+# dozen programs at most (88 up to 8,192 tokens), not one per length.
 _MIN_BUCKET = 16
+_MAX_STEP = 128
 _BUCKETS_PER_DOUBLING = 8
-# Dense attention (XLA's einsum and softmax: CPUs, and GPUs in float32) holds a [rows, heads,
-# length, length] float32 score matrix and its softmax, and computes every masked score too. A
-# longer batch is read this many queries at a time through a KV cache, as decoding reads one:
-# each block attends to the keys up to its own end only, so it holds [rows, heads, block, end]
-# scores and skips most masked ones (an 8,192-token window computes 5/8 of the scores). Blocks
-# compile one by one, so windows of different lengths share their leading blocks' programs.
-_QUERY_BLOCK = 2048
-# Rows per batch are cut to keep a batch's attention scores and their softmax (float32) near
-# this many bytes, so that a long window is scored alone. The logits are bounded apart from this
-# (_CHUNK_BYTES).
+# Rows per batch are cut to keep a batch's attention scores and their softmax (float32, a block
+# of queries at a time: attention.QUERY_BLOCK) near this many bytes, so that a long window is
+# scored alone. The logits are bounded apart from this (_CHUNK_BYTES).
 _ATTENTION_BYTES = 1 << 30
 
 
 def bucket_length(length: int, cap: int) -> int:
   """The padded length of a batch whose longest row has `length` tokens, at most `cap`: a
-  multiple of max(_MIN_BUCKET, 2**ceil(log2(length)) / 16), so the padding is under
-  max(_MIN_BUCKET, length / 8) positions."""
+  multiple of 2**ceil(log2(length)) / 16 clipped to [_MIN_BUCKET, _MAX_STEP], so the padding
+  is under max(_MIN_BUCKET, min(length / 8, _MAX_STEP)) positions."""
   octave = 1 << max(length - 1, 0).bit_length()  # the power of two at or above length
-  step = max(_MIN_BUCKET, octave // (2 * _BUCKETS_PER_DOUBLING))
+  step = min(_MAX_STEP, max(_MIN_BUCKET, octave // (2 * _BUCKETS_PER_DOUBLING)))
   return min(-(-length // step) * step, cap)
 
 
-def _dense_attention(model: Transformer) -> bool:
-  """Whether the model attends with XLA's einsum and softmax (as attention.py's `auto` picks)."""
-  impl = model.config.attention
-  if impl is AttentionImpl.AUTO:
-    backend = jax.default_backend()
-    return not (backend == "tpu" or (backend == "gpu" and model.dtype in (jnp.bfloat16,
-                                                                          jnp.float16)))
-  return impl is AttentionImpl.XLA
-
-
-def _query_block(model: Transformer, length: int) -> int:
-  """Queries read at a time in a batch of `length` (all of them: in one pass)."""
-  return _QUERY_BLOCK if length > _QUERY_BLOCK and _dense_attention(model) else length
-
-
 def _rows_per_batch(model: Transformer, length: int, batch_size: int) -> int:
-  per_row = 2 * 4 * model.config.num_heads * _query_block(model, length) * length
+  per_row = 2 * 4 * model.config.num_heads * min(length, QUERY_BLOCK) * length
   return max(1, min(batch_size, _ATTENTION_BYTES // per_row))
-
-
-def _weighted(log_probs: jax.Array, greedy: jax.Array, weights: jax.Array
-              ) -> tuple[jax.Array, jax.Array]:
-  """[batch, len] -> (sum of log p where weights, whether every weighted target is greedy)."""
-  return (jnp.sum(jnp.where(weights != 0, log_probs, 0.0), axis=-1),
-          jnp.all(greedy | (weights == 0), axis=-1))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "chunk"))
@@ -266,50 +241,10 @@ def _continuation_sums(model: Transformer, params, input_ids: jax.Array,
                        chunk: int) -> tuple[jax.Array, jax.Array]:
   """Right-padded rows [batch, len] -> (sum of log p(target) where weights, [batch] float32;
   whether every weighted target is the argmax, [batch] bool)."""
-  return _weighted(*_position_log_probs(model, params, input_ids, attention_mask, targets, None,
-                                        chunk), weights)
-
-
-@functools.lru_cache(maxsize=8)
-def _headless(model: Transformer) -> Transformer:
-  """The model without its head: with a KV cache, it returns the final hidden states (what
-  Transformer.features returns, which takes no cache), for `_chunked_pick` to project."""
-  return Transformer(dataclasses.replace(model.config, head=Head.NONE), model.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "chunk"))
-def _block_sums(model: Transformer, params, cache: Cache, input_ids: jax.Array,
-                attention_mask: jax.Array, targets: jax.Array, weights: jax.Array, *,
-                chunk: int) -> tuple[jax.Array, jax.Array, Cache]:
-  """`_continuation_sums` of the next block of a batch's positions, after the keys and values
-  of those before it in `cache`; returns the cache grown by the block."""
-  n = input_ids.shape[1]
-  grow = lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, n), (0, 0)])  # [..., len, dim]
-  cache = {"layers": jax.tree.map(grow, cache["layers"]), "index": cache["index"],
-           "segment_ids": jnp.pad(cache["segment_ids"], ((0, 0), (0, n)))}
-  hidden, cache = _headless(model).apply({"params": params}, input_ids, attention_mask,
-                                         cache=cache)
-  return *_weighted(*_chunked_pick(model, params, hidden, targets, chunk), weights), cache
-
-
-def _batch_sums(model: Transformer, params, input_ids: np.ndarray, attention_mask: np.ndarray,
-                targets: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """`_continuation_sums` of a batch, in one pass or a block of queries at a time."""
-  rows, length = input_ids.shape
-  block = _query_block(model, length)
-  chunk = _chunk_positions(rows, block, model.config.vocab_size)
-  if block == length:
-    return jax.device_get(_continuation_sums(model, params, input_ids, attention_mask, targets,
-                                             weights, chunk=chunk))
-  cache = init_cache(model.config, rows, 0, model.dtype)
-  sums, greedy = 0.0, True
-  for start in range(0, length, block):
-    part = slice(start, start + block)  # the last block may be shorter: its shape compiles too
-    block_sums, block_greedy, cache = _block_sums(
-        model, params, cache, input_ids[:, part], attention_mask[:, part], targets[:, part],
-        weights[:, part], chunk=min(chunk, length - start))
-    sums, greedy = sums + block_sums, greedy & block_greedy
-  return jax.device_get((sums, greedy))
+  log_probs, greedy = _position_log_probs(model, params, input_ids, attention_mask, targets,
+                                         None, chunk)
+  return (jnp.sum(jnp.where(weights != 0, log_probs, 0.0), axis=-1),
+          jnp.all(greedy | (weights == 0), axis=-1))
 
 
 def continuation_log_likelihoods(model: Transformer, params,
@@ -323,9 +258,9 @@ def continuation_log_likelihoods(model: Transformer, params,
   model.max_seq_len) tokens of context + continuation, less the final one, and the continuation
   is its last predictions; a longer context loses its oldest tokens. Contexts need at least one
   token (a BOS/EOS prefix for an empty one) and continuations at most `max_length`. Requests are
-  sorted by length and padded to bucketed lengths (`bucket_length`: under 1/8 more) in batches
-  of at most `batch_size` (fewer for long rows, whose attention would pass ~1 GiB); the logits
-  are taken a chunk of positions at a time. `progress(n)` is called as n more are done.
+  sorted by length and padded to bucketed lengths (`bucket_length`: under 1/8 and 128 more) in
+  batches of at most `batch_size` (fewer for long rows, whose attention would pass ~1 GiB); the
+  logits are taken a chunk of positions at a time. `progress(n)` is called as n more are done.
   """
   require_causal_lm(model, "continuation_log_likelihoods")
   cfg = model.config
@@ -368,7 +303,9 @@ def continuation_log_likelihoods(model: Transformer, params,
       input_ids[row, :len(inputs)], targets[row, :len(target)] = inputs, target
       mask[row, :len(inputs)] = 1
       weights[row, len(inputs) - scored:len(inputs)] = 1
-    sums, greedy = _batch_sums(model, params, input_ids, mask, targets, weights)
+    chunk = _chunk_positions(*shape, cfg.vocab_size)
+    sums, greedy = jax.device_get(_continuation_sums(model, params, input_ids, mask, targets,
+                                                     weights, chunk=chunk))
     for row, n in enumerate(members):
       results[n] = (float(sums[row]), bool(greedy[row]))
     if progress is not None:

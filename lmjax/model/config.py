@@ -15,14 +15,16 @@ business (`model.init_from`, lmjax.config), and its Hugging Face twin is lmjax/h
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar, Mapping
 
 from lmjax.errors import UserError
 from lmjax.model.config_parts import (AttentionFields, HeadFields, MlpFields, NormFields,
                                       PositionFields, ShapeFields)
 from lmjax.model.families import dense_twins, family_fields, resolve_family
-from lmjax.model.lora import block_projections, check_targets
+from lmjax.model.lora import block_projections, check_targets, targeted
 from lmjax.model.lora_config import LoraConfig
 from lmjax.model.moe_config import MoeConfig
+from lmjax.model.quant_config import QuantizationConfig, QuantScheme
 from lmjax.model.options import (Activation, AttentionImpl, ClassifierPooling, Head, Norm,
                                  NormPosition, PoolerActivation, Positions, Remat,
                                  RopeScaling)
@@ -50,6 +52,8 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
   attention, norms, positions, MLP, heads), plus how it is computed. Build with
   `ModelConfig.for_family` to get a family's defaults."""
 
+  RANGES: ClassVar[Mapping[str, Range]] = _MODEL_RANGES  # lmjax.ranges: checked by validate()
+
   dropout_rate: float = 0.0
   initializer_range: float = 0.02
   scan_layers: bool = True
@@ -58,6 +62,7 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
   remat: Remat = Remat.SAVE_DOTS
   attention: AttentionImpl = AttentionImpl.AUTO
   lora: LoraConfig = LoraConfig()
+  quantization: QuantizationConfig = QuantizationConfig()
 
   @classmethod
   def for_family(cls, family: str, **fields) -> ModelConfig:
@@ -76,7 +81,7 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
       raise UserError(f"model.family={self.family!r} is another name for {family.name!r}: build "
                       f"it with ModelConfig.for_family({self.family!r}, ...).")
     self._check_shape()
-    check_ranges(self, "model", _MODEL_RANGES)
+    check_ranges(self, "model", self.RANGES)
     self._check_heads()
     self._check_positions()
     self._check_norms()
@@ -93,8 +98,26 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
                       f"model.moe.num_experts (and model.moe.experts_per_token), or choose its "
                       f"dense twin ({twins}).")
     if self.lora.enabled:
-      check_targets(self.lora.targets, self.lora.rank, self.projection_fans())
+      check_targets(self.lora.targets, self.projection_fans(), rank=self.lora.rank)
+    if self.quantization.enabled:
+      self._check_quantization()
     self._check_labels()
+
+  def _check_quantization(self) -> None:
+    spec = self.quantization
+    if self.lora.enabled:
+      raise UserError("model.quantization with model.lora (QLoRA) is not supported yet: remove "
+                      "model.quantization to train adapters on the float base, then quantize "
+                      "the merged model for inference.")
+    check_targets(spec.targets, self.projection_fans(), key="model.quantization.targets")
+    if spec.group_size:
+      for module in self.projection_fans():
+        # grouped along the last input dim: head_dim for the attention's output, else fan_in
+        inputs = self.dim_per_head if module == "attention/out" else self.projection_fans()[module][0]
+        if targeted(spec.targets, module) and inputs % spec.group_size:
+          raise UserError(f"model.quantization.group_size={spec.group_size} does not divide "
+                          f"{module}'s {inputs} inputs: choose a divisor of {inputs}, or unset "
+                          f"it for one scale per output channel.")
 
   def projection_fans(self) -> dict[str, tuple[int, int]]:
     """(fan_in, fan_out) of each block projection, by its path below the layer."""
@@ -146,5 +169,5 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
 
 # The switches' enums and sections, importable from here as from their own modules.
 __all__ = ["Activation", "AttentionImpl", "ClassifierPooling", "Head", "LoraConfig", "ModelConfig",
-           "MoeConfig", "Norm", "NormPosition", "PoolerActivation", "Positions", "Remat",
-           "RopeScaling"]
+           "MoeConfig", "Norm", "NormPosition", "PoolerActivation", "Positions",
+           "QuantizationConfig", "QuantScheme", "Remat", "RopeScaling"]

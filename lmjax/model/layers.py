@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.model import lora
+from lmjax.model import lora, quantize
 from lmjax.model.config import Activation, ModelConfig, Norm, RopeScaling
 
 
@@ -27,7 +27,8 @@ class DenseGeneral(nn.Module):
 
   Shapes: x [..., *in_shape] -> [..., *out_shape]. `axes` names kernel dims (in then out). A
   block projection that `config.lora` targets adds its low-rank adapter (lmjax.model.lora),
-  whose dropout is off when `deterministic`.
+  whose dropout is off when `deterministic`; one that `config.quantization` targets holds its
+  kernel quantized (lmjax.model.quantize) and dequantizes it for the matmul.
   """
 
   in_shape: Sequence[int]
@@ -41,9 +42,7 @@ class DenseGeneral(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     in_shape, out_shape = tuple(self.in_shape), tuple(self.out_shape)
-    kernel = self.param(
-        "kernel", nn.with_logical_partitioning(initializer(self.config), tuple(self.axes)),
-        in_shape + out_shape, jnp.float32)
+    kernel = self._kernel(in_shape + out_shape, len(in_shape))
     y = matmul(x, kernel, in_dims=len(in_shape), dtype=self.dtype)
     if self._adapted():
       y = y + self._adapter(x, in_shape, out_shape)
@@ -53,6 +52,15 @@ class DenseGeneral(nn.Module):
           out_shape, jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
+
+  def _kernel(self, shape: tuple[int, ...], in_dims: int) -> jax.Array:
+    """The kernel [*in, *out], float32 (dequantized if it is stored quantized)."""
+    spec = self.config.quantization
+    if not quantize.targeted(spec, self.path):
+      return self.param("kernel", nn.with_logical_partitioning(
+          initializer(self.config), tuple(self.axes)), shape, jnp.float32)
+    return quantize.dequantize(self.param("kernel", quantize.quantized_init(
+        initializer(self.config), self.axes, spec, in_dims=in_dims), shape, jnp.float32))
 
   def _adapted(self) -> bool:
     spec = self.config.lora

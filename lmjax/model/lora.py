@@ -77,23 +77,25 @@ def layer_module(path: tuple[str, ...]) -> str | None:
   return None
 
 
-def check_targets(targets: tuple[str, ...], rank: int, projections: dict[str, tuple[int, int]]
-                  ) -> None:
-  """UserError for a target that names no projection or a rank no projection can take;
-  `projections` maps each block projection to its (fan_in, fan_out)."""
+def check_targets(targets: tuple[str, ...], projections: dict[str, tuple[int, int]], *,
+                  key: str = "model.lora.targets", rank: int | None = None) -> None:
+  """UserError for a target (of config `key`) that names no projection, or a LoRA `rank` no
+  projection can take; `projections` maps each block projection to its (fan_in, fan_out)."""
   if not targets:
-    raise UserError("model.lora.targets is empty: name the projections to adapt, e.g. "
-                    "[query, value] or [all-linear].")
+    raise UserError(f"{key} is empty: name the projections, e.g. [query, value] or "
+                    f"[all-linear].")
   for target in targets:
     if target not in HF_ALIASES and target != "all-linear":
       try:
         re.compile(target)
       except re.error as e:
-        raise UserError(f"model.lora.targets: {target!r} is not a valid pattern ({e}).") from None
+        raise UserError(f"{key}: {target!r} is not a valid pattern ({e}).") from None
     if not any(matches(target, m) for m in projections):
-      raise UserError(f"model.lora.targets: {target!r} matches no projection of this model; "
+      raise UserError(f"{key}: {target!r} matches no projection of this model; "
                       f"they are {', '.join(projections)} (or all-linear, or the Hugging Face "
                       f"names {', '.join(HF_ALIASES)}).")
+  if rank is None:
+    return
   adapted = {m: fans for m, fans in projections.items() if targeted(targets, m)}
   module = min(adapted, key=lambda m: min(adapted[m]))  # the narrowest adapted projection
   fan_in, fan_out = adapted[module]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar, Mapping
 
 from lmjax.errors import UserError
 from lmjax.model.options import ParamDtype
-from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, check_ranges
+from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
   """Low-rank adapters on the blocks' projections (lmjax.model.lora); rank 0: none."""
+
+  RANGES: ClassVar[Mapping[str, Range]] = {"rank": NON_NEGATIVE, "alpha": POSITIVE,
+                                           "dropout": FRACTION}
 
   rank: int = 0
   alpha: float = 16.0
@@ -21,8 +25,7 @@ class LoraConfig:
   base_dtype: ParamDtype = ParamDtype.FLOAT32  # how the frozen base is stored (bfloat16: half)
 
   def __post_init__(self):
-    check_ranges(self, "model.lora", {"rank": NON_NEGATIVE, "alpha": POSITIVE,
-                                      "dropout": FRACTION})
+    check_ranges(self, "model.lora", self.RANGES)
     if self.rank == 0:  # no adapters: a setting of theirs would be silently ignored
       set_ = [f"model.lora.{f.name}={getattr(self, f.name)!r}"
               for f in dataclasses.fields(self)

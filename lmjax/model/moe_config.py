@@ -10,12 +10,19 @@ expert a fixed buffer and drops what overflows it.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar, Mapping
 
 from lmjax.ranges import NON_NEGATIVE, POSITIVE, Range, check_ranges
 
 
 @dataclasses.dataclass(frozen=True)
 class MoeConfig:
+  RANGES: ClassVar[Mapping[str, Range]] = {
+      "num_experts": Range(0, why="0: a dense MLP"),
+      "experts_per_token": Range(1, why="each token needs at least one expert"),
+      "mlp_dim": Range(1, why="unset it for model.mlp_dim"),
+      "aux_loss_coef": NON_NEGATIVE, "capacity_factor": POSITIVE}
+
   num_experts: int = 0                 # 0: a dense MLP, no experts
   experts_per_token: int = 2           # top-k: HF `num_experts_per_tok`
   mlp_dim: int | None = None           # each expert's hidden width; None: model.mlp_dim
@@ -31,11 +38,7 @@ class MoeConfig:
   capacity_factor: float | None = None
 
   def __post_init__(self):
-    check_ranges(self, "model.moe", {
-        "num_experts": Range(0, why="0: a dense MLP"),
-        "experts_per_token": Range(1, why="each token needs at least one expert"),
-        "mlp_dim": Range(1, why="unset it for model.mlp_dim"),
-        "aux_loss_coef": NON_NEGATIVE, "capacity_factor": POSITIVE})
+    check_ranges(self, "model.moe", self.RANGES)
 
   @property
   def enabled(self) -> bool:

@@ -140,6 +140,21 @@ _DETERMINISTIC_ARG = list(inspect.signature(Block.__call__).parameters).index("d
 _POOLER_ACTIVATIONS = {PoolerActivation.TANH: jnp.tanh, PoolerActivation.RELU: jax.nn.relu}
 
 
+def _lookup(table: jax.Array, ids: jax.Array, rows: str | None = None) -> jax.Array:
+  """The rows `ids` [batch, length] of an embedding table [rows, embed] -> [batch, length, embed].
+
+  The table is gathered over `fsdp` first (its `embed` axis whole on every device, as FSDP does
+  for every weight it uses): a gather from embed-sharded rows leaves its output sharded over
+  `embed` by `fsdp`, and moving that to the activations' `batch` sharding over the same axis is
+  an all-to-all XLA's partitioner cannot do for a gather, so it replicated the whole output
+  ("Involuntary full rematerialization", meshes with fsdp and tensor both > 1). Rows split over
+  `tensor` (the vocabulary) stay split: each device looks up its rows and the partial lookups
+  are summed, Megatron's vocabulary-parallel embedding.
+  """
+  table = nn.with_logical_constraint(table, (rows, None))
+  return jnp.take(table, ids, axis=0, mode="clip")
+
+
 class Transformer(nn.Module):
   """A GPT-2, BERT-style, ModernBERT, Llama-style or Gemma 2/3 model, as `config` says."""
 
@@ -285,15 +300,14 @@ class Transformer(nn.Module):
 
   def _embed(self, input_ids, token_type_ids, positions, train):
     cfg = self.config
-    x = jnp.take(self.token_embedding, input_ids, axis=0, mode="clip").astype(self.dtype)
+    x = _lookup(self.token_embedding, input_ids, "vocab").astype(self.dtype)
     if cfg.embed_scale:  # Gemma: the factor rounded to the compute dtype first, as HF's
       x = x * jnp.asarray(cfg.embed_dim ** 0.5, self.dtype)
     if cfg.positions is Positions.LEARNED:
-      x = x + jnp.take(self.position_embedding, positions + cfg.position_offset, axis=0,
-                       mode="clip").astype(self.dtype)
+      x = x + _lookup(self.position_embedding, positions + cfg.position_offset).astype(self.dtype)
     if cfg.type_vocab_size:
       types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-      x = x + jnp.take(self.token_type_embedding, types, axis=0, mode="clip").astype(self.dtype)
+      x = x + _lookup(self.token_type_embedding, types).astype(self.dtype)
     if cfg.normalises_embeddings:
       x = self.embedding_norm(x)
     x = self.dropout(x, deterministic=not train)

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +27,15 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from lmjax.config import is_run_directory
+from lmjax.config_schema import build
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.hf.engine import from_hf, read_hf_config
 from lmjax.hf.hub import resolve_hf_dir
-from lmjax.model import ModelConfig, Transformer
+from lmjax.model import ModelConfig, Transformer, param_shapes
 from lmjax.model.lora import merge_lora
+from lmjax.model.quant_config import QuantizationConfig
+from lmjax.model.quantize import quantize_params
 from lmjax.model.trainable import frozen_dtype
 from lmjax.run.base_ref import BaseRef, check_base
 from lmjax.run.restore import restore_params
@@ -114,7 +117,7 @@ class Loaded:
 
 def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "float32",
          mesh: Mesh | None = None, rules: Any = None, require_tokenizer: bool = False,
-         kind: str | None = None) -> Loaded:
+         kind: str | None = None, quantization: Mapping[str, Any] | None = None) -> Loaded:
   """The model at `source`: a run directory (checkpoint `step`, default the newest that
   restores), a Hugging Face model directory, a hub id in the local cache or a GGUF file (read
   as the Hugging Face directory it is imported into, `directory`; lmjax.hf.gguf).
@@ -123,7 +126,9 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
   on CPU often slower). A run's params are placed on `mesh` by `rules` (see `load_run`).
   `require_tokenizer` makes a source without tokenizer files an error (else `tokenizer=None`).
   `kind` ("run" or "hf") is what the caller was told `source` is (`--run-dir`, `--hf`): a
-  source of the other kind is then refused, naming both.
+  source of the other kind is then refused, naming both. `quantization` holds `model.quantization`
+  keys (`{"scheme": "int8"}`): the projections it targets are then held quantized
+  (lmjax.model.quantize), and the float copy is dropped.
   """
   if dtype not in DTYPES:
     raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
@@ -150,7 +155,17 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
     model = Transformer(model.config, jnp.bfloat16)
     params = jax.tree.map(
         lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+  if quantization:
+    model, params = quantized(model, params, quantization)
   return Loaded(model, params, tokenizer, directory, is_run, origin=str(source), step=step)
+
+
+def quantized(model: Transformer, params: Any, keys: Mapping[str, Any]) -> tuple[Transformer, Any]:
+  """The model with `keys` as its `model.quantization` section, and `params` quantized for it."""
+  spec = build(QuantizationConfig, keys, "model.quantization")
+  config = dataclasses.replace(model.config, quantization=spec)
+  return (Transformer(config, model.dtype),
+          quantize_params(params, param_shapes(config), spec))
 
 
 def check_vocabulary(tokenizer: Tokenizer, config: ModelConfig, where: Any) -> None:

@@ -3,6 +3,8 @@
 Language models report the token-weighted `eval_loss` and `eval_accuracy` over
 `train.eval_batches` batches; classifiers go over every held-out example once and add
 `eval_macro_f1` and `eval_confusion` (rows: true label, columns: predicted, in label order).
+Preference objectives report the loss per pair, `eval_accuracy` (pairs whose chosen answer has
+the higher implicit reward) and the mean rewards and margin.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from lmjax.run.resume_policy import check_model_unchanged
 from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.inputs import batch_sources, inherit_labels, load_corpus
-from lmjax.train.setup import check_batch_fits_mesh, make_model, objective_of
+from lmjax.train.setup import (check_batch_fits_mesh, make_model, objective_of,
+                               preference_settings)
 from lmjax.train.step import jit_eval_step
 
 
@@ -40,6 +43,10 @@ def evaluate(eval_fn: Callable, params, source: BatchSource, placement: MeshRule
   weight = max(float(total["weight"]), 1.0)
   metrics = {"eval_loss": float(total["loss"]) / weight,
              "eval_accuracy": float(total["correct"]) / weight}
+  if "chosen_reward" in total:  # a preference objective: eval_accuracy is the pairs ranked right
+    chosen, rejected = (float(total[k]) / weight for k in ("chosen_reward", "rejected_reward"))
+    metrics.update(eval_rewards_chosen=chosen, eval_rewards_rejected=rejected,
+                   eval_rewards_margin=chosen - rejected)
   if "confusion" in total:
     confusion = np.rint(np.asarray(total["confusion"])).astype(np.int64)
     metrics.update(eval_macro_f1=macro_f1(confusion), eval_confusion=confusion.tolist())
@@ -72,8 +79,10 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
   _, params, step = load_run_at(run.path, step=step, mesh=placement.mesh, rules=placement.rules)
   eval_fn = jit_eval_step(model, objective_of(config), placement,
                           jax.tree.map(lambda a: a.sharding, params),
-                          loss_chunk=config.train.loss_chunk_size)
+                          loss_chunk=config.train.loss_chunk_size,
+                          preference=preference_settings(config))
   metrics = evaluate(eval_fn, params, eval_source, placement, config.train.eval_batches)
-  if "eval_confusion" not in metrics:  # a language model: its per-token perplexity too
+  if "eval_confusion" not in metrics and "eval_rewards_margin" not in metrics:
+    # a language model: its per-token perplexity too
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 700.0))
   return {"step": step, **metrics}

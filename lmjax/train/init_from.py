@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from lmjax.errors import UserError
 from lmjax.run.loader import load_source
 from lmjax.model import ModelConfig
 from lmjax.model.lora import is_adapter
@@ -52,6 +53,7 @@ def start_from_source(state, tx, opt_state_shardings, source: str, config: Model
   directory) and a new optimizer state, a one-line report of what was loaded, and the BaseRef
   a LoRA run's checkpoints refer to instead of holding the base; None: they hold it all)."""
   loaded, step = load_source(source, config)
+  _check_shapes(state.params, loaded, source)
   params, kept_fresh, unused = merge_params(state.params, loaded)
   del loaded
   opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings)(trained_part(params, config))
@@ -70,6 +72,24 @@ def start_from_source(state, tx, opt_state_shardings, source: str, config: Model
     shown = dataclasses.replace(base, source=_shown(base.source))
     report += f"; checkpoints hold the trained params only, the base is {shown}"
   return state.replace(params=params, opt_state=opt_state), report, base
+
+
+def _check_shapes(fresh: Any, loaded: Any, source: str) -> None:
+  """UserError naming every param that `source` has under the same name with another shape
+  than this config's model (a `model.*` key that overrides the source's architecture): it
+  would silently be trained from scratch. A classifier head of another label count is the
+  exception (it is new, and reported so), as in `transformers`' `ignore_mismatched_sizes`."""
+  fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
+  loaded_flat = traverse_util.flatten_dict(loaded, sep="/")
+  differ = [f"{path} {tuple(loaded_flat[path].shape)} there, {tuple(value.shape)} here"
+            for path, value in fresh_flat.items()
+            if path in loaded_flat and tuple(loaded_flat[path].shape) != tuple(value.shape)
+            and not path.startswith("classifier/")]
+  if differ:
+    raise UserError(f"model.init_from={source!r} does not fit this config's model: "
+                    f"{'; '.join(differ[:4])}{' …' if len(differ) > 4 else ''}. A model.* key "
+                    f"overrides the source's architecture: remove it, or train from scratch "
+                    f"without model.init_from.")
 
 
 def _shown(path: str) -> str:

@@ -11,7 +11,7 @@ from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.pipeline.corpus import Corpus
 from lmjax.data.pipeline.grain_pipeline import BatchIterator
 from lmjax.data.pipeline.prepared import prepare
-from lmjax.data.spec import BatchSpec
+from lmjax.data.spec import BatchSpec, Objective
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.run.run_dir import RunDir
@@ -23,10 +23,12 @@ from lmjax.train.source_tokenizer import check_replacement, check_tokenizer_of_s
 
 def batch_spec(config: Config) -> BatchSpec:
   """What the run's batches hold, for the data layer."""
-  train = config.train
-  return BatchSpec(objective=objective_of(config), seq_len=train.seq_len,
+  train, objective = config.train, objective_of(config)
+  return BatchSpec(objective=objective, seq_len=train.seq_len,
                    batch_size=train.batch_size, seed=train.seed,
                    vocab_size=config.model.vocab_size, mlm_probability=train.mlm_probability,
+                   max_new_tokens=(train.grpo.max_new_tokens
+                                   if objective is Objective.GRPO else 0),
                    bidirectional=not config.model.causal,
                    token_types=config.model.type_vocab_size >= 2)
 

@@ -22,10 +22,11 @@ from typing import Any
 
 import jax
 
-from lmjax.config import Config
+from lmjax.config import Config, TrainObjective
 from lmjax.run.source_fields import keep_source_config
 from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.pipeline.corpus import Corpus
+from lmjax.data.spec import Objective
 from lmjax.errors import UserError, WriteFailed
 from lmjax.lock import DirectoryLock
 from lmjax.memory import check_fits, per_device_bytes
@@ -34,7 +35,7 @@ from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.resume_policy import Change, check_resume, history_entry
 from lmjax.run.run_dir import RunDir
-from lmjax.sharding import mesh_rules
+from lmjax.sharding import MeshRules, mesh_axes_size, mesh_rules
 from lmjax.train.evaluate import evaluate
 from lmjax.train.inputs import TrainBatches, batch_sources, inherit_labels, shared_corpus
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
@@ -43,6 +44,8 @@ from lmjax.train.multihost import (any_process_each, broadcast_json, initialize_
 from lmjax.train.nonfinite import NonFiniteSteps
 from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
+from lmjax.train.rewards import Reward, resolve_rewards
+from lmjax.train.rollout import Rollout, Sampler
 from lmjax.train.setup import StepSetup, setup_step
 from lmjax.train.source_tokenizer import save_run_tokenizer
 from lmjax.train.step import jit_eval_step
@@ -67,22 +70,28 @@ class _Prepared:
   run: RunDir
   setup: StepSetup
   corpus: Corpus
-  train_source: BatchSource
-  eval_source: BatchSource
+  train_source: BatchSource | None  # None: GRPO, whose batches are sampled (lmjax.train.rollout)
+  eval_source: BatchSource | None
   writes: bool               # this process writes the run directory, logs and metrics
   changes: list[Change]      # what this resume changes in the saved config (new run: none)
   allow_change: bool
+  rewards: list[Reward] = dataclasses.field(default_factory=list)  # GRPO's
 
 
 def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None = None,
-          async_checkpoints: bool = True, allow_config_change: bool = False) -> TrainResult:
+          async_checkpoints: bool = True, allow_config_change: bool = False,
+          sampler: Sampler | None = None) -> TrainResult:
   """Trains (or resumes) the run in `run_dir` up to `train.steps`.
 
   `stop_after` ends this invocation early, with a checkpoint, after that step (e.g. to fit a
-  job's time slot); rerunning continues exactly where it stopped. `async_checkpoints=False`
-  blocks on every checkpoint write (for benchmarks). `allow_config_change` lets a resume change
-  settings that alter the run's trajectory (see lmjax.run.resume_policy).
+  job's time slot; a GRPO run goes on to the end of its generation round); rerunning continues
+  exactly where it stopped. `async_checkpoints=False` blocks on every checkpoint write (for
+  benchmarks). `allow_config_change` lets a resume change settings that alter the run's
+  trajectory (see lmjax.run.resume_policy). `sampler` generates a GRPO run's completions:
+  pass `lmjax.infer.generate` (the command line does).
   """
+  if config.train.objective is TrainObjective.GRPO and sampler is None:
+    raise ValueError("train.objective=grpo samples completions: pass sampler=lmjax.infer.generate")
   initialize_distributed(config.distributed)
   lock = _lock(RunDir(run_dir))
   try:
@@ -93,7 +102,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
       begin = start_or_resume(config, prepared.run, prepared.setup, checkpointer,
                               report=prepared.writes)
       end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
-      return _Loop(prepared, checkpointer, begin).run(end)
+      mu = config.train.grpo.num_iterations if prepared.train_source is None else 1
+      return _Loop(prepared, checkpointer, begin, sampler).run(-(-end // mu) * mu)
     finally:
       checkpointer.close()
   finally:
@@ -119,6 +129,16 @@ def _lock(run: RunDir) -> DirectoryLock | None:
   return lock
 
 
+def _residual_bytes(config: Config, placement: MeshRules) -> int:
+  """Bytes one device holds of a micro-batch's residual stream at every layer's input (and the
+  last's output): whatever the remat policy, the backward pass needs at least these."""
+  shards = mesh_axes_size(placement.mesh, placement.batch_sharding().spec[0])
+  rows = -(-config.train.batch_size // (config.train.grad_accum_steps * shards))
+  itemsize = jax.numpy.dtype(config.train.compute_dtype.value).itemsize
+  model = config.model
+  return rows * config.train.seq_len * model.embed_dim * itemsize * (model.num_layers + 1)
+
+
 def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   """Every check a start needs (run directory, resume policy, mesh, data, tokenizer, state
   layout), in that order; nothing is written. A classifier's labels are the run's, else the
@@ -132,12 +152,21 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
   setup = setup_step(config, placement)
-  check_fits(per_device_bytes(setup.abstract_state)  # + the gradients of what trains
-             + per_device_bytes(trained_part(setup.abstract_state.params, config.model)),
-             what="the train state (params, optimizer state and gradients)",
+  state_bytes = (per_device_bytes(setup.abstract_state)  # + the gradients of what trains
+                 + per_device_bytes(trained_part(setup.abstract_state.params, config.model)))
+  check_fits(state_bytes, what="the train state (params, optimizer state and gradients)",
              knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
                    "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
                    "adapters (model.lora.rank)")
+  check_fits(state_bytes + _residual_bytes(config, placement),
+             what="the train state and one micro-batch's activations (the residual stream "
+                  "kept at every layer for the backward pass, a lower bound)",
+             knobs="lower train.batch_size or train.seq_len, split the batch into "
+                   "train.grad_accum_steps micro-batches, or spread it over more devices "
+                   "(mesh.data, mesh.fsdp)")
+  if setup.objective is Objective.GRPO:  # the reward functions import before anything is written
+    return _Prepared(config, run, setup, corpus, None, None, is_writer(), changes, allow_change,
+                     resolve_rewards(config.train.grpo))
   train_source, eval_source = batch_sources(config, corpus)
   return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer(), changes,
                    allow_change)
@@ -167,15 +196,22 @@ def _write_run_start(prepared: _Prepared, begin: Start) -> None:
 class _Loop:
   """One invocation's steps from a start: stepping, logging, evaluating, checkpointing."""
 
-  def __init__(self, prepared: _Prepared, checkpointer: Checkpointer, begin: Start):
+  def __init__(self, prepared: _Prepared, checkpointer: Checkpointer, begin: Start,
+               sampler: Sampler | None):
     config, setup = prepared.config, prepared.setup
     self.prepared, self.config, self.setup, self.checkpointer = prepared, config, setup, checkpointer
     self.begin, self.state, self.last_saved = begin, begin.state, begin.step
-    self.batches = TrainBatches(prepared.train_source, setup.placement,
-                                num_steps=config.train.steps, start=begin.step,
-                                workers=config.data.workers, state=begin.data_state)
+    self.batches = self.rollout = None
+    if prepared.train_source is None:
+      self.rollout = Rollout(config, setup, prepared.corpus.prompts, prepared.corpus.tokenizer,
+                             sampler, prepared.rewards)
+    else:
+      self.batches = TrainBatches(prepared.train_source, setup.placement,
+                                  num_steps=config.train.steps, start=begin.step,
+                                  workers=config.data.workers, state=begin.data_state)
     self.eval_fn = jit_eval_step(setup.model, setup.objective, setup.placement,
-                                 setup.shardings.params, loss_chunk=config.train.loss_chunk_size)
+                                 setup.shardings.params, loss_chunk=config.train.loss_chunk_size,
+                                 preference=setup.preference)
     self.writer = MetricsWriter(prepared.run.path, total_steps=config.train.steps,
                                 start_step=begin.step, enabled=prepared.writes,
                                 wandb=config.logging.wandb, config=config.to_dict())
@@ -193,7 +229,8 @@ class _Loop:
     try:
       with PreemptionGuard() as guard:
         for step in range(start, end):
-          self.state, metrics = self.setup.step(self.state, next(self.batches))
+          batch = self.rollout.batch(self.state, step) if self.rollout else next(self.batches)
+          self.state, metrics = self.setup.step(self.state, batch)
           done = step + 1
           self.nonfinite.add(done, metrics)
           self.nonfinite.check(last_saved=self.last_saved, keep_newest=True)
@@ -204,6 +241,7 @@ class _Loop:
           failed = (self.checkpointer.room_error(done, self._saved_state())
                     if saves or guard.requested else self.checkpointer.write_error())
           stop, write_failed = any_process_each(guard.requested, failed is not None)
+          stop = stop and self._round_ends(done)  # GRPO: a round's steps share its samples
           if write_failed:
             raise self._write_failed()
           if saves or stop:
@@ -215,7 +253,8 @@ class _Loop:
             break
         self.nonfinite.check(last_saved=self.last_saved)
     finally:
-      self.batches.close()
+      if self.batches is not None:
+        self.batches.close()
       self.writer.close()
     return TrainResult(start_step=start, final_step=max(start, end), last_row=row,
                        stopped_by=stopped_by)
@@ -223,19 +262,25 @@ class _Loop:
   def _log(self, done: int, metrics: dict) -> dict[str, Any] | None:
     """Writes step `done`'s metrics row (with eval metrics when due) if it is a logging step."""
     train = self.config.train
-    is_eval = train.eval_every and (done % train.eval_every == 0 or done == train.steps)
+    is_eval = (train.eval_every and self.prepared.eval_source is not None
+               and (done % train.eval_every == 0 or done == train.steps))
     if not (is_eval or done % train.log_every == 0 or done == train.steps):
       return None
     self.nonfinite.check(last_saved=self.last_saved)
     row = _metrics_row(self.config, done, jax.device_get(metrics), self.speed.rate(done),
                        elapsed=self._elapsed(), skipped_steps=self.nonfinite.skipped,
                        skipped_records=self.prepared.corpus.skipped_records)
+    if self.rollout is not None:  # the rewards of the round this step trained on
+      row.update(self.rollout.metrics)
     if is_eval:
       row.update(evaluate(self.eval_fn, self.state.params, self.prepared.eval_source,
                           self.setup.placement, train.eval_batches))
     self.writer.write(row)
     self.writer.progress(done, row)
     return row
+
+  def _round_ends(self, done: int) -> bool:
+    return self.rollout is None or done % self.rollout.mu == 0
 
   def _saved_state(self):
     """What a checkpoint holds: the state, or (a LoRA run with a base) its trained part."""
@@ -246,7 +291,8 @@ class _Loop:
   def _save(self, done: int) -> None:
     self.checkpointer.save(done, self._saved_state(), CheckpointRecord.trained(
         step=done, lmjax_version=__version__, config=self.config.to_dict(),
-        seed=self.config.train.seed, data_iterator=self.batches.state(),
+        seed=self.config.train.seed,
+        data_iterator=None if self.batches is None else self.batches.state(),
         skipped_steps=self.nonfinite.skipped, elapsed_seconds=self._elapsed(),
         base=self.begin.base))
     self.last_saved = done
@@ -309,8 +355,11 @@ def _metrics_row(config: Config, done: int, metrics: dict, tokens_per_second: fl
       "skipped_steps": skipped_steps,
       "skipped_records": skipped_records,
   }
-  if config.model.head.value != "causal_lm":
-    row["accuracy"] = float(metrics["accuracy"])
+  if config.model.head.value != "causal_lm" or "rewards_chosen" in metrics:
+    row["accuracy"] = float(metrics["accuracy"])  # a preference objective's: pairs ranked right
+  for name in ("rewards_chosen", "rewards_rejected", "rewards_margin", "kl", "clip_fraction"):
+    if name in metrics:
+      row[name] = float(metrics[name])
   if "moe_aux_loss" in metrics:  # `loss` is the objective's; the step also minimised this
     row["moe_aux_loss"] = float(metrics["moe_aux_loss"])
   return row

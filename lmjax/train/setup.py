@@ -15,7 +15,8 @@ from lmjax.config import ComputeDtype, Config, TrainObjective
 from lmjax.data.spec import Objective
 from lmjax.errors import UserError
 from lmjax.model import Head, Transformer
-from lmjax.objectives import default_objective
+from lmjax.config_objectives import GrpoLoss
+from lmjax.objectives import GrpoSettings, Settings, default_objective
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules, check_divisible
 from lmjax.train.optimizer import make_optimizer, schedule_values
@@ -35,6 +36,7 @@ class StepSetup:
   abstract_state: TrainState    # ShapeDtypeStructs carrying their shardings
   shardings: TrainState         # NamedShardings
   step_fn: Callable             # jitted, donating (state, global batch, hyper) -> (state, metrics)
+  preference: Settings | None = None  # a preference objective's settings, for the eval step too
 
   def step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
     """One train step with this config's schedule."""
@@ -47,8 +49,10 @@ def make_model(config: Config) -> Transformer:
   return Transformer(config.model, dtype=dtype)
 
 
-_HEAD_OF = {Objective.CAUSAL_LM: Head.CAUSAL_LM, Objective.SFT: Head.CAUSAL_LM,
-            Objective.MASKED_LM: Head.MASKED_LM, Objective.CLASSIFY: Head.CLASSIFICATION}
+_HEAD_OF = {**{o: Head.CAUSAL_LM for o in Objective
+               if o in (Objective.SFT, Objective.GRPO) or o.is_preference},
+            Objective.CAUSAL_LM: Head.CAUSAL_LM, Objective.MASKED_LM: Head.MASKED_LM,
+            Objective.CLASSIFY: Head.CLASSIFICATION}
 
 
 def objective_of(config: Config) -> Objective:
@@ -58,17 +62,51 @@ def objective_of(config: Config) -> Objective:
     return default_objective(config.model.head)
   objective = Objective(config.train.objective.value)
   if config.model.head is not _HEAD_OF[objective]:
-    what = "tunes a causal LM" if objective is Objective.SFT else \
+    what = "tunes a causal LM" if _HEAD_OF[objective] is Head.CAUSAL_LM else \
         f"needs model.head={_HEAD_OF[objective].value}"
     raise UserError(f"train.objective={objective.value} {what}; this model's head is "
                     f"{config.model.head.value}.")
+  if objective.needs_reference and not config.model.lora.enabled:
+    raise UserError(
+        f"train.objective={objective.value} compares the model with a reference, which lmjax "
+        f"takes as the LoRA base with the adapters off (no second copy of the weights); this "
+        f"config has no LoRA (model.lora.rank=0). Set model.lora.rank (e.g. 16), or use "
+        f"train.objective=orpo or simpo, which need no reference. Full fine-tuning against a "
+        f"frozen copy is not implemented yet.")
+  if objective is Objective.GRPO and config.train.grpo.beta and not config.model.lora.enabled:
+    raise UserError(
+        f"train.grpo.beta={config.train.grpo.beta} penalises the KL to a reference, which lmjax "
+        f"takes as the LoRA base with the adapters off (no second copy of the weights); this "
+        f"config has no LoRA (model.lora.rank=0). Set model.lora.rank (e.g. 16), or "
+        f"train.grpo.beta=0 (no KL term, no reference; trl's default).")
   return objective
+
+
+def preference_settings(config: Config) -> Settings | GrpoSettings | None:
+  """A preference objective's settings, or GRPO's (None for the others)."""
+  objective = objective_of(config)
+  if objective is Objective.GRPO:
+    grpo = config.train.grpo
+    return GrpoSettings(grpo.epsilon, grpo.epsilon if grpo.epsilon_high is None
+                        else grpo.epsilon_high, grpo.beta, grpo.loss_type is GrpoLoss.GRPO,
+                        grpo.num_iterations == 1)
+  if not objective.is_preference:
+    return None
+  pref = config.train.preference
+  return Settings(pref.beta, pref.label_smoothing, pref.simpo_gamma)
 
 
 def setup_step(config: Config, placement: MeshRules) -> StepSetup:
   """Checks that the config fits the mesh, then builds the sharded, jitted train step for it."""
   check_batch_fits_mesh(config, placement)
+  if config.model.quantization.enabled:
+    raise UserError(
+        f"model.quantization.scheme={config.model.quantization.scheme.value} stores the weights "
+        f"as integers for inference, which training cannot update: remove the "
+        f"model.quantization section to train, then quantize when you generate, score or "
+        f"evaluate (--quantize {config.model.quantization.scheme.value}).")
   model, objective = make_model(config), objective_of(config)
+  preference = preference_settings(config)
   tx = make_optimizer(config.train)
   abstract_state, shardings = state_shardings(model, tx, placement, seq_len=config.train.seq_len)
   replicated = placement.replicated()
@@ -78,8 +116,9 @@ def setup_step(config: Config, placement: MeshRules) -> StepSetup:
                            shardings, seed=config.train.seed,
                            grad_accum_steps=config.train.grad_accum_steps,
                            nan_at_step=config.train.debug_nan_at_step,
-                           loss_chunk=config.train.loss_chunk_size)
-  return StepSetup(model, objective, tx, hyper, placement, abstract_state, shardings, step_fn)
+                           loss_chunk=config.train.loss_chunk_size, preference=preference)
+  return StepSetup(model, objective, tx, hyper, placement, abstract_state, shardings, step_fn,
+                   preference)
 
 
 def check_batch_fits_mesh(config: Config, placement: MeshRules) -> None:

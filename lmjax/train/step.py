@@ -26,8 +26,12 @@ import optax
 
 from lmjax.data.spec import PER_EXAMPLE, Objective, batch_fields
 from lmjax.model import Transformer, trainable
+from lmjax.model.lora import is_adapter
 from lmjax.model.moe import load_balancing_loss
-from lmjax.objectives import LossSums, chunked_objective_loss, confusion_counts, objective_loss
+from lmjax.objectives import (GRPO_SUMS, REWARD_SUMS, GrpoSettings, LossSums, Settings,
+                              causal_lm_targets, chunked_objective_loss, chunked_token_log_probs,
+                              confusion_counts, grpo_sums, objective_loss, pair_log_probs,
+                              preference_sums, sft_targets, token_log_probs)
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules
 from lmjax.train.optimizer import Hyper, learning_rate_at
@@ -41,42 +45,87 @@ _TOKEN_OBJECTIVES = (Objective.CAUSAL_LM, Objective.MASKED_LM, Objective.SFT)
 
 
 def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch, *, train: bool,
-                  dropout_rng: jax.Array | None = None, loss_chunk: int = 0
-                  ) -> tuple[LossSums, jax.Array]:
-  """The objective's loss sums and a Mixture-of-Experts model's load-balancing loss (0.0
-  without experts); `loss_chunk` > 0 (token-level objectives) projects to the vocabulary that
-  many positions at a time, never holding the whole batch's logits."""
+                  dropout_rng: jax.Array | None = None, loss_chunk: int = 0,
+                  preference: Settings | GrpoSettings | None = None
+                  ) -> tuple[LossSums, jax.Array, dict[str, jax.Array]]:
+  """The objective's loss sums, a Mixture-of-Experts model's load-balancing loss (0.0 without
+  experts) and a preference objective's reward sums, or GRPO's KL and clipping sums ({} for the
+  others); `loss_chunk` > 0 (token-level, preference and GRPO objectives) projects to the
+  vocabulary that many positions at a time, never holding the whole batch's logits.
+  `preference` holds a preference objective's or GRPO's settings."""
   inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+  apply = functools.partial(_apply, model)
+  log_probs = functools.partial(_target_log_probs, model, batch=batch, loss_chunk=loss_chunk)
   variables = {"params": params}
-  moe = model.config.moe.enabled
-
-  def apply(*args, **kwargs):  # -> (output, load-balancing loss)
-    if not moe:
-      return model.apply(variables, *args, **kwargs), jnp.zeros((), jnp.float32)
-    out, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
-    return out, load_balancing_loss(state["intermediates"])
-
+  if objective is Objective.GRPO:
+    token_logps, aux = log_probs(variables, train=train, rngs=rngs)
+    _, mask = sft_targets(batch["input_ids"], batch["segment_ids"], batch["loss_mask"])
+    sums, extra = grpo_sums(token_logps, batch["old_logps"], batch["ref_logps"],
+                            batch["advantages"], mask, preference)
+    return sums, aux, extra
+  if objective.is_preference:
+    token_logps, aux = log_probs(variables, train=train, rngs=rngs)
+    reference = None
+    if objective.needs_reference:  # the LoRA base: the same params with the adapters off
+      ref_logps, _ = log_probs({"params": jax.lax.stop_gradient(adapters_off(params))},
+                               train=False)
+      reference = pair_log_probs(ref_logps, batch)
+    sums, rewards = preference_sums(objective, preference, pair_log_probs(token_logps, batch),
+                                    reference)
+    return sums, aux, rewards
   if loss_chunk and objective in _TOKEN_OBJECTIVES:
-    hidden, aux = apply(batch["input_ids"], train=train, rngs=rngs, method=Transformer.features,
-                        **inputs)
+    hidden, aux = apply(variables, batch["input_ids"], train=train, rngs=rngs,
+                        method=Transformer.features, **inputs)
     logits_fn = lambda h: model.apply(variables, h, method=Transformer.decode)
-    return chunked_objective_loss(objective, hidden, logits_fn, batch, loss_chunk), aux
-  logits, aux = apply(batch["input_ids"], train=train, rngs=rngs, **inputs)
-  return objective_loss(objective, logits, batch), aux
+    return chunked_objective_loss(objective, hidden, logits_fn, batch, loss_chunk), aux, {}
+  logits, aux = apply(variables, batch["input_ids"], train=train, rngs=rngs, **inputs)
+  return objective_loss(objective, logits, batch), aux, {}
+
+
+def _apply(model: Transformer, variables, *args, **kwargs) -> tuple[Any, jax.Array]:
+  """model.apply, and a Mixture-of-Experts model's load-balancing loss (0.0 without experts)."""
+  if not model.config.moe.enabled:
+    return model.apply(variables, *args, **kwargs), jnp.zeros((), jnp.float32)
+  out, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
+  return out, load_balancing_loss(state["intermediates"])
+
+
+def _target_log_probs(model: Transformer, variables, *, batch: Batch, loss_chunk: int,
+                      **kwargs) -> tuple[jax.Array, jax.Array]:
+  """The log-prob of what each position predicts ([batch, len], as `causal_lm_targets` pairs
+  positions with targets) and the load-balancing loss; `loss_chunk` positions at a time."""
+  inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+  targets, _ = causal_lm_targets(batch["input_ids"], batch["segment_ids"])
+  if loss_chunk:
+    hidden, aux = _apply(model, variables, batch["input_ids"], method=Transformer.features,
+                         **kwargs, **inputs)
+    logits_fn = lambda h: model.apply(variables, h, method=Transformer.decode)
+    return chunked_token_log_probs(hidden, logits_fn, targets, loss_chunk), aux
+  logits, aux = _apply(model, variables, batch["input_ids"], **kwargs, **inputs)
+  return token_log_probs(logits, targets), aux
+
+
+def adapters_off(params):
+  """`params` with every LoRA adapter zeroed: the base model's function (peft's
+  `disable_adapter`), from the same params; only the adapters, a small tree, are new."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if is_adapter(path) else x, params)
 
 
 def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transformer,
                objective: Objective, make_tx: Callable[[Hyper], optax.GradientTransformation],
                grad_accum_steps: int, seed: int, nan_at_step: int | None = None,
-               loss_chunk: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_chunk: int = 0, preference: Settings | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and scalar metrics.
 
   `hyper` holds the learning-rate schedule's numbers (lmjax.train.optimizer.schedule_values) as
   arguments of the step, and `make_tx(hyper)` is the optimizer.
 
   `nan_at_step` (a testing hook) multiplies the loss of the step numbered so (1-based, as
-  logged) by NaN.
+  logged) by NaN. `preference` holds a preference objective's settings; its metrics add the
+  mean implicit rewards of the chosen and rejected answers and their margin.
   """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   trained, frozen = trainable.split(state.params, model.config)  # LoRA: adapters only
@@ -84,8 +133,9 @@ def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transfor
   def sums_and_grads(micro_batch, micro_rng):
     def loss_fn(trained_params):
       params = trainable.combine(trained_params, frozen)
-      sums, aux = _forward_sums(model, objective, params, micro_batch, train=True,
-                                dropout_rng=micro_rng, loss_chunk=loss_chunk)
+      sums, aux, rewards = _forward_sums(model, objective, params, micro_batch, train=True,
+                                         dropout_rng=micro_rng, loss_chunk=loss_chunk,
+                                         preference=preference)
       if nan_at_step is not None:
         poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
         sums = sums._replace(loss=sums.loss * poison)
@@ -93,12 +143,12 @@ def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transfor
       # loss joins it weighted by this micro-batch's tokens, so the step's loss is the token
       # mean plus aux_loss_coef times the (token-weighted) load-balancing loss, as HF adds it.
       total = sums.loss + model.config.moe.aux_loss_coef * aux * sums.weight
-      return total, (sums, aux * sums.weight)
-    grads, (sums, aux) = jax.grad(loss_fn, has_aux=True)(trained)
-    return (sums, aux), grads
+      return total, (sums, aux * sums.weight, rewards)
+    grads, (sums, aux, rewards) = jax.grad(loss_fn, has_aux=True)(trained)
+    return (sums, aux, rewards), grads
 
   if grad_accum_steps == 1:
-    (sums, aux), grads = sums_and_grads(batch, rng)
+    (sums, aux, rewards), grads = sums_and_grads(batch, rng)
   else:
     # Micro-batch i takes rows i, i + n, i + 2n, …: each device keeps feeding its own rows, so
     # splitting the global batch moves no data between devices.
@@ -114,8 +164,10 @@ def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transfor
       return jax.tree.map(jnp.add, carry, (sums, grads)), None
 
     scalar = jnp.zeros((), jnp.float32)
-    zeros = jax.tree.map(jnp.zeros_like, ((LossSums(*(scalar,) * 3), scalar), trained))
-    ((sums, aux), grads), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(grad_accum_steps)))
+    no_rewards = dict.fromkeys(extra_sums(objective), scalar)
+    zeros = jax.tree.map(jnp.zeros_like, ((LossSums(*(scalar,) * 3), scalar, no_rewards), trained))
+    ((sums, aux, rewards), grads), _ = jax.lax.scan(accumulate, zeros,
+                                                    (micro, jnp.arange(grad_accum_steps)))
 
   weight = jnp.maximum(sums.weight, 1.0)
   grads = jax.tree.map(lambda g: g / weight, grads)
@@ -144,7 +196,28 @@ def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transfor
   }
   if model.config.moe.enabled:
     metrics["moe_aux_loss"] = aux / weight
+  metrics.update(reward_metrics(rewards, weight))
   return new_state, metrics
+
+
+def extra_sums(objective: Objective) -> tuple[str, ...]:
+  """The names of the sums beside the loss's that the objective's step adds up."""
+  return REWARD_SUMS if objective.is_preference else \
+      GRPO_SUMS if objective is Objective.GRPO else ()
+
+
+def reward_metrics(rewards: Mapping[str, jax.Array], pairs) -> dict[str, jax.Array]:
+  """The mean implicit rewards of a preference objective and their margin, from the sums over
+  `pairs` pairs; GRPO's mean KL and clip fraction per completion token ({} for the other
+  objectives)."""
+  if not rewards:
+    return {}
+  if "kl" in rewards:
+    tokens = jnp.maximum(rewards["completion_tokens"], 1.0)
+    return {"kl": rewards["kl"] / tokens, "clip_fraction": rewards["clipped"] / tokens}
+  chosen, rejected = rewards["chosen_reward"] / pairs, rewards["rejected_reward"] / pairs
+  return {"rewards_chosen": chosen, "rewards_rejected": rejected,
+          "rewards_margin": chosen - rejected}
 
 
 def first_nonfinite_leaf(tree) -> jax.Array:
@@ -154,7 +227,7 @@ def first_nonfinite_leaf(tree) -> jax.Array:
 
 
 def eval_step(params, batch: Batch, *, model: Transformer, objective: Objective,
-              loss_chunk: int = 0) -> dict[str, jax.Array]:
+              loss_chunk: int = 0, preference: Settings | None = None) -> dict[str, jax.Array]:
   """Sums on one batch without dropout: `loss`, `weight` and `correct` (LossSums), and for a
   classifier its `confusion` counts [true, predicted]; callers add them over batches."""
   if objective is Objective.CLASSIFY:
@@ -162,8 +235,9 @@ def eval_step(params, batch: Batch, *, model: Transformer, objective: Objective,
     logits = model.apply({"params": params}, batch["input_ids"], **inputs)
     sums = objective_loss(objective, logits, batch)
     return {**sums._asdict(), "confusion": confusion_counts(logits, batch["labels"])}
-  sums, _ = _forward_sums(model, objective, params, batch, train=False, loss_chunk=loss_chunk)
-  return sums._asdict()  # the evaluation loss is the objective's alone
+  sums, _, rewards = _forward_sums(model, objective, params, batch, train=False,
+                                   loss_chunk=loss_chunk, preference=preference)
+  return {**sums._asdict(), **rewards}  # the evaluation loss is the objective's alone
 
 
 def batch_shardings(placement: MeshRules, objective: Objective) -> dict[str, Any]:
@@ -175,7 +249,8 @@ def batch_shardings(placement: MeshRules, objective: Objective) -> dict[str, Any
 def jit_train_step(model: Transformer, objective: Objective,
                    make_tx: Callable[[Hyper], optax.GradientTransformation], placement: MeshRules,
                    state_shardings: Any, *, grad_accum_steps: int, seed: int,
-                   nan_at_step: int | None = None, loss_chunk: int = 0
+                   nan_at_step: int | None = None, loss_chunk: int = 0,
+                   preference: Settings | None = None
                    ) -> Callable[[TrainState, Batch, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
   """train_step jitted with explicit shardings; the input state is donated, the schedule's
   numbers (`hyper`) are replicated arguments.
@@ -186,7 +261,7 @@ def jit_train_step(model: Transformer, objective: Objective,
   step = _with_activation_sharding(
       functools.partial(train_step, model=model, objective=objective, make_tx=make_tx,
                         grad_accum_steps=grad_accum_steps, seed=seed, nan_at_step=nan_at_step,
-                        loss_chunk=loss_chunk),
+                        loss_chunk=loss_chunk, preference=preference),
       placement)
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings(placement, objective),
                                      placement.replicated()),
@@ -194,14 +269,31 @@ def jit_train_step(model: Transformer, objective: Objective,
 
 
 def jit_eval_step(model: Transformer, objective: Objective, placement: MeshRules,
-                  params_shardings: Any, *, loss_chunk: int = 0
+                  params_shardings: Any, *, loss_chunk: int = 0,
+                  preference: Settings | None = None
                   ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
   """eval_step jitted with explicit shardings; the loss sums come back replicated."""
   step = _with_activation_sharding(
-      functools.partial(eval_step, model=model, objective=objective, loss_chunk=loss_chunk),
+      functools.partial(eval_step, model=model, objective=objective, loss_chunk=loss_chunk,
+                        preference=preference),
       placement)
   return jax.jit(step, in_shardings=(params_shardings, batch_shardings(placement, objective)),
                  out_shardings=placement.replicated())
+
+
+def jit_log_probs(model: Transformer, placement: MeshRules, params_shardings: Any, *,
+                  reference: bool, loss_chunk: int = 0) -> Callable[[Any, Batch], jax.Array]:
+  """The log-prob of what each position of a GRPO batch predicts, [batch, len] float32, under
+  `params` (`reference`: the LoRA base, the adapters off), jitted like the train step: what
+  the sampling policy and the reference give the completions, for the steps of a round."""
+  def log_probs(params, batch):
+    params = adapters_off(params) if reference else params
+    return _target_log_probs(model, {"params": params}, batch=batch, loss_chunk=loss_chunk,
+                             train=False)[0]
+  step = _with_activation_sharding(log_probs, placement)
+  shardings = batch_shardings(placement, Objective.GRPO)
+  return jax.jit(step, in_shardings=(params_shardings, shardings),
+                 out_shardings=placement.batch_sharding())
 
 
 def _with_activation_sharding(fn: Callable, placement: MeshRules) -> Callable:

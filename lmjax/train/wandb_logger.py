@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lmjax.config import WandbConfig
+from lmjax.extras import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ class WandbLogger:
     try:
       import wandb  # noqa: PLC0415 -- an optional dependency (lmjax[wandb])
     except ImportError:
-      log.warning("logging.wandb.project is set but wandb is not installed (pip install "
-                  "'lmjax[wandb]'); logging to metrics.jsonl and TensorBoard only")
+      log.warning("logging.wandb.project is set but wandb is not installed (%s); logging to "
+                  "metrics.jsonl and TensorBoard only", install_hint("wandb"))
       return
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / _ID_FILE

@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 Example = tuple[list[int], list[int]]  # token ids, loss mask (1: trained)
 
 
-def read_sft_examples(data: DataConfig, stats: ReadStats) -> list[tuple[dict, str]]:
+def read_sft_examples(data: DataConfig, stats: ReadStats, *, objective: str = "sft",
+                      fields: str = "{prompt, completion} or {messages}"
+                      ) -> list[tuple[dict, str]]:
   """(row, "file:line") of every instruction example in `data.paths` (JSON Lines)."""
   if data.source != Source.JSONL.value or data.mixture:
-    raise UserError(f"train.objective=sft reads JSON Lines rows of {{prompt, completion}} or "
-                    f"{{messages}}: set data.source=jsonl (got {data.source!r}) and data.paths.")
+    raise UserError(f"train.objective={objective} reads JSON Lines rows of {fields}: set "
+                    f"data.source=jsonl (got {data.source!r}) and data.paths.")
   rows = []
   for unit in find_units(source=data.source, paths=data.paths):
     text = read_text(unit.name, errors=data.encoding_errors)
@@ -48,16 +50,16 @@ def read_sft_examples(data: DataConfig, stats: ReadStats) -> list[tuple[dict, st
       try:
         row = json.loads(line)
       except ValueError as e:
-        _bad(f"{where}: not JSON ({e})", data, stats)
+        bad_row(f"{where}: not JSON ({e})", data, stats)
         continue
       if not isinstance(row, dict):
-        _bad(f"{where}: a row must be a JSON object", data, stats)
+        bad_row(f"{where}: a row must be a JSON object", data, stats)
         continue
       rows.append((row, where))
   return rows
 
 
-def _bad(problem: str, data: DataConfig, stats: ReadStats) -> None:
+def bad_row(problem: str, data: DataConfig, stats: ReadStats) -> None:
   if data.bad_records is not BadRecords.SKIP:
     raise UserError(f"{problem}. Fix that row, or set `data.bad_records: skip` to leave such "
                     f"rows out.")
@@ -71,23 +73,27 @@ def tokenize_examples(rows: list[tuple[dict, str]], tokenizer: Tokenizer, templa
   examples = []
   for row, where in rows:
     try:
-      parts = segments(row, template, where=where)
+      examples.append(encode_example(row, tokenizer, template, where=where))
     except UserError as e:
-      _bad(str(e).rstrip("."), data, stats)
-      continue
-    ids, mask = [], []
-    for text, trained in parts:
-      tokens = tokenizer.encode(text, parse_special_tokens="messages" in row)
-      ids += tokens
-      mask += [int(trained)] * len(tokens)
-    if tokenizer.eos_id is not None:
-      ids.append(tokenizer.eos_id)
-      mask.append(mask[-1] if mask else 1)
-    if not any(mask):
-      _bad(f"{where}: its answer tokenizes to no tokens", data, stats)
-      continue
-    examples.append((ids, mask))
+      bad_row(str(e).rstrip("."), data, stats)
   return examples
+
+
+def encode_example(row: dict, tokenizer: Tokenizer, template: ChatTemplate, *, where: str
+                   ) -> Example:
+  """One instruction row's tokens and loss mask (the tokenizer's eos closes it, trained);
+  UserError naming `where` for a row that is neither form or whose answer has no tokens."""
+  ids, mask = [], []
+  for text, trained in segments(row, template, where=where):
+    tokens = tokenizer.encode(text, parse_special_tokens="messages" in row)
+    ids += tokens
+    mask += [int(trained)] * len(tokens)
+  if tokenizer.eos_id is not None:
+    ids.append(tokenizer.eos_id)
+    mask.append(mask[-1] if mask else 1)
+  if not any(mask):
+    raise UserError(f"{where}: its answer tokenizes to no tokens")
+  return ids, mask
 
 
 def pack_examples(examples: list[Example], seq_len: int) -> tuple[dict[str, np.ndarray], int]:
@@ -104,6 +110,13 @@ def pack_examples(examples: list[Example], seq_len: int) -> tuple[dict[str, np.n
     used += len(ids)
   if row:
     rows.append(row)
+  return segment_rows(rows, seq_len), truncated
+
+
+def segment_rows(rows: list[list[Example]], seq_len: int) -> dict[str, np.ndarray]:
+  """Rows {input_ids, segment_ids, positions, loss_mask} [len(rows), seq_len]: row r holds the
+  examples of rows[r] one after the other as segments 1, 2, …, each with positions from 0,
+  then padding (segment 0)."""
   out = {name: np.zeros((len(rows), seq_len), np.int32)
          for name in ("input_ids", "segment_ids", "positions", "loss_mask")}
   for r, examples_in_row in enumerate(rows):
@@ -113,7 +126,7 @@ def pack_examples(examples: list[Example], seq_len: int) -> tuple[dict[str, np.n
       out["input_ids"][r, span], out["loss_mask"][r, span] = ids, mask
       out["segment_ids"][r, span], out["positions"][r, span] = k, np.arange(len(ids))
       at += len(ids)
-  return out, truncated
+  return out
 
 
 def chat_template(source: str | None, tokenizer: Tokenizer) -> ChatTemplate:

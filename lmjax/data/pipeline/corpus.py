@@ -23,6 +23,8 @@ import numpy as np
 
 from lmjax.data.config import DataConfig, DataSource, Source
 from lmjax.data.examples.classification import encode_examples, example_tokenizer, read_labelled
+from lmjax.data.examples.preference import FIELDS as PAIR_FIELDS, load_pairs
+from lmjax.data.examples.prompts import FIELDS as PROMPT_FIELDS, Prompts, load_prompts
 from lmjax.data.examples.sft import load_sft, read_sft_examples
 from lmjax.data.pipeline.batches import BatchSource, pack_for, packing_ids
 from lmjax.data.pipeline.dataset_rows import DatasetRows, DocumentIndex, index_documents, iter_texts
@@ -51,6 +53,7 @@ class Corpus:
                                     # (lmjax.data.sources.documents)
   labels: tuple[str, ...] = ()      # classify: the label names, by index
   truncated: int = 0                # classify: examples cut to train.seq_len
+  prompts: Prompts | None = None    # grpo: the prompts (train and held_out then hold no rows)
 
   def batch_sources(self, spec: BatchSpec) -> tuple[BatchSource, BatchSource]:
     """Train and eval BatchSources (the held-out rows draw with seed + 1, unmixed)."""
@@ -68,7 +71,7 @@ def load_corpus(data: DataConfig, spec: BatchSpec, *, tokenizer: Tokenizer | Non
   """
   if spec.objective is Objective.CLASSIFY:
     return _load_labelled(data, spec, tokenizer, tokenizer_choice)
-  if spec.objective is Objective.SFT:
+  if spec.objective in (Objective.SFT, Objective.GRPO) or spec.objective.is_preference:
     return _load_instructions(data, spec, tokenizer, tokenizer_choice)
   kinds = {s.source == Source.PREPARED.value for s in data.sources}
   if kinds == {True}:
@@ -182,10 +185,14 @@ def _report_skipped(stats: ReadStats) -> None:
 
 def _load_instructions(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,
                        tokenizer_choice: str | None) -> Corpus:
-  """Instruction examples (lmjax.data.examples.sft) with the tokenizer given, or the one chosen (a
-  BPE trains on the examples' text)."""
+  """Instruction examples (lmjax.data.examples.sft), preference pairs (.preference) or GRPO
+  prompts (.prompts), with the tokenizer given, or the one chosen (a BPE trains on their
+  text)."""
   stats = ReadStats()
-  rows = read_sft_examples(data, stats)
+  pairs = spec.objective.is_preference
+  fields = {Objective.SFT: None, Objective.GRPO: PROMPT_FIELDS}.get(spec.objective, PAIR_FIELDS)
+  rows = (read_sft_examples(data, stats, objective=spec.objective.value, fields=fields)
+          if fields else read_sft_examples(data, stats))
   if tokenizer is None:
     texts = [" ".join(str(v) for v in _texts(row)) for row, _ in rows]
     tokenizer = build_tokenizer(tokenizer_choice, texts, vocab_size=spec.vocab_size)
@@ -193,19 +200,32 @@ def _load_instructions(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer |
   template = data.chat_template
   if template is None and tokenizer_choice and os.path.isdir(tokenizer_choice):
     template = tokenizer_choice  # the tokenizer's own chat template, when it has one
-  train, held_out, truncated = load_sft(data, rows, stats, tokenizer, seq_len=spec.seq_len,
-                                        template_source=template)
+  if spec.objective is Objective.GRPO:
+    prompts = load_prompts(data, rows, stats, tokenizer, seq_len=spec.seq_len,
+                           max_new_tokens=spec.max_new_tokens, template_source=template)
+    _report_skipped(stats)
+    none = MemoryRows({}, np.zeros(0, np.int32))
+    return Corpus(tokenizer, none, none, (), stats.total, prompts=prompts)
+  if pairs:
+    train, held_out, truncated = load_pairs(data, rows, stats, tokenizer, seq_len=spec.seq_len,
+                                            template_source=template)
+  else:
+    train, held_out, truncated = load_sft(data, rows, stats, tokenizer, seq_len=spec.seq_len,
+                                          template_source=template)
   _report_skipped(stats)
   if truncated:
-    log.warning("%d instruction example(s) were longer than train.seq_len=%d and were cut at "
-                "the end", truncated, spec.seq_len)
+    log.warning("%d %s were longer than train.seq_len=%d and were cut at the end", truncated,
+                "preference pair(s)" if pairs else "instruction example(s)", spec.seq_len)
   return Corpus(tokenizer, train, held_out, (), stats.total, truncated=truncated)
 
 
 def _texts(row: dict) -> list:
-  if isinstance(row.get("messages"), list):
-    return [m.get("content", "") for m in row["messages"] if isinstance(m, dict)]
-  return [row.get("prompt", ""), row.get("completion", "")]
+  def contents(value):
+    if isinstance(value, list):
+      return [m.get("content", "") for m in value if isinstance(m, dict)]
+    return [value] if isinstance(value, str) else []
+  return [t for k in ("messages", "prompt", "completion", "chosen", "rejected")
+          for t in contents(row.get(k))]
 
 
 def _load_labelled(data: DataConfig, spec: BatchSpec, tokenizer: Tokenizer | None,

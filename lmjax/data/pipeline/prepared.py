@@ -59,9 +59,10 @@ def prepare(data: DataConfig, spec: BatchSpec, out_dir: str | os.PathLike, *,
   if spec.objective is Objective.CLASSIFY:
     raise UserError("`lmjax data prepare` packs language-model rows; a classifier reads its "
                     "labelled examples directly (data.source jsonl, csv, parquet or tfds).")
-  if spec.objective is Objective.SFT:
-    raise UserError("`lmjax data prepare` packs pre-training rows; instruction tuning "
-                    "(train.objective=sft) reads its JSON Lines examples directly.")
+  if spec.objective is Objective.SFT or spec.objective.is_preference:
+    raise UserError(f"`lmjax data prepare` packs pre-training rows; instruction tuning and "
+                    f"preference tuning (train.objective={spec.objective.value}) read their JSON "
+                    f"Lines examples directly.")
   if any(s.source == Source.PREPARED.value for s in sources):
     raise UserError("`lmjax data prepare` reads documents; the config's data source is already "
                     "'prepared'. Point it at text/jsonl/parquet/tfds sources.")

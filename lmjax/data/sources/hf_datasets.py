@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from lmjax.errors import UserError
+from lmjax.extras import require
 
 # load_dataset's builder for a data file, by suffix
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
@@ -27,12 +28,7 @@ _ROWS_PER_READ = 4096
 
 
 def _datasets():
-  try:
-    import datasets  # noqa: PLC0415 -- deferred: an extra (lmjax[datasets])
-  except ImportError:
-    raise UserError("hf_datasets sources need the datasets library: pip install "
-                    "'lmjax[datasets]' (or datasets).") from None
-  return datasets
+  return require("datasets", extra="datasets", needed_for="data.source: hf_datasets")
 
 
 def _is_saved(path: pathlib.Path) -> bool:

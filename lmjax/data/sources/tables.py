@@ -13,6 +13,7 @@ import io
 from collections.abc import Sequence
 
 from lmjax.errors import UserError
+from lmjax.extras import require
 
 Columns = dict[str, list]  # column name -> one value per row
 
@@ -65,10 +66,7 @@ def read_parquet(file: str, *, columns: Sequence[str], text_columns: Sequence[st
   UserError naming the file and the columns present when one is missing or when one of
   `text_columns` does not hold strings.
   """
-  try:
-    import pyarrow.parquet as pq  # deferred: pyarrow is an extra (lmjax[data])
-  except ImportError:
-    raise UserError("Parquet sources need pyarrow: pip install 'lmjax[data]' (or pyarrow).") from None
+  pq = require("pyarrow.parquet", extra="data", needed_for="reading Parquet files")
   try:
     parquet = pq.ParquetFile(file)
   except Exception as e:  # pyarrow raises ArrowInvalid / OSError for files that are not Parquet

@@ -12,14 +12,12 @@ import os
 import pathlib
 
 from lmjax.errors import UserError
+from lmjax.extras import install_hint, require
 
 
 def _tfds():
-  try:
-    import tensorflow_datasets as tfds  # deferred: an extra (lmjax[tfds])
-  except ImportError:
-    raise UserError("TFDS sources need tensorflow-datasets: pip install 'lmjax[tfds]'.") from None
-  return tfds
+  return require("tensorflow_datasets", extra="tfds", needed_for="data.source: tfds",
+                 package="tensorflow-datasets")
 
 
 def _builder(tfds, name: str, data_dir: str | None):
@@ -57,7 +55,7 @@ def _tensorflow(name: str, file_format: str):
     import tensorflow as tf  # deferred: an extra (lmjax[tfrecord]), ~1.4 GB
   except ImportError:
     raise UserError(f"TFDS dataset {name!r} is stored as {file_format}, which only TensorFlow "
-                    f"reads: pip install 'lmjax[tfrecord]' (or tensorflow-cpu), or prepare it as "
+                    f"reads: {install_hint('tfrecord')} (or tensorflow-cpu), or prepare it as "
                     f"array_record (tfds build --file_format=array_record).") from None
   if not _tensorflow_configured:
     _tensorflow_configured = True

@@ -21,18 +21,15 @@ from typing import Any
 import numpy as np
 
 from lmjax.errors import UserError
+from lmjax.extras import install_hint, require
 
-INSTALL = "pip install 'lmjax[gguf]'"
+INSTALL = install_hint("gguf")
 MAGIC = b"GGUF"
 
 
 def gguf_library():
   """The `gguf` package (llama.cpp's gguf-py), or a UserError naming the extra to install."""
-  try:
-    import gguf  # noqa: PLC0415 -- an optional dependency: only GGUF imports need it
-  except ImportError:
-    raise UserError(f"reading GGUF files needs the gguf library: {INSTALL}.") from None
-  return gguf
+  return require("gguf", extra="gguf", needed_for="reading GGUF files")
 
 
 @functools.cache

@@ -1,0 +1,55 @@
+"""The `model.quantization` section: weight-only quantized projections (lmjax.model.quantize)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import ClassVar, Mapping
+
+from lmjax.errors import UserError
+from lmjax.ranges import Range, check_ranges
+
+
+class QuantScheme(enum.Enum):
+  NONE = "none"
+  INT8 = "int8"
+  INT4 = "int4"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationConfig:
+  """Weight-only quantization of the blocks' projections: their kernels are stored as integers
+  with float32 scales and dequantized in the matmul (activations stay float); scheme none: off."""
+
+  RANGES: ClassVar[Mapping[str, Range]] = {
+      "group_size": Range(1, why="unset it for one scale per output channel")}
+
+  # int8 (1 byte a weight, logits within ~1% of float) or int4 (values -8..7: a quarter of
+  # int8's steps, coarser; jax on CPU still spends a byte on each)
+  scheme: QuantScheme = QuantScheme.NONE
+  # which projections: the vocabulary of model.lora.targets (lmjax or Hugging Face names,
+  # all-linear, or a regular expression on the path below the layer, e.g. "mlp/.*");
+  # embeddings, norms, heads and Mixture-of-Experts experts stay float
+  targets: tuple[str, ...] = ("all-linear",)
+  # null: one scale per output channel; N: one per N consecutive inputs of each output channel
+  # (grouped, along the last input dim: head_dim for attention/out), for int4's coarse steps
+  group_size: int | None = None
+
+  def __post_init__(self):
+    check_ranges(self, "model.quantization", self.RANGES)
+    if not self.enabled:
+      set_ = [f"model.quantization.{f.name}={getattr(self, f.name)!r}"
+              for f in dataclasses.fields(self)
+              if f.name != "scheme" and getattr(self, f.name) != f.default]
+      if set_:
+        raise UserError(
+            f"model.quantization.scheme is none (float weights), but {set_[0]} is set: give "
+            f"model.quantization.scheme (int8 or int4), or remove the model.quantization "
+            f"section.")
+
+  @property
+  def enabled(self) -> bool:
+    return self.scheme is not QuantScheme.NONE
+
+
+__all__ = ["QuantScheme", "QuantizationConfig"]

@@ -273,6 +273,14 @@ def copy_file(source: PathLike, destination: PathLike) -> None:
     shutil.copyfile(source, destination)
 
 
+def move_tree(source: Path, destination: Path) -> None:
+  """Moves directory `source` to `destination` (on a bucket, object by object)."""
+  if is_remote(source):
+    filesystem(source).mv(os.fspath(source), os.fspath(destination), recursive=True)
+  else:
+    shutil.move(os.fspath(source), destination)
+
+
 def read_bytes(path: PathLike) -> bytes:
   """The whole content of file `path`."""
   return as_path(path).read_bytes()
@@ -328,6 +336,6 @@ def local_output(directory: PathLike) -> Iterator[pathlib.Path]:
 
 
 __all__ = ["PROBE_SECONDS", "REMOTE_SCHEMES", "Path", "append_text", "as_path", "check_local",
-           "check_path", "check_run_store", "copy_file", "create_exclusive", "describe_error", "file_size", "filesystem",
-           "glob_remote", "is_remote", "read_bytes",
-           "local_copy", "local_output", "open_append", "url_scheme"]
+           "check_path", "check_run_store", "copy_file", "create_exclusive", "describe_error",
+           "file_size", "filesystem", "glob_remote", "is_remote", "local_copy", "local_output",
+           "move_tree", "open_append", "read_bytes", "url_scheme"]

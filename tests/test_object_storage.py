@@ -1,8 +1,9 @@
 """Run directories, data and exports on object storage, against real servers (GCS; S3 for exports).
 
 The server is `gcp-storage-emulator` (through tests/gcs_emulator.py, which adds the generation
-headers real GCS sends), started on a free port for this module and stopped after it; gcsfs and google-cloud-storage find it through STORAGE_EMULATOR_HOST, tensorstore (Orbax's
-array writes) through TENSORSTORE_GCS_HTTP_URL. The dress rehearsal trains a run whose data
+headers real GCS sends), started on a free port for this module and stopped after it; gcsfs
+finds it through STORAGE_EMULATOR_HOST, tensorstore (Orbax's array writes) through
+TENSORSTORE_GCS_HTTP_URL. The dress rehearsal trains a run whose data
 and run directory are on the bucket, kills it (-9) in a child process after a checkpoint,
 resumes it here, and compares it with an uninterrupted run; the export goes to the bucket and
 comes back. On S3 (moto's server), an export and its import back, and the lock's conditional

@@ -47,13 +47,12 @@ from lmjax.files import file_sizes, nearest_existing, read_json_object, write_te
 from lmjax.run.orbax_errors import first_line, os_cause, release_orbax_threads
 from lmjax.run.record import CheckpointRecord, TrainState
 from lmjax.run.streamed_arrays import streaming_handlers
-from lmjax.storage import Path, as_path, check_run_store, filesystem, is_remote
+from lmjax.storage import Path, as_path, check_run_store, is_remote, move_tree
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TMP_MARKER = ".orbax-checkpoint-tmp"
-COMMIT_MARKER = "commit_success.txt"  # a committed step's, on gs:// (Orbax renames nothing there)
 SIZES_FILE = "checkpoint_sizes.json"  # beside the checkpoints directory: each step's file sizes
 ITEMS = ("state", "record")
 ArrayPath = tuple[str, ...]  # keys from the state's root, e.g. ("params", "lm_head", "kernel")
@@ -105,13 +104,12 @@ class Checkpointer:
 
   def unfinished_writes(self) -> list[Path]:
     """Temporary directories of writes that never completed (the writer died); on a bucket,
-    where Orbax writes a step in place and commits it with a marker file, the step directories
-    without their marker."""
+    where Orbax writes steps in place, the step directories without commit_success.txt."""
     if not self.directory.is_dir():
       return []
     if is_remote(self.directory):
       return sorted(p for p in self.directory.iterdir()
-                    if p.name.isdigit() and not (p / COMMIT_MARKER).exists())
+                    if p.name.isdigit() and not (p / "commit_success.txt").exists())
     return sorted(p for p in self.directory.iterdir() if TMP_MARKER in p.name)
 
   def save(self, step: int, state: TrainState, record: CheckpointRecord) -> None:
@@ -347,10 +345,7 @@ class Checkpointer:
         n = 1
         while target.exists():
           target, n = destination / f"{step}-{n}", n + 1
-        if is_remote(target):  # a bucket moves a "directory" object by object
-          filesystem(target).mv(str(self.directory / str(step)), str(target), recursive=True)
-        else:
-          shutil.move(str(self.directory / str(step)), target)
+        move_tree(self.directory / str(step), target)
         log.warning("moved unreadable checkpoint step %d to %s", step, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("lmjax_checkpoint_quarantine")

@@ -194,9 +194,9 @@ def test_tokenizer_train_writes_a_tokenizer_that_training_then_uses(tmp_path, ca
      "model.init_from gs://bucket/model"),
     (["train", "tiny-gpt", "--set", "data.source=tfds", "data.paths=[mnist]",
       "data.data_dir=gs://bucket/tfds"], "data.data_dir gs://bucket/tfds"),
-    (["eval", "tiny-gpt", "--run-dir", "run", "--data", "s3://bucket/a.txt"],
-     "--data s3://bucket/a.txt"),
-    (["plot", "gs://bucket/run"], "RUN_DIR gs://bucket/run"),
+    (["generate", "--run-dir", "run", "--input", "s3://bucket/prompts.jsonl"],
+     "--input s3://bucket/prompts.jsonl"),
+    (["plot", "run", "--out", "gs://bucket/curves.png"], "--out gs://bucket/curves.png"),
 ])
 def test_a_bucket_url_where_only_local_paths_are_read_is_refused_with_how_to_mount_it(
     tmp_path, capsys, monkeypatch, argv, flag):

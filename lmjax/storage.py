@@ -9,11 +9,12 @@ TensorFlow backend off, as it would import TensorFlow (seconds of start-up) and 
 emulators the tests use (STORAGE_EMULATOR_HOST, AWS_ENDPOINT_URL), and fsspec is also what
 lmjax calls directly for the two things pathlib has no word for: create-if-absent (the
 run-directory lock, lmjax.lock) and a whole-object rewrite in place of an append. Orbax writes
-the arrays themselves through tensorstore's own GCS/S3 drivers, straight to the bucket.
+the arrays themselves through tensorstore's GCS driver, straight to the bucket (Orbax 0.12 has
+no S3 route: a run directory on s3:// is refused, `check_run_store`).
 
 Object storage has no rename and no append: a file lmjax replaces atomically on a local disk
 is one upload there (an object appears whole or not at all), and an appended file (metrics.jsonl,
-config_history.jsonl) is rewritten whole.
+config_history.jsonl, TensorBoard events) is rewritten whole at each flush.
 
 Every path a user gives passes through `check_path` (the command line's, and the config's) or,
 where remote paths are not read yet, `check_local`, which refuses a URL with advice. A remote

@@ -23,14 +23,15 @@ import pytest
 
 import lmjax
 from lmjax import storage  # before gcsfs: it sets what gcsfs reads on import
-import gcsfs  # noqa: E402,I001
-import s3fs  # noqa: E402,I001
 from lmjax.cli import main
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
 from lmjax.run.checkpointer import Checkpointer
 from tests.conftest import TINY
 from tests.helpers import rows, run_cli
 from tests.processes import ROOT, children, cpu_env, free_port
+
+gcsfs = pytest.importorskip("gcsfs")  # the test extra brings these
+pytest.importorskip("gcp_storage_emulator")
 
 BUCKET = "lmjax-test"
 RUN = TINY + ["train.log_every=1", "train.checkpoint_every=6", "train.eval_every=0",
@@ -193,6 +194,8 @@ def test_a_run_directory_on_gcs_is_locked_against_a_second_writer(gcs):
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
   """A bucket on moto's S3 server (started here, stopped after), the AWS clients pointed at it."""
+  s3fs = pytest.importorskip("s3fs")
+  pytest.importorskip("moto")
   port = free_port()
   url = f"http://127.0.0.1:{port}"
   with serving(["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/",

@@ -20,7 +20,7 @@ from lmjax.config import RUN_CONFIG_FILE, Config, dump_config, from_dict, is_run
 from lmjax.errors import UserError
 from lmjax.files import is_empty, nearest_existing, write_text_atomic
 from lmjax.lock import DirectoryLock
-from lmjax.storage import Path, append_text, as_path, is_remote
+from lmjax.storage import Path, append_text, as_path, check_path, is_remote
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,9 @@ class RunDir:
 
   def check_usable(self) -> None:
     """UserError unless this is a run directory, or a new or empty directory `lmjax train` may
-    create and write: never a file, a foreign directory, or one it cannot write."""
+    create and write: never a file, a foreign directory, or one it cannot write (on a bucket:
+    one that exists and answers, lmjax.storage.check_path)."""
+    check_path(self.path, what="--run-dir", run_directory=True)
     if self.path.exists() and not self.path.is_dir():
       raise UserError(f"--run-dir {self.path} is a file, not a directory: pass a directory "
                       f"(a new one starts a run).")

@@ -33,7 +33,7 @@ from lmjax.model.config import Head, ModelConfig
 from lmjax.model.presets import PRESET_NAMES
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from lmjax.sharding import MeshConfig
-from lmjax.storage import check_local
+from lmjax.storage import as_path, check_local
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ _SECTIONS = {"train": TrainConfig, "mesh": MeshConfig, "distributed": Distribute
 
 def is_run_directory(path: str | os.PathLike) -> bool:
   """Whether `path` is an lmjax run directory (it holds the run's config.yaml)."""
-  return (pathlib.Path(path) / RUN_CONFIG_FILE).is_file()
+  return (as_path(path) / RUN_CONFIG_FILE).is_file()
 
 
 def load_config(path_or_name: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:

@@ -29,6 +29,8 @@ EXTRAS = {
     "tfrecord": ("tensorflow",),
     "gguf": ("gguf",),
     "quant": ("qwix",),
+    "gcs": ("gcsfs",),
+    "s3": ("s3fs",),
 }
 
 

@@ -20,12 +20,14 @@ from typing import Any, Iterator
 
 from lmjax.errors import UserError
 from lmjax.lock import LOCK_FILE, DirectoryLock
+from lmjax.storage import Path, as_path, filesystem, is_remote
 
 
-def check_new_directory(destination: str | os.PathLike) -> pathlib.Path:
-  """`destination` as a path; UserError if it exists and is not an empty directory (a lock
-  file alone, lmjax.lock, counts as empty: its holder is named when the lock is taken)."""
-  destination = pathlib.Path(destination)
+def check_new_directory(destination: str | os.PathLike) -> Path:
+  """`destination` as a path (lmjax.storage); UserError if it exists and is not an empty
+  directory (a lock file alone, lmjax.lock, counts as empty: its holder is named when the lock
+  is taken)."""
+  destination = as_path(destination)
   if destination.exists() and (not destination.is_dir() or not is_empty(destination)):
     raise UserError(f"{destination} already exists and is not empty: choose a new directory or "
                     f"remove it first.")
@@ -40,6 +42,8 @@ def special_file(path: str | os.PathLike) -> str | None:
   """What `path` is when it exists but is neither a regular file nor a directory ("a FIFO
   (named pipe)", "a character device", …), else None. lmjax reads no such input: a FIFO
   blocks until someone writes, /dev/zero never ends."""
+  if is_remote(path):  # object storage holds objects only
+    return None
   try:
     mode = os.stat(path).st_mode
   except (OSError, ValueError):
@@ -56,7 +60,7 @@ def check_new_file(path: str | os.PathLike, *, flag: str = "--output") -> pathli
   return path
 
 
-def is_empty(directory: pathlib.Path) -> bool:
+def is_empty(directory: Path) -> bool:
   """Whether `directory` holds nothing but, maybe, a lock file (lmjax.lock)."""
   return all(child.name == LOCK_FILE for child in directory.iterdir())
 
@@ -67,11 +71,21 @@ def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
 
   Refuses a destination that exists and is not an empty directory, and one another process
   is writing (its lock, lmjax.lock, names it); on failure the staging directory is removed and
-  `destination` is as it was.
+  `destination` is as it was. A bucket has no rename: there the files are written in place,
+  under the lock, and removed on failure.
   """
   destination = check_new_directory(destination)
   with DirectoryLock(destination) as lock:
     destination = check_new_directory(destination)  # again, now that no one else writes it
+    if is_remote(destination):
+      try:
+        yield destination
+      except BaseException:
+        for child in destination.iterdir() if destination.exists() else ():
+          if child.name != LOCK_FILE:
+            child.rmtree() if child.is_dir() else child.unlink(missing_ok=True)
+        raise
+      return
     staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
@@ -85,8 +99,13 @@ def staged_directory(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
       raise
 
 
-def file_sizes(directory: pathlib.Path) -> dict[str, int]:
+def file_sizes(directory: Path) -> dict[str, int]:
   """{path relative to `directory`: bytes} of every file under it, sorted by path."""
+  if is_remote(directory):  # one listing rather than a request per file
+    root = os.fspath(directory).split("://", 1)[1].rstrip("/") + "/"
+    found = filesystem(directory).find(os.fspath(directory), detail=True)
+    return {name[len(root):]: int(info["size"]) for name, info in sorted(found.items())
+            if info.get("type") == "file"}
   return {str(f.relative_to(directory)): f.stat().st_size
           for f in sorted(directory.rglob("*")) if f.is_file()}
 
@@ -97,8 +116,12 @@ def nearest_existing(path: pathlib.Path) -> pathlib.Path:
   return next(p for p in (path, *path.parents) if p.exists())
 
 
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes `text` to `path` (UTF-8) through a temporary file renamed over it."""
+def write_text_atomic(path: Path, text: str) -> None:
+  """Writes `text` to `path` (UTF-8) through a temporary file renamed over it; on a bucket in
+  one upload, which is as atomic (an object appears whole or not at all)."""
+  if is_remote(path):
+    path.write_text(text, encoding="utf-8")
+    return
   path.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
                                    encoding="utf-8") as f:
@@ -117,7 +140,7 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
 
   UserError, naming the file, when it is not valid JSON or holds something other than an object.
   """
-  path = pathlib.Path(path)
+  path = as_path(path)
   if special_file(path):
     raise UserError(f"{path} is {special_file(path)}, not a file: replace it with the file.")
   if not path.is_file():
@@ -140,7 +163,7 @@ def read_json_lines(path: str | os.PathLike, field: str, *, noun: str, hint: str
   """The JSON objects of JSON Lines file `path` (blank lines skipped), each with a string
   `field`. UserError naming the file, or its first bad line, and ending with `hint` (how to
   write one); `noun` names what an empty file lacks ("records", "prompts")."""
-  path = pathlib.Path(path)
+  path = as_path(path)
   if special_file(path):
     raise UserError(f"{path} is {special_file(path)}, not a file: {hint}.")
   try:

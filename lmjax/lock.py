@@ -37,6 +37,7 @@ import uuid
 from typing import Any
 
 from lmjax.errors import UserError
+from lmjax.storage import Path, as_path, create_exclusive, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class DirectoryLock:
   def __init__(self, directory: str | os.PathLike, *, what: str = "",
                heartbeat_seconds: float = HEARTBEAT_SECONDS,
                stale_seconds: float = STALE_SECONDS):
-    self.directory = pathlib.Path(directory)
+    self.directory = as_path(directory)
+    self.remote = is_remote(self.directory)
     self.file = self.directory / LOCK_FILE
     self.what = what or str(self.directory)
     self.heartbeat_seconds, self.stale_seconds = heartbeat_seconds, stale_seconds
@@ -146,7 +148,7 @@ class DirectoryLock:
 
   def acquire(self) -> DirectoryLock:
     """Takes the lock, breaking a stale one; DirectoryLocked when a live process holds it."""
-    if not self.directory.is_dir():
+    if not self.remote and not self.directory.is_dir():  # a bucket has no directories to make
       absolute = self.directory.absolute()
       self._created = [p for p in (absolute, *absolute.parents) if not p.exists()]
       self.directory.mkdir(parents=True)  # FileExistsError if a file is there: the caller's
@@ -171,20 +173,14 @@ class DirectoryLock:
       raise
 
   def _create(self) -> bool:
-    try:
-      fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(_holder_record(self.token), f)
-    return True
+    return create_exclusive(self.file, json.dumps(_holder_record(self.token)))
 
-  def _read(self, path: pathlib.Path) -> dict[str, Any] | None:
+  def _read(self, path: Path) -> dict[str, Any] | None:
     """The lock record at `path`; None when no file is there. A file that is not a record
     (half written, or damaged) reads as a holder known by its age only."""
     try:
       text = path.read_text(encoding="utf-8")
-      mtime = path.stat().st_mtime
+      mtime = path.stat().st_mtime if not self.remote else time.time()
     except FileNotFoundError:
       return None
     try:
@@ -200,7 +196,17 @@ class DirectoryLock:
 
   def _break(self, holder: dict[str, Any]) -> None:
     """Moves the stale lock aside; removes it if it is the one judged stale, else puts back
-    the fresh lock it turned out to be (create-if-absent again, so nothing is overwritten)."""
+    the fresh lock it turned out to be (create-if-absent again, so nothing is overwritten).
+    A bucket has no rename: there the file is read again and removed only if it still is the
+    one judged stale (a fresh holder in the moment between could lose its lock: its heartbeat
+    then reports it)."""
+    if self.remote:
+      again = self._read(self.file)
+      if again is not None and again.get("token") == holder.get("token"):
+        self.file.unlink(missing_ok=True)
+        log.warning("%s: broke the stale lock of %s, which is no longer running.", self.what,
+                    describe(holder))
+      return
     aside = self.file.with_name(f"{LOCK_FILE}.stale-{uuid.uuid4().hex[:8]}")
     try:
       os.rename(self.file, aside)
@@ -233,10 +239,13 @@ class DirectoryLock:
         record = self._read(self.file) or {}
         record["heartbeat"] = time.time()
         try:
-          with open(self.file, "r+", encoding="utf-8") as f:  # never creates the file
-            f.write(json.dumps(record))
-            f.truncate()
-        except OSError as e:
+          if self.remote:  # an object is replaced whole (holds() just saw it there)
+            self.file.write_text(json.dumps(record), encoding="utf-8")
+          else:
+            with open(self.file, "r+", encoding="utf-8") as f:  # never creates the file
+              f.write(json.dumps(record))
+              f.truncate()
+        except Exception as e:  # noqa: BLE001 -- a disk's or a bucket client's error: warned
           log.warning("%s: could not refresh the lock's heartbeat (%s)", self.what, e)
 
   def holds(self) -> bool:

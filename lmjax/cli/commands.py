@@ -33,7 +33,7 @@ from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_in
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.run.loader import Loaded, load
-from lmjax.storage import check_local
+from lmjax.storage import check_local, check_path
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
 from lmjax.train.inputs import prepare_data
@@ -309,12 +309,21 @@ _PATH_ARGUMENTS = {"config": "CONFIG", "run_dir": "--run-dir", "run_dirs": "RUN_
                    "include_path": "--include-path", "adapter": "--adapter"}
 
 
+# Those that may be on a bucket (gs://, s3://; a run directory gs:// only); the others are
+# local only, for now.
+_REMOTE_ARGUMENTS = {"run_dir", "run_dirs", "hf_dir", "hf", "data"}
+
+
 def _check_paths(args) -> None:
-  """Every path argument is local (lmjax.storage)."""
+  """Every path argument is local, or a usable bucket's where remote ones are read
+  (lmjax.storage)."""
   for name, flag in _PATH_ARGUMENTS.items():
     value = getattr(args, name, None)
     if isinstance(value, (str, list)):
-      check_local(value, what=flag)
+      if name not in _REMOTE_ARGUMENTS:
+        check_local(value, what=flag)
+      else:
+        check_path(value, what=flag, run_directory=name in ("run_dir", "run_dirs"))
 
 
 # The errors of a write the storage refused (DESIGN.md's exit 4, and only these).

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from lmjax.errors import UserError
 from lmjax.extras import require
 from lmjax.run import RunDir
+from lmjax.storage import as_path, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     raise UserError(f"{run_dir} {what}: plot the run directory of `lmjax train` once it has "
                     f"logged a step.")
   rows, bad = [], 0
-  for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+  for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
     try:
       row = json.loads(line)
     except ValueError:
@@ -82,7 +83,8 @@ def solid_curve(values: Sequence[float], weight: float) -> tuple[list[float], bo
 
 def _names(run_dirs: Sequence[str]) -> list[str]:
   """Each run's directory name, or its whole path where two names are the same."""
-  names = [pathlib.Path(d).resolve().name or str(d) for d in run_dirs]
+  names = [(as_path(d) if is_remote(d) else pathlib.Path(d).resolve()).name or str(d)
+           for d in run_dirs]
   return [str(d) if names.count(n) > 1 else n for d, n in zip(run_dirs, names)]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +16,7 @@ from lmjax.hf.engine import read_hf_config
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.hf.safetensors_files import CheckpointReader
 from lmjax.model import Head
+from lmjax.storage import as_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ def verify(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, step: int |
   Like the import, it refuses pickled weights (pytorch_model.bin) unless `allow_pickle`.
   """
   hf_dir = resolve_hf_dir(hf_dir, what="HF_DIR")
-  CheckpointReader(pathlib.Path(hf_dir), allow_pickle=allow_pickle)  # headers: what it holds
+  CheckpointReader(as_path(hf_dir), allow_pickle=allow_pickle)  # headers: what it holds
   model, params = load_run(run_dir, step=step)
   torch_model = _load_torch_model(hf_dir)
   config = model.config

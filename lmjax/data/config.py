@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Mapping
 
 from lmjax.errors import UserError
 from lmjax.ranges import POSITIVE, Range, check_ranges
-from lmjax.storage import check_local
+from lmjax.storage import check_local, check_path
 
 
 class Source(enum.Enum):
@@ -112,9 +112,9 @@ class DataConfig:
                       "the mixture only.")
     for component in self.sources:  # TFDS and HF dataset names are not paths
       if component.source not in (Source.TFDS.value, Source.HF_DATASETS.value):
-        check_local(component.paths, what="data.paths")
+        check_path(component.paths, what="data.paths")
       check_local(component.data_dir, what="data.data_dir")
-    check_local(self.eval_paths, what="data.eval_paths")
+    check_path(self.eval_paths, what="data.eval_paths")
 
   @property
   def sources(self) -> tuple[DataSource, ...]:

@@ -41,6 +41,7 @@ from lmjax.hf.safetensors_files import CheckpointReader, TensorEntry, write_safe
 from lmjax.hf.source_config import merge_source_config
 from lmjax.hf.tokenizer_files import TOKENIZER_FILES, copy_tokenizer_files
 from lmjax.model import Head, ModelConfig, Transformer
+from lmjax.storage import as_path
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -49,7 +50,7 @@ _EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtype
 
 def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
   """The config.json of a Hugging Face model directory, as a dict."""
-  config = read_json_object(pathlib.Path(hf_dir) / CONFIG_FILE)
+  config = read_json_object(as_path(hf_dir) / CONFIG_FILE)
   if config is None:
     raise UserError(f"{hf_dir} is not a Hugging Face model directory: it has no {CONFIG_FILE}.")
   return config
@@ -124,7 +125,7 @@ class HfWeights:
 
   def __init__(self, hf_dir: str | os.PathLike, *, dtype: Any = jnp.float32,
                scan_layers: bool = True, allow_pickle: bool = False):
-    hf_dir = pathlib.Path(resolve_hf_dir(hf_dir))  # a hub id: its snapshot in the local cache
+    hf_dir = as_path(resolve_hf_dir(hf_dir))  # a hub id: its snapshot in the local cache
     self.hf_config = read_hf_config(hf_dir)
     model_type = model_type_of(self.hf_config)
     key_map = model_type.key_map

@@ -23,6 +23,7 @@ import safetensors
 
 from lmjax.errors import UserError
 from lmjax.extras import require
+from lmjax.storage import is_remote
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -105,8 +106,9 @@ class CheckpointReader:
         raise UserError(f"{path} could not be loaded as a PyTorch state dict: {e}") from None
     else:
       try:
-        handle = safetensors.safe_open(path, framework="numpy")
-      except (safetensors.SafetensorError, OSError) as e:
+        handle = (_RangeReader(path) if is_remote(path)
+                  else safetensors.safe_open(path, framework="numpy"))
+      except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
                         f"{e}") from None
     self._open_file = (file, handle)
@@ -133,6 +135,8 @@ class CheckpointReader:
 
   def close(self) -> None:
     """Closes the open file (its mapped pages stop counting as ours); reads reopen it."""
+    if self._open_file is not None and isinstance(self._open_file[1], _RangeReader):
+      self._open_file[1].close()
     self._open_file = None
 
   def __enter__(self) -> CheckpointReader:
@@ -140,6 +144,45 @@ class CheckpointReader:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+_NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                 "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+                 "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+class _RangeReader:
+  """A safetensors file on a bucket, read as `safe_open` reads a local one (`keys`,
+  `get_slice(name).get_shape()`, `get_tensor`): the header first, then each tensor by a ranged
+  read of its bytes, so memory holds one tensor and nothing is copied to local disk."""
+
+  def __init__(self, path):
+    self._file = path.open("rb")
+    (length,) = np.frombuffer(self._file.read(8), "<u8")
+    if length > 100 * 2**20:
+      raise ValueError(f"a header of {length} bytes is not a safetensors header")
+    header = json.loads(self._file.read(int(length)))
+    header.pop("__metadata__", None)
+    self._start, self._header = 8 + int(length), header
+
+  def keys(self) -> list[str]:
+    return list(self._header)
+
+  def get_slice(self, name: str):
+    shape = tuple(self._header[name]["shape"])
+    return type("Slice", (), {"get_shape": lambda _: shape})()
+
+  def get_tensor(self, name: str) -> np.ndarray:
+    entry = self._header[name]
+    begin, end = entry["data_offsets"]
+    self._file.seek(self._start + begin)
+    data = self._file.read(end - begin)
+    if len(data) != end - begin:
+      raise ValueError(f"tensor {name} is truncated ({len(data)} of {end - begin} bytes)")
+    return np.frombuffer(data, _NUMPY_DTYPES[entry["dtype"]]).reshape(entry["shape"]).copy()
+
+  def close(self) -> None:
+    self._file.close()
 
 
 _CHUNK = 1 << 24  # elements checked at a time: the mask never costs more than 16 MB
@@ -245,7 +288,7 @@ def _write_shard(path: pathlib.Path, entries: Sequence[TensorEntry]) -> None:
     offset += entry.nbytes
   encoded = json.dumps(header, separators=(",", ":")).encode()
   encoded += b" " * (-len(encoded) % 8)
-  with open(path, "wb") as f:
+  with path.open("wb") as f:  # on a bucket, an upload in parts (memory: one part and a tensor)
     f.write(len(encoded).to_bytes(8, "little"))
     f.write(encoded)
     for entry in entries:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import pathlib
-import shutil
 
 from lmjax.errors import UserError
+from lmjax.storage import as_path, copy_file
 
 # Files of HF fast and slow tokenizers; plus any `*.model`
 # (sentencepiece).
@@ -18,7 +17,7 @@ TOKENIZER_FILES = (
 
 def tokenizer_file_names(directory: str | os.PathLike) -> list[str]:
   """The tokenizer files present in `directory`, in a stable order."""
-  directory = pathlib.Path(directory)
+  directory = as_path(directory)
   names = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
   return names + sorted(p.name for p in directory.glob("*.model") if p.is_file())
 
@@ -29,14 +28,14 @@ def copy_tokenizer_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike)
   Returns the names copied, [] when `src_dir` holds none (the caller decides whether that is
   an error). Raises UserError when `src_dir` is not a directory.
   """
-  src, dst = pathlib.Path(src_dir), pathlib.Path(dst_dir)
+  src, dst = as_path(src_dir), as_path(dst_dir)
   if not src.is_dir():
     raise UserError(f"tokenizer directory {src} does not exist or is not a directory.")
   names = tokenizer_file_names(src)
   if names:
     dst.mkdir(parents=True, exist_ok=True)
   for name in names:
-    shutil.copyfile(src / name, dst / name)
+    copy_file(src / name, dst / name)
   return names
 
 

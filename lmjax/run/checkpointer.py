@@ -47,6 +47,7 @@ from lmjax.files import file_sizes, nearest_existing, read_json_object, write_te
 from lmjax.run.orbax_errors import first_line, os_cause, release_orbax_threads
 from lmjax.run.record import CheckpointRecord, TrainState
 from lmjax.run.streamed_arrays import streaming_handlers
+from lmjax.storage import Path, as_path, check_run_store, is_remote, move_tree
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, *, keep: int, keep_every: int = 0,
                async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    check_run_store(directory)
+    directory = as_path(directory)  # a bucket's (epath) goes to Orbax as it is
+    self.directory = directory if is_remote(directory) else directory.absolute()
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
     if keep_every:
       policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_every))
@@ -99,10 +102,14 @@ class Checkpointer:
     steps = self.steps()
     return steps[-1] if steps else None
 
-  def unfinished_writes(self) -> list[pathlib.Path]:
-    """Temporary directories of writes that never completed (the writer died)."""
+  def unfinished_writes(self) -> list[Path]:
+    """Temporary directories of writes that never completed (the writer died); on a bucket,
+    where Orbax writes steps in place, the step directories without commit_success.txt."""
     if not self.directory.is_dir():
       return []
+    if is_remote(self.directory):
+      return sorted(p for p in self.directory.iterdir()
+                    if p.name.isdigit() and not (p / "commit_success.txt").exists())
     return sorted(p for p in self.directory.iterdir() if TMP_MARKER in p.name)
 
   def save(self, step: int, state: TrainState, record: CheckpointRecord) -> None:
@@ -162,6 +169,8 @@ class Checkpointer:
     run at the step it could not save, rather than steps later when the write fails."""
     if self.write_error() is not None:
       return self._failure
+    if is_remote(self.directory):  # a bucket has no free space to ask about
+      return None
     need = self._last_size or sum(x.nbytes for x in jax.tree.leaves(state)) // jax.process_count()
     free = shutil.disk_usage(nearest_existing(self.directory)).free
     if free >= need:
@@ -270,7 +279,7 @@ class Checkpointer:
     finally:
       handler.close()
 
-  def _step_dir(self, step: int) -> pathlib.Path:
+  def _step_dir(self, step: int) -> Path:
     if step not in self.steps():
       raise UserError(f"{self.directory} has no checkpoint at step {step}.")
     return self.directory / str(step)
@@ -326,7 +335,7 @@ class Checkpointer:
           f"start over.")
     return None, None, skipped
 
-  def quarantine(self, steps: list[int], destination: pathlib.Path) -> None:
+  def quarantine(self, steps: list[int], destination: Path) -> None:
     """Moves unreadable steps to `destination/<step>` (never deletes them), then rescans."""
     self.wait()
     if jax.process_index() == 0:
@@ -336,7 +345,7 @@ class Checkpointer:
         n = 1
         while target.exists():
           target, n = destination / f"{step}-{n}", n + 1
-        shutil.move(str(self.directory / str(step)), target)
+        move_tree(self.directory / str(step), target)
         log.warning("moved unreadable checkpoint step %d to %s", step, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("lmjax_checkpoint_quarantine")

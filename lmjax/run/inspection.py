@@ -77,10 +77,10 @@ def inspect_checkpoints(run_dir: str | pathlib.Path, *, verify: bool = False
 
 def _inspect_step(checkpointer: Checkpointer, path: pathlib.Path, committed: bool
                   ) -> CheckpointInfo:
-  step, size = int(path.name), _size(path)
-  missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
-  empty = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()
-                 and f.stat().st_size == 0)
+  files = file_sizes(path)
+  step, size = int(path.name), sum(files.values())
+  missing = [f for f in REQUIRED_FILES if f not in files]
+  empty = sorted(name for name, bytes_ in files.items() if bytes_ == 0)
   problem, record = None, None
   if not committed:
     problem = "not committed"
@@ -93,20 +93,20 @@ def _inspect_step(checkpointer: Checkpointer, path: pathlib.Path, committed: boo
       record = checkpointer.restore_record(step)
     except Exception as e:  # noqa: BLE001 -- any failure makes the step unusable
       problem = f"record unreadable: {first_line(e)}"
-    problem = problem or _changed_files(path, checkpointer.recorded_sizes(step))
+    problem = problem or _changed_files(files, checkpointer.recorded_sizes(step))
   position = record.data_position if record else None
   return CheckpointInfo(path.name, step, size, problem, position, record)
 
 
-def _changed_files(path: pathlib.Path, recorded: dict[str, int] | None) -> str | None:
-  """Which files of step directory `path` are missing or have another size than when they
-  were written (None when all match, or no sizes were recorded)."""
+def _changed_files(files: dict[str, int], recorded: dict[str, int] | None) -> str | None:
+  """Which of a step directory's recorded files are missing from `files` (its files' sizes now)
+  or have another size than when they were written (None when all match, or no sizes were
+  recorded)."""
   if not recorded:
     return None
   problems = []
   for name, size in recorded.items():
-    file = path / name
-    now = file.stat().st_size if file.is_file() else None
+    now = files.get(name)
     if now != size:
       problems.append(f"{name} is {'missing' if now is None else f'{now} bytes'} "
                       f"(written: {size})")

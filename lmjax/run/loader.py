@@ -41,6 +41,7 @@ from lmjax.run.base_ref import BaseRef, check_base
 from lmjax.run.restore import restore_params
 from lmjax.run.run_dir import RunDir
 from lmjax.run.source_fields import export_fields
+from lmjax.storage import as_path
 
 DTYPES = ("float32", "bfloat16")
 
@@ -145,7 +146,7 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
     if step is not None:
       raise UserError(f"--step {step} selects a run's checkpoint, but {source} is a Hugging "
                       f"Face model: drop --step.")
-    directory = pathlib.Path(resolve_hf_dir(source))
+    directory = as_path(resolve_hf_dir(source))
     model, params = from_hf(directory)
     tokenizer_dir = directory
   tokenizer = (Tokenizer.from_file(tokenizer_dir)

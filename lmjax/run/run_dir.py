@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 
 from lmjax.config import RUN_CONFIG_FILE, Config, dump_config, from_dict, is_run_directory, read_yaml
 from lmjax.errors import UserError
 from lmjax.files import is_empty, nearest_existing, write_text_atomic
 from lmjax.lock import DirectoryLock
+from lmjax.storage import Path, append_text, as_path, check_path, is_remote
 
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:
-  path: pathlib.Path
+  path: Path  # local (pathlib) or on a bucket (epath): lmjax.storage
 
   def __post_init__(self):
-    object.__setattr__(self, "path", pathlib.Path(self.path))
+    object.__setattr__(self, "path", as_path(self.path))
 
   config_file = property(lambda self: self.path / RUN_CONFIG_FILE)
   checkpoints = property(lambda self: self.path / "checkpoints")
@@ -61,7 +61,9 @@ class RunDir:
 
   def check_usable(self) -> None:
     """UserError unless this is a run directory, or a new or empty directory `lmjax train` may
-    create and write: never a file, a foreign directory, or one it cannot write."""
+    create and write: never a file, a foreign directory, or one it cannot write (on a bucket:
+    one that exists and answers, lmjax.storage.check_path)."""
+    check_path(self.path, what="--run-dir", run_directory=True)
     if self.path.exists() and not self.path.is_dir():
       raise UserError(f"--run-dir {self.path} is a file, not a directory: pass a directory "
                       f"(a new one starts a run).")
@@ -69,6 +71,8 @@ class RunDir:
       raise UserError(f"--run-dir {self.path} is not empty and is not an lmjax run directory "
                       f"(it has no {RUN_CONFIG_FILE}): pass a new or empty directory, or the "
                       f"directory of an lmjax run to resume it.")
+    if is_remote(self.path):  # a bucket's permissions show at the first write (exit 4)
+      return
     existing = nearest_existing(self.path)
     if not existing.is_dir():
       raise UserError(f"--run-dir {self.path}: {existing} is a file, not a directory: choose "
@@ -89,8 +93,7 @@ class RunDir:
     return DirectoryLock(self.path, what=f"run directory {self.path}").acquire()
 
   def append_history(self, line: str) -> None:
-    with open(self.config_history, "a", encoding="utf-8") as f:
-      f.write(line + "\n")
+    append_text(self.config_history, line + "\n")
 
   def write_config(self, config: Config) -> None:
     """Writes config.yaml atomically (a crash never leaves half a file)."""

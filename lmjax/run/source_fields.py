@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
-import shutil
 from typing import Any
 
 from lmjax.config import Config
@@ -17,6 +15,7 @@ from lmjax.errors import UserError
 from lmjax.files import read_json_object
 from lmjax.model import Head
 from lmjax.run.run_dir import RunDir
+from lmjax.storage import as_path, copy_file
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ HF_GENERATION_COPY = "hf_generation_config.json"
 def keep_source_config(source: str | os.PathLike, run_path: str | os.PathLike) -> None:
   """Keeps in run directory `run_path` the config.json and generation_config.json of `source`
   (an HF directory, or a run that kept its own source's), unless the run has them already."""
-  source, run_path = pathlib.Path(source), pathlib.Path(run_path)
+  source, run_path = as_path(source), as_path(run_path)
   for run_name, names in ((HF_CONFIG_COPY, ("config.json", HF_CONFIG_COPY)),
                           (HF_GENERATION_COPY, ("generation_config.json", HF_GENERATION_COPY))):
     found = [source / name for name in names if (source / name).is_file()]
@@ -41,7 +40,7 @@ def keep_source_config(source: str | os.PathLike, run_path: str | os.PathLike) -
       log.warning("%s; an export of this run will not carry its fields.", str(e).rstrip("."))
       continue
     run_path.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(found[0], run_path / run_name)
+    copy_file(found[0], run_path / run_name)
 
 
 def export_fields(run: RunDir, config: Config, tokenizer: Tokenizer | None = None

@@ -19,6 +19,7 @@ import jax
 import tqdm
 
 from lmjax.config import WandbConfig
+from lmjax.storage import REMOTE_SCHEMES, open_append
 from lmjax.train.wandb_logger import WandbLogger
 
 # How the progress line names its fields.
@@ -66,13 +67,33 @@ def _summary_writer_class():
   torch were absent (Python's documented way); torch stays importable afterwards."""
   if "torch" in sys.modules or "tensorboardX" in sys.modules:
     from tensorboardX import SummaryWriter
-    return SummaryWriter
-  sys.modules["torch"] = None  # type: ignore[assignment]
-  try:
-    from tensorboardX import SummaryWriter
-  finally:
-    del sys.modules["torch"]
+  else:
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+      from tensorboardX import SummaryWriter
+    finally:
+      del sys.modules["torch"]
+  _write_events_through_storage()
   return SummaryWriter
+
+
+class _BucketEvents:
+  """tensorboardX's writer factory for gs:// and s3:// event files, through lmjax.storage
+  (the same clients, emulators and credentials as the rest of the run). Its own gs:// writer
+  uploads again when garbage-collected, which blocks a process's exit for minutes once the
+  server is gone."""
+
+  def open(self, path: str):
+    return open_append(path, binary=True)
+
+  def directory_check(self, path: str) -> None:  # a bucket has no directories to make
+    pass
+
+
+def _write_events_through_storage() -> None:
+  from tensorboardX import record_writer  # imported by _summary_writer_class already
+  for scheme in REMOTE_SCHEMES:
+    record_writer.register_writer_factory(scheme, _BucketEvents())
 
 
 class MetricsWriter:
@@ -95,7 +116,7 @@ class MetricsWriter:
       return
     if self._jsonl is None:
       SummaryWriter = _summary_writer_class()  # imported only by the writing process
-      self._jsonl = open(self._run_dir / "metrics.jsonl", "a", encoding="utf-8")
+      self._jsonl = open_append(self._run_dir / "metrics.jsonl")
       self._tensorboard = SummaryWriter(str(self._run_dir / "tensorboard"))
     self._jsonl.write(json.dumps(_json_safe(row), allow_nan=False) + "\n")
     self._jsonl.flush()

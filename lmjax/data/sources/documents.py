@@ -36,6 +36,7 @@ from lmjax.data.sources.read_stats import ReadStats, first_few
 from lmjax.data.sources.tfds import read_tfds
 from lmjax.errors import UserError
 from lmjax.files import special_file
+from lmjax.storage import file_size, is_remote
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
@@ -167,7 +168,7 @@ def describe_files(units: Sequence[Unit]) -> str:
   size = 0
   for unit in units:
     try:
-      size += os.path.getsize(unit.name)
+      size += file_size(unit.name)
     except OSError:  # gone since it was listed: reading it will say so
       pass
   return f"{len(units)} file(s), {size / 1e6:.1f} MB"
@@ -276,9 +277,9 @@ def _expand_paths(paths: Sequence[str], *, source: Source) -> list[Unit]:
       raise UserError(f"`data.paths` names {pattern!r}, which is {special_file(pattern)}, not a "
                       f"file: lmjax reads data from files. Write the data to a file and name it.")
     if not matches:
-      raise UserError(
-          f"No file matches {pattern!r} in `data.paths` (working directory "
-          f"{os.getcwd()!r}). Fix the path or glob, or remove it from `data.paths`.")
+      where = "" if is_remote(pattern) else f" (working directory {os.getcwd()!r})"
+      raise UserError(f"No file matches {pattern!r} in `data.paths`{where}. Fix the path or "
+                      f"glob, or remove it from `data.paths`.")
     for match in matches:
       real = os.path.realpath(match)
       first = files.setdefault(real, Unit(match, globbed))

@@ -12,16 +12,19 @@ from lmjax.data.config import EncodingErrors
 from lmjax.data.sources.read_stats import ReadStats
 from lmjax.data.sources.tables import parse_csv, read_parquet
 from lmjax.errors import UserError
+from lmjax.storage import file_size, is_remote, read_bytes
 
 
 def is_blank(file: str, *, look_at: int = 1 << 16) -> bool:
   """Whether `file` is empty or holds only ASCII whitespace (files over `look_at` bytes are
   taken as not blank without reading them)."""
-  size = os.path.getsize(file)
+  size = file_size(file)
   return size == 0 or (size <= look_at and not slurp(file).strip())
 
 
 def slurp(file: str) -> bytes:
+  if is_remote(file):
+    return read_bytes(file)
   with open(file, "rb") as f:
     return f.read()
 

@@ -14,10 +14,15 @@ import glob
 import os
 from typing import Iterator
 
+from lmjax.storage import glob_remote, is_remote
+
 
 def glob_files(pattern: str) -> list[str]:
   """The files `glob.glob(pattern, recursive=True)` matches, sorted, with each directory walked
-  once per part of the pattern: a symbolic link back up the tree ends a `**` walk."""
+  once per part of the pattern: a symbolic link back up the tree ends a `**` walk. On a bucket
+  (gs://, s3://) its listing is globbed: a bucket has no links."""
+  if is_remote(pattern):
+    return glob_remote(pattern)
   parts = pattern.split(os.sep)
   if "**" not in parts:  # nothing recurses: glob itself is bounded
     return sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))

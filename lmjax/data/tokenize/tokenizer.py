@@ -33,6 +33,7 @@ from lmjax.data.tokenize.special_tokens import (CONFIG_FILE, ROLES, roles_from_h
                                                 roles_from_spellings)
 from lmjax.data.tokenize.truncation import fit_longest_first
 from lmjax.errors import UserError
+from lmjax.storage import is_remote, local_copy, local_output
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -294,6 +295,9 @@ class Tokenizer:
   def readable_in(cls, path: str | os.PathLike) -> bool:
     """Whether `from_file(path)` finds a file to read there (a tokenizer.json or a backend's
     file, such as a sentencepiece model; vocab.txt alone is not one)."""
+    if is_remote(path):
+      with local_copy(path) as local:
+        return cls.readable_in(local)
     path = os.fspath(path)
     return (any(backend.file_in(path) is not None for backend in cls._backends)
             or os.path.isfile(os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path))
@@ -308,7 +312,11 @@ class Tokenizer:
     either exists (tokenizer_config wins where both name a role; roles naming a token missing
     from the vocabulary are ignored), else from common spellings ("</s>", "[MASK]",
     "<|endoftext|>", …); a sentencepiece model's own pad/eos/bos/unk ids come first.
+    A gs:// or s3:// path is read through a temporary local copy of its small files.
     """
+    if is_remote(path):
+      with local_copy(path) as local:
+        return cls.from_file(local)
     path = os.fspath(path)
     for backend in cls._backends:
       file = backend.file_in(path)
@@ -339,6 +347,9 @@ class Tokenizer:
     loads it as it is, and `load` reads the roles back from it. A tokenizer.json keeps the
     padding and truncation sections it was published with (lmjax never applies them).
     """
+    if is_remote(directory):
+      with local_output(directory) as local:
+        return self.save(local)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     file = os.path.join(directory, TOKENIZER_FILE)

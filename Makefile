@@ -21,10 +21,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Python caches what it compiles (__pycache__) unless PYTHONDONTWRITEBYTECODE is set, as some
+# images and CI machines do: then every process of the suite (children, kernels, workers)
+# compiled jax, flax and the rest from source again, ~3 s each. Our recipes let Python cache.
+export PYTHONDONTWRITEBYTECODE :=
+
 # Stamps record what was installed; they are redone when pyproject.toml or constraints.txt
 # changes. constraints.txt pins the versions the suite last passed with, together.
 # --no-compile: pip would byte-compile every module of torch, TensorFlow and transformers (most
-# never imported, over a minute on 2 cores); Python compiles and caches what is imported.
+# never imported, over a minute on 2 cores); Python compiles and caches what is imported (see
+# PYTHONDONTWRITEBYTECODE above).
 $(VENV)/.installed-core: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e .
 	touch $@

@@ -19,13 +19,20 @@ import functools
 
 import flax.linen as nn
 import jax
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernels
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 from jax.sharding import PartitionSpec as P
 
 from lmjax.errors import UserError
 
 BLOCK = 512  # the kernel's block size along queries and keys, or the whole length when shorter
+
+
+def _pallas():
+  """(the splash kernel module, its mask module), imported when a kernel is first built: the
+  Pallas TPU ops take half a second to import, which every lmjax process (most never use
+  splash) would otherwise pay at start."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel, \
+      splash_attention_mask
+  return splash_attention_kernel, splash_attention_mask
 
 
 def supports(q_len: int, kv_len: int, head_dim: int) -> bool:
@@ -40,6 +47,7 @@ def _kernel(q_len: int, kv_len: int, group: int, causal: bool, interpret: bool):
   if q_len % block_q or kv_len % block_kv:
     raise UserError(f"splash attention needs sequence lengths that are multiples of {BLOCK} or "
                     f"below it, got {q_len} and {kv_len}: set model.attention=xla, or pad.")
+  kernels, masks = _pallas()
   sizes = kernels.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
                              block_q_dkv=block_q, block_kv_dkv=block_kv,
                              block_kv_dkv_compute=block_kv, block_q_dq=block_q,
@@ -60,7 +68,7 @@ def _local(q, k, v, query_segment_ids, key_segment_ids, *, causal: bool):
   q = (q * d ** -0.5).reshape(b, s, kv_heads, group, d).transpose(0, 2, 3, 1, 4)  # [b, kv, g, s, d]
   per_head = jax.vmap(lambda q, k, v, segments: kernel(q, k, v, segment_ids=segments),
                       in_axes=(0, 0, 0, None))
-  segments = kernels.SegmentIds(q=query_segment_ids, kv=key_segment_ids)
+  segments = _pallas()[0].SegmentIds(q=query_segment_ids, kv=key_segment_ids)
   out = jax.vmap(per_head)(q, k, v, segments)                                    # [b, kv, g, s, d]
   return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 

@@ -60,3 +60,14 @@ def check_ranges(config: Any, section: str, ranges: Mapping[str, Range]) -> None
     reason = f" ({allowed.why})" if allowed.why else ""
     shown = f"{value:g}" if isinstance(value, float) else repr(value)
     raise UserError(f"{section}.{name}={shown} is out of range: it must be in {allowed}{reason}.")
+
+
+def check_unused(config: Any, section: str, switch: str, *, off: str, fix: str) -> None:
+  """UserError when section `config` is switched off by its field `switch` (`off` says what
+  that means) while another of its fields is set away from its default: that setting would
+  be silently ignored. `fix` says what to do instead."""
+  set_ = [f"{section}.{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+          if f.name != switch and getattr(config, f.name) != f.default]
+  if set_:
+    raise UserError(f"{section}.{switch} is {off}, but {set_[0]} is set: {fix}.")
+

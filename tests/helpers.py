@@ -27,3 +27,18 @@ def tree_digest(path):
 
 def rows(run_dir):
   return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_resumed_as_uninterrupted(whole, killed, expected_rows, got_rows, steps):
+  """A run that was interrupted and resumed (`killed`, its metrics `got_rows`) logged each of
+  `steps` steps once, with the losses of the uninterrupted run (`whole`, `expected_rows`),
+  and ended with bit-equal params."""
+  import jax
+  import numpy as np
+  import lmjax
+  assert [r["step"] for r in got_rows] == list(range(1, steps + 1))  # each step logged once
+  assert [r["loss"] for r in got_rows] == [r["loss"] for r in expected_rows]
+  _, params_whole = lmjax.load_run(whole)
+  _, params_killed = lmjax.load_run(killed)
+  jax.tree.map(np.testing.assert_array_equal, params_whole, params_killed)
+

@@ -27,7 +27,7 @@ from lmjax.cli import main
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
 from lmjax.run.checkpointer import Checkpointer
 from tests.conftest import TINY
-from tests.helpers import rows, run_cli
+from tests.helpers import assert_resumed_as_uninterrupted, rows, run_cli
 from tests.processes import ROOT, children, cpu_env, free_port
 
 gcsfs = pytest.importorskip("gcsfs")  # the test extra brings these
@@ -129,12 +129,7 @@ def rehearsal(gcs, tmp_path_factory):
 def test_resume_after_kill_9_on_gcs_matches_an_uninterrupted_run(rehearsal):
   killed, whole = rehearsal
   assert not storage.as_path(f"{killed}/{LOCK_FILE}").exists()
-  expected, got = rows(whole), remote_rows(killed)
-  assert [r["step"] for r in got] == list(range(1, 13))  # each step logged once
-  assert [r["loss"] for r in got] == [r["loss"] for r in expected]
-  _, params_whole = lmjax.load_run(whole)
-  _, params_killed = lmjax.load_run(killed)
-  jax.tree.map(np.testing.assert_array_equal, params_whole, params_killed)
+  assert_resumed_as_uninterrupted(whole, killed, rows(whole), remote_rows(killed), 12)
   for name in ("config.yaml", "tokenizer/tokenizer.json", "checkpoint_sizes.json"):
     assert storage.as_path(f"{killed}/{name}").is_file(), name
   assert storage.as_path(f"{killed}/tensorboard").is_dir()

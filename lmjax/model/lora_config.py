@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Mapping
 
-from lmjax.errors import UserError
 from lmjax.model.options import ParamDtype
-from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
+from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges, check_unused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,14 +26,9 @@ class LoraConfig:
   def __post_init__(self):
     check_ranges(self, "model.lora", self.RANGES)
     if self.rank == 0:  # no adapters: a setting of theirs would be silently ignored
-      set_ = [f"model.lora.{f.name}={getattr(self, f.name)!r}"
-              for f in dataclasses.fields(self)
-              if f.name != "rank" and getattr(self, f.name) != f.default]
-      if set_:
-        raise UserError(
-            f"model.lora.rank is 0 (no adapters: the whole model trains), but {set_[0]} is "
-            f"set: give model.lora.rank (e.g. 8 or 16) to train LoRA adapters, or remove the "
-            f"model.lora section to train the whole model.")
+      check_unused(self, "model.lora", "rank", off="0 (no adapters: the whole model trains)",
+                   fix="give model.lora.rank (e.g. 8 or 16) to train LoRA adapters, or remove "
+                       "the model.lora section to train the whole model")
 
   @property
   def enabled(self) -> bool:

@@ -6,8 +6,7 @@ import dataclasses
 import enum
 from typing import ClassVar, Mapping
 
-from lmjax.errors import UserError
-from lmjax.ranges import Range, check_ranges
+from lmjax.ranges import Range, check_ranges, check_unused
 
 
 class QuantScheme(enum.Enum):
@@ -38,14 +37,9 @@ class QuantizationConfig:
   def __post_init__(self):
     check_ranges(self, "model.quantization", self.RANGES)
     if not self.enabled:
-      set_ = [f"model.quantization.{f.name}={getattr(self, f.name)!r}"
-              for f in dataclasses.fields(self)
-              if f.name != "scheme" and getattr(self, f.name) != f.default]
-      if set_:
-        raise UserError(
-            f"model.quantization.scheme is none (float weights), but {set_[0]} is set: give "
-            f"model.quantization.scheme (int8 or int4), or remove the model.quantization "
-            f"section.")
+      check_unused(self, "model.quantization", "scheme", off="none (float weights)",
+                   fix="give model.quantization.scheme (int8 or int4), or remove the "
+                       "model.quantization section")
 
   @property
   def enabled(self) -> bool:

@@ -1,7 +1,7 @@
 """The device mesh, the logical-axis rules, and shardings for state and batches.
 
 The model names logical axes only (`LOGICAL_AXES`); a rules table maps them to the mesh axes
-('data', 'fsdp', 'tensor', 'expert'). Rules are tried in order and a mesh axis is used at most
+('data', 'stage', 'fsdp', 'context', 'tensor', 'expert'). Rules are tried in order and a mesh axis is used at most
 once per array, so activations, whose batch dim takes ('data', 'fsdp', 'expert') first, keep
 `embed` whole while parameters shard `embed` over 'fsdp'. The default table gives, in any combination:
 
@@ -11,7 +11,9 @@ once per array, so activations, whose batch dim takes ('data', 'fsdp', 'expert')
                   over `tensor`;
   expert parallel a Mixture-of-Experts model's experts split over `expert`, which also splits the
                   batch outside the experts; with `model.moe.capacity_factor`, each device
-                  computes its own experts' tokens (lmjax.model.moe).
+                  computes its own experts' tokens (lmjax.model.moe);
+  context         activations split along the sequence (`length`) over `context`;
+  pipeline        a scanned stack's layers split over `stage`, each stage holding its own.
 
 `mesh.rules` in a config replaces the table, e.g. `[[batch, [data, fsdp]], [embed, null]]`.
 A mesh and the rules that place arrays on it travel together as one `MeshRules`.
@@ -39,10 +41,14 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from lmjax.errors import UserError
 
-MESH_AXES = ("data", "fsdp", "tensor", "expert")
+# Outermost first: `stage` (pipeline) and `data` cross slow links best; `context` (the sequence)
+# and `tensor` talk every layer and sit innermost, beside `expert`.
+MESH_AXES = ("data", "stage", "fsdp", "context", "tensor", "expert")
 BATCH_AXES = ("data", "fsdp", "expert")
 # Every logical name the model uses. `kv` is the size of one head (head_dim), kept whole;
 # key/value heads are named `heads` like query heads, so they split over `tensor` too.
+# `length` is the sequence (split over `context` for long sequences); `layers` numbers a scanned
+# stack's layers (split over `stage` for pipeline parallelism).
 # `lora_rank` is a LoRA adapter's rank, a few dims: replicated. `expert` numbers a MoE layer's
 # experts; `expert_batch` is the batch of its dispatch buffers, whose `expert` dim takes that mesh
 # axis (so the rows there split over the other batch axes only).
@@ -57,9 +63,9 @@ LOGICAL_AXIS_RULES: Rules = (
     ("heads", "tensor"),     # Megatron: attention heads …
     ("mlp", "tensor"),       # … MLP hidden units …
     ("vocab", "tensor"),     # … and the vocabulary split over tensor
-    ("length", None),
+    ("length", "context"),   # context parallel: activations split along the sequence
     ("kv", None),
-    ("layers", None),
+    ("layers", "stage"),     # pipeline parallel: each stage holds its layers
     ("lora_rank", None),
     ("expert", "expert"),    # expert parallel: each device holds (and computes) its experts
     ("expert_batch", ("data", "fsdp")),
@@ -103,11 +109,15 @@ class MeshConfig:
   fsdp: int = 1
   tensor: int = 1
   expert: int = 1   # expert parallelism (Mixture-of-Experts models); a batch axis elsewhere
+  context: int = 1  # context parallelism: the sequence split across devices
+  stage: int = 1    # pipeline parallelism: the layer stack split into stages
   # Across slices (the data-center network): each axis's size is its ICI size times these.
   dcn_data: int = 1
   dcn_fsdp: int = 1
   dcn_tensor: int = 1
   dcn_expert: int = 1
+  dcn_context: int = 1
+  dcn_stage: int = 1
   # [[logical_name, mesh_axis | [mesh_axis, ...] | null], ...] replacing the default table
   # (LOGICAL_AXIS_RULES); null keeps the default.
   rules: Any = None
@@ -123,7 +133,7 @@ class MeshConfig:
 
   @property
   def dcn_shape(self) -> tuple[int, ...]:
-    """(dcn_data, dcn_fsdp, dcn_tensor, dcn_expert)."""
+    """The slices each mesh axis spans, in MESH_AXES order."""
     return tuple(getattr(self, f"dcn_{axis}") for axis in MESH_AXES)
 
 
@@ -133,7 +143,7 @@ def axis_rules(config: MeshConfig) -> Rules:
 
 
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
-  """(data, fsdp, tensor, expert) sizes inside one slice (all of `num_devices` when the mesh
+  """The MESH_AXES sizes inside one slice (all of `num_devices` when the mesh
   spans one), with at most one -1 filled from the devices of a slice."""
   slices = math.prod(config.dcn_shape)
   if num_devices % slices:
@@ -142,7 +152,7 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
   num_devices //= slices
   sizes = [getattr(config, axis) for axis in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise UserError(f"at most one of mesh.data/fsdp/tensor/expert may be -1, got "
+    raise UserError(f"at most one of mesh.{'/'.join(MESH_AXES)} may be -1, got "
                     f"{tuple(sizes)}.")
   for name, size in zip(MESH_AXES, sizes):
     if size == 0 or size < -1:
@@ -151,10 +161,11 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
   if -1 in sizes:
     if num_devices % fixed:
       raise UserError(f"the mesh's fixed axes ({fixed} devices) do not divide the {num_devices} "
-                      f"devices available; adjust mesh.data/fsdp/tensor/expert.")
+                      f"devices available; adjust mesh.{'/'.join(MESH_AXES)}.")
     sizes[sizes.index(-1)] = num_devices // fixed
   if int(np.prod(sizes)) != num_devices:
-    shown = " x ".join(f"{axis}={size}" for axis, size in zip(MESH_AXES, sizes))
+    shown = " x ".join(f"{axis}={size}" for axis, size in zip(MESH_AXES, sizes)
+                       if size != 1 or axis == "data")
     where = f" in each of {slices} slices" if slices > 1 else ""
     raise UserError(f"mesh {shown} needs {int(np.prod(sizes))} devices but {num_devices} are "
                     f"available{where}; set one axis to -1 to use all of them.")
@@ -162,7 +173,7 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor', 'expert') mesh over all devices (of all processes), Auto axis
+  """A MESH_AXES mesh over all devices (of all processes), Auto axis
   types; across slices (`mesh.dcn_*`), each axis's slices laid out by the slow network."""
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(config, len(devices))
@@ -280,5 +291,5 @@ def check_divisible(shape: Sequence[int], sharding: NamedSharding, *, describe_d
     if shape[i] % size:
       raise UserError(
           f"{describe_dim(i)} has size {shape[i]}, which {describe_axes(sharding.mesh, axes)} "
-          f"does not divide: change the mesh (mesh.data/fsdp/tensor/expert) or that size so that "
+          f"does not divide: change the mesh (mesh.{'/'.join(MESH_AXES)}) or that size so that "
           f"{size} divides {shape[i]}.")

@@ -121,8 +121,7 @@ def test_compile_only_memory_per_device_shrinks_under_fsdp(recorded):
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("mesh_size", ["mesh data=4 x fsdp=1 x tensor=1 x expert=1 needs 4 devices but 8 are "
-                   "available"]),
+    ("mesh_size", ["mesh data=4 needs 4 devices but 8 are available"]),
     ("heads", ["model.num_heads", "size 4", "mesh.tensor=8"]),
     ("kv_heads", ["model.num_kv_heads", "size 2", "mesh.tensor=4"]),
     ("vocab", ["model.vocab_size", "size 289", "mesh.tensor=2"]),
@@ -160,7 +159,7 @@ def test_compile_only_prints_memory_and_flops_and_writes_nothing(tmp_path, capsy
   assert main(["train", "tiny-llama", "--run-dir", str(run_dir), "--compile-only",
                "--set", *tiny]) == 0
   out = capsys.readouterr().out
-  for text in ("mesh data=1 x fsdp=1 x tensor=1", "memory per device", "arguments", "outputs",
+  for text in ("mesh data=1 x stage=1 x fsdp=1 x context=1 x tensor=1", "memory per device", "arguments", "outputs",
                "temporaries", "generated code", "total", "FLOPs per step", "XLA cost analysis",
                "model (config)"):
     assert text in out, (text, out)
@@ -176,7 +175,8 @@ def test_rules_from_the_config_replace_the_default_table(tiny):
   assert kernels["wo"]["kernel"].spec == P(None, "fsdp", None)
   default = setup_step(load_config("tiny-gpt", tiny), mesh_rules(load_config("tiny-gpt", tiny).mesh))
   assert default.placement.rules == LOGICAL_AXIS_RULES
-  assert default.shardings.params["layers"]["mlp"]["wi"]["kernel"].spec == P(None, "fsdp", "tensor")
+  wi = default.shardings.params["layers"]["mlp"]["wi"]["kernel"]
+  assert wi.spec == P("stage", "fsdp", "tensor")
 
 
 @pytest.mark.parametrize("rules, expected", [
@@ -222,7 +222,7 @@ def test_a_run_loads_onto_a_mesh_with_its_own_or_the_callers_rules(tmp_path, tin
   _, params = lmjax.load_run(tmp_path, mesh=mesh)
   assert params["layers"]["mlp"]["wi"]["kernel"].sharding.spec == P(None, None, "fsdp")
   _, params = lmjax.load_run(tmp_path, mesh=mesh, rules=LOGICAL_AXIS_RULES)
-  assert params["layers"]["mlp"]["wi"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  assert params["layers"]["mlp"]["wi"]["kernel"].sharding.spec == P("stage", "fsdp", "tensor")
   _, params = lmjax.load_run(tmp_path, rules=[["embed", "tensor"], ["mlp", None]])
   assert params["layers"]["mlp"]["wi"]["kernel"].sharding.spec == P(None, "tensor", None)
   with pytest.raises(UserError, match="not a mesh axis"):

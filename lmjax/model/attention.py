@@ -11,6 +11,8 @@ slots (cache positions) too. The splash kernel here has no window: `auto` then t
 Neither kernel soft-caps the logits (Gemma 2), and splash scales them by head_dim ** -0.5 only:
 `auto` takes XLA for those too. XLA's dense attention reads a long causal sequence without a KV
 cache a block of queries at a time, each against the keys up to its own end (`QUERY_BLOCK`).
+Where the sequence is split across devices (context parallelism), attention runs in
+lmjax.model.ring instead, its masks built there from the segment ids and each token's slot.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.model import splash
+from lmjax.model import ring, splash
 from lmjax.model.config import AttentionImpl, ModelConfig, Positions
+from lmjax.model.context_parallel import context_split
 from lmjax.model.layers import (DenseGeneral, LayerNorm, rope_inverse_frequencies,
                                 rotary_embedding, soft_cap)
 
@@ -56,14 +59,19 @@ def _slot_distance(query_offset: jax.Array | int, q_len: int, k_len: int) -> jax
 class Mask(NamedTuple):
   """Which keys each query may see, in the forms the implementations take."""
 
-  dense: jax.Array              # bool [batch, 1, q_len, kv_len]
+  dense: jax.Array | None       # bool [batch, 1, q_len, kv_len]; None with `slots`
   query_segment_ids: jax.Array  # [batch, q_len], 0 = padding
   key_segment_ids: jax.Array    # [batch, kv_len]
   query_offset: jax.Array | int = 0  # the first query's slot (where a KV cache stands)
+  # [length] int32, each token's slot, where the sequence is split across devices (and maybe
+  # reordered): lmjax.model.ring masks by these, and no dense mask is built.
+  slots: jax.Array | None = None
 
 
 def make_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *, causal: bool,
-              query_offset: jax.Array | int = 0) -> Mask:
+              query_offset: jax.Array | int = 0, slots: jax.Array | None = None) -> Mask:
+  if slots is not None:
+    return Mask(None, query_segment_ids, key_segment_ids, query_offset, slots)
   return Mask(attention_mask(query_segment_ids, key_segment_ids, causal=causal,
                              query_offset=query_offset), query_segment_ids, key_segment_ids,
               query_offset)
@@ -213,12 +221,18 @@ class Attention(nn.Module):
       k = write_cache(cache["key"], k, cache_index, axis=2)
       v = write_cache(cache["value"], v, cache_index, axis=2)
       cache = {"key": k, "value": v}
-    if window is not None:
-      mask = sliding_window_mask(mask, window, causal=cfg.causal)
-    out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, impl=cfg.attention,
-                                causal=cfg.causal, cached=cache is not None,
-                                windowed=cfg.sliding_window is not None,
-                                scale=cfg.attention_scale, softcap=cfg.attn_logit_softcap)
+    if mask.slots is not None:  # the sequence split across devices (context parallelism)
+      out = ring.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask.query_segment_ids,
+                           mask.key_segment_ids, mask.slots, split=context_split(cfg),
+                           causal=cfg.causal, window=window, scale=cfg.attention_scale,
+                           softcap=cfg.attn_logit_softcap)
+    else:
+      if window is not None:
+        mask = sliding_window_mask(mask, window, causal=cfg.causal)
+      out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                                  impl=cfg.attention, causal=cfg.causal, cached=cache is not None,
+                                  windowed=cfg.sliding_window is not None,
+                                  scale=cfg.attention_scale, softcap=cfg.attn_logit_softcap)
     out = DenseGeneral((cfg.num_heads, hd), (d,), ("heads", "kv", "embed"), cfg.use_bias, cfg,
                        self.dtype, self.deterministic, name="out")(out)
     return out, cache

@@ -25,8 +25,8 @@ from lmjax.model.lora import block_projections, check_targets, targeted
 from lmjax.model.lora_config import LoraConfig
 from lmjax.model.moe_config import MoeConfig
 from lmjax.model.quant_config import QuantizationConfig, QuantScheme
-from lmjax.model.options import (Activation, AttentionImpl, ClassifierPooling, Head, Norm,
-                                 NormPosition, PoolerActivation, Positions, Remat,
+from lmjax.model.options import (Activation, AttentionImpl, ClassifierPooling, ContextParallel,
+                                 Head, Norm, NormPosition, PoolerActivation, Positions, Remat,
                                  RopeScaling)
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 
@@ -61,6 +61,8 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
   # CPU 1.2-1.3x faster than keeping everything (benchmarks/train_throughput.py).
   remat: Remat = Remat.SAVE_DOTS
   attention: AttentionImpl = AttentionImpl.AUTO
+  # Attention over a sequence split across devices (mesh.context > 1): ring or all-gathered K/V.
+  context_parallel: ContextParallel = ContextParallel.AUTO
   lora: LoraConfig = LoraConfig()
   quantization: QuantizationConfig = QuantizationConfig()
 
@@ -168,6 +170,6 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
 
 
 # The switches' enums and sections, importable from here as from their own modules.
-__all__ = ["Activation", "AttentionImpl", "ClassifierPooling", "Head", "LoraConfig", "ModelConfig",
-           "MoeConfig", "Norm", "NormPosition", "PoolerActivation", "Positions",
-           "QuantizationConfig", "QuantScheme", "Remat", "RopeScaling"]
+__all__ = ["Activation", "AttentionImpl", "ClassifierPooling", "ContextParallel", "Head",
+           "LoraConfig", "ModelConfig", "MoeConfig", "Norm", "NormPosition", "PoolerActivation",
+           "Positions", "QuantizationConfig", "QuantScheme", "Remat", "RopeScaling"]

@@ -63,6 +63,14 @@ class AttentionImpl(enum.Enum):
   SPLASH = "splash"  # the Pallas TPU splash kernel (interpret mode off TPU: tests only)
 
 
+class ContextParallel(enum.Enum):
+  """How attention runs where the activations' `length` axis is split over devices (mesh.context;
+  lmjax.model.ring). Elsewhere it changes nothing."""
+  AUTO = "auto"            # ring: scores linear in memory, the causal work balanced (zig-zag)
+  ALLGATHER = "allgather"  # each layer all-gathers K/V; local queries against every key at once
+  RING = "ring"            # K/V blocks passed around the devices, an online softmax over them
+
+
 class Remat(enum.Enum):
   NONE = "none"              # keep all activations
   FULL = "full"              # recompute the whole block in the backward pass

@@ -31,6 +31,7 @@ from flax import struct
 
 from lmjax.model.attention import Attention
 from lmjax.model.attention import make_mask, write_cache
+from lmjax.model.context_parallel import TokenOrder, context_split
 from lmjax.model.config import (ClassifierPooling, Head, ModelConfig, NormPosition,
                                 PoolerActivation, Positions, Remat)
 from lmjax.model.layers import (DenseGeneral, LayerNorm, Mlp, activation, initializer,
@@ -281,16 +282,23 @@ class Transformer(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.asarray(offset, jnp.int32)[..., None] + jnp.arange(s),
                                    (b, s))
+    # A sequence split across devices may go through the blocks in another order (zig-zag:
+    # lmjax.model.context_parallel), each token with its slot; back in order after them.
+    order = TokenOrder(context_split(cfg, cached=cache is not None), s)
+    input_ids, token_type_ids, positions, ordered_segment_ids = order.apply(
+        input_ids, token_type_ids, positions, segment_ids)
     x = self._embed(input_ids, token_type_ids, positions, train)  # [batch, length, embed]
 
     if cache is None:
-      key_segment_ids, layer_caches = segment_ids, None
+      key_segment_ids, layer_caches = ordered_segment_ids, None
     else:
       key_segment_ids = write_cache(cache["segment_ids"], segment_ids, offset, axis=1)
       layer_caches = cache["layers"]
-    mask = make_mask(segment_ids, key_segment_ids, causal=cfg.causal, query_offset=offset)
+    mask = make_mask(ordered_segment_ids, key_segment_ids, causal=cfg.causal, query_offset=offset,
+                     slots=order.slots)
     x, layer_caches = self._blocks(x, layer_caches, mask, positions,
                                    None if cache is None else offset, train)
+    x = order.restore(x)
     if cfg.norm_position is NormPosition.PRE:
       x = self.final_norm(x)
     pooled = None

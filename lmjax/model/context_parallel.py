@@ -88,10 +88,10 @@ def check_length(split: ContextSplit, seq_len: int, *, what: str = "the sequence
     mesh = " x ".join(f"mesh.{a}" for a in split.axes)
     how = (f"ring attention of a causal model cuts it into 2 x {split.size} = {chunks} chunks "
            f"(zig-zag load balancing)" if split.zigzag else f"it is cut into {chunks} parts")
-    fix = " or set model.context_parallel=allgather (no zig-zag)" if split.zigzag else ""
+    fix = ", or set model.context_parallel=allgather (no zig-zag)" if split.zigzag else ""
     raise UserError(f"{what}={seq_len} is split over {mesh} = {split.size} devices and {how}, "
                     f"which do not divide {seq_len}: choose a length that is a multiple of "
-                    f"{chunks}, another mesh{fix}.")
+                    f"{chunks}, or another mesh{fix}.")
 
 
 def zigzag_slots(seq_len: int, size: int) -> np.ndarray:
@@ -114,12 +114,22 @@ def _chunk_moves(size: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]
   return ([(d, home(2 * d)) for d in range(size)], [(d, home(2 * d + 1)) for d in range(size)])
 
 
+def _send(x: jax.Array, moves: list[tuple[int, int]], axis_name: Any) -> jax.Array:
+  """`x` moved as `moves` (source, destination) says. A chunk that stays on its device is not
+  sent: XLA:CPU's collective permute lets a device whose only pair is itself skip the
+  rendezvous the others wait in (a deadlock on fake devices)."""
+  kept = np.zeros(len(moves), bool)  # by source device
+  kept[[src for src, dst in moves if src == dst]] = True
+  moved = jax.lax.ppermute(x, axis_name, [(src, dst) for src, dst in moves if src != dst])
+  return jnp.where(jnp.asarray(kept)[jax.lax.axis_index(axis_name)], x, moved)
+
+
 def _to_zigzag(x: jax.Array, *, axis_name: Any, size: int) -> jax.Array:
   """One device's part [batch, 2c, ...] in order -> its part in zig-zag order (in shard_map)."""
   first_moves, second_moves = _chunk_moves(size)
   c = x.shape[1] // 2
-  from_first = jax.lax.ppermute(x[:, :c], axis_name, first_moves)
-  from_second = jax.lax.ppermute(x[:, c:], axis_name, second_moves)
+  from_first = _send(x[:, :c], first_moves, axis_name)
+  from_second = _send(x[:, c:], second_moves, axis_name)
   even = jax.lax.axis_index(axis_name) % 2 == 0
   early = jnp.where(even, from_first, from_second)
   late = jnp.where(even, from_second, from_first)
@@ -134,8 +144,8 @@ def _from_zigzag(x: jax.Array, *, axis_name: Any, size: int) -> jax.Array:
   even = jax.lax.axis_index(axis_name) % 2 == 0
   came_first = jnp.where(even, x[:, :c], x[:, c:])
   came_second = jnp.where(even, x[:, c:], x[:, :c])
-  first = jax.lax.ppermute(came_first, axis_name, back(first_moves))
-  second = jax.lax.ppermute(came_second, axis_name, back(second_moves))
+  first = _send(came_first, back(first_moves), axis_name)
+  second = _send(came_second, back(second_moves), axis_name)
   return jnp.concatenate([first, second], axis=1)
 
 

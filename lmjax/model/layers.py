@@ -16,6 +16,7 @@ import numpy as np
 
 from lmjax.model import lora, quantize
 from lmjax.model.config import Activation, ModelConfig, Norm, RopeScaling
+from lmjax.model.context_parallel import context_split
 
 
 def initializer(config: ModelConfig) -> nn.initializers.Initializer:
@@ -43,7 +44,7 @@ class DenseGeneral(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     in_shape, out_shape = tuple(self.in_shape), tuple(self.out_shape)
     kernel = self._kernel(in_shape + out_shape, len(in_shape))
-    y = matmul(x, kernel, in_dims=len(in_shape), dtype=self.dtype)
+    y = matmul(x, kernel, in_dims=len(in_shape), dtype=self.dtype, rows=self._rows())
     if self._adapted():
       y = y + self._adapter(x, in_shape, out_shape)
     if self.use_bias:
@@ -62,6 +63,10 @@ class DenseGeneral(nn.Module):
     return quantize.dequantize(self.param("kernel", quantize.quantized_init(
         initializer(self.config), self.axes, spec, in_dims=in_dims), shape, jnp.float32))
 
+  def _rows(self) -> bool:
+    """Whether x's leading dims may be flattened (see `matmul`): not over a split sequence."""
+    return context_split(self.config) is None
+
   def _adapted(self) -> bool:
     spec = self.config.lora
     module = lora.layer_module(tuple(self.path))
@@ -79,9 +84,10 @@ class DenseGeneral(nn.Module):
         nn.initializers.zeros_init(), ("lora_rank", *self.axes[n_in:])),
         (spec.rank, *out_shape), jnp.float32)
     h = nn.Dropout(spec.dropout)(x, deterministic=self.deterministic)
-    h = matmul(h, a, in_dims=n_in, dtype=self.dtype)                       # [..., rank]
-    return matmul(h, b, in_dims=1, dtype=self.dtype) * lora.scale(spec.alpha, spec.rank,
-                                                                   spec.rslora)
+    rows = self._rows()
+    h = matmul(h, a, in_dims=n_in, dtype=self.dtype, rows=rows)            # [..., rank]
+    return matmul(h, b, in_dims=1, dtype=self.dtype, rows=rows) * lora.scale(spec.alpha, spec.rank,
+                                                                             spec.rslora)
 
 
 def _peft_uniform(fan_in: int) -> nn.initializers.Initializer:
@@ -93,17 +99,20 @@ def _peft_uniform(fan_in: int) -> nn.initializers.Initializer:
   return init
 
 
-def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype) -> jax.Array:
+def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype,
+           rows: bool = True) -> jax.Array:
   """x [..., *in] @ kernel [*in, *out] -> [..., *out], computed as one 2-D matmul.
 
   The leading dims of x and the in/out dims of the kernel are flattened first (free reshapes of
   contiguous arrays): XLA:CPU's backward pass of a contraction over several dims (the kernel's
   gradient sums over batch and length) takes a path 2x slower than the 2-D matmul it amounts to,
-  and accelerators do not care.
+  and accelerators do not care. `rows=False` keeps the leading dims apart: where the sequence is
+  split across devices as well as the batch, [batch, length] has no sharded flat form, and XLA
+  would gather the whole sequence onto each device to make one.
   """
   in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
   lead = x.shape[:x.ndim - in_dims]
-  x2 = x.reshape(-1, math.prod(in_shape)).astype(dtype)                  # [rows, in]
+  x2 = x.reshape(*((-1,) if rows else lead), math.prod(in_shape)).astype(dtype)  # [rows, in]
   k2 = kernel.reshape(math.prod(in_shape), math.prod(out_shape)).astype(dtype)  # [in, out]
   return (x2 @ k2).reshape(*lead, *out_shape)
 

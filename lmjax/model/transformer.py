@@ -257,10 +257,11 @@ class Transformer(nn.Module):
     x = hidden.astype(self.dtype)
     if cfg.tie_embeddings:  # x @ embedding.T: rows of x against the embedding's rows, one 2-D
       # product (see layers.matmul) with no transposed copy of the embedding (a decoding loop
-      # would make one per token)
-      rows = x.reshape(-1, cfg.embed_dim)
+      # would make one per token); over a split sequence, rows kept apart as layers.matmul does
+      rows = x if context_split(cfg) is not None else x.reshape(-1, cfg.embed_dim)
       logits = jax.lax.dot_general(rows, self.token_embedding.astype(self.dtype),
-                                   (((1,), (1,)), ((), ()))).reshape(*x.shape[:-1], -1)
+                                   (((rows.ndim - 1,), (1,)), ((), ()))
+                                   ).reshape(*x.shape[:-1], -1)
     else:
       logits = self.lm_head(x)
     if cfg.head is Head.MASKED_LM and cfg.decoder_bias:

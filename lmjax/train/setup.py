@@ -15,6 +15,7 @@ from lmjax.config import ComputeDtype, Config, TrainObjective
 from lmjax.data.spec import Objective
 from lmjax.errors import UserError
 from lmjax.model import Head, Transformer
+from lmjax.model.context_parallel import check_length, context_split
 from lmjax.config_objectives import GrpoLoss
 from lmjax.objectives import GrpoSettings, Settings, default_objective
 from lmjax.run.record import TrainState
@@ -130,3 +131,7 @@ def check_batch_fits_mesh(config: Config, placement: MeshRules) -> None:
       if train.grad_accum_steps > 1 else ""), f"train.seq_len={train.seq_len}")
   check_divisible((per_micro, train.seq_len), placement.batch_sharding(),
                   describe_dim=lambda i: names[i])
+  with placement.activation_context():  # the sequence split as the model will see it
+    split = context_split(config.model)
+  if split is not None:
+    check_length(split, train.seq_len, what="train.seq_len")

@@ -16,9 +16,11 @@ heads and the rest stay with XLA's partitioner), on each device's queries, keys 
              against the whole sequence in memory.
 
 Masks come from segment ids (0: padding, never seen; packed documents see their own) and slots
-(causality and sliding windows count slot distances), exactly as lmjax.model.attention's.
-Queries that see no key at all (padding) give zeros. Neither soft-caps nor scales differently
-from the XLA reference: the logits' scale and cap are applied the same way, in float32.
+(causality and sliding windows count slot distances), exactly as lmjax.model.attention's; the
+logits are scaled and soft-capped as its XLA attention does, in float32. Queries that see no key
+at all (padding) give zeros, where the dense softmax gives the mean of the values: no loss reads
+them. Within a block, queries go QUERY_TILE at a time, so a device's scores in memory are one
+tile's against one device's keys: QUERY_TILE x length / context per head.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from jax.sharding import PartitionSpec as P
 from lmjax.model.context_parallel import ContextSplit
 from lmjax.model.layers import soft_cap
 
+# Queries whose scores are computed at once in a block (lmjax.model.attention's QUERY_BLOCK).
+QUERY_TILE = 512
 _NO_WINDOW = jnp.iinfo(jnp.int32).max
 _MASKED = jnp.finfo(jnp.float32).min
 
@@ -81,11 +85,31 @@ class _Queries(NamedTuple):
     return _Queries(self.q[:, :, :, queries], self.segment_ids[:, queries], self.slots[queries])
 
 
-@functools.partial(jax.checkpoint, static_argnums=(3, 4, 5, 6))
 def _fold(acc: _Softmax, queries: _Queries, keys: _Keys, causal: bool, window_free: bool,
           scale: float, softcap: float | None, window: jax.Array = _NO_WINDOW) -> _Softmax:
-  """`acc` with one block of keys folded in. Rematerialised: the backward pass keeps the
-  block's inputs, not its scores."""
+  """`acc` with one block of keys folded in, QUERY_TILE queries at a time where there are more
+  (each tile's scores computed, used and dropped before the next: a block's scores never all
+  exist at once)."""
+  n = queries.q.shape[3]
+  if n <= QUERY_TILE or n % QUERY_TILE:
+    return _fold_tile(acc, queries, keys, causal, window_free, scale, softcap, window)
+  # [..., n, ...] (n at `axis`) -> [tiles, ..., QUERY_TILE, ...], and back
+  tiles = lambda x, axis: jnp.moveaxis(
+      x.reshape(*x.shape[:axis], n // QUERY_TILE, QUERY_TILE, *x.shape[axis + 1:]), axis, 0)
+  untile = lambda x, axis: jnp.moveaxis(x, 0, axis).reshape(*x.shape[1:axis + 1], n,
+                                                            *x.shape[axis + 2:])
+  acc = _Softmax(tiles(acc.out, 3), tiles(acc.max, 3), tiles(acc.total, 3))
+  queries = _Queries(tiles(queries.q, 3), tiles(queries.segment_ids, 1), tiles(queries.slots, 0))
+  acc = jax.lax.map(lambda tile: _fold_tile(*tile, keys, causal, window_free, scale, softcap,
+                                            window), (acc, queries))
+  return _Softmax(untile(acc.out, 3), untile(acc.max, 3), untile(acc.total, 3))
+
+
+@functools.partial(jax.checkpoint, static_argnums=(3, 4, 5, 6))
+def _fold_tile(acc: _Softmax, queries: _Queries, keys: _Keys, causal: bool, window_free: bool,
+          scale: float, softcap: float | None, window: jax.Array = _NO_WINDOW) -> _Softmax:
+  """`acc` with a block of keys folded in for a tile of queries. Rematerialised: the backward
+  pass keeps the tile's inputs, not its scores."""
   mask = queries.segment_ids[:, :, None] == keys.segment_ids[:, None, :]    # [b, q, k]
   mask &= keys.segment_ids[:, None, :] != 0
   distance = queries.slots[:, None] - keys.slots[None, :]                   # [q, k]

@@ -189,10 +189,12 @@ def _cmd_serve(args) -> int:
                     f"'lmjax[serve]'.") from None
   # Bad limits and addresses fail before the model loads.
   check_limits(max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=args.max_seq_len)
+  adapters = server.parse_adapters(args.adapter, quantize=args.quantize)
   server.listen(args.host, args.port).close()
   loaded = _load(args, dtype=args.dtype)
   server.serve(loaded, host=args.host, port=args.port, max_batch=args.max_batch,
                max_seq_len=args.max_seq_len, max_queue=args.max_queue, name=args.model_name,
+               adapters=adapters, pooling=args.pooling,
                announce=lambda line: print(f"lmjax serve: {line}", flush=True))
   return 0
 

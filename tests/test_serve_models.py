@@ -3,14 +3,18 @@ this process by the real app and uvicorn on 127.0.0.1 and driven by the real `op
 
 - a model that calls a tool: a one-layer Llama whose greedy answer is a fixed chain of tokens
   (its blocks' outputs zeroed, so each token's embedding alone picks the next), ending in a
-  Hermes `<tool_call>` block, served int8-quantized (`--quantize`): the call comes back whole,
-  streamed (`delta.tool_calls`) or not;
+  Hermes `<tool_call>` block, or after a tool's result a short answer; served int8-quantized
+  (`--quantize`): the call comes back whole, streamed (`delta.tool_calls`) or not, and the
+  agent loop of docs/generate.md runs against it;
 - an encoder (a BERT masked LM), which serves /v1/embeddings only: its vectors equal
   transformers' mean-pooled `last_hidden_state`, and completions are refused with a 400.
 """
 
 import contextlib
+import io
 import json
+import pathlib
+import re
 import threading
 import time
 
@@ -33,8 +37,11 @@ from lmjax.serve.server import listen, served_model  # noqa: E402
 from lmjax.serve.tools import ToolCallStream, split_tool_calls  # noqa: E402
 
 CALL = '{"name":"weather","arguments":{"city":"Paris"}}'
-WORDS = ["<unk>", "<eos>", "GO", "Checking.", "<tool_call>", CALL, "</tool_call>", "user:"]
-CHAIN = ["GO", "Checking.", "<tool_call>", CALL, "</tool_call>", "<eos>"]  # each picks the next
+WORDS = ["<unk>", "<eos>", "GO", "Checking.", "<tool_call>", CALL, "</tool_call>", "user:",
+         "DONE", "Sunny."]
+# Each token picks the next: the answer to a question, and after a tool's result.
+CHAIN = ["GO", "Checking.", "<tool_call>", CALL, "</tool_call>", "<eos>"]
+ANSWER = ["DONE", "Sunny.", "<eos>"]
 WEATHER = {"type": "function", "function": {
     "name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
@@ -42,7 +49,7 @@ WEATHER = {"type": "function", "function": {
 @contextlib.contextmanager
 def serving(loaded, **options):
   """The server `lmjax serve` runs for `loaded`, on a free port in a thread: an `openai` client."""
-  served = served_model(loaded, max_batch=2, max_seq_len=64, max_queue=2, **options)
+  served = served_model(loaded, max_batch=1, max_seq_len=64, max_queue=4, **options)
   if served.engine is not None:
     served.engine.start()
   sock = listen("127.0.0.1", 0)
@@ -73,7 +80,8 @@ def caller(tmp_path_factory):
   hf.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
   Tokenizer(hf, roles={"eos": "<eos>", "unk": "<unk>", "pad": "<eos>"}).save(directory)
   (directory / "chat_template.jinja").write_text(
-      "{% for m in messages %}user: {{ m['content'] }} {% endfor %}GO")
+      "{% for m in messages %}user: {{ m['content'] }} {% endfor %}"
+      "{% if messages[-1]['role'] == 'tool' %}DONE{% else %}GO{% endif %}")
   dim, vocab = 32, len(WORDS)
   model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
       vocab_size=vocab, hidden_size=dim, intermediate_size=16, num_hidden_layers=1,
@@ -87,22 +95,27 @@ def caller(tmp_path_factory):
       layer.self_attn.o_proj.weight.zero_()
       layer.mlp.down_proj.weight.zero_()
     head = torch.zeros(vocab, dim)
-    chain = [WORDS.index(w) for w in CHAIN]
-    for token, following in zip(chain, chain[1:]):
-      head[following] += 10 * embedding[token]
+    for chain in (CHAIN, ANSWER):
+      for token, following in zip(chain, chain[1:]):
+        head[WORDS.index(following)] += 10 * embedding[WORDS.index(token)]
     model.lm_head.weight.copy_(head)
   model.save_pretrained(directory)
   return load(str(directory), kind="hf", require_tokenizer=True, quantization={"scheme": "int8"})
 
 
-def test_a_tool_call_comes_back_whole_streamed_or_not(caller):
-  messages = [{"role": "user", "content": "Weather in Paris?"}]
+@pytest.fixture(scope="module")
+def client(caller):
   with serving(caller, name="caller") as client:
-    answer = client.chat.completions.create(model="caller", messages=messages, tools=[WEATHER],
-                                            temperature=0).choices[0]
-    chunks = list(client.chat.completions.create(model="caller", messages=messages,
-                                                 tools=[WEATHER], temperature=0, stream=True))
-    plain = client.completions.create(model="caller", prompt="GO", max_tokens=8, temperature=0)
+    yield client
+
+
+def test_a_tool_call_comes_back_whole_streamed_or_not(caller, client):
+  messages = [{"role": "user", "content": "Weather in Paris?"}]
+  answer = client.chat.completions.create(model="caller", messages=messages, tools=[WEATHER],
+                                          temperature=0).choices[0]
+  chunks = list(client.chat.completions.create(model="caller", messages=messages,
+                                               tools=[WEATHER], temperature=0, stream=True))
+  plain = client.completions.create(model="caller", prompt="GO", max_tokens=8, temperature=0)
   assert answer.finish_reason == "tool_calls" and answer.message.content == "Checking."
   (call,) = answer.message.tool_calls
   assert (call.type, call.function.name, json.loads(call.function.arguments)) == \
@@ -122,6 +135,20 @@ def test_a_tool_call_comes_back_whole_streamed_or_not(caller):
   assert plain.choices[0].text.split() == CHAIN[1:-1]
   assert plain.choices[0].text == caller.tokenizer.decode(
       prompt + [i for i in ids if i != eos])[len("GO"):]
+
+
+def test_the_agent_loop_of_the_docs_calls_the_tool_and_reads_the_answer(client):
+  docs = (pathlib.Path(__file__).parent.parent / "docs" / "generate.md").read_text()
+  code = re.search(r"\*\*Tools\.\*\*.*?```python\n(.*?)```", docs, re.S).group(1)
+  code = code.replace('"http://127.0.0.1:8000/v1"', repr(str(client.base_url)))
+  code = code.replace('model = "qwen"', 'model = "caller"')
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    exec(compile(code, "docs/generate.md", "exec"), scope := {})  # noqa: S102 -- our own docs
+  assert printed.getvalue() == "Sunny.\n" and scope["turn"] == 1
+  roles = [m["role"] for m in scope["messages"]]
+  assert roles == ["user", "assistant", "tool", "assistant"]
+  assert scope["messages"][2]["content"] == "18 C and sunny in Paris"
 
 
 @pytest.mark.parametrize("seed", range(3))

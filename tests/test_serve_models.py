@@ -42,8 +42,8 @@ WORDS = ["<unk>", "<eos>", "GO", "Checking.", "<tool_call>", CALL, "</tool_call>
 # Each token picks the next: the answer to a question, and after a tool's result.
 CHAIN = ["GO", "Checking.", "<tool_call>", CALL, "</tool_call>", "<eos>"]
 ANSWER = ["DONE", "Sunny.", "<eos>"]
-WEATHER = {"type": "function", "function": {
-    "name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 @contextlib.contextmanager

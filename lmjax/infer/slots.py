@@ -126,6 +126,22 @@ def _set_row(tree, row, slot: jax.Array):
       whole, jnp.reshape(part, whole.shape[1:]), slot, 0), tree, row)
 
 
+def _unrolled(model: Transformer, params, adapters):
+  """The model, params and stacked adapters with unrolled layers (`layers_{i}`: see
+  lmjax.infer.decode.unrolled_model): [adapters, layers, …] become [adapters, …] per layer."""
+  unrolled, params = unrolled_model(model, params)
+  if adapters is None or not model.config.scan_layers:
+    return unrolled, params, adapters
+  split = {}
+  for key, value in adapters.items():
+    if key.startswith("layers."):
+      for i in range(model.config.num_layers):
+        split[f"layers_{i}.{key.removeprefix('layers.')}"] = value[:, i]
+    else:
+      split[key] = value
+  return unrolled, params, split
+
+
 @functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
 def prefill(model: Transformer, params, adapters, state: Slots, slot: jax.Array,
             input_ids: jax.Array, length: jax.Array, key: jax.Array, settings: SlotSettings,
@@ -152,22 +168,6 @@ def prefill(model: Transformer, params, adapters, state: Slots, slot: jax.Array,
 def decode_groups(slots: int) -> list[int]:
   """The numbers of leading slots `decode` runs over: powers of two below `slots`, and `slots`."""
   return prefill_buckets(slots, smallest=1)
-
-
-def _unrolled(model: Transformer, params, adapters):
-  """The model, params and stacked adapters with unrolled layers (`layers_{i}`: see
-  lmjax.infer.decode.unrolled_model): [adapters, layers, …] become [adapters, …] per layer."""
-  unrolled, params = unrolled_model(model, params)
-  if adapters is None or not model.config.scan_layers:
-    return unrolled, params, adapters
-  split = {}
-  for key, value in adapters.items():
-    if key.startswith("layers."):
-      for i in range(model.config.num_layers):
-        split[f"layers_{i}.{key.removeprefix('layers.')}"] = value[:, i]
-    else:
-      split[key] = value
-  return unrolled, params, split
 
 
 def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[jax.Array, Any]:

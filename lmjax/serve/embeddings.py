@@ -20,14 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from lmjax.errors import UserError
-from lmjax.serve.protocol import ApiError, Served
+from lmjax.serve.protocol import ApiError, Served, is_token_ids
 
 MAX_INPUTS = 2048  # as OpenAI's API
-
-
-def _is_ids(value: Any) -> bool:
-  return isinstance(value, list) and bool(value) and all(
-      isinstance(i, int) and not isinstance(i, bool) for i in value)
 
 
 def embedding_request(body: dict[str, Any], served: Served
@@ -36,10 +31,10 @@ def embedding_request(body: dict[str, Any], served: Served
   adapter = served.adapter(body)
   embedder = served.embedder
   given = body.get("input")
-  if isinstance(given, str) or _is_ids(given):
+  if isinstance(given, str) or is_token_ids(given):
     inputs = [given]
   elif isinstance(given, list) and given and all(isinstance(i, str) for i in given) or \
-      isinstance(given, list) and given and all(_is_ids(i) for i in given):
+      isinstance(given, list) and given and all(is_token_ids(i) for i in given):
     inputs = given
   else:
     raise ApiError(400, "input must be a string, a list of strings, a list of token ids or a "

@@ -1,7 +1,7 @@
 """The OpenAI API's JSON: request bodies read into engine requests, results written as responses.
 
     body = read_body(raw_bytes)                       # ApiError 400 unless a JSON object
-    parsed = completion_request(body, model)          # or chat_request(body, model)
+    parsed = completion_request(body, served)         # or chat_request(body, served)
     response = completion_response(parsed, choices)   # choices: the Choice of each request
 
 Everything a client can get wrong becomes an `ApiError` with OpenAI's error body
@@ -204,9 +204,9 @@ def completion_request(body: dict[str, Any], served: Served) -> Parsed:
     prompts = encode_prompts(loaded, [prompt], chat_mode=False)
   elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
     prompts = encode_prompts(loaded, prompt, chat_mode=False)
-  elif isinstance(prompt, list) and prompt and all(_is_ids(p) for p in prompt):
+  elif isinstance(prompt, list) and prompt and all(is_token_ids(p) for p in prompt):
     prompts = [list(p) for p in prompt]
-  elif _is_ids(prompt):
+  elif is_token_ids(prompt):
     prompts = [list(prompt)]
   else:
     raise ApiError(400, "prompt must be a string, a list of strings, or token ids, got "
@@ -218,14 +218,15 @@ def completion_request(body: dict[str, Any], served: Served) -> Parsed:
   return Parsed(False, requests, n, stream, usage, logprobs is not None, model=body["model"])
 
 
-def _is_ids(value: Any) -> bool:
+def is_token_ids(value: Any) -> bool:
+  """Whether `value` is a non-empty list of token ids (ints, not bools)."""
   return isinstance(value, list) and bool(value) and all(
       isinstance(i, int) and not isinstance(i, bool) for i in value)
 
 
 def chat_request(body: dict[str, Any], served: Served) -> Parsed:
   """/v1/chat/completions: `messages` rendered with the model's chat template (with `tools`
-  where it lists them: the answer's tool calls come back as `tool_calls` when not streamed);
+  where it lists them: the answer's tool calls come back as `tool_calls`, streamed or not);
   `logprobs` (true or false) and `top_logprobs` (0 to 20)."""
   engine, adapter = served.generating(body)
   messages = body.get("messages")
@@ -350,4 +351,5 @@ def user_error(error: UserError) -> ApiError:
 
 
 __all__ = ["ApiError", "Choice", "Parsed", "Served", "chat_request", "chunk",
-           "completion_request", "read_body", "response", "usage", "usage_chunk", "user_error"]
+           "completion_request", "is_token_ids", "read_body", "response", "usage", "usage_chunk",
+           "user_error"]

@@ -4,7 +4,7 @@
     adapters.model                  # the base with LoRA on every projection any adapter adapts
     adapters.stacked                # {"layers.attention.query.lora_a": [1 + n, L, *in, rank], …}
     adapters.index("poet")          # 2 (0 is the base itself: zero adapters)
-    params = with_adapter(base_params, adapters.stacked, index)   # index may be traced
+    params = with_adapter(base_params, select(adapters.stacked, index))  # index may be traced
 
 Each adapter is a PEFT LoRA directory of the base (what `peft` saves, what `lmjax convert
 lmjax-to-peft` writes), read by lmjax.hf.peft_import. Adapters of different ranks, scales and
@@ -99,14 +99,22 @@ def read_adapters(loaded: Loaded, paths: Mapping[str, str | pathlib.Path]) -> Ad
   return Adapters(model, tuple(read), {k: jnp.asarray(v) for k, v in stacked.items()})
 
 
-def with_adapter(params: Any, stacked: Mapping[str, jax.Array] | None, index: Any) -> Any:
-  """`params` (the base's nested dict) with adapter `index`'s lora_a/lora_b added (index 0: the
-  base, zero adapters). `index` may be a traced int32 scalar, a batched one under vmap too."""
+def select(stacked: Mapping[str, jax.Array] | None, index: Any) -> dict[str, jax.Array] | None:
+  """Adapter `index`'s lora_a/lora_b of the stack (0: the base's zeros); an index [rows] gives
+  each row's, [rows, …]. None without adapters."""
   if stacked is None:
+    return None
+  return {key: jnp.take(value, index, axis=0) for key, value in stacked.items()}
+
+
+def with_adapter(params: Any, adapter: Mapping[str, jax.Array] | None) -> Any:
+  """`params` (the base's nested dict) with an adapter's flat lora_a/lora_b keys (`select`'s)
+  added; `params` itself without one."""
+  if adapter is None:
     return params
   flat = traverse_util.flatten_dict(params, sep=".")
-  flat.update({key: jnp.take(value, index, axis=0) for key, value in stacked.items()})
+  flat.update(adapter)
   return traverse_util.unflatten_dict(flat, sep=".")
 
 
-__all__ = ["Adapters", "base_of", "read_adapters", "with_adapter"]
+__all__ = ["Adapters", "base_of", "read_adapters", "select", "with_adapter"]

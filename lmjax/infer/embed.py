@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import UserError
-from lmjax.infer.adapters import with_adapter
+from lmjax.infer.adapters import select, with_adapter
 from lmjax.infer.checks import check_ids
 from lmjax.infer.slots import prefill_buckets
 from lmjax.model import Head, Positions, Transformer
@@ -118,7 +118,7 @@ class Embedder:
 def _pooled(model: Transformer, params, stacked, ids: jax.Array, mask: jax.Array,
             adapter: jax.Array, *, pooling: Pooling) -> jax.Array:
   """ids, mask [rows, length] (right-padded) -> unit vectors [rows, embed] float32."""
-  hidden = model.apply({"params": with_adapter(params, stacked, adapter)}, ids, mask)
+  hidden = model.apply({"params": with_adapter(params, select(stacked, adapter))}, ids, mask)
   hidden = hidden.astype(jnp.float32)                                   # [rows, length, embed]
   weights = mask.astype(jnp.float32)
   match pooling:

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lmjax.infer.adapters import with_adapter
+from lmjax.infer.adapters import select, with_adapter
 from lmjax.infer.decode import unrolled_model
 from lmjax.infer.sampling import filter_logits
 from lmjax.model import Transformer, init_cache
@@ -150,7 +150,7 @@ def prefill(model: Transformer, params, adapters, state: Slots, slot: jax.Array,
   real tokens) fills a fresh cache row, and its first token is chosen. `key`, `settings` and
   `adapter` (scalars) become the slot's. Returns the new state and the first token's Sampled [1]."""
   model, params, adapters = _unrolled(model, params, adapters)
-  params = with_adapter(params, adapters, adapter)
+  params = with_adapter(params, select(adapters, adapter))
   bucket = input_ids.shape[1]
   max_seq_len = state.cache["segment_ids"].shape[1]
   cache = init_cache(model.config, 1, max_seq_len, model.dtype)
@@ -171,7 +171,8 @@ def decode_groups(slots: int) -> list[int]:
 
 
 def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[jax.Array, Any]:
-  """One decoding step of every row (unrolled model): (logits [rows, vocab], the new cache)."""
+  """One decoding step of every row (unrolled model; `adapters`: each row's lora_a/lora_b,
+  [rows, …], or None): (logits [rows, vocab], the new cache)."""
 
   def forward(params, token, cache):  # token [rows], cache of `rows` rows
     logits, cache = model.apply({"params": params}, token[:, None], jnp.ones_like(token)[:, None],
@@ -183,10 +184,9 @@ def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[ja
 
   def row(adapter, token, cache):  # one slot, with its own adapter: a batch of one
     one = lambda x: x[None]
-    logits, cache = forward(with_adapter(params, adapters, adapter), one(token),
-                            jax.tree.map(one, cache))
+    logits, cache = forward(with_adapter(params, adapter), one(token), jax.tree.map(one, cache))
     return logits[0], jax.tree.map(lambda x: x[0], cache)
-  return jax.vmap(row)(state.adapter, state.token, state.cache)
+  return jax.vmap(row)(adapters, state.token, state.cache)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps"), donate_argnames=("state",))
@@ -200,6 +200,7 @@ def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array
   whole, rows = state, active.shape[0]
   if rows < state.token.shape[0]:
     state = jax.tree.map(lambda x: x[:rows], state)
+  adapters = select(adapters, state.adapter)  # each row's, gathered once for all the steps
 
   def one_step(state: Slots, _) -> tuple[Slots, Sampled]:
     index = state.cache["index"]

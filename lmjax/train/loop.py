@@ -103,7 +103,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
                               report=prepared.writes)
       end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
       mu = config.train.grpo.num_iterations if prepared.train_source is None else 1
-      return _Loop(prepared, checkpointer, begin, sampler).run(-(-end // mu) * mu)
+      return _Loop(prepared, checkpointer, begin, sampler, lock).run(-(-end // mu) * mu)
     finally:
       checkpointer.close()
   finally:
@@ -197,8 +197,9 @@ class _Loop:
   """One invocation's steps from a start: stepping, logging, evaluating, checkpointing."""
 
   def __init__(self, prepared: _Prepared, checkpointer: Checkpointer, begin: Start,
-               sampler: Sampler | None):
+               sampler: Sampler | None, lock: DirectoryLock | None = None):
     config, setup = prepared.config, prepared.setup
+    self.lock = lock  # the run directory's, on the writing process
     self.prepared, self.config, self.setup, self.checkpointer = prepared, config, setup, checkpointer
     self.begin, self.state, self.last_saved = begin, begin.state, begin.step
     self.batches = self.rollout = None
@@ -236,12 +237,15 @@ class _Loop:
           self.nonfinite.check(last_saved=self.last_saved, keep_newest=True)
           if self.speed.started(done, metrics):
             _write_run_start(self.prepared, self.begin)
-          row = self._log(done, metrics) or row
           saves = done % self.config.train.checkpoint_every == 0 or done == end
           failed = (self.checkpointer.room_error(done, self._saved_state())
                     if saves or guard.requested else self.checkpointer.write_error())
-          stop, write_failed = any_process_each(guard.requested, failed is not None)
+          lost = self.lock is not None and self.lock.lost
+          stop, write_failed, lost = any_process_each(guard.requested, failed is not None, lost)
           stop = stop and self._round_ends(done)  # GRPO: a round's steps share its samples
+          if lost:  # another process took the run directory: write nothing more, anywhere
+            raise self._lost_lock()
+          row = self._log(done, metrics) or row
           if write_failed:
             raise self._write_failed()
           if saves or stop:
@@ -296,6 +300,13 @@ class _Loop:
         skipped_steps=self.nonfinite.skipped, elapsed_seconds=self._elapsed(),
         base=self.begin.base))
     self.last_saved = done
+
+  def _lost_lock(self) -> UserError:
+    """The writer lost the run directory's lock (another process judged it stale and took it)."""
+    if self.lock is not None:
+      return self.lock.lost_error()
+    return UserError(f"the writing process lost its lock on {self.prepared.run.path} to another "
+                     f"process: stopped (its log names the new holder).")
 
   def _write_failed(self) -> WriteFailed:
     """This process's failed checkpoint write, or another's, after which every process stops."""

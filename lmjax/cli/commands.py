@@ -25,7 +25,7 @@ from lmjax.data.config import DataConfig
 from lmjax.data.sources.documents import ReadStats, iter_sources
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
-from lmjax.files import check_new_file, write_text_atomic
+from lmjax.files import check_new_file, staged_directory, write_text_atomic
 from lmjax.infer import complete, perplexity
 from lmjax.infer import cloze_ids, fill_mask, generate
 from lmjax.infer.engine import check_limits
@@ -270,16 +270,18 @@ def _cmd_checkpoints(args) -> int:
 def _cmd_tokenizer(args) -> int:
   config = load_config(args.config, args.overrides)
   out = pathlib.Path(args.out)
-  if out.exists() and any(out.iterdir()):
-    raise UserError(f"--out {out} exists and is not empty: choose a new directory.")
-  stats = ReadStats()
-  documents = list(iter_sources(config.data, stats))
-  _report_skipped("tokenizer", stats)
-  if not documents:
-    raise UserError(f"data.paths {list(config.data.paths)} holds no usable text to train a "
-                    f"tokenizer on: point it at files that hold text.")
-  tokenizer = Tokenizer.train_bpe(documents, vocab_size=args.vocab_size or config.model.vocab_size)
-  tokenizer.save(out)
+  # Written beside --out and renamed onto it when complete, under its lock (lmjax.files): an
+  # interrupted or failed run leaves no half tokenizer, and two runs never mix one directory.
+  with staged_directory(out) as staging:
+    stats = ReadStats()
+    documents = list(iter_sources(config.data, stats))
+    _report_skipped("tokenizer", stats)
+    if not documents:
+      raise UserError(f"data.paths {list(config.data.paths)} holds no usable text to train a "
+                      f"tokenizer on: point it at files that hold text.")
+    tokenizer = Tokenizer.train_bpe(documents,
+                                    vocab_size=args.vocab_size or config.model.vocab_size)
+    tokenizer.save(staging)
   print(f"trained a {tokenizer.vocab_size}-token BPE on {len(documents)} documents into {out}; "
         f"use it with --set data.tokenizer={out}")
   return 0

@@ -416,3 +416,13 @@ def test_generation_is_bounded_by_the_context_and_the_kv_cache_by_memory():
   with pytest.raises(UserError, match=r"the KV cache of 1024 sequence\(s\) of \d+ \+ 4194304 tokens "
                                       r"needs at least .* TiB per device.*lower --max-new-tokens"):
     generate(long, None, [[1, 2]] * 1024, max_new_tokens=2**22)
+
+
+def test_a_held_out_batch_that_cannot_fit_is_refused_before_the_checkpoint_loads(
+    trained_gpt, capsys):
+  from tests.helpers import run_cli
+  code, out, err = run_cli(capsys, "eval", "tiny-gpt", "--run-dir", trained_gpt, "--set", *TINY,
+                           "train.batch_size=1000000000000")
+  assert code == 2 and "Traceback" not in err and not out, err
+  assert "the params and one held-out batch's activations" in err
+  assert "per device, more than the" in err and "train.batch_size" in err

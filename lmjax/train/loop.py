@@ -35,7 +35,7 @@ from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.resume_policy import Change, check_resume, history_entry
 from lmjax.run.run_dir import RunDir
-from lmjax.sharding import MeshRules, mesh_axes_size, mesh_rules
+from lmjax.sharding import mesh_rules
 from lmjax.train.evaluate import evaluate
 from lmjax.train.inputs import TrainBatches, batch_sources, inherit_labels, shared_corpus
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
@@ -46,7 +46,7 @@ from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.rewards import Reward, resolve_rewards
 from lmjax.train.rollout import Rollout, Sampler
-from lmjax.train.setup import StepSetup, setup_step
+from lmjax.train.setup import StepSetup, residual_bytes, setup_step
 from lmjax.train.source_tokenizer import save_run_tokenizer
 from lmjax.train.step import jit_eval_step
 from lmjax.version import __version__
@@ -129,16 +129,6 @@ def _lock(run: RunDir) -> DirectoryLock | None:
   return lock
 
 
-def _residual_bytes(config: Config, placement: MeshRules) -> int:
-  """Bytes one device holds of a micro-batch's residual stream at every layer's input (and the
-  last's output): whatever the remat policy, the backward pass needs at least these."""
-  shards = mesh_axes_size(placement.mesh, placement.batch_sharding().spec[0])
-  rows = -(-config.train.batch_size // (config.train.grad_accum_steps * shards))
-  itemsize = jax.numpy.dtype(config.train.compute_dtype.value).itemsize
-  model = config.model
-  return rows * config.train.seq_len * model.embed_dim * itemsize * (model.num_layers + 1)
-
-
 def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   """Every check a start needs (run directory, resume policy, mesh, data, tokenizer, state
   layout), in that order; nothing is written. A classifier's labels are the run's, else the
@@ -158,7 +148,9 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
              knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
                    "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
                    "adapters (model.lora.rank)")
-  check_fits(state_bytes + _residual_bytes(config, placement),
+  residual = residual_bytes(config, placement, kept=config.model.num_layers + 1,
+                            micro_batches=config.train.grad_accum_steps)
+  check_fits(state_bytes + residual,
              what="the train state and one micro-batch's activations (the residual stream "
                   "kept at every layer for the backward pass, a lower bound)",
              knobs="lower train.batch_size or train.seq_len, split the batch into "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pathlib
 import sys
 from typing import Sequence
@@ -333,6 +334,14 @@ _STORAGE_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno
                     errno.EFBIG}
 
 
+def _unreadable(e: OSError) -> bool:
+  """Whether a permission error is a read of an existing path this user may not read (errno
+  alone does not tell a refused read from a refused write)."""
+  path = e.filename
+  return (e.errno in (errno.EACCES, errno.EPERM) and isinstance(path, (str, bytes, os.PathLike))
+          and os.path.lexists(path) and not os.access(path, os.R_OK))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = cli_parser.parse(argv)
   app.configure_process()
@@ -343,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"lmjax {args.command}: error: {e}", file=sys.stderr)
     return getattr(e, "exit_code", 2)
   except OSError as e:
+    if _unreadable(e):  # a path the user gave that this user may not read: theirs, exit 2
+      print(f"lmjax {args.command}: error: {e}: this user may not read it. Fix its permissions "
+            f"or give another path.", file=sys.stderr)
+      return 2
     if e.errno in _STORAGE_REFUSED:  # full, read-only or forbidden: the storage's, exit 4
       print(f"lmjax {args.command}: error: {e}. Free disk space or fix the permissions, then "
             f"rerun the same command.", file=sys.stderr)

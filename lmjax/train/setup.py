@@ -19,7 +19,7 @@ from lmjax.model.context_parallel import check_length, context_split
 from lmjax.config_objectives import GrpoLoss
 from lmjax.objectives import GrpoSettings, Settings, default_objective
 from lmjax.run.record import TrainState
-from lmjax.sharding import MeshRules, check_divisible
+from lmjax.sharding import MeshRules, check_divisible, mesh_axes_size
 from lmjax.train.optimizer import make_optimizer, schedule_values
 from lmjax.train.state import state_shardings
 from lmjax.train.step import jit_train_step
@@ -135,3 +135,16 @@ def check_batch_fits_mesh(config: Config, placement: MeshRules) -> None:
     split = context_split(config.model)
   if split is not None:
     check_length(split, train.seq_len, what="train.seq_len")
+
+
+def residual_bytes(config: Config, placement: MeshRules, *, kept: int, micro_batches: int = 1
+                   ) -> int:
+  """Bytes one device holds of a (micro-)batch's residual stream kept at `kept` points (the
+  backward pass keeps every layer's input and the last output whatever the remat policy: the
+  layers + 1; a forward pass, a block's input and output: 2). A lower bound on activations."""
+  rows_spec, length_spec = (*placement.batch_sharding().spec, None, None)[:2]
+  shards = mesh_axes_size(placement.mesh, rows_spec)
+  rows = -(-config.train.batch_size // (micro_batches * shards))
+  tokens = -(-config.train.seq_len // mesh_axes_size(placement.mesh, length_spec))  # mesh.context
+  itemsize = jnp.dtype(config.train.compute_dtype.value).itemsize
+  return rows * tokens * config.model.embed_dim * itemsize * kept

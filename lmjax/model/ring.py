@@ -7,20 +7,21 @@ heads and the rest stay with XLA's partitioner), on each device's queries, keys 
   ring       the keys and values, with their segment ids and slots, go around the devices with
              `ppermute`, one block per step, while each device folds every block into an online
              softmax (running max and sum in float32); each step is rematerialised in the
-             backward pass, so no device ever holds more than one block's scores. In zig-zag
+             backward pass, which keeps a step's inputs, not its scores. In zig-zag
              order (causal models) each step after the first computes half a block: the early
              key chunk for all queries, or the late queries for all keys, whichever causality
              leaves (the other half is masked out whole).
   allgather  each layer all-gathers the keys and values (and their segment ids and slots) and
-             attends with its own queries at once: one collective, the scores of local queries
-             against the whole sequence in memory.
+             folds them into the softmax of its own queries in one step: one collective, the
+             whole sequence's keys and values on every device.
 
 Masks come from segment ids (0: padding, never seen; packed documents see their own) and slots
 (causality and sliding windows count slot distances), exactly as lmjax.model.attention's; the
 logits are scaled and soft-capped as its XLA attention does, in float32. Queries that see no key
 at all (padding) give zeros, where the dense softmax gives the mean of the values: no loss reads
 them. Within a block, queries go QUERY_TILE at a time, so a device's scores in memory are one
-tile's against one device's keys: QUERY_TILE x length / context per head.
+tile's against one block of keys: QUERY_TILE x length / context per head with ring attention,
+QUERY_TILE x length with all-gathered K/V.
 """
 
 from __future__ import annotations

@@ -90,20 +90,26 @@ def _fold(acc: _Softmax, queries: _Queries, keys: _Keys, causal: bool, window_fr
           scale: float, softcap: float | None, window: jax.Array = _NO_WINDOW) -> _Softmax:
   """`acc` with one block of keys folded in, QUERY_TILE queries at a time where there are more
   (each tile's scores computed, used and dropped before the next: a block's scores never all
-  exist at once)."""
+  exist at once). The last tile is filled up with padding queries, which see nothing."""
   n = queries.q.shape[3]
-  if n <= QUERY_TILE or n % QUERY_TILE:
+  if n <= QUERY_TILE:
     return _fold_tile(acc, queries, keys, causal, window_free, scale, softcap, window)
-  # [..., n, ...] (n at `axis`) -> [tiles, ..., QUERY_TILE, ...], and back
-  tiles = lambda x, axis: jnp.moveaxis(
-      x.reshape(*x.shape[:axis], n // QUERY_TILE, QUERY_TILE, *x.shape[axis + 1:]), axis, 0)
-  untile = lambda x, axis: jnp.moveaxis(x, 0, axis).reshape(*x.shape[1:axis + 1], n,
-                                                            *x.shape[axis + 2:])
+  count = -(-n // QUERY_TILE)
+
+  def tiles(x, axis):  # [..., n, ...] (n at `axis`) -> [count, ..., QUERY_TILE, ...]
+    x = jnp.pad(x, [(0, count * QUERY_TILE - n) if i == axis else (0, 0) for i in range(x.ndim)])
+    return jnp.moveaxis(x.reshape(*x.shape[:axis], count, QUERY_TILE, *x.shape[axis + 1:]), axis, 0)
+
+  def untiled(x, axis):  # the inverse
+    x = jnp.moveaxis(x, 0, axis)
+    return x.reshape(*x.shape[:axis], count * QUERY_TILE, *x.shape[axis + 2:])[
+        (slice(None),) * axis + (slice(0, n),)]
+
   acc = _Softmax(tiles(acc.out, 3), tiles(acc.max, 3), tiles(acc.total, 3))
   queries = _Queries(tiles(queries.q, 3), tiles(queries.segment_ids, 1), tiles(queries.slots, 0))
   acc = jax.lax.map(lambda tile: _fold_tile(*tile, keys, causal, window_free, scale, softcap,
                                             window), (acc, queries))
-  return _Softmax(untile(acc.out, 3), untile(acc.max, 3), untile(acc.total, 3))
+  return _Softmax(untiled(acc.out, 3), untiled(acc.max, 3), untiled(acc.total, 3))
 
 
 @functools.partial(jax.checkpoint, static_argnums=(3, 4, 5, 6))

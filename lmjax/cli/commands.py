@@ -30,6 +30,7 @@ from lmjax.files import check_new_file, staged_directory, write_text_atomic
 from lmjax.infer import complete, perplexity
 from lmjax.infer import cloze_ids, fill_mask, generate
 from lmjax.infer.engine import check_limits
+from lmjax.infer.slot_mesh import check_slots_divide, serving_placement
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
@@ -188,14 +189,17 @@ def _cmd_serve(args) -> int:
       raise
     raise UserError(f"lmjax serve needs {e.name}, which is not installed: pip install "
                     f"'lmjax[serve]'.") from None
-  # Bad limits and addresses fail before the model loads.
+  # Bad limits, meshes and addresses fail before the model loads.
   check_limits(max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=args.max_seq_len)
+  placement = serving_placement(args.overrides)
+  check_slots_divide(args.max_batch, placement)
   adapters = server.parse_adapters(args.adapter, quantize=args.quantize)
   server.listen(args.host, args.port).close()
-  loaded = _load(args, dtype=args.dtype)
+  # A run's params are read straight onto the mesh; a Hugging Face model's are moved there.
+  loaded = _load(args, dtype=args.dtype, mesh=placement.mesh, rules=placement.rules)
   server.serve(loaded, host=args.host, port=args.port, max_batch=args.max_batch,
                max_seq_len=args.max_seq_len, max_queue=args.max_queue, name=args.model_name,
-               adapters=adapters, pooling=args.pooling,
+               adapters=adapters, pooling=args.pooling, placement=placement,
                announce=lambda line: print(f"lmjax serve: {line}", flush=True))
   return 0
 

@@ -283,6 +283,11 @@ def _add_serve(commands) -> None:
                      help="/v1/embeddings: pool the final hidden states over the tokens, or take "
                           "the last or first token's (default: a sentence-transformers "
                           "directory's own, else mean)")
+  serve.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                     metavar="mesh.KEY=VALUE",
+                     help="the mesh to serve on, in training's mesh.* keys: params placed as "
+                          "training places them, the slots split over mesh.data (e.g. "
+                          "mesh.tensor=2 mesh.data=4; default: every local device on mesh.data)")
   serve.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   _add_quantize(serve)
 

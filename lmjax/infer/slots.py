@@ -5,15 +5,18 @@
                            adapter)
     state, steps = decode(model, params, None, state, active, steps=4)   # 4 tokens a slot
 
+These are the pure programs; lmjax.infer.slot_mesh jits them with the shardings of a mesh.
+
 Every shape is fixed: the cache holds `slots` rows of `max_seq_len` slots each, with a
 per-row write index (lmjax.model.init_cache's "index" as a [slots] vector), so requests of any
 lengths decode together. A prompt is right-padded to a bucket length (`prefill_buckets`) and
 run alone through a fresh cache row, which then replaces the slot's row. A decoding step runs
 over the lowest power-of-two number of slots that holds every request (`decode_groups`), so a
-few requests cost few rows. One program is compiled per prefill bucket used and per decode
-group, and none as requests come and go. Each slot
-has its own sampling settings and random key (a request's seed), so what a request generates
-does not depend on what it is batched with. A step's key is `fold_in(key, step)`, as in
+few requests cost few rows (on a mesh that splits the slots, every step runs over all of them:
+a smaller group would move rows between devices). One program is compiled per prefill bucket
+used and per decode group, and none as requests come and go. Each slot has its own sampling
+settings and random key (a request's seed), so what a request generates does not depend on what
+it is batched with. A step's key is `fold_in(key, step)`, as in
 lmjax.infer.decode, so that a seeded request continues as `lmjax generate` does.
 
 With LoRA adapters (`adapters`: lmjax.infer.adapters' stacked lora_a/lora_b, None without),
@@ -26,7 +29,6 @@ one matmul over the rows).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -142,7 +144,6 @@ def _unrolled(model: Transformer, params, adapters):
   return unrolled, params, split
 
 
-@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
 def prefill(model: Transformer, params, adapters, state: Slots, slot: jax.Array,
             input_ids: jax.Array, length: jax.Array, key: jax.Array, settings: SlotSettings,
             adapter: jax.Array) -> tuple[Slots, Sampled]:
@@ -189,7 +190,6 @@ def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[ja
   return jax.vmap(row)(adapters, state.token, state.cache)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "steps"), donate_argnames=("state",))
 def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array, *, steps: int
            ) -> tuple[Slots, Sampled]:
   """`steps` tokens for each of the first `rows = len(active)` slots (one of `decode_groups`:

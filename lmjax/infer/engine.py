@@ -145,7 +145,7 @@ class Engine:
     self.params = slot_mesh.place_params(params_model.config, params, self.placement)
     self._programs = slot_mesh.slot_programs(
         self.model, params_model.config, self.placement, slots_count=max_batch,
-        max_seq_len=max_seq_len, steps=DECODE_STEPS)
+        max_seq_len=max_seq_len, steps=DECODE_STEPS, adapters=adapters is not None)
     self._stacked = None if adapters is None else jax.device_put(
         adapters.stacked, self._programs.adapters_sharding)
     self.max_queue = max_queue

@@ -102,10 +102,15 @@ def slot_shardings(state: slots.Slots, placement: MeshRules) -> slots.Slots:
   return jax.tree_util.tree_map_with_path(sharding, state)
 
 
-def _without_batch(placement: MeshRules) -> MeshRules:
-  """The rules with `batch` unsplit: a prefill's one prompt runs on every batch shard."""
-  rules = tuple((name, None if name == "batch" else target) for name, target in placement.rules)
-  return dataclasses.replace(placement, rules=rules)
+def _one_row(placement: MeshRules) -> MeshRules:
+  """The rules for a batch of one: `batch` unsplit, and the batch's mesh axes split nothing else
+  (activations keep `embed` whole, as training's do, where FSDP splits the batch)."""
+  batch = set(_axes(placement.batch_sharding().spec[0]))
+  rules = []
+  for name, target in placement.rules:
+    kept = tuple(axis for axis in _axes(target) if axis not in batch)
+    rules.append((name, None if name == "batch" or not kept else kept))
+  return dataclasses.replace(placement, rules=tuple(rules))
 
 
 def _traced_with(placement: MeshRules, fn: Callable, traces: collections.Counter) -> Callable:
@@ -137,10 +142,12 @@ class SlotPrograms:
 
 @functools.lru_cache(maxsize=16)
 def slot_programs(model: Transformer, params_config: ModelConfig, placement: MeshRules, *,
-                  slots_count: int, max_seq_len: int, steps: int) -> SlotPrograms:
+                  slots_count: int, max_seq_len: int, steps: int, adapters: bool
+                  ) -> SlotPrograms:
   """The prefill and decode programs of `model` (its params those of `Transformer(params_config)`:
-  the base under LoRA adapters) over `slots_count` slots of `max_seq_len` positions, each
-  decoding call `steps` tokens a slot; cached, so that engines alike share their compilations."""
+  the base under LoRA `adapters`, if any) over `slots_count` slots of `max_seq_len` positions,
+  each decoding call `steps` tokens a slot; cached, so that engines alike share their
+  compilations."""
   make_empty = functools.partial(slots.empty_slots, model, slots=slots_count,
                                  max_seq_len=max_seq_len)
   state = slot_shardings(jax.eval_shape(make_empty), placement)
@@ -152,15 +159,20 @@ def slot_programs(model: Transformer, params_config: ModelConfig, placement: Mes
     return slots.prefill(model, params, adapters, state, slot, input_ids, length, key, settings,
                          adapter)
 
+  # With adapters, decoding runs the model once per row (jax.vmap), its batch of one unsplit
+  # and the rows split over the batch axes.
+  row_axes = _axes(placement.batch_sharding().spec[0]) or None if adapters else None
+  decoding = _one_row(placement) if adapters else placement
+
   def decode(params, adapters, state, active):
-    return slots.decode(model, params, adapters, state, active, steps=steps)
+    return slots.decode(model, params, adapters, state, active, steps=steps, row_axes=row_axes)
 
   # A prompt's activations keep their batch of one whole; decoding splits the slots.
-  prefill = jax.jit(_traced_with(_without_batch(placement), prefill, traces),
+  prefill = jax.jit(_traced_with(_one_row(placement), prefill, traces),
                     donate_argnames=("state",),
                     in_shardings=(params, everywhere, state) + (everywhere,) * 6,
                     out_shardings=(state, everywhere))
-  decode = jax.jit(_traced_with(placement, decode, traces), donate_argnames=("state",),
+  decode = jax.jit(_traced_with(decoding, decode, traces), donate_argnames=("state",),
                    in_shardings=(params, everywhere, state, everywhere),
                    out_shardings=(state, everywhere))
   return SlotPrograms(empty=jax.jit(make_empty, out_shardings=state), prefill=prefill,

@@ -171,9 +171,11 @@ def decode_groups(slots: int) -> list[int]:
   return prefill_buckets(slots, smallest=1)
 
 
-def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[jax.Array, Any]:
+def _step_logits(model: Transformer, params, adapters, state: Slots, row_axes: Any
+                 ) -> tuple[jax.Array, Any]:
   """One decoding step of every row (unrolled model; `adapters`: each row's lora_a/lora_b,
-  [rows, …], or None): (logits [rows, vocab], the new cache)."""
+  [rows, …], or None): (logits [rows, vocab], the new cache). `row_axes` are the mesh axes the
+  rows are split over, for the model run once per row (None: not split)."""
 
   def forward(params, token, cache):  # token [rows], cache of `rows` rows
     logits, cache = model.apply({"params": params}, token[:, None], jnp.ones_like(token)[:, None],
@@ -187,15 +189,16 @@ def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[ja
     one = lambda x: x[None]
     logits, cache = forward(with_adapter(params, adapter), one(token), jax.tree.map(one, cache))
     return logits[0], jax.tree.map(lambda x: x[0], cache)
-  return jax.vmap(row)(adapters, state.token, state.cache)
+  return jax.vmap(row, spmd_axis_name=row_axes)(adapters, state.token, state.cache)
 
 
-def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array, *, steps: int
-           ) -> tuple[Slots, Sampled]:
+def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array, *, steps: int,
+           row_axes: Any = None) -> tuple[Slots, Sampled]:
   """`steps` tokens for each of the first `rows = len(active)` slots (one of `decode_groups`:
   a server with few requests in its lowest slots computes few rows); `active` [rows] bool marks
-  the slots in use (the others compute alongside and keep their place). Returns the new state
-  (the slots from `rows` on untouched) and Sampled [rows, steps]."""
+  the slots in use (the others compute alongside and keep their place). With adapters, the
+  model runs once per row, the rows split over the mesh axes `row_axes` (None: unsplit).
+  Returns the new state (the slots from `rows` on untouched) and Sampled [rows, steps]."""
   model, params, adapters = _unrolled(model, params, adapters)
   whole, rows = state, active.shape[0]
   if rows < state.token.shape[0]:
@@ -204,7 +207,7 @@ def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array
 
   def one_step(state: Slots, _) -> tuple[Slots, Sampled]:
     index = state.cache["index"]
-    logits, cache = _step_logits(model, params, adapters, state)
+    logits, cache = _step_logits(model, params, adapters, state, row_axes)
     chosen = _sample(logits, state.key, state.step, state.settings)
     cache["index"] = jnp.where(active, index + 1, index)
     # An idle slot keeps writing at its index, inside its row: cap it for a row that is full.

@@ -142,8 +142,9 @@ def serve(loaded: Any, *, host: str = "127.0.0.1", port: int = 8000, max_batch: 
                                          timeout_graceful_shutdown=GRACE_SECONDS))
   bound_host, bound_port = sock.getsockname()[:2]
   also = f" and adapters {', '.join(map(repr, served.adapters))}" if served.adapters else ""
-  what = (f"{max_batch} slots of {engine.max_seq_len} tokens, up to {engine.max_queue} requests "
-          f"waiting, on {engine.mesh_description()}" if engine is not None
+  slots = f"{max_batch} slot{'s' if max_batch > 1 else ''}"
+  what = (f"{slots} of {engine.max_seq_len} tokens, up to {engine.max_queue} requests waiting, "
+          f"on {engine.mesh_description()}" if engine is not None
           else "embeddings only: not a causal language model")
   announce(f"serving {name!r}{also} at http://{bound_host}:{bound_port}/v1 ({what})")
   try:

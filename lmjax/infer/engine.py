@@ -142,10 +142,10 @@ class Engine:
     self.model, params_model, params = loaded.model, loaded.model, loaded.params
     if adapters is not None:  # a LoRA model over the base; each slot picks its adapter
       self.model, (params_model, params) = adapters.model, base_of(loaded)
-    self.params = slot_mesh.place_params(params_model.config, params, self.placement)
     self._programs = slot_mesh.slot_programs(
         self.model, params_model.config, self.placement, slots_count=max_batch,
         max_seq_len=max_seq_len, steps=DECODE_STEPS, adapters=adapters is not None)
+    self.params = jax.device_put(params, self._programs.params_shardings)
     self._stacked = None if adapters is None else jax.device_put(
         adapters.stacked, self._programs.adapters_sharding)
     self.max_queue = max_queue

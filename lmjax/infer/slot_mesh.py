@@ -1,21 +1,23 @@
 """Where a server's params and decoding slots live on a mesh, and its programs jitted for it.
 
     placement = serving_placement(["mesh.tensor=2"])      # MeshRules over the local devices
-    programs = slot_programs(model, placement, slots=8, max_seq_len=512, adapters=False)
+    programs = slot_programs(model, model.config, placement, slots_count=8, max_seq_len=512,
+                             steps=4, adapters=False)
+    params = jax.device_put(params, programs.params_shardings)
     state = programs.empty()                              # the slots, already sharded
     state, first = programs.prefill(params, None, state, slot, ids, length, key, settings, adapter)
-    state, sampled = programs.decode(params, None, state, active)
+    state, sampled = programs.decode(params, None, state, active)   # 4 tokens a slot
 
 A server is laid out as training lays out its state (lmjax.sharding): params by the model's
-logical axes and the run's rules (FSDP over `fsdp`, Megatron over `tensor`; lmjax.placement
+logical axes and the mesh's rules (`mesh.rules`, else the standard table: FSDP over `fsdp`, Megatron over `tensor`; lmjax.placement
 refuses a mesh the model does not divide), and its slots as a batch is, each cache row
 [slots, kv_heads, len, head_dim] split over the batch axes (`data`, `fsdp`, `expert`) by slot
 and over `tensor` by key/value head. Every program is jitted once per (model, placement, slots,
 length) with explicit in and out shardings, traced with the rules in context (the model's
 activation constraints bind, as in the train step), and its output state has the sharding its
-input had: nothing is compiled again as requests come and go. A prompt is prefilled with its
-batch of one unsplit (every batch shard computes it, each with its own heads), then written
-into its slot's row where that row lives.
+input had: nothing is compiled again as requests come and go. A prompt is prefilled as a batch
+of one, unsplit (all the devices compute it together, its heads split over `tensor`), then
+written into its slot's row where that row lives.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import functools
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmjax.config import apply_override
@@ -71,13 +72,6 @@ def check_slots_divide(max_batch: int, placement: MeshRules) -> None:
     raise UserError(f"--max-batch {max_batch} slots do not split over the mesh's {shards} batch "
                     f"shards ({axes}): give a multiple of {shards}, or a mesh with fewer "
                     f"(e.g. --set mesh.tensor=... instead).")
-
-
-def place_params(config: ModelConfig, params: Any, placement: MeshRules) -> Any:
-  """`params` of `Transformer(config)` moved onto the mesh as training places them; a UserError
-  names the config key whose size the mesh does not divide."""
-  shardings = jax.tree.map(lambda a: a.sharding, placed_params(config, placement))
-  return jax.device_put(params, shardings)
 
 
 def _axes(entry: Any) -> tuple[str, ...]:
@@ -131,7 +125,7 @@ class SlotPrograms:
   empty: Callable[[], slots.Slots]
   prefill: Any   # jitted slots.prefill without its model
   decode: Any    # jitted slots.decode without its model, for `steps` steps
-  params_shardings: Any
+  params_shardings: Any          # where the params go (jax.device_put them there)
   adapters_sharding: NamedSharding
   traces: collections.Counter  # {"prefill": n, "decode": n}: the programs compiled so far
 
@@ -147,7 +141,7 @@ def slot_programs(model: Transformer, params_config: ModelConfig, placement: Mes
   """The prefill and decode programs of `model` (its params those of `Transformer(params_config)`:
   the base under LoRA `adapters`, if any) over `slots_count` slots of `max_seq_len` positions,
   each decoding call `steps` tokens a slot; cached, so that engines alike share their
-  compilations."""
+  compilations. A UserError names the config key whose size the mesh does not divide."""
   make_empty = functools.partial(slots.empty_slots, model, slots=slots_count,
                                  max_seq_len=max_seq_len)
   state = slot_shardings(jax.eval_shape(make_empty), placement)
@@ -180,5 +174,5 @@ def slot_programs(model: Transformer, params_config: ModelConfig, placement: Mes
                       traces=traces)
 
 
-__all__ = ["SlotPrograms", "batch_shards", "check_slots_divide", "place_params",
-           "serving_placement", "slot_programs", "slot_shardings"]
+__all__ = ["SlotPrograms", "batch_shards", "check_slots_divide", "serving_placement",
+           "slot_programs", "slot_shardings"]

@@ -30,7 +30,7 @@ from lmjax.errors import UserError
 SCHEDULE = frozenset({
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.nan_policy",
-    "train.debug_nan_at_step", "train.loss_chunk_size", "data.workers",
+    "train.debug_nan_at_step", "train.loss_chunk_size", "train.microbatches", "data.workers",
     "model.remat", "model.attention",
     "model.init_from", "data.replace_tokenizer",  # they only mattered at step 0
 })

@@ -30,6 +30,7 @@ from lmjax.data.spec import Objective
 from lmjax.errors import UserError, WriteFailed
 from lmjax.lock import DirectoryLock
 from lmjax.memory import check_fits, per_device_bytes
+from lmjax.model import PipelineSchedule
 from lmjax.model.trainable import trained_part
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
@@ -46,7 +47,7 @@ from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.rewards import Reward, resolve_rewards
 from lmjax.train.rollout import Rollout, Sampler
-from lmjax.train.setup import StepSetup, setup_step
+from lmjax.train.setup import StepSetup, pipeline_schedule, setup_step
 from lmjax.train.source_tokenizer import save_run_tokenizer
 from lmjax.train.step import jit_eval_step
 from lmjax.version import __version__
@@ -129,14 +130,19 @@ def _lock(run: RunDir) -> DirectoryLock | None:
   return lock
 
 
-def _residual_bytes(config: Config, placement: MeshRules) -> int:
+def _residual_bytes(config: Config, placement: MeshRules,
+                    pipeline: PipelineSchedule | None) -> int:
   """Bytes one device holds of a micro-batch's residual stream at every layer's input (and the
-  last's output): whatever the remat policy, the backward pass needs at least these."""
+  last's output): whatever the remat policy, the backward pass needs at least these. A
+  pipeline stage keeps its L/S layers' inputs for each of the M + S - 1 iterations."""
   shards = mesh_axes_size(placement.mesh, placement.batch_sharding().spec[0])
   rows = -(-config.train.batch_size // (config.train.grad_accum_steps * shards))
   itemsize = jax.numpy.dtype(config.train.compute_dtype.value).itemsize
-  model = config.model
-  return rows * config.train.seq_len * model.embed_dim * itemsize * (model.num_layers + 1)
+  model, kept = config.model, config.model.num_layers + 1
+  if pipeline is not None:
+    rows = -(-rows // pipeline.microbatches)
+    kept = pipeline.iterations * (model.num_layers // pipeline.stages + 1)
+  return rows * config.train.seq_len * model.embed_dim * itemsize * kept
 
 
 def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
@@ -149,16 +155,19 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
     config = inherit_labels(config, saved)
     changes = check_resume(saved, config, run.path, allow_change=allow_change)
   placement = mesh_rules(config.mesh)  # a mesh the devices cannot hold fails before the data
+  pipeline_schedule(config, placement)  # and so do stages the model or batch cannot take
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
   setup = setup_step(config, placement)
+  if setup.model.pipeline is not None and is_writer():
+    log.info(setup.model.pipeline.describe())
   state_bytes = (per_device_bytes(setup.abstract_state)  # + the gradients of what trains
                  + per_device_bytes(trained_part(setup.abstract_state.params, config.model)))
   check_fits(state_bytes, what="the train state (params, optimizer state and gradients)",
              knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
                    "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
                    "adapters (model.lora.rank)")
-  check_fits(state_bytes + _residual_bytes(config, placement),
+  check_fits(state_bytes + _residual_bytes(config, placement, setup.model.pipeline),
              what="the train state and one micro-batch's activations (the residual stream "
                   "kept at every layer for the backward pass, a lower bound)",
              knobs="lower train.batch_size or train.seq_len, split the batch into "

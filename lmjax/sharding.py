@@ -137,9 +137,17 @@ class MeshConfig:
     return tuple(getattr(self, f"dcn_{axis}") for axis in MESH_AXES)
 
 
-def axis_rules(config: MeshConfig) -> Rules:
-  """The rules table a run uses: `mesh.rules` when given, else `LOGICAL_AXIS_RULES`."""
-  return LOGICAL_AXIS_RULES if config.rules is None else config.rules
+def axis_rules(config: MeshConfig, *, stages: int = 1) -> Rules:
+  """The rules table a run uses: `mesh.rules` when given, else `LOGICAL_AXIS_RULES`. With
+  pipeline stages (`stages` > 1) the default table splits the batch over `stage` too: outside
+  the layer stack (embeddings, the head and the loss) each stage's devices then take their
+  share of the rows instead of all computing all of them (lmjax.model.pipeline)."""
+  if config.rules is not None:
+    return config.rules
+  if stages == 1:
+    return LOGICAL_AXIS_RULES
+  return tuple((name, ("data", "stage", "fsdp", "expert") if name == "batch" else target)
+               for name, target in LOGICAL_AXIS_RULES)
 
 
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
@@ -278,7 +286,8 @@ class MeshRules:
 
 def mesh_rules(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> MeshRules:
   """The mesh of `config` over all devices (or `devices`) with the rules it names."""
-  return MeshRules(make_mesh(config, devices), axis_rules(config))
+  mesh = make_mesh(config, devices)
+  return MeshRules(mesh, axis_rules(config, stages=mesh.shape["stage"]))
 
 
 def check_divisible(shape: Sequence[int], sharding: NamedSharding, *, describe_dim) -> None:

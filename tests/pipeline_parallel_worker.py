@@ -36,7 +36,7 @@ from tests.conftest import TINY  # noqa: E402
 
 STEPS = 3
 BASE = TINY + ["model.num_layers=4", "train.warmup_steps=1", "train.learning_rate=3e-3",
-               "train.batch_size=8", "model.remat=none"]
+               "train.batch_size=16", "model.remat=none"]
 # Causal: Llama with Gemma 2's alternation of local (window 9) and global layers. MLM:
 # ModernBERT, its local layers with their own RoPE base, layer 0 without its attention norm.
 MODELS = {"causal": ("tiny-llama", ["model.sliding_window=9", "model.sliding_layers=[0,2]"]),
@@ -63,7 +63,7 @@ BAD_INPUTS = {
     "unrolled_layers": ("tiny-llama", ["mesh.stage=2", "mesh.data=4",
                                        "model.scan_layers=false"]),
     "microbatches_do_not_divide_rows": ("tiny-llama", ["mesh.stage=2", "mesh.data=4",
-                                                       "train.microbatches=4"]),
+                                                       "train.microbatches=8"]),
     "microbatches_without_stages": ("tiny-llama", ["mesh.data=8", "train.microbatches=2"]),
     "experts": ("tiny-mixtral", ["mesh.stage=2", "mesh.data=4"]),
 }

@@ -25,7 +25,9 @@ def recorded(tmp_path_factory):
   """(what the child recorded, its output directory)."""
   out = tmp_path_factory.mktemp("pipeline_parallel")
   with children(out) as group:
-    group.start("worker", ["-m", "tests.pipeline_parallel_worker", str(out)], cpu_env(8))
+    # XLA's warnings shown (cpu_env hides them): the partitioner's are checked below.
+    group.start("worker", ["-m", "tests.pipeline_parallel_worker", str(out)],
+                cpu_env(8, TF_CPP_MIN_LOG_LEVEL="1"))
     group.check(timeout=600)
   return json.loads((out / "results.json").read_text()), out
 
@@ -40,6 +42,13 @@ def test_pipelined_training_matches_one_device(recorded, kind, packing, mesh):
   for name in expected.files:
     np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
   assert len(set(results["losses"][one])) > 1  # the params moved between steps
+
+
+def test_no_stage_layout_makes_xla_replicate_an_activation_in_full(recorded):
+  """The batch splits over `stage` outside the pipeline and over the other batch axes inside
+  it: neither move may leave XLA's partitioner a resharding it can only do by replicating."""
+  text = (recorded[1] / "worker.log").read_text(errors="replace")
+  assert "Involuntary full rematerialization" not in text, text[-3000:]
 
 
 def test_a_run_resumed_without_stages_matches_the_uninterrupted_pipelined_run(recorded):
@@ -67,8 +76,10 @@ def test_the_bubble_fraction_is_reported_at_the_start_and_by_compile_only(record
 @pytest.mark.parametrize("case, expected", [
     ("stages_do_not_divide_layers", ["mesh.stage=8", "model.num_layers=4", "divides 4"]),
     ("unrolled_layers", ["mesh.stage=2", "model.scan_layers=true"]),
-    ("microbatches_do_not_divide_rows", ["train.microbatches=4", "train.batch_size=8",
-                                         "2 per device", "multiple of 16"]),
+    ("microbatches_do_not_divide_rows", ["train.microbatches=8", "train.batch_size=16",
+                                         "mesh.data x mesh.fsdp x mesh.expert = 4",
+                                         "multiple of 32 rows",
+                                         "train.microbatches to divide 4"]),
     ("microbatches_without_stages", ["train.microbatches=2", "mesh.stage=1",
                                      "train.grad_accum_steps"]),
     ("experts", ["mesh.stage=2", "Mixture-of-Experts", "mesh.expert"]),

@@ -70,22 +70,18 @@ def run_pipeline(stage: nn.Module, params: Any, x: jax.Array, per_layer: Any, pe
   to_stages = lambda tree: jax.tree.map(
       lambda a: a.reshape(stages, a.shape[0] // stages, *a.shape[1:]), tree)  # [S, L/S, ...]
   stage_params, stage_layers = to_stages(params), to_stages(per_layer)
-
+  xs = _micro_batches(x, micro)                                     # [M, mb, length, embed]
   leaves, treedef = jax.tree.flatten(per_row)
   is_row = [isinstance(a, jax.Array) and a.ndim >= 1 for a in leaves]
   rows = [_micro_batches(a, micro) for a, r in zip(leaves, is_row) if r]  # [M, mb, ...] each
 
-  def row_inputs(row_leaves):
+  def stage_fn(p, h, layer, row_leaves, key):  # one stage's layers on its micro-batch
     it = iter(row_leaves)
-    return treedef.unflatten([next(it) if r else a for a, r in zip(leaves, is_row)])
-
-  xs = _micro_batches(x, micro)                                     # [M, mb, length, embed]
-  stage_axis = _stage_mesh_axis()
-
-  def stage_fn(p, h, layer, row, key):
+    row = treedef.unflatten([next(it) if r else a for a, r in zip(leaves, is_row)])
     rngs = {} if key is None else {"dropout": key}
-    return stage.apply({"params": p}, h, layer, row_inputs(row), deterministic, rngs=rngs)[0]
+    return stage.apply({"params": p}, h, layer, row, deterministic, rngs=rngs)[0]
 
+  stage_axis, rules = _stage_rules()
   run_stages = jax.vmap(stage_fn, spmd_axis_name=stage_axis)
   first = jnp.arange(stages) == 0                                   # [S]: stage 0 takes input
 
@@ -102,11 +98,16 @@ def run_pipeline(stage: nn.Module, params: Any, x: jax.Array, per_layer: Any, pe
     # stage s's output (and its micro-batch's rows) go to stage s+1; the last one's leaves
     return (_shift(out), [_shift(b) for b in row_state]), out[-1]
 
-  buffer = _on_stages(jnp.zeros((stages, *xs.shape[1:]), x.dtype))
-  row_buffers = [jnp.zeros((stages, *r.shape[1:]), r.dtype) for r in rows]
-  _, done = jax.lax.scan(iteration, (buffer, row_buffers), jnp.arange(schedule.iterations))
+  with nn.logical_axis_rules(rules):
+    # Every stage's devices hold the micro-batches' rows as each stage splits them (the batch
+    # outside may be split over the stages too), so stage 0 takes each in turn where it is.
+    xs = nn.with_logical_constraint(xs, (None, "batch", "length", "embed"))
+    buffer = _on_stages(jnp.zeros((stages, *xs.shape[1:]), x.dtype))
+    row_buffers = [jnp.zeros((stages, *r.shape[1:]), r.dtype) for r in rows]
+    _, done = jax.lax.scan(iteration, (buffer, row_buffers), jnp.arange(schedule.iterations))
+    done = nn.with_logical_constraint(done, (None, "batch", "length", "embed"))
   # Micro-batch m leaves the last stage at iteration m + S - 1.
-  return _whole_batch(done[stages - 1:])
+  return nn.with_logical_constraint(_whole_batch(done[stages - 1:]), ("batch", "length", "embed"))
 
 
 def _micro_batches(a: jax.Array, micro: int) -> jax.Array:
@@ -132,11 +133,25 @@ def _on_stages(buffer: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(buffer, ("layers", "batch", "length", "embed"))
 
 
-def _stage_mesh_axis() -> str | tuple[str, ...] | None:
-  """The mesh axis (or axes) that the logical axis `layers` maps to under the rules in context
-  (None without rules, or where it maps to none): vmap over stages splits over it, so the
-  model's sharding constraints inside a stage keep each stage's work on its own devices."""
+def _stage_rules() -> tuple[Any, Any]:
+  """(the mesh axis or axes that the logical axis `layers` maps to under the rules in context,
+  the rules for work inside the pipeline: those rules with that axis left to `layers` alone).
+
+  vmap over stages splits over that axis (so each stage's work stays on its devices); outside
+  the pipeline the batch may split over it too (lmjax.sharding.axis_rules), inside it the
+  stage buffer's leading axis holds it. (None, the rules) without rules or where `layers` maps
+  to no mesh axis.
+  """
   rules = nn.get_logical_axis_rules()
-  if not rules:
-    return None
-  return nn.logical_to_mesh_axes(("layers",), rules)[0]
+  stage_axis = nn.logical_to_mesh_axes(("layers",), rules)[0] if rules else None
+  if stage_axis is None:
+    return None, rules
+  taken = {stage_axis} if isinstance(stage_axis, str) else set(stage_axis)
+
+  def without(target):
+    if target is None or isinstance(target, str):
+      return None if target in taken else target
+    kept = tuple(a for a in target if a not in taken)
+    return kept or None
+  return stage_axis, tuple((name, target if name == "layers" else without(target))
+                           for name, target in rules)

@@ -25,7 +25,7 @@ from lmjax.run.resume_policy import check_model_unchanged
 from lmjax.run.run_dir import RunDir
 from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.inputs import batch_sources, inherit_labels, load_corpus
-from lmjax.train.setup import (check_batch_fits_mesh, make_model, objective_of,
+from lmjax.train.setup import (check_batch_fits_mesh, make_model, objective_of, pipeline_schedule,
                                preference_settings)
 from lmjax.train.step import jit_eval_step
 
@@ -75,7 +75,7 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
   placement = mesh_rules(config.mesh)
   check_batch_fits_mesh(config, placement)
   _, eval_source = batch_sources(config, corpus)
-  model = make_model(config)
+  model = make_model(config, pipeline_schedule(config, placement))
   _, params, step = load_run_at(run.path, step=step, mesh=placement.mesh, rules=placement.rules)
   eval_fn = jit_eval_step(model, objective_of(config), placement,
                           jax.tree.map(lambda a: a.sharding, params),

@@ -47,7 +47,7 @@ from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.rewards import Reward, resolve_rewards
 from lmjax.train.rollout import Rollout, Sampler
-from lmjax.train.setup import StepSetup, pipeline_schedule, setup_step
+from lmjax.train.setup import StepSetup, check_batch_fits_mesh, pipeline_schedule, setup_step
 from lmjax.train.source_tokenizer import save_run_tokenizer
 from lmjax.train.step import jit_eval_step
 from lmjax.version import __version__
@@ -155,7 +155,8 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
     config = inherit_labels(config, saved)
     changes = check_resume(saved, config, run.path, allow_change=allow_change)
   placement = mesh_rules(config.mesh)  # a mesh the devices cannot hold fails before the data
-  pipeline_schedule(config, placement)  # and so do stages the model or batch cannot take
+  check_batch_fits_mesh(config, placement)  # and so do a batch and stages it cannot take
+  pipeline_schedule(config, placement)
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
   setup = setup_step(config, placement)

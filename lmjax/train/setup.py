@@ -73,17 +73,19 @@ def pipeline_schedule(config: Config, placement: MeshRules) -> PipelineSchedule 
                     f"load-balancing loss is a whole-batch statistic): set mesh.stage=1 and "
                     f"shard the experts over mesh.expert.")
   rows = config.train.batch_size // config.train.grad_accum_steps
-  shards = mesh_axes_size(placement.mesh, placement.batch_sharding().spec[0])
+  batch_axes = placement.batch_sharding().spec[0]  # a stage splits a micro-batch over the rest
+  within = tuple(a for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes or ())
+                 if a != "stage")
+  shards = mesh_axes_size(placement.mesh, within)
   if rows % (shards * micro):
+    accum = config.train.grad_accum_steps
     raise UserError(
-        f"train.microbatches={micro} splits each device's rows into pipeline micro-batches: "
-        f"train.batch_size={config.train.batch_size}"
-        + (f" / train.grad_accum_steps={config.train.grad_accum_steps}"
-           if config.train.grad_accum_steps > 1 else "")
-        + f" = {rows} rows over {describe_axes(placement.mesh, placement.batch_sharding().spec[0])}"
-        f" are {rows / shards:g} per device, which {micro} micro-batches do not divide: make "
-        f"the batch a multiple of {shards * micro} or choose train.microbatches to divide "
-        f"{rows // shards if rows % shards == 0 else 'the rows per device'}.")
+        f"train.microbatches={micro} splits the batch into pipeline micro-batches that each "
+        f"stage splits over {describe_axes(placement.mesh, within)}: train.batch_size="
+        f"{config.train.batch_size}" + (f" / train.grad_accum_steps={accum}" if accum > 1 else "")
+        + f" = {rows} rows do not make {micro} micro-batches of a multiple of {shards} rows. "
+        f"Make it a multiple of {shards * micro} rows, or choose train.microbatches to divide "
+        f"{rows // shards}.")  # check_batch_fits_mesh saw to rows % shards == 0
   return PipelineSchedule(stages, micro)
 
 

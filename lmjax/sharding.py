@@ -13,7 +13,8 @@ once per array, so activations, whose batch dim takes ('data', 'fsdp', 'expert')
                   batch outside the experts; with `model.moe.capacity_factor`, each device
                   computes its own experts' tokens (lmjax.model.moe);
   context         activations split along the sequence (`length`) over `context`;
-  pipeline        a scanned stack's layers split over `stage`, each stage holding its own.
+  pipeline        a scanned stack's layers split over `stage`, each stage holding its own
+                  (lmjax.model.pipeline); outside the stack the batch splits over it too.
 
 `mesh.rules` in a config replaces the table, e.g. `[[batch, [data, fsdp]], [embed, null]]`.
 A mesh and the rules that place arrays on it travel together as one `MeshRules`.

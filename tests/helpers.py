@@ -29,6 +29,15 @@ def rows(run_dir):
   return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_refused(result, expected):
+  """A command recorded as {"code", "stderr", "wrote"} exited 2 with every text of `expected`
+  in its message, no traceback, and wrote nothing."""
+  assert result["code"] == 2, result
+  for text in expected:
+    assert text in result["stderr"], (text, result["stderr"])
+  assert "Traceback" not in result["stderr"] and not result["wrote"]
+
+
 def assert_resumed_as_uninterrupted(whole, killed, expected_rows, got_rows, steps, *, rtol=0.0):
   """A run that was interrupted and resumed (`killed`, its metrics `got_rows`) logged each of
   `steps` steps once, with the losses of the uninterrupted run (`whole`, `expected_rows`),

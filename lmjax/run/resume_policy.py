@@ -3,9 +3,9 @@
 Rerunning resumes the run with the config given now. Its keys fall in three kinds:
 
 - SCHEDULE keys change how long and how visibly the run goes on, not where it goes (steps,
-  logging, evaluation and checkpoint cadence, retention, the non-finite policy, the mesh and
-  processes, input workers, rematerialisation and attention kernels, memory chunking, where
-  metrics are logged): they are applied.
+  logging, evaluation and checkpoint cadence, retention, the non-finite policy, the mesh, its
+  pipeline micro-batches and processes, input workers, rematerialisation and attention kernels,
+  memory chunking, where metrics are logged): they are applied.
 - FIXED keys cannot change: the model's graph (a checkpoint of one model does not fit another)
   and the tokenizer (the run keeps the one it saved, whose vocabulary is the model's).
 - Every other key (data, batch size, sequence length, seed, optimizer, precision, …) changes

@@ -73,7 +73,7 @@ _AT_LEAST_ONE = Range(1)
 # The step counter is an int32 in the train state and its checkpoints.
 _STEPS = Range(1, 2**31 - 1, why="steps are counted in int32")
 _TRAIN_RANGES = {
-    **dict.fromkeys(("batch_size", "seq_len", "grad_accum_steps", "log_every",
+    **dict.fromkeys(("batch_size", "seq_len", "grad_accum_steps", "microbatches", "log_every",
                      "keep_checkpoints", "checkpoint_every", "eval_batches"), _AT_LEAST_ONE),
     "steps": _STEPS,
     "learning_rate": NON_NEGATIVE,  # 0 trains nothing: a way to check a setup
@@ -108,6 +108,8 @@ class TrainConfig:
   adam_b2: float = 0.95
   adam_eps: float = 1e-8
   grad_accum_steps: int = 1            # micro-batches per step; batch_size must divide evenly
+  microbatches: int = 1                # pipeline micro-batches (mesh.stage > 1) per accumulation
+                                       # step; more shrink the bubble, (S-1)/(M+S-1)
   mlm_probability: float = 0.15
   loss_chunk_size: int = 0             # LM heads: project to the vocabulary this many positions
                                        # at a time (0: all), bounding logits memory

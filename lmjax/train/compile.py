@@ -34,6 +34,7 @@ class CompileReport:
   model_flops_per_step: float          # flops_per_token x tokens, over all devices
   tokens_per_step: int
   scanned_layers: bool                 # XLA's count then covers one layer of the scanned stack
+  pipeline: str | None = None          # mesh.stage > 1: stages, micro-batches, bubble fraction
 
   @property
   def num_devices(self) -> int:
@@ -51,6 +52,8 @@ class CompileReport:
     mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
     lines = [f"train step compiled for mesh {mesh} ({self.num_devices} x {self.device_kind}), "
              f"{self.tokens_per_step:,} tokens per step"]
+    if self.pipeline:
+      lines.append(self.pipeline)
     if self.memory is None:
       lines.append("memory per device: not reported by this backend")
     else:
@@ -110,7 +113,8 @@ def compile_train_step(config: Config) -> CompileReport:
       memory=_memory(compiled.memory_analysis()), device_memory=device_memory(device),
       xla_flops_per_device=_flops(compiled.cost_analysis()),
       model_flops_per_step=config.model.flops_per_token(config.train.seq_len) * tokens,
-      tokens_per_step=tokens, scanned_layers=config.model.scan_layers)
+      tokens_per_step=tokens, scanned_layers=config.model.scan_layers,
+      pipeline=None if setup.model.pipeline is None else setup.model.pipeline.describe())
 
 
 def _memory(stats: Any) -> dict[str, int] | None:

@@ -17,7 +17,7 @@ import enum
 import logging
 import os
 import pathlib
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import yaml
 
@@ -257,12 +257,28 @@ def is_run_directory(path: str | os.PathLike) -> bool:
   return (as_path(path) / RUN_CONFIG_FILE).is_file()
 
 
-def load_config(path_or_name: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:
-  """Reads a YAML file (or a name in configs/, e.g. "tiny-gpt") and applies `key.path=value`s."""
+# `mesh: auto` (or `--set mesh=auto`): the mesh planner's choice for the devices present.
+AUTO_MESH = "auto"
+
+
+def load_config(path_or_name: str | pathlib.Path, overrides: Sequence[str] = (), *,
+                auto_mesh: Callable[[Config], Config] | None = None) -> Config:
+  """Reads a YAML file (or a name in configs/, e.g. "tiny-gpt") and applies `key.path=value`s.
+
+  A config whose `mesh` is `auto` is built on the default mesh and handed to `auto_mesh`,
+  which returns it on the mesh it chooses (`lmjax train`: the planner's, lmjax.train.plan);
+  without `auto_mesh` it is refused.
+  """
   raw = read_yaml(resolve_config_path(path_or_name))
   for item in overrides:
     apply_override(raw, item)
-  return from_dict(raw)
+  if raw.get("mesh") != AUTO_MESH:
+    return from_dict(raw)
+  if auto_mesh is None:
+    raise UserError("mesh: auto (the mesh planner's choice) is resolved by `lmjax train` and "
+                    "`lmjax plan` only: give this command the mesh's sizes instead (mesh.data, "
+                    "mesh.fsdp, mesh.tensor, …), e.g. those a run recorded in its config.yaml.")
+  return auto_mesh(from_dict({**raw, "mesh": {}}))
 
 
 def resolve_config_path(path_or_name: str | pathlib.Path) -> pathlib.Path:

@@ -7,7 +7,8 @@ lmjax.model.presets) that the other `model.*` keys then override; `model.init_fr
 run directory or a Hugging Face model directory) starts from that model's architecture and
 weights. Each layer owns its section's dataclass: `ModelConfig` (lmjax.model, the graph only),
 `MeshConfig` (lmjax.sharding) and `DataConfig` (lmjax.data); this module adds the trainer's and
-assembles them.
+assembles them. `mesh: auto` asks the caller (`lmjax train`: the mesh planner) to choose the
+mesh; a run records the sizes it chose.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ mesh whose sizes do not divide the model's heads, MLP, vocabulary or the batch i
 the same checks that refuse it in training), under every remat policy; estimates what each costs
 a device (lmjax.train.plan_cost: memory, FLOPs, communication, a step time); ranks them by
 estimated step time; then compiles the most promising with XLA (lmjax.train.plan_compile:
-on N fake CPU devices where N real ones are not at hand) to confirm their memory. The
-recommendation is the fastest candidate whose memory (XLA's where compiled) fits the device.
+on N fake CPU devices where N real ones are not at hand) to confirm their memory, in rounds
+while none fits, each round's estimates scaled by what the compiles so far found (XLA's bytes
+over the estimate, per remat policy). The recommendation is the fastest candidate XLA confirms
+to fit the device, else the fastest expected to.
 
 No device is needed to estimate: the abstract state is placed on an abstract mesh, so the
 state's bytes per device are exact for any N.
@@ -44,7 +46,8 @@ PLANNED_AXES = ("data", "fsdp", "tensor")
 # How far below XLA's figure the estimate may be (tests/test_plan.py checks 15% on the tiny
 # configs): candidates estimated within this of the device's memory are compiled too.
 ESTIMATE_TOLERANCE = 0.15
-MAX_ROUNDS = 3  # batches of compiles tried before concluding that none fits
+# Rounds of compiles: while the fastest candidate expected to fit is not confirmed.
+MAX_ROUNDS = 3
 
 
 def planned_axes(model: ModelConfig) -> tuple[str, ...]:
@@ -81,11 +84,13 @@ class Row:
   estimate: Estimate
   compiled: int | None = None    # XLA's memory analysis, bytes per device
   problem: str | None = None     # why compiling refused it
+  scale: float = 1.0             # XLA's bytes over the estimate, as compiling others found
 
   @property
   def memory(self) -> int:
-    """XLA's bytes per device where compiled, else the estimate."""
-    return self.compiled if self.compiled is not None else self.estimate.memory
+    """XLA's bytes per device where compiled, else the estimate scaled by what compiling the
+    others found."""
+    return self.compiled if self.compiled is not None else int(self.estimate.memory * self.scale)
 
   def fits(self, device_memory: int | None) -> bool | None:
     if self.problem is not None:
@@ -112,9 +117,11 @@ class Plan:
             if a in axes or getattr(self.config.mesh, a) != s] + [f"model.remat={row.remat.value}"]
 
   def format(self, *, limit: int = 12) -> str:
-    """The table: the best `limit` candidates and every compiled one, the recommendation
-    marked."""
-    shown = [r for i, r in enumerate(self.rows) if i < limit or r.compiled or r.problem]
+    """The table: the `limit` fastest candidates (those that fit first) and every compiled
+    one, the recommendation marked."""
+    # Those that fit first (fastest first), then the others: what does not fit is context.
+    ordered = sorted(self.rows, key=lambda r: r.fits(self.device_memory) is False)
+    shown = [r for i, r in enumerate(ordered) if i < limit or r.compiled or r.problem]
     header = ("mesh", "remat", "est. memory", "compiled", "est. FLOPs", "est. comm", "est. step",
               "fits?")
     table = [header]
@@ -136,19 +143,24 @@ class Plan:
       mark = "  <- recommended" if n and shown[n - 1] is self.recommended else ""
       lines.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip() + mark)
     if len(self.rows) > len(shown):
-      lines.append(f"({len(self.rows) - len(shown)} slower candidates not shown)")
+      lines.append(f"({len(self.rows) - len(shown)} more candidates not shown)")
     if self.skipped:
       lines.append(f"{len(self.skipped)} meshes left out, their sizes not dividing the model or "
                    f"batch, e.g. {next(iter(self.skipped))}: {next(iter(self.skipped.values()))}")
     for row in shown:
       if row.problem:
         lines.append(f"{describe_mesh(row.mesh)} remat={row.remat.value} refused: {row.problem}")
+    scaled = {r.remat.value: r.scale for r in self.rows if r.compiled is None and r.scale != 1}
+    if scaled:
+      lines.append("fits? of a candidate not compiled: its estimate times XLA's bytes over the "
+                   "estimate where compiled (" + ", ".join(f"{k} x{v:.2f}"
+                                                            for k, v in scaled.items()) + ")")
     if self.recommended is not None:
-      lines.append(f"recommended: {describe_mesh(self.recommended.mesh)} with model.remat="
-                   f"{self.recommended.remat.value}"
-                   + (f", {format_bytes(self.recommended.compiled)} per device compiled"
-                      if self.recommended.compiled is not None else "")
-                   + f": --set {' '.join(self.overrides(self.recommended))}")
+      r = self.recommended
+      confirmed = (f"{format_bytes(r.compiled)} per device compiled" if r.compiled is not None
+                   else f"{format_bytes(r.memory)} per device expected, not compiled")
+      lines.append(f"recommended: {describe_mesh(r.mesh)} with model.remat={r.remat.value}, "
+                   f"{confirmed}: --set {' '.join(self.overrides(r))}")
     return "\n".join(lines)
 
 
@@ -214,9 +226,10 @@ def estimate_candidates(config: Config, num_devices: int, *, device_kind: str | 
 def plan(config: Config, num_devices: int, *, device_memory: int | None,
          compiler: Compiler | None, compile_top: int = 3, device_kind: str | None = None
          ) -> Plan:
-  """Ranks the meshes of `num_devices` devices for `config`, compiles the `compile_top` most
-  promising of those that may fit (more, in rounds, while none does) with `compiler`, and
-  recommends the fastest that fits `device_memory` bytes per device."""
+  """Ranks the meshes of `num_devices` devices for `config`; compiles with `compiler` the
+  `compile_top` fastest of those that may fit `device_memory` bytes per device, in rounds
+  (MAX_ROUNDS) while the fastest expected to fit is not confirmed; recommends the fastest XLA
+  confirms, else the fastest expected to fit. NothingFits (a UserError) when none may."""
   num_devices = check_devices(num_devices)
   if device_memory is not None and device_memory <= 0:
     raise UserError(f"--device-memory must be positive, got {device_memory / 2**30:g} GB.")
@@ -225,23 +238,25 @@ def plan(config: Config, num_devices: int, *, device_memory: int | None,
     reasons = "\n  ".join(f"{mesh}: {why}" for mesh, why in list(skipped.items())[:4])
     raise UserError(f"no mesh of {num_devices} devices divides this model and batch:\n  "
                     f"{reasons}\nChange --devices, train.batch_size or the model's sizes.")
-  limit = None if device_memory is None else device_memory * (1 + ESTIMATE_TOLERANCE)
-  hopeful = [r for r in rows if limit is None or r.estimate.memory <= limit]
   recommended = None
   for round_ in range(MAX_ROUNDS if compiler is not None and compile_top > 0 else 0):
-    batch = hopeful[round_ * compile_top:(round_ + 1) * compile_top]
+    _calibrate(rows)
+    if device_memory is None and round_:  # no verdict to confirm: the fastest, once
+      break
+    fastest = next((r for r in rows if r.fits(device_memory)), None)
+    if fastest is not None and fastest.compiled is not None:  # confirmed
+      break
+    batch = _hopeful(rows, device_memory)[:compile_top]
     if not batch:
       break
     log.info("compiling %d candidate(s) to confirm their memory: %s", len(batch),
              "; ".join(f"{describe_mesh(r.mesh)} remat={r.remat.value}" for r in batch))
     for row, result in zip(batch, compiler(config, [(r.mesh, r.remat) for r in batch])):
       row.compiled, row.problem = result.get("bytes"), result.get("error")
-    if device_memory is None or any(r.fits(device_memory) for r in batch):
-      break
-  if device_memory is not None:
-    compiled = [r for r in rows if r.compiled is not None]
-    candidates = compiled if compiled else rows
-    recommended = next((r for r in candidates if r.fits(device_memory)), None)
+  _calibrate(rows)
+  if device_memory is not None:  # the fastest that XLA confirms, else the fastest expected to
+    recommended = next((r for r in rows if r.compiled is not None and r.fits(device_memory)),
+                       None) or next((r for r in rows if r.fits(device_memory)), None)
   result = Plan(config, num_devices, device_memory, rows, skipped, recommended)
   if device_memory is not None and recommended is None:
     smallest = min(rows, key=lambda r: r.memory)
@@ -252,6 +267,29 @@ def plan(config: Config, num_devices: int, *, device_memory: int | None,
         f"holds: train.batch_size or train.seq_len (or split the batch into "
         f"train.grad_accum_steps micro-batches), train.loss_chunk_size, the model."))
   return result
+
+
+def _calibrate(rows: list[Row]) -> None:
+  """Scales the estimate of each row not compiled by what compiling found so far: the largest
+  ratio of XLA's bytes to the estimate among compiled rows of its remat policy (else of any)."""
+  ratios: dict[Remat | None, float] = {}
+  for row in rows:
+    if row.compiled is not None:
+      ratio = row.compiled / max(row.estimate.memory, 1)
+      for key in (row.remat, None):
+        ratios[key] = max(ratios.get(key, 0.0), ratio)
+  for row in rows:
+    row.scale = ratios.get(row.remat, ratios.get(None, 1.0))
+
+
+def _hopeful(rows: list[Row], device_memory: int | None) -> list[Row]:
+  """The rows not compiled yet that may fit, fastest first: those expected to fit, then those
+  within the estimate's tolerance of fitting."""
+  if device_memory is None:
+    return [r for r in rows if r.compiled is None and r.problem is None]
+  untried = [r for r in rows if r.compiled is None and r.problem is None
+             and r.memory <= device_memory * (1 + ESTIMATE_TOLERANCE)]
+  return sorted(untried, key=lambda r: r.memory > device_memory)  # stable: fastest first
 
 
 class NothingFits(UserError):

@@ -4,6 +4,7 @@ the same requests one by one through transformers' `generate` and in batches thr
 
     .venv/bin/python benchmarks/serve.py [--width 256] [--layers 4] [--vocab 8192] [--prompt 32]
                                          [--new 128] [--clients 1 8 32] [--requests 2]
+                                         [--adapters N]
 
 One random GPT-2 (as benchmarks/decode_throughput.py) with a BPE trained on the built-in corpus,
 saved as Hugging Face saves it. The server (`--max-batch` = the most clients) runs in its own
@@ -15,6 +16,8 @@ transformers' `generate` on the same prompts one at a time (what a server withou
 does; the faster of 1 thread and all cores: on a busy machine PyTorch's thread pool can be 20x
 slower with 2 threads than with 1), and `lmjax.generate` on all of a round's prompts as one
 batch (offline, no server). The `openai` clients run in this process, beside the server's.
+`--adapters N` also serves N random PEFT LoRA adapters (rank 8 on c_attn and c_fc), and the
+clients take turns over the base and the adapters, so every batch mixes them.
 """
 
 from __future__ import annotations
@@ -42,11 +45,30 @@ def percentile(values: list[float], q: float) -> float:
   return float(np.percentile(np.asarray(values), q))
 
 
-def start_server(model_dir: str, max_batch: int, max_seq_len: int, log: pathlib.Path):
+def random_adapters(hf_model, directory: str, count: int) -> list[str]:
+  """`count` random PEFT LoRA adapters of `hf_model` under `directory`: their --adapter flags."""
+  import copy
+
+  import peft
+  import torch
+  flags = []
+  for n in range(count):
+    torch.manual_seed(n)
+    adapted = peft.get_peft_model(copy.deepcopy(hf_model), peft.LoraConfig(
+        r=8, lora_alpha=16, target_modules=["c_attn", "c_fc"], init_lora_weights=False,
+        fan_in_fan_out=True))
+    adapted.save_pretrained(f"{directory}/adapter{n}")
+    flags += ["--adapter", f"adapter{n}={directory}/adapter{n}"]
+  return flags
+
+
+def start_server(model_dir: str, max_batch: int, max_seq_len: int, log: pathlib.Path,
+                 flags: list[str] = ()):
   out = open(log, "w")
   process = subprocess.Popen(
       [sys.executable, "-m", "lmjax", "serve", "--hf", model_dir, "--port", "0",
-       "--max-batch", str(max_batch), "--max-seq-len", str(max_seq_len), "--model-name", "bench"],
+       "--max-batch", str(max_batch), "--max-seq-len", str(max_seq_len), "--model-name", "bench",
+       *flags],
       cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
       env={**os.environ, "PYTHONPATH": str(ROOT)})
   deadline = time.monotonic() + 300
@@ -61,12 +83,13 @@ def start_server(model_dir: str, max_batch: int, max_seq_len: int, log: pathlib.
   sys.exit("the server did not start in 300 s")
 
 
-async def one_request(client, prompt: list[int], new: int) -> tuple[float, float, int]:
+async def one_request(client, prompt: list[int], new: int, model: str = "bench"
+                      ) -> tuple[float, float, int]:
   """(time to first token, latency, new tokens) of one streamed greedy completion."""
   start = time.perf_counter()
   first, tokens = None, 0
   stream = await client.completions.create(
-      model="bench", prompt=prompt, max_tokens=new, temperature=0, stream=True,
+      model=model, prompt=prompt, max_tokens=new, temperature=0, stream=True,
       stream_options={"include_usage": True})
   async for chunk in stream:
     if first is None and chunk.choices:
@@ -76,13 +99,16 @@ async def one_request(client, prompt: list[int], new: int) -> tuple[float, float
   return first, time.perf_counter() - start, tokens
 
 
-async def round_of(url: str, prompts: list[list[int]], clients: int, requests: int, new: int):
-  """Tokens/s, TTFTs and latencies of `clients` clients sending `requests` requests each."""
+async def round_of(url: str, prompts: list[list[int]], clients: int, requests: int, new: int,
+                   models: list[str] = ("bench",)):
+  """Tokens/s, TTFTs and latencies of `clients` clients sending `requests` requests each,
+  client c asking for models[c % len(models)]."""
   import openai
   client = openai.AsyncOpenAI(base_url=url, api_key="none", timeout=600, max_retries=0)
 
   async def one_client(c: int):
-    return [await one_request(client, prompts[(c * requests + r) % len(prompts)], new)
+    return [await one_request(client, prompts[(c * requests + r) % len(prompts)], new,
+                              models[c % len(models)])
             for r in range(requests)]
 
   start = time.perf_counter()
@@ -100,6 +126,8 @@ def main() -> None:
   parser.add_argument("--requests", type=int, default=2, help="requests per client")
   parser.add_argument("--baseline-requests", type=int, default=4,
                       help="requests timed one by one through transformers")
+  parser.add_argument("--adapters", type=int, default=0,
+                      help="random LoRA adapters served too, the clients taking turns over them")
   args = parser.parse_args()
 
   import torch
@@ -118,14 +146,16 @@ def main() -> None:
     Tokenizer.train_bpe(builtin_corpus(), vocab_size=args.vocab).save(directory)
     hf_model.save_pretrained(directory)
     loaded = lmjax.load(directory, kind="hf")
+    flags = random_adapters(hf_model, directory, args.adapters)
+    models = ["bench"] + [f"adapter{n}" for n in range(args.adapters)]
     process, url = start_server(directory, max(args.clients), max_seq_len,
-                                pathlib.Path(directory) / "server.log")
+                                pathlib.Path(directory) / "server.log", flags)
     try:
       asyncio.run(round_of(url, prompts, 1, 1, args.new))  # warm-up
       rows = []
       for clients in args.clients:
         rate, ttfts, latencies = asyncio.run(round_of(url, prompts, clients, args.requests,
-                                                      args.new))
+                                                      args.new, models))
         round_prompts = prompts[:clients * args.requests]
         lmjax.generate(loaded.model, loaded.params, round_prompts[:clients],
                        max_new_tokens=args.new, temperature=0)  # compiles this batch size

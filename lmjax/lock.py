@@ -127,16 +127,18 @@ class DirectoryLock:
   this lock created it and it is empty again). Use as a context manager, or acquire/release."""
 
   def __init__(self, directory: str | os.PathLike, *, what: str = "",
-               heartbeat_seconds: float = HEARTBEAT_SECONDS,
-               stale_seconds: float = STALE_SECONDS):
+               heartbeat_seconds: float | None = None, stale_seconds: float | None = None):
     self.directory = as_path(directory)
     self.remote = is_remote(self.directory)
     self.file = self.directory / LOCK_FILE
     self.what = what or str(self.directory)
-    self.heartbeat_seconds, self.stale_seconds = heartbeat_seconds, stale_seconds
+    # None: the module's settings, read now (a test may shorten them)
+    self.heartbeat_seconds = HEARTBEAT_SECONDS if heartbeat_seconds is None else heartbeat_seconds
+    self.stale_seconds = STALE_SECONDS if stale_seconds is None else stale_seconds
     self.token = uuid.uuid4().hex
     self._created: list[pathlib.Path] = []  # the directories acquire made, deepest first
     self._stop = threading.Event()
+    self._lost = threading.Event()  # set when the heartbeat finds the file is no longer ours
     self._thread: threading.Thread | None = None
     self._io = threading.Lock()  # the heartbeat never writes while the file moves
 
@@ -233,8 +235,9 @@ class DirectoryLock:
         if self._stop.is_set():
           return
         if not self.holds():
-          log.error("%s: this process lost its lock %s (another process broke or replaced it); "
-                    "two writers may now share the directory.", self.what, self.file)
+          self._lost.set()  # the writer reads `lost` before its next write and stops there
+          log.error("%s: this process lost its lock %s (another process broke or replaced it).",
+                    self.what, self.file)
           return
         record = self._read(self.file) or {}
         record["heartbeat"] = time.time()
@@ -247,6 +250,22 @@ class DirectoryLock:
               f.truncate()
         except Exception as e:  # noqa: BLE001 -- a disk's or a bucket client's error: warned
           log.warning("%s: could not refresh the lock's heartbeat (%s)", self.what, e)
+
+  @property
+  def lost(self) -> bool:
+    """Whether the heartbeat found the lock taken from this process (by a process that judged
+    it stale: e.g. this one was frozen past STALE_SECONDS). A writer checks it before writing,
+    and stops: the directory is the other process's now."""
+    return self._lost.is_set()
+
+  def lost_error(self) -> UserError:
+    """The refusal a writer raises once `lost`, naming the lock's new holder."""
+    holder = self._read(self.file)
+    now = describe(holder) if holder is not None else "no process (the lock file is gone)"
+    return UserError(
+        f"{self.what}: this process lost its lock to another process, which holds it now: "
+        f"{now}. Stopped before writing again, so that two writers never mix one directory; "
+        f"what was written before stays. Rerun once the other process is done.")
 
   def holds(self) -> bool:
     """Whether the lock file is this lock's."""

@@ -187,6 +187,16 @@ def test_tokenizer_train_writes_a_tokenizer_that_training_then_uses(tmp_path, ca
   assert code == 0, err
   assert Tokenizer.load(tmp_path / "run" / "tokenizer").encode("def") == Tokenizer.load(out).encode("def")
   assert run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", str(out))[0] == 2  # not empty
+  # A run that fails (no text to learn from) leaves no directory, not even a half one.
+  (tmp_path / "empty.txt").write_text("")
+  code, _, err = run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", str(tmp_path / "t2"),
+                         "--set", "data.source=text", f"data.paths=[{tmp_path / 'empty.txt'}]")
+  assert code == 2 and "is empty" in err, err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "run", "tok"]
+  from lmjax.lock import DirectoryLock
+  with DirectoryLock(tmp_path / "t3"):  # another writer's
+    code, _, err = run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", str(tmp_path / "t3"))
+  assert code == 2 and "is in use by another lmjax process" in err, err
 
 
 @pytest.mark.parametrize("argv, flag", [

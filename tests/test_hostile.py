@@ -416,3 +416,38 @@ def test_generation_is_bounded_by_the_context_and_the_kv_cache_by_memory():
   with pytest.raises(UserError, match=r"the KV cache of 1024 sequence\(s\) of \d+ \+ 4194304 tokens "
                                       r"needs at least .* TiB per device.*lower --max-new-tokens"):
     generate(long, None, [[1, 2]] * 1024, max_new_tokens=2**22)
+
+
+def test_a_held_out_batch_that_cannot_fit_is_refused_before_the_checkpoint_loads(
+    trained_gpt, capsys):
+  from tests.helpers import run_cli
+  code, out, err = run_cli(capsys, "eval", "tiny-gpt", "--run-dir", trained_gpt, "--set", *TINY,
+                           "train.batch_size=1000000000000")
+  assert code == 2 and "Traceback" not in err and not out, err
+  assert "the params and one held-out batch's activations" in err
+  assert "per device, more than the" in err and "train.batch_size" in err
+
+
+def test_a_file_this_user_may_not_read_is_a_user_error_not_a_refused_write(tmp_path):
+  """Exit 4 is for writes the storage refuses; a config this user may not read is a path to
+  fix: exit 2. Root reads everything, so as root the child runs without the capabilities that
+  override file permissions (util-linux's setpriv), as any other user would."""
+  import shutil
+  import subprocess
+  import sys
+
+  from tests.processes import ROOT, cpu_env
+  config = tmp_path / "secret.yaml"
+  config.write_text("model:\n  preset: tiny-gpt\n")
+  config.chmod(0)
+  command = [sys.executable, "-m", "lmjax", "train", str(config), "--run-dir",
+             str(tmp_path / "run")]
+  if os.geteuid() == 0:
+    assert shutil.which("setpriv"), "util-linux's setpriv runs this test as root"
+    drop = "-dac_override,-dac_read_search"
+    command = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+  result = subprocess.run(command, cwd=ROOT, env=cpu_env(1), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 2, result.stderr
+  assert f"Permission denied: '{config}': this user may not read it" in result.stderr
+  assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()

@@ -135,3 +135,39 @@ def test_a_live_trainer_refuses_a_second_and_its_lock_is_broken_after_kill_9(
           in warnings_logged.text)
   assert not (run_dir / LOCK_FILE).exists()
 
+
+
+def test_a_trainer_whose_lock_is_taken_stops_before_writing_again(tmp_path, monkeypatch):
+  """Another process judged this trainer stale (frozen past STALE_SECONDS, say) and took its
+  run directory: at its next heartbeat the trainer finds the lock no longer its own, and stops
+  at the next step with a message naming the new holder, writing no further row or
+  checkpoint; the lock stays the new holder's."""
+  import threading
+
+  import lmjax.lock
+  from lmjax.config import load_config
+  from lmjax.errors import UserError
+  from lmjax.train.loop import train
+  from tests.helpers import rows
+  monkeypatch.setattr(lmjax.lock, "HEARTBEAT_SECONDS", 0.05)
+  run_dir = tmp_path / "run"
+  taken = threading.Event()
+
+  def take_over():  # what a second process's _break + create does, once step 10 is saved
+    while not (run_dir / "checkpoints" / "10").is_dir():
+      time.sleep(0.01)
+    _write_lock(run_dir, command="lmjax train (the other one)")
+    taken.set()
+
+  thief = threading.Thread(target=take_over, daemon=True)
+  thief.start()
+  with pytest.raises(UserError, match="lost its lock to another process, which holds it now: "
+                                      "pid 1 on host elsewhere"):
+    train(load_config("tiny-gpt", TINY + ["train.steps=2000", "train.log_every=1",
+                                          "train.checkpoint_every=10"]), run_dir)
+  thief.join(timeout=10)
+  assert taken.is_set()
+  assert json.loads((run_dir / LOCK_FILE).read_text())["token"] == "theirs"
+  written = max(r["step"] for r in rows(run_dir))
+  saved = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+  assert written < 1000 and saved[-1] <= written  # stopped within a few steps of the taking

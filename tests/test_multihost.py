@@ -115,3 +115,18 @@ def test_a_tpu_pod_worker_joins_its_slice_without_distributed_keys(tmp_path):
   assert "could not join the distributed job through the coordinator found in the environment" \
       in log
   assert "Traceback" not in log and not (tmp_path / "run").exists()
+
+
+def test_a_locked_run_directory_stops_every_process_of_a_job(tmp_path):
+  """Process 0 (the writer) finds the run directory held by another live process: it and
+  process 1, which takes no lock, both exit 2 with the refusal, before any collective hangs."""
+  from lmjax.lock import DirectoryLock
+  run_dir = tmp_path / "run"
+  with DirectoryLock(run_dir), children(tmp_path) as group:
+    start_pair(group, "process", run_dir, "train.steps=4", *TWO_SLICES)
+    codes = group.wait(timeout=180)
+  for name in ("process0", "process1"):
+    assert codes[name] == 2, (name, group.log(name))
+    assert f"run directory {run_dir} is in use by another lmjax process" in group.log(name)
+    assert "Traceback" not in group.log(name)
+  assert not run_dir.exists()  # the holder released it; nothing else was written

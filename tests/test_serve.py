@@ -1,5 +1,6 @@
 """`lmjax serve` driven by the real OpenAI client (and raw HTTP for bad requests): one server
-process on 127.0.0.1 for the module, over a tiny random Llama with a real BPE tokenizer.
+process on 127.0.0.1 for the module, over a tiny random Llama with a real BPE tokenizer and two
+random PEFT LoRA adapters of it (different ranks, scales and targets), served beside it.
 
 Greedy answers are compared with `lmjax generate` and with lmjax.generate token for token,
 alone and with requests of other lengths decoding beside them. The server is stopped by
@@ -8,26 +9,33 @@ case.
 """
 
 import concurrent.futures
+import copy
 import json
 import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 
+import numpy as np
 import pytest
+from flax import traverse_util
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 openai = pytest.importorskip("openai")
+peft = pytest.importorskip("peft")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from lmjax.data.sources.documents import builtin_corpus  # noqa: E402
 from lmjax.data.tokenize.tokenizer import Tokenizer  # noqa: E402
+from lmjax.hf.peft_import import read_peft  # noqa: E402
 from lmjax.infer import generate  # noqa: E402
 from lmjax.infer.slots import decode_groups, prefill_buckets  # noqa: E402
+from lmjax.model.lora import merge_lora  # noqa: E402
 from lmjax.serve.tools import split_tool_calls  # noqa: E402
 from lmjax.run.loader import load  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
@@ -62,8 +70,22 @@ def model_dir(tmp_path_factory):
       initializer_range=0.2, eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.eos_id,
       tie_word_embeddings=False)
   torch.manual_seed(0)
-  transformers.LlamaForCausalLM(config).save_pretrained(directory)
+  model = transformers.LlamaForCausalLM(config)
+  model.save_pretrained(directory)
+  # Two adapters of it as peft saves them, with random B (peft's default B is zero: no effect).
+  for name, rank, alpha, targets in (("terse", 4, 8, ["q_proj", "v_proj"]),
+                                     ("wordy", 8, 4, ["o_proj", "gate_proj", "down_proj"])):
+    torch.manual_seed(rank)
+    with warnings.catch_warnings():  # transformers' deprecation of a name peft calls
+      warnings.simplefilter("ignore", FutureWarning)
+      adapted = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+          r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False))
+    adapted.save_pretrained(directory.parent / f"{directory.name}-{name}")
   return directory
+
+
+def adapter_dir(model_dir, name):
+  return model_dir.parent / f"{model_dir.name}-{name}"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +97,9 @@ def server(model_dir, tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-m", "lmjax", "serve", "--hf", str(model_dir), "--port", "0",
          "--max-batch", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE),
-         "--max-seq-len", str(MAX_SEQ_LEN), "--model-name", "tiny"],
+         "--max-seq-len", str(MAX_SEQ_LEN), "--model-name", "tiny",
+         "--adapter", f"terse={adapter_dir(model_dir, 'terse')}",
+         "--adapter", f"wordy={adapter_dir(model_dir, 'wordy')}"],
         cwd=ROOT, env=cpu_env(1), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
   process.log = log
   yield process
@@ -270,8 +294,49 @@ def test_tool_calls_are_read_from_hermes_style_blocks():
   assert split_tool_calls("no call here") == ("no call here", [])
 
 
+def test_two_adapters_in_one_batch_each_equal_generate_on_its_merged_weights(client, model_dir,
+                                                                             loaded, expected):
+  models = ["tiny", "terse", "wordy", "terse"]
+  with concurrent.futures.ThreadPoolExecutor(len(models)) as pool:
+    answers = list(pool.map(lambda model: client.completions.create(
+        model=model, prompt=PROMPTS[1], max_tokens=40, temperature=0), models))
+  prompts = [prompt for prompt, _ in expected.values()]
+  eos = loaded.tokenizer.eos_id
+  for model, answer in zip(models, answers):
+    params = loaded.params
+    if model != "tiny":  # the adapter folded into the base weights, as peft's merge does
+      lora, arrays = read_peft(adapter_dir(model_dir, model), loaded.model.config)
+      flat = {**traverse_util.flatten_dict(loaded.params, sep="."), **arrays}
+      params = merge_lora(traverse_util.unflatten_dict(flat, sep="."), lora.rank, lora.alpha,
+                          lora.rslora)
+    # The same batch and length as `expected`'s: no new program to compile.
+    ids = generate(loaded.model, params, prompts, max_new_tokens=LONG, temperature=0,
+                   eos_id=eos)[1][:40]
+    assert answer.model == model
+    assert answer.choices[0].text == continuation(loaded, prompts[1], [i for i in ids if i != eos])
+  assert len({a.choices[0].text for a in answers}) == 3
+
+
+def test_embeddings_are_the_mean_pooled_hidden_states_transformers_computes(client, model_dir,
+                                                                          loaded):
+  texts = [PROMPTS[0], PROMPTS[2]]
+  vectors = client.embeddings.create(model="tiny", input=texts)  # base64 on the wire
+  floats = client.embeddings.create(model="tiny", input=texts[0], encoding_format="float")
+  adapted = client.embeddings.create(model="terse", input=texts[0])
+  ids = [loaded.tokenizer.encode(t, add_special_tokens=True) for t in texts]
+  reference = transformers.LlamaModel.from_pretrained(model_dir).eval()
+  for row, item in zip(ids, vectors.data):
+    with torch.no_grad():
+      hidden = reference(torch.tensor([row])).last_hidden_state[0].mean(0)
+    np.testing.assert_allclose(item.embedding, (hidden / hidden.norm()).numpy(), atol=1e-5)
+  assert vectors.usage.prompt_tokens == sum(map(len, ids))
+  assert floats.data[0].embedding == pytest.approx(vectors.data[0].embedding, abs=1e-6)
+  assert adapted.model == "terse"
+  assert np.abs(np.subtract(adapted.data[0].embedding, floats.data[0].embedding)).max() > 1e-3
+
+
 def test_models_and_health(client, url):
-  assert [m.id for m in client.models.list().data] == ["tiny"]
+  assert [m.id for m in client.models.list().data] == ["tiny", "terse", "wordy"]
   state = health(url)
   assert state["status"] == "ok" and state["slots"] == MAX_BATCH
 
@@ -308,6 +373,14 @@ def test_bad_requests_get_openai_errors_and_the_server_carries_on(client, url):
     client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=MAX_SEQ_LEN)
   with pytest.raises(openai.NotFoundError):
     client.chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
+  embed = lambda **body: post("embeddings", json={"model": "tiny", **body})
+  assert error_of(embed(input=""), 400)["param"] == "input"
+  error_of(embed(input=[]), 400)
+  error_of(embed(input=[[1, 10**6]]), 400)
+  assert error_of(embed(input="hi", dimensions=7), 400)["param"] == "dimensions"
+  error_of(embed(input="hi", encoding_format="int8"), 400)
+  assert error_of(embed(input="word " * MAX_SEQ_LEN), 400)["code"] == "context_length_exceeded"
+  error_of(post("embeddings", json={"model": "nope", "input": "hi"}), 404)
   assert client.completions.create(model="tiny", prompt="hi", max_tokens=2).choices
 
 
@@ -375,3 +448,17 @@ def test_a_port_in_use_exits_2_naming_it(model_dir, capsys):
 def test_a_missing_model_exits_2(tmp_path, capsys):
   code, _, err = run_cli(capsys, "serve", "--hf", tmp_path / "nothing", "--port", 0)
   assert code == 2 and "Traceback" not in err
+
+
+def test_bad_adapters_exit_2_naming_the_flag(model_dir, tmp_path, capsys):
+  serve = lambda *flags: run_cli(capsys, "serve", "--hf", model_dir, "--port", 0, *flags)
+  for flags, message in [
+      (["--adapter", "no-path"], "is not NAME=PATH"),
+      (["--adapter", f"a={tmp_path / 'none'}"], "no such directory"),
+      (["--adapter", f"a={tmp_path}", "--adapter", f"a={tmp_path}"], "given twice"),
+      (["--adapter", f"a={tmp_path}", "--quantize", "int8"], "QLoRA"),
+      (["--adapter", f"a={tmp_path}"], "adapter a: "),  # loads the model: not a PEFT directory
+      (["--adapter", f"tiny={adapter_dir(model_dir, 'terse')}", "--model-name", "tiny"],
+       "the served model's own name")]:
+    code, _, err = serve(*flags)
+    assert code == 2 and message in err and "Traceback" not in err, (flags, err)

@@ -148,6 +148,27 @@ def test_a_template_that_would_render_without_end_is_stopped_and_named(monkeypat
     ChatTemplate(source).render([{"role": "user", "content": "hi"}], where="data.jsonl:4")
 
 
+@pytest.mark.parametrize("source", [
+    "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    "{% macro f(n) %}{% for i in range(99999) %}{% endfor %}{{ f(n) if n < 10**9 }}{% endmacro %}"
+    "{{ f(0) }}",
+])
+def test_the_time_limit_holds_off_the_main_thread(monkeypatch, source):
+  """A server renders on worker threads, where no signal reaches: the sandbox's own checks
+  stop the render there too."""
+  import concurrent.futures
+  import time
+
+  from lmjax.data.tokenize import render_limits
+  monkeypatch.setattr(render_limits, "RENDER_SECONDS", 0.3)
+  render = lambda: ChatTemplate(source).render([{"role": "user", "content": "hi"}], where="req")
+  start = time.monotonic()
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with pytest.raises(UserError, match="req: the chat template ran for more than 0.3 s on it"):
+      pool.submit(render).result(timeout=30)
+  assert time.monotonic() - start < 5
+
+
 def test_a_template_that_fails_names_the_row():
   template = ChatTemplate("{{ raise_exception('no system messages here') }}")
   with pytest.raises(UserError, match="data.jsonl:2: the chat template failed.*no system"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pathlib
 import sys
 from typing import Sequence
@@ -27,7 +28,7 @@ from lmjax.data.config import DataConfig
 from lmjax.data.sources.documents import ReadStats, iter_sources
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError, WriteFailed
-from lmjax.files import check_new_file, write_text_atomic
+from lmjax.files import check_new_file, staged_directory, write_text_atomic
 from lmjax.infer import complete, perplexity
 from lmjax.infer import cloze_ids, fill_mask, generate
 from lmjax.infer.engine import check_limits
@@ -236,10 +237,12 @@ def _cmd_serve(args) -> int:
                     f"'lmjax[serve]'.") from None
   # Bad limits and addresses fail before the model loads.
   check_limits(max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=args.max_seq_len)
+  adapters = server.parse_adapters(args.adapter, quantize=args.quantize)
   server.listen(args.host, args.port).close()
   loaded = _load(args, dtype=args.dtype)
   server.serve(loaded, host=args.host, port=args.port, max_batch=args.max_batch,
                max_seq_len=args.max_seq_len, max_queue=args.max_queue, name=args.model_name,
+               adapters=adapters, pooling=args.pooling,
                announce=lambda line: print(f"lmjax serve: {line}", flush=True))
   return 0
 
@@ -317,16 +320,18 @@ def _cmd_checkpoints(args) -> int:
 def _cmd_tokenizer(args) -> int:
   config = load_config(args.config, args.overrides)
   out = pathlib.Path(args.out)
-  if out.exists() and any(out.iterdir()):
-    raise UserError(f"--out {out} exists and is not empty: choose a new directory.")
-  stats = ReadStats()
-  documents = list(iter_sources(config.data, stats))
-  _report_skipped("tokenizer", stats)
-  if not documents:
-    raise UserError(f"data.paths {list(config.data.paths)} holds no usable text to train a "
-                    f"tokenizer on: point it at files that hold text.")
-  tokenizer = Tokenizer.train_bpe(documents, vocab_size=args.vocab_size or config.model.vocab_size)
-  tokenizer.save(out)
+  # Written beside --out and renamed onto it when complete, under its lock (lmjax.files): an
+  # interrupted or failed run leaves no half tokenizer, and two runs never mix one directory.
+  with staged_directory(out) as staging:
+    stats = ReadStats()
+    documents = list(iter_sources(config.data, stats))
+    _report_skipped("tokenizer", stats)
+    if not documents:
+      raise UserError(f"data.paths {list(config.data.paths)} holds no usable text to train a "
+                      f"tokenizer on: point it at files that hold text.")
+    tokenizer = Tokenizer.train_bpe(documents,
+                                    vocab_size=args.vocab_size or config.model.vocab_size)
+    tokenizer.save(staging)
   print(f"trained a {tokenizer.vocab_size}-token BPE on {len(documents)} documents into {out}; "
         f"use it with --set data.tokenizer={out}")
   return 0
@@ -378,6 +383,14 @@ _STORAGE_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno
                     errno.EFBIG}
 
 
+def _unreadable(e: OSError) -> bool:
+  """Whether a permission error is a read of an existing path this user may not read (errno
+  alone does not tell a refused read from a refused write)."""
+  path = e.filename
+  return (e.errno in (errno.EACCES, errno.EPERM) and isinstance(path, (str, bytes, os.PathLike))
+          and os.path.lexists(path) and not os.access(path, os.R_OK))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = cli_parser.parse(argv)
   app.configure_process()
@@ -388,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"lmjax {args.command}: error: {e}", file=sys.stderr)
     return getattr(e, "exit_code", 2)
   except OSError as e:
+    if _unreadable(e):  # a path the user gave that this user may not read: theirs, exit 2
+      print(f"lmjax {args.command}: error: {e}: this user may not read it. Fix its permissions "
+            f"or give another path.", file=sys.stderr)
+      return 2
     if e.errno in _STORAGE_REFUSED:  # full, read-only or forbidden: the storage's, exit 4
       print(f"lmjax {args.command}: error: {e}. Free disk space or fix the permissions, then "
             f"rerun the same command.", file=sys.stderr)

@@ -298,7 +298,15 @@ def _add_serve(commands) -> None:
                           "(default 4 x --max-batch)")
   serve.add_argument("--model-name", default=None,
                      help="the name clients ask for (default: the source directory's name)")
+  serve.add_argument("--adapter", action="append", default=None, metavar="NAME=PATH",
+                     help="also serve a PEFT LoRA adapter directory of the model, chosen by "
+                          "requests whose model is NAME; repeat for several")
+  serve.add_argument("--pooling", choices=("mean", "last", "cls"), default=None,
+                     help="/v1/embeddings: pool the final hidden states over the tokens, or take "
+                          "the last or first token's (default: a sentence-transformers "
+                          "directory's own, else mean)")
   serve.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  _add_quantize(serve)
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:

@@ -11,9 +11,14 @@ from lmjax.errors import UserError
 from lmjax.model import Head, Positions, Transformer
 
 
+def is_causal_lm(model: Transformer) -> bool:
+  """Whether `model` generates text: causal attention and a next-token head."""
+  return model.config.causal and model.config.head is Head.CAUSAL_LM
+
+
 def require_causal_lm(model: Transformer, what: str) -> None:
   cfg = model.config
-  if not cfg.causal or cfg.head is not Head.CAUSAL_LM:
+  if not is_causal_lm(model):
     raise UserError(
         f"{what} needs a causal language model (model.causal=true, model.head=causal_lm), but this "
         f"one has causal={cfg.causal} and head={cfg.head.value}: for a masked-LM model use "

@@ -32,6 +32,7 @@ import numpy as np
 
 from lmjax.errors import UserError
 from lmjax.infer import slots
+from lmjax.infer.adapters import Adapters, base_of
 from lmjax.infer.checks import check_ids, check_sampling, require_causal_lm
 from lmjax.infer.complete import TextRow, stable_prefix
 from lmjax.model import Positions
@@ -66,6 +67,7 @@ class Request:
   stop: tuple[str, ...] = ()
   after_prompt: bool = True  # the text is what the ids add to the prompt's (else on their own)
   top_logprobs: int | None = None  # report each token's log-probability and this many others
+  adapter: int = 0           # the LoRA adapter (Adapters.index; 0: the base model)
 
 
 class TokenLogprob(NamedTuple):
@@ -114,10 +116,11 @@ def check_limits(*, max_batch: int, max_queue: int | None, max_seq_len: int | No
 
 
 class Engine:
-  """The batching loop over `max_batch` slots of `max_seq_len` positions each."""
+  """The batching loop over `max_batch` slots of `max_seq_len` positions each, with the base
+  model and any LoRA `adapters` of it (lmjax.infer.adapters) in the same batch."""
 
   def __init__(self, loaded: Loaded, *, max_batch: int, max_seq_len: int, max_queue: int,
-               eos_ids: Sequence[int] = ()):
+               eos_ids: Sequence[int] = (), adapters: Adapters | None = None):
     require_causal_lm(loaded.model, "serve")
     config = loaded.model.config
     check_limits(max_batch=max_batch, max_queue=max_queue, max_seq_len=max_seq_len)
@@ -126,6 +129,11 @@ class Engine:
                       f"{config.max_seq_len} learned positions: give at most "
                       f"{config.max_seq_len}.")
     self.loaded, self.max_batch, self.max_seq_len = loaded, max_batch, max_seq_len
+    self.adapters = adapters
+    self.model, self.params = loaded.model, loaded.params
+    if adapters is not None:  # a LoRA model over the base; each slot picks its adapter
+      self.model, self.params = adapters.model, base_of(loaded)[1]
+    self._stacked = None if adapters is None else adapters.stacked
     self.max_queue = max_queue
     self.eos_ids = frozenset(int(i) for i in eos_ids)
     self.buckets = slots.prefill_buckets(max_seq_len)
@@ -145,6 +153,8 @@ class Engine:
     if not request.prompt:
       raise UserError("the prompt has no tokens: give some text to continue.")
     check_ids(request.prompt, vocab_size=self.loaded.model.config.vocab_size, what="the prompt")
+    if not 0 <= request.adapter <= len(self.adapters.names if self.adapters else ()):
+      raise UserError(f"adapter {request.adapter} is not one this engine serves.")
     if request.max_tokens < 1:
       raise UserError(f"max_tokens must be >= 1, got {request.max_tokens}.")
     check_sampling(max_new_tokens=request.max_tokens, temperature=request.temperature,
@@ -187,13 +197,14 @@ class Engine:
 
   def start(self) -> None:
     """Compiles the decode programs and the smallest prefill, then starts the loop's thread."""
-    model, params = self.loaded.model, self.loaded.params
+    model, params, stacked = self.model, self.params, self._stacked
     self._state = slots.empty_slots(model, slots=self.max_batch, max_seq_len=self.max_seq_len)
-    self._state, _ = slots.prefill(model, params, self._state, jnp.int32(0),
+    self._state, _ = slots.prefill(model, params, stacked, self._state, jnp.int32(0),
                                    np.zeros((1, self.buckets[0]), np.int32), jnp.int32(1),
-                                   jax.random.key(0), _settings(Request([0], 1), model))
+                                   jax.random.key(0), _settings(Request([0], 1), model),
+                                   jnp.int32(0))
     for rows in self.groups:
-      self._state, _ = slots.decode(model, params, self._state, jnp.zeros(rows, bool),
+      self._state, _ = slots.decode(model, params, stacked, self._state, jnp.zeros(rows, bool),
                                     steps=DECODE_STEPS)
     self._thread = threading.Thread(target=self._loop, name="lmjax-engine", daemon=True)
     self._thread.start()
@@ -240,19 +251,19 @@ class Engine:
         log.exception("the decode loop failed; ending its requests and emptying the slots")
         for slot in list(self._running):
           self._end(slot, "error")
-        self._state = slots.empty_slots(self.loaded.model, slots=self.max_batch,
+        self._state = slots.empty_slots(self.model, slots=self.max_batch,
                                         max_seq_len=self.max_seq_len)
 
   def _prefill(self, slot: int, handle: Handle) -> None:
-    request, model = handle.request, self.loaded.model
+    request, model = handle.request, self.model
     length = len(request.prompt)
     bucket = next(b for b in self.buckets if b >= length)
     input_ids = np.zeros((1, bucket), np.int32)
     input_ids[0, :length] = request.prompt
     key = jax.random.fold_in(jax.random.key(request.seed), request.choice)
-    self._state, first = slots.prefill(model, self.loaded.params, self._state, jnp.int32(slot),
-                                       input_ids, jnp.int32(length), key,
-                                       _settings(request, model))
+    self._state, first = slots.prefill(model, self.params, self._stacked, self._state,
+                                       jnp.int32(slot), input_ids, jnp.int32(length), key,
+                                       _settings(request, model), jnp.int32(request.adapter))
     prefix = list(request.prompt) if request.after_prompt else []
     self._running[slot] = _Running(handle, TextRow(prefix, self.loaded.tokenizer.decode(prefix)))
     self._take(slot, jax.tree.map(lambda x: x[:, None], jax.device_get(first)), 0)  # 1 step
@@ -261,7 +272,7 @@ class Engine:
     # Requests take the lowest free slots: the group that holds the highest one decodes.
     active = np.zeros(next(g for g in self.groups if g > max(self._running)), bool)
     active[list(self._running)] = True
-    self._state, sampled = slots.decode(self.loaded.model, self.loaded.params, self._state,
+    self._state, sampled = slots.decode(self.model, self.params, self._stacked, self._state,
                                         jnp.asarray(active), steps=DECODE_STEPS)
     sampled = jax.device_get(sampled)
     for slot in list(self._running):

@@ -1,8 +1,9 @@
 """The device side of continuous batching: a fixed number of slots, each with its own KV cache row.
 
     state = empty_slots(model, slots=8, max_seq_len=256)
-    state, first = prefill(model, params, state, slot, padded_ids, length, key, settings)
-    state, steps = decode(model, params, state, active, steps=4)   # 4 tokens a slot
+    state, first = prefill(model, params, None, state, slot, padded_ids, length, key, settings,
+                           adapter)
+    state, steps = decode(model, params, None, state, active, steps=4)   # 4 tokens a slot
 
 Every shape is fixed: the cache holds `slots` rows of `max_seq_len` slots each, with a
 per-row write index (lmjax.model.init_cache's "index" as a [slots] vector), so requests of any
@@ -14,6 +15,12 @@ group, and none as requests come and go. Each slot
 has its own sampling settings and random key (a request's seed), so what a request generates
 does not depend on what it is batched with. A step's key is `fold_in(key, step)`, as in
 lmjax.infer.decode, so that a seeded request continues as `lmjax generate` does.
+
+With LoRA adapters (`adapters`: lmjax.infer.adapters' stacked lora_a/lora_b, None without),
+each slot also holds the index of its request's adapter: a prefill runs with that adapter's
+params, and a decoding step runs the model once per slot under `jax.vmap`, each row with its own
+adapter gathered from the stack while the base weights are shared (so a matmul with them stays
+one matmul over the rows).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lmjax.infer.adapters import select, with_adapter
 from lmjax.infer.decode import unrolled_model
 from lmjax.infer.sampling import filter_logits
 from lmjax.model import Transformer, init_cache
@@ -51,6 +59,7 @@ class Slots(NamedTuple):
   step: jax.Array         # [slots] int32, tokens generated so far
   key: jax.Array          # [slots] random keys
   settings: SlotSettings
+  adapter: jax.Array      # [slots] int32, the LoRA adapter of each slot's request (0: none)
 
 
 class Sampled(NamedTuple):
@@ -58,8 +67,8 @@ class Sampled(NamedTuple):
 
   token: jax.Array        # int32
   logprob: jax.Array      # float32, the token's log-probability under the model
-  top_ids: jax.Array      # int32 [..., TOP_LOGPROBS], the most likely tokens
-  top_logprobs: jax.Array  # float32 [..., TOP_LOGPROBS]
+  top_ids: jax.Array      # int32 [..., TOP_LOGPROBS], the most likely tokens (fewer if the
+  top_logprobs: jax.Array  # float32 [..., TOP_LOGPROBS]   vocabulary is smaller)
 
 
 def empty_slots(model: Transformer, *, slots: int, max_seq_len: int) -> Slots:
@@ -72,7 +81,8 @@ def empty_slots(model: Transformer, *, slots: int, max_seq_len: int) -> Slots:
                key=jax.random.split(jax.random.key(0), slots),
                settings=SlotSettings(temperature=zeros(jnp.float32),
                                      top_k=zeros() + model.config.vocab_size,
-                                     top_p=zeros(jnp.float32) + 1))
+                                     top_p=zeros(jnp.float32) + 1),
+               adapter=zeros())
 
 
 def prefill_buckets(max_seq_len: int, *, smallest: int = 16) -> list[int]:
@@ -105,7 +115,7 @@ def _sample(logits: jax.Array, keys: jax.Array, step: jax.Array, settings: SlotS
 
   sampled = jax.lax.cond(jnp.all(greedy), lambda: argmax, sample)
   token = jnp.where(greedy, argmax, sampled).astype(jnp.int32)
-  top_logprobs, top_ids = jax.lax.top_k(logprobs, TOP_LOGPROBS)
+  top_logprobs, top_ids = jax.lax.top_k(logprobs, min(TOP_LOGPROBS, logits.shape[-1]))
   return Sampled(token=token, logprob=jnp.take_along_axis(logprobs, token[:, None], -1)[:, 0],
                  top_ids=top_ids.astype(jnp.int32), top_logprobs=top_logprobs)
 
@@ -116,13 +126,31 @@ def _set_row(tree, row, slot: jax.Array):
       whole, jnp.reshape(part, whole.shape[1:]), slot, 0), tree, row)
 
 
+def _unrolled(model: Transformer, params, adapters):
+  """The model, params and stacked adapters with unrolled layers (`layers_{i}`: see
+  lmjax.infer.decode.unrolled_model): [adapters, layers, …] become [adapters, …] per layer."""
+  unrolled, params = unrolled_model(model, params)
+  if adapters is None or not model.config.scan_layers:
+    return unrolled, params, adapters
+  split = {}
+  for key, value in adapters.items():
+    if key.startswith("layers."):
+      for i in range(model.config.num_layers):
+        split[f"layers_{i}.{key.removeprefix('layers.')}"] = value[:, i]
+    else:
+      split[key] = value
+  return unrolled, params, split
+
+
 @functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
-def prefill(model: Transformer, params, state: Slots, slot: jax.Array, input_ids: jax.Array,
-            length: jax.Array, key: jax.Array, settings: SlotSettings) -> tuple[Slots, Sampled]:
+def prefill(model: Transformer, params, adapters, state: Slots, slot: jax.Array,
+            input_ids: jax.Array, length: jax.Array, key: jax.Array, settings: SlotSettings,
+            adapter: jax.Array) -> tuple[Slots, Sampled]:
   """Starts a request in `slot`: its prompt `input_ids` [1, bucket] (right-padded, `length`
-  real tokens) fills a fresh cache row, and its first token is chosen. `key` and `settings`
-  (scalars) become the slot's. Returns the new state and the first token's Sampled [1]."""
-  model, params = unrolled_model(model, params)
+  real tokens) fills a fresh cache row, and its first token is chosen. `key`, `settings` and
+  `adapter` (scalars) become the slot's. Returns the new state and the first token's Sampled [1]."""
+  model, params, adapters = _unrolled(model, params, adapters)
+  params = with_adapter(params, select(adapters, adapter))
   bucket = input_ids.shape[1]
   max_seq_len = state.cache["segment_ids"].shape[1]
   cache = init_cache(model.config, 1, max_seq_len, model.dtype)
@@ -132,7 +160,8 @@ def prefill(model: Transformer, params, state: Slots, slot: jax.Array, input_ids
   row_settings = jax.tree.map(lambda x: jnp.reshape(x, (1,)), settings)
   first = _sample(last, key[None], jnp.zeros((1,), jnp.int32), row_settings)
   cache["index"] = length
-  row = Slots(cache=cache, token=first.token, step=jnp.int32(1), key=key, settings=settings)
+  row = Slots(cache=cache, token=first.token, step=jnp.int32(1), key=key, settings=settings,
+              adapter=adapter)
   return _set_row(state, row, slot), first
 
 
@@ -141,24 +170,42 @@ def decode_groups(slots: int) -> list[int]:
   return prefill_buckets(slots, smallest=1)
 
 
+def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[jax.Array, Any]:
+  """One decoding step of every row (unrolled model; `adapters`: each row's lora_a/lora_b,
+  [rows, …], or None): (logits [rows, vocab], the new cache)."""
+
+  def forward(params, token, cache):  # token [rows], cache of `rows` rows
+    logits, cache = model.apply({"params": params}, token[:, None], jnp.ones_like(token)[:, None],
+                                positions=cache["index"][:, None], cache=cache)
+    return logits[:, -1], cache
+
+  if adapters is None:
+    return forward(params, state.token, state.cache)
+
+  def row(adapter, token, cache):  # one slot, with its own adapter: a batch of one
+    one = lambda x: x[None]
+    logits, cache = forward(with_adapter(params, adapter), one(token), jax.tree.map(one, cache))
+    return logits[0], jax.tree.map(lambda x: x[0], cache)
+  return jax.vmap(row)(adapters, state.token, state.cache)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "steps"), donate_argnames=("state",))
-def decode(model: Transformer, params, state: Slots, active: jax.Array, *, steps: int
+def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array, *, steps: int
            ) -> tuple[Slots, Sampled]:
   """`steps` tokens for each of the first `rows = len(active)` slots (one of `decode_groups`:
   a server with few requests in its lowest slots computes few rows); `active` [rows] bool marks
   the slots in use (the others compute alongside and keep their place). Returns the new state
   (the slots from `rows` on untouched) and Sampled [rows, steps]."""
-  model, params = unrolled_model(model, params)
+  model, params, adapters = _unrolled(model, params, adapters)
   whole, rows = state, active.shape[0]
   if rows < state.token.shape[0]:
     state = jax.tree.map(lambda x: x[:rows], state)
+  adapters = select(adapters, state.adapter)  # each row's, gathered once for all the steps
 
   def one_step(state: Slots, _) -> tuple[Slots, Sampled]:
     index = state.cache["index"]
-    logits, cache = model.apply({"params": params}, state.token[:, None],
-                                jnp.ones_like(state.token)[:, None], positions=index[:, None],
-                                cache=state.cache)
-    chosen = _sample(logits[:, -1], state.key, state.step, state.settings)
+    logits, cache = _step_logits(model, params, adapters, state)
+    chosen = _sample(logits, state.key, state.step, state.settings)
     cache["index"] = jnp.where(active, index + 1, index)
     # An idle slot keeps writing at its index, inside its row: cap it for a row that is full.
     cache["index"] = jnp.minimum(cache["index"], state.cache["segment_ids"].shape[1] - 1)

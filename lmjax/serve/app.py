@@ -1,6 +1,7 @@
-"""The HTTP endpoints (Starlette): OpenAI's completions, chat completions and models, and health.
+"""The HTTP endpoints (Starlette): OpenAI's completions, chat completions, embeddings and
+models, and health.
 
-    app = create_app(Served(engine, "my-model"))
+    app = create_app(Served(loaded, "my-model", engine, embedder))
 
 A request's choices run in the engine (lmjax.infer.engine), whose thread hands each event to
 the event loop; a streamed answer is Server-Sent Events (`data: {json}` … `data: [DONE]`), one
@@ -26,7 +27,9 @@ from starlette.routing import Route
 from lmjax.errors import UserError
 from lmjax.infer.engine import Event, Handle
 from lmjax.serve import protocol
+from lmjax.serve.embeddings import embedding_request, embedding_response
 from lmjax.serve.protocol import ApiError, Choice, Parsed, Served
+from lmjax.serve.tools import ToolCallStream
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +103,17 @@ async def _answer(request: Request, served: Served, parsed: Parsed) -> Response:
   error = _failed(run)
   if error is not None:
     raise error
-  return JSONResponse(protocol.response(parsed, served.name, run.choices))
+  return JSONResponse(protocol.response(parsed, parsed.model, run.choices))
 
 
 async def _events(run: _Run, served: Served, parsed: Parsed) -> AsyncIterator[str]:
   """The SSE stream of `run`. A client that disconnects closes this generator: `finally`
-  ends its requests."""
+  ends its requests. A chat answer to a request with tools is read for tool calls as it comes
+  (serve.tools.ToolCallStream), each sent whole in `delta.tool_calls`."""
   sse = lambda obj: f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
   started, logprobs_sent = set(), [0] * len(run.choices)
+  calls = [ToolCallStream() if parsed.tools else None for _ in run.choices]
+  calls_sent = [0] * len(run.choices)
   try:
     while run.unfinished:
       index, event = await run.next()
@@ -116,13 +122,21 @@ async def _events(run: _Run, served: Served, parsed: Parsed) -> AsyncIterator[st
       if error is not None:
         yield sse(error.body())
         return
-      yield sse(protocol.chunk(parsed, served.name, index, choice, event.text,
-                               first=index not in started, logprobs_from=logprobs_sent[index],
-                               finish_reason=event.finish_reason))
-      started.add(index)
-      logprobs_sent[index] = len(choice.logprobs)
+      text, completed, finish = event.text, [], event.finish_reason
+      if calls[index] is not None:
+        text, completed = calls[index].feed(text, final=finish is not None)
+        if finish is not None and calls_sent[index] + len(completed):
+          finish = "tool_calls"  # as the whole answer's finish_reason (protocol.response)
+      if text or completed or finish or index not in started or parsed.logprobs:
+        yield sse(protocol.chunk(parsed, parsed.model, index, choice, text,
+                                 first=index not in started, logprobs_from=logprobs_sent[index],
+                                 finish_reason=finish, tool_calls=completed,
+                                 calls_before=calls_sent[index]))
+        started.add(index)
+        logprobs_sent[index] = len(choice.logprobs)
+        calls_sent[index] += len(completed)
     if parsed.include_usage:
-      yield sse(protocol.usage_chunk(parsed, served.name, run.choices))
+      yield sse(protocol.usage_chunk(parsed, parsed.model, run.choices))
     yield "data: [DONE]\n\n"
   finally:
     run.cancel()
@@ -143,11 +157,20 @@ def create_app(served: Served) -> Starlette:
   """The ASGI app over `served` (whose engine is started and stopped by the caller)."""
 
   async def models(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": [
-        {"id": served.name, "object": "model", "created": 0, "owned_by": "lmjax"}]})
+    entry = lambda name, parent: {"id": name, "object": "model", "created": 0,
+                                  "owned_by": "lmjax", "root": name, "parent": parent}
+    return JSONResponse({"object": "list", "data": [entry(served.name, None)] + [
+        entry(name, served.name) for name in served.adapters]})
 
   async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok", **served.engine.stats()})
+    stats = served.engine.stats() if served.engine is not None else {}
+    return JSONResponse({"status": "ok", **stats})
+
+  async def embeddings(request: Request) -> Response:
+    body = protocol.read_body(await request.body())
+    ids, adapter, encoding = embedding_request(body, served)
+    vectors = await asyncio.to_thread(served.embedder.embed, ids, adapter=adapter)
+    return JSONResponse(embedding_response(vectors, ids, model=body["model"], encoding=encoding))
 
   async def api_error(request: Request, error: ApiError) -> Response:
     return JSONResponse(error.body(), status_code=error.status)
@@ -165,6 +188,7 @@ def create_app(served: Served) -> Starlette:
                   methods=["POST"]),
             Route("/v1/chat/completions", _endpoint(protocol.chat_request, served),
                   methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models), Route("/health", health)]
   return Starlette(routes=routes, max_body_size=MAX_BODY_BYTES,
                    exception_handlers={ApiError: api_error, HTTPException: http_error,

@@ -1,7 +1,7 @@
 """The OpenAI API's JSON: request bodies read into engine requests, results written as responses.
 
     body = read_body(raw_bytes)                       # ApiError 400 unless a JSON object
-    parsed = completion_request(body, model)          # or chat_request(body, model)
+    parsed = completion_request(body, served)         # or chat_request(body, served)
     response = completion_response(parsed, choices)   # choices: the Choice of each request
 
 Everything a client can get wrong becomes an `ApiError` with OpenAI's error body
@@ -19,6 +19,7 @@ from typing import Any
 
 from lmjax.errors import UserError
 from lmjax.infer.complete import encode_chat, encode_prompts, loaded_chat_template
+from lmjax.infer.embed import Embedder
 from lmjax.infer.engine import Busy, ContextTooLong, Engine, Request, TokenLogprob
 from lmjax.serve.tools import read_tools, split_tool_calls
 
@@ -42,17 +43,49 @@ class ApiError(Exception):
 
 @dataclasses.dataclass
 class Served:
-  """The model behind the endpoints: the engine, its name, and its chat template (compiled on
-  first use)."""
+  """The model behind the endpoints: `loaded` (lmjax.load's), its name, the engine that
+  generates (None for a model that does not: an encoder serves embeddings only), the embedder,
+  the names of its LoRA adapters (a request's `model` picks one), and its chat template
+  (compiled on first use)."""
 
-  engine: Engine
+  loaded: Any
   name: str
+  engine: Engine | None = None
+  embedder: Embedder | None = None
+  adapters: tuple[str, ...] = ()
   chat_template: Any = None
 
   def template(self):
     if self.chat_template is None:
-      self.chat_template = loaded_chat_template(self.engine.loaded)
+      self.chat_template = loaded_chat_template(self.loaded)
     return self.chat_template
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return (self.name, *self.adapters)
+
+  def adapter(self, body: dict[str, Any]) -> int:
+    """The adapter the body's `model` names (0: the base model); ApiError if none."""
+    model = body.get("model")
+    if not isinstance(model, str):
+      raise ApiError(400, "model is missing: name the model to use (GET /v1/models lists them).",
+                     param="model")
+    if model not in self.names:
+      raise ApiError(404, f"the model {model!r} does not exist here: this server serves "
+                          f"{', '.join(map(repr, self.names))}.", param="model",
+                     code="model_not_found")
+    return self.names.index(model)
+
+  def generating(self, body: dict[str, Any]) -> tuple[Engine, int]:
+    """(the engine, the adapter) for a completion request; ApiError if the model does not
+    generate."""
+    adapter = self.adapter(body)
+    if self.engine is None:
+      config = self.loaded.model.config
+      raise ApiError(400, f"{self.name!r} is not a causal language model (head "
+                          f"{config.head.value}, causal={config.causal}): it serves "
+                          f"/v1/embeddings only.", param="model", code="model_not_supported")
+    return self.engine, adapter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +99,7 @@ class Parsed:
   include_usage: bool
   logprobs: bool
   tools: bool = False  # the answer is read for tool calls
+  model: str = ""      # the name asked for: the served model's or an adapter's
   id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(12))
   created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
@@ -128,17 +162,7 @@ def _stop(body: dict) -> tuple[str, ...]:
   return tuple(stops)
 
 
-def _check_model(body: dict, served: Served) -> None:
-  model = body.get("model")
-  if not isinstance(model, str):
-    raise ApiError(400, "model is missing: name the model to use (GET /v1/models lists it).",
-                   param="model")
-  if model != served.name:
-    raise ApiError(404, f"the model {model!r} does not exist here: this server serves "
-                        f"{served.name!r}.", param="model", code="model_not_found")
-
-
-def _requests(body: dict, served: Served, prompts: list[list[int]], *, chat: bool,
+def _requests(body: dict, engine: Engine, adapter: int, prompts: list[list[int]], *, chat: bool,
               top_logprobs: int | None, default_max_tokens: int | None) -> tuple[list, int]:
   n = _integer(body, "n", 1, 1, MAX_CHOICES)
   temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
@@ -147,7 +171,7 @@ def _requests(body: dict, served: Served, prompts: list[list[int]], *, chat: boo
     raise ApiError(400, "top_p must be above 0 (1 keeps every token).", param="top_p")
   seed = _integer(body, "seed", None, -2**63, 2**64 - 1)
   seed = secrets.randbits(31) if seed is None else seed % 2**32
-  limit = served.engine.max_seq_len
+  limit = engine.max_seq_len
   max_tokens = _integer(body, "max_completion_tokens" if chat else "max_tokens", None, 1, limit)
   if chat and max_tokens is None:
     max_tokens = _integer(body, "max_tokens", None, 1, limit)
@@ -156,10 +180,11 @@ def _requests(body: dict, served: Served, prompts: list[list[int]], *, chat: boo
   for prompt in prompts:
     tokens = max_tokens or default_max_tokens or max(limit - len(prompt), 1)
     requests += [Request(prompt, tokens, temperature=temperature, top_p=top_p, seed=seed,
-                         choice=c, stop=stop, after_prompt=not chat, top_logprobs=top_logprobs)
+                         choice=c, stop=stop, after_prompt=not chat, top_logprobs=top_logprobs,
+                         adapter=adapter)
                  for c in range(n)]
   for request in requests[::n]:
-    served.engine.check(request)  # UserError: the app answers 400
+    engine.check(request)  # UserError: the app answers 400
   return requests, n
 
 
@@ -172,37 +197,38 @@ def _stream_options(body: dict) -> tuple[bool, bool]:
 def completion_request(body: dict[str, Any], served: Served) -> Parsed:
   """/v1/completions: `prompt` is a string, a list of strings, a list of token ids, or a list
   of such lists; `logprobs` (0 to 5) asks for that many alternatives per token."""
-  _check_model(body, served)
+  engine, adapter = served.generating(body)
   prompt = body.get("prompt")
-  loaded = served.engine.loaded
+  loaded = served.loaded
   if isinstance(prompt, str):
     prompts = encode_prompts(loaded, [prompt], chat_mode=False)
   elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
     prompts = encode_prompts(loaded, prompt, chat_mode=False)
-  elif isinstance(prompt, list) and prompt and all(_is_ids(p) for p in prompt):
+  elif isinstance(prompt, list) and prompt and all(is_token_ids(p) for p in prompt):
     prompts = [list(p) for p in prompt]
-  elif _is_ids(prompt):
+  elif is_token_ids(prompt):
     prompts = [list(prompt)]
   else:
     raise ApiError(400, "prompt must be a string, a list of strings, or token ids, got "
                         f"{json.dumps(prompt)[:80]}.", param="prompt")
   logprobs = _integer(body, "logprobs", None, 0, 5)
-  requests, n = _requests(body, served, prompts, chat=False, top_logprobs=logprobs,
+  requests, n = _requests(body, engine, adapter, prompts, chat=False, top_logprobs=logprobs,
                           default_max_tokens=16)  # OpenAI's default for completions
   stream, usage = _stream_options(body)
-  return Parsed(False, requests, n, stream, usage, logprobs is not None)
+  return Parsed(False, requests, n, stream, usage, logprobs is not None, model=body["model"])
 
 
-def _is_ids(value: Any) -> bool:
+def is_token_ids(value: Any) -> bool:
+  """Whether `value` is a non-empty list of token ids (ints, not bools)."""
   return isinstance(value, list) and bool(value) and all(
       isinstance(i, int) and not isinstance(i, bool) for i in value)
 
 
 def chat_request(body: dict[str, Any], served: Served) -> Parsed:
   """/v1/chat/completions: `messages` rendered with the model's chat template (with `tools`
-  where it lists them: the answer's tool calls come back as `tool_calls` when not streamed);
+  where it lists them: the answer's tool calls come back as `tool_calls`, streamed or not);
   `logprobs` (true or false) and `top_logprobs` (0 to 20)."""
-  _check_model(body, served)
+  engine, adapter = served.generating(body)
   messages = body.get("messages")
   if not isinstance(messages, list) or not messages:
     raise ApiError(400, "messages must be a non-empty list of {role, content} objects.",
@@ -212,15 +238,15 @@ def chat_request(body: dict[str, Any], served: Served) -> Parsed:
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
       raise ApiError(400, f"messages[{n}] must be an object with a role.", param="messages")
     plain.append({**message, "content": _content(message.get("content"), n)})
-  loaded = served.engine.loaded
   tools = read_tools(body)
-  prompt = encode_chat(loaded.tokenizer, served.template(), plain, tools=tools)
+  prompt = encode_chat(served.loaded.tokenizer, served.template(), plain, tools=tools)
   wants = _field(body, "logprobs", (bool,), False, "true or false")
   top = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
-  requests, n = _requests(body, served, [prompt], chat=True,
+  requests, n = _requests(body, engine, adapter, [prompt], chat=True,
                           top_logprobs=(top or 0) if wants else None, default_max_tokens=None)
   stream, usage = _stream_options(body)
-  return Parsed(True, requests, n, stream, usage, wants, tools=tools is not None)
+  return Parsed(True, requests, n, stream, usage, wants, tools=tools is not None,
+                model=body["model"])
 
 
 def _content(content: Any, n: int) -> str:
@@ -291,13 +317,20 @@ def response(parsed: Parsed, model: str, choices: list[Choice]) -> dict[str, Any
 
 
 def chunk(parsed: Parsed, model: str, index: int, choice: Choice, text: str, *, first: bool,
-          logprobs_from: int, finish_reason: str | None) -> dict[str, Any]:
-  """One streamed piece of choice `index`: its new `text` and the tokens from `logprobs_from`."""
+          logprobs_from: int, finish_reason: str | None,
+          tool_calls: list[dict[str, Any]] = (), calls_before: int = 0) -> dict[str, Any]:
+  """One streamed piece of choice `index`: its new `text` and the tokens from `logprobs_from`,
+  and (chat) the `tool_calls` completed, numbered on from `calls_before`."""
   entry: dict[str, Any] = {"index": index, "logprobs": _logprobs(parsed, choice, logprobs_from),
                            "finish_reason": finish_reason}
   if parsed.chat:
-    entry["delta"] = ({"role": "assistant", "content": text} if first else
-                      {"content": text} if text or not finish_reason else {})
+    delta: dict[str, Any] = {"role": "assistant"} if first else {}
+    if text or first or not (finish_reason or tool_calls):
+      delta["content"] = text
+    if tool_calls:
+      delta["tool_calls"] = [{"index": calls_before + n, **call}
+                             for n, call in enumerate(tool_calls)]
+    entry["delta"] = delta
   else:
     entry["text"] = text
   return {**_envelope(parsed, model, chunk=True), "choices": [entry]}
@@ -318,4 +351,5 @@ def user_error(error: UserError) -> ApiError:
 
 
 __all__ = ["ApiError", "Choice", "Parsed", "Served", "chat_request", "chunk",
-           "completion_request", "read_body", "response", "usage", "usage_chunk", "user_error"]
+           "completion_request", "is_token_ids", "read_body", "response", "usage", "usage_chunk",
+           "user_error"]

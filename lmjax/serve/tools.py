@@ -3,6 +3,8 @@ the calls a model writes read back as OpenAI's `tool_calls`.
 
     tools = read_tools(body)                       # None, or the list the template receives
     content, calls = split_tool_calls(answer)      # calls: [{"id", "type", "function"}]
+    stream = ToolCallStream()                      # the same, for an answer streamed in pieces
+    content, calls = stream.feed(piece, final=False)
 
 The model learns how to call from its template, so the call format is the template's. Read
 here: Hermes-style `<tool_call>{"name": …, "arguments": {…}}</tool_call>` blocks, which the
@@ -19,6 +21,7 @@ from typing import Any
 
 from lmjax.errors import UserError
 
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
 
 
@@ -58,4 +61,44 @@ def split_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
   return content or None, calls
 
 
-__all__ = ["read_tools", "split_tool_calls"]
+class ToolCallStream:
+  """An answer's pieces, as they are streamed, split into the text to send on and whole tool
+  calls: text that may begin a `<tool_call>` block is held back until it does not, and a block
+  until it closes (then it is a call, or text again if `split_tool_calls` finds none in it).
+  A call is sent whole, its arguments in one piece, as OpenAI's API allows."""
+
+  def __init__(self):
+    self.pending = ""
+
+  def feed(self, text: str, *, final: bool) -> tuple[str, list[dict[str, Any]]]:
+    """(the text to send now, the calls completed) once `text` is added; `final`: the answer
+    has ended, and what is held back is sent."""
+    self.pending += text
+    content, calls = [], []
+    while True:
+      start = self.pending.find(OPEN)
+      end = self.pending.find(CLOSE, start) if start >= 0 else -1
+      if end < 0:  # no whole block: send what cannot become part of one
+        if final:
+          cut = len(self.pending)
+        elif start >= 0:  # a block begun: held until it closes
+          cut = start
+        else:
+          cut = len(self.pending) - _open_prefix(self.pending)
+        content.append(self.pending[:cut])
+        self.pending = self.pending[cut:]
+        return "".join(content), calls
+      block = self.pending[start:end + len(CLOSE)]
+      _, found = split_tool_calls(block)
+      content.append(self.pending[:start] + (block if not found else ""))
+      calls += found
+      self.pending = self.pending[end + len(CLOSE):]
+
+
+def _open_prefix(text: str) -> int:
+  """The length of the longest end of `text` that begins OPEN (held back: it may become one)."""
+  return next((n for n in range(min(len(OPEN) - 1, len(text)), 0, -1)
+               if OPEN.startswith(text[-n:])), 0)
+
+
+__all__ = ["CLOSE", "OPEN", "ToolCallStream", "read_tools", "split_tool_calls"]

@@ -23,9 +23,11 @@ from lmjax.run.loader import load_run_at
 from lmjax.run.restore import open_checkpoints
 from lmjax.run.resume_policy import check_model_unchanged
 from lmjax.run.run_dir import RunDir
+from lmjax.memory import check_fits, per_device_bytes
+from lmjax.model.transformer import param_shapes
 from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.inputs import batch_sources, inherit_labels, load_corpus
-from lmjax.train.setup import (check_batch_fits_mesh, make_model, objective_of,
+from lmjax.train.setup import (check_batch_fits_mesh, make_model, objective_of, residual_bytes,
                                preference_settings)
 from lmjax.train.step import jit_eval_step
 
@@ -74,8 +76,14 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
   corpus = load_corpus(config, Tokenizer.load(run.tokenizer_dir))
   placement = mesh_rules(config.mesh)
   check_batch_fits_mesh(config, placement)
-  _, eval_source = batch_sources(config, corpus)
   model = make_model(config)
+  params_bytes = per_device_bytes(placement.place_abstract(param_shapes(model.config))[0])
+  check_fits(params_bytes + residual_bytes(config, placement, kept=2),
+             what="the params and one held-out batch's activations (a block's input and output, "
+                  "a lower bound)",
+             knobs="lower train.batch_size or train.seq_len (--set), or spread the batch over "
+                   "more devices (mesh.data)")
+  _, eval_source = batch_sources(config, corpus)
   _, params, step = load_run_at(run.path, step=step, mesh=placement.mesh, rules=placement.rules)
   eval_fn = jit_eval_step(model, objective_of(config), placement,
                           jax.tree.map(lambda a: a.sharding, params),

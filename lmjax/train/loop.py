@@ -35,7 +35,7 @@ from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.resume_policy import Change, check_resume, history_entry
 from lmjax.run.run_dir import RunDir
-from lmjax.sharding import MeshRules, mesh_axes_size, mesh_rules
+from lmjax.sharding import mesh_rules
 from lmjax.train.evaluate import evaluate
 from lmjax.train.inputs import TrainBatches, batch_sources, inherit_labels, shared_corpus
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
@@ -46,7 +46,7 @@ from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.rewards import Reward, resolve_rewards
 from lmjax.train.rollout import Rollout, Sampler
-from lmjax.train.setup import StepSetup, setup_step
+from lmjax.train.setup import StepSetup, residual_bytes, setup_step
 from lmjax.train.source_tokenizer import save_run_tokenizer
 from lmjax.train.step import jit_eval_step
 from lmjax.version import __version__
@@ -103,7 +103,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
                               report=prepared.writes)
       end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
       mu = config.train.grpo.num_iterations if prepared.train_source is None else 1
-      return _Loop(prepared, checkpointer, begin, sampler).run(-(-end // mu) * mu)
+      return _Loop(prepared, checkpointer, begin, sampler, lock).run(-(-end // mu) * mu)
     finally:
       checkpointer.close()
   finally:
@@ -129,16 +129,6 @@ def _lock(run: RunDir) -> DirectoryLock | None:
   return lock
 
 
-def _residual_bytes(config: Config, placement: MeshRules) -> int:
-  """Bytes one device holds of a micro-batch's residual stream at every layer's input (and the
-  last's output): whatever the remat policy, the backward pass needs at least these."""
-  shards = mesh_axes_size(placement.mesh, placement.batch_sharding().spec[0])
-  rows = -(-config.train.batch_size // (config.train.grad_accum_steps * shards))
-  itemsize = jax.numpy.dtype(config.train.compute_dtype.value).itemsize
-  model = config.model
-  return rows * config.train.seq_len * model.embed_dim * itemsize * (model.num_layers + 1)
-
-
 def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   """Every check a start needs (run directory, resume policy, mesh, data, tokenizer, state
   layout), in that order; nothing is written. A classifier's labels are the run's, else the
@@ -158,7 +148,9 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
              knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
                    "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
                    "adapters (model.lora.rank)")
-  check_fits(state_bytes + _residual_bytes(config, placement),
+  residual = residual_bytes(config, placement, kept=config.model.num_layers + 1,
+                            micro_batches=config.train.grad_accum_steps)
+  check_fits(state_bytes + residual,
              what="the train state and one micro-batch's activations (the residual stream "
                   "kept at every layer for the backward pass, a lower bound)",
              knobs="lower train.batch_size or train.seq_len, split the batch into "
@@ -197,8 +189,9 @@ class _Loop:
   """One invocation's steps from a start: stepping, logging, evaluating, checkpointing."""
 
   def __init__(self, prepared: _Prepared, checkpointer: Checkpointer, begin: Start,
-               sampler: Sampler | None):
+               sampler: Sampler | None, lock: DirectoryLock | None = None):
     config, setup = prepared.config, prepared.setup
+    self.lock = lock  # the run directory's, on the writing process
     self.prepared, self.config, self.setup, self.checkpointer = prepared, config, setup, checkpointer
     self.begin, self.state, self.last_saved = begin, begin.state, begin.step
     self.batches = self.rollout = None
@@ -236,12 +229,15 @@ class _Loop:
           self.nonfinite.check(last_saved=self.last_saved, keep_newest=True)
           if self.speed.started(done, metrics):
             _write_run_start(self.prepared, self.begin)
-          row = self._log(done, metrics) or row
           saves = done % self.config.train.checkpoint_every == 0 or done == end
           failed = (self.checkpointer.room_error(done, self._saved_state())
                     if saves or guard.requested else self.checkpointer.write_error())
-          stop, write_failed = any_process_each(guard.requested, failed is not None)
+          lost = self.lock is not None and self.lock.lost
+          stop, write_failed, lost = any_process_each(guard.requested, failed is not None, lost)
           stop = stop and self._round_ends(done)  # GRPO: a round's steps share its samples
+          if lost:  # another process took the run directory: write nothing more, anywhere
+            raise self._lost_lock()
+          row = self._log(done, metrics) or row
           if write_failed:
             raise self._write_failed()
           if saves or stop:
@@ -296,6 +292,13 @@ class _Loop:
         skipped_steps=self.nonfinite.skipped, elapsed_seconds=self._elapsed(),
         base=self.begin.base))
     self.last_saved = done
+
+  def _lost_lock(self) -> UserError:
+    """The writer lost the run directory's lock (another process judged it stale and took it)."""
+    if self.lock is not None:
+      return self.lock.lost_error()
+    return UserError(f"the writing process lost its lock on {self.prepared.run.path} to another "
+                     f"process: stopped (its log names the new holder).")
 
   def _write_failed(self) -> WriteFailed:
     """This process's failed checkpoint write, or another's, after which every process stops."""

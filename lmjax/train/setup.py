@@ -18,7 +18,7 @@ from lmjax.model import Head, Transformer
 from lmjax.config_objectives import GrpoLoss
 from lmjax.objectives import GrpoSettings, Settings, default_objective
 from lmjax.run.record import TrainState
-from lmjax.sharding import MeshRules, check_divisible
+from lmjax.sharding import MeshRules, check_divisible, mesh_axes_size
 from lmjax.train.optimizer import make_optimizer, schedule_values
 from lmjax.train.state import state_shardings
 from lmjax.train.step import jit_train_step
@@ -130,3 +130,14 @@ def check_batch_fits_mesh(config: Config, placement: MeshRules) -> None:
       if train.grad_accum_steps > 1 else ""), f"train.seq_len={train.seq_len}")
   check_divisible((per_micro, train.seq_len), placement.batch_sharding(),
                   describe_dim=lambda i: names[i])
+
+
+def residual_bytes(config: Config, placement: MeshRules, *, kept: int, micro_batches: int = 1
+                   ) -> int:
+  """Bytes one device holds of a (micro-)batch's residual stream kept at `kept` points (the
+  backward pass keeps every layer's input and the last output whatever the remat policy: the
+  layers + 1; a forward pass, a block's input and output: 2). A lower bound on activations."""
+  shards = mesh_axes_size(placement.mesh, placement.batch_sharding().spec[0])
+  rows = -(-config.train.batch_size // (micro_batches * shards))
+  itemsize = jnp.dtype(config.train.compute_dtype.value).itemsize
+  return rows * config.train.seq_len * config.model.embed_dim * itemsize * kept

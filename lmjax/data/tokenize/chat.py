@@ -104,12 +104,11 @@ class ChatTemplate:
 
   def __init__(self, source: str, *, bos_token: str = "", eos_token: str = ""):
     import jinja2  # deferred: only instruction tuning renders templates
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
       raise jinja2.exceptions.TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = render_limits.sandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
       self._template = env.from_string(source)

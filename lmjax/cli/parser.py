@@ -9,8 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
-DESCRIPTION = ("The `lmjax` command: train, plan, eval, score, eval-harness, generate, serve, predict, "
-               "fill-mask, convert, checkpoints, plot, tokenizer, data.")
+DESCRIPTION = ("The `lmjax` command: train, plan, eval, score, eval-harness, generate, serve, "
+               "predict, fill-mask, convert, checkpoints, plot, tokenizer, data.")
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -185,8 +185,9 @@ def _add_plan(commands) -> None:
                     help="memory of one device in GiB (default: this machine's accelerator's; "
                          "needed on CPU for a verdict)")
   plan.add_argument("--compile", default="3", metavar="K", dest="compile_top",
-                    help="compile the K best candidates that may fit to confirm their memory "
-                         "(default 3, more in rounds while none fits; 0: estimates only)")
+                    help="compile the K fastest candidates that may fit to confirm their "
+                         "memory, in up to 3 rounds until the fastest expected to fit is "
+                         "confirmed (default 3; 0: estimates only)")
   plan.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                     metavar="KEY=VALUE", help="dotted config overrides, e.g. train.batch_size=64")
 

@@ -7,8 +7,7 @@ lmjax.model.presets) that the other `model.*` keys then override; `model.init_fr
 run directory or a Hugging Face model directory) starts from that model's architecture and
 weights. Each layer owns its section's dataclass: `ModelConfig` (lmjax.model, the graph only),
 `MeshConfig` (lmjax.sharding) and `DataConfig` (lmjax.data); this module adds the trainer's and
-assembles them. `mesh: auto` asks the caller (`lmjax train`: the mesh planner) to choose the
-mesh; a run records the sizes it chose.
+assembles them. `mesh: auto` leaves the mesh to the caller (`lmjax train`: the planner's).
 """
 
 from __future__ import annotations
@@ -258,27 +257,19 @@ def is_run_directory(path: str | os.PathLike) -> bool:
   return (as_path(path) / RUN_CONFIG_FILE).is_file()
 
 
-# `mesh: auto` (or `--set mesh=auto`): the mesh planner's choice for the devices present.
-AUTO_MESH = "auto"
-
-
 def load_config(path_or_name: str | pathlib.Path, overrides: Sequence[str] = (), *,
                 auto_mesh: Callable[[Config], Config] | None = None) -> Config:
   """Reads a YAML file (or a name in configs/, e.g. "tiny-gpt") and applies `key.path=value`s.
-
-  A config whose `mesh` is `auto` is built on the default mesh and handed to `auto_mesh`,
-  which returns it on the mesh it chooses (`lmjax train`: the planner's, lmjax.train.plan);
-  without `auto_mesh` it is refused.
-  """
+  `mesh: auto` is refused unless `auto_mesh` takes the config (on the default mesh) to the one
+  it chooses (`lmjax train`: lmjax.train.plan's)."""
   raw = read_yaml(resolve_config_path(path_or_name))
   for item in overrides:
     apply_override(raw, item)
-  if raw.get("mesh") != AUTO_MESH:
+  if raw.get("mesh") != "auto":
     return from_dict(raw)
   if auto_mesh is None:
-    raise UserError("mesh: auto (the mesh planner's choice) is resolved by `lmjax train` and "
-                    "`lmjax plan` only: give this command the mesh's sizes instead (mesh.data, "
-                    "mesh.fsdp, mesh.tensor, …), e.g. those a run recorded in its config.yaml.")
+    raise UserError("mesh: auto (the mesh planner's choice) is for `lmjax train` and `lmjax plan`: "
+                    "give the sizes here (mesh.data, mesh.fsdp, …), e.g. a run's config.yaml's.")
   return auto_mesh(from_dict({**raw, "mesh": {}}))
 
 

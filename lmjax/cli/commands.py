@@ -18,9 +18,8 @@ import pathlib
 import sys
 from typing import Sequence
 
-import jax
-
 from lmjax.cli import parser as cli_parser
+from lmjax.cli import plan as plan_command
 from lmjax.cli import process as app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import runs, verify
@@ -36,15 +35,13 @@ from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_in
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.run.loader import Loaded, load
-from lmjax.memory import device_memory
 from lmjax.storage import check_local, check_path
-from lmjax.train import plan
+from lmjax.train.plan import resolve_auto_mesh
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
 from lmjax.train.inputs import prepare_data
 from lmjax.train.loop import train
 from lmjax.train.multihost import is_writer
-from lmjax.train.plan_compile import compile_candidates
 
 
 def _load(args, **options) -> Loaded:
@@ -57,7 +54,7 @@ def _load(args, **options) -> Loaded:
 
 
 def _cmd_train(args) -> int:
-  config = load_config(args.config, args.overrides, auto_mesh=plan.resolve_auto_mesh)
+  config = load_config(args.config, args.overrides, auto_mesh=resolve_auto_mesh)
   if args.compile_only:
     report = compile_train_step(config)
     if is_writer():
@@ -77,48 +74,6 @@ def _cmd_train(args) -> int:
     print(f"trained {run_dir} to step {result.final_step}: loss {last.get('loss', float('nan')):.4f}"
           + (f", eval_loss {last['eval_loss']:.4f}" if "eval_loss" in last else ""))
   return 0
-
-
-def _cmd_plan(args) -> int:
-  num_devices = _whole(args.devices, "--devices", "the number of devices to plan for, e.g. "
-                       "--devices 64", minimum=1)
-  compile_top = _whole(args.compile_top, "--compile", "how many candidates to compile, e.g. "
-                       "--compile 3 (0: estimates only)", minimum=0)
-  memory = None
-  if args.device_memory is not None:
-    try:
-      gib = float(args.device_memory)
-    except ValueError:
-      gib = float("nan")
-    if not 0 < gib < float("inf"):
-      raise UserError(f"--device-memory {args.device_memory!r}: give one device's memory in "
-                      f"GiB, a positive number (e.g. --device-memory 80 for an H100).")
-    memory = int(gib * 2**30)
-  config = load_config(args.config, args.overrides, auto_mesh=lambda c: c)  # replaced anyway
-  device = jax.devices()[0]
-  kind = device.device_kind if device.platform != "cpu" else None
-  if memory is None and kind is not None:
-    memory = device_memory(device)
-  compiler = lambda cfg, candidates: compile_candidates(cfg, candidates, num_devices)
-  try:
-    result = plan.plan(config, num_devices, device_memory=memory, compiler=compiler,
-                       compile_top=compile_top, device_kind=kind)
-  except plan.NothingFits as e:
-    print(e.plan.format(), flush=True)
-    raise
-  print(result.format())
-  return 0
-
-
-def _whole(text: str, flag: str, what: str, *, minimum: int) -> int:
-  """`text` as an int of at least `minimum`; UserError naming `flag` and `what` it takes."""
-  try:
-    value = int(text)
-  except ValueError:
-    value = None
-  if value is None or value < minimum:
-    raise UserError(f"{flag} {text!r}: give {what}.")
-  return value
 
 
 def _report_skipped(command: str, stats: ReadStats) -> None:
@@ -347,7 +302,7 @@ def _cmd_data(args) -> int:
   return 0
 
 
-_COMMANDS = {"train": _cmd_train, "plan": _cmd_plan, "eval": _cmd_eval, "score": _cmd_score,
+_COMMANDS = {"train": _cmd_train, "plan": plan_command.run, "eval": _cmd_eval, "score": _cmd_score,
              "eval-harness": _cmd_eval_harness, "plot": _cmd_plot, "generate": _cmd_generate,
              "serve": _cmd_serve, "predict": _cmd_predict,
              "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
@@ -95,19 +95,28 @@ def abstract_batch(config: Config, placement: MeshRules) -> dict[str, jax.ShapeD
           for name, dtype in batch_fields(objective).items()}
 
 
-def compile_train_step(config: Config) -> CompileReport:
-  """Compiles the configured train step on the configured mesh and reads XLA's analyses."""
-  initialize_distributed(config.distributed)
+def compilable(config: Config) -> Config:
+  """`config` as compiling without data sees it: a classifier whose labels come from the data
+  gets two (two labels weigh as many as any few)."""
   if config.model.head is Head.CLASSIFICATION and config.model.num_labels is None:
-    # The labels come from the data, which compiling reads not: two labels weigh as many.
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_labels=2))
-  placement = mesh_rules(config.mesh)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, num_labels=2))
+  return config
+
+
+def compile_train_step(config: Config, devices: Sequence[jax.Device] | None = None
+                       ) -> CompileReport:
+  """Compiles the configured train step on the configured mesh (over all devices, or
+  `devices`) and reads XLA's analyses."""
+  if devices is None:
+    initialize_distributed(config.distributed)
+  config = compilable(config)
+  placement = mesh_rules(config.mesh, devices)
   setup = setup_step(config, placement)
   lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, placement),
                                setup.hyper)
   compiled = lowered.compile()
   tokens = config.train.batch_size * config.train.seq_len
-  device = jax.local_devices()[0]
+  device = placement.mesh.devices.flat[0]
   return CompileReport(
       mesh=dict(placement.mesh.shape), device_kind=device.device_kind,
       memory=_memory(compiled.memory_analysis()), device_memory=device_memory(device),

@@ -34,7 +34,8 @@ MESHES = {"tensor2_data4": ["mesh.tensor=2", "mesh.data=4"],
           "fsdp2_tensor2_data2": ["mesh.fsdp=2", "mesh.tensor=2", "mesh.data=2"]}
 REFUSED = {"kv_heads": ["--set", "mesh.tensor=4", "mesh.data=2"],   # 2 key/value heads
            "slots": ["--set", "mesh.data=8", "--max-batch", "4"],
-           "devices": ["--set", "mesh.data=3"]}
+           "devices": ["--set", "mesh.data=3"],
+           "stages": ["--set", "mesh.stage=2", "mesh.data=4"]}
 
 
 def answers(engine, tokenizer) -> list[str]:

@@ -87,7 +87,8 @@ def test_a_sharded_server_answers_as_one_device_generates(model_dir, tmp_path):
 
   refused = results["refused"]
   for case, message in [("kv_heads", "model.num_kv_heads"), ("slots", "give a multiple of 8"),
-                        ("devices", "mesh data=3 needs 3 devices but 8 are available")]:
+                        ("devices", "mesh data=3 needs 3 devices but 8 are available"),
+                        ("stages", "mesh.stage=2: lmjax serve decodes without pipeline stages")]:
     assert refused[case]["code"] == 2, (case, refused[case])
     assert message in refused[case]["stderr"], (case, refused[case])
     assert "Traceback" not in refused[case]["stderr"]

@@ -1,5 +1,5 @@
-"""The `lmjax` command: running what lmjax.cli.parser parsed (train, eval, score, eval-harness,
-generate, serve, predict, fill-mask, convert, checkpoints, plot, tokenizer, data).
+"""The `lmjax` command: running what lmjax.cli.parser parsed (train, plan, eval, score,
+eval-harness, generate, serve, predict, fill-mask, convert, checkpoints, plot, tokenizer, data).
 
 User mistakes (`UserError`) print one paragraph and exit with status 2, without a traceback.
 A run stopped by a non-finite loss (`train.nan_policy=stop`) exits with status 3; one stopped
@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from lmjax.cli import parser as cli_parser
+from lmjax.cli import plan as plan_command
 from lmjax.cli import process as app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import runs, verify
@@ -36,6 +37,7 @@ from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_in
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.run.loader import Loaded, load
 from lmjax.storage import check_local, check_path
+from lmjax.train.plan import resolve_auto_mesh
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
 from lmjax.train.inputs import prepare_data
@@ -53,7 +55,7 @@ def _load(args, **options) -> Loaded:
 
 
 def _cmd_train(args) -> int:
-  config = load_config(args.config, args.overrides)
+  config = load_config(args.config, args.overrides, auto_mesh=resolve_auto_mesh)
   if args.compile_only:
     report = compile_train_step(config)
     if is_writer():
@@ -304,7 +306,7 @@ def _cmd_data(args) -> int:
   return 0
 
 
-_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "score": _cmd_score,
+_COMMANDS = {"train": _cmd_train, "plan": plan_command.run, "eval": _cmd_eval, "score": _cmd_score,
              "eval-harness": _cmd_eval_harness, "plot": _cmd_plot, "generate": _cmd_generate,
              "serve": _cmd_serve, "predict": _cmd_predict,
              "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,

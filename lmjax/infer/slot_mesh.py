@@ -55,7 +55,13 @@ def serving_placement(overrides: Sequence[str] = (), devices: Sequence[jax.Devic
                       f"mesh.tensor, mesh.expert, mesh.rules), e.g. --set mesh.tensor=2.")
     apply_override(raw, item)
   config = build(MeshConfig, raw.get("mesh", {}), "mesh")
-  return mesh_rules(config, list(devices if devices is not None else jax.local_devices()))
+  placement = mesh_rules(config, list(devices if devices is not None else jax.local_devices()))
+  for axis, what in (("stage", "pipeline stages"), ("context", "a sequence split")):
+    if placement.mesh.shape[axis] > 1:
+      raise UserError(f"mesh.{axis}={placement.mesh.shape[axis]}: lmjax serve decodes without "
+                      f"{what} (training only): split the model with mesh.tensor or mesh.fsdp, "
+                      f"and the slots with mesh.data.")
+  return placement
 
 
 def batch_shards(placement: MeshRules) -> int:

@@ -7,7 +7,7 @@ lmjax.model.presets) that the other `model.*` keys then override; `model.init_fr
 run directory or a Hugging Face model directory) starts from that model's architecture and
 weights. Each layer owns its section's dataclass: `ModelConfig` (lmjax.model, the graph only),
 `MeshConfig` (lmjax.sharding) and `DataConfig` (lmjax.data); this module adds the trainer's and
-assembles them.
+assembles them. `mesh: auto` leaves the mesh to the caller (`lmjax train`: the planner's).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import enum
 import logging
 import os
 import pathlib
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import yaml
 
@@ -73,7 +73,7 @@ _AT_LEAST_ONE = Range(1)
 # The step counter is an int32 in the train state and its checkpoints.
 _STEPS = Range(1, 2**31 - 1, why="steps are counted in int32")
 _TRAIN_RANGES = {
-    **dict.fromkeys(("batch_size", "seq_len", "grad_accum_steps", "log_every",
+    **dict.fromkeys(("batch_size", "seq_len", "grad_accum_steps", "microbatches", "log_every",
                      "keep_checkpoints", "checkpoint_every", "eval_batches"), _AT_LEAST_ONE),
     "steps": _STEPS,
     "learning_rate": NON_NEGATIVE,  # 0 trains nothing: a way to check a setup
@@ -108,6 +108,8 @@ class TrainConfig:
   adam_b2: float = 0.95
   adam_eps: float = 1e-8
   grad_accum_steps: int = 1            # micro-batches per step; batch_size must divide evenly
+  microbatches: int = 1                # pipeline micro-batches (mesh.stage > 1) per accumulation
+                                       # step; more shrink the bubble, (S-1)/(M+S-1)
   mlm_probability: float = 0.15
   loss_chunk_size: int = 0             # LM heads: project to the vocabulary this many positions
                                        # at a time (0: all), bounding logits memory
@@ -257,12 +259,20 @@ def is_run_directory(path: str | os.PathLike) -> bool:
   return (as_path(path) / RUN_CONFIG_FILE).is_file()
 
 
-def load_config(path_or_name: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:
-  """Reads a YAML file (or a name in configs/, e.g. "tiny-gpt") and applies `key.path=value`s."""
+def load_config(path_or_name: str | pathlib.Path, overrides: Sequence[str] = (), *,
+                auto_mesh: Callable[[Config], Config] | None = None) -> Config:
+  """Reads a YAML file (or a name in configs/, e.g. "tiny-gpt") and applies `key.path=value`s.
+  `mesh: auto` is refused unless `auto_mesh` takes the config (on the default mesh) to the one
+  it chooses (`lmjax train`: lmjax.train.plan's)."""
   raw = read_yaml(resolve_config_path(path_or_name))
   for item in overrides:
     apply_override(raw, item)
-  return from_dict(raw)
+  if raw.get("mesh") != "auto":
+    return from_dict(raw)
+  if auto_mesh is None:
+    raise UserError("mesh: auto (the mesh planner's choice) is for `lmjax train` and `lmjax plan`: "
+                    "give the sizes here (mesh.data, mesh.fsdp, …), e.g. a run's config.yaml's.")
+  return auto_mesh(from_dict({**raw, "mesh": {}}))
 
 
 def resolve_config_path(path_or_name: str | pathlib.Path) -> pathlib.Path:

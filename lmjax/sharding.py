@@ -13,7 +13,8 @@ once per array, so activations, whose batch dim takes ('data', 'fsdp', 'expert')
                   batch outside the experts; with `model.moe.capacity_factor`, each device
                   computes its own experts' tokens (lmjax.model.moe);
   context         activations split along the sequence (`length`) over `context`;
-  pipeline        a scanned stack's layers split over `stage`, each stage holding its own.
+  pipeline        a scanned stack's layers split over `stage`, each stage holding its own
+                  (lmjax.model.pipeline); outside the stack the batch splits over it too.
 
 `mesh.rules` in a config replaces the table, e.g. `[[batch, [data, fsdp]], [embed, null]]`.
 A mesh and the rules that place arrays on it travel together as one `MeshRules`.
@@ -137,9 +138,17 @@ class MeshConfig:
     return tuple(getattr(self, f"dcn_{axis}") for axis in MESH_AXES)
 
 
-def axis_rules(config: MeshConfig) -> Rules:
-  """The rules table a run uses: `mesh.rules` when given, else `LOGICAL_AXIS_RULES`."""
-  return LOGICAL_AXIS_RULES if config.rules is None else config.rules
+def axis_rules(config: MeshConfig, *, stages: int = 1) -> Rules:
+  """The rules table a run uses: `mesh.rules` when given, else `LOGICAL_AXIS_RULES`. With
+  pipeline stages (`stages` > 1) the default table splits the batch over `stage` too: outside
+  the layer stack (embeddings, the head and the loss) each stage's devices then take their
+  share of the rows instead of all computing all of them (lmjax.model.pipeline)."""
+  if config.rules is not None:
+    return config.rules
+  if stages == 1:
+    return LOGICAL_AXIS_RULES
+  return tuple((name, ("data", "stage", "fsdp", "expert") if name == "batch" else target)
+               for name, target in LOGICAL_AXIS_RULES)
 
 
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
@@ -278,7 +287,8 @@ class MeshRules:
 
 def mesh_rules(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> MeshRules:
   """The mesh of `config` over all devices (or `devices`) with the rules it names."""
-  return MeshRules(make_mesh(config, devices), axis_rules(config))
+  mesh = make_mesh(config, devices)
+  return MeshRules(mesh, axis_rules(config, stages=mesh.shape["stage"]))
 
 
 def check_divisible(shape: Sequence[int], sharding: NamedSharding, *, describe_dim) -> None:

@@ -29,25 +29,28 @@ def rows(run_dir):
   return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_resumed_as_uninterrupted(whole, killed, expected_rows, got_rows, steps, *,
-                                    rtol=0.0, atol=0.0):
+def assert_refused(result, expected):
+  """A command recorded as {"code", "stderr", "wrote"} exited 2 with every text of `expected`
+  in its message, no traceback, and wrote nothing."""
+  assert result["code"] == 2, result
+  for text in expected:
+    assert text in result["stderr"], (text, result["stderr"])
+  assert "Traceback" not in result["stderr"] and not result["wrote"]
+
+
+def assert_resumed_as_uninterrupted(whole, killed, expected_rows, got_rows, steps, *, rtol=0.0):
   """A run that was interrupted and resumed (`killed`, its metrics `got_rows`) logged each of
   `steps` steps once, with the losses of the uninterrupted run (`whole`, `expected_rows`),
-  and ended with bit-equal params; or, with a tolerance (resumed on another mesh, whose sums
-  run in another order), equal within it."""
-  import functools
+  and ended with bit-equal params; within `rtol` (relative) where it resumed on another mesh,
+  whose collectives add in another order."""
   import jax
   import numpy as np
   import lmjax
   assert [r["step"] for r in got_rows] == list(range(1, steps + 1))  # each step logged once
-  got, expected = [r["loss"] for r in got_rows], [r["loss"] for r in expected_rows]
+  same = (np.testing.assert_array_equal if not rtol else
+          lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol / 10))
+  same([r["loss"] for r in got_rows], [r["loss"] for r in expected_rows])
   _, params_whole = lmjax.load_run(whole)
   _, params_killed = lmjax.load_run(killed)
-  if rtol == atol == 0.0:
-    assert got == expected
-    jax.tree.map(np.testing.assert_array_equal, params_whole, params_killed)
-  else:
-    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=rtol, atol=atol),
-                 params_killed, params_whole)
+  jax.tree.map(same, params_whole, params_killed)
 

@@ -5,6 +5,7 @@ Memory figures live in benchmarks/convert_memory.py; these tests pin the behavio
 memory (nothing made or read is held past its turn) and the results.
 """
 
+import logging
 import weakref
 
 import jax
@@ -108,16 +109,23 @@ def test_export_reads_each_param_group_once_after_dropping_the_previous_one(tmp_
   assert max(len(keys) for keys in reads) == (3 if name == "gpt2" else 1)
 
 
-def test_export_skips_a_damaged_newest_checkpoint_as_loading_does(tmp_path, capsys):
+def test_export_skips_a_damaged_newest_checkpoint_as_loading_does(tmp_path, caplog):
   run = tmp_path / "run"
   train(load_config("tiny-llama", TINY + ["train.steps=6", "train.checkpoint_every=3",
                                           "train.eval_every=0"]), run)
   for data in (run / "checkpoints" / "6" / "state").rglob("*"):
     if data.is_file() and data.parent.name == "d":  # the array data files
       data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
-  capsys.readouterr()
-  run_to_hf(run, tmp_path / "hf")
-  assert "skipping checkpoint step 6" in capsys.readouterr().err
+  # What lmjax logs, whether or not a command has configured its logger (the `lmjax` command
+  # stops it propagating to the root logger that caplog listens on).
+  logger = logging.getLogger("lmjax")
+  logger.addHandler(caplog.handler)
+  try:
+    with caplog.at_level(logging.WARNING, logger="lmjax"):
+      run_to_hf(run, tmp_path / "hf")
+  finally:
+    logger.removeHandler(caplog.handler)
+  assert "skipping checkpoint step 6" in caplog.text
   model, params = lmjax.load_run(run, step=3)
   _, exported = from_hf(tmp_path / "hf", scan_layers=model.config.scan_layers)
   jax.tree.map(np.testing.assert_array_equal, exported, params)

@@ -431,6 +431,9 @@ def test_sigterm_finishes_the_streams_in_flight_and_exits_0(server, url):
     (["--max-batch", "0"], "--max-batch must be >= 1"),
     (["--max-seq-len", "1"], "--max-seq-len must be >= 2"),
     (["--host", "no.such.host.invalid"], "--host 'no.such.host.invalid'"),
+    (["--set", "mesh.tensor=2"], "(2 devices) do not divide the 1 devices available"),
+    (["--set", "mesh.tensr=2"], "unknown config key mesh.tensr (did you mean"),
+    (["--set", "train.steps=3"], "lmjax serve takes mesh keys only"),
 ])
 def test_bad_flags_exit_2_with_a_message(model_dir, capsys, flags, message):
   code, _, err = run_cli(capsys, "serve", "--hf", model_dir, *flags)

@@ -1,5 +1,5 @@
-"""The `lmjax` command: running what lmjax.cli.parser parsed (train, eval, score, eval-harness,
-generate, serve, predict, fill-mask, convert, checkpoints, plot, tokenizer, data).
+"""The `lmjax` command: running what lmjax.cli.parser parsed (train, plan, eval, score,
+eval-harness, generate, serve, predict, fill-mask, convert, checkpoints, plot, tokenizer, data).
 
 User mistakes (`UserError`) print one paragraph and exit with status 2, without a traceback.
 A run stopped by a non-finite loss (`train.nan_policy=stop`) exits with status 3; one stopped
@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from lmjax.cli import parser as cli_parser
+from lmjax.cli import plan as plan_command
 from lmjax.cli import process as app
 from lmjax.config import load_config, resolve_config_path
 from lmjax.convert import runs, verify
@@ -30,11 +31,13 @@ from lmjax.files import check_new_file, staged_directory, write_text_atomic
 from lmjax.infer import complete, perplexity
 from lmjax.infer import cloze_ids, fill_mask, generate
 from lmjax.infer.engine import check_limits
+from lmjax.infer.slot_mesh import check_slots_divide, serving_placement
 from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_input,
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.run.loader import Loaded, load
 from lmjax.storage import check_local, check_path
+from lmjax.train.plan import resolve_auto_mesh
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
 from lmjax.train.inputs import prepare_data
@@ -52,7 +55,7 @@ def _load(args, **options) -> Loaded:
 
 
 def _cmd_train(args) -> int:
-  config = load_config(args.config, args.overrides)
+  config = load_config(args.config, args.overrides, auto_mesh=resolve_auto_mesh)
   if args.compile_only:
     report = compile_train_step(config)
     if is_writer():
@@ -188,14 +191,17 @@ def _cmd_serve(args) -> int:
       raise
     raise UserError(f"lmjax serve needs {e.name}, which is not installed: pip install "
                     f"'lmjax[serve]'.") from None
-  # Bad limits and addresses fail before the model loads.
+  # Bad limits, meshes and addresses fail before the model loads.
   check_limits(max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=args.max_seq_len)
+  placement = serving_placement(args.overrides)
+  check_slots_divide(args.max_batch, placement)
   adapters = server.parse_adapters(args.adapter, quantize=args.quantize)
   server.listen(args.host, args.port).close()
-  loaded = _load(args, dtype=args.dtype)
+  # A run's params are read straight onto the mesh; a Hugging Face model's are moved there.
+  loaded = _load(args, dtype=args.dtype, mesh=placement.mesh, rules=placement.rules)
   server.serve(loaded, host=args.host, port=args.port, max_batch=args.max_batch,
                max_seq_len=args.max_seq_len, max_queue=args.max_queue, name=args.model_name,
-               adapters=adapters, pooling=args.pooling,
+               adapters=adapters, pooling=args.pooling, placement=placement,
                announce=lambda line: print(f"lmjax serve: {line}", flush=True))
   return 0
 
@@ -300,7 +306,7 @@ def _cmd_data(args) -> int:
   return 0
 
 
-_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "score": _cmd_score,
+_COMMANDS = {"train": _cmd_train, "plan": plan_command.run, "eval": _cmd_eval, "score": _cmd_score,
              "eval-harness": _cmd_eval_harness, "plot": _cmd_plot, "generate": _cmd_generate,
              "serve": _cmd_serve, "predict": _cmd_predict,
              "fill-mask": _cmd_fill_mask, "convert": _cmd_convert, "checkpoints": _cmd_checkpoints,

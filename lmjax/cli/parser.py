@@ -9,8 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
-DESCRIPTION = ("The `lmjax` command: train, eval, score, eval-harness, generate, serve, predict, "
-               "fill-mask, convert, checkpoints, plot, tokenizer, data.")
+DESCRIPTION = ("The `lmjax` command: train, plan, eval, score, eval-harness, generate, serve, "
+               "predict, fill-mask, convert, checkpoints, plot, tokenizer, data.")
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -50,7 +50,9 @@ def parser() -> argparse.ArgumentParser:
   train.add_argument("config", metavar="CONFIG", help="a YAML file or a name in configs/ (tiny-gpt)")
   train.add_argument("--run-dir", default=None, help="where the run lives (default: runs/<config>)")
   train.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                     metavar="KEY=VALUE", help="dotted config overrides, e.g. train.steps=100")
+                     metavar="KEY=VALUE", help="dotted config overrides, e.g. train.steps=100; "
+                                               "mesh=auto takes the mesh planner's choice for "
+                                               "the devices present (lmjax plan)")
   train.add_argument("--compile-only", action="store_true",
                      help="compile the step for the configured mesh, print each device's memory "
                           "and the FLOPs per step, and exit without training or writing anything")
@@ -58,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
                      help="resume even though the config changes the run's trajectory (data, "
                           "batch, seed, optimizer…); the change is recorded in "
                           "config_history.jsonl")
+
+  _add_plan(commands)
 
   evaluate = commands.add_parser(
       "eval", help="a checkpoint's held-out loss, or its perplexity on any documents (--data)")
@@ -167,6 +171,25 @@ def parser() -> argparse.ArgumentParser:
   prepare.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                        metavar="KEY=VALUE")
   return parser
+
+
+def _add_plan(commands) -> None:
+  plan = commands.add_parser(
+      "plan", help="rank the meshes and remat policies of N devices for a config: estimated "
+                   "memory, FLOPs and communication per device, the best ones compiled to "
+                   "confirm their memory, and a recommendation")
+  plan.add_argument("config", metavar="CONFIG", help="a YAML file or a name in configs/")
+  plan.add_argument("--devices", required=True, metavar="N",
+                    help="how many devices to plan for (compiled on N fake CPU devices)")
+  plan.add_argument("--device-memory", default=None, metavar="GB",
+                    help="memory of one device in GiB (default: this machine's accelerator's; "
+                         "needed on CPU for a verdict)")
+  plan.add_argument("--compile", default="3", metavar="K", dest="compile_top",
+                    help="compile the K fastest candidates that may fit to confirm their "
+                         "memory, in up to 3 rounds until the fastest expected to fit is "
+                         "confirmed (default 3; 0: estimates only)")
+  plan.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                    metavar="KEY=VALUE", help="dotted config overrides, e.g. train.batch_size=64")
 
 
 def _add_convert(commands) -> None:
@@ -283,6 +306,11 @@ def _add_serve(commands) -> None:
                      help="/v1/embeddings: pool the final hidden states over the tokens, or take "
                           "the last or first token's (default: a sentence-transformers "
                           "directory's own, else mean)")
+  serve.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                     metavar="mesh.KEY=VALUE",
+                     help="the mesh to serve on, in training's mesh.* keys: params placed as "
+                          "training places them, the slots split over mesh.data (e.g. "
+                          "mesh.tensor=2 mesh.data=4; default: every local device on mesh.data)")
   serve.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   _add_quantize(serve)
 

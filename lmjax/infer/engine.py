@@ -15,6 +15,10 @@ never change, so nothing is compiled as they come and go. The text follows lmjax
 rules (`TextRow`): a continuation is what its ids add to the prompt's decoding, it ends at an
 end-of-sequence id or before a stop string, and streamed pieces join to exactly the final text.
 At most `max_queue` requests wait for a slot; `submit` refuses more with `Busy`.
+
+On a mesh (`placement`, lmjax.infer.slot_mesh; default: every local device on `data`) the
+params are placed as training places them and the slots are split over the batch axes, so
+`max_batch` must be a multiple of their size.
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import UserError
-from lmjax.infer import slots
+from lmjax.infer import slot_mesh, slots
 from lmjax.infer.adapters import Adapters, base_of
 from lmjax.infer.checks import check_ids, check_sampling, require_causal_lm
 from lmjax.infer.complete import TextRow, stable_prefix
 from lmjax.model import Positions
 from lmjax.run.loader import Loaded
+from lmjax.sharding import MeshRules
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +122,12 @@ def check_limits(*, max_batch: int, max_queue: int | None, max_seq_len: int | No
 
 class Engine:
   """The batching loop over `max_batch` slots of `max_seq_len` positions each, with the base
-  model and any LoRA `adapters` of it (lmjax.infer.adapters) in the same batch."""
+  model and any LoRA `adapters` of it (lmjax.infer.adapters) in the same batch, laid out on
+  `placement`'s mesh (default: slot_mesh.serving_placement(), every local device on `data`)."""
 
   def __init__(self, loaded: Loaded, *, max_batch: int, max_seq_len: int, max_queue: int,
-               eos_ids: Sequence[int] = (), adapters: Adapters | None = None):
+               eos_ids: Sequence[int] = (), adapters: Adapters | None = None,
+               placement: MeshRules | None = None):
     require_causal_lm(loaded.model, "serve")
     config = loaded.model.config
     check_limits(max_batch=max_batch, max_queue=max_queue, max_seq_len=max_seq_len)
@@ -130,14 +137,24 @@ class Engine:
                       f"{config.max_seq_len}.")
     self.loaded, self.max_batch, self.max_seq_len = loaded, max_batch, max_seq_len
     self.adapters = adapters
-    self.model, self.params = loaded.model, loaded.params
+    self.placement = placement or slot_mesh.serving_placement()
+    slot_mesh.check_slots_divide(max_batch, self.placement)
+    self.model, params_model, params = loaded.model, loaded.model, loaded.params
     if adapters is not None:  # a LoRA model over the base; each slot picks its adapter
-      self.model, self.params = adapters.model, base_of(loaded)[1]
-    self._stacked = None if adapters is None else adapters.stacked
+      self.model, (params_model, params) = adapters.model, base_of(loaded)
+    self._programs = slot_mesh.slot_programs(
+        self.model, params_model.config, self.placement, slots_count=max_batch,
+        max_seq_len=max_seq_len, steps=DECODE_STEPS, adapters=adapters is not None)
+    self.params = jax.device_put(params, self._programs.params_shardings)
+    self._stacked = None if adapters is None else jax.device_put(
+        adapters.stacked, self._programs.adapters_sharding)
     self.max_queue = max_queue
     self.eos_ids = frozenset(int(i) for i in eos_ids)
     self.buckets = slots.prefill_buckets(max_seq_len)
-    self.groups = slots.decode_groups(max_batch)
+    # Where the slots are split over devices, every step runs over all of them (a group of
+    # the lowest ones would gather rows from other devices).
+    self.groups = (slots.decode_groups(max_batch)
+                   if slot_mesh.batch_shards(self.placement) == 1 else [max_batch])
     self._queue: collections.deque[Handle] = collections.deque()
     self._running: dict[int, _Running] = {}
     self._lock = threading.Condition()
@@ -187,25 +204,28 @@ class Engine:
       self._lock.notify()
     return handles
 
+  def mesh_description(self) -> str:
+    """'1 device', or the mesh's axes of more than one device: 'mesh.data=4 x mesh.tensor=2'."""
+    shape = {axis: size for axis, size in self.placement.mesh.shape.items() if size > 1}
+    return " x ".join(f"mesh.{a}={n}" for a, n in shape.items()) or "1 device"
+
   def stats(self) -> dict[str, object]:
     """Slots in use, requests waiting, finish reasons so far, and compiled programs."""
     with self._lock:
       return {"slots": self.max_batch, "running": len(self._running),
               "queued": len(self._queue), "finished": dict(self.finished),
-              "compiled_prefills": slots.prefill._cache_size(),
-              "compiled_decodes": slots.decode._cache_size()}
+              **self._programs.compiled()}
 
   def start(self) -> None:
     """Compiles the decode programs and the smallest prefill, then starts the loop's thread."""
-    model, params, stacked = self.model, self.params, self._stacked
-    self._state = slots.empty_slots(model, slots=self.max_batch, max_seq_len=self.max_seq_len)
-    self._state, _ = slots.prefill(model, params, stacked, self._state, jnp.int32(0),
-                                   np.zeros((1, self.buckets[0]), np.int32), jnp.int32(1),
-                                   jax.random.key(0), _settings(Request([0], 1), model),
-                                   jnp.int32(0))
+    params, stacked, programs = self.params, self._stacked, self._programs
+    self._state = programs.empty()
+    self._state, _ = programs.prefill(params, stacked, self._state, jnp.int32(0),
+                                      np.zeros((1, self.buckets[0]), np.int32), jnp.int32(1),
+                                      jax.random.key(0), _settings(Request([0], 1), self.model),
+                                      jnp.int32(0))
     for rows in self.groups:
-      self._state, _ = slots.decode(model, params, stacked, self._state, jnp.zeros(rows, bool),
-                                    steps=DECODE_STEPS)
+      self._state, _ = programs.decode(params, stacked, self._state, np.zeros(rows, bool))
     self._thread = threading.Thread(target=self._loop, name="lmjax-engine", daemon=True)
     self._thread.start()
 
@@ -251,8 +271,7 @@ class Engine:
         log.exception("the decode loop failed; ending its requests and emptying the slots")
         for slot in list(self._running):
           self._end(slot, "error")
-        self._state = slots.empty_slots(self.model, slots=self.max_batch,
-                                        max_seq_len=self.max_seq_len)
+        self._state = self._programs.empty()
 
   def _prefill(self, slot: int, handle: Handle) -> None:
     request, model = handle.request, self.model
@@ -261,9 +280,9 @@ class Engine:
     input_ids = np.zeros((1, bucket), np.int32)
     input_ids[0, :length] = request.prompt
     key = jax.random.fold_in(jax.random.key(request.seed), request.choice)
-    self._state, first = slots.prefill(model, self.params, self._stacked, self._state,
-                                       jnp.int32(slot), input_ids, jnp.int32(length), key,
-                                       _settings(request, model), jnp.int32(request.adapter))
+    self._state, first = self._programs.prefill(
+        self.params, self._stacked, self._state, jnp.int32(slot), input_ids, jnp.int32(length),
+        key, _settings(request, model), jnp.int32(request.adapter))
     prefix = list(request.prompt) if request.after_prompt else []
     self._running[slot] = _Running(handle, TextRow(prefix, self.loaded.tokenizer.decode(prefix)))
     self._take(slot, jax.tree.map(lambda x: x[:, None], jax.device_get(first)), 0)  # 1 step
@@ -272,8 +291,8 @@ class Engine:
     # Requests take the lowest free slots: the group that holds the highest one decodes.
     active = np.zeros(next(g for g in self.groups if g > max(self._running)), bool)
     active[list(self._running)] = True
-    self._state, sampled = slots.decode(self.model, self.params, self._stacked, self._state,
-                                        jnp.asarray(active), steps=DECODE_STEPS)
+    self._state, sampled = self._programs.decode(self.params, self._stacked, self._state,
+                                                 active)
     sampled = jax.device_get(sampled)
     for slot in list(self._running):
       self._take(slot, sampled, slot)

@@ -5,15 +5,18 @@
                            adapter)
     state, steps = decode(model, params, None, state, active, steps=4)   # 4 tokens a slot
 
+These are the pure programs; lmjax.infer.slot_mesh jits them with the shardings of a mesh.
+
 Every shape is fixed: the cache holds `slots` rows of `max_seq_len` slots each, with a
 per-row write index (lmjax.model.init_cache's "index" as a [slots] vector), so requests of any
 lengths decode together. A prompt is right-padded to a bucket length (`prefill_buckets`) and
 run alone through a fresh cache row, which then replaces the slot's row. A decoding step runs
 over the lowest power-of-two number of slots that holds every request (`decode_groups`), so a
-few requests cost few rows. One program is compiled per prefill bucket used and per decode
-group, and none as requests come and go. Each slot
-has its own sampling settings and random key (a request's seed), so what a request generates
-does not depend on what it is batched with. A step's key is `fold_in(key, step)`, as in
+few requests cost few rows (on a mesh that splits the slots, every step runs over all of them:
+a smaller group would move rows between devices). One program is compiled per prefill bucket
+used and per decode group, and none as requests come and go. Each slot has its own sampling
+settings and random key (a request's seed), so what a request generates does not depend on what
+it is batched with. A step's key is `fold_in(key, step)`, as in
 lmjax.infer.decode, so that a seeded request continues as `lmjax generate` does.
 
 With LoRA adapters (`adapters`: lmjax.infer.adapters' stacked lora_a/lora_b, None without),
@@ -26,7 +29,6 @@ one matmul over the rows).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -142,7 +144,6 @@ def _unrolled(model: Transformer, params, adapters):
   return unrolled, params, split
 
 
-@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
 def prefill(model: Transformer, params, adapters, state: Slots, slot: jax.Array,
             input_ids: jax.Array, length: jax.Array, key: jax.Array, settings: SlotSettings,
             adapter: jax.Array) -> tuple[Slots, Sampled]:
@@ -170,9 +171,11 @@ def decode_groups(slots: int) -> list[int]:
   return prefill_buckets(slots, smallest=1)
 
 
-def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[jax.Array, Any]:
+def _step_logits(model: Transformer, params, adapters, state: Slots, row_axes: Any
+                 ) -> tuple[jax.Array, Any]:
   """One decoding step of every row (unrolled model; `adapters`: each row's lora_a/lora_b,
-  [rows, …], or None): (logits [rows, vocab], the new cache)."""
+  [rows, …], or None): (logits [rows, vocab], the new cache). `row_axes` are the mesh axes the
+  rows are split over, for the model run once per row (None: not split)."""
 
   def forward(params, token, cache):  # token [rows], cache of `rows` rows
     logits, cache = model.apply({"params": params}, token[:, None], jnp.ones_like(token)[:, None],
@@ -186,16 +189,16 @@ def _step_logits(model: Transformer, params, adapters, state: Slots) -> tuple[ja
     one = lambda x: x[None]
     logits, cache = forward(with_adapter(params, adapter), one(token), jax.tree.map(one, cache))
     return logits[0], jax.tree.map(lambda x: x[0], cache)
-  return jax.vmap(row)(adapters, state.token, state.cache)
+  return jax.vmap(row, spmd_axis_name=row_axes)(adapters, state.token, state.cache)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "steps"), donate_argnames=("state",))
-def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array, *, steps: int
-           ) -> tuple[Slots, Sampled]:
+def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array, *, steps: int,
+           row_axes: Any = None) -> tuple[Slots, Sampled]:
   """`steps` tokens for each of the first `rows = len(active)` slots (one of `decode_groups`:
   a server with few requests in its lowest slots computes few rows); `active` [rows] bool marks
-  the slots in use (the others compute alongside and keep their place). Returns the new state
-  (the slots from `rows` on untouched) and Sampled [rows, steps]."""
+  the slots in use (the others compute alongside and keep their place). With adapters, the
+  model runs once per row, the rows split over the mesh axes `row_axes` (None: unsplit).
+  Returns the new state (the slots from `rows` on untouched) and Sampled [rows, steps]."""
   model, params, adapters = _unrolled(model, params, adapters)
   whole, rows = state, active.shape[0]
   if rows < state.token.shape[0]:
@@ -204,7 +207,7 @@ def decode(model: Transformer, params, adapters, state: Slots, active: jax.Array
 
   def one_step(state: Slots, _) -> tuple[Slots, Sampled]:
     index = state.cache["index"]
-    logits, cache = _step_logits(model, params, adapters, state)
+    logits, cache = _step_logits(model, params, adapters, state, row_axes)
     chosen = _sample(logits, state.key, state.step, state.settings)
     cache["index"] = jnp.where(active, index + 1, index)
     # An idle slot keeps writing at its index, inside its row: cap it for a row that is full.

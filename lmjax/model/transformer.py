@@ -37,6 +37,7 @@ from lmjax.model.config import (ClassifierPooling, Head, ModelConfig, NormPositi
 from lmjax.model.layers import (DenseGeneral, LayerNorm, Mlp, activation, initializer,
                                 layer_inverse_frequencies, soft_cap)
 from lmjax.model.moe import MoeMlp
+from lmjax.model.pipeline import PipelineSchedule, run_pipeline
 
 Cache = dict  # {"layers": the layers' {"key", "value"} [batch, kv_heads, len, head_dim],
               #    stacked [layers, …] for scanned models, a list of one per layer unrolled;
@@ -158,11 +159,25 @@ def _lookup(table: jax.Array, ids: jax.Array, rows: str | None = None) -> jax.Ar
   return jnp.take(table, ids, axis=0, mode="clip")
 
 
+def _block_stack(cfg: ModelConfig, dtype: jnp.dtype, length: int | None, **kwargs) -> nn.Module:
+  """`length` blocks scanned over a leading `layers` axis of their params (None: one block)."""
+  block = Block if cfg.remat is Remat.NONE else nn.remat(
+      Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
+      static_argnums=(_DETERMINISTIC_ARG,))
+  if length is not None:
+    block = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(0, nn.broadcast, nn.broadcast),  # LayerInputs, SharedInputs, flag
+                    length=length, metadata_params={nn.PARTITION_NAME: "layers"})
+  return block(cfg, dtype, **kwargs)
+
+
 class Transformer(nn.Module):
   """A GPT-2, BERT-style, ModernBERT, Llama-style or Gemma 2/3 model, as `config` says."""
 
   config: ModelConfig
   dtype: jnp.dtype = jnp.float32
+  pipeline: PipelineSchedule | None = None  # the scanned stack as stages (lmjax.model.pipeline)
 
   def setup(self):
     cfg = self.config
@@ -205,16 +220,9 @@ class Transformer(nn.Module):
   def _stack(self):
     """The blocks: one module over a leading `layers` axis (scanned), or a list `layers_{i}`."""
     cfg = self.config
-    block = Block
-    if cfg.remat is not Remat.NONE:
-      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
-                       static_argnums=(_DETERMINISTIC_ARG,))
     if not cfg.scan_layers:
-      return [block(cfg, self.dtype) for _ in range(cfg.num_layers)]
-    stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
-                    in_axes=(0, nn.broadcast, nn.broadcast),  # LayerInputs, SharedInputs, flag
-                    length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-    return stack(cfg, self.dtype)
+      return [_block_stack(cfg, self.dtype, None) for _ in range(cfg.num_layers)]
+    return _block_stack(cfg, self.dtype, cfg.num_layers)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
                segment_ids=None, cache: Cache | None = None, train: bool = False):
@@ -340,6 +348,11 @@ class Transformer(nn.Module):
       stacked_norm_on = None if norm_on is None else jnp.array(norm_on)
       layers = LayerInputs(cache=caches, window=stacked, inv_freq=stacked_freqs,
                            attention_norm_on=stacked_norm_on)
+      if self.pipeline is not None and caches is None and not self.is_initializing():
+        stage = _block_stack(cfg, self.dtype, cfg.num_layers // self.pipeline.stages, parent=None)
+        key = self.make_rng("dropout") if train and cfg.dropout_rate else None
+        return run_pipeline(stage, self.variables["params"]["layers"], x, layers, shared,
+                            deterministic=not train, schedule=self.pipeline, rng=key), None
       return self.layers(x, layers, shared, not train)
     new_caches = []
     for i, block in enumerate(self.layers):

@@ -3,9 +3,10 @@
 Rerunning resumes the run with the config given now. Its keys fall in three kinds:
 
 - SCHEDULE keys change how long and how visibly the run goes on, not where it goes (steps,
-  logging, evaluation and checkpoint cadence, retention, the non-finite policy, the mesh and
-  processes, input workers, rematerialisation, attention kernels and how attention runs over a
-  sequence split across devices, memory chunking, where metrics are logged): they are applied.
+  logging, evaluation and checkpoint cadence, retention, the non-finite policy, the mesh, its
+  pipeline micro-batches and processes, input workers, rematerialisation, attention kernels and
+  how attention runs over a sequence split across devices, memory chunking, where metrics are
+  logged): they are applied.
 - FIXED keys cannot change: the model's graph (a checkpoint of one model does not fit another)
   and the tokenizer (the run keeps the one it saved, whose vocabulary is the model's).
 - Every other key (data, batch size, sequence length, seed, optimizer, precision, …) changes
@@ -30,7 +31,7 @@ from lmjax.errors import UserError
 SCHEDULE = frozenset({
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.nan_policy",
-    "train.debug_nan_at_step", "train.loss_chunk_size", "data.workers",
+    "train.debug_nan_at_step", "train.loss_chunk_size", "train.microbatches", "data.workers",
     "model.remat", "model.attention", "model.context_parallel",
     "model.init_from", "data.replace_tokenizer",  # they only mattered at step 0
 })

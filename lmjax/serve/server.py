@@ -97,7 +97,7 @@ def _signals_stop_quietly():
 
 def served_model(loaded: Any, *, max_batch: int, max_seq_len: int | None, max_queue: int | None,
                  name: str | None = None, adapters: Mapping[str, str] | None = None,
-                 pooling: str | None = None) -> Served:
+                 pooling: str | None = None, placement: Any = None) -> Served:
   """What `serve` serves (its engine not started): see `serve` for the arguments."""
   max_seq_len = max_seq_len or min(loaded.config.max_seq_len, DEFAULT_MAX_SEQ_LEN)
   max_queue = 4 * max_batch if max_queue is None else max_queue
@@ -109,8 +109,10 @@ def served_model(loaded: Any, *, max_batch: int, max_seq_len: int | None, max_qu
   if is_causal_lm(loaded.model):
     eos_ids = resolve_settings({}, loaded).eos_ids  # as `lmjax generate` ends a row
     engine = Engine(loaded, max_batch=max_batch, max_seq_len=max_seq_len, max_queue=max_queue,
-                    eos_ids=eos_ids, adapters=lora)
+                    eos_ids=eos_ids, adapters=lora, placement=placement)
   model, params = (lora.model, base_of(loaded)[1]) if lora else (loaded.model, loaded.params)
+  if engine is not None:
+    params = engine.params  # placed on its mesh: one copy for both
   pooled = Pooling(pooling) if pooling else pooling_of(loaded.directory) or Pooling.MEAN
   embedder = Embedder(model, params, pooled, max_seq_len,
                       stacked=lora.stacked if lora else None)
@@ -120,15 +122,17 @@ def served_model(loaded: Any, *, max_batch: int, max_seq_len: int | None, max_qu
 def serve(loaded: Any, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
           max_seq_len: int | None = None, max_queue: int | None = None, name: str | None = None,
           adapters: Mapping[str, str] | None = None, pooling: str | None = None,
-          announce: Callable[[str], None] = print) -> None:
+          placement: Any = None, announce: Callable[[str], None] = print) -> None:
   """Serves `loaded` (lmjax.load's model, params and tokenizer) under the model name `name`
   (default: its directory's name), and each LoRA adapter directory of `adapters` under its
   name, with `max_batch` slots of `max_seq_len` tokens (default: the model's context, at most
   DEFAULT_MAX_SEQ_LEN) and up to `max_queue` waiting requests (default 4 * max_batch).
   Embeddings pool the final hidden states by `pooling` (mean, last, cls; default: a
-  sentence-transformers directory's own, else mean)."""
+  sentence-transformers directory's own, else mean). The engine runs on `placement`'s mesh
+  (lmjax.infer.slot_mesh.serving_placement; default: every local device on `data`)."""
   served = served_model(loaded, max_batch=max_batch, max_seq_len=max_seq_len,
-                        max_queue=max_queue, name=name, adapters=adapters, pooling=pooling)
+                        max_queue=max_queue, name=name, adapters=adapters, pooling=pooling,
+                        placement=placement)
   engine, name = served.engine, served.name
   sock = listen(host, port)
   if engine is not None:
@@ -138,8 +142,10 @@ def serve(loaded: Any, *, host: str = "127.0.0.1", port: int = 8000, max_batch: 
                                          timeout_graceful_shutdown=GRACE_SECONDS))
   bound_host, bound_port = sock.getsockname()[:2]
   also = f" and adapters {', '.join(map(repr, served.adapters))}" if served.adapters else ""
-  what = (f"{max_batch} slots of {engine.max_seq_len} tokens, up to {engine.max_queue} requests "
-          f"waiting" if engine is not None else "embeddings only: not a causal language model")
+  slots = f"{max_batch} slot{'s' if max_batch > 1 else ''}"
+  what = (f"{slots} of {engine.max_seq_len} tokens, up to {engine.max_queue} requests waiting, "
+          f"on {engine.mesh_description()}" if engine is not None
+          else "embeddings only: not a causal language model")
   announce(f"serving {name!r}{also} at http://{bound_host}:{bound_port}/v1 ({what})")
   try:
     with _signals_stop_quietly():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
@@ -34,6 +34,7 @@ class CompileReport:
   model_flops_per_step: float          # flops_per_token x tokens, over all devices
   tokens_per_step: int
   scanned_layers: bool                 # XLA's count then covers one layer of the scanned stack
+  pipeline: str | None = None          # mesh.stage > 1: stages, micro-batches, bubble fraction
 
   @property
   def num_devices(self) -> int:
@@ -51,6 +52,8 @@ class CompileReport:
     mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
     lines = [f"train step compiled for mesh {mesh} ({self.num_devices} x {self.device_kind}), "
              f"{self.tokens_per_step:,} tokens per step"]
+    if self.pipeline:
+      lines.append(self.pipeline)
     if self.memory is None:
       lines.append("memory per device: not reported by this backend")
     else:
@@ -92,25 +95,35 @@ def abstract_batch(config: Config, placement: MeshRules) -> dict[str, jax.ShapeD
           for name, dtype in batch_fields(objective).items()}
 
 
-def compile_train_step(config: Config) -> CompileReport:
-  """Compiles the configured train step on the configured mesh and reads XLA's analyses."""
-  initialize_distributed(config.distributed)
+def compilable(config: Config) -> Config:
+  """`config` as compiling without data sees it: a classifier whose labels come from the data
+  gets two (two labels weigh as many as any few)."""
   if config.model.head is Head.CLASSIFICATION and config.model.num_labels is None:
-    # The labels come from the data, which compiling reads not: two labels weigh as many.
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_labels=2))
-  placement = mesh_rules(config.mesh)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, num_labels=2))
+  return config
+
+
+def compile_train_step(config: Config, devices: Sequence[jax.Device] | None = None
+                       ) -> CompileReport:
+  """Compiles the configured train step on the configured mesh (over all devices, or
+  `devices`) and reads XLA's analyses."""
+  if devices is None:
+    initialize_distributed(config.distributed)
+  config = compilable(config)
+  placement = mesh_rules(config.mesh, devices)
   setup = setup_step(config, placement)
   lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, placement),
                                setup.hyper)
   compiled = lowered.compile()
   tokens = config.train.batch_size * config.train.seq_len
-  device = jax.local_devices()[0]
+  device = placement.mesh.devices.flat[0]
   return CompileReport(
       mesh=dict(placement.mesh.shape), device_kind=device.device_kind,
       memory=_memory(compiled.memory_analysis()), device_memory=device_memory(device),
       xla_flops_per_device=_flops(compiled.cost_analysis()),
       model_flops_per_step=config.model.flops_per_token(config.train.seq_len) * tokens,
-      tokens_per_step=tokens, scanned_layers=config.model.scan_layers)
+      tokens_per_step=tokens, scanned_layers=config.model.scan_layers,
+      pipeline=None if setup.model.pipeline is None else setup.model.pipeline.describe())
 
 
 def _memory(stats: Any) -> dict[str, int] | None:

@@ -27,8 +27,8 @@ from lmjax.memory import check_fits, per_device_bytes
 from lmjax.model.transformer import param_shapes
 from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.inputs import batch_sources, inherit_labels, load_corpus
-from lmjax.train.setup import (check_batch_fits_mesh, make_model, objective_of, residual_bytes,
-                               preference_settings)
+from lmjax.train.setup import (check_batch_fits_mesh, make_model, objective_of, pipeline_schedule,
+                               preference_settings, residual_bytes)
 from lmjax.train.step import jit_eval_step
 
 
@@ -76,7 +76,7 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
   corpus = load_corpus(config, Tokenizer.load(run.tokenizer_dir))
   placement = mesh_rules(config.mesh)
   check_batch_fits_mesh(config, placement)
-  model = make_model(config)
+  model = make_model(config, pipeline_schedule(config, placement))
   params_bytes = per_device_bytes(placement.place_abstract(param_shapes(model.config))[0])
   check_fits(params_bytes + residual_bytes(config, placement, kept=2),
              what="the params and one held-out batch's activations (a block's input and output, "

@@ -30,12 +30,13 @@ from lmjax.data.spec import Objective
 from lmjax.errors import UserError, WriteFailed
 from lmjax.lock import DirectoryLock
 from lmjax.memory import check_fits, per_device_bytes
+from lmjax.model import PipelineSchedule
 from lmjax.model.trainable import trained_part
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import CheckpointRecord
 from lmjax.run.resume_policy import Change, check_resume, history_entry
 from lmjax.run.run_dir import RunDir
-from lmjax.sharding import mesh_rules
+from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.evaluate import evaluate
 from lmjax.train.inputs import TrainBatches, batch_sources, inherit_labels, shared_corpus
 from lmjax.train.metrics import MetricsWriter, model_flops_utilization, truncate_metrics_after
@@ -46,7 +47,8 @@ from lmjax.train.preemption import PreemptionGuard
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.rewards import Reward, resolve_rewards
 from lmjax.train.rollout import Rollout, Sampler
-from lmjax.train.setup import StepSetup, residual_bytes, setup_step
+from lmjax.train.setup import (StepSetup, check_batch_fits_mesh, pipeline_schedule,
+                               residual_bytes, setup_step)
 from lmjax.train.source_tokenizer import save_run_tokenizer
 from lmjax.train.step import jit_eval_step
 from lmjax.version import __version__
@@ -129,6 +131,19 @@ def _lock(run: RunDir) -> DirectoryLock | None:
   return lock
 
 
+def _residual(config: Config, placement: MeshRules, pipeline: PipelineSchedule | None) -> int:
+  """The residual stream the backward pass keeps on one device (a lower bound): every layer's
+  input and the last output; a pipeline stage's L/S layers' inputs (and output) for each of
+  the M + S - 1 iterations, on a micro-batch's rows whole over `stage` (which residual_bytes
+  counts among the batch axes)."""
+  accum, layers = config.train.grad_accum_steps, config.model.num_layers
+  if pipeline is None:
+    return residual_bytes(config, placement, kept=layers + 1, micro_batches=accum)
+  kept = pipeline.iterations * (layers // pipeline.stages + 1) * pipeline.stages
+  return residual_bytes(config, placement, kept=kept,
+                        micro_batches=accum * pipeline.microbatches)
+
+
 def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   """Every check a start needs (run directory, resume policy, mesh, data, tokenizer, state
   layout), in that order; nothing is written. A classifier's labels are the run's, else the
@@ -139,17 +154,20 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
     config = inherit_labels(config, saved)
     changes = check_resume(saved, config, run.path, allow_change=allow_change)
   placement = mesh_rules(config.mesh)  # a mesh the devices cannot hold fails before the data
+  check_batch_fits_mesh(config, placement)  # and so do a batch and stages it cannot take
+  pipeline_schedule(config, placement)
   corpus = shared_corpus(config, run)
   config = config.with_labels(corpus.labels)
   setup = setup_step(config, placement)
+  if setup.model.pipeline is not None and is_writer():
+    log.info(setup.model.pipeline.describe())
   state_bytes = (per_device_bytes(setup.abstract_state)  # + the gradients of what trains
                  + per_device_bytes(trained_part(setup.abstract_state.params, config.model)))
   check_fits(state_bytes, what="the train state (params, optimizer state and gradients)",
              knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
                    "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
                    "adapters (model.lora.rank)")
-  residual = residual_bytes(config, placement, kept=config.model.num_layers + 1,
-                            micro_batches=config.train.grad_accum_steps)
+  residual = _residual(config, placement, setup.model.pipeline)
   check_fits(state_bytes + residual,
              what="the train state and one micro-batch's activations (the residual stream "
                   "kept at every layer for the backward pass, a lower bound)",

@@ -14,12 +14,12 @@ import optax
 from lmjax.config import ComputeDtype, Config, TrainObjective
 from lmjax.data.spec import Objective
 from lmjax.errors import UserError
-from lmjax.model import Head, Transformer
+from lmjax.model import Head, PipelineSchedule, Transformer
 from lmjax.model.context_parallel import check_length, context_split
 from lmjax.config_objectives import GrpoLoss
 from lmjax.objectives import GrpoSettings, Settings, default_objective
 from lmjax.run.record import TrainState
-from lmjax.sharding import MeshRules, check_divisible, mesh_axes_size
+from lmjax.sharding import MeshRules, check_divisible, describe_axes, mesh_axes_size
 from lmjax.train.optimizer import make_optimizer, schedule_values
 from lmjax.train.state import state_shardings
 from lmjax.train.step import jit_train_step
@@ -44,10 +44,50 @@ class StepSetup:
     return self.step_fn(state, batch, self.hyper)
 
 
-def make_model(config: Config) -> Transformer:
-  """The model in the run's compute dtype (params stay float32)."""
+def make_model(config: Config, pipeline: PipelineSchedule | None = None) -> Transformer:
+  """The model in the run's compute dtype (params stay float32), its layers run as `pipeline`
+  stages where given."""
   dtype = jnp.bfloat16 if config.train.compute_dtype is ComputeDtype.BFLOAT16 else jnp.float32
-  return Transformer(config.model, dtype=dtype)
+  return Transformer(config.model, dtype=dtype, pipeline=pipeline)
+
+
+def pipeline_schedule(config: Config, placement: MeshRules) -> PipelineSchedule | None:
+  """The pipeline that `mesh.stage` and `train.microbatches` ask for (None: no stages); a
+  UserError, naming the values and the fix, where the model or the batch cannot be staged."""
+  stages, micro, model = placement.mesh.shape["stage"], config.train.microbatches, config.model
+  if stages == 1:
+    if micro > 1:
+      raise UserError(f"train.microbatches={micro} feeds pipeline stages, and mesh.stage=1 has "
+                      f"none: set mesh.stage (a divisor of model.num_layers={model.num_layers}) "
+                      f"to pipeline the layers, or train.grad_accum_steps={micro} to split the "
+                      f"batch without stages.")
+    return None
+  where = f"mesh.stage={stages} splits the layer stack into pipeline stages"
+  if not model.scan_layers:
+    raise UserError(f"{where}, which needs model.scan_layers=true (one stacked layer axis to "
+                    f"split); set it, or mesh.stage=1.")
+  if model.num_layers % stages:
+    raise UserError(f"{where} of equal depth, which model.num_layers={model.num_layers} is not: "
+                    f"choose a mesh.stage that divides {model.num_layers}.")
+  if model.moe.enabled:
+    raise UserError(f"{where}, which Mixture-of-Experts models do not support yet (their "
+                    f"load-balancing loss is a whole-batch statistic): set mesh.stage=1 and "
+                    f"shard the experts over mesh.expert.")
+  rows = config.train.batch_size // config.train.grad_accum_steps
+  batch_axes = placement.batch_sharding().spec[0]  # a stage splits a micro-batch over the rest
+  within = tuple(a for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes or ())
+                 if a != "stage")
+  shards = mesh_axes_size(placement.mesh, within)
+  if rows % (shards * micro):
+    accum = config.train.grad_accum_steps
+    raise UserError(
+        f"train.microbatches={micro} splits the batch into pipeline micro-batches that each "
+        f"stage splits over {describe_axes(placement.mesh, within)}: train.batch_size="
+        f"{config.train.batch_size}" + (f" / train.grad_accum_steps={accum}" if accum > 1 else "")
+        + f" = {rows} rows do not make {micro} micro-batches of a multiple of {shards} rows. "
+        f"Make it a multiple of {shards * micro} rows, or choose train.microbatches to divide "
+        f"{rows // shards}.")  # check_batch_fits_mesh saw to rows % shards == 0
+  return PipelineSchedule(stages, micro)
 
 
 _HEAD_OF = {**{o: Head.CAUSAL_LM for o in Objective
@@ -100,13 +140,14 @@ def preference_settings(config: Config) -> Settings | GrpoSettings | None:
 def setup_step(config: Config, placement: MeshRules) -> StepSetup:
   """Checks that the config fits the mesh, then builds the sharded, jitted train step for it."""
   check_batch_fits_mesh(config, placement)
+  pipeline = pipeline_schedule(config, placement)
   if config.model.quantization.enabled:
     raise UserError(
         f"model.quantization.scheme={config.model.quantization.scheme.value} stores the weights "
         f"as integers for inference, which training cannot update: remove the "
         f"model.quantization section to train, then quantize when you generate, score or "
         f"evaluate (--quantize {config.model.quantization.scheme.value}).")
-  model, objective = make_model(config), objective_of(config)
+  model, objective = make_model(config, pipeline), objective_of(config)
   preference = preference_settings(config)
   tx = make_optimizer(config.train)
   abstract_state, shardings = state_shardings(model, tx, placement, seq_len=config.train.seq_len)
@@ -135,6 +176,11 @@ def check_batch_fits_mesh(config: Config, placement: MeshRules) -> None:
     split = context_split(config.model)
   if split is not None:
     check_length(split, train.seq_len, what="train.seq_len")
+    if placement.mesh.shape.get("stage", 1) > 1:
+      raise UserError(f"mesh.stage={placement.mesh.shape['stage']} with the sequence split over "
+                      f"{split.size} devices ({', '.join(f'mesh.{a}' for a in split.axes)}): "
+                      f"context parallelism inside pipeline stages is not supported yet; set "
+                      f"mesh.stage=1 or mesh.context=1.")
 
 
 def residual_bytes(config: Config, placement: MeshRules, *, kept: int, micro_batches: int = 1

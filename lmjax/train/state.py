@@ -29,14 +29,19 @@ def _init_fn(model: Transformer, tx: optax.GradientTransformation, seq_len: int)
   return init
 
 
+def boxed_state(model: Transformer, tx: optax.GradientTransformation, *, seq_len: int) -> TrainState:
+  """The train state's abstract values in Flax's logically partitioned boxes (no mesh yet): what
+  `MeshRules.place_abstract` places on any mesh, a real one or an abstract one (the planner)."""
+  return jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.key(0))
+
+
 def state_shardings(model: Transformer, tx: optax.GradientTransformation, placement: MeshRules,
                     *, seq_len: int) -> tuple[TrainState, TrainState]:
   """(abstract state of ShapeDtypeStructs, matching tree of NamedShardings), no allocation.
 
   Raises UserError when a parameter dimension does not split evenly over its mesh axes.
   """
-  boxed = jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.key(0))
-  abstract, shardings, logical = placement.place_abstract(boxed)
+  abstract, shardings, logical = placement.place_abstract(boxed_state(model, tx, seq_len=seq_len))
   check_params_fit_mesh(abstract.params, logical.params, model.config)
   return abstract, shardings
 

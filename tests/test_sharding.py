@@ -71,7 +71,7 @@ def test_sharded_training_matches_one_device(recorded, case, mesh):
 def test_no_mesh_makes_xla_replicate_a_sharded_activation_in_full(recorded):
   """The children train on meshes with fsdp and tensor both > 1 (tensor2_fsdp4,
   data2_fsdp2_tensor2): no step may leave XLA's partitioner a resharding it can only do by
-  replicating the whole array (the embedding lookup did: lmjax.model.transformer._lookup)."""
+  replicating the whole array (the embedding lookup did: lmjax.model.layers.embedding_lookup)."""
   _, out = recorded
   logs = sorted(out.glob("*.log"))
   assert logs

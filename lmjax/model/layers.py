@@ -99,6 +99,21 @@ def _peft_uniform(fan_in: int) -> nn.initializers.Initializer:
   return init
 
 
+def embedding_lookup(table: jax.Array, ids: jax.Array, rows: str | None = None) -> jax.Array:
+  """The rows `ids` [batch, length] of an embedding table [rows, embed] -> [batch, length, embed].
+
+  The table is gathered over `fsdp` first (its `embed` axis whole on every device, as FSDP does
+  for every weight it uses): a gather from embed-sharded rows leaves its output sharded over
+  `embed` by `fsdp`, and moving that to the activations' `batch` sharding over the same axis is
+  an all-to-all XLA's partitioner cannot do for a gather, so it replicated the whole output
+  ("Involuntary full rematerialization", meshes with fsdp and tensor both > 1). Rows split over
+  `tensor` (the vocabulary) stay split: each device looks up its rows and the partial lookups
+  are summed, Megatron's vocabulary-parallel embedding.
+  """
+  table = nn.with_logical_constraint(table, (rows, None))
+  return jnp.take(table, ids, axis=0, mode="clip")
+
+
 def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype,
            rows: bool = True) -> jax.Array:
   """x [..., *in] @ kernel [*in, *out] -> [..., *out], computed as one 2-D matmul.

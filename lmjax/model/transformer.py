@@ -34,8 +34,8 @@ from lmjax.model.attention import make_mask, write_cache
 from lmjax.model.context_parallel import TokenOrder, context_split
 from lmjax.model.config import (ClassifierPooling, Head, ModelConfig, NormPosition,
                                 PoolerActivation, Positions, Remat)
-from lmjax.model.layers import (DenseGeneral, LayerNorm, Mlp, activation, initializer,
-                                layer_inverse_frequencies, soft_cap)
+from lmjax.model.layers import (DenseGeneral, LayerNorm, Mlp, activation, embedding_lookup,
+                                initializer, layer_inverse_frequencies, soft_cap)
 from lmjax.model.moe import MoeMlp
 from lmjax.model.pipeline import PipelineSchedule, run_pipeline
 
@@ -144,21 +144,6 @@ _DETERMINISTIC_ARG = list(inspect.signature(Block.__call__).parameters).index("d
 _POOLER_ACTIVATIONS = {PoolerActivation.TANH: jnp.tanh, PoolerActivation.RELU: jax.nn.relu}
 
 
-def _lookup(table: jax.Array, ids: jax.Array, rows: str | None = None) -> jax.Array:
-  """The rows `ids` [batch, length] of an embedding table [rows, embed] -> [batch, length, embed].
-
-  The table is gathered over `fsdp` first (its `embed` axis whole on every device, as FSDP does
-  for every weight it uses): a gather from embed-sharded rows leaves its output sharded over
-  `embed` by `fsdp`, and moving that to the activations' `batch` sharding over the same axis is
-  an all-to-all XLA's partitioner cannot do for a gather, so it replicated the whole output
-  ("Involuntary full rematerialization", meshes with fsdp and tensor both > 1). Rows split over
-  `tensor` (the vocabulary) stay split: each device looks up its rows and the partial lookups
-  are summed, Megatron's vocabulary-parallel embedding.
-  """
-  table = nn.with_logical_constraint(table, (rows, None))
-  return jnp.take(table, ids, axis=0, mode="clip")
-
-
 def _block_stack(cfg: ModelConfig, dtype: jnp.dtype, length: int | None, **kwargs) -> nn.Module:
   """`length` blocks scanned over a leading `layers` axis of their params (None: one block)."""
   block = Block if cfg.remat is Remat.NONE else nn.remat(
@@ -265,11 +250,10 @@ class Transformer(nn.Module):
     x = hidden.astype(self.dtype)
     if cfg.tie_embeddings:  # x @ embedding.T: rows of x against the embedding's rows, one 2-D
       # product (see layers.matmul) with no transposed copy of the embedding (a decoding loop
-      # would make one per token); over a split sequence, rows kept apart as layers.matmul does
-      rows = x if context_split(cfg) is not None else x.reshape(-1, cfg.embed_dim)
-      logits = jax.lax.dot_general(rows, self.token_embedding.astype(self.dtype),
-                                   (((rows.ndim - 1,), (1,)), ((), ()))
-                                   ).reshape(*x.shape[:-1], -1)
+      # would make one per token)
+      rows = x.reshape(-1, cfg.embed_dim) if context_split(cfg) is None else x
+      logits = jax.lax.dot_general(rows, self.token_embedding.astype(self.dtype), (
+          ((rows.ndim - 1,), (1,)), ((), ()))).reshape(*x.shape[:-1], -1)
     else:
       logits = self.lm_head(x)
     if cfg.head is Head.MASKED_LM and cfg.decoder_bias:
@@ -291,19 +275,17 @@ class Transformer(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.asarray(offset, jnp.int32)[..., None] + jnp.arange(s),
                                    (b, s))
-    # A sequence split across devices may go through the blocks in another order (zig-zag:
-    # lmjax.model.context_parallel), each token with its slot; back in order after them.
-    order = TokenOrder(context_split(cfg, cached=cache is not None), s)
-    input_ids, token_type_ids, positions, ordered_segment_ids = order.apply(
-        input_ids, token_type_ids, positions, segment_ids)
+    order = TokenOrder(context_split(cfg, cached=cache is not None), s)  # context parallelism
+    input_ids, token_type_ids, positions, seg = order.apply(input_ids, token_type_ids, positions,
+                                                            segment_ids)
     x = self._embed(input_ids, token_type_ids, positions, train)  # [batch, length, embed]
 
     if cache is None:
-      key_segment_ids, layer_caches = ordered_segment_ids, None
+      key_segment_ids, layer_caches = seg, None
     else:
       key_segment_ids = write_cache(cache["segment_ids"], segment_ids, offset, axis=1)
       layer_caches = cache["layers"]
-    mask = make_mask(ordered_segment_ids, key_segment_ids, causal=cfg.causal, query_offset=offset,
+    mask = make_mask(seg, key_segment_ids, causal=cfg.causal, query_offset=offset,
                      slots=order.slots)
     x, layer_caches = self._blocks(x, layer_caches, mask, positions,
                                    None if cache is None else offset, train)
@@ -320,14 +302,15 @@ class Transformer(nn.Module):
 
   def _embed(self, input_ids, token_type_ids, positions, train):
     cfg = self.config
-    x = _lookup(self.token_embedding, input_ids, "vocab").astype(self.dtype)
+    x = embedding_lookup(self.token_embedding, input_ids, "vocab").astype(self.dtype)
     if cfg.embed_scale:  # Gemma: the factor rounded to the compute dtype first, as HF's
       x = x * jnp.asarray(cfg.embed_dim ** 0.5, self.dtype)
     if cfg.positions is Positions.LEARNED:
-      x = x + _lookup(self.position_embedding, positions + cfg.position_offset).astype(self.dtype)
+      x = x + embedding_lookup(self.position_embedding,
+                               positions + cfg.position_offset).astype(self.dtype)
     if cfg.type_vocab_size:
       types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-      x = x + _lookup(self.token_type_embedding, types).astype(self.dtype)
+      x = x + embedding_lookup(self.token_type_embedding, types).astype(self.dtype)
     if cfg.normalises_embeddings:
       x = self.embedding_norm(x)
     x = self.dropout(x, deterministic=not train)

@@ -35,6 +35,7 @@ from lmjax.hf.hub import resolve_hf_dir
 from lmjax.hf.peft_import import read_peft
 from lmjax.hf.tokenizer_files import copy_tokenizer_files
 from lmjax.model import Head, ModelConfig, param_shapes
+from lmjax.model.quantize import dequantized_view, is_quantized
 from lmjax.model.trainable import frozen_dtype, split
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.loader import check_vocabulary, frozen_params
@@ -161,7 +162,7 @@ def _with_checkpoint_params(run: RunDir, step: int | None, use) -> None:
         base = read_base()
         arrays.update({key: base[key] for key in keys if key in base_specs})
       return arrays
-    use({**specs, **base_specs}, read)
+    use(*dequantized_view({**specs, **base_specs}, read))  # a QLoRA base: as float32
 
   try:
     if step is None:  # a damaged newest step is skipped (with a warning), as lmjax.load does
@@ -181,8 +182,8 @@ def _base_arrays(run: RunDir, record: CheckpointRecord
     return {}, dict
   config = run.require_config()
   _, frozen = split(nn.unbox(param_shapes(config.model)), config.model)
-  frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, frozen_dtype(config.model)),
-                        frozen)
+  frozen = jax.tree.map(lambda a: a if is_quantized(a) else jax.ShapeDtypeStruct(
+      a.shape, frozen_dtype(config.model)), frozen, is_leaf=is_quantized)
   specs = {".".join(path): spec for path, spec in traverse_util.flatten_dict(frozen).items()}
 
   @functools.cache

@@ -107,10 +107,6 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
 
   def _check_quantization(self) -> None:
     spec = self.quantization
-    if self.lora.enabled:
-      raise UserError("model.quantization with model.lora (QLoRA) is not supported yet: remove "
-                      "model.quantization to train adapters on the float base, then quantize "
-                      "the merged model for inference.")
     check_targets(spec.targets, self.projection_fans(), key="model.quantization.targets")
     if spec.group_size:
       for module in self.projection_fans():

@@ -2,7 +2,7 @@
 qwix: a targeted kernel is held as a qwix `QArray` (integer `qvalue` in the kernel's shape,
 float32 `scale` with the input dims reduced to 1, or to groups) and dequantized in the matmul.
 
-    params = quantize_params(float_params, config)   # config.quantization.scheme: int8 | int4
+    params = quantize_params(float_params, param_shapes(config))  # scheme: int8 | int4
     logits = Transformer(config).apply({"params": params}, ids)
 
 Why qwix's arrays and not `qwix.quantize_model` with a `PtqProvider`: the provider intercepts
@@ -20,6 +20,7 @@ quantized weight (its "slow path", which XLA fuses).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -75,28 +76,69 @@ def dequantize(kernel: Any) -> jax.Array:
   return _qwix().dequantize(kernel)
 
 
-def quantize_params(params: Any, abstract: Any, spec: QuantizationConfig) -> Any:
-  """Float `params` (a plain tree, as lmjax.load gives) with each kernel that `spec` targets
-  replaced by its QArray, quantized as the model creates it: `abstract` is the quantized
-  model's `param_shapes`, whose QArrays tell which kernels and which dims. Already quantized
-  kernels are left as they are."""
-  qarray = _qwix().QArray
+def is_quantized(x: Any) -> bool:
+  """Whether `x` is a QArray (concrete, or an abstract one of ShapeDtypeStructs); asks nothing
+  of qwix until it is imported (then only quantized params made it), so float runs need no
+  lmjax[quant]."""
+  qwix = sys.modules.get("qwix")
+  return qwix is not None and isinstance(x, qwix.QArray)
+
+
+def quantize_like(value: Any, target: Any) -> Any:
+  """Float `value` quantized as the QArray `target` (abstract or concrete) is: its integer type,
+  and per its scale's shape which dims are channels (the scale keeps them whole), reduced
+  (size 1) or grouped. Each part is placed on `target`'s part's sharding when it has one."""
+  shape, scale_shape = tuple(target.shape), tuple(target.scale.shape)
+  channelwise = [a for a, (k, s) in enumerate(zip(shape, scale_shape)) if s == k]
+  tiled = {a: k // s for a, (k, s) in enumerate(zip(shape, scale_shape)) if 1 < s < k}
+  q = _qwix().quantize(jnp.asarray(value, jnp.float32), target.qvalue.dtype,
+                       channelwise_axes=channelwise, tiled_axes=tiled or None)
+  place = lambda part, like: (jax.device_put(part, like.sharding)
+                              if getattr(like, "sharding", None) is not None else part)
+  return q.replace(qvalue=place(q.qvalue, target.qvalue), scale=place(q.scale, target.scale))
+
+
+def quantize_params(params: Any, abstract: Any) -> Any:
+  """Float `params` (a plain tree, as lmjax.load gives) with each kernel that is a QArray in
+  `abstract` (the quantized model's `param_shapes`, boxed or not) replaced by its QArray,
+  quantized as the model creates it. Already quantized kernels are left as they are."""
   flat = traverse_util.flatten_dict(params)
   for path, target in traverse_util.flatten_dict(nn.unbox(abstract)).items():
     value = flat.get(path)
-    if isinstance(target, qarray) and value is not None and not isinstance(value, qarray):
-      flat[path] = quantize_kernel(jnp.asarray(value), spec, in_dims=_input_dims(target))
+    if is_quantized(target) and value is not None and not is_quantized(value):
+      flat[path] = quantize_like(value, target)
   return traverse_util.unflatten_dict(flat)
-
-
-def _input_dims(target: Any) -> tuple[int, ...]:
-  """The input dims of a quantized kernel's abstract QArray: those its scale reduces (grouped:
-  the last input dim only, as `quantize_kernel` treats the others as channels)."""
-  return tuple(a for a, (k, s) in enumerate(zip(target.shape, target.scale.shape)) if s != k)
 
 
 def dequantize_params(params: Any) -> Any:
   """`params` with every QArray as its float32 values: the float model it stands for."""
-  qarray = _qwix().QArray
-  return jax.tree.map(lambda x: dequantize(x) if isinstance(x, qarray) else x, params,
-                      is_leaf=lambda x: isinstance(x, qarray))
+  return jax.tree.map(lambda x: dequantize(x) if is_quantized(x) else x, params,
+                      is_leaf=is_quantized)
+
+
+def dequantized_view(specs: dict[str, Any], read: Callable[[list[str]], dict[str, Any]]
+                     ) -> tuple[dict[str, Any], Callable[[list[str]], dict[str, Any]]]:
+  """A checkpoint's flat params as the float model they stand for: `specs` ("."-joined keys ->
+  ShapeDtypeStruct or abstract QArray) with each quantized kernel's `kernel.qvalue` and
+  `kernel.scale` (or QArray) seen as one float32 `kernel`, and a `read(keys)` that returns
+  those dequantized. What a float export (merged weights, PEFT adapters) reads of a QLoRA run."""
+  parts = {key.removesuffix(".qvalue"): (key, key.removesuffix("qvalue") + "scale")
+           for key in specs if key.endswith(".qvalue")}
+  hidden = {part for pair in parts.values() for part in pair}
+  view = {key: (jax.ShapeDtypeStruct(spec.shape, jnp.float32) if is_quantized(spec) else spec)
+          for key, spec in specs.items() if key not in hidden}
+  view.update({key: jax.ShapeDtypeStruct(specs[qvalue].shape, jnp.float32)
+               for key, (qvalue, _) in parts.items()})
+
+  def read_view(keys: list[str]) -> dict[str, Any]:
+    wanted = [k for k in keys if k not in parts] + [p for k in keys if k in parts for p in parts[k]]
+    arrays = read(wanted)
+    out = {k: (dequantize(arrays[k]) if is_quantized(arrays[k]) else arrays[k])
+           for k in keys if k not in parts}
+    qarray = _qwix().QArray
+    for key in keys:
+      if key in parts:
+        qvalue, scale = (arrays[p] for p in parts[key])
+        out[key] = dequantize(qarray(jnp.asarray(qvalue), jnp.asarray(scale)))
+    return {k: jax.device_get(v) for k, v in out.items()}
+  return view, read_view

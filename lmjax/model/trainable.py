@@ -18,6 +18,7 @@ from flax import traverse_util
 from lmjax.model.config import Head, ModelConfig
 from lmjax.model.options import ParamDtype
 from lmjax.model.lora import is_adapter
+from lmjax.model.quantize import is_quantized
 
 
 def is_trained(path: tuple[str, ...], config: ModelConfig) -> bool:
@@ -51,11 +52,13 @@ def frozen_dtype(config: ModelConfig) -> Any:
 
 def cast_frozen(params: Any, config: ModelConfig) -> Any:
   """`params` with the frozen base in `model.lora.base_dtype` (bfloat16 halves its memory; it
-  never receives an update, so nothing accumulates in low precision)."""
+  never receives an update, so nothing accumulates in low precision). Quantized kernels (QLoRA)
+  stay as they are: integers, with float32 scales."""
   if not config.lora.enabled or config.lora.base_dtype is ParamDtype.FLOAT32:
     return params
   trained, frozen = split(params, config)
-  return combine(trained, jax.tree.map(lambda x: x.astype(frozen_dtype(config)), frozen))
+  cast = lambda x: x if is_quantized(x) else x.astype(frozen_dtype(config))
+  return combine(trained, jax.tree.map(cast, frozen, is_leaf=is_quantized))
 
 
 def trained_part(params: Any, config: ModelConfig) -> Any:

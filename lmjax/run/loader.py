@@ -35,7 +35,7 @@ from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import ModelConfig, Transformer, param_shapes
 from lmjax.model.lora import merge_lora
 from lmjax.model.quant_config import QuantizationConfig
-from lmjax.model.quantize import quantize_params
+from lmjax.model.quantize import dequantize_params, is_quantized, quantize_like, quantize_params
 from lmjax.model.trainable import frozen_dtype
 from lmjax.run.base_ref import BaseRef, check_base
 from lmjax.run.restore import restore_params
@@ -165,7 +165,7 @@ def quantized(model: Transformer, params: Any, keys: Mapping[str, Any]) -> tuple
   spec = build(QuantizationConfig, keys, "model.quantization")
   config = dataclasses.replace(model.config, quantization=spec)
   return (Transformer(config, model.dtype),
-          quantize_params(params, param_shapes(config), spec))
+          quantize_params(params, param_shapes(config)))
 
 
 def check_vocabulary(tokenizer: Tokenizer, config: ModelConfig, where: Any) -> None:
@@ -207,6 +207,7 @@ def load_source(source: str | pathlib.Path, config: ModelConfig, step: int | Non
   weights. A run's own LoRA adapters, if they are not `config`'s, are merged into its weights."""
   if is_run_directory(source):
     model, params, step = load_run_at(source, step)
+    params = dequantize_params(params)  # a QLoRA run's base: float, as this config takes it
     spec = model.config.lora
     if spec.enabled and spec != config.lora:  # another adapter: fold it into the base weights
       params = merge_lora(jax.device_get(params), spec.rank, spec.alpha, spec.rslora)
@@ -241,6 +242,9 @@ def frozen_params(ref: BaseRef, configured: str | None, config: ModelConfig, abs
     if value is None or tuple(value.shape) != tuple(spec.shape):
       raise UserError(f"the base model {source} has no param {path} of shape "
                       f"{list(spec.shape)}, which this run's model needs.")
+    if is_quantized(spec):  # QLoRA: quantized from float32 as training did, never rounded
+      placed[path] = quantize_like(value, spec)
+      continue
     array = np.asarray(value).astype(stored).astype(spec.dtype)
     sharding = getattr(spec, "sharding", None)
     placed[path] = jax.device_put(array, sharding) if sharding is not None else array

@@ -24,6 +24,7 @@ from lmjax.errors import UserError
 from lmjax.run.loader import load_source
 from lmjax.model import ModelConfig
 from lmjax.model.lora import is_adapter
+from lmjax.model.quantize import is_quantized, quantize_like
 from lmjax.model.trainable import is_trained, trained_part
 from lmjax.run.base_ref import BaseRef, reference
 
@@ -32,13 +33,16 @@ log = logging.getLogger(__name__)
 
 def merge_params(fresh: Any, loaded: Any) -> tuple[Any, list[str], list[str]]:
   """(`fresh` with every same-path, same-shape leaf of `loaded` copied in onto its sharding,
-  paths kept fresh, paths of `loaded` left out)."""
+  paths kept fresh, paths of `loaded` left out). A quantized fresh kernel (QLoRA) takes the
+  loaded float kernel quantized as it is."""
   fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
   loaded_flat = traverse_util.flatten_dict(loaded, sep="/")
   merged, kept_fresh = {}, []
   for path, value in fresh_flat.items():
     source = loaded_flat.get(path)
-    if source is not None and tuple(source.shape) == tuple(value.shape):
+    if source is not None and tuple(source.shape) == tuple(value.shape) and is_quantized(value):
+      merged[path] = quantize_like(source, value)
+    elif source is not None and tuple(source.shape) == tuple(value.shape):
       merged[path] = jax.device_put(np.asarray(source, dtype=value.dtype), value.sharding)
     else:
       merged[path] = value

@@ -141,7 +141,7 @@ def setup_step(config: Config, placement: MeshRules) -> StepSetup:
   """Checks that the config fits the mesh, then builds the sharded, jitted train step for it."""
   check_batch_fits_mesh(config, placement)
   pipeline = pipeline_schedule(config, placement)
-  if config.model.quantization.enabled:
+  if config.model.quantization.enabled and not config.model.lora.enabled:
     raise UserError(
         f"model.quantization.scheme={config.model.quantization.scheme.value} stores the weights "
         f"as integers for inference, which training cannot update: remove the "

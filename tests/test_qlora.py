@@ -17,6 +17,8 @@ qwix = pytest.importorskip("qwix")
 import lmjax  # noqa: E402
 from lmjax.cli import main  # noqa: E402
 from lmjax.config import load_config  # noqa: E402
+from lmjax.errors import UserError  # noqa: E402
+from lmjax.infer.adapters import read_adapters, select, with_adapter  # noqa: E402
 from lmjax.model import Transformer  # noqa: E402
 from lmjax.model.config import LoraConfig  # noqa: E402
 from lmjax.model.lora import is_adapter, merge_lora  # noqa: E402
@@ -198,3 +200,16 @@ def test_a_qlora_run_generates(qlora_run, capsys):
   code, out, err = run_cli(capsys, "generate", "--run-dir", tmp / "whole", "--prompt", "The",
                            "--max-new-tokens", "4", "--temperature", "0")
   assert code == 0 and out.startswith("The"), err
+
+
+def test_its_peft_adapter_serves_over_the_int8_base_with_the_runs_logits(qlora_run, trained_gpt):
+  tmp, loaded, _, _ = qlora_run
+  base = lmjax.load(trained_gpt, quantization={"scheme": "int8"})  # as the run quantized it
+  adapters = read_adapters(base, {"tuned": tmp / "adapter"})
+  params = with_adapter(base.params, select(adapters.stacked, adapters.index("tuned")))
+  ids = np.random.default_rng(2).integers(0, 256, size=(2, 16)).astype(np.int32)
+  np.testing.assert_allclose(adapters.model.apply({"params": params}, ids),
+                             loaded.model.apply({"params": loaded.params}, ids),
+                             atol=1e-5, rtol=1e-5)
+  with pytest.raises(UserError, match="QLoRA run: its adapters cannot be folded"):
+    read_adapters(loaded, {"tuned": tmp / "adapter"})

@@ -459,7 +459,6 @@ def test_bad_adapters_exit_2_naming_the_flag(model_dir, tmp_path, capsys):
       (["--adapter", "no-path"], "is not NAME=PATH"),
       (["--adapter", f"a={tmp_path / 'none'}"], "no such directory"),
       (["--adapter", f"a={tmp_path}", "--adapter", f"a={tmp_path}"], "given twice"),
-      (["--adapter", f"a={tmp_path}", "--quantize", "int8"], "QLoRA"),
       (["--adapter", f"a={tmp_path}"], "adapter a: "),  # loads the model: not a PEFT directory
       (["--adapter", f"tiny={adapter_dir(model_dir, 'terse')}", "--model-name", "tiny"],
        "the served model's own name")]:

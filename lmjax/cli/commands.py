@@ -195,7 +195,7 @@ def _cmd_serve(args) -> int:
   check_limits(max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=args.max_seq_len)
   placement = serving_placement(args.overrides)
   check_slots_divide(args.max_batch, placement)
-  adapters = server.parse_adapters(args.adapter, quantize=args.quantize)
+  adapters = server.parse_adapters(args.adapter)
   server.listen(args.host, args.port).close()
   # A run's params are read straight onto the mesh; a Hugging Face model's are moved there.
   loaded = _load(args, dtype=args.dtype, mesh=placement.mesh, rules=placement.rules)

@@ -53,6 +53,12 @@ def base_of(loaded: Loaded) -> tuple[Transformer, Any]:
   spec = loaded.model.config.lora
   if not spec.enabled:
     return loaded.model, loaded.params
+  if loaded.model.config.quantization.enabled:
+    raise UserError(f"{loaded.source} is a QLoRA run: its adapters cannot be folded into its "
+                    f"quantized base (the sums are not integers). Serve the run alone, or export "
+                    f"its adapter (lmjax convert lmjax-to-peft) and serve it with --adapter over "
+                    f"its base (--quantize "
+                    f"{loaded.model.config.quantization.scheme.value} keeps the base quantized).")
   params = merge_lora(jax.device_get(loaded.params), spec.rank, spec.alpha, spec.rslora)
   config = dataclasses.replace(loaded.model.config, lora=LoraConfig())
   return Transformer(config, loaded.model.dtype), params
@@ -60,10 +66,7 @@ def base_of(loaded: Loaded) -> tuple[Transformer, Any]:
 
 def read_adapters(loaded: Loaded, paths: Mapping[str, str | pathlib.Path]) -> Adapters:
   """The PEFT adapter directories `paths` (by name) of `loaded`'s model, on one shared model."""
-  base, _ = base_of(loaded)
-  if base.config.quantization.enabled:
-    raise UserError("LoRA adapters on a quantized base (QLoRA) are not supported yet: drop "
-                    "--quantize to serve adapters, or serve the quantized model alone.")
+  base, _ = base_of(loaded)  # a quantized base stays so: the adapters add to its dequantized kernels
   read = {}
   for name, path in paths.items():
     if is_run_directory(path):

@@ -58,8 +58,7 @@ def listen(host: str, port: int) -> socket.socket:
     raise UserError(f"cannot listen on {host}:{port}: {e.strerror}; {fix}.") from None
 
 
-def parse_adapters(specs: Sequence[str] | None, *, quantize: str | None = None
-                   ) -> dict[str, str]:
+def parse_adapters(specs: Sequence[str] | None) -> dict[str, str]:
   """{name: path} of `--adapter NAME=PATH` flags; UserError for a malformed or repeated one."""
   adapters: dict[str, str] = {}
   for spec in specs or ():
@@ -73,9 +72,6 @@ def parse_adapters(specs: Sequence[str] | None, *, quantize: str | None = None
       raise UserError(f"--adapter {name}={path}: no such directory (give a PEFT LoRA adapter "
                       f"directory: adapter_config.json and adapter_model.safetensors).")
     adapters[name] = path
-  if adapters and quantize:
-    raise UserError(f"--quantize {quantize} with --adapter: LoRA adapters on a quantized base "
-                    f"(QLoRA) are not supported yet; drop one of them.")
   return adapters
 
 

@@ -144,9 +144,10 @@ def setup_step(config: Config, placement: MeshRules) -> StepSetup:
   if config.model.quantization.enabled and not config.model.lora.enabled:
     raise UserError(
         f"model.quantization.scheme={config.model.quantization.scheme.value} stores the weights "
-        f"as integers for inference, which training cannot update: remove the "
-        f"model.quantization section to train, then quantize when you generate, score or "
-        f"evaluate (--quantize {config.model.quantization.scheme.value}).")
+        f"as integers, which training cannot update: set model.lora.rank (e.g. 16) to train "
+        f"adapters on the quantized base (QLoRA), or remove the model.quantization section to "
+        f"train the float weights, then quantize when you generate, score or evaluate "
+        f"(--quantize {config.model.quantization.scheme.value}).")
   model, objective = make_model(config, pipeline), objective_of(config)
   preference = preference_settings(config)
   tx = make_optimizer(config.train)

@@ -25,6 +25,7 @@ from lmjax.model.lora import is_adapter, merge_lora  # noqa: E402
 from lmjax.model.quant_config import QuantizationConfig  # noqa: E402
 from lmjax.model.quantize import dequantize_params  # noqa: E402
 from lmjax.run.checkpointer import Checkpointer  # noqa: E402
+from lmjax.run.inspection import _params_mismatch  # noqa: E402
 from lmjax.run.record import CheckpointRecord  # noqa: E402
 from lmjax.sharding import MESH_AXES, MeshRules, axis_rules, mesh_rules  # noqa: E402
 from lmjax.train.setup import setup_step  # noqa: E402
@@ -90,6 +91,7 @@ def test_a_qlora_checkpoint_stores_the_base_as_int4_and_restores_bit_equal(train
   assert stored[("wo", "kernel", "qvalue")] == jnp.int4
   assert stored[("wo", "kernel", "scale")] == jnp.float32
   assert stored[("mlp", "wo", "lora_a")] == jnp.float32
+  assert _params_mismatch(specs, config.model, trained_only=False) is None  # checkpoints --verify
   for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(state)[0],
                                jax.tree.leaves(restored)):
     assert got.dtype == want.dtype, path
@@ -195,11 +197,14 @@ def test_a_peft_adapter_from_a_qlora_run_gives_its_logits_on_the_dequantized_bas
                              atol=1e-4, rtol=1e-4)
 
 
-def test_a_qlora_run_generates(qlora_run, capsys):
+def test_a_qlora_run_generates_and_refuses_another_quantization(qlora_run, capsys):
   tmp, _, _, _ = qlora_run
   code, out, err = run_cli(capsys, "generate", "--run-dir", tmp / "whole", "--prompt", "The",
                            "--max-new-tokens", "4", "--temperature", "0")
   assert code == 0 and out.startswith("The"), err
+  code, _, err = run_cli(capsys, "generate", "--run-dir", tmp / "whole", "--prompt", "The",
+                         "--quantize", "int4")
+  assert code == 2 and "held quantized already (int8" in err and "Traceback" not in err
 
 
 def test_its_peft_adapter_serves_over_the_int8_base_with_the_runs_logits(qlora_run, trained_gpt):

@@ -147,7 +147,9 @@ def _params_mismatch(specs: dict[ArrayPath, jax.ShapeDtypeStruct], model: ModelC
   params = nn.unbox(param_shapes(model))
   flat, _ = jax.tree_util.tree_flatten_with_path(trained_part(params, model) if trained_only
                                                  else params)
-  expected = {("params", *(str(k.key) for k in path)): leaf.shape for path, leaf in flat}
+  # a quantized kernel (QLoRA's base) is a QArray: its parts are attributes (qvalue, scale)
+  key = lambda k: str(k.key if hasattr(k, "key") else k.name)
+  expected = {("params", *map(key, path)): leaf.shape for path, leaf in flat}
   saved = {path: spec.shape for path, spec in specs.items() if path[0] == "params"}
   for path in sorted(set(expected) | set(saved)):
     if expected.get(path) != saved.get(path):

@@ -163,6 +163,13 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
 def quantized(model: Transformer, params: Any, keys: Mapping[str, Any]) -> tuple[Transformer, Any]:
   """The model with `keys` as its `model.quantization` section, and `params` quantized for it."""
   spec = build(QuantizationConfig, keys, "model.quantization")
+  held = model.config.quantization
+  if held.enabled:  # a QLoRA run: its base is quantized already, and stays as trained
+    if spec.scheme is not held.scheme:
+      raise UserError(f"--quantize {spec.scheme.value}: this model's base is held quantized "
+                      f"already ({held.scheme.value}, model.quantization of a QLoRA run): drop "
+                      f"--quantize.")
+    return model, params
   config = dataclasses.replace(model.config, quantization=spec)
   return (Transformer(config, model.dtype),
           quantize_params(params, param_shapes(config)))

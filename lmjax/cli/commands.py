@@ -92,11 +92,8 @@ def _cmd_eval(args) -> int:
     if args.config is None:
       raise UserError("give the run's CONFIG to evaluate on its held-out data, or --data PATH "
                       "to score documents of your own.")
-    if args.quantize:
-      raise UserError(f"--quantize {args.quantize} applies to scored documents (--data PATH), "
-                      f"not yet to a run's held-out batches: add --data, or drop --quantize.")
     print(json.dumps(evaluate_run(args.config, args.run_dir, step=args.step,
-                                  overrides=args.overrides)))
+                                  overrides=args.overrides, quantize=args.quantize)))
     return 0
   if args.config is None and args.overrides:
     raise UserError("--set needs a CONFIG to apply to: give one, or use --data, --data-source "
@@ -154,7 +151,7 @@ def _cmd_eval_harness(args) -> int:
       run_dir=args.run_dir, hf_dir=args.hf, step=args.step, tasks=args.tasks,
       num_fewshot=args.num_fewshot, limit=args.limit, include_path=args.include_path,
       batch_size=args.batch_size, dtype=args.dtype, max_length=args.max_length,
-      output=args.output, online=args.online, seed=args.seed)
+      output=args.output, online=args.online, seed=args.seed, quantize=args.quantize)
   print(harness.format_results(results))
   if args.output:
     print(f"wrote the results to {args.output}")

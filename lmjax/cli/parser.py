@@ -101,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
                        help="examples per task (a fraction when below 1), for quick checks")
   harness.add_argument("--include-path", action="append", default=[], metavar="DIR",
                        help="a directory of task YAML files of your own; repeatable")
+  _add_quantize(harness)
   harness.add_argument("--batch-size", type=int, default=16)
   harness.add_argument("--max-length", type=int, default=None,
                        help="context length (default: model.max_seq_len)")

@@ -69,7 +69,8 @@ class LmjaxLM(TemplateLM):
 
   def __init__(self, run_dir: str | None = None, hf: str | None = None, step=None,
                dtype: str = "float32", batch_size=16, max_length=None, max_gen_toks=256,
-               loaded: Loaded | None = None, seed=0, **_ignored):  # device, max_batch_size
+               loaded: Loaded | None = None, seed=0, quantize: str | None = None,
+               **_ignored):  # device, max_batch_size
     if TemplateLM is object:
       raise UserError(missing_message(_PACKAGE, extra="eval", needed_for=_NEEDED_FOR))
     super().__init__()
@@ -77,7 +78,8 @@ class LmjaxLM(TemplateLM):
       raise UserError("give exactly one of run_dir= (an lmjax run directory) or hf= (a Hugging "
                       "Face directory or hub id).")
     self.loaded = loaded or load(run_dir or hf, step=_int(step, "step", low=0), dtype=dtype,
-                                 require_tokenizer=True, kind="run" if run_dir else "hf")
+                                 require_tokenizer=True, kind="run" if run_dir else "hf",
+                                 quantization={"scheme": quantize} if quantize else None)
     require_language_model(self.loaded.model)
     cfg = self.loaded.model.config
     self._batch_size = _int(batch_size if batch_size != "auto" else None, "batch_size") or 16
@@ -259,8 +261,9 @@ def run_harness(*, run_dir: str | None, hf_dir: str | None, step: int | None, ta
                 num_fewshot: int | None = None, limit: float | None = None,
                 include_path: Sequence[str] = (), batch_size: int = 16, dtype: str = "float32",
                 max_length: int | None = None, output: str | None = None, online: bool = False,
-                seed: int = 0) -> dict[str, Any]:
-  """`lmjax eval-harness`: the harness' results (its `results` dict, per task) for the model."""
+                seed: int = 0, quantize: str | None = None) -> dict[str, Any]:
+  """`lmjax eval-harness`: the harness' results (its `results` dict, per task) for the model,
+  its projections held quantized with `quantize` (int8, int4: --quantize)."""
   _offline(online)
   if output is not None:
     check_new_file(output)
@@ -274,7 +277,7 @@ def run_harness(*, run_dir: str | None, hf_dir: str | None, step: int | None, ta
   manager = _task_manager(include_path, tasks)
   tasks = check_tasks(manager, tasks)
   lm = LmjaxLM(run_dir=run_dir, hf=hf_dir, step=step, dtype=dtype, batch_size=batch_size,
-               max_length=max_length, seed=seed)
+               max_length=max_length, seed=seed, quantize=quantize)
   try:
     with _without_environment_probes():
       results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot,

@@ -162,17 +162,25 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
 
 def quantized(model: Transformer, params: Any, keys: Mapping[str, Any]) -> tuple[Transformer, Any]:
   """The model with `keys` as its `model.quantization` section, and `params` quantized for it."""
+  config = with_quantization(model.config, keys)
+  if config is model.config:  # a QLoRA run's base: quantized already
+    return model, params
+  return Transformer(config, model.dtype), quantize_params(params, param_shapes(config))
+
+
+def with_quantization(config: ModelConfig, keys: Mapping[str, Any]) -> ModelConfig:
+  """`config` with `keys` (`{"scheme": "int8"}`, as --quantize gives) as its `model.quantization`
+  section; `config` itself where it holds that scheme already (a QLoRA run's base, which stays
+  as trained); UserError for another scheme there."""
   spec = build(QuantizationConfig, keys, "model.quantization")
-  held = model.config.quantization
-  if held.enabled:  # a QLoRA run: its base is quantized already, and stays as trained
+  held = config.quantization
+  if held.enabled:
     if spec.scheme is not held.scheme:
       raise UserError(f"--quantize {spec.scheme.value}: this model's base is held quantized "
                       f"already ({held.scheme.value}, model.quantization of a QLoRA run): drop "
                       f"--quantize.")
-    return model, params
-  config = dataclasses.replace(model.config, quantization=spec)
-  return (Transformer(config, model.dtype),
-          quantize_params(params, param_shapes(config)))
+    return config
+  return dataclasses.replace(config, quantization=spec)
 
 
 def check_vocabulary(tokenizer: Tokenizer, config: ModelConfig, where: Any) -> None:

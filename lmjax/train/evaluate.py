@@ -9,6 +9,7 @@ the higher implicit reward) and the mean rewards and margin.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 from typing import Any, Callable, Sequence
@@ -19,11 +20,12 @@ import numpy as np
 from lmjax.config import load_config
 from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.tokenize.tokenizer import Tokenizer
-from lmjax.run.loader import load_run_at
+from lmjax.run.loader import load_run_at, with_quantization
 from lmjax.run.restore import open_checkpoints
 from lmjax.run.resume_policy import check_model_unchanged
 from lmjax.run.run_dir import RunDir
 from lmjax.memory import check_fits, per_device_bytes
+from lmjax.model.quantize import quantize_params
 from lmjax.model.transformer import param_shapes
 from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.inputs import batch_sources, inherit_labels, load_corpus
@@ -65,13 +67,17 @@ def macro_f1(confusion: np.ndarray) -> float:
 
 
 def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *,
-                 step: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+                 step: int | None = None, overrides: Sequence[str] = (),
+                 quantize: str | None = None) -> dict[str, Any]:
   """Evaluates checkpoint `step` (default: the latest complete one) over `train.eval_batches`
-  held-out batches."""
+  held-out batches; `quantize` (int8, int4) holds the projections quantized, as --quantize."""
   run = RunDir(run_dir)
   saved = run.require_config()
   config = inherit_labels(load_config(config_name, overrides), saved)
   check_model_unchanged(saved, config, run.path)
+  if quantize:
+    config = dataclasses.replace(config, model=with_quantization(config.model,
+                                                                 {"scheme": quantize}))
   open_checkpoints(run, step)[0].close()  # a missing step fails before the data is read
   corpus = load_corpus(config, Tokenizer.load(run.tokenizer_dir))
   placement = mesh_rules(config.mesh)
@@ -85,6 +91,7 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
                    "more devices (mesh.data)")
   _, eval_source = batch_sources(config, corpus)
   _, params, step = load_run_at(run.path, step=step, mesh=placement.mesh, rules=placement.rules)
+  params = quantize_params(params, param_shapes(model.config))  # no-op for a float model
   eval_fn = jit_eval_step(model, objective_of(config), placement,
                           jax.tree.map(lambda a: a.sharding, params),
                           loss_chunk=config.train.loss_chunk_size,

@@ -24,7 +24,7 @@ from lmjax.model.families import dense_twins, family_fields, resolve_family
 from lmjax.model.lora import block_projections, check_targets, targeted
 from lmjax.model.lora_config import LoraConfig
 from lmjax.model.moe_config import MoeConfig
-from lmjax.model.quant_config import QuantizationConfig, QuantScheme
+from lmjax.model.quant_config import QuantizationConfig, QuantMode, QuantScheme
 from lmjax.model.options import (Activation, AttentionImpl, ClassifierPooling, ContextParallel,
                                  Head, Norm, NormPosition, PoolerActivation, Positions, Remat,
                                  RopeScaling)
@@ -107,6 +107,10 @@ class ModelConfig(HeadFields, MlpFields, PositionFields, NormFields, AttentionFi
 
   def _check_quantization(self) -> None:
     spec = self.quantization
+    if spec.mode is QuantMode.TRAINING and self.lora.enabled:
+      raise UserError("model.quantization.mode=training trains every weight in int8 matmuls; "
+                      "with model.lora use mode weights (QLoRA: adapters on a quantized base), "
+                      "or drop model.lora.")
     check_targets(spec.targets, self.projection_fans(), key="model.quantization.targets")
     if spec.group_size:
       for module in self.projection_fans():

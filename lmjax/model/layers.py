@@ -44,7 +44,9 @@ class DenseGeneral(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     in_shape, out_shape = tuple(self.in_shape), tuple(self.out_shape)
     kernel = self._kernel(in_shape + out_shape, len(in_shape))
-    y = matmul(x, kernel, in_dims=len(in_shape), dtype=self.dtype, rows=self._rows())
+    int8 = quantize.trains_quantized(self.config.quantization, self.path)
+    y = matmul(x, kernel, in_dims=len(in_shape), dtype=self.dtype, rows=self._rows(),
+               product=quantize.int8_matmul if int8 else jnp.matmul)
     if self._adapted():
       y = y + self._adapter(x, in_shape, out_shape)
     if self.use_bias:
@@ -57,7 +59,7 @@ class DenseGeneral(nn.Module):
   def _kernel(self, shape: tuple[int, ...], in_dims: int) -> jax.Array:
     """The kernel [*in, *out], float32 (dequantized if it is stored quantized)."""
     spec = self.config.quantization
-    if not quantize.targeted(spec, self.path):
+    if not quantize.held_quantized(spec, self.path):
       return self.param("kernel", nn.with_logical_partitioning(
           initializer(self.config), tuple(self.axes)), shape, jnp.float32)
     return quantize.dequantize(self.param("kernel", quantize.quantized_init(
@@ -115,7 +117,7 @@ def embedding_lookup(table: jax.Array, ids: jax.Array, rows: str | None = None) 
 
 
 def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype,
-           rows: bool = True) -> jax.Array:
+           rows: bool = True, product=jnp.matmul) -> jax.Array:
   """x [..., *in] @ kernel [*in, *out] -> [..., *out], computed as one 2-D matmul.
 
   The leading dims of x and the in/out dims of the kernel are flattened first (free reshapes of
@@ -123,13 +125,14 @@ def matmul(x: jax.Array, kernel: jax.Array, *, in_dims: int, dtype: jnp.dtype,
   gradient sums over batch and length) takes a path 2x slower than the 2-D matmul it amounts to,
   and accelerators do not care. `rows=False` keeps the leading dims apart: where the sequence is
   split across devices as well as the batch, [batch, length] has no sharded flat form, and XLA
-  would gather the whole sequence onto each device to make one.
+  would gather the whole sequence onto each device to make one. `product` multiplies the 2-D
+  operands (lmjax.model.quantize.int8_matmul for quantized training).
   """
   in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
   lead = x.shape[:x.ndim - in_dims]
   x2 = x.reshape(*((-1,) if rows else lead), math.prod(in_shape)).astype(dtype)  # [rows, in]
   k2 = kernel.reshape(math.prod(in_shape), math.prod(out_shape)).astype(dtype)  # [in, out]
-  return (x2 @ k2).reshape(*lead, *out_shape)
+  return product(x2, k2).reshape(*lead, *out_shape)
 
 
 class LayerNorm(nn.Module):

@@ -30,7 +30,7 @@ from flax import traverse_util
 
 from lmjax.extras import require
 from lmjax.model import lora
-from lmjax.model.quant_config import QuantizationConfig, QuantScheme
+from lmjax.model.quant_config import QuantizationConfig, QuantMode, QuantScheme
 
 
 def _qwix():
@@ -42,9 +42,30 @@ def _qtype(scheme: QuantScheme) -> Any:
 
 
 def targeted(spec: QuantizationConfig, path: Sequence[str]) -> bool:
-  """Whether the projection at module `path` (("layers", "attention", "query")) is quantized."""
+  """Whether the projection at module `path` (("layers", "attention", "query")) is quantized
+  (held so, or computed so in training)."""
   module = lora.layer_module(tuple(path))
   return spec.enabled and module is not None and lora.targeted(spec.targets, module)
+
+
+def held_quantized(spec: QuantizationConfig, path: Sequence[str]) -> bool:
+  """Whether the projection at `path` stores its kernel as a QArray."""
+  return spec.mode is QuantMode.WEIGHTS and targeted(spec, path)
+
+
+def trains_quantized(spec: QuantizationConfig, path: Sequence[str]) -> bool:
+  """Whether the projection at `path` runs its matmul on int8 inputs (quantized training)."""
+  return spec.mode is QuantMode.TRAINING and targeted(spec, path)
+
+
+def int8_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [rows, in] @ kernel [in, out] -> [rows, out] with both quantized to int8 (x per row,
+  the kernel per output column, absmax), through qwix's quantization-aware dot_general: its
+  backward pass is the float matmul's (straight-through), so float32 master weights train.
+  Called directly, not through qwix's QtProvider, for the reasons the module docstring gives."""
+  from qwix._src.core import dot_general_qt  # qwix exports the provider, not the function
+  config = dot_general_qt.DotGeneralQtConfig(lhs_qtype=jnp.int8, rhs_qtype=jnp.int8)
+  return dot_general_qt.dot_general_qt(x, kernel, (((1,), (0,)), ((), ())), config)
 
 
 def quantize_kernel(kernel: jax.Array, spec: QuantizationConfig, *, in_dims: Sequence[int]

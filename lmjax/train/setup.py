@@ -16,6 +16,7 @@ from lmjax.data.spec import Objective
 from lmjax.errors import UserError
 from lmjax.model import Head, PipelineSchedule, Transformer
 from lmjax.model.context_parallel import check_length, context_split
+from lmjax.model.quant_config import QuantMode
 from lmjax.config_objectives import GrpoLoss
 from lmjax.objectives import GrpoSettings, Settings, default_objective
 from lmjax.run.record import TrainState
@@ -141,13 +142,15 @@ def setup_step(config: Config, placement: MeshRules) -> StepSetup:
   """Checks that the config fits the mesh, then builds the sharded, jitted train step for it."""
   check_batch_fits_mesh(config, placement)
   pipeline = pipeline_schedule(config, placement)
-  if config.model.quantization.enabled and not config.model.lora.enabled:
+  quantization = config.model.quantization
+  held = quantization.enabled and quantization.mode is QuantMode.WEIGHTS
+  if held and not config.model.lora.enabled:
     raise UserError(
-        f"model.quantization.scheme={config.model.quantization.scheme.value} stores the weights "
-        f"as integers, which training cannot update: set model.lora.rank (e.g. 16) to train "
-        f"adapters on the quantized base (QLoRA), or remove the model.quantization section to "
-        f"train the float weights, then quantize when you generate, score or evaluate "
-        f"(--quantize {config.model.quantization.scheme.value}).")
+        f"model.quantization.scheme={quantization.scheme.value} stores the weights as integers, "
+        f"which training cannot update: set model.lora.rank (e.g. 16) to train adapters on the "
+        f"quantized base (QLoRA), model.quantization.mode=training for int8 matmuls over float "
+        f"weights, or remove the model.quantization section to train the float weights, then "
+        f"quantize when you generate, score or evaluate (--quantize {quantization.scheme.value}).")
   model, objective = make_model(config, pipeline), objective_of(config)
   preference = preference_settings(config)
   tx = make_optimizer(config.train)

@@ -33,6 +33,7 @@ from lmjax.train.state import create_train_state, state_shardings  # noqa: E402
 from lmjax.train.loop import train  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
+from tests.test_lora import _logits_of_hf  # noqa: E402
 
 QLORA = ["model.lora.rank=4", "model.quantization.scheme=int4",
          "model.quantization.group_size=8"]
@@ -142,17 +143,6 @@ def qlora_run(trained_gpt, tmp_path_factory):
   lmjax.to_hf(float_model, base, tmp / "base_hf", source_config=json.loads(
       (tmp / "merged_hf" / "config.json").read_text()))
   return tmp, loaded, float_model, dequantized
-
-
-def _logits_of_hf(directory, ids, adapter=None):
-  import torch
-  import transformers
-  model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-  if adapter is not None:
-    import peft
-    model = peft.PeftModel.from_pretrained(model, str(adapter))
-  with torch.no_grad():
-    return model.eval()(torch.tensor(ids)).logits.numpy()
 
 
 def test_a_qlora_run_resumes_exactly_and_holds_only_its_adapters(qlora_run):

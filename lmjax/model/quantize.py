@@ -16,6 +16,11 @@ wrapped class. So the model creates the QArray itself (`quantized_init`), with b
 the kernel's logical axes, and `quantize_params` quantizes trained float params the same way.
 The matmul dequantizes first, as `qwix.dot_general` does itself for a float input and a
 quantized weight (its "slow path", which XLA fuses).
+
+QLoRA is this with `model.lora`: the QArrays are frozen params (lmjax.model.trainable), float
+adapters train on top, and a float base (`model.init_from`, a resume's base) is quantized as it
+loads (`quantize_like`), the same way each time. `mode: training` holds float kernels instead
+and runs the targeted matmuls on int8 inputs (`int8_matmul`).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ def int8_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
   the kernel per output column, absmax), through qwix's quantization-aware dot_general: its
   backward pass is the float matmul's (straight-through), so float32 master weights train.
   Called directly, not through qwix's QtProvider, for the reasons the module docstring gives."""
+  _qwix()  # names lmjax[quant] when qwix is missing
   from qwix._src.core import dot_general_qt  # qwix exports the provider, not the function
   config = dot_general_qt.DotGeneralQtConfig(lhs_qtype=jnp.int8, rhs_qtype=jnp.int8)
   return dot_general_qt.dot_general_qt(x, kernel, (((1,), (0,)), ((), ())), config)

@@ -91,7 +91,8 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
                    "more devices (mesh.data)")
   _, eval_source = batch_sources(config, corpus)
   _, params, step = load_run_at(run.path, step=step, mesh=placement.mesh, rules=placement.rules)
-  params = quantize_params(params, param_shapes(model.config))  # no-op for a float model
+  if quantize:
+    params = quantize_params(params, param_shapes(model.config))
   eval_fn = jit_eval_step(model, objective_of(config), placement,
                           jax.tree.map(lambda a: a.sharding, params),
                           loss_chunk=config.train.loss_chunk_size,

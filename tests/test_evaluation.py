@@ -445,7 +445,8 @@ def test_the_harness_finds_the_model_by_name_from_python(hf_gpt2, tasks_dir):
   assert get_model("lmjax") is lmjax.infer.harness.LmjaxLM
   results = lm_eval.simple_evaluate(model="lmjax", model_args=f"hf={hf_gpt2[0]},batch_size=4",
                                     tasks=["lmjax_choice"], limit=3,
-                                    task_manager=TaskManager(include_path=str(tasks_dir)))
+                                    task_manager=TaskManager(include_path=str(tasks_dir),
+                                                             include_defaults=False))
   assert 0.0 <= results["results"]["lmjax_choice"]["acc,none"] <= 1.0
   assert len(results["samples"]["lmjax_choice"]) == 3
 

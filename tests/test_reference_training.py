@@ -37,7 +37,7 @@ SETTINGS = ["model.num_layers=2", "model.embed_dim=64", "model.num_heads=4", "mo
 def reference_batches(masked: bool):
   """STEPS batches of BATCH windows of SEQ byte tokens (one document per row), MLM-masked."""
   tokenizer = Tokenizer.byte_level()
-  stream = np.concatenate([tokenizer.encode_batch(builtin_corpus())[i] for i in range(40)])
+  stream = np.concatenate(tokenizer.encode_batch(builtin_corpus())[:40])
   rng = np.random.default_rng(0)
   batches = []
   for step in range(STEPS):

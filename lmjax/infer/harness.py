@@ -216,6 +216,9 @@ def _task_manager(include_path: Sequence[str], tasks: Sequence[str]):
     local = TaskManager(include_path=list(include_path), include_defaults=False)
     if set(tasks) <= set(local.all_tasks):
       return local
+    # A name in neither index is refused before a combined index is built (seconds more); the
+    # built-in index is the process' cached one.
+    check_tasks(_builtin_task_manager(), tasks, also=local.all_tasks)
     return TaskManager(include_path=list(include_path))
   return _builtin_task_manager()
 
@@ -228,9 +231,10 @@ def _builtin_task_manager():
   return TaskManager()
 
 
-def check_tasks(manager, tasks: Sequence[str]) -> list[str]:
-  """The task names, each known to the harness (built in, or under an --include-path)."""
-  known = set(manager.all_tasks)
+def check_tasks(manager, tasks: Sequence[str], also: Sequence[str] = ()) -> list[str]:
+  """The task names, each known to the harness (built in, or under an --include-path; `also`:
+  names known besides the manager's)."""
+  known = set(manager.all_tasks) | set(also)
   for task in tasks:
     if task not in known and not pathlib.Path(task).is_file():
       close = difflib.get_close_matches(task, sorted(known), n=5, cutoff=0.6)

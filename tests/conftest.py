@@ -67,15 +67,17 @@ def labelled(tmp_path_factory):
 
 # The modules that take longest, longest first. `make test` hands whole modules to its two
 # workers (`--dist loadfile --no-loadscope-reorder`) in collection order: starting these first
-# keeps one of them from being the last module left while the other worker idles (xdist's own
+# keeps one of them from being the last module left while the others idle (xdist's own
 # order, by number of tests, put the few-test, minutes-long ones last). The 8-device children
 # of test_sharding.py lead: they keep both cores busy for minutes. Approximate, from cold runs
 # on 2 cores; a module not named here keeps its place after them.
 SLOW_MODULES = [
-    "test_sharding.py", "test_classification.py", "test_checkpoints.py", "test_notebooks.py",
-    "test_hostile.py", "test_lora.py", "test_evaluation.py", "test_train.py",
-    "test_convert_cli.py", "test_moe.py", "test_multihost.py", "test_modernbert.py",
-    "test_splash.py", "test_convert.py",
+    "test_sharding.py", "test_model.py", "test_classification.py", "test_evaluation.py",
+    "test_notebooks.py", "test_lora.py", "test_reference_training.py", "test_multihost.py",
+    "test_convert.py", "test_hostile.py", "test_generation_parity.py", "test_checkpoints.py",
+    "test_pipeline_parallel.py", "test_train.py", "test_plan.py", "test_object_storage.py",
+    "test_quantization.py", "test_generate.py", "test_convert_cli.py", "test_preference.py",
+    "test_context_parallel.py", "test_moe.py", "test_modernbert.py", "test_splash.py",
 ]
 
 

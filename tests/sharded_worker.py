@@ -57,11 +57,14 @@ KIND_SCANS = {"mlm": (True,), "lora": (True,), "moe_dropless": (True,), "moe_cap
 MESHES = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
           "tensor2_fsdp4": dict(data=1, fsdp=4, tensor=2),
           "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
-# The scanned causal and MLM models train on every mesh but plain data parallelism (which
-# every other sharded test crosses: the classifier's, the pipeline's and context parallelism's
-# data=8 resumes, the two-process runs); the unrolled layout (the same rules, per-layer names)
-# of the causal model on fsdp=8; LoRA and ModernBERT on two.
-KIND_MESHES = {"modernbert": ("fsdp8", "tensor2_fsdp4"), "lora": ("fsdp8", "tensor2_fsdp4")}
+# The scanned causal model trains on every mesh but plain data parallelism (which every other
+# sharded test crosses: the classifier's, the pipeline's and context parallelism's data=8
+# resumes, the two-process runs); the MLM model on fsdp=8 (its shards are counted) and
+# tensor=2 x fsdp=4; the unrolled layout (the same rules, per-layer names) of the causal model
+# on fsdp=8; LoRA on fsdp=8 (its shards are counted) and tensor=2 x fsdp=4; ModernBERT on
+# tensor=2 x fsdp=4, which crosses both axes its params are split over.
+KIND_MESHES = {"mlm": ("fsdp8", "tensor2_fsdp4"), "modernbert": ("tensor2_fsdp4",),
+               "lora": ("fsdp8", "tensor2_fsdp4")}
 UNROLLED_MESHES = ("fsdp8",)
 
 

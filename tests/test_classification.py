@@ -121,20 +121,20 @@ def test_an_exported_classifier_runs_in_the_transformers_pipeline(fine_tuned, tm
 
 
 def test_a_stopped_classifier_run_resumes_exactly(fine_tuned, labelled, tmp_path):
-  """A classifier run stopped at step 20 and resumed logs what the uninterrupted run logs,
+  """A classifier run stopped at step 8 and resumed logs what the uninterrupted run logs,
   confusion matrix included, and ends with equal params: its labelled data resumes where it
   stood. (kill -9 in the middle of a save is test_checkpoints': the same checkpoint path.)"""
   from lmjax.train.loop import train
   mlm, _ = fine_tuned
   whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-  config = load_config("tiny-bert", classifier_args(whole, mlm, labelled, "train.steps=40",
-                                                    "train.checkpoint_every=10",
+  config = load_config("tiny-bert", classifier_args(whole, mlm, labelled, "train.steps=16",
+                                                    "train.checkpoint_every=8",
                                                     "train.log_every=1")[5:])
   train(config, whole)
-  assert train(config, stopped, stop_after=20).final_step == 20
-  assert train(config, stopped).start_step == 20
+  assert train(config, stopped, stop_after=8).final_step == 8
+  assert train(config, stopped).start_step == 8
   expected, got = rows(whole), rows(stopped)
-  assert_resumed_as_uninterrupted(whole, stopped, expected, got, 40)
+  assert_resumed_as_uninterrupted(whole, stopped, expected, got, 16)
   assert got[-1]["eval_confusion"] == expected[-1]["eval_confusion"]
 
 

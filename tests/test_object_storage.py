@@ -10,12 +10,9 @@ comes back. On S3 (moto's server), an export and its import back, and the lock's
 create. The rest is what a wrong remote path says.
 """
 
-import contextlib
 import json
-import subprocess
 import sys
 import time
-import urllib.request
 
 import jax
 import numpy as np
@@ -27,13 +24,13 @@ from lmjax.cli import main
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
 from lmjax.run.checkpointer import Checkpointer
 from tests.conftest import TINY
+from tests.gcs_emulator import BUCKET, client_env, emulator, serving
 from tests.helpers import assert_resumed_as_uninterrupted, rows, run_cli
 from tests.processes import ROOT, children, cpu_env, free_port
 
 gcsfs = pytest.importorskip("gcsfs")  # the test extra brings these
 pytest.importorskip("gcp_storage_emulator")
 
-BUCKET = "lmjax-test"
 RUN = TINY + ["train.log_every=1", "train.checkpoint_every=6", "train.eval_every=0",
               "train.steps=12", "data.source=text"]
 DATA = ("README.md", "lmjax/storage.py")  # the data: some of this repository's text
@@ -43,47 +40,11 @@ def data_paths(where: str) -> str:
   return f"data.paths=[{where}/*.md]"
 
 
-@contextlib.contextmanager
-def serving(args: list[str], ready_url: str, log_path):
-  """A server started as `python *args`, yielded once `ready_url` answers; killed after."""
-  log = open(log_path, "w")
-  server = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-  try:
-    deadline = time.monotonic() + 30
-    while True:
-      try:
-        urllib.request.urlopen(ready_url, timeout=1).read()
-        break
-      except OSError:
-        assert server.poll() is None and time.monotonic() < deadline, f"{args} did not start"
-        time.sleep(0.1)
-    yield
-  finally:
-    server.kill()
-    server.wait(timeout=30)
-    log.close()
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
   """The emulator's URL, with the environment pointing every client at it; stopped after."""
-  port = free_port()
-  url = f"http://127.0.0.1:{port}"
-  args = [str(ROOT / "tests" / "gcs_emulator.py"), "start", "--port", str(port),
-          "--default-bucket", BUCKET, "--in-memory", "--quiet"]
-  with serving(args, f"{url}/storage/v1/b/{BUCKET}",
-               tmp_path_factory.mktemp("gcs") / "emulator.log"), \
-      pytest.MonkeyPatch.context() as env:
-    env.setenv("STORAGE_EMULATOR_HOST", url)
-    env.setenv("TENSORSTORE_GCS_HTTP_URL", url)
-    env.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # tensorstore: no credential hunt
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    try:
-      yield url
-    finally:
-      gcsfs.GCSFileSystem.clear_instance_cache()
-      storage._probed.clear()
+  with emulator(tmp_path_factory.mktemp("gcs")) as url:
+    yield url
 
 
 def gs(path: str) -> str:
@@ -107,8 +68,7 @@ def rehearsal(gcs, tmp_path_factory):
   killed = gs("killed")
   run = ["tiny-gpt", "--run-dir", killed, "--set", *RUN, data_paths(gs("data"))]
   with children(local) as group:
-    env = cpu_env(1, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs,
-                  GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator")
+    env = cpu_env(1, **client_env(gcs))
     group.start("killed", ["-m", "lmjax", "train", *run], env)
     checkpoint = storage.as_path(killed + "/checkpoints/6/commit_success.txt")
     deadline = time.monotonic() + 120

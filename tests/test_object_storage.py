@@ -95,9 +95,21 @@ def test_resume_after_kill_9_on_gcs_matches_an_uninterrupted_run(rehearsal):
   assert storage.as_path(f"{killed}/tensorboard").is_dir()
 
 
-def test_export_to_gcs_and_import_back_keeps_the_logits(rehearsal, capsys):
+@pytest.fixture(scope="module")
+def hf_on_gcs(rehearsal):
+  """The rehearsal's run exported to an HF directory on the bucket."""
+  assert main(["convert", "lmjax-to-hf", rehearsal[0], gs("hf")]) == 0
+  return gs("hf")
+
+
+def logits_of(source) -> np.ndarray:
+  m = lmjax.load(source)
+  ids = np.arange(1, 17, dtype=np.int32)[None]  # [batch 1, seq 16]
+  return np.asarray(m.model.apply({"params": m.params}, ids))
+
+
+def test_export_to_gcs_and_import_back_keeps_the_logits(rehearsal, hf_on_gcs, capsys):
   killed, whole = rehearsal
-  assert run_cli(capsys, "convert", "lmjax-to-hf", killed, gs("hf"))[0] == 0
   assert storage.as_path(gs("hf/model.safetensors")).is_file()
   assert run_cli(capsys, "convert", "hf-to-lmjax", gs("hf"), gs("back"))[0] == 0
   code, out, err = run_cli(capsys, "generate", "--run-dir", gs("back"), "--prompt", "The",
@@ -105,10 +117,42 @@ def test_export_to_gcs_and_import_back_keeps_the_logits(rehearsal, capsys):
   assert code == 0 and "Traceback" not in err, err
   code, listing, _ = run_cli(capsys, "checkpoints", killed)
   assert code == 0 and "complete" in listing, listing
-  ids = np.arange(1, 17, dtype=np.int32)[None]  # [batch 1, seq 16]
-  logits = [np.asarray(m.model.apply({"params": m.params}, ids))
-            for m in (lmjax.load(whole), lmjax.load(gs("back")))]
-  np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits_of(gs("back")), logits_of(whole), atol=1e-5, rtol=1e-5)
+  code, out, err = run_cli(capsys, "convert", "verify", hf_on_gcs, killed)
+  assert code == 0 and "top-1 agree:  100.00%" in out, err
+
+
+def test_a_lora_fine_tune_from_an_hf_dir_on_gcs_exports_its_adapter_there_and_back(
+    rehearsal, hf_on_gcs, capsys):
+  """model.init_from on the bucket (the base named and hashed there), a PEFT adapter written to
+  it and read back from it: the imported model has the fine-tuned logits."""
+  lora = gs("lora")
+  code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", lora, "--set", *RUN,
+                         data_paths(gs("data")), "train.steps=2", "train.warmup_steps=0",
+                         "train.learning_rate=0.05", f"model.init_from={hf_on_gcs}",
+                         "model.lora.rank=4")
+  assert code == 0 and f"the base is {hf_on_gcs} (sha256" in err, err
+  assert run_cli(capsys, "convert", "lmjax-to-peft", lora, gs("peft"))[0] == 0
+  assert storage.as_path(gs("peft/adapter_model.safetensors")).is_file()
+  code, _, err = run_cli(capsys, "convert", "hf-to-lmjax", hf_on_gcs, gs("with-peft"),
+                         "--adapter", gs("peft"))
+  assert code == 0, err
+  tuned = logits_of(lora)
+  assert np.abs(tuned - logits_of(hf_on_gcs)).max() > 1e-3  # the adapters moved
+  np.testing.assert_allclose(logits_of(gs("with-peft")), tuned, atol=1e-5, rtol=1e-5)
+
+
+def test_init_from_a_run_directory_on_gcs_reads_its_weights(rehearsal):
+  """What `model.init_from=gs://…/run` reads: the config's model from the run's config.yaml,
+  the weights from its newest checkpoint, through the bucket."""
+  from lmjax.config import load_config
+  from lmjax.run.loader import load_source
+  killed, _ = rehearsal
+  config = load_config("tiny-gpt", [*TINY, f"model.init_from={killed}"])
+  params, step = load_source(config.init_from, config.model)
+  assert config.init_from == killed and step == 12
+  _, expected = lmjax.load_run(killed)
+  jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(expected))
 
 
 def test_eval_and_plot_read_a_run_and_documents_on_gcs(rehearsal, capsys, tmp_path):
@@ -175,10 +219,8 @@ def test_an_export_to_s3_imports_back_with_the_same_logits(rehearsal, s3, capsys
   assert run_cli(capsys, "convert", "hf-to-lmjax", f"{s3}/hf", tmp_path / "back")[0] == 0
   code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", f"{s3}/run")
   assert code == 2 and "cannot be on s3:// yet" in err, err  # Orbax writes gs:// only
-  ids = np.arange(1, 17, dtype=np.int32)[None]  # [batch 1, seq 16]
-  logits = [np.asarray(m.model.apply({"params": m.params}, ids))
-            for m in (lmjax.load(whole), lmjax.load(tmp_path / "back"))]
-  np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits_of(tmp_path / "back"), logits_of(whole), atol=1e-5,
+                             rtol=1e-5)
 
 
 def test_the_lock_on_s3_is_a_conditional_create_the_server_enforces(s3):
@@ -211,6 +253,15 @@ def unreachable(gcs, monkeypatch):
     (["convert", "lmjax-to-hf", gs("nothing-here"), "gs://no-such-bucket/out"],
      "bucket gs://no-such-bucket does not exist"),
     (["train", "tiny-gpt", "--run-dir", "s3://bucket/run"], "cannot be on s3:// yet"),
+    (["train", "tiny-gpt", "--run-dir", gs("never"), "--set",
+      "model.init_from=gs://no-such-bucket/base"],
+     "model.init_from gs://no-such-bucket/base: bucket gs://no-such-bucket does not exist"),
+    (["convert", "lmjax-to-peft", gs("nothing-here"), "gs://no-such-bucket/adapter"],
+     "bucket gs://no-such-bucket does not exist"),
+    (["convert", "hf-to-lmjax", gs("nothing-here"), gs("new"), "--adapter", "gs:///adapter"],
+     "names no bucket"),
+    (["convert", "verify", "gs://no-such-bucket/hf", gs("nothing-here")],
+     "bucket gs://no-such-bucket does not exist"),
 ])
 def test_a_bad_remote_path_is_one_message(gcs, capsys, argv, message):
   code, _, err = run_cli(capsys, *argv)

@@ -6,7 +6,8 @@ finds it through STORAGE_EMULATOR_HOST, tensorstore (Orbax's array writes) throu
 TENSORSTORE_GCS_HTTP_URL. The dress rehearsal trains a run whose data
 and run directory are on the bucket, kills it (-9) in a child process after a checkpoint,
 resumes it here, and compares it with an uninterrupted run; the export goes to the bucket and
-comes back. On S3 (moto's server), an export and its import back, and the lock's conditional
+comes back, and a LoRA fine-tune starts from it there (model.init_from) and sends its PEFT
+adapter there and back. On S3 (moto's server), an export and its import back, and the lock's conditional
 create. The rest is what a wrong remote path says.
 """
 

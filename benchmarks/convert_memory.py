@@ -16,7 +16,9 @@ copy, so their peak stays under the checkpoint's size. Measured on a 2-core CPU 
 With `--remote`, the export also goes to a bucket: a local GCS server (gcp-storage-emulator
 through tests/gcs_emulator.py, files on disk under the workdir) on 127.0.0.1, and the export
 is imported back from it (ranged reads); each is reported next to the local export's peak.
-The server's own memory is not counted: it stands for GCS.
+The server's own memory is not counted: it stands for GCS. Measured with `--gib 2 --remote`:
+the export to gs:// peaks at 1.09 GiB against 1.01 GiB locally (1.08x), the import back at
+1.07-1.11x its local peak (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from lmjax.model.config import Head, ModelConfig
 from lmjax.model.presets import PRESET_NAMES
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 from lmjax.sharding import MeshConfig
-from lmjax.storage import as_path, check_local
+from lmjax.storage import as_path, check_path
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ def from_dict(raw: Mapping[str, Any], *, resolved: bool = False) -> Config:
   if not isinstance(model, Mapping):
     raise UserError(f"config section `model` must be a mapping, got {model!r}.")
   init_from = model.get("init_from")
-  check_local(init_from, what="model.init_from")
+  check_path(init_from, what="model.init_from")
   # A hub id (its cached snapshot) or a GGUF file (the HF directory it is imported into) is
   # recorded as that directory.
   if init_from and not resolved:
@@ -343,8 +343,8 @@ def from_dict(raw: Mapping[str, Any], *, resolved: bool = False) -> Config:
 
 def source_model(source: str) -> tuple[dict[str, Any], tuple[str, ...]]:
   """(the `model.*` fields, the classifier's labels or ()) of an lmjax run directory or a
-  Hugging Face model directory."""
-  path = pathlib.Path(source)
+  Hugging Face model directory (local or on a bucket)."""
+  path = as_path(source)
   if is_run_directory(path):
     raw = read_yaml(path / RUN_CONFIG_FILE)
     fields = dict(raw.get("model") or {})

@@ -70,6 +70,12 @@ def is_remote(path: PathLike) -> bool:
   return url_scheme(path) in REMOTE_SCHEMES
 
 
+def absolute(path: PathLike) -> str:
+  """`path` as an absolute location: a URL as it is, a local path made absolute (what
+  `pathlib.Path.absolute` would make of a URL is a local path under the working directory)."""
+  return os.fspath(path) if is_remote(path) else str(pathlib.Path(path).absolute())
+
+
 def as_path(path: PathLike) -> Path:
   """`path` as a path object: pathlib for a local path, epath for gs:// and s3://; UserError
   for any other scheme."""
@@ -300,10 +306,12 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msg
 
 
 @contextlib.contextmanager
-def local_copy(path: PathLike) -> Iterator[pathlib.Path]:
+def local_copy(path: PathLike, *, weights: bool = False) -> Iterator[pathlib.Path]:
   """`path` itself when it is local; for a bucket a temporary local copy of the file, or of a
   directory's top-level files other than weights (tokenizer files, configs: small files that
-  libraries read by local name only), removed after the block."""
+  libraries read by local name only), removed after the block. With `weights`, the weight
+  files too, downloaded in chunks (for a library that reads weights by local name only:
+  PyTorch in `convert verify`)."""
   if not is_remote(path):
     yield pathlib.Path(path)
     return
@@ -313,7 +321,10 @@ def local_copy(path: PathLike) -> Iterator[pathlib.Path]:
     if path.is_dir():
       local.mkdir()
       for child in path.iterdir():
-        if child.is_file() and not child.name.endswith(_WEIGHT_SUFFIXES):
+        if child.is_file() and child.name.endswith(_WEIGHT_SUFFIXES):
+          if weights:
+            filesystem(child).get_file(os.fspath(child), os.fspath(local / child.name))
+        elif child.is_file():
           (local / child.name).write_bytes(child.read_bytes())
     elif path.exists():
       local.write_bytes(path.read_bytes())
@@ -336,7 +347,7 @@ def local_output(directory: PathLike) -> Iterator[pathlib.Path]:
         (destination / child.relative_to(temporary).as_posix()).write_bytes(child.read_bytes())
 
 
-__all__ = ["PROBE_SECONDS", "REMOTE_SCHEMES", "Path", "append_text", "as_path", "check_local",
+__all__ = ["PROBE_SECONDS", "REMOTE_SCHEMES", "Path", "absolute", "append_text", "as_path", "check_local",
            "check_path", "check_run_store", "copy_file", "create_exclusive", "describe_error",
            "file_size", "filesystem", "glob_remote", "is_remote", "local_copy", "local_output",
            "move_tree", "open_append", "read_bytes", "url_scheme"]

@@ -6,16 +6,14 @@ finds it through STORAGE_EMULATOR_HOST, tensorstore (Orbax's array writes) throu
 TENSORSTORE_GCS_HTTP_URL. The dress rehearsal trains a run whose data
 and run directory are on the bucket, kills it (-9) in a child process after a checkpoint,
 resumes it here, and compares it with an uninterrupted run; the export goes to the bucket and
-comes back. On S3 (moto's server), an export and its import back, and the lock's conditional
+comes back, and a LoRA fine-tune starts from it there (model.init_from) and sends its PEFT
+adapter there and back. On S3 (moto's server), an export and its import back, and the lock's conditional
 create. The rest is what a wrong remote path says.
 """
 
-import contextlib
 import json
-import subprocess
 import sys
 import time
-import urllib.request
 
 import jax
 import numpy as np
@@ -27,13 +25,13 @@ from lmjax.cli import main
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
 from lmjax.run.checkpointer import Checkpointer
 from tests.conftest import TINY
+from tests.gcs_emulator import BUCKET, client_env, emulator, serving
 from tests.helpers import assert_resumed_as_uninterrupted, rows, run_cli
 from tests.processes import ROOT, children, cpu_env, free_port
 
 gcsfs = pytest.importorskip("gcsfs")  # the test extra brings these
 pytest.importorskip("gcp_storage_emulator")
 
-BUCKET = "lmjax-test"
 RUN = TINY + ["train.log_every=1", "train.checkpoint_every=6", "train.eval_every=0",
               "train.steps=12", "data.source=text"]
 DATA = ("README.md", "lmjax/storage.py")  # the data: some of this repository's text
@@ -43,47 +41,11 @@ def data_paths(where: str) -> str:
   return f"data.paths=[{where}/*.md]"
 
 
-@contextlib.contextmanager
-def serving(args: list[str], ready_url: str, log_path):
-  """A server started as `python *args`, yielded once `ready_url` answers; killed after."""
-  log = open(log_path, "w")
-  server = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-  try:
-    deadline = time.monotonic() + 30
-    while True:
-      try:
-        urllib.request.urlopen(ready_url, timeout=1).read()
-        break
-      except OSError:
-        assert server.poll() is None and time.monotonic() < deadline, f"{args} did not start"
-        time.sleep(0.1)
-    yield
-  finally:
-    server.kill()
-    server.wait(timeout=30)
-    log.close()
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
   """The emulator's URL, with the environment pointing every client at it; stopped after."""
-  port = free_port()
-  url = f"http://127.0.0.1:{port}"
-  args = [str(ROOT / "tests" / "gcs_emulator.py"), "start", "--port", str(port),
-          "--default-bucket", BUCKET, "--in-memory", "--quiet"]
-  with serving(args, f"{url}/storage/v1/b/{BUCKET}",
-               tmp_path_factory.mktemp("gcs") / "emulator.log"), \
-      pytest.MonkeyPatch.context() as env:
-    env.setenv("STORAGE_EMULATOR_HOST", url)
-    env.setenv("TENSORSTORE_GCS_HTTP_URL", url)
-    env.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # tensorstore: no credential hunt
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    try:
-      yield url
-    finally:
-      gcsfs.GCSFileSystem.clear_instance_cache()
-      storage._probed.clear()
+  with emulator(tmp_path_factory.mktemp("gcs")) as url:
+    yield url
 
 
 def gs(path: str) -> str:
@@ -107,8 +69,7 @@ def rehearsal(gcs, tmp_path_factory):
   killed = gs("killed")
   run = ["tiny-gpt", "--run-dir", killed, "--set", *RUN, data_paths(gs("data"))]
   with children(local) as group:
-    env = cpu_env(1, STORAGE_EMULATOR_HOST=gcs, TENSORSTORE_GCS_HTTP_URL=gcs,
-                  GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator")
+    env = cpu_env(1, **client_env(gcs))
     group.start("killed", ["-m", "lmjax", "train", *run], env)
     checkpoint = storage.as_path(killed + "/checkpoints/6/commit_success.txt")
     deadline = time.monotonic() + 120
@@ -135,9 +96,21 @@ def test_resume_after_kill_9_on_gcs_matches_an_uninterrupted_run(rehearsal):
   assert storage.as_path(f"{killed}/tensorboard").is_dir()
 
 
-def test_export_to_gcs_and_import_back_keeps_the_logits(rehearsal, capsys):
+@pytest.fixture(scope="module")
+def hf_on_gcs(rehearsal):
+  """The rehearsal's run exported to an HF directory on the bucket."""
+  assert main(["convert", "lmjax-to-hf", rehearsal[0], gs("hf")]) == 0
+  return gs("hf")
+
+
+def logits_of(source) -> np.ndarray:
+  m = lmjax.load(source)
+  ids = np.arange(1, 17, dtype=np.int32)[None]  # [batch 1, seq 16]
+  return np.asarray(m.model.apply({"params": m.params}, ids))
+
+
+def test_export_to_gcs_and_import_back_keeps_the_logits(rehearsal, hf_on_gcs, capsys):
   killed, whole = rehearsal
-  assert run_cli(capsys, "convert", "lmjax-to-hf", killed, gs("hf"))[0] == 0
   assert storage.as_path(gs("hf/model.safetensors")).is_file()
   assert run_cli(capsys, "convert", "hf-to-lmjax", gs("hf"), gs("back"))[0] == 0
   code, out, err = run_cli(capsys, "generate", "--run-dir", gs("back"), "--prompt", "The",
@@ -145,10 +118,42 @@ def test_export_to_gcs_and_import_back_keeps_the_logits(rehearsal, capsys):
   assert code == 0 and "Traceback" not in err, err
   code, listing, _ = run_cli(capsys, "checkpoints", killed)
   assert code == 0 and "complete" in listing, listing
-  ids = np.arange(1, 17, dtype=np.int32)[None]  # [batch 1, seq 16]
-  logits = [np.asarray(m.model.apply({"params": m.params}, ids))
-            for m in (lmjax.load(whole), lmjax.load(gs("back")))]
-  np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits_of(gs("back")), logits_of(whole), atol=1e-5, rtol=1e-5)
+  code, out, err = run_cli(capsys, "convert", "verify", hf_on_gcs, killed)
+  assert code == 0 and "top-1 agree:  100.00%" in out, err
+
+
+def test_a_lora_fine_tune_from_an_hf_dir_on_gcs_exports_its_adapter_there_and_back(
+    rehearsal, hf_on_gcs, capsys):
+  """model.init_from on the bucket (the base named and hashed there), a PEFT adapter written to
+  it and read back from it: the imported model has the fine-tuned logits."""
+  lora = gs("lora")
+  code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", lora, "--set", *RUN,
+                         data_paths(gs("data")), "train.steps=2", "train.warmup_steps=0",
+                         "train.learning_rate=0.05", f"model.init_from={hf_on_gcs}",
+                         "model.lora.rank=4")
+  assert code == 0 and f"the base is {hf_on_gcs} (sha256" in err, err
+  assert run_cli(capsys, "convert", "lmjax-to-peft", lora, gs("peft"))[0] == 0
+  assert storage.as_path(gs("peft/adapter_model.safetensors")).is_file()
+  code, _, err = run_cli(capsys, "convert", "hf-to-lmjax", hf_on_gcs, gs("with-peft"),
+                         "--adapter", gs("peft"))
+  assert code == 0, err
+  tuned = logits_of(lora)
+  assert np.abs(tuned - logits_of(hf_on_gcs)).max() > 1e-3  # the adapters moved
+  np.testing.assert_allclose(logits_of(gs("with-peft")), tuned, atol=1e-5, rtol=1e-5)
+
+
+def test_init_from_a_run_directory_on_gcs_reads_its_weights(rehearsal):
+  """What `model.init_from=gs://…/run` reads: the config's model from the run's config.yaml,
+  the weights from its newest checkpoint, through the bucket."""
+  from lmjax.config import load_config
+  from lmjax.run.loader import load_source
+  killed, _ = rehearsal
+  config = load_config("tiny-gpt", [*TINY, f"model.init_from={killed}"])
+  params, step = load_source(config.init_from, config.model)
+  assert config.init_from == killed and step == 12
+  _, expected = lmjax.load_run(killed)
+  jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(expected))
 
 
 def test_eval_and_plot_read_a_run_and_documents_on_gcs(rehearsal, capsys, tmp_path):
@@ -215,10 +220,8 @@ def test_an_export_to_s3_imports_back_with_the_same_logits(rehearsal, s3, capsys
   assert run_cli(capsys, "convert", "hf-to-lmjax", f"{s3}/hf", tmp_path / "back")[0] == 0
   code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", f"{s3}/run")
   assert code == 2 and "cannot be on s3:// yet" in err, err  # Orbax writes gs:// only
-  ids = np.arange(1, 17, dtype=np.int32)[None]  # [batch 1, seq 16]
-  logits = [np.asarray(m.model.apply({"params": m.params}, ids))
-            for m in (lmjax.load(whole), lmjax.load(tmp_path / "back"))]
-  np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits_of(tmp_path / "back"), logits_of(whole), atol=1e-5,
+                             rtol=1e-5)
 
 
 def test_the_lock_on_s3_is_a_conditional_create_the_server_enforces(s3):
@@ -251,6 +254,15 @@ def unreachable(gcs, monkeypatch):
     (["convert", "lmjax-to-hf", gs("nothing-here"), "gs://no-such-bucket/out"],
      "bucket gs://no-such-bucket does not exist"),
     (["train", "tiny-gpt", "--run-dir", "s3://bucket/run"], "cannot be on s3:// yet"),
+    (["train", "tiny-gpt", "--run-dir", gs("never"), "--set",
+      "model.init_from=gs://no-such-bucket/base"],
+     "model.init_from gs://no-such-bucket/base: bucket gs://no-such-bucket does not exist"),
+    (["convert", "lmjax-to-peft", gs("nothing-here"), "gs://no-such-bucket/adapter"],
+     "bucket gs://no-such-bucket does not exist"),
+    (["convert", "hf-to-lmjax", gs("nothing-here"), gs("new"), "--adapter", "gs:///adapter"],
+     "names no bucket"),
+    (["convert", "verify", "gs://no-such-bucket/hf", gs("nothing-here")],
+     "bucket gs://no-such-bucket does not exist"),
 ])
 def test_a_bad_remote_path_is_one_message(gcs, capsys, argv, message):
   code, _, err = run_cli(capsys, *argv)

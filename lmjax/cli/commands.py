@@ -318,17 +318,20 @@ _PATH_ARGUMENTS = {"config": "CONFIG", "run_dir": "--run-dir", "run_dirs": "RUN_
 
 
 # Those that may be on a bucket (gs://, s3://; a run directory gs:// only); the others are
-# local only, for now.
+# local only, for now. `convert`'s adapter directories too (lmjax-to-peft's ADAPTER_DIR, which
+# `data` calls OUT_DIR for its local output, and hf-to-lmjax's --adapter).
 _REMOTE_ARGUMENTS = {"run_dir", "run_dirs", "hf_dir", "hf", "data"}
+_REMOTE_IN_CONVERT = {"out_dir", "adapter"}
 
 
 def _check_paths(args) -> None:
   """Every path argument is local, or a usable bucket's where remote ones are read
   (lmjax.storage)."""
+  remote = _REMOTE_ARGUMENTS | (_REMOTE_IN_CONVERT if args.command == "convert" else set())
   for name, flag in _PATH_ARGUMENTS.items():
     value = getattr(args, name, None)
     if isinstance(value, (str, list)):
-      if name not in _REMOTE_ARGUMENTS:
+      if name not in remote:
         check_local(value, what=flag)
       else:
         check_path(value, what=flag, run_directory=name in ("run_dir", "run_dirs"))

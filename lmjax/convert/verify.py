@@ -1,5 +1,6 @@
 """`lmjax convert verify HF_DIR RUN_DIR`: the Hugging Face model (PyTorch) and the run's model
-on the same random tokens, compared: max |Δlogit|, mean KL and top-1 agreement."""
+on the same random tokens, compared: max |Δlogit|, mean KL and top-1 agreement. An HF_DIR on a
+bucket is copied to a temporary local directory first (transformers reads local files only)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from lmjax.hf.engine import read_hf_config
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.hf.safetensors_files import CheckpointReader
 from lmjax.model import Head
-from lmjax.storage import as_path
+from lmjax.storage import as_path, local_copy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,8 @@ def verify(hf_dir: str | os.PathLike, run_dir: str | os.PathLike, *, step: int |
   hf_dir = resolve_hf_dir(hf_dir, what="HF_DIR")
   CheckpointReader(as_path(hf_dir), allow_pickle=allow_pickle)  # headers: what it holds
   model, params = load_run(run_dir, step=step)
-  torch_model = _load_torch_model(hf_dir)
+  with local_copy(hf_dir, weights=True) as local:  # PyTorch reads local files only
+    torch_model = _load_torch_model(local)
   config = model.config
   seq_len = min(seq_len, config.max_seq_len)
   rng = np.random.default_rng(seed)

@@ -30,13 +30,14 @@ from lmjax.hf.safetensors_files import check_weight
 from lmjax.model import ModelConfig
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import layer_module, scale
+from lmjax.storage import as_path, is_remote
 
 
 def read_peft(adapter_dir: str | pathlib.Path, config: ModelConfig
               ) -> tuple[LoraConfig, dict[str, np.ndarray]]:
   """(LoraConfig, {flat lmjax key: array}) of the PEFT LoRA adapter in `adapter_dir` for the
   base model `config`; UserError for anything lmjax cannot represent exactly."""
-  adapter_dir = pathlib.Path(adapter_dir)
+  adapter_dir = as_path(adapter_dir)  # local, or on a bucket (gs://, s3://)
   settings = _settings(adapter_dir)
   tensors = _tensors(adapter_dir)
   base = without_lora(config)
@@ -119,9 +120,10 @@ def _tensors(adapter_dir: pathlib.Path) -> dict[str, np.ndarray]:
   if not path.is_file():
     raise UserError(f"{adapter_dir} has no {ADAPTER_WEIGHTS} (pickled adapter_model.bin files "
                     f"are not read).")
-  from safetensors.numpy import load_file  # the format's own reader
+  from safetensors.numpy import load, load_file  # the format's own readers
   try:
-    tensors = load_file(path)
+    # An adapter is small (rank r): one from a bucket is read whole, without a local copy.
+    tensors = load(path.read_bytes()) if is_remote(path) else load_file(path)
   except Exception as e:  # noqa: BLE001 -- a damaged file, said in one line
     raise UserError(f"{path} cannot be read as safetensors ({type(e).__name__}: {e}).") from None
   return {k.replace(".default.", "."): check_weight(v, k, path).astype(np.float32)

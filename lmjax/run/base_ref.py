@@ -17,18 +17,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import pathlib
 from typing import Any, Iterator, Mapping
 
 from lmjax.config import is_run_directory
 from lmjax.errors import UserError
+from lmjax.storage import Path, absolute, as_path, file_size
 
 _HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 
 @dataclasses.dataclass(frozen=True)
 class BaseRef:
-  source: str            # the base directory as trained (absolute)
+  source: str            # the base directory as trained (absolute, or a gs:// / s3:// URL)
   sha256: str            # of its weight files (module docstring)
   step: int | None = None  # the checkpoint step, for a base that is an lmjax run
 
@@ -46,21 +46,22 @@ class BaseRef:
 
 def reference(source: str | os.PathLike, step: int | None) -> BaseRef:
   """The BaseRef of base directory `source` (at checkpoint `step` if it is a run)."""
-  path = pathlib.Path(source).absolute()
-  return BaseRef(source=str(path), sha256=content_hash(path, step), step=step)
+  path = absolute(source)
+  return BaseRef(source=path, sha256=content_hash(as_path(path), step), step=step)
 
 
-def content_hash(source: pathlib.Path, step: int | None) -> str:
-  """SHA-256 over the base's weight files (name, size and contents of each)."""
+def content_hash(source: Path, step: int | None) -> str:
+  """SHA-256 over the base's weight files (name, size and contents of each), local or on a
+  bucket (streamed: a file is never held whole)."""
   digest = hashlib.sha256()
   for name, file in _weight_files(source, step):
-    with open(file, "rb") as f:
+    with file.open("rb") as f:
       contents = hashlib.file_digest(f, "sha256").hexdigest()
-    digest.update(f"{name}\0{file.stat().st_size}\0{contents}\n".encode())
+    digest.update(f"{name}\0{file_size(file)}\0{contents}\n".encode())
   return digest.hexdigest()
 
 
-def _weight_files(source: pathlib.Path, step: int | None) -> Iterator[tuple[str, pathlib.Path]]:
+def _weight_files(source: Path, step: int | None) -> Iterator[tuple[str, Path]]:
   if is_run_directory(source):
     root = source / "checkpoints" / str(step)
     files = sorted(p for p in root.rglob("*") if p.is_file())
@@ -74,18 +75,18 @@ def _weight_files(source: pathlib.Path, step: int | None) -> Iterator[tuple[str,
     yield file.relative_to(source).as_posix(), file
 
 
-def locate_base(ref: BaseRef, configured: str | None) -> pathlib.Path:
+def locate_base(ref: BaseRef, configured: str | None) -> Path:
   """Where the base is now: `configured` (the run's `model.init_from`, which a resume with
   `--set model.init_from=…` can point elsewhere) if it exists, else where it was trained."""
   for candidate in (configured, ref.source):
-    if candidate and pathlib.Path(candidate).is_dir():
-      return pathlib.Path(candidate)
+    if candidate and as_path(candidate).is_dir():
+      return as_path(candidate)
   raise UserError(f"the base model of this run's LoRA adapters, {ref}, is not there any more "
                   f"(model.init_from={configured}). Its checkpoints hold the adapters only: put "
                   f"the base back, or pass --set model.init_from=DIR naming a copy of it.")
 
 
-def check_base(ref: BaseRef, configured: str | None) -> pathlib.Path:
+def check_base(ref: BaseRef, configured: str | None) -> Path:
   """The base directory to load, checked to hold the content the adapters were trained on;
   UserError naming both when it differs."""
   path = locate_base(ref, configured)

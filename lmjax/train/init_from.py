@@ -27,6 +27,7 @@ from lmjax.model.lora import is_adapter
 from lmjax.model.quantize import is_quantized, quantize_like
 from lmjax.model.trainable import is_trained, trained_part
 from lmjax.run.base_ref import BaseRef, reference
+from lmjax.storage import absolute
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _base_reference(source: str, step: int | None, config: ModelConfig, kept_fre
                     run_path: pathlib.Path) -> BaseRef | None:
   """The BaseRef of `source` when a LoRA run can save its trained params only: every frozen
   param came from `source`, and `source` is not the run itself."""
-  if not config.lora.enabled or pathlib.Path(source).absolute() == run_path.absolute():
+  if not config.lora.enabled or absolute(source) == absolute(run_path):
     return None
   frozen_fresh = [p for p in kept_fresh if not is_trained(tuple(p.split("/")), config)]
   if frozen_fresh:

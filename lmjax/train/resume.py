@@ -19,6 +19,7 @@ from lmjax.run.base_ref import BaseRef, locate_base
 from lmjax.run.checkpointer import Checkpointer
 from lmjax.run.record import TrainState
 from lmjax.run.run_dir import RunDir
+from lmjax.storage import absolute
 from lmjax.train.init_from import start_from_source
 from lmjax.train.setup import StepSetup
 from lmjax.train.state import create_train_state
@@ -59,7 +60,7 @@ def start_or_resume(config: Config, run: RunDir, setup: StepSetup, checkpointer:
   if state is not None:
     base = record.base
     if base is not None:  # the base where it is now (a copy elsewhere has the same hash)
-      base = dataclasses.replace(base, source=str(locate_base(base, config.init_from).absolute()))
+      base = dataclasses.replace(base, source=absolute(locate_base(base, config.init_from)))
       frozen = frozen_params(base, None, config.model,
                              split(setup.abstract_state.params, config.model)[1])
       state = state.replace(params=combine(state.params, frozen))

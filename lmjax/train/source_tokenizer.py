@@ -18,6 +18,7 @@ from lmjax.data.tokenize.chat import own_template, save_template
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.hf.tokenizer_files import tokenizer_file_names
+from lmjax.storage import as_path
 
 
 def source_tokenizer(config: Config) -> tuple[pathlib.Path, Tokenizer] | None:
@@ -25,7 +26,7 @@ def source_tokenizer(config: Config) -> tuple[pathlib.Path, Tokenizer] | None:
   where the source has no tokenizer files."""
   if config.init_from is None:
     return None
-  source = pathlib.Path(config.init_from)
+  source = as_path(config.init_from)
   directory = source / "tokenizer" if is_run_directory(source) else source
   if not tokenizer_file_names(directory):
     return None

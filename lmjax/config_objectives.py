@@ -21,13 +21,21 @@ from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 BUILT_IN_REWARDS = ("format", "exact_answer")
 
 
+class Reference(enum.Enum):
+  """Where dpo and ipo take the reference model's log-probs from."""
+  AUTO = "auto"                  # adapters_off with LoRA, else frozen_copy
+  ADAPTERS_OFF = "adapters_off"  # the LoRA base: the same params with the adapters zeroed
+  FROZEN_COPY = "frozen_copy"    # a copy of the initial params, sharded like the policy's
+
+
 @dataclasses.dataclass(frozen=True)
-class PreferenceConfig:  # train.preference.*, as trl names them; dpo and ipo need LoRA (setup.py)
+class PreferenceConfig:  # train.preference.*, as trl names them
   RANGES: ClassVar[Mapping[str, Range]] = {"beta": POSITIVE, "simpo_gamma": NON_NEGATIVE,
       "label_smoothing": Range(0, 0.5, high_open=True, why="a flip probability below 1/2")}
   beta: float = 0.1              # DPO/ORPO/SimPO temperature; IPO's tau (target gap 1/(2 beta))
   label_smoothing: float = 0.0   # dpo, simpo: the chance a label is flipped (conservative DPO)
   simpo_gamma: float = 0.5       # simpo: the target reward margin (divided by beta, as trl does)
+  reference: Reference = Reference.AUTO  # dpo, ipo (lmjax.train.reference)
 
   def __post_init__(self):
     check_ranges(self, "train.preference", self.RANGES)

@@ -1,7 +1,7 @@
 """Preference tuning (dpo, ipo, orpo, simpo): the losses and their gradients against trl's own
-code, the reference as the LoRA base with the adapters off against trl's DPOTrainer on exported
-models, pair packing and bad rows, refusals at the command line, and a toy run whose preference
-accuracy rises and that resumes."""
+code, the reference (the LoRA base with the adapters off, or a frozen copy) against trl's
+DPOTrainer on exported models, pair packing and bad rows, refusals at the command line, and a
+toy run whose preference accuracy rises and that resumes."""
 
 import collections
 import dataclasses
@@ -151,7 +151,8 @@ def _trl_dpo(policy, reference, pairs, loss_type: str, beta: float):
 @pytest.fixture(scope="module")
 def adapted_gpt2(tmp_path_factory):
   """A tiny GPT-2 with random weights and random LoRA adapters, and two Hugging Face exports:
-  the adapted model merged (the policy) and the base (the reference)."""
+  the adapted model merged (the policy) and the base (the reference); the model without LoRA
+  and those two as its params, for full fine-tuning against a frozen copy."""
   from lmjax.convert import to_hf
   config = load_config("tiny-gpt", TINY + ["model.lora.rank=4", "model.lora.alpha=8"]).model
   model = Transformer(config)
@@ -162,17 +163,25 @@ def adapted_gpt2(tmp_path_factory):
       nn.unbox(shapes))
   base_model = Transformer(dataclasses.replace(config, lora=LoraConfig()))
   out = tmp_path_factory.mktemp("adapted_gpt2")
-  to_hf(base_model, merge_lora(params, 4, 8.0, False), out / "policy")
-  to_hf(base_model, merge_lora(params, 4, 0.0, False), out / "reference")
-  return model, params, out
+  merged, base = merge_lora(params, 4, 8.0, False), merge_lora(params, 4, 0.0, False)
+  to_hf(base_model, merged, out / "policy")
+  to_hf(base_model, base, out / "reference")
+  return model, params, out, (base_model, merged, base)
 
 
-@pytest.mark.parametrize("objective", [Objective.DPO, Objective.IPO], ids=["dpo", "ipo"])
-def test_the_adapters_off_reference_matches_trl_dpo_trainer_on_the_exported_models(
-    adapted_gpt2, objective):
+@pytest.mark.parametrize("objective, reference", [
+    (Objective.DPO, "adapters_off"), (Objective.IPO, "adapters_off"),
+    (Objective.DPO, "frozen_copy")], ids=["dpo", "ipo", "dpo-full-fine-tuning"])
+def test_the_reference_matches_trl_dpo_trainer_on_the_exported_models(
+    adapted_gpt2, objective, reference):
+  """adapters_off: the LoRA policy against its own base; frozen_copy: the merged policy
+  without LoRA against the base's params given as the frozen reference."""
   from transformers import AutoModelForCausalLM
   from lmjax.train.step import _forward_sums
-  model, params, out = adapted_gpt2
+  model, params, out, (full_model, merged, base) = adapted_gpt2
+  frozen = None
+  if reference == "frozen_copy":
+    model, params, frozen = full_model, merged, base
   pairs = _pairs(np.random.default_rng(1), model.config.vocab_size, 4)
   batch, cut, empty = pack_pairs(pairs, 32)
   assert cut == 0 and not empty
@@ -181,7 +190,7 @@ def test_the_adapters_off_reference_matches_trl_dpo_trainer_on_the_exported_mode
   def loss_fn(p):
     sums, _, rewards = _forward_sums(model, objective, p, {k: jnp.asarray(v) for k, v in
                                                            batch.items()},
-                                     train=False, preference=settings)
+                                     train=False, preference=settings, reference=frozen)
     return sums.loss / sums.weight, (sums, rewards)
 
   (loss, (sums, rewards)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -273,8 +282,10 @@ TOY = TINY + ["train.objective=dpo", "model.lora.rank=4", "data.source=jsonl",
 
 
 @pytest.mark.parametrize("change, message", [
-    (["model.lora.rank=0"], "train.objective=dpo compares the model with a reference, which "
-                            "lmjax takes as the LoRA base with the adapters off"),
+    (["model.lora.rank=0", "train.preference.reference=adapters_off"],
+     "train.preference.reference=adapters_off takes the reference as the LoRA base with the "
+     "adapters off, and this config has no LoRA (model.lora.rank=0): set model.lora.rank"),
+    (["train.preference.reference=copy"], "train.preference.reference"),
     (["train.preference.beta=0"], "train.preference.beta=0"),
     (["train.preference.label_smoothing=0.5"], "train.preference.label_smoothing=0.5"),
     (["train.objective=dpo", "model.preset=tiny-bert"], "tunes a causal LM"),
@@ -352,3 +363,22 @@ def test_chunked_log_probs_equal_the_whole_ones():
   targets = jnp.asarray(rng.integers(0, 11, (2, 7)))
   np.testing.assert_allclose(chunked_token_log_probs(hidden, lambda h: h @ projection, targets, 3),
                              token_log_probs(hidden @ projection, targets), rtol=1e-6)
+
+
+def test_full_fine_tuning_dpo_against_a_frozen_copy_resumes_exactly(tmp_path):
+  """Without LoRA the reference is a frozen copy of the initial params; a resume rebuilds it
+  from the seed, so the resumed run logs what the uninterrupted one does (a resume that took
+  the restored params as the reference would log a zero margin at step 3)."""
+  from lmjax.train.loop import train
+  overrides = TOY + [f"data.paths=[{_toy_pairs(tmp_path / 'pairs.jsonl', 32)}]",
+                     "model.lora.rank=0", "train.steps=4", "train.log_every=1",
+                     "train.checkpoint_every=2", "train.eval_every=4"]
+  config = load_config("tiny-gpt", overrides)
+  train(config, tmp_path / "whole")
+  train(config, tmp_path / "split", stop_after=2)
+  assert train(config, tmp_path / "split").start_step == 2
+  timing = ("tokens_per_second", "mfu", "elapsed_seconds")
+  whole, split = ([{k: v for k, v in r.items() if k not in timing} for r in metrics_rows(tmp_path / d)]
+                  for d in ("whole", "split"))
+  assert whole == split
+  assert whole[0]["rewards_margin"] == 0 and abs(whole[2]["rewards_margin"]) > 1e-4, whole

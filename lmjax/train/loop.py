@@ -44,6 +44,7 @@ from lmjax.train.multihost import (any_process_each, broadcast_json, initialize_
                                    is_writer)
 from lmjax.train.nonfinite import NonFiniteSteps
 from lmjax.train.preemption import PreemptionGuard
+from lmjax.train.reference import reference_params
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.rewards import Reward, resolve_rewards
 from lmjax.train.rollout import Rollout, Sampler
@@ -103,6 +104,11 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
     try:
       begin = start_or_resume(config, prepared.run, prepared.setup, checkpointer,
                               report=prepared.writes)
+      if prepared.setup.frozen_reference:  # dpo, ipo without adapters: lmjax.train.reference
+        reference = reference_params(prepared.config, prepared.setup.model,
+                                     prepared.setup.placement, prepared.run.path,
+                                     start=None if begin.step else begin.state.params)
+        prepared = dataclasses.replace(prepared, setup=prepared.setup.with_reference(reference))
       end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
       mu = config.train.grpo.num_iterations if prepared.train_source is None else 1
       return _Loop(prepared, checkpointer, begin, sampler, lock).run(-(-end // mu) * mu)
@@ -162,7 +168,8 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   if setup.model.pipeline is not None and is_writer():
     log.info(setup.model.pipeline.describe())
   state_bytes = (per_device_bytes(setup.abstract_state)  # + the gradients of what trains
-                 + per_device_bytes(trained_part(setup.abstract_state.params, config.model)))
+                 + per_device_bytes(trained_part(setup.abstract_state.params, config.model))
+                 + setup.frozen_reference * per_device_bytes(setup.abstract_state.params))
   check_fits(state_bytes, what="the train state (params, optimizer state and gradients)",
              knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
                    "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
@@ -222,7 +229,7 @@ class _Loop:
                                   workers=config.data.workers, state=begin.data_state)
     self.eval_fn = jit_eval_step(setup.model, setup.objective, setup.placement,
                                  setup.shardings.params, loss_chunk=config.train.loss_chunk_size,
-                                 preference=setup.preference)
+                                 preference=setup.preference, reference=setup.reference)
     self.writer = MetricsWriter(prepared.run.path, total_steps=config.train.steps,
                                 start_step=begin.step, enabled=prepared.writes,
                                 wandb=config.logging.wandb, config=config.to_dict())

@@ -26,7 +26,7 @@ from lmjax.errors import UserError
 from lmjax.model import Transformer
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import merge_lora
-from lmjax.objectives import PairLogps, Settings, preference_sums
+from lmjax.objectives import DpoLoss, PairLogps, Settings, preference_sums
 from tests.conftest import TINY
 from tests.helpers import rows as metrics_rows
 
@@ -56,6 +56,8 @@ def _trl_losses(objective: Objective, s: Settings, logps: dict):
                                  device="cpu"))
   c, r = logps["chosen"], logps["rejected"]
   nc, nr = logps["chosen_tokens"], logps["rejected_tokens"]
+  if objective is Objective.DPO and s.dpo_loss is not DpoLoss.SIGMOID:
+    return _trl_dpo_loss_type(s, logps)
   if objective is Objective.ORPO:
     losses = ORPOTrainer.odds_ratio_loss(me, c / nc, r / nr)[0]
     nll = logps["chosen_nll"].sum() / logps["chosen_all_tokens"].sum()
@@ -70,13 +72,45 @@ def _trl_losses(objective: Objective, s: Settings, logps: dict):
   return CPOTrainer.cpo_loss(me, c, r)[0].mean()
 
 
+def _trl_dpo_loss_type(s: Settings, logps: dict):
+  """trl's DPOTrainer._compute_loss with `s.dpo_loss` as its loss_type, its reference log-probs
+  precomputed (inputs ref_chosen_logps, ref_rejected_logps) and its policy's forward handing
+  back our summed log-probs (each row's last completion position holds its sum; the completion
+  mask has each answer's token count, which sigmoid_norm divides by)."""
+  from trl.trainer.dpo_trainer import DPOTrainer
+  counts = torch.cat([logps["chosen_tokens"], logps["rejected_tokens"]]).long()  # [2n]
+  width = int(counts.max()) + 1
+  completion_mask = (torch.arange(width)[None] >= width - counts[:, None]).long()  # [2n, width]
+  summed = torch.cat([logps["chosen"], logps["rejected"]])[:, None]
+  log_probs = torch.cat([torch.zeros(len(counts), width - 2), summed], dim=1)  # [2n, width - 1]
+  zeros = torch.zeros_like(log_probs)
+  outputs = types.SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros,
+                                  is_top1=zeros.bool())
+  inputs = {"input_ids": torch.zeros_like(completion_mask), "completion_mask": completion_mask,
+            "attention_mask": torch.ones_like(completion_mask),
+            "ref_chosen_logps": logps["ref_chosen"], "ref_rejected_logps": logps["ref_rejected"]}
+  gather = lambda x: x
+  me = types.SimpleNamespace(
+      model=types.SimpleNamespace(training=False), accelerator=types.SimpleNamespace(
+          device="cpu", gather=gather, gather_for_metrics=gather),
+      aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
+      f_divergence_type="reverse_kl", loss_types=[s.dpo_loss.value], loss_weights=[1.0],
+      beta=s.beta, label_smoothing=s.label_smoothing, use_weighting=False, _total_train_tokens=0,
+      _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)})
+  return DPOTrainer._compute_loss(me, lambda **_: outputs, inputs, return_outputs=False)
+
+
 @pytest.mark.parametrize("objective, settings", [
+    *((Objective.DPO, Settings(beta=0.2, dpo_loss=loss)) for loss in DpoLoss
+      if loss is not DpoLoss.SIGMOID),
+    (Objective.DPO, Settings(beta=0.1, label_smoothing=0.2, dpo_loss=DpoLoss.ROBUST)),
     (Objective.DPO, Settings(beta=0.1)),
     (Objective.DPO, Settings(beta=0.3, label_smoothing=0.2)),
     (Objective.IPO, Settings(beta=0.2)),
     (Objective.ORPO, Settings(beta=0.25)),
     (Objective.SIMPO, Settings(beta=2.0, label_smoothing=0.1, simpo_gamma=0.7)),
-], ids=["dpo", "dpo-smoothed", "ipo", "orpo", "simpo"])
+], ids=[*(f"dpo-{loss.value}" for loss in DpoLoss if loss is not DpoLoss.SIGMOID),
+        "dpo-robust-smoothed", "dpo", "dpo-smoothed", "ipo", "orpo", "simpo"])
 def test_losses_and_their_gradients_match_trl(objective, settings):
   rng = np.random.default_rng(0)
   n = 6
@@ -286,6 +320,10 @@ TOY = TINY + ["train.objective=dpo", "model.lora.rank=4", "data.source=jsonl",
      "train.preference.reference=adapters_off takes the reference as the LoRA base with the "
      "adapters off, and this config has no LoRA (model.lora.rank=0): set model.lora.rank"),
     (["train.preference.reference=copy"], "train.preference.reference"),
+    (["train.objective=ipo", "train.preference.loss_type=hinge"],
+     "train.preference.loss_type=hinge is a loss of train.objective=dpo"),
+    (["train.preference.loss_type=hinge", "train.preference.label_smoothing=0.1"],
+     "smooths the dpo losses sigmoid and robust only"),
     (["train.preference.beta=0"], "train.preference.beta=0"),
     (["train.preference.label_smoothing=0.5"], "train.preference.label_smoothing=0.5"),
     (["train.objective=dpo", "model.preset=tiny-bert"], "tunes a causal LM"),

@@ -136,11 +136,21 @@ def preference_settings(config: Config) -> Settings | GrpoSettings | None:
     grpo = config.train.grpo
     return GrpoSettings(grpo.epsilon, grpo.epsilon if grpo.epsilon_high is None
                         else grpo.epsilon_high, grpo.beta, grpo.loss_type is GrpoLoss.GRPO,
-                        grpo.num_iterations == 1)
+                        grpo.num_iterations == 1,
+                        grpo.max_new_tokens if grpo.loss_type is GrpoLoss.DR_GRPO else 0)
   if not objective.is_preference:
     return None
   pref = config.train.preference
-  return Settings(pref.beta, pref.label_smoothing, pref.simpo_gamma)
+  loss = pref.loss_type.value
+  if loss != "sigmoid" and objective is not Objective.DPO:
+    raise UserError(f"train.preference.loss_type={loss} is a loss of train.objective=dpo, and "
+                    f"this run's objective is {objective.value}: remove loss_type, or set "
+                    f"train.objective=dpo.")
+  if pref.label_smoothing and objective is Objective.DPO and loss not in ("sigmoid", "robust"):
+    raise UserError(f"train.preference.label_smoothing={pref.label_smoothing} smooths the dpo "
+                    f"losses sigmoid and robust only, and train.preference.loss_type={loss} "
+                    f"ignores it: set label_smoothing=0, or loss_type=robust.")
+  return Settings(pref.beta, pref.label_smoothing, pref.simpo_gamma, pref.loss_type)
 
 
 def setup_step(config: Config, placement: MeshRules) -> StepSetup:

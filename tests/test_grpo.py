@@ -185,9 +185,9 @@ def test_a_reward_that_fails_is_named_or_skipped_and_counted(name, message):
 
 # --- the command line -------------------------------------------------------------------------
 
-def _prompts(path, count=32):
+def _prompts(path, count=32, seed=0):
   """Prompts of a few letters b-h (their rows carry an answer, unused by the toy's reward)."""
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   with open(path, "w") as f:
     for _ in range(count):
       word = "".join(rng.choice(list("bcdefgh"), rng.integers(2, 6)))
@@ -235,11 +235,13 @@ def test_a_reward_that_raises_mid_run_exits_2_naming_it(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory):
   """The toy GRPO run uninterrupted, and the same run stopped after step 9 (inside a round: it
-  goes on to the round's end, 10) and resumed to step 14: their metrics.jsonl rows."""
+  goes on to the round's end, 10) and resumed to step 14: their metrics.jsonl rows. Both
+  evaluate on 8 held-out prompts every 10 steps."""
   from lmjax.infer import generate
   from lmjax.train.loop import train
   tmp = tmp_path_factory.mktemp("grpo_toy")
-  config = load_config("tiny-gpt", TOY + [f"data.paths=[{_prompts(tmp / 'prompts.jsonl')}]"])
+  config = load_config("tiny-gpt", TOY + [f"data.paths=[{_prompts(tmp / 'prompts.jsonl')}]",
+                                          f"data.eval_paths=[{_prompts(tmp / 'held.jsonl', 8, 1)}]"])
   whole = train(config, tmp / "whole", sampler=generate)
   first = train(config, tmp / "resumed", stop_after=9, sampler=generate)
   second = train(config, tmp / "resumed", stop_after=14, sampler=generate)
@@ -271,3 +273,17 @@ def test_a_resumed_grpo_run_samples_and_trains_as_the_uninterrupted_one(toy_runs
     assert math.isclose(got[1], expected[1], rel_tol=1e-6, abs_tol=1e-9), (got, expected)
     assert math.isclose(got[2], expected[2], rel_tol=1e-4, abs_tol=1e-7), (got, expected)
 
+
+
+def test_the_toy_grpo_run_logs_the_held_out_prompts_rewards(toy_runs):
+  whole, resumed = toy_runs
+  evals = {r["step"]: r for r in whole if "eval_reward_mean" in r}
+  assert sorted(evals) == [10, 20, 24]
+  for row in evals.values():
+    assert {"eval_reward_letters_mean", "eval_completion_length", "eval_reward_errors"} <= set(row)
+    assert "eval_reward_std" not in row
+  # Greedy completions of prompts never trained on: letters once the run has learnt (seed 0:
+  # 0.0 at step 10, 1.0 at steps 20 and 24).
+  assert evals[10]["eval_reward_mean"] < 0.5 < evals[24]["eval_reward_mean"], evals
+  assert [r for r in resumed if r["step"] == 10][0]["eval_reward_mean"] == \
+      evals[10]["eval_reward_mean"]

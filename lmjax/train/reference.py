@@ -71,3 +71,13 @@ def reference_params(config: Config, model: Transformer, placement: MeshRules,
     state = start_from_source(state, tx, shardings.opt_state, config.init_from, config.model,
                               run_path=run_path)[0]
   return state.params
+
+
+def with_frozen_reference(config: Config, setup, run_path: pathlib.Path, params: Any,
+                          step: int):
+  """`setup` (lmjax.train.setup.StepSetup) stepping against its frozen copy, when it takes one:
+  a copy of `params` at a fresh start (`step` 0), else rebuilt; else `setup` as it is."""
+  if not setup.frozen_reference:
+    return setup
+  return setup.with_reference(reference_params(config, setup.model, setup.placement, run_path,
+                                               start=None if step else params))

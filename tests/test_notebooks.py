@@ -71,8 +71,9 @@ def test_notebook_runs(path, tmp_path):
 # The recipes' notebooks (notebooks/recipes/) train real pretrained models for minutes: `make
 # recipe-notebooks` runs them, not the suite. Here: what they name exists, so that a renamed
 # config, make target or benchmark helper breaks this test rather than a reader's notebook.
-def test_there_are_three_recipe_notebooks_and_make_runs_them():
-  assert [p.stem for p in RECIPES] == ["book_smollm2", "sentiment_minilm", "sft_smollm2"]
+def test_there_are_four_recipe_notebooks_and_make_runs_them():
+  assert [p.stem for p in RECIPES] == ["book_smollm2", "dpo_smollm2", "sentiment_minilm",
+                                       "sft_smollm2"]
   assert "notebooks/recipes/*.ipynb" in (ROOT / "Makefile").read_text()
 
 

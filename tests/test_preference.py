@@ -1,7 +1,7 @@
 """Preference tuning (dpo, ipo, orpo, simpo): the losses and their gradients against trl's own
-code, the reference as the LoRA base with the adapters off against trl's DPOTrainer on exported
-models, pair packing and bad rows, refusals at the command line, and a toy run whose preference
-accuracy rises and that resumes."""
+code, the reference (the LoRA base with the adapters off, or a frozen copy) against trl's
+DPOTrainer on exported models, pair packing and bad rows, refusals at the command line, and a
+toy run whose preference accuracy rises and that resumes."""
 
 import collections
 import dataclasses
@@ -26,7 +26,7 @@ from lmjax.errors import UserError
 from lmjax.model import Transformer
 from lmjax.model.config import LoraConfig
 from lmjax.model.lora import merge_lora
-from lmjax.objectives import PairLogps, Settings, preference_sums
+from lmjax.objectives import DpoLoss, PairLogps, Settings, preference_sums
 from tests.conftest import TINY
 from tests.helpers import rows as metrics_rows
 
@@ -56,6 +56,8 @@ def _trl_losses(objective: Objective, s: Settings, logps: dict):
                                  device="cpu"))
   c, r = logps["chosen"], logps["rejected"]
   nc, nr = logps["chosen_tokens"], logps["rejected_tokens"]
+  if objective is Objective.DPO and s.dpo_loss is not DpoLoss.SIGMOID:
+    return _trl_dpo_loss_type(s, logps)
   if objective is Objective.ORPO:
     losses = ORPOTrainer.odds_ratio_loss(me, c / nc, r / nr)[0]
     nll = logps["chosen_nll"].sum() / logps["chosen_all_tokens"].sum()
@@ -70,13 +72,45 @@ def _trl_losses(objective: Objective, s: Settings, logps: dict):
   return CPOTrainer.cpo_loss(me, c, r)[0].mean()
 
 
+def _trl_dpo_loss_type(s: Settings, logps: dict):
+  """trl's DPOTrainer._compute_loss with `s.dpo_loss` as its loss_type, its reference log-probs
+  precomputed (inputs ref_chosen_logps, ref_rejected_logps) and its policy's forward handing
+  back our summed log-probs (each row's last completion position holds its sum; the completion
+  mask has each answer's token count, which sigmoid_norm divides by)."""
+  from trl.trainer.dpo_trainer import DPOTrainer
+  counts = torch.cat([logps["chosen_tokens"], logps["rejected_tokens"]]).long()  # [2n]
+  width = int(counts.max()) + 1
+  completion_mask = (torch.arange(width)[None] >= width - counts[:, None]).long()  # [2n, width]
+  summed = torch.cat([logps["chosen"], logps["rejected"]])[:, None]
+  log_probs = torch.cat([torch.zeros(len(counts), width - 2), summed], dim=1)  # [2n, width - 1]
+  zeros = torch.zeros_like(log_probs)
+  outputs = types.SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros,
+                                  is_top1=zeros.bool())
+  inputs = {"input_ids": torch.zeros_like(completion_mask), "completion_mask": completion_mask,
+            "attention_mask": torch.ones_like(completion_mask),
+            "ref_chosen_logps": logps["ref_chosen"], "ref_rejected_logps": logps["ref_rejected"]}
+  gather = lambda x: x
+  me = types.SimpleNamespace(
+      model=types.SimpleNamespace(training=False), accelerator=types.SimpleNamespace(
+          device="cpu", gather=gather, gather_for_metrics=gather),
+      aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
+      f_divergence_type="reverse_kl", loss_types=[s.dpo_loss.value], loss_weights=[1.0],
+      beta=s.beta, label_smoothing=s.label_smoothing, use_weighting=False, _total_train_tokens=0,
+      _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)})
+  return DPOTrainer._compute_loss(me, lambda **_: outputs, inputs, return_outputs=False)
+
+
 @pytest.mark.parametrize("objective, settings", [
+    *((Objective.DPO, Settings(beta=0.2, dpo_loss=loss)) for loss in DpoLoss
+      if loss is not DpoLoss.SIGMOID),
+    (Objective.DPO, Settings(beta=0.1, label_smoothing=0.2, dpo_loss=DpoLoss.ROBUST)),
     (Objective.DPO, Settings(beta=0.1)),
     (Objective.DPO, Settings(beta=0.3, label_smoothing=0.2)),
     (Objective.IPO, Settings(beta=0.2)),
     (Objective.ORPO, Settings(beta=0.25)),
     (Objective.SIMPO, Settings(beta=2.0, label_smoothing=0.1, simpo_gamma=0.7)),
-], ids=["dpo", "dpo-smoothed", "ipo", "orpo", "simpo"])
+], ids=[*(f"dpo-{loss.value}" for loss in DpoLoss if loss is not DpoLoss.SIGMOID),
+        "dpo-robust-smoothed", "dpo", "dpo-smoothed", "ipo", "orpo", "simpo"])
 def test_losses_and_their_gradients_match_trl(objective, settings):
   rng = np.random.default_rng(0)
   n = 6
@@ -151,7 +185,8 @@ def _trl_dpo(policy, reference, pairs, loss_type: str, beta: float):
 @pytest.fixture(scope="module")
 def adapted_gpt2(tmp_path_factory):
   """A tiny GPT-2 with random weights and random LoRA adapters, and two Hugging Face exports:
-  the adapted model merged (the policy) and the base (the reference)."""
+  the adapted model merged (the policy) and the base (the reference); the model without LoRA
+  and those two as its params, for full fine-tuning against a frozen copy."""
   from lmjax.convert import to_hf
   config = load_config("tiny-gpt", TINY + ["model.lora.rank=4", "model.lora.alpha=8"]).model
   model = Transformer(config)
@@ -162,17 +197,25 @@ def adapted_gpt2(tmp_path_factory):
       nn.unbox(shapes))
   base_model = Transformer(dataclasses.replace(config, lora=LoraConfig()))
   out = tmp_path_factory.mktemp("adapted_gpt2")
-  to_hf(base_model, merge_lora(params, 4, 8.0, False), out / "policy")
-  to_hf(base_model, merge_lora(params, 4, 0.0, False), out / "reference")
-  return model, params, out
+  merged, base = merge_lora(params, 4, 8.0, False), merge_lora(params, 4, 0.0, False)
+  to_hf(base_model, merged, out / "policy")
+  to_hf(base_model, base, out / "reference")
+  return model, params, out, (base_model, merged, base)
 
 
-@pytest.mark.parametrize("objective", [Objective.DPO, Objective.IPO], ids=["dpo", "ipo"])
-def test_the_adapters_off_reference_matches_trl_dpo_trainer_on_the_exported_models(
-    adapted_gpt2, objective):
+@pytest.mark.parametrize("objective, reference", [
+    (Objective.DPO, "adapters_off"), (Objective.IPO, "adapters_off"),
+    (Objective.DPO, "frozen_copy")], ids=["dpo", "ipo", "dpo-full-fine-tuning"])
+def test_the_reference_matches_trl_dpo_trainer_on_the_exported_models(
+    adapted_gpt2, objective, reference):
+  """adapters_off: the LoRA policy against its own base; frozen_copy: the merged policy
+  without LoRA against the base's params given as the frozen reference."""
   from transformers import AutoModelForCausalLM
   from lmjax.train.step import _forward_sums
-  model, params, out = adapted_gpt2
+  model, params, out, (full_model, merged, base) = adapted_gpt2
+  frozen = None
+  if reference == "frozen_copy":
+    model, params, frozen = full_model, merged, base
   pairs = _pairs(np.random.default_rng(1), model.config.vocab_size, 4)
   batch, cut, empty = pack_pairs(pairs, 32)
   assert cut == 0 and not empty
@@ -181,7 +224,7 @@ def test_the_adapters_off_reference_matches_trl_dpo_trainer_on_the_exported_mode
   def loss_fn(p):
     sums, _, rewards = _forward_sums(model, objective, p, {k: jnp.asarray(v) for k, v in
                                                            batch.items()},
-                                     train=False, preference=settings)
+                                     train=False, preference=settings, reference=frozen)
     return sums.loss / sums.weight, (sums, rewards)
 
   (loss, (sums, rewards)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -273,8 +316,14 @@ TOY = TINY + ["train.objective=dpo", "model.lora.rank=4", "data.source=jsonl",
 
 
 @pytest.mark.parametrize("change, message", [
-    (["model.lora.rank=0"], "train.objective=dpo compares the model with a reference, which "
-                            "lmjax takes as the LoRA base with the adapters off"),
+    (["model.lora.rank=0", "train.preference.reference=adapters_off"],
+     "train.preference.reference=adapters_off takes the reference as the LoRA base with the "
+     "adapters off, and this config has no LoRA (model.lora.rank=0): set model.lora.rank"),
+    (["train.preference.reference=copy"], "train.preference.reference"),
+    (["train.objective=ipo", "train.preference.loss_type=hinge"],
+     "train.preference.loss_type=hinge is a loss of train.objective=dpo"),
+    (["train.preference.loss_type=hinge", "train.preference.label_smoothing=0.1"],
+     "smooths the dpo losses sigmoid and robust only"),
     (["train.preference.beta=0"], "train.preference.beta=0"),
     (["train.preference.label_smoothing=0.5"], "train.preference.label_smoothing=0.5"),
     (["train.objective=dpo", "model.preset=tiny-bert"], "tunes a causal LM"),
@@ -307,11 +356,12 @@ def test_a_bad_pair_in_the_data_exits_2_naming_its_line(tmp_path, capsys, row, m
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-  """The toy DPO run, stopped after step 8 and resumed to step 20: (metrics.jsonl rows, run
-  directory, overrides)."""
+  """The toy DPO run, stopped after step 8 and resumed to step 20, logging to W&B offline too:
+  (metrics.jsonl rows, run directory, overrides)."""
   from lmjax.train.loop import train
   tmp = tmp_path_factory.mktemp("dpo_toy")
-  overrides = TOY + [f"data.paths=[{_toy_pairs(tmp / 'pairs.jsonl')}]"]
+  overrides = TOY + [f"data.paths=[{_toy_pairs(tmp / 'pairs.jsonl')}]",
+                     "logging.wandb.project=lmjax-tests", "logging.wandb.mode=offline"]
   config = load_config("tiny-gpt", overrides)
   first = train(config, tmp / "run", stop_after=8)
   second = train(config, tmp / "run")
@@ -335,6 +385,41 @@ def test_the_toy_dpo_run_learns_the_preference_and_logs_its_rewards(toy_run):
   assert last["eval_loss"] < first["eval_loss"] - 0.03
 
 
+def _tensorboard_scalars(run_dir) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} of every scalar in a run's TensorBoard event files (TFRecords of
+  Event protos: length, its CRC, the record, its CRC)."""
+  from tensorboardX.proto.event_pb2 import Event
+  scalars = collections.defaultdict(dict)
+  for path in sorted((run_dir / "tensorboard").iterdir()):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      length = int.from_bytes(data[pos:pos + 8], "little")
+      event = Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 16 + length
+      for value in event.summary.value:
+        scalars[value.tag][event.step] = value.simple_value
+  return scalars
+
+
+REWARD_METRICS = ("accuracy", "rewards_chosen", "rewards_rejected", "rewards_margin",
+                  "eval_accuracy", "eval_rewards_margin")
+
+
+def test_the_dpo_reward_metrics_reach_tensorboard_wandb_and_plot(toy_run, tmp_path, capsys):
+  from lmjax.cli.plot import read_metrics, series
+  from tests.test_wandb import logged
+  rows, run, _ = toy_run
+  scalars, (_, history) = _tensorboard_scalars(run), logged(run)
+  for name in REWARD_METRICS:
+    expected = {r["step"]: r[name] for r in rows}
+    assert scalars[name] == pytest.approx(expected, rel=1e-6), name
+    assert {step: history[step][name] for step in expected} == pytest.approx(expected), name
+    assert series(read_metrics(run), name) == (list(expected), list(expected.values()))
+  out = tmp_path / "rewards.png"
+  assert main(["plot", str(run), "--metric", ",".join(REWARD_METRICS), "--out", str(out)]) == 0
+  assert f"wrote {out}" in capsys.readouterr().out and out.stat().st_size > 0
+
+
 def test_evaluating_a_dpo_checkpoint_gives_the_runs_last_eval_metrics(toy_run):
   from lmjax.train.evaluate import evaluate_run
   logged, run, overrides = toy_run
@@ -352,3 +437,27 @@ def test_chunked_log_probs_equal_the_whole_ones():
   targets = jnp.asarray(rng.integers(0, 11, (2, 7)))
   np.testing.assert_allclose(chunked_token_log_probs(hidden, lambda h: h @ projection, targets, 3),
                              token_log_probs(hidden @ projection, targets), rtol=1e-6)
+
+
+def test_full_fine_tuning_dpo_against_a_frozen_copy_resumes_exactly(tmp_path):
+  """Without LoRA the reference is a frozen copy of the initial params; a resume rebuilds it
+  from the seed, so the resumed run logs what the uninterrupted one does (a resume that took
+  the restored params as the reference would log a zero margin at step 3), and so does
+  `lmjax eval` for the held-out metrics of the last checkpoint."""
+  from lmjax.train.loop import train
+  overrides = TOY + [f"data.paths=[{_toy_pairs(tmp_path / 'pairs.jsonl', 32)}]",
+                     "model.lora.rank=0", "train.steps=4", "train.log_every=1",
+                     "train.checkpoint_every=2", "train.eval_every=4"]
+  config = load_config("tiny-gpt", overrides)
+  train(config, tmp_path / "whole")
+  train(config, tmp_path / "split", stop_after=2)
+  assert train(config, tmp_path / "split").start_step == 2
+  timing = ("tokens_per_second", "mfu", "elapsed_seconds")
+  whole, split = ([{k: v for k, v in r.items() if k not in timing} for r in metrics_rows(tmp_path / d)]
+                  for d in ("whole", "split"))
+  assert whole == split
+  assert whole[0]["rewards_margin"] == 0 and abs(whole[2]["rewards_margin"]) > 1e-4, whole
+  from lmjax.train.evaluate import evaluate_run  # `lmjax eval` rebuilds the reference too
+  evaluated = evaluate_run("tiny-gpt", tmp_path / "whole", overrides=overrides)
+  for name in ("eval_loss", "eval_rewards_margin"):
+    assert evaluated[name] == pytest.approx(whole[-1][name], rel=1e-5)

@@ -112,8 +112,9 @@ def compile_train_step(config: Config, devices: Sequence[jax.Device] | None = No
   config = compilable(config)
   placement = mesh_rules(config.mesh, devices)
   setup = setup_step(config, placement)
+  reference = (setup.abstract_state.params,) if setup.frozen_reference else ()  # dpo's copy
   lowered = setup.step_fn.lower(setup.abstract_state, abstract_batch(config, placement),
-                               setup.hyper)
+                               setup.hyper, *reference)
   compiled = lowered.compile()
   tokens = config.train.batch_size * config.train.seq_len
   device = placement.mesh.devices.flat[0]

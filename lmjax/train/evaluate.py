@@ -18,8 +18,10 @@ import jax
 import numpy as np
 
 from lmjax.config import load_config
+from lmjax.config_objectives import Reference
 from lmjax.data.pipeline.batches import BatchSource
 from lmjax.data.tokenize.tokenizer import Tokenizer
+from lmjax.errors import UserError
 from lmjax.run.loader import load_run_at, with_quantization
 from lmjax.run.restore import open_checkpoints
 from lmjax.run.resume_policy import check_model_unchanged
@@ -31,6 +33,7 @@ from lmjax.sharding import MeshRules, mesh_rules
 from lmjax.train.inputs import batch_sources, inherit_labels, load_corpus
 from lmjax.train.setup import (check_batch_fits_mesh, make_model, objective_of, pipeline_schedule,
                                preference_settings, residual_bytes)
+from lmjax.train.reference import reference_kind, reference_params
 from lmjax.train.step import jit_eval_step
 
 
@@ -93,10 +96,16 @@ def evaluate_run(config_name: str | pathlib.Path, run_dir: str | pathlib.Path, *
   _, params, step = load_run_at(run.path, step=step, mesh=placement.mesh, rules=placement.rules)
   if quantize:
     params = quantize_params(params, param_shapes(model.config))
-  eval_fn = jit_eval_step(model, objective_of(config), placement,
-                          jax.tree.map(lambda a: a.sharding, params),
+  objective = objective_of(config)
+  reference = None
+  if reference_kind(config, objective) is Reference.FROZEN_COPY:  # rebuilt as a resume does
+    if quantize:
+      raise UserError(f"--quantize {quantize} with train.objective={objective.value} against a "
+                      f"frozen copy (no LoRA) is not supported: evaluate without --quantize.")
+    reference = reference_params(config, model, placement, run.path)
+  eval_fn = jit_eval_step(model, objective, placement, jax.tree.map(lambda a: a.sharding, params),
                           loss_chunk=config.train.loss_chunk_size,
-                          preference=preference_settings(config))
+                          preference=preference_settings(config), reference=reference)
   metrics = evaluate(eval_fn, params, eval_source, placement, config.train.eval_batches)
   if "eval_confusion" not in metrics and "eval_rewards_margin" not in metrics:
     # a language model: its per-token perplexity too

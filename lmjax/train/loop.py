@@ -25,6 +25,7 @@ import jax
 from lmjax.config import Config, TrainObjective
 from lmjax.run.source_fields import keep_source_config
 from lmjax.data.pipeline.batches import BatchSource
+from lmjax.data.examples.prompts import Prompts
 from lmjax.data.pipeline.corpus import Corpus
 from lmjax.data.spec import Objective
 from lmjax.errors import UserError, WriteFailed
@@ -44,9 +45,10 @@ from lmjax.train.multihost import (any_process_each, broadcast_json, initialize_
                                    is_writer)
 from lmjax.train.nonfinite import NonFiniteSteps
 from lmjax.train.preemption import PreemptionGuard
+from lmjax.train.reference import with_frozen_reference
 from lmjax.train.resume import Start, start_or_resume
 from lmjax.train.rewards import Reward, resolve_rewards
-from lmjax.train.rollout import Rollout, Sampler
+from lmjax.train.rollout import Rollout, Sampler, held_out_prompts
 from lmjax.train.setup import (StepSetup, check_batch_fits_mesh, pipeline_schedule,
                                residual_bytes, setup_step)
 from lmjax.train.source_tokenizer import save_run_tokenizer
@@ -78,6 +80,7 @@ class _Prepared:
   changes: list[Change]      # what this resume changes in the saved config (new run: none)
   allow_change: bool
   rewards: list[Reward] = dataclasses.field(default_factory=list)  # GRPO's
+  held_out: Prompts | None = None  # GRPO's held-out prompts (data.eval_paths)
 
 
 def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None = None,
@@ -103,6 +106,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
     try:
       begin = start_or_resume(config, prepared.run, prepared.setup, checkpointer,
                               report=prepared.writes)
+      prepared = dataclasses.replace(prepared, setup=with_frozen_reference(  # dpo, ipo
+          prepared.config, prepared.setup, prepared.run.path, begin.state.params, begin.step))
       end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
       mu = config.train.grpo.num_iterations if prepared.train_source is None else 1
       return _Loop(prepared, checkpointer, begin, sampler, lock).run(-(-end // mu) * mu)
@@ -162,7 +167,8 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
   if setup.model.pipeline is not None and is_writer():
     log.info(setup.model.pipeline.describe())
   state_bytes = (per_device_bytes(setup.abstract_state)  # + the gradients of what trains
-                 + per_device_bytes(trained_part(setup.abstract_state.params, config.model)))
+                 + per_device_bytes(trained_part(setup.abstract_state.params, config.model))
+                 + setup.frozen_reference * per_device_bytes(setup.abstract_state.params))
   check_fits(state_bytes, what="the train state (params, optimizer state and gradients)",
              knobs="shrink the model (model.embed_dim, model.num_layers, model.mlp_dim, "
                    "model.vocab_size), shard it over more devices (mesh.fsdp), or train LoRA "
@@ -176,7 +182,8 @@ def _prepare(config: Config, run: RunDir, allow_change: bool) -> _Prepared:
                    "(mesh.data, mesh.fsdp)")
   if setup.objective is Objective.GRPO:  # the reward functions import before anything is written
     return _Prepared(config, run, setup, corpus, None, None, is_writer(), changes, allow_change,
-                     resolve_rewards(config.train.grpo))
+                     resolve_rewards(config.train.grpo),
+                     held_out_prompts(config, corpus.tokenizer))
   train_source, eval_source = batch_sources(config, corpus)
   return _Prepared(config, run, setup, corpus, train_source, eval_source, is_writer(), changes,
                    allow_change)
@@ -215,14 +222,14 @@ class _Loop:
     self.batches = self.rollout = None
     if prepared.train_source is None:
       self.rollout = Rollout(config, setup, prepared.corpus.prompts, prepared.corpus.tokenizer,
-                             sampler, prepared.rewards)
+                             sampler, prepared.rewards, prepared.held_out)
     else:
       self.batches = TrainBatches(prepared.train_source, setup.placement,
                                   num_steps=config.train.steps, start=begin.step,
                                   workers=config.data.workers, state=begin.data_state)
     self.eval_fn = jit_eval_step(setup.model, setup.objective, setup.placement,
                                  setup.shardings.params, loss_chunk=config.train.loss_chunk_size,
-                                 preference=setup.preference)
+                                 preference=setup.preference, reference=setup.reference)
     self.writer = MetricsWriter(prepared.run.path, total_steps=config.train.steps,
                                 start_step=begin.step, enabled=prepared.writes,
                                 wandb=config.logging.wandb, config=config.to_dict())
@@ -276,8 +283,9 @@ class _Loop:
   def _log(self, done: int, metrics: dict) -> dict[str, Any] | None:
     """Writes step `done`'s metrics row (with eval metrics when due) if it is a logging step."""
     train = self.config.train
-    is_eval = (train.eval_every and self.prepared.eval_source is not None
-               and (done % train.eval_every == 0 or done == train.steps))
+    held_out = self.prepared.eval_source is not None or self.prepared.held_out is not None
+    is_eval = train.eval_every and held_out and (done % train.eval_every == 0
+                                                 or done == train.steps)
     if not (is_eval or done % train.log_every == 0 or done == train.steps):
       return None
     self.nonfinite.check(last_saved=self.last_saved)
@@ -286,7 +294,9 @@ class _Loop:
                        skipped_records=self.prepared.corpus.skipped_records)
     if self.rollout is not None:  # the rewards of the round this step trained on
       row.update(self.rollout.metrics)
-    if is_eval:
+    if is_eval and self.rollout is not None:  # GRPO: the held-out prompts' rewards
+      row.update(self.rollout.evaluate(self.state))
+    elif is_eval:
       row.update(evaluate(self.eval_fn, self.state.params, self.prepared.eval_source,
                           self.setup.placement, train.eval_batches))
     self.writer.write(row)

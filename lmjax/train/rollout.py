@@ -14,10 +14,16 @@ advantages computed, and each becomes a row: prompt + completion as segment 1, t
 policy's log-probs are computed once for the round; with beta > 0 the reference's (the LoRA
 base, adapters off) too; both jitted on the same mesh. `metrics` holds the round's reward
 statistics for metrics.jsonl.
+
+Held-out evaluation (`train.eval_every`) decodes one greedy completion of each held-out prompt
+(`data.eval_paths`: prompts a run never trains on) and logs the mean rewards as `eval_reward_*`:
+greedy, so the figures follow from the params alone, and a resumed run logs what an
+uninterrupted one does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import jax
@@ -26,9 +32,11 @@ import numpy as np
 from lmjax.config import Config
 from lmjax.config_objectives import RewardScale
 from lmjax.data.examples.prompts import Prompts
+from lmjax.data.pipeline.corpus import load_corpus
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.run.record import TrainState
 from lmjax.train.rewards import Reward, group_advantages, score
+from lmjax.train.inputs import batch_spec
 from lmjax.train.setup import StepSetup
 from lmjax.train.step import jit_log_probs
 
@@ -64,13 +72,22 @@ def completion_rows(prompts: Sequence[list[int]], completions: Sequence[list[int
   return out
 
 
+def held_out_prompts(config: Config, tokenizer: Tokenizer) -> Prompts | None:
+  """The prompts of `data.eval_paths`, read and checked as the training prompts are (None:
+  no eval_paths, no held-out evaluation)."""
+  if not config.data.eval_paths:
+    return None
+  data = dataclasses.replace(config.data, paths=config.data.eval_paths, eval_paths=())
+  return load_corpus(data, batch_spec(config), tokenizer=tokenizer).prompts
+
+
 class Rollout:
   """The batch of each train step of a GRPO run, generated at each round's first step."""
 
   def __init__(self, config: Config, setup: StepSetup, prompts: Prompts, tokenizer: Tokenizer,
-               sampler: Sampler, rewards: list[Reward]):
+               sampler: Sampler, rewards: list[Reward], held_out: Prompts | None = None):
     self.config, self.setup, self.prompts, self.tokenizer = config, setup, prompts, tokenizer
-    self.sampler, self.rewards = sampler, rewards
+    self.sampler, self.rewards, self.held_out = sampler, rewards, held_out
     grpo, chunk = config.train.grpo, config.train.loss_chunk_size
     self.grpo, self.mu = grpo, grpo.num_iterations
     params = setup.shardings.params
@@ -117,6 +134,24 @@ class Rollout:
       batch["ref_logps"] = self.ref_logps(state.params, batch)
     self.metrics = self._round_metrics(scores, totals, completions, eos, skipped)
     return batch
+
+  def evaluate(self, state: TrainState) -> dict[str, Any]:
+    """The held-out prompts' rewards, one greedy completion each, `train.batch_size` prompts a
+    call (the last call padded with the first prompts, so that every call has one shape)."""
+    prompts, width, eos = self.held_out, self.config.train.batch_size, self.tokenizer.eos_id
+    completions = []
+    for start in range(0, len(prompts), width):
+      ids = prompts.ids[start:start + width]
+      completions += self.sampler(
+          self.setup.model, state.params, ids + prompts.ids[:width - len(ids)],
+          max_new_tokens=self.grpo.max_new_tokens, temperature=0.0, eos_id=eos,
+          pad_id=0)[:len(ids)]
+    texts = [self.tokenizer.decode(c[:-1] if c and c[-1] == eos else c) for c in completions]
+    scores, skipped = score(self.rewards, [r["prompt"] for r in prompts.rows], texts,
+                            prompts.rows, prompts.wheres, errors=self.grpo.reward_errors)
+    totals, _ = group_advantages(scores, [r.weight for r in self.rewards], 1, scale=False)
+    metrics = self._round_metrics(scores, totals, completions, eos, skipped)
+    return {f"eval_{k}": v for k, v in metrics.items() if not k.endswith("_std")}
 
   def _round_metrics(self, scores: np.ndarray, totals: np.ndarray,
                      completions: list[list[int]], eos: int | None, skipped: int

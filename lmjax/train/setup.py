@@ -17,11 +17,12 @@ from lmjax.errors import UserError
 from lmjax.model import Head, PipelineSchedule, Transformer
 from lmjax.model.context_parallel import check_length, context_split
 from lmjax.model.quant_config import QuantMode
-from lmjax.config_objectives import GrpoLoss
+from lmjax.config_objectives import GrpoLoss, Reference
 from lmjax.objectives import GrpoSettings, Settings, default_objective
 from lmjax.run.record import TrainState
 from lmjax.sharding import MeshRules, check_divisible, describe_axes, mesh_axes_size
 from lmjax.train.optimizer import make_optimizer, schedule_values
+from lmjax.train.reference import reference_kind
 from lmjax.train.state import state_shardings
 from lmjax.train.step import jit_train_step
 
@@ -39,10 +40,20 @@ class StepSetup:
   shardings: TrainState         # NamedShardings
   step_fn: Callable             # jitted, donating (state, global batch, hyper) -> (state, metrics)
   preference: Settings | None = None  # a preference objective's settings, for the eval step too
+  frozen_reference: bool = False  # dpo, ipo: step_fn's 4th argument is the reference's params
+  reference: Any = None         # those params, once the start is known (`with_reference`)
 
   def step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
     """One train step with this config's schedule."""
+    if self.frozen_reference:
+      if self.reference is None:
+        raise ValueError("this step compares with a frozen copy: call with_reference first")
+      return self.step_fn(state, batch, self.hyper, self.reference)
     return self.step_fn(state, batch, self.hyper)
+
+  def with_reference(self, params: Any) -> StepSetup:
+    """This setup stepping against the frozen reference `params` (lmjax.train.reference)."""
+    return dataclasses.replace(self, reference=params)
 
 
 def make_model(config: Config, pipeline: PipelineSchedule | None = None) -> Transformer:
@@ -108,13 +119,7 @@ def objective_of(config: Config) -> Objective:
         f"needs model.head={_HEAD_OF[objective].value}"
     raise UserError(f"train.objective={objective.value} {what}; this model's head is "
                     f"{config.model.head.value}.")
-  if objective.needs_reference and not config.model.lora.enabled:
-    raise UserError(
-        f"train.objective={objective.value} compares the model with a reference, which lmjax "
-        f"takes as the LoRA base with the adapters off (no second copy of the weights); this "
-        f"config has no LoRA (model.lora.rank=0). Set model.lora.rank (e.g. 16), or use "
-        f"train.objective=orpo or simpo, which need no reference. Full fine-tuning against a "
-        f"frozen copy is not implemented yet.")
+  reference_kind(config, objective)  # adapters_off without LoRA is refused
   if objective is Objective.GRPO and config.train.grpo.beta and not config.model.lora.enabled:
     raise UserError(
         f"train.grpo.beta={config.train.grpo.beta} penalises the KL to a reference, which lmjax "
@@ -131,11 +136,21 @@ def preference_settings(config: Config) -> Settings | GrpoSettings | None:
     grpo = config.train.grpo
     return GrpoSettings(grpo.epsilon, grpo.epsilon if grpo.epsilon_high is None
                         else grpo.epsilon_high, grpo.beta, grpo.loss_type is GrpoLoss.GRPO,
-                        grpo.num_iterations == 1)
+                        grpo.num_iterations == 1,
+                        grpo.max_new_tokens if grpo.loss_type is GrpoLoss.DR_GRPO else 0)
   if not objective.is_preference:
     return None
   pref = config.train.preference
-  return Settings(pref.beta, pref.label_smoothing, pref.simpo_gamma)
+  loss = pref.loss_type.value
+  if loss != "sigmoid" and objective is not Objective.DPO:
+    raise UserError(f"train.preference.loss_type={loss} is a loss of train.objective=dpo, and "
+                    f"this run's objective is {objective.value}: remove loss_type, or set "
+                    f"train.objective=dpo.")
+  if pref.label_smoothing and objective is Objective.DPO and loss not in ("sigmoid", "robust"):
+    raise UserError(f"train.preference.label_smoothing={pref.label_smoothing} smooths the dpo "
+                    f"losses sigmoid and robust only, and train.preference.loss_type={loss} "
+                    f"ignores it: set label_smoothing=0, or loss_type=robust.")
+  return Settings(pref.beta, pref.label_smoothing, pref.simpo_gamma, pref.loss_type)
 
 
 def setup_step(config: Config, placement: MeshRules) -> StepSetup:
@@ -153,6 +168,7 @@ def setup_step(config: Config, placement: MeshRules) -> StepSetup:
         f"quantize when you generate, score or evaluate (--quantize {quantization.scheme.value}).")
   model, objective = make_model(config, pipeline), objective_of(config)
   preference = preference_settings(config)
+  frozen = reference_kind(config, objective) is Reference.FROZEN_COPY
   tx = make_optimizer(config.train)
   abstract_state, shardings = state_shardings(model, tx, placement, seq_len=config.train.seq_len)
   replicated = placement.replicated()
@@ -162,9 +178,10 @@ def setup_step(config: Config, placement: MeshRules) -> StepSetup:
                            shardings, seed=config.train.seed,
                            grad_accum_steps=config.train.grad_accum_steps,
                            nan_at_step=config.train.debug_nan_at_step,
-                           loss_chunk=config.train.loss_chunk_size, preference=preference)
+                           loss_chunk=config.train.loss_chunk_size, preference=preference,
+                           frozen_reference=frozen)
   return StepSetup(model, objective, tx, hyper, placement, abstract_state, shardings, step_fn,
-                   preference)
+                   preference, frozen)
 
 
 def check_batch_fits_mesh(config: Config, placement: MeshRules) -> None:

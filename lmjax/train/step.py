@@ -46,13 +46,14 @@ _TOKEN_OBJECTIVES = (Objective.CAUSAL_LM, Objective.MASKED_LM, Objective.SFT)
 
 def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch, *, train: bool,
                   dropout_rng: jax.Array | None = None, loss_chunk: int = 0,
-                  preference: Settings | GrpoSettings | None = None
+                  preference: Settings | GrpoSettings | None = None, reference=None
                   ) -> tuple[LossSums, jax.Array, dict[str, jax.Array]]:
   """The objective's loss sums, a Mixture-of-Experts model's load-balancing loss (0.0 without
   experts) and a preference objective's reward sums, or GRPO's KL and clipping sums ({} for the
   others); `loss_chunk` > 0 (token-level, preference and GRPO objectives) projects to the
   vocabulary that many positions at a time, never holding the whole batch's logits.
-  `preference` holds a preference objective's or GRPO's settings."""
+  `preference` holds a preference objective's or GRPO's settings; `reference` the frozen copy
+  that dpo and ipo compare with (None: the LoRA base, `adapters_off(params)`)."""
   inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
   apply = functools.partial(_apply, model)
@@ -66,13 +67,13 @@ def _forward_sums(model: Transformer, objective: Objective, params, batch: Batch
     return sums, aux, extra
   if objective.is_preference:
     token_logps, aux = log_probs(variables, train=train, rngs=rngs)
-    reference = None
-    if objective.needs_reference:  # the LoRA base: the same params with the adapters off
-      ref_logps, _ = log_probs({"params": jax.lax.stop_gradient(adapters_off(params))},
-                               train=False)
-      reference = pair_log_probs(ref_logps, batch)
+    ref_pairs = None
+    if objective.needs_reference:  # without a frozen copy, the LoRA base: the adapters off
+      reference = adapters_off(params) if reference is None else reference
+      ref_logps, _ = log_probs({"params": jax.lax.stop_gradient(reference)}, train=False)
+      ref_pairs = pair_log_probs(ref_logps, batch)
     sums, rewards = preference_sums(objective, preference, pair_log_probs(token_logps, batch),
-                                    reference)
+                                    ref_pairs)
     return sums, aux, rewards
   if loss_chunk and objective in _TOKEN_OBJECTIVES:
     hidden, aux = apply(variables, batch["input_ids"], train=train, rngs=rngs,
@@ -113,7 +114,8 @@ def adapters_off(params):
       lambda path, x: jnp.zeros_like(x) if is_adapter(path) else x, params)
 
 
-def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transformer,
+def train_step(state: TrainState, batch: Batch, hyper: Hyper, reference=None, *,
+               model: Transformer,
                objective: Objective, make_tx: Callable[[Hyper], optax.GradientTransformation],
                grad_accum_steps: int, seed: int, nan_at_step: int | None = None,
                loss_chunk: int = 0, preference: Settings | None = None
@@ -125,7 +127,8 @@ def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transfor
 
   `nan_at_step` (a testing hook) multiplies the loss of the step numbered so (1-based, as
   logged) by NaN. `preference` holds a preference objective's settings; its metrics add the
-  mean implicit rewards of the chosen and rejected answers and their margin.
+  mean implicit rewards of the chosen and rejected answers and their margin. `reference`: the
+  frozen copy that dpo and ipo compare with (lmjax.train.reference), None for the others.
   """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   trained, frozen = trainable.split(state.params, model.config)  # LoRA: adapters only
@@ -135,7 +138,7 @@ def train_step(state: TrainState, batch: Batch, hyper: Hyper, *, model: Transfor
       params = trainable.combine(trained_params, frozen)
       sums, aux, rewards = _forward_sums(model, objective, params, micro_batch, train=True,
                                          dropout_rng=micro_rng, loss_chunk=loss_chunk,
-                                         preference=preference)
+                                         preference=preference, reference=reference)
       if nan_at_step is not None:
         poison = jnp.where(state.step + 1 == nan_at_step, jnp.nan, 1.0)
         sums = sums._replace(loss=sums.loss * poison)
@@ -226,17 +229,19 @@ def first_nonfinite_leaf(tree) -> jax.Array:
   return jnp.where(finite.all(), -1, jnp.argmin(finite)).astype(jnp.int32)
 
 
-def eval_step(params, batch: Batch, *, model: Transformer, objective: Objective,
+def eval_step(params, batch: Batch, reference=None, *, model: Transformer, objective: Objective,
               loss_chunk: int = 0, preference: Settings | None = None) -> dict[str, jax.Array]:
   """Sums on one batch without dropout: `loss`, `weight` and `correct` (LossSums), and for a
-  classifier its `confusion` counts [true, predicted]; callers add them over batches."""
+  classifier its `confusion` counts [true, predicted]; callers add them over batches.
+  `reference`: dpo's and ipo's frozen copy, as for `train_step`."""
   if objective is Objective.CLASSIFY:
     inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
     logits = model.apply({"params": params}, batch["input_ids"], **inputs)
     sums = objective_loss(objective, logits, batch)
     return {**sums._asdict(), "confusion": confusion_counts(logits, batch["labels"])}
   sums, _, rewards = _forward_sums(model, objective, params, batch, train=False,
-                                   loss_chunk=loss_chunk, preference=preference)
+                                   loss_chunk=loss_chunk, preference=preference,
+                                   reference=reference)
   return {**sums._asdict(), **rewards}  # the evaluation loss is the objective's alone
 
 
@@ -250,10 +255,11 @@ def jit_train_step(model: Transformer, objective: Objective,
                    make_tx: Callable[[Hyper], optax.GradientTransformation], placement: MeshRules,
                    state_shardings: Any, *, grad_accum_steps: int, seed: int,
                    nan_at_step: int | None = None, loss_chunk: int = 0,
-                   preference: Settings | None = None
-                   ) -> Callable[[TrainState, Batch, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
+                   preference: Settings | None = None, frozen_reference: bool = False
+                   ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """train_step jitted with explicit shardings; the input state is donated, the schedule's
-  numbers (`hyper`) are replicated arguments.
+  numbers (`hyper`) are replicated arguments; with `frozen_reference`, a 4th argument, the
+  reference params, sharded like the state's.
 
   Activations follow the model's logical constraints under the placement's rules; metrics are
   replicated.
@@ -263,22 +269,28 @@ def jit_train_step(model: Transformer, objective: Objective,
                         grad_accum_steps=grad_accum_steps, seed=seed, nan_at_step=nan_at_step,
                         loss_chunk=loss_chunk, preference=preference),
       placement)
+  reference = (state_shardings.params,) if frozen_reference else ()
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings(placement, objective),
-                                     placement.replicated()),
+                                     placement.replicated(), *reference),
                  out_shardings=(state_shardings, placement.replicated()), donate_argnums=0)
 
 
 def jit_eval_step(model: Transformer, objective: Objective, placement: MeshRules,
                   params_shardings: Any, *, loss_chunk: int = 0,
-                  preference: Settings | None = None
+                  preference: Settings | None = None, reference: Any = None
                   ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-  """eval_step jitted with explicit shardings; the loss sums come back replicated."""
+  """eval_step jitted with explicit shardings; the loss sums come back replicated. `reference`
+  (dpo's and ipo's frozen copy, sharded like the params) is bound in."""
   step = _with_activation_sharding(
       functools.partial(eval_step, model=model, objective=objective, loss_chunk=loss_chunk,
                         preference=preference),
       placement)
-  return jax.jit(step, in_shardings=(params_shardings, batch_shardings(placement, objective)),
-                 out_shardings=placement.replicated())
+  shardings = (params_shardings, batch_shardings(placement, objective))
+  if reference is None:
+    return jax.jit(step, in_shardings=shardings, out_shardings=placement.replicated())
+  jitted = jax.jit(step, in_shardings=(*shardings, params_shardings),
+                   out_shardings=placement.replicated())
+  return lambda params, batch: jitted(params, batch, reference)
 
 
 def jit_log_probs(model: Transformer, placement: MeshRules, params_shardings: Any, *,

@@ -25,7 +25,7 @@ import sys
 import tarfile
 import tempfile
 
-from gguf_smollm2 import smollm2_file  # benchmarks/ (the script's directory)
+from gguf_smollm2 import linked_smollm2_file  # benchmarks/ (the script's directory)
 
 
 def lmjax(*args: str) -> str:
@@ -82,11 +82,7 @@ def transformers_perplexity(hf_dir: pathlib.Path, data: pathlib.Path) -> tuple[f
 
 
 def main(run_dir: str = "runs/book-smollm2") -> None:
-  gguf = smollm2_file()
-  link = pathlib.Path("runs/models") / gguf.name
-  link.parent.mkdir(parents=True, exist_ok=True)
-  if not link.exists():
-    link.symlink_to(gguf)
+  link = linked_smollm2_file()
   train, held_out = write_book(pathlib.Path("runs/data"))
   print(f"book: {train.stat().st_size:,} bytes to train on, {held_out.stat().st_size:,} held out")
   before = perplexity("--hf", str(link), data=held_out)

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from gguf_smollm2 import smollm2_file  # benchmarks/ (the script's directory)
+from gguf_smollm2 import linked_smollm2_file  # benchmarks/ (the script's directory)
 from sft_smollm2 import lmjax
 
 PAIRS = "configs/dpo-pirate.jsonl"
@@ -65,11 +65,7 @@ def accuracy(logps: np.ndarray) -> str:
 
 
 def main(run_dir: str = "runs/dpo-smollm2") -> None:
-  gguf = smollm2_file()
-  link = pathlib.Path("runs/models") / gguf.name
-  link.parent.mkdir(parents=True, exist_ok=True)
-  if not link.exists():
-    link.symlink_to(gguf)
+  link = linked_smollm2_file()
   print("before:", replies("--hf", str(link)), sep="\n")
   print("preference accuracy before:", accuracy(mean_log_probs(link)))
   start = time.perf_counter()

@@ -62,5 +62,16 @@ def smollm2_file() -> pathlib.Path:
   return next(pathlib.Path(spec.submodule_search_locations[0]).glob("*.gguf"))
 
 
+def linked_smollm2_file() -> pathlib.Path:
+  """runs/models/<the GGUF file's name>, a link to it: the path the recipes' configs name in
+  model.init_from."""
+  gguf = smollm2_file()
+  link = pathlib.Path("runs/models") / gguf.name
+  link.parent.mkdir(parents=True, exist_ok=True)
+  if not link.exists():
+    link.symlink_to(gguf)
+  return link
+
+
 if __name__ == "__main__":
   main()

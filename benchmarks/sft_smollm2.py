@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
 
-from gguf_smollm2 import smollm2_file  # benchmarks/ (the script's directory)
+from gguf_smollm2 import linked_smollm2_file  # benchmarks/ (the script's directory)
 
 QUESTIONS = ["Tell me who you are.", "Who developed you?", "What is lmjax?"]
 
@@ -38,15 +39,13 @@ def replies(*source: str) -> list[str]:
   args = [a for q in QUESTIONS for a in ("--prompt", q)]
   out = lmjax("generate", *source, "--chat", *args, "--max-new-tokens", "40", "--temperature",
               "0", "--no-stream")
-  return out.strip().split("\n\n") if out.strip() else []
+  # One block per prompt, each after a "--- prompt i/N ---" line (replies may hold blank lines).
+  return [block.strip() for block in re.split(r"^--- prompt \d+/\d+ ---$", out, flags=re.M)
+          if block.strip()]
 
 
 def main(run_dir: str = "runs/sft-smollm2") -> None:
-  gguf = smollm2_file()
-  link = pathlib.Path("runs/models") / gguf.name
-  link.parent.mkdir(parents=True, exist_ok=True)
-  if not link.exists():
-    link.symlink_to(gguf)
+  link = linked_smollm2_file()
   print("before:", *replies("--hf", str(link)), sep="\n  ")
   start = time.perf_counter()
   lmjax("train", "sft-smollm2", "--run-dir", run_dir)

@@ -10,6 +10,7 @@ architectures in four each); the reference is `transformers` loading the same fi
 """
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -26,9 +27,11 @@ import lmjax  # noqa: E402
 from lmjax.config import from_dict  # noqa: E402
 from lmjax.data.tokenize.chat import ChatTemplate, load_template  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
+from lmjax.hf.bindings import flatten  # noqa: E402
 from lmjax.hf.families import gemma2, gemma3  # noqa: E402
 from lmjax.hf.gguf.materialise import cache_key, cache_root  # noqa: E402
-from lmjax.run.loader import load_source  # noqa: E402
+from lmjax.model import quantize  # noqa: E402
+from lmjax.run.loader import load_source, quantized  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 from tests.gguf_files import CHAT_TEMPLATE, SAMPLE, Q, byte_level_vocab  # noqa: E402
 from tests.gguf_files import sentencepiece_vocab, write_gguf  # noqa: E402
@@ -273,3 +276,71 @@ def test_a_killed_import_leaves_nothing_the_next_one_uses(gguf_file, tmp_path):
   (partial / "model.safetensors").write_bytes(b"half a tensor")
   directory = lmjax.load(copy).directory
   assert not partial.exists() and directory.name == cache_key(copy)
+
+
+def _q8_0_blocks(path, name):
+  """The file's own int8 values [out, in] and float16 scales [out, in / 32] of Q8_0 tensor
+  `name`, read from its bytes here (2 bytes of scale, then 32 int8 values, a block)."""
+  tensor = next(t for t in gguf.GGUFReader(path).tensors if t.name == name)
+  assert tensor.tensor_type == Q.Q8_0
+  out, inputs = reversed(tensor.shape.tolist())
+  raw = np.asarray(tensor.data).reshape(-1, 34)
+  return (raw[:, 2:].copy().view(np.int8).reshape(out, inputs),
+          raw[:, :2].copy().view(np.float16).reshape(out, inputs // 32))
+
+
+def test_q8_0_projections_stay_the_files_int8_blocks(gguf_file):
+  path, _ = gguf_file("llama_q8_0")
+  floats = lmjax.load(path)
+  held = lmjax.load(path, quantization={"scheme": "int8", "group_size": 32})
+  layers = held.params["layers"]
+  heads, kv_heads, head_dim, embed = 4, 2, 64, 256
+  # lmjax layout of each HF [out, in] array (values, or scales with in / 32): kernels [*in, *out]
+  as_kernel = {
+      ("attention", "value"): lambda w: w.T.reshape(w.shape[1], kv_heads, head_dim),
+      ("attention", "out"): lambda w: w.T.reshape(heads, -1, embed),  # groups inside a head
+      ("mlp", "wi_gate"): lambda w: w.T, ("mlp", "wi_up"): lambda w: w.T,
+      ("mlp", "wo"): lambda w: w.T}
+  files = {("attention", "value"): "attn_v", ("attention", "out"): "attn_output",
+           ("mlp", "wi_gate"): "ffn_gate", ("mlp", "wi_up"): "ffn_up", ("mlp", "wo"): "ffn_down"}
+  for (block, module), name in files.items():
+    kernel = layers[block][module]["kernel"]
+    assert kernel.qvalue.dtype == np.int8 and kernel.scale.dtype == np.float32
+    for layer in range(2):
+      values, scales = _q8_0_blocks(path, f"blk.{layer}.{name}.weight")
+      to_kernel = as_kernel[block, module]
+      np.testing.assert_array_equal(kernel.qvalue[layer], to_kernel(values), err_msg=name)
+      np.testing.assert_array_equal(kernel.scale[layer], to_kernel(scales.astype(np.float32)),
+                                    err_msg=name)
+  # q and k too (their rows reordered as the float import reorders them): every kernel gives
+  # back the imported float weights bit for bit, which quantizing them again does not.
+  kernels = {k: v for k, v in flatten(held.params).items() if quantize.is_quantized(v)}
+  assert len(kernels) == 7  # q, k, v, out, gate, up, down
+  for key, kernel in kernels.items():
+    np.testing.assert_array_equal(quantize.dequantize(kernel), flatten(floats.params)[key],
+                                  err_msg=key)
+  ids = np.arange(1, 17)[None]
+  np.testing.assert_allclose(held.model.apply({"params": held.params}, ids),
+                             floats.model.apply({"params": floats.params}, ids), atol=1e-5,
+                             rtol=0)
+
+
+def test_other_types_as_int8_are_dequantized_then_quantized(gguf_file, capsys, caplog):
+  path, _ = gguf_file("mistral_q4_k")
+  spec = {"scheme": "int8", "group_size": 32}
+  with caplog.at_level(logging.INFO):
+    held = lmjax.load(path, quantization=spec)
+  assert not [r for r in caplog.records if "Q8_0" in r.getMessage() or r.levelno >= logging.WARN]
+  floats = lmjax.load(path)
+  _, expected = quantized(floats.model, floats.params, spec)  # float weights, quantized
+  kernels = {k: v for k, v in flatten(held.params).items() if quantize.is_quantized(v)}
+  assert len(kernels) == 7
+  for key, want in flatten(expected).items():
+    if quantize.is_quantized(want):
+      np.testing.assert_array_equal(kernels[key].qvalue, want.qvalue, err_msg=key)
+      np.testing.assert_array_equal(kernels[key].scale, want.scale, err_msg=key)
+  capsys.readouterr()
+  code, out, err = run_cli(capsys, "generate", "--hf", path, "--quantize", "int8", "--prompt",
+                           "The quick", "--max-new-tokens", 2, "--temperature", 0)
+  assert code == 0 and out.startswith("The quick")
+  assert not [word for word in ("Traceback", "warn", "error", "Q8_0") if word in err], err

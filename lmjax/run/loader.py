@@ -31,6 +31,8 @@ from lmjax.config_schema import build
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.hf.engine import from_hf, read_hf_config
+from lmjax.hf.gguf.materialise import is_gguf_source
+from lmjax.hf.gguf.quantized import file_quantized
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import ModelConfig, Transformer, param_shapes
 from lmjax.model.lora import merge_lora
@@ -156,15 +158,20 @@ def load(source: str | pathlib.Path, *, step: int | None = None, dtype: str = "f
     params = jax.tree.map(
         lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
   if quantization:
-    model, params = quantized(model, params, quantization)
+    gguf = None if is_run or not is_gguf_source(source) else source
+    model, params = quantized(model, params, quantization, gguf=gguf)
   return Loaded(model, params, tokenizer, directory, is_run, origin=str(source), step=step)
 
 
-def quantized(model: Transformer, params: Any, keys: Mapping[str, Any]) -> tuple[Transformer, Any]:
-  """The model with `keys` as its `model.quantization` section, and `params` quantized for it."""
+def quantized(model: Transformer, params: Any, keys: Mapping[str, Any], *,
+              gguf: str | pathlib.Path | None = None) -> tuple[Transformer, Any]:
+  """The model with `keys` as its `model.quantization` section, and `params` quantized for it;
+  those of GGUF file `gguf` whose blocks are that scheme already kept as the file holds them."""
   config = with_quantization(model.config, keys)
   if config is model.config:  # a QLoRA run's base: quantized already
     return model, params
+  if gguf is not None:  # Q8_0 as int8 in groups of 32: the file's own numbers, not re-rounded
+    params = file_quantized(gguf, config, params)
   return Transformer(config, model.dtype), quantize_params(params, param_shapes(config))
 
 

@@ -10,6 +10,7 @@ an HF directory takes a `.gguf` file (lmjax.hf.hub.resolve_hf_dir calls `materia
     tensors.py       GGUF tensor names -> HF names, llama.cpp's value transforms undone
     tokenizer.py     metadata -> tokenizer.json + tokenizer_config.json (transformers' converter)
     materialise.py   the cached HF directory, written atomically
+    quantized.py     Q8_0 projections kept as the file's int8 blocks (int8, group_size 32)
 
 What a model type's files store differently (its `general.architecture`, extra config keys, a
 tensor transform) lives in its family file as a `GgufArch` (lmjax.hf.family); nothing here names

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -323,6 +324,10 @@ def test_q8_0_projections_stay_the_files_int8_blocks(gguf_file):
   np.testing.assert_allclose(held.model.apply({"params": held.params}, ids),
                              floats.model.apply({"params": floats.params}, ids), atol=1e-5,
                              rtol=0)
+  # `--quantize int8` (no group size) of a Q8_0 file takes the file's groups of 32.
+  plain = lmjax.load(path, quantization={"scheme": "int8"})
+  assert plain.model.config.quantization.group_size == 32
+  jax.tree.map(np.testing.assert_array_equal, plain.params, held.params)
 
 
 def test_other_types_as_int8_are_dequantized_then_quantized(gguf_file, capsys, caplog):

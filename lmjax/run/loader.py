@@ -32,7 +32,7 @@ from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.errors import UserError
 from lmjax.hf.engine import from_hf, read_hf_config
 from lmjax.hf.gguf.materialise import is_gguf_source
-from lmjax.hf.gguf.quantized import file_quantized
+from lmjax.hf.gguf.quantized import BLOCK, file_quantized, stores_q8_0
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import ModelConfig, Transformer, param_shapes
 from lmjax.model.lora import merge_lora
@@ -171,6 +171,9 @@ def quantized(model: Transformer, params: Any, keys: Mapping[str, Any], *,
   if config is model.config:  # a QLoRA run's base: quantized already
     return model, params
   if gguf is not None:  # Q8_0 as int8 in groups of 32: the file's own numbers, not re-rounded
+    if (config.quantization.scheme.value == "int8" and "group_size" not in keys
+        and stores_q8_0(gguf)):  # --quantize int8 of a Q8_0 file: its groups
+      config = with_quantization(model.config, {**keys, "group_size": BLOCK})
     params = file_quantized(gguf, config, params)
   return Transformer(config, model.dtype), quantize_params(params, param_shapes(config))
 

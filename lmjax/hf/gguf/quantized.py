@@ -95,6 +95,15 @@ def _fill(binding: Binding, blocks: tuple[np.ndarray, np.ndarray], config: Model
   return True
 
 
+def stores_q8_0(path: str | os.PathLike) -> bool:
+  """Whether GGUF file `path` holds its blocks' matrices (blk.N.*.weight, 2-D) as Q8_0."""
+  q8_0 = gguf_library().GGMLQuantizationType.Q8_0
+  with open_gguf(path) as file:
+    matrices = [name for name in file.tensor_names
+                if name.startswith("blk.") and len(file.shape(name)) == 2]
+    return bool(matrices) and all(file.tensors[n].tensor_type == q8_0 for n in matrices)
+
+
 def file_quantized(path: str | os.PathLike, config: ModelConfig, params: dict[str, Any]
                    ) -> dict[str, Any]:
   """`params` (float, of GGUF file `path`'s model) with each kernel that `config` holds as int8
@@ -132,4 +141,4 @@ def file_quantized(path: str | os.PathLike, config: ModelConfig, params: dict[st
   return unflatten({**flatten(params), **kept})
 
 
-__all__ = ["BLOCK", "file_quantized"]
+__all__ = ["BLOCK", "file_quantized", "stores_q8_0"]

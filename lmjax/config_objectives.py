@@ -23,7 +23,8 @@ BUILT_IN_REWARDS = ("format", "exact_answer")
 
 
 class Reference(enum.Enum):
-  """Where dpo and ipo take the reference model's log-probs from."""
+  """Where dpo, ipo and GRPO's KL term (train.grpo.beta > 0) take the reference model's
+  log-probs from."""
   AUTO = "auto"                  # adapters_off with LoRA, else frozen_copy
   ADAPTERS_OFF = "adapters_off"  # the LoRA base: the same params with the adapters zeroed
   FROZEN_COPY = "frozen_copy"    # a copy of the initial params, sharded like the policy's
@@ -75,8 +76,8 @@ class GrpoConfig:  # train.grpo.*
   num_iterations: int = 1        # mu: optimisation steps on each round's completions
   epsilon: float = 0.2           # the ratio is clipped to [1 - epsilon, 1 + epsilon_high]
   epsilon_high: float | None = None  # null: epsilon
-  beta: float = 0.0              # the KL penalty (k3 estimator) to the reference, the LoRA base
-                                 # with the adapters off; > 0 needs LoRA, 0 needs no reference
+  beta: float = 0.0              # the KL penalty (k3 estimator) to the reference model
+                                 # (train.preference.reference); 0 needs no reference
   loss_type: GrpoLoss = GrpoLoss.GRPO
   scale_rewards: RewardScale = RewardScale.GROUP
   # Reward functions: "module:function" import paths, called as f(prompt, completion, row) ->

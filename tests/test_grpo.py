@@ -209,8 +209,9 @@ TOY = [*TINY, "train.objective=grpo", "data.source=jsonl", "train.seq_len=24",
      "module 'tests.test_grpo' has no 'nothing' for the reward 'tests.test_grpo:nothing'"),
     (["train.grpo.rewards=[letters]"], "is neither a built-in reward (format, exact_answer) "
                                           "nor an import path module:function"),
-    (["train.grpo.beta=0.04"], "train.grpo.beta=0.04 penalises the KL to a reference, which "
-                               "lmjax takes as the LoRA base with the adapters off"),
+    (["train.grpo.beta=0.04", "train.preference.reference=adapters_off"],
+     "train.preference.reference=adapters_off takes the reference as the LoRA base with the "
+     "adapters off, and this config has no LoRA"),
     (["train.steps=25"], "train.steps=25 must be a multiple of train.grpo.num_iterations=2"),
     (["train.batch_size=18"], "train.batch_size=18 counts completions: it must be a multiple "
                               "of train.grpo.num_generations=4"),
@@ -273,6 +274,26 @@ def test_a_resumed_grpo_run_samples_and_trains_as_the_uninterrupted_one(toy_runs
     assert math.isclose(got[1], expected[1], rel_tol=1e-6, abs_tol=1e-9), (got, expected)
     assert math.isclose(got[2], expected[2], rel_tol=1e-4, abs_tol=1e-7), (got, expected)
 
+
+
+def test_full_fine_tuning_grpo_pays_its_kl_to_a_frozen_copy_and_resumes_exactly(tmp_path):
+  """beta > 0 without LoRA: the reference is a frozen copy of the initial params (rebuilt on
+  resume), so the KL starts at 0 (the policy is its reference) and grows as the policy moves."""
+  from lmjax.infer import generate
+  from lmjax.train.loop import train
+  config = load_config("tiny-gpt", TOY + [f"data.paths=[{_prompts(tmp_path / 'p.jsonl')}]",
+                                          "train.steps=8", "train.grpo.beta=0.04",
+                                          "train.log_every=1"])
+  train(config, tmp_path / "whole", sampler=generate)
+  train(config, tmp_path / "resumed", stop_after=4, sampler=generate)
+  train(config, tmp_path / "resumed", sampler=generate)
+  whole, resumed = metrics_rows(tmp_path / "whole"), metrics_rows(tmp_path / "resumed")
+  assert whole[0]["kl"] == 0.0 and whole[-1]["kl"] > 0, [r["kl"] for r in whole]
+  pick = lambda rows: [(r["step"], r["kl"], r["loss"]) for r in rows]
+  assert [r[0] for r in pick(resumed)] == list(range(1, 9))
+  for got, expected in zip(pick(resumed), pick(whole)):
+    assert math.isclose(got[1], expected[1], rel_tol=1e-4, abs_tol=1e-7), (got, expected)
+    assert math.isclose(got[2], expected[2], rel_tol=1e-4, abs_tol=1e-7), (got, expected)
 
 
 def test_the_toy_grpo_run_logs_the_held_out_prompts_rewards(toy_runs):

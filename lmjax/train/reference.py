@@ -1,4 +1,4 @@
-"""The reference model of dpo and ipo (`train.preference.reference`).
+"""The reference model of dpo and ipo, and of GRPO's KL term (`train.preference.reference`).
 
 `adapters_off` (a LoRA run's default) is the LoRA base: the policy's own params with the
 adapters zeroed, no second copy (lmjax.train.step.adapters_off). `frozen_copy` (full
@@ -36,7 +36,8 @@ from lmjax.train.state import create_train_state, state_shardings
 def reference_kind(config: Config, objective: Objective) -> Reference | None:
   """The reference `objective` compares with under this config (auto resolved), None when it
   needs none; UserError for adapters_off without LoRA."""
-  if not objective.needs_reference:
+  grpo_kl = objective is Objective.GRPO and config.train.grpo.beta > 0
+  if not (objective.needs_reference or grpo_kl):
     return None
   chosen, lora = config.train.preference.reference, config.model.lora.enabled
   if chosen is Reference.AUTO:
@@ -46,7 +47,8 @@ def reference_kind(config: Config, objective: Objective) -> Reference | None:
         f"train.preference.reference=adapters_off takes the reference as the LoRA base with the "
         f"adapters off, and this config has no LoRA (model.lora.rank=0): set model.lora.rank "
         f"(e.g. 16), or train.preference.reference=frozen_copy (or auto) to compare "
-        f"train.objective={objective.value} with a frozen copy of the initial weights.")
+        f"train.objective={objective.value} with a frozen copy of the initial weights"
+        + (f" (or train.grpo.beta=0: no KL term, no reference)." if grpo_kl else "."))
   return chosen
 
 

@@ -12,7 +12,8 @@ The completions are scored on the host (lmjax.train.rewards), their group-normal
 advantages computed, and each becomes a row: prompt + completion as segment 1, the completion
 (with its end-of-sequence id, if it emitted one) in loss_mask. With mu > 1 the sampling
 policy's log-probs are computed once for the round; with beta > 0 the reference's (the LoRA
-base, adapters off) too; both jitted on the same mesh. `metrics` holds the round's reward
+base with the adapters off, or the frozen copy of a full fine-tuning run's initial params,
+lmjax.train.reference) too; both jitted on the same mesh. `metrics` holds the round's reward
 statistics for metrics.jsonl.
 
 Held-out evaluation (`train.eval_every`) decodes one greedy completion of each held-out prompt
@@ -93,8 +94,11 @@ class Rollout:
     params = setup.shardings.params
     self.old_logps = (jit_log_probs(setup.model, setup.placement, params, reference=False,
                                     loss_chunk=chunk) if self.mu > 1 else None)
-    self.ref_logps = (jit_log_probs(setup.model, setup.placement, params, reference=True,
-                                    loss_chunk=chunk) if grpo.beta else None)
+    # The reference: the frozen copy where the run keeps one (full fine-tuning), else the LoRA
+    # base (the adapters off).
+    self.ref_logps = (jit_log_probs(setup.model, setup.placement, params,
+                                    reference=setup.reference is None, loss_chunk=chunk)
+                      if grpo.beta else None)
     self.key = jax.random.split(jax.random.key(config.train.seed))[1]  # not the dropout keys'
     self.metrics: dict[str, Any] = {}
     self._batch = None
@@ -131,7 +135,8 @@ class Rollout:
     if self.old_logps is not None:
       batch["old_logps"] = self.old_logps(state.params, batch)
     if self.ref_logps is not None:
-      batch["ref_logps"] = self.ref_logps(state.params, batch)
+      reference = state.params if self.setup.reference is None else self.setup.reference
+      batch["ref_logps"] = self.ref_logps(reference, batch)
     self.metrics = self._round_metrics(scores, totals, completions, eos, skipped)
     return batch
 

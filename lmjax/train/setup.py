@@ -40,7 +40,7 @@ class StepSetup:
   shardings: TrainState         # NamedShardings
   step_fn: Callable             # jitted, donating (state, global batch, hyper) -> (state, metrics)
   preference: Settings | None = None  # a preference objective's settings, for the eval step too
-  frozen_reference: bool = False  # dpo, ipo: step_fn's 4th argument is the reference's params
+  frozen_reference: bool = False  # dpo, ipo, GRPO's KL: a frozen copy of the initial params
   reference: Any = None         # those params, once the start is known (`with_reference`)
 
   def step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -120,12 +120,6 @@ def objective_of(config: Config) -> Objective:
     raise UserError(f"train.objective={objective.value} {what}; this model's head is "
                     f"{config.model.head.value}.")
   reference_kind(config, objective)  # adapters_off without LoRA is refused
-  if objective is Objective.GRPO and config.train.grpo.beta and not config.model.lora.enabled:
-    raise UserError(
-        f"train.grpo.beta={config.train.grpo.beta} penalises the KL to a reference, which lmjax "
-        f"takes as the LoRA base with the adapters off (no second copy of the weights); this "
-        f"config has no LoRA (model.lora.rank=0). Set model.lora.rank (e.g. 16), or "
-        f"train.grpo.beta=0 (no KL term, no reference; trl's default).")
   return objective
 
 

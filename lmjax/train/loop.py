@@ -106,7 +106,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, stop_after: int | None
     try:
       begin = start_or_resume(config, prepared.run, prepared.setup, checkpointer,
                               report=prepared.writes)
-      prepared = dataclasses.replace(prepared, setup=with_frozen_reference(  # dpo, ipo
+      prepared = dataclasses.replace(prepared, setup=with_frozen_reference(  # its frozen copy
           prepared.config, prepared.setup, prepared.run.path, begin.state.params, begin.step))
       end = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
       mu = config.train.grpo.num_iterations if prepared.train_source is None else 1

@@ -36,7 +36,7 @@ from lmjax.hf.gguf.quantized import BLOCK, file_quantized, stores_q8_0
 from lmjax.hf.hub import resolve_hf_dir
 from lmjax.model import ModelConfig, Transformer, param_shapes
 from lmjax.model.lora import merge_lora
-from lmjax.model.quant_config import QuantizationConfig
+from lmjax.model.quant_config import QuantizationConfig, QuantScheme
 from lmjax.model.quantize import dequantize_params, is_quantized, quantize_like, quantize_params
 from lmjax.model.trainable import frozen_dtype
 from lmjax.run.base_ref import BaseRef, check_base
@@ -171,9 +171,10 @@ def quantized(model: Transformer, params: Any, keys: Mapping[str, Any], *,
   if config is model.config:  # a QLoRA run's base: quantized already
     return model, params
   if gguf is not None:  # Q8_0 as int8 in groups of 32: the file's own numbers, not re-rounded
-    if (config.quantization.scheme.value == "int8" and "group_size" not in keys
-        and stores_q8_0(gguf)):  # --quantize int8 of a Q8_0 file: its groups
-      config = with_quantization(model.config, {**keys, "group_size": BLOCK})
+    spec = config.quantization
+    if spec.scheme is QuantScheme.INT8 and spec.group_size is None and stores_q8_0(gguf):
+      config = dataclasses.replace(  # --quantize int8 of a Q8_0 file: its groups
+          config, quantization=dataclasses.replace(spec, group_size=BLOCK))
     params = file_quantized(gguf, config, params)
   return Transformer(config, model.dtype), quantize_params(params, param_shapes(config))
 

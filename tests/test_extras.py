@@ -11,6 +11,7 @@ import tomllib
 
 import pytest
 
+import lmjax.infer
 from lmjax.errors import UserError
 from lmjax.extras import EXTRAS, require
 from tests.helpers import run_cli
@@ -46,7 +47,15 @@ def test_plot_without_matplotlib_says_which_extra_to_install(monkeypatch, tmp_pa
 
 
 def test_eval_harness_without_lm_eval_says_which_extra_to_install(monkeypatch, tmp_path, capsys):
-  monkeypatch.setitem(sys.modules, "lm_eval", None)
+  for name in ["lm_eval", *(m for m in sys.modules if m.startswith("lm_eval."))]:
+    monkeypatch.setitem(sys.modules, name, None)  # lm_eval.api.model too, if imported before
+  # lmjax.infer.harness imports lm-eval as it is imported: import it afresh here, and put back
+  # what was there after (absent, or the module built with lm-eval), or a later test in this
+  # process would get the module built without it
+  monkeypatch.setitem(sys.modules, "lmjax.infer.harness", None)
+  monkeypatch.delitem(sys.modules, "lmjax.infer.harness")
+  monkeypatch.setattr(lmjax.infer, "harness", None, raising=False)  # and the package's name
+  monkeypatch.delattr(lmjax.infer, "harness")
   code, _, err = run_cli(capsys, "eval-harness", "--hf", tmp_path, "--tasks", "hellaswag")
   assert code == 2 and "Traceback" not in err
   assert "needs lm-eval (lm-evaluation-harness)" in err and "pip install 'lmjax[eval]'" in err

@@ -14,6 +14,7 @@ import pytest
 from lmjax.errors import UserError
 from lmjax.model import AttentionImpl, Head, ModelConfig, NormPosition, Transformer, init_cache
 from lmjax.model import attention
+from tests.helpers import random_params
 
 SMALL = dict(vocab_size=97, num_layers=2, embed_dim=48, num_heads=6, num_kv_heads=3,
              head_dim=10, mlp_dim=80, max_seq_len=32, sliding_window=4, sliding_layers=(0,),
@@ -30,11 +31,9 @@ def small(**overrides) -> ModelConfig:
 def built(config: ModelConfig):
   """(jitted apply, params) of `config`: params from seed 0, norm scales random too."""
   model = Transformer(config)
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape)
-                                     for x, k in zip(leaves, keys)])
+  rng = np.random.default_rng(1)  # every param ~ N(0, 0.3): Gemma's stored gains 1 + N(0, 0.3)
+  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), jnp.float32),
+                        random_params(model))
   return jax.jit(model.apply), params
 
 

@@ -12,6 +12,7 @@ from lmjax.errors import UserError
 from lmjax.infer import fill_mask, filter_logits, generate, score, stream_generate
 from lmjax.infer.sampling import penalise_repetitions
 from lmjax.model import Transformer, init_cache, preset
+from tests.helpers import random_params
 
 TINY = dict(vocab_size=128, num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_seq_len=64)
 # A wider init than the default 0.02 makes greedy continuations vary from token to token, instead
@@ -32,19 +33,13 @@ def causal_model(family: str, scan_layers: bool = True):
   fields = dict(CAUSAL_PRESETS[family])
   config = preset(fields.pop("name"), **TINY, **fields, scan_layers=scan_layers)
   model = Transformer(config, jnp.float32)
-  return model, init_params(model)
+  return model, random_params(model, std=0.2)  # far from uniform logits
 
 
 @functools.cache
 def bert_model():
   model = Transformer(preset("tiny-bert", **TINY), jnp.float32)
-  return model, init_params(model)
-
-
-def init_params(model):
-  # Jitted, and with an rbg key: eager init, or threefry's bit generation, compile for seconds.
-  key = jax.random.key(0, impl="rbg")
-  return jax.jit(model.init)(key, jnp.zeros((1, 8), jnp.int32))["params"]
+  return model, random_params(model, std=0.2)  # far from uniform logits
 
 
 @functools.cache

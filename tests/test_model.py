@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lmjax.model import Head, ModelConfig, PRESET_NAMES, Remat, Transformer, preset
+from tests.helpers import random_params
 
 SMALL = dict(vocab_size=97, num_layers=2, embed_dim=48, num_heads=6, mlp_dim=80, max_seq_len=32)
 
@@ -19,8 +20,7 @@ def small(family: str, **overrides) -> ModelConfig:
 
 def init(config: ModelConfig, seq_len: int = 12):
   model = Transformer(config)
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
-  return model, nn.unbox(params)
+  return model, random_params(model, seq_len)
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,6 +21,7 @@ from lmjax.model.moe import MoeMlp, dense_moe, load_balancing_loss, route
 from lmjax.model.moe_config import MoeConfig
 from lmjax.run.record import TrainState
 from lmjax.train.step import train_step
+from tests.helpers import random_params
 
 SMALL = dict(vocab_size=61, num_layers=2, embed_dim=24, num_heads=3, num_kv_heads=1, mlp_dim=20,
              max_seq_len=32)
@@ -133,7 +134,7 @@ def test_the_train_step_minimises_the_loss_plus_the_weighted_load_balancing_loss
   cfg = config(aux_loss_coef=0.5)
   model = Transformer(cfg)
   ids = jax.random.randint(jax.random.key(3), (4, 12), 0, 61)
-  params = nn.unbox(model.init(jax.random.key(0), ids)["params"])
+  params = random_params(model, seq_len=12)
   tx = optax.sgd(0.1)
   state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
   batch = {"input_ids": ids, "segment_ids": jnp.ones_like(ids)}

@@ -6,8 +6,10 @@ that nothing already on disk changed.
 Faults during training and each command's refusal of a damaged checkpoint run as a user runs
 them, in real child processes with deadlines (the exit code and stderr of the process itself).
 Refusals decided before any work starts (the run directory, the config, the resume policy, the
-weights format) call the same entry point, `lmjax.cli.main`, in this process: the same code
-without paying the start-up of Python, JAX and PyTorch again for every case.
+weights format) and the rerun after a fault call the same entry point, `lmjax.cli.main`, in this
+process: the same code without paying the start-up of Python, JAX and PyTorch again for every
+case. Tests that need a trained run start from a copy of one trained once (the session's
+`trained_gpt`, this module's `twenty_steps`).
 """
 
 import contextlib

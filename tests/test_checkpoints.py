@@ -1,8 +1,9 @@
 """Checkpoints that survive kill -9, signals, damaged files and NaNs, and restore on other meshes.
 
 Process-level behaviour (kills, signals, exit codes, fake device counts) runs the real
-`python -m lmjax` in children (tests/processes.py); the rest calls the same CLI entry point
-in-process, which is the same code without paying JAX's start-up again.
+`python -m lmjax` in children (tests/processes.py; the 8-device child runs its commands one
+after the other through the same entry point); the rest calls that entry point in-process,
+which is the same code without paying JAX's start-up again.
 """
 
 import json
@@ -14,6 +15,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import lmjax
 from lmjax.cli import main
@@ -25,24 +27,32 @@ from tests.processes import children, cpu_env
 RUN = TINY + ["train.log_every=1", "train.checkpoint_every=3", "train.eval_every=0"]
 
 
+def train_argv(run_dir, *overrides, config="tiny-gpt"):
+  """`lmjax train` of a tiny run: the arguments after `lmjax` (for `main`, in-process)."""
+  return ["train", config, "--run-dir", str(run_dir), "--set", *RUN, *overrides]
+
+
 def train_args(run_dir, *overrides, config="tiny-gpt"):
-  return ["-m", "lmjax", "train", config, "--run-dir", str(run_dir), "--set", *RUN, *overrides]
+  """The same command for a child."""
+  return ["-m", "lmjax", *train_argv(run_dir, *overrides, config=config)]
 
 
 def rows(run_dir):
   return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def wait_for_progress(group, name, timeout=120.0) -> bool:
-  """True once child `name` has logged a training step; False if it exited first."""
+def wait_for_progress(group, name, step=1, timeout=120.0) -> bool:
+  """True once child `name` has logged training step `step` or a later one; False if it exited
+  first."""
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
-    if re.search(r"^step \d+/", group.log(name, tail=100_000), re.MULTILINE):
+    logged = re.findall(r"^step (\d+)/", group.log(name, tail=100_000), re.MULTILINE)
+    if logged and int(logged[-1]) >= step:
       return True
     if group.procs[name].poll() is not None:
       return False
-    time.sleep(0.05)
-  raise AssertionError(f"{name} logged no step within {timeout}s:\n{group.log(name)}")
+    time.sleep(0.01)
+  raise AssertionError(f"{name} logged no step {step} within {timeout}s:\n{group.log(name)}")
 
 
 def array_files(step_dir):
@@ -50,27 +60,38 @@ def array_files(step_dir):
   return [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
 
 
-def test_resume_after_repeated_kill_9_matches_an_uninterrupted_run(tmp_path):
-  whole, killed = tmp_path / "whole", tmp_path / "killed"
-  steps, delays = "train.steps=90", random.Random(0)
-  kills_while_running = 0
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """A run trained to step 24 in this process (steps 18, 21 and 24 kept): tests read or copy it,
+  never change it. Trained before the kill test's children start, which then find its compiled
+  step in the persistent cache instead of compiling it too."""
+  run = tmp_path_factory.mktemp("uninterrupted") / "run"
+  assert main(train_argv(run, "train.steps=24")) == 0
+  return run
+
+
+def test_resume_after_repeated_kill_9_matches_an_uninterrupted_run(uninterrupted, tmp_path,
+                                                                  capsys):
+  whole, killed = uninterrupted, tmp_path / "killed"
+  steps, delays = "train.steps=24", random.Random(0)
   with children(tmp_path) as group:
-    group.start("whole", train_args(whole, steps), cpu_env(1))
-    for attempt in range(3):
-      name = f"killed{attempt}"
+    # A save every 3rd step, each started once the previous one is committed (lmjax's
+    # Checkpointer waits for it), after the step's metrics are logged: a child that has logged
+    # step 7 (or 14) has committed step 3 (or 9) and may be writing step 6 (or 12). It is killed
+    # at a random point after that step.
+    for name, kill_at in (("killed0", 7), ("killed1", 14)):
       group.start(name, train_args(killed, steps), cpu_env(1))
-      if wait_for_progress(group, name):
-        time.sleep(delays.uniform(0.8, 2.0))  # the first save (at step 3) takes ~1s
+      assert wait_for_progress(group, name, step=kill_at), group.log(name)
+      time.sleep(delays.uniform(0.0, 0.1))
       proc = group.procs.pop(name)
-      kills_while_running += proc.poll() is None
+      assert proc.poll() is None, f"{name} ended before the kill:\n{group.log(name)}"
       proc.kill()
       proc.wait(timeout=30)
-    group.start("finish", train_args(killed, steps), cpu_env(1))
-    group.check(timeout=240)
-  assert kills_while_running >= 2, "the kills came too late to interrupt the run"
-  logs = [(tmp_path / f"{name}.log").read_text() for name in ("killed1", "killed2", "finish")]
-  assert sum("resuming" in log for log in logs) >= 2, logs
-  assert_resumed_as_uninterrupted(whole, killed, rows(whole), rows(killed), 90)
+  capsys.readouterr()
+  assert main(train_argv(killed, steps)) == 0  # the same command, rerun, finishes the run
+  logs = [group.log("killed1", tail=100_000), capsys.readouterr().err]
+  assert all("resuming" in log for log in logs), logs
+  assert_resumed_as_uninterrupted(whole, killed, rows(whole), rows(killed), 24)
 
 
 def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
@@ -105,12 +126,11 @@ def test_a_second_sigterm_exits_at_once(tmp_path):
   assert "second SIGTERM: exiting now" in group.log("run")
 
 
-def test_a_truncated_newest_checkpoint_is_skipped_with_a_message(tmp_path, capsys):
-  run = tmp_path / "run"
-  assert main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *RUN, "train.steps=9"]) == 0
-  # Every array data file of step 9 cut in half: its params and its optimizer state are damaged
+def test_a_truncated_newest_checkpoint_is_skipped_with_a_message(uninterrupted, tmp_path, capsys):
+  run = shutil.copytree(uninterrupted, tmp_path / "run")
+  # Every array data file of step 24 cut in half: its params and its optimizer state are damaged
   # (loading reads only the params, resuming everything; both must fall back).
-  for victim in array_files(run / "checkpoints" / "9"):
+  for victim in array_files(run / "checkpoints" / "24"):
     victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
   capsys.readouterr()
 
@@ -118,20 +138,20 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_message(tmp_path, capsy
   table = capsys.readouterr().out.splitlines()
   assert table[0].split() == ["step", "bytes", "data_position", "status"]
   listed = {int(line.split()[0]): line.split(maxsplit=3) for line in table[1:]}
-  assert sorted(listed) == [3, 6, 9]
+  assert sorted(listed) == [18, 21, 24]
   assert all(int(size) > 0 and int(pos) == step for step, (_, size, pos, _) in listed.items())
-  assert listed[6][3] == "restorable (verified)" and "NOT RESTORABLE" in listed[9][3]
+  assert listed[21][3] == "restorable (verified)" and "NOT RESTORABLE" in listed[24][3]
 
   _, _, loaded_step = lmjax.run.load_run_at(run)  # loading falls back too
-  assert loaded_step == 6
-  assert "skipping checkpoint step 9" in capsys.readouterr().err
+  assert loaded_step == 21
+  assert "skipping checkpoint step 24" in capsys.readouterr().err
 
-  assert main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *RUN, "train.steps=12"]) == 0
+  assert main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *RUN, "train.steps=27"]) == 0
   err = capsys.readouterr().err
-  assert "skipping checkpoint step 9" in err and "resuming" in err and "from step 6" in err
-  assert (run / "corrupt_checkpoints" / "9" / victim.relative_to(run / "checkpoints" / "9")
+  assert "skipping checkpoint step 24" in err and "resuming" in err and "from step 21" in err
+  assert (run / "corrupt_checkpoints" / "24" / victim.relative_to(run / "checkpoints" / "24")
           ).is_file()  # moved aside, never deleted
-  assert [r["step"] for r in rows(run)] == list(range(1, 13))
+  assert [r["step"] for r in rows(run)] == list(range(1, 28))
 
 
 def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
@@ -156,26 +176,44 @@ def test_skip_step_discards_a_nan_update_and_counts_it(tmp_path, capsys):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+# What three children with 8 devices did, in one (each costs seconds of start-up): `lmjax
+# train` the fsdp=8 run to step 3, copy it for the other meshes, then run each resume, its log
+# after a line "== NAME".
+_SAVE_COPY_RESUME = """
+import json, shutil, sys
+from lmjax.cli import main
+save, saved, copies, resumes = json.loads(sys.argv[1])
+if main(save) != 0:
+  sys.exit(1)
+for copy in copies:
+  shutil.copytree(saved, copy)
+for name, argv in resumes:
+  print(f"== {name}", file=sys.stderr, flush=True)
+  if main(argv) != 0:
+    sys.exit(1)
+"""
+
+
 def test_a_checkpoint_saved_with_fsdp_on_8_devices_resumes_on_a_2x4_mesh_and_on_1_device(tmp_path,
                                                                                        capsys):
-  saved = tmp_path / "fsdp8"
+  saved, data2_tensor4, one_device = (tmp_path / name for name in
+                                      ("fsdp8", "data2_tensor4", "one_device"))
   fsdp8 = ["mesh.data=1", "mesh.fsdp=8", "mesh.tensor=1"]
+  plan = [train_argv(saved, "train.steps=3", *fsdp8), str(saved),
+          [str(data2_tensor4), str(one_device)],
+          [("fsdp8", train_argv(saved, "train.steps=6", *fsdp8)),
+           ("data2_tensor4", train_argv(data2_tensor4, "train.steps=6", "mesh.data=2",
+                                        "mesh.fsdp=1", "mesh.tensor=4"))]]
   with children(tmp_path) as group:
-    group.start("save", train_args(saved, "train.steps=3", *fsdp8), cpu_env(8))
-    group.check(timeout=180)
-    for name in ("data2_tensor4", "one_device"):
-      shutil.copytree(saved, tmp_path / name)
-    group.start("fsdp8", train_args(saved, "train.steps=6", *fsdp8), cpu_env(8))
-    group.start("data2_tensor4", train_args(tmp_path / "data2_tensor4", "train.steps=6",
-                                            "mesh.data=2", "mesh.fsdp=1", "mesh.tensor=4"),
-                cpu_env(8))
-    # One device is this process's: the same command, in-process, while the children run.
-    capsys.readouterr()
-    assert main(train_args(tmp_path / "one_device", "train.steps=6", "mesh.data=1",
-                           "mesh.fsdp=1")[2:]) == 0
-    logs = {"one_device": capsys.readouterr().err}
-    group.check(timeout=240)
-  logs["data2_tensor4"] = group.log("data2_tensor4")
+    group.start("child", ["-c", _SAVE_COPY_RESUME, json.dumps(plan)], cpu_env(8))
+    group.check(timeout=300)
+  log = group.log("child", tail=100_000)
+  assert "== data2_tensor4\n" in log, log
+  logs = {"data2_tensor4": log.split("== data2_tensor4\n")[1]}
+  # One device is this process's: the same command, in-process.
+  capsys.readouterr()
+  assert main(train_argv(one_device, "train.steps=6", "mesh.data=1", "mesh.fsdp=1")) == 0
+  logs["one_device"] = capsys.readouterr().err
   expected = [r["loss"] for r in rows(saved)]
   assert len(expected) == 6
   for name in ("data2_tensor4", "one_device"):

@@ -6,8 +6,10 @@ that nothing already on disk changed.
 Faults during training and each command's refusal of a damaged checkpoint run as a user runs
 them, in real child processes with deadlines (the exit code and stderr of the process itself).
 Refusals decided before any work starts (the run directory, the config, the resume policy, the
-weights format) call the same entry point, `lmjax.cli.main`, in this process: the same code
-without paying the start-up of Python, JAX and PyTorch again for every case.
+weights format) and the rerun after a fault call the same entry point, `lmjax.cli.main`, in this
+process: the same code without paying the start-up of Python, JAX and PyTorch again for every
+case. Tests that need a trained run start from a copy of one trained once (the session's
+`trained_gpt`, this module's `twenty_steps`).
 """
 
 import contextlib
@@ -161,11 +163,19 @@ def fill(directory: pathlib.Path, leave: int) -> pathlib.Path:
 # -- checkpoint writes the disk refuses ------------------------------------------------------
 
 
-def test_a_full_disk_stops_training_at_the_failed_save_and_a_rerun_resumes(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def twenty_steps(tmp_path_factory):
+  """A run trained to step 20, with steps 10 and 20 saved: tests copy it, never change it."""
+  run = tmp_path_factory.mktemp("twenty") / "run"
+  assert main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *TINY, "train.steps=20"]) == 0
+  return run
+
+
+def test_a_full_disk_stops_training_at_the_failed_save_and_a_rerun_resumes(twenty_steps, tmp_path,
+                                                                          capsys):
   with small_file_system(tmp_path / "fs", "16m") as fs:
     run = (fs or tmp_path) / "run"
-    first = train_here(capsys, run, "train.steps=20")  # the setting; the faults run in children
-    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(twenty_steps, run)  # the setting; the faults run in children
     before = step_digests(run)
     if fs is not None:  # room for config.yaml and the metrics, not for a checkpoint
       filler = fill(fs, leave=64 * 1024)
@@ -179,16 +189,15 @@ def test_a_full_disk_stops_training_at_the_failed_save_and_a_rerun_resumes(tmp_p
     assert max(r["step"] for r in rows) == 30  # it stopped there, rather than train on unsaved
     if fs is not None:
       filler.unlink()
-    resumed = train(run, "train.steps=40")
+    resumed = train_here(capsys, run, "train.steps=40")  # a rerun is no fault: in-process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stderr and "from step 20" in resumed.stderr
     assert sorted(map(int, step_digests(run))) == [20, 30, 40]
 
 
-def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and_cause(tmp_path,
-                                                                                     capsys):
-  run = tmp_path / "run"
-  assert train_here(capsys, run, "train.steps=10").returncode == 0
+def test_a_checkpoints_directory_turning_read_only_ends_promptly_naming_step_and_cause(
+    trained_gpt, tmp_path):
+  run = shutil.copytree(trained_gpt, tmp_path / "run")
   before = step_digests(run)
   with bind_mounted(run / "checkpoints") as can_turn_read_only:
     fault = "readonly" if can_turn_read_only else "enospc"
@@ -211,9 +220,9 @@ def test_the_orbax_internals_that_release_a_failed_saves_threads_are_still_there
   assert callable(getattr(client, "key_value_set", None))
 
 
-def test_an_unwritable_checkpoints_directory_is_refused_before_training(tmp_path, capsys):
-  run = tmp_path / "run"
-  assert train_here(capsys, run, "train.steps=10").returncode == 0
+def test_an_unwritable_checkpoints_directory_is_refused_before_training(trained_gpt, tmp_path,
+                                                                        capsys):
+  run = shutil.copytree(trained_gpt, tmp_path / "run")
   before = tree_digest(run)
   with read_only(run / "checkpoints") as refused:
     if not refused:
@@ -284,9 +293,9 @@ def test_a_config_that_is_not_utf8_is_refused_by_name(tmp_path, capsys):
 # -- the resume policy -----------------------------------------------------------------------
 
 
-def test_resume_applies_schedule_changes_and_refuses_trajectory_changes(tmp_path, capsys):
-  run = tmp_path / "run"
-  assert train_here(capsys, run, "train.steps=10").returncode == 0
+def test_resume_applies_schedule_changes_and_refuses_trajectory_changes(trained_gpt, tmp_path,
+                                                                         capsys):
+  run = shutil.copytree(trained_gpt, tmp_path / "run")
   before = tree_digest(run)
   refused = train_here(capsys, run, "train.steps=20", "train.learning_rate=0.01", "train.seed=7",
                        "train.batch_size=4")
@@ -317,10 +326,9 @@ def test_resume_applies_schedule_changes_and_refuses_trajectory_changes(tmp_path
 
 
 @pytest.fixture(scope="module")
-def damaged_run(tmp_path_factory):
+def damaged_run(twenty_steps, tmp_path_factory):
   """A run with steps 10 and 20 whose step 20 has its array files truncated."""
-  run = tmp_path_factory.mktemp("damaged") / "run"
-  assert main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *TINY, "train.steps=20"]) == 0
+  run = shutil.copytree(twenty_steps, tmp_path_factory.mktemp("damaged") / "run")
   for data in (run / "checkpoints" / "20" / "state").rglob("d/*"):  # params and optimizer
     with open(data, "r+b") as f:
       f.truncate(data.stat().st_size // 2)

@@ -25,6 +25,7 @@ and runs the targeted matmuls on int8 inputs (`int8_matmul`).
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, Callable, Sequence
 
@@ -118,11 +119,20 @@ def quantize_like(value: Any, target: Any) -> Any:
   shape, scale_shape = tuple(target.shape), tuple(target.scale.shape)
   channelwise = [a for a, (k, s) in enumerate(zip(shape, scale_shape)) if s == k]
   tiled = {a: k // s for a, (k, s) in enumerate(zip(shape, scale_shape)) if 1 < s < k}
-  q = _qwix().quantize(jnp.asarray(value, jnp.float32), target.qvalue.dtype,
-                       channelwise_axes=channelwise, tiled_axes=tiled or None)
+  q = _quantizer(target.qvalue.dtype, tuple(channelwise), tuple(sorted(tiled.items())))(value)
   place = lambda part, like: (jax.device_put(part, like.sharding)
                               if getattr(like, "sharding", None) is not None else part)
   return q.replace(qvalue=place(q.qvalue, target.qvalue), scale=place(q.scale, target.scale))
+
+
+@functools.cache
+def _quantizer(qtype: Any, channelwise: tuple[int, ...], tiled: tuple[tuple[int, int], ...]
+               ) -> Callable[[Any], Any]:
+  """qwix's quantize as one compiled program per kernel shape: done op by op, each of its ~10
+  ops compiles on its own and holds a temporary as large as the kernel."""
+  return jax.jit(lambda value: _qwix().quantize(
+      jnp.asarray(value, jnp.float32), qtype, channelwise_axes=list(channelwise),
+      tiled_axes=dict(tiled) or None))
 
 
 def quantize_params(params: Any, abstract: Any) -> Any:

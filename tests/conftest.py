@@ -24,27 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-
-def _one_xla_thread_per_worker() -> None:
-  """Under pytest-xdist with at least as many workers as cores (`make test`: 3 on CI's 2), start
-  XLA with one core in sight, then give the process every core back: XLA sizes its CPU thread
-  pool from the cores it sees when its client starts (there is no flag for it), and one thread
-  per worker keeps both cores busy without the switching of several pools (15% fewer CPU
-  seconds measured on test_model + test_generation_parity). Children start with every core."""
-  workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-  if not hasattr(os, "sched_setaffinity") or workers < len(os.sched_getaffinity(0)):
-    return
-  cores = os.sched_getaffinity(0)
-  os.sched_setaffinity(0, {min(cores)})
-  try:
-    import jax
-    jax.devices()  # the CPU client, and its thread pool, start here
-  finally:
-    os.sched_setaffinity(0, cores)
-
-
-_one_xla_thread_per_worker()
-
 # The helper modules shared by the test modules assert too: rewrite their asserts as pytest
 # does a test module's, so that a failing check in them reports its values.
 pytest.register_assert_rewrite("tests.helpers", "tests.hf_models")

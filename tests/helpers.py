@@ -56,17 +56,17 @@ def assert_resumed_as_uninterrupted(whole, killed, expected_rows, got_rows, step
 
 
 
-def random_params(model, seq_len: int = 8, seed: int = 0, std: float = 0.02):
+def random_params(model, seq_len: int = 8, seed: int = 0):
   """Random params of `model.init`'s shapes, drawn with numpy from the abstract init (compiling
   `model.init`, a random draw per param, takes a second or more per config): kernels and
-  embeddings ~ N(0, std) (0.02: an initializer range), norm scales 1, biases 0."""
+  embeddings ~ N(0, the config's initializer_range), as init draws them, norm scales 1, biases 0."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import numpy as np
   shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0),
                                    jnp.zeros((1, seq_len), jnp.int32))["params"])
-  rng = np.random.default_rng(seed)
+  rng, std = np.random.default_rng(seed), model.config.initializer_range
   value = lambda name, s: (np.ones(s.shape) if name == "scale" else np.zeros(s.shape)
                            if name == "bias" else rng.normal(0, std, s.shape))
   return jax.tree_util.tree_map_with_path(

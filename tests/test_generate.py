@@ -33,13 +33,13 @@ def causal_model(family: str, scan_layers: bool = True):
   fields = dict(CAUSAL_PRESETS[family])
   config = preset(fields.pop("name"), **TINY, **fields, scan_layers=scan_layers)
   model = Transformer(config, jnp.float32)
-  return model, random_params(model, std=0.2)  # far from uniform logits
+  return model, random_params(model)
 
 
 @functools.cache
 def bert_model():
   model = Transformer(preset("tiny-bert", **TINY), jnp.float32)
-  return model, random_params(model, std=0.2)  # far from uniform logits
+  return model, random_params(model)
 
 
 @functools.cache

@@ -146,7 +146,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_message(uninterrupted, 
   assert loaded_step == 21
   assert "skipping checkpoint step 24" in capsys.readouterr().err
 
-  assert main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *RUN, "train.steps=27"]) == 0
+  assert main(train_argv(run, "train.steps=27")) == 0
   err = capsys.readouterr().err
   assert "skipping checkpoint step 24" in err and "resuming" in err and "from step 21" in err
   assert (run / "corrupt_checkpoints" / "24" / victim.relative_to(run / "checkpoints" / "24")
@@ -156,8 +156,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_message(uninterrupted, 
 
 def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
   run = tmp_path / "run"
-  code = main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *RUN, "train.steps=9",
-               "train.debug_nan_at_step=5"])
+  code = main(train_argv(run, "train.steps=9", "train.debug_nan_at_step=5"))
   err = capsys.readouterr().err
   assert code == 3, err
   assert "step 5: the loss is nan" in err and "params/" in err
@@ -167,8 +166,8 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_skip_step_discards_a_nan_update_and_counts_it(tmp_path, capsys):
   run = tmp_path / "run"
-  code = main(["train", "tiny-gpt", "--run-dir", str(run), "--set", *RUN, "train.steps=9",
-               "train.debug_nan_at_step=5", "train.nan_policy=skip_step"])
+  code = main(train_argv(run, "train.steps=9", "train.debug_nan_at_step=5",
+                          "train.nan_policy=skip_step"))
   assert code == 0, capsys.readouterr().err
   skipped = {r["step"]: r["skipped_steps"] for r in rows(run)}
   assert skipped == {s: int(s >= 5) for s in range(1, 10)}

@@ -396,3 +396,18 @@ def hf_greedy(hf_model, prompts, eos=(), **kwargs) -> list[list[int]]:
     ends = [i for i, t in enumerate(row) if t in eos]
     rows.append(row[:ends[0] + 1] if ends else row)
   return rows
+
+
+def hf_causal_logits(directory, ids, adapter=None):
+  """The logits for `ids` of the HF model saved in `directory`; with a PEFT `adapter`, those
+  without it and with it (loaded onto the same model once its own logits are taken)."""
+  import torch
+  import transformers
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+  with torch.no_grad():
+    plain = model.eval()(torch.tensor(ids)).logits.numpy()
+    if adapter is None:
+      return plain
+    import peft
+    adapted = peft.PeftModel.from_pretrained(model, str(adapter))
+    return plain, adapted.eval()(torch.tensor(ids)).logits.numpy()

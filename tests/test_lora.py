@@ -164,21 +164,6 @@ def test_the_optimizer_holds_state_only_for_the_adapters(lora_run):
   assert moments and all(any(k in ("lora_a", "lora_b") for k in path) for path in moments)
 
 
-def _logits_of_hf(directory, ids, adapter=None):
-  """The logits for `ids` of the HF model saved in `directory`; with a PEFT `adapter`, those
-  without it and with it (loaded onto the same model once its own logits are taken)."""
-  import torch
-  import transformers
-  model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-  with torch.no_grad():
-    plain = model.eval()(torch.tensor(ids)).logits.numpy()
-    if adapter is None:
-      return plain
-    import peft
-    adapted = peft.PeftModel.from_pretrained(model, str(adapter))
-    return plain, adapted.eval()(torch.tensor(ids)).logits.numpy()
-
-
 def test_merged_and_peft_exports_give_the_lmjax_logits(lora_run):
   family, tmp = lora_run
   model, params = _load_fixture_run(tmp / "lora")
@@ -186,8 +171,10 @@ def test_merged_and_peft_exports_give_the_lmjax_logits(lora_run):
   ours = np.asarray(model.apply({"params": params}, ids.astype(np.int32)))
   adapter_config = json.loads((tmp / "adapter" / "adapter_config.json").read_text())
   assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 4
-  np.testing.assert_allclose(_logits_of_hf(tmp / "merged_hf", ids), ours, atol=1e-4, rtol=1e-4)
-  plain, with_adapter = _logits_of_hf(tmp / "base_hf", ids, adapter=tmp / "adapter")
+  from tests.hf_models import hf_causal_logits
+  np.testing.assert_allclose(hf_causal_logits(tmp / "merged_hf", ids), ours, atol=1e-4,
+                             rtol=1e-4)
+  plain, with_adapter = hf_causal_logits(tmp / "base_hf", ids, adapter=tmp / "adapter")
   np.testing.assert_allclose(with_adapter, ours, atol=1e-4, rtol=1e-4)
   # Not the base model's logits: the adapter was loaded, not silently left at zero.
   assert np.abs(with_adapter - plain).max() > 1e-3
@@ -450,7 +437,9 @@ def test_mistral_and_qwen_adapters_export_merged_and_as_peft(tmp_path, family, e
   lmjax.to_hf(model, params, tmp_path / "merged")
   specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
   export_peft(config, specs, lambda keys: {k: flat[k] for k in keys}, tmp_path / "adapter")
-  np.testing.assert_allclose(_logits_of_hf(tmp_path / "merged", ids), ours, atol=1e-4, rtol=1e-4)
-  plain, with_adapter = _logits_of_hf(tmp_path / "base", ids, adapter=tmp_path / "adapter")
+  from tests.hf_models import hf_causal_logits
+  np.testing.assert_allclose(hf_causal_logits(tmp_path / "merged", ids), ours, atol=1e-4,
+                             rtol=1e-4)
+  plain, with_adapter = hf_causal_logits(tmp_path / "base", ids, adapter=tmp_path / "adapter")
   np.testing.assert_allclose(with_adapter, ours, atol=1e-4, rtol=1e-4)
   assert np.abs(with_adapter - plain).max() > 1e-3

@@ -33,7 +33,7 @@ from lmjax.train.state import create_train_state, state_shardings  # noqa: E402
 from lmjax.train.loop import train  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
-from tests.test_lora import _logits_of_hf  # noqa: E402
+from tests.hf_models import hf_causal_logits  # noqa: E402
 
 QLORA = ["model.lora.rank=4", "model.quantization.scheme=int4",
          "model.quantization.group_size=8"]
@@ -171,7 +171,7 @@ def test_the_merged_export_is_the_dequantized_base_plus_the_adapters(qlora_run):
   reference = np.asarray(float_model.apply({"params": merged}, ids))
   qlora = np.asarray(loaded.model.apply({"params": loaded.params}, ids))
   np.testing.assert_allclose(qlora, reference, atol=1e-4, rtol=1e-4)
-  np.testing.assert_allclose(_logits_of_hf(tmp / "merged_hf", ids), reference, atol=1e-4,
+  np.testing.assert_allclose(hf_causal_logits(tmp / "merged_hf", ids), reference, atol=1e-4,
                              rtol=1e-4)
   # the adapters moved the model: not the base's logits
   base = np.asarray(float_model.apply({"params": merge_lora(
@@ -183,7 +183,7 @@ def test_a_peft_adapter_from_a_qlora_run_gives_its_logits_on_the_dequantized_bas
   tmp, loaded, _, _ = qlora_run
   ids = np.random.default_rng(1).integers(0, 256, size=(2, 16)).astype(np.int32)
   qlora = np.asarray(loaded.model.apply({"params": loaded.params}, ids))
-  _, with_adapter = _logits_of_hf(tmp / "base_hf", ids, adapter=tmp / "adapter")
+  _, with_adapter = hf_causal_logits(tmp / "base_hf", ids, adapter=tmp / "adapter")
   np.testing.assert_allclose(with_adapter, qlora, atol=1e-4, rtol=1e-4)
 
 

@@ -216,12 +216,12 @@ def s3(tmp_path_factory):
       storage._probed.clear()
 
 
-def test_a_run_on_s3_resumes_past_a_torn_step_as_if_uninterrupted(rehearsal, s3, capsys,
-                                                                   tmp_path):
+def test_a_run_on_s3_resumes_past_a_torn_step_as_if_uninterrupted(rehearsal, s3, capsys):
   """A run whose directory is on S3 (its data on the GCS bucket) trains to the end; its last
   step then loses its commit marker, as a kill between the step's files and the marker leaves
   it, and the same command resumes from the step before, rewrites the torn one and ends as the
-  uninterrupted run did. Its export to S3 imports back with the same logits."""
+  uninterrupted run did. Its export to S3 imports back, into a run directory there, with the
+  same logits."""
   _, whole = rehearsal
   run = f"{s3}/run"
   argv = ["train", "tiny-gpt", "--run-dir", run, "--set", *RUN, data_paths(gs("data"))]
@@ -233,9 +233,8 @@ def test_a_run_on_s3_resumes_past_a_torn_step_as_if_uninterrupted(rehearsal, s3,
   code, listing, _ = run_cli(capsys, "checkpoints", run)
   assert code == 0 and "complete" in listing, listing
   assert run_cli(capsys, "convert", "lmjax-to-hf", run, f"{s3}/hf")[0] == 0
-  assert run_cli(capsys, "convert", "hf-to-lmjax", f"{s3}/hf", tmp_path / "back")[0] == 0
-  np.testing.assert_allclose(logits_of(tmp_path / "back"), logits_of(whole), atol=1e-5,
-                             rtol=1e-5)
+  assert run_cli(capsys, "convert", "hf-to-lmjax", f"{s3}/hf", f"{s3}/back")[0] == 0
+  np.testing.assert_allclose(logits_of(f"{s3}/back"), logits_of(whole), atol=1e-5, rtol=1e-5)
 
 
 def test_an_orbax_the_s3_route_was_not_written_for_is_one_message(s3, capsys, monkeypatch):

@@ -17,7 +17,8 @@ in place of `gcs`. The patch is checked against the Orbax series it was written 
 one is refused with a message, never patched blindly.
 
 tensorstore's S3 driver reads credentials as the AWS SDKs do (AWS_ACCESS_KEY_ID…, AWS_PROFILE,
-the instance's role) but not the endpoint: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (what boto3
+the instance's role; keys in the environment are named to it, as its default chain logs an
+error for each ~/.aws file it lacks) but not the endpoint: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (what boto3
 and s3fs read, for MinIO, Ceph, moto…) are passed to it here, with AWS_REGION or
 AWS_DEFAULT_REGION; with neither, it finds AWS itself and asks the bucket its region.
 """
@@ -57,6 +58,8 @@ def s3_kvstore(url: str) -> dict:
     spec["endpoint"] = endpoint.rstrip("/")
   if region:
     spec["aws_region"] = region
+  if os.environ.get("AWS_ACCESS_KEY_ID"):  # what the default chain takes first, without it
+    spec["aws_credentials"] = {"type": "environment"}  # logging 5 errors for a missing ~/.aws
   return spec
 
 

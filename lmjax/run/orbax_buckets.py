@@ -18,9 +18,10 @@ one is refused with a message, never patched blindly.
 
 tensorstore's S3 driver reads credentials as the AWS SDKs do (AWS_ACCESS_KEY_ID…, AWS_PROFILE,
 the instance's role; keys in the environment are named to it, as its default chain logs an
-error for each ~/.aws file it lacks) but not the endpoint: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (what boto3
-and s3fs read, for MinIO, Ceph, moto…) are passed to it here, with AWS_REGION or
-AWS_DEFAULT_REGION; with neither, it finds AWS itself and asks the bucket its region.
+error for each ~/.aws file it lacks) but not the endpoint: AWS_ENDPOINT_URL_S3 or
+AWS_ENDPOINT_URL (what boto3 and s3fs read, for MinIO, Ceph, moto…) are passed to it here,
+with AWS_REGION or AWS_DEFAULT_REGION; with neither, it finds AWS itself and asks the bucket
+its region.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ TensorFlow backend off, as it would import TensorFlow (seconds of start-up) and 
 emulators the tests use (STORAGE_EMULATOR_HOST, AWS_ENDPOINT_URL), and fsspec is also what
 lmjax calls directly for the two things pathlib has no word for: create-if-absent (the
 run-directory lock, lmjax.lock) and a whole-object rewrite in place of an append. Orbax writes
-the arrays themselves through tensorstore's GCS driver, straight to the bucket (Orbax 0.12 has
-no S3 route: a run directory on s3:// is refused, `check_run_store`).
+the arrays themselves through tensorstore's GCS or S3 driver, straight to the bucket (S3 by way
+of lmjax.run.orbax_buckets).
 
 Object storage has no rename and no append: a file lmjax replaces atomically on a local disk
 is one upload there (an object appears whole or not at all), and an appended file (metrics.jsonl,
@@ -104,11 +104,9 @@ def check_local(paths: PathLike | Iterable[PathLike] | None, *, what: str) -> No
                     f"directly here yet; {how}.")
 
 
-def check_path(paths: PathLike | Iterable[PathLike] | None, *, what: str,
-               run_directory: bool = False) -> None:
+def check_path(paths: PathLike | Iterable[PathLike] | None, *, what: str) -> None:
   """UserError naming `what` for the first path that is a URL of an unknown scheme, or on a
-  bucket that cannot be used (missing, unreachable, no credentials, no fsspec backend); and,
-  for a `run_directory`, on a store its checkpoints cannot be written to (`check_run_store`)."""
+  bucket that cannot be used (missing, unreachable, no credentials, no fsspec backend)."""
   for path in _each(paths):
     scheme = url_scheme(path)
     if scheme is None:
@@ -116,20 +114,7 @@ def check_path(paths: PathLike | Iterable[PathLike] | None, *, what: str,
     if scheme not in REMOTE_SCHEMES:
       raise UserError(f"{what} {os.fspath(path)}: unknown scheme {scheme}://; lmjax reads and "
                       f"writes local paths, gs:// and s3://.")
-    if run_directory:
-      check_run_store(path, what=what)
     _probe(os.fspath(path), what=what)
-
-
-def check_run_store(path: PathLike, *, what: str = "run directory") -> None:
-  """UserError for a run directory on a store Orbax cannot write checkpoints to: Orbax 0.12
-  builds tensorstore's GCS driver for gs:// only (an s3:// path falls to its local-file
-  driver), so run directories are local or gs://; s3:// serves data and HF directories."""
-  if url_scheme(path) == "s3":
-    raise UserError(f"{what} {os.fspath(path)}: run directories (Orbax checkpoints) cannot be on "
-                    f"s3:// yet, only on gs:// or a local path; mount the bucket "
-                    f"({_MOUNTS['s3']}) and pass the mounted path. Data (data.paths) and "
-                    f"Hugging Face directories may be on s3://.")
 
 
 def _each(paths) -> list:
@@ -348,6 +333,6 @@ def local_output(directory: PathLike) -> Iterator[pathlib.Path]:
 
 
 __all__ = ["PROBE_SECONDS", "REMOTE_SCHEMES", "Path", "absolute", "append_text", "as_path", "check_local",
-           "check_path", "check_run_store", "copy_file", "create_exclusive", "describe_error",
+           "check_path", "copy_file", "create_exclusive", "describe_error",
            "file_size", "filesystem", "glob_remote", "is_remote", "local_copy", "local_output",
            "move_tree", "open_append", "read_bytes", "url_scheme"]

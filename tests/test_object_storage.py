@@ -1,4 +1,4 @@
-"""Run directories, data and exports on object storage, against real servers (GCS; S3 for exports).
+"""Run directories, data and exports on object storage, against real servers (GCS and S3).
 
 The server is `gcp-storage-emulator` (through tests/gcs_emulator.py, which adds the generation
 headers real GCS sends), started on a free port for this module and stopped after it; gcsfs
@@ -7,8 +7,9 @@ TENSORSTORE_GCS_HTTP_URL. The dress rehearsal trains a run whose data
 and run directory are on the bucket, kills it (-9) in a child process after a checkpoint,
 resumes it here, and compares it with an uninterrupted run; the export goes to the bucket and
 comes back, and a LoRA fine-tune starts from it there (model.init_from) and sends its PEFT
-adapter there and back. On S3 (moto's server), an export and its import back, and the lock's conditional
-create. The rest is what a wrong remote path says.
+adapter there and back. On S3 (moto's server; tensorstore writes the checkpoints, through
+lmjax.run.orbax_buckets), a run that resumes past a torn step, its export and import back, and the
+lock's conditional create. The rest is what a wrong remote path says.
 """
 
 import json
@@ -23,6 +24,7 @@ import lmjax
 from lmjax import storage  # before gcsfs: it sets what gcsfs reads on import
 from lmjax.cli import main
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
+from lmjax.run import orbax_buckets
 from lmjax.run.checkpointer import Checkpointer
 from tests.conftest import TINY
 from tests.gcs_emulator import BUCKET, client_env, emulator, serving
@@ -214,14 +216,36 @@ def s3(tmp_path_factory):
       storage._probed.clear()
 
 
-def test_an_export_to_s3_imports_back_with_the_same_logits(rehearsal, s3, capsys, tmp_path):
-  killed, whole = rehearsal
-  assert run_cli(capsys, "convert", "lmjax-to-hf", killed, f"{s3}/hf")[0] == 0
-  assert run_cli(capsys, "convert", "hf-to-lmjax", f"{s3}/hf", tmp_path / "back")[0] == 0
-  code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", f"{s3}/run")
-  assert code == 2 and "cannot be on s3:// yet" in err, err  # Orbax writes gs:// only
-  np.testing.assert_allclose(logits_of(tmp_path / "back"), logits_of(whole), atol=1e-5,
-                             rtol=1e-5)
+def test_a_run_on_s3_resumes_past_a_torn_step_as_if_uninterrupted(rehearsal, s3, capsys):
+  """A run whose directory is on S3 (its data on the GCS bucket) trains to the end; its last
+  step then loses its commit marker, as a kill between the step's files and the marker leaves
+  it, and the same command resumes from the step before, rewrites the torn one and ends as the
+  uninterrupted run did. Its export to S3 imports back, into a run directory there, with the
+  same logits."""
+  _, whole = rehearsal
+  run = f"{s3}/run"
+  argv = ["train", "tiny-gpt", "--run-dir", run, "--set", *RUN, data_paths(gs("data"))]
+  assert main(argv) == 0
+  storage.as_path(f"{run}/checkpoints/12/commit_success.txt").unlink()
+  code, _, err = run_cli(capsys, *argv)
+  assert code == 0 and "ignoring 12" in err and "from step 6" in err, err
+  assert_resumed_as_uninterrupted(whole, run, rows(whole), remote_rows(run), 12)
+  code, listing, _ = run_cli(capsys, "checkpoints", run)
+  assert code == 0 and "complete" in listing, listing
+  assert run_cli(capsys, "convert", "lmjax-to-hf", run, f"{s3}/hf")[0] == 0
+  assert run_cli(capsys, "convert", "hf-to-lmjax", f"{s3}/hf", f"{s3}/back")[0] == 0
+  np.testing.assert_allclose(logits_of(f"{s3}/back"), logits_of(whole), atol=1e-5, rtol=1e-5)
+
+
+def test_an_orbax_the_s3_route_was_not_written_for_is_one_message(s3, capsys, monkeypatch):
+  """lmjax.run.orbax_buckets replaces private Orbax functions: another Orbax series is refused
+  before anything is written, not patched blindly."""
+  monkeypatch.setattr(orbax_buckets, "ORBAX_SERIES", "0.99.")
+  monkeypatch.setattr(orbax_buckets, "_installed", False)
+  code, _, err = run_cli(capsys, "train", "tiny-gpt", "--run-dir", f"{s3}/refused")
+  assert code == 2 and "need orbax-checkpoint 0.99.x" in err and "Traceback" not in err, err
+  assert len(err.strip().splitlines()) == 1, err
+  assert not storage.as_path(f"{s3}/refused").exists()
 
 
 def test_the_lock_on_s3_is_a_conditional_create_the_server_enforces(s3):
@@ -253,7 +277,6 @@ def unreachable(gcs, monkeypatch):
      "bucket gs://no-such-bucket does not exist"),
     (["convert", "lmjax-to-hf", gs("nothing-here"), "gs://no-such-bucket/out"],
      "bucket gs://no-such-bucket does not exist"),
-    (["train", "tiny-gpt", "--run-dir", "s3://bucket/run"], "cannot be on s3:// yet"),
     (["train", "tiny-gpt", "--run-dir", gs("never"), "--set",
       "model.init_from=gs://no-such-bucket/base"],
      "model.init_from gs://no-such-bucket/base: bucket gs://no-such-bucket does not exist"),

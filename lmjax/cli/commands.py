@@ -317,9 +317,9 @@ _PATH_ARGUMENTS = {"config": "CONFIG", "run_dir": "--run-dir", "run_dirs": "RUN_
                    "include_path": "--include-path", "adapter": "--adapter"}
 
 
-# Those that may be on a bucket (gs://, s3://; a run directory gs:// only); the others are
-# local only, for now. `convert`'s adapter directories too (lmjax-to-peft's ADAPTER_DIR, which
-# `data` calls OUT_DIR for its local output, and hf-to-lmjax's --adapter).
+# Those that may be on a bucket (gs://, s3://); the others are local only, for now. `convert`'s
+# adapter directories too (lmjax-to-peft's ADAPTER_DIR, which `data` calls OUT_DIR for its local
+# output, and hf-to-lmjax's --adapter).
 _REMOTE_ARGUMENTS = {"run_dir", "run_dirs", "hf_dir", "hf", "data"}
 _REMOTE_IN_CONVERT = {"out_dir", "adapter"}
 
@@ -334,7 +334,7 @@ def _check_paths(args) -> None:
       if name not in remote:
         check_local(value, what=flag)
       else:
-        check_path(value, what=flag, run_directory=name in ("run_dir", "run_dirs"))
+        check_path(value, what=flag)
 
 
 # The errors of a write the storage refused (DESIGN.md's exit 4, and only these).

@@ -8,19 +8,19 @@ The newest `keep` checkpoints are kept, plus every step divisible by `keep_every
 and `restore_arrays` reads some arrays of one back: imports and exports use them to hold one
 array at a time rather than the whole state. Such checkpoints restore like any other.
 
-Orbax writes each checkpoint under a temporary name and renames it once complete, so a process
-killed mid-write leaves `N.orbax-checkpoint-tmp-*`, which is never a step. A committed step can
-still be damaged afterwards (a truncated or deleted file): `restore_newest` treats a failed
-restore as the ground truth, warns which step it skipped and why, and falls back to
-the next older one. Nothing is ever deleted for being unreadable; the trainer moves such steps
-aside (`quarantine`) so that the step can be written again.
+Orbax writes each checkpoint under a temporary name, renamed once complete (on a bucket: in
+place, then N/commit_success.txt; lmjax.run.orbax_buckets): a write killed midway leaves
+`N.orbax-checkpoint-tmp-*` (or N without the marker), never a step. A committed step can still
+be damaged afterwards (a truncated or deleted file): `restore_newest` treats a failed restore as
+the ground truth, warns which step it skipped and why, and falls back to the next older one.
+Nothing unreadable is ever deleted: the trainer moves such steps aside (`quarantine`).
 
 A save that fails (disk full, directory not writable) fails either at once or later in the
 background; `write_error` reports the latter without blocking, so the trainer can stop at the
 next step boundary, and `room_error` checks the free space before a save, so that a full disk
-stops the run at the step it cannot save. Either way the error is a `WriteFailed` naming the step, the cause and the
-steps still intact; the failed write leaves only a temporary directory, never a step, and no
-earlier step is touched. `close` after a failure returns promptly.
+stops the run at the step it cannot save. Either way the error is a `WriteFailed` naming the
+step, the cause and the steps still intact; the failed write leaves only a temporary directory,
+never a step, and no earlier step is touched. `close` after a failure returns promptly.
 
 A failed Orbax restore can leave tracebacks in its pending coroutines and threads; the `lmjax`
 command hides those (lmjax.cli.process), a library user's process is left as it is.
@@ -44,10 +44,11 @@ from jax.experimental import multihost_utils
 
 from lmjax.errors import UserError, WriteFailed
 from lmjax.files import file_sizes, nearest_existing, read_json_object, write_text_atomic
+from lmjax.run.orbax_buckets import atomicity_for
 from lmjax.run.orbax_errors import first_line, os_cause, release_orbax_threads
 from lmjax.run.record import CheckpointRecord, TrainState
 from lmjax.run.streamed_arrays import streaming_handlers
-from lmjax.storage import Path, as_path, check_run_store, is_remote, move_tree
+from lmjax.storage import Path, as_path, is_remote, move_tree
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, *, keep: int, keep_every: int = 0,
                async_save: bool = True):
-    check_run_store(directory)
     directory = as_path(directory)  # a bucket's (epath) goes to Orbax as it is
     self.directory = directory if is_remote(directory) else directory.absolute()
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
@@ -77,6 +77,7 @@ class Checkpointer:
       policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_every))
     self._options = ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=async_save,
+        atomicity_options=atomicity_for(directory),  # on a bucket: committed by a marker file
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
     self._opened: ocp.CheckpointManager | None = None
     self._pending: int | None = None          # the step of a save that may still be writing
@@ -198,8 +199,7 @@ class Checkpointer:
     """
     self.wait()
     options = dataclasses.replace(self._options, enable_async_checkpointing=False)
-    # A manager of its own: `self._manager` ties item "state" to StandardSave's handler,
-    # which accepts array leaves only.
+    # A manager of its own: `self._manager` ties "state" to StandardSave (array leaves only).
     manager = ocp.CheckpointManager(self.directory, options=options,
                                     handler_registry=streaming_handlers())
     try:

@@ -20,7 +20,8 @@ from lmjax.config import RUN_CONFIG_FILE, Config, dump_config, from_dict, is_run
 from lmjax.errors import UserError
 from lmjax.files import is_empty, nearest_existing, write_text_atomic
 from lmjax.lock import DirectoryLock
-from lmjax.storage import Path, append_text, as_path, check_path, is_remote
+from lmjax.run.orbax_buckets import install_s3
+from lmjax.storage import Path, append_text, as_path, check_path, is_remote, url_scheme
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,9 @@ class RunDir:
     """UserError unless this is a run directory, or a new or empty directory `lmjax train` may
     create and write: never a file, a foreign directory, or one it cannot write (on a bucket:
     one that exists and answers, lmjax.storage.check_path)."""
-    check_path(self.path, what="--run-dir", run_directory=True)
+    check_path(self.path, what="--run-dir")
+    if url_scheme(self.path) == "s3":  # before anything is written: this Orbax can write there
+      install_s3(what=f"--run-dir {self.path}")
     if self.path.exists() and not self.path.is_dir():
       raise UserError(f"--run-dir {self.path} is a file, not a directory: pass a directory "
                       f"(a new one starts a run).")

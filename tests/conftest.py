@@ -7,6 +7,12 @@ from tests.processes import XLA_CPU_FLAGS
 
 # Tests run on CPU; keep XLA from grabbing every core in every xdist worker.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# PyTorch (the transformers, peft and trl references) and numpy's OpenBLAS on one thread each:
+# the suite runs 3 workers and their children on 2 cores, and OpenMP's threads spin waiting for
+# work the other workers' cores hold. Training the 60-step reference GPT-2 took 13-15 CPU-s and
+# 30-47 s with torch's 2 threads on the loaded machine, 0.8 CPU-s and 2.7 s with one. Read when
+# torch and numpy load, so set before any test module imports them; children inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Compiling dominates these tiny models' tests: compile with XLA's fastest-compiling CPU flags
 # (they change no result a test compares; child processes use the same ones, see
 # tests/processes.py) and keep compiled programs in a persistent cache that all test processes

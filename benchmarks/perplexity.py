@@ -59,8 +59,10 @@ print(json.dumps({"nll": nll, "tokens": tokens, "load_s": loaded - start,
 
 # One layer's causal attention in SmolLM2-135M's shape (9 query heads, 3 KV heads, head_dim 64)
 # over `length` tokens, best of 3 calls after a first, in CPU seconds (user + system, all
-# threads): `python -c _ATTENTION_JAX LENGTH` is lmjax's dense XLA path (the one `eval` runs:
-# 512 queries at a time, each against the keys up to its own end), `_ATTENTION_TORCH` is
+# threads): `python -c _ATTENTION_JAX LENGTH ROWS` is lmjax's XLA path for rows of ROWS (an
+# attention.Rows value): "right_padded" the one `eval` runs (tiles masked by slot alone,
+# lmjax.model.causal), "any" the dense one packed or left-padded rows take (512 queries at a
+# time, each against the keys up to its own end, masked by segment); `_ATTENTION_TORCH` is
 # PyTorch's scaled_dot_product_attention(is_causal=True), which transformers' sdpa runs.
 _CPU = "import resource; cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])\n"
 _ATTENTION_JAX = _CPU + """
@@ -70,8 +72,9 @@ n = int(sys.argv[1])
 q, k, v = (jax.random.normal(jax.random.key(i), s) for i, s in
            enumerate([(1, n, 9, 64), (1, 3, n, 64), (1, 3, n, 64)]))
 segments = jnp.ones((1, n), jnp.int32)
+rows = attention.Rows(sys.argv[2])
 run = jax.jit(lambda q, k, v: attention.dot_product_attention(
-    q, k, v, attention.make_mask(segments, segments, causal=True), causal=True,
+    q, k, v, attention.make_mask(segments, segments, causal=True, rows=rows), causal=True,
     impl=attention.AttentionImpl.XLA))
 run(q, k, v).block_until_ready()
 times = []
@@ -141,13 +144,17 @@ def main() -> None:
   if args.attention:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
     env["JAX_PLATFORMS"] = "cpu"
-    seconds = {name: float(subprocess.run([sys.executable, "-c", code, str(args.attention)],
-                                          capture_output=True, text=True, env=env,
+    seconds = {name: float(subprocess.run([sys.executable, "-c", code, str(args.attention),
+                                           *extra], capture_output=True, text=True, env=env,
                                           check=True).stdout.split()[-1])
-               for name, code in [("lmjax", _ATTENTION_JAX), ("torch", _ATTENTION_TORCH)]}
+               for name, code, extra in [("tiles", _ATTENTION_JAX, ["right_padded"]),
+                                         ("dense", _ATTENTION_JAX, ["any"]),
+                                         ("torch", _ATTENTION_TORCH, [])]}
     print(f"one layer's causal attention over {args.attention} tokens, CPU seconds: lmjax (XLA) "
-          f"{seconds['lmjax']:.2f}, torch sdpa {seconds['torch']:.2f}, ratio "
-          f"{seconds['lmjax'] / seconds['torch']:.2f}x")
+          f"right-padded rows (causal tiles, as eval) {seconds['tiles']:.2f}, any rows (dense) "
+          f"{seconds['dense']:.2f}, torch sdpa {seconds['torch']:.2f}; ratios to torch "
+          f"{seconds['tiles'] / seconds['torch']:.2f}x and "
+          f"{seconds['dense'] / seconds['torch']:.2f}x")
     return
   from gguf_smollm2 import smollm2_file  # benchmarks/ (the script's directory)
   from lmjax.data.tokenize.tokenizer import Tokenizer

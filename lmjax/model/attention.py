@@ -12,7 +12,8 @@ Neither kernel soft-caps the logits (Gemma 2), and splash scales them by head_di
 `auto` takes XLA for those too. XLA's dense attention reads a long causal sequence without a KV
 cache a block of queries at a time, each against the keys up to its own end (`QUERY_BLOCK`);
 where the caller knows every row to be one right-padded document (`Rows.RIGHT_PADDED`: scoring),
-it reads them in tiles masked by slot alone (lmjax.model.causal) unless soft-capped or windowed.
+a CPU reads them in tiles masked by slot alone (lmjax.model.causal) unless soft-capped or
+windowed.
 Where the sequence is split across devices (context parallelism), attention runs in
 lmjax.model.ring instead, its masks built there from the segment ids and each token's slot.
 """
@@ -159,7 +160,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask |
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # cuDNN takes [batch, len, heads, d]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
   if (rows is Rows.RIGHT_PADDED and causal and not cached and not windowed and softcap is None
-      and q.shape[1] > causal_tiles.BLOCK):
+      and q.shape[1] > 2 * causal_tiles.BLOCK and jax.default_backend() == "cpu"):
+    # Over two tiles only: a shorter row padded to whole tiles would compute more scores than
+    # its dense square. Measured on CPUs only: on an accelerator, hundreds of small tiles a
+    # layer would each be a kernel launch, where the dense blocks are a few large ones.
     return causal_tiles.attention(q, k, v, scale=scale)
   if causal and not cached and q.shape[1] > QUERY_BLOCK:
     # Dense attention computes, then masks, every score: [heads, length, length] float32 logits

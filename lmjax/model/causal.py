@@ -1,5 +1,6 @@
 """Causal attention over rows that are one document each, right-padded, without a KV cache:
-the case of scoring, perplexity and evaluation (lmjax.infer.scoring says so to the model).
+the case of scoring, perplexity and evaluation (lmjax.infer.scoring says so to the model), on
+CPUs (lmjax.model.attention picks it there only).
 
 There, query slot i sees exactly the keys at slots <= i: a padding key stands after every real
 query, so causality alone keeps it out, and no mask needs building or reading but the slot
@@ -45,7 +46,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.
   # Zero keys past the end sit after every real query: the diagonal tile's mask keeps them out.
   q, k, v = (jnp.pad(a, [(0, 0)] * axis + [(0, padded - s)] + [(0, 0)] * (3 - axis))
              for a, axis in ((q, 1), (k, 2), (v, 2)))
-  # Each kv head's group of query heads as one axis of rows, as _dense_attention arranges them.
+  # Each kv head's group of query heads as one axis of rows, as _dense_attention arranges them;
+  # scaled once here, not each tile's scores (a pass over them that XLA:CPU writes out).
+  q = q * jnp.asarray(scale, q.dtype)
   q = q.reshape(b, padded, kv_heads, group, d).transpose(0, 2, 3, 1, 4)  # [b, kv, group, s, d]
   tile = lambda a, j: jax.lax.dynamic_slice_in_dim(a, j * BLOCK, BLOCK, axis=2)
   rows = jax.lax.broadcasted_iota(jnp.int32, (group, BLOCK, BLOCK), 1)
@@ -56,9 +59,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.
     qb = jax.lax.dynamic_slice_in_dim(q, i * BLOCK, BLOCK, axis=3)
     qb = qb.reshape(b, kv_heads, group * BLOCK, d)                      # [b, kv, rows, d]
     # The diagonal tile first: every row sees its own key, so the running max starts finite.
-    state = _fold_tile(None, qb, tile(k, i), tile(v, i), scale, diagonal)
+    state = _fold_tile(None, qb, tile(k, i), tile(v, i), diagonal)
     state = jax.lax.fori_loop(
-        0, i, lambda j, state: _fold_tile(state, qb, tile(k, j), tile(v, j), scale), state)
+        0, i, lambda j, state: _fold_tile(state, qb, tile(k, j), tile(v, j)), state)
     _, total, weighted = state
     done = (weighted / total).astype(out.dtype).reshape(b, kv_heads, group, BLOCK, d)
     return jax.lax.dynamic_update_slice_in_dim(out, done, i * BLOCK, axis=3)
@@ -68,11 +71,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.
 
 
 def _fold_tile(state: tuple[jax.Array, jax.Array, jax.Array] | None, qb: jax.Array,
-               kt: jax.Array, vt: jax.Array, scale: float, mask: jax.Array | None = None
+               kt: jax.Array, vt: jax.Array, mask: jax.Array | None = None
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One tile of keys folded into the running (max, sum of exp, exp-weighted values) of each
-  row, float32 [b, kv, rows, 1], [b, kv, rows, 1], [b, kv, rows, d]; None: the first tile."""
-  logits = jnp.einsum("bkqd,bktd->bkqt", qb, kt, preferred_element_type=jnp.float32) * scale
+  row, float32 [b, kv, rows, 1], [b, kv, rows, 1], [b, kv, rows, d]; None: the first tile.
+  qb: the scaled queries."""
+  logits = jnp.einsum("bkqd,bktd->bkqt", qb, kt, preferred_element_type=jnp.float32)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   top = jnp.max(logits, axis=-1, keepdims=True)

@@ -237,7 +237,7 @@ class Transformer(nn.Module):
     """LM heads: the hidden states [batch, length, embed] that `decode` projects to the
     vocabulary (arguments as for `__call__`, without a cache). `right_padded`: the caller
     knows every row to be one document padded on the right only (attention_mask 1…1 0…0, no
-    segment_ids), so long causal rows are read faster (`attention.Rows.RIGHT_PADDED`;
+    segment_ids), so long causal rows are read faster on CPUs (`attention.Rows.RIGHT_PADDED`;
     inference only: its loops have no reverse-mode derivative). What padding positions get is
     then unspecified."""
     if self.config.head not in (Head.CAUSAL_LM, Head.MASKED_LM):

@@ -20,11 +20,13 @@ scoring times apart), peak resident memory (ru_maxrss) and perplexity, which mus
 Reports CPU seconds too (user + system of each process). `--attention LENGTH` times only one
 layer's causal attention in this model's shape, lmjax's XLA path against PyTorch's fused kernel.
 
-Measured with the defaults on a 2-core CPU VM (no GPU) shared with other work (load 6 to 13;
-docs/evaluate.md, "Long documents"): 500 tokens, lmjax 17.5 s (9.0 s CPU) / 1.01 GiB against
-transformers 22.5 s (12.9 s CPU) / 1.11 GiB; 4,232 tokens, 58.5 s (43.9 s) / 1.53 GiB against
-45.6 s (34.8 s) / 3.00 GiB; 16,000 tokens, 469.0 s (198.1 s) / 3.72 GiB against 283.6 s
-(146.5 s) / 6.26 GiB. `--attention 8192`: 2.37 CPU seconds against 1.00.
+Measured on a 2-core CPU VM (AMD EPYC, AVX2; no GPU) shared with other work (load 2 to 8;
+docs/evaluate.md, "Long documents"; lmjax the mean of three runs, transformers one), with
+`--tokens 500 4232 8000 16000`: 500 tokens, lmjax 10.4 s (9.1 s CPU) / 1.06 GiB against
+transformers 25.0 s (22.2 s CPU) / 1.17 GiB; 4,232 tokens, 43.8 s (35.1 s) / 1.16 GiB against
+51.0 s (49.1 s) / 2.55 GiB; 8,000 tokens, 65.2 s (82.5 s) / 1.21 GiB against 79.8 s (95.7 s) /
+4.02 GiB; 16,000 tokens, 139.1 s (161.8 s) / 1.36 GiB against 173.1 s (181.6 s) / 6.21 GiB.
+`--attention 8192`: 1.24 CPU seconds (causal tiles) and 2.44 (dense) against 1.38.
 """
 
 from __future__ import annotations

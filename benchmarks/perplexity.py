@@ -20,11 +20,13 @@ scoring times apart), peak resident memory (ru_maxrss) and perplexity, which mus
 Reports CPU seconds too (user + system of each process). `--attention LENGTH` times only one
 layer's causal attention in this model's shape, lmjax's XLA path against PyTorch's fused kernel.
 
-Measured with the defaults on a 2-core CPU VM (no GPU) shared with other work (load 6 to 13;
-docs/evaluate.md, "Long documents"): 500 tokens, lmjax 17.5 s (9.0 s CPU) / 1.01 GiB against
-transformers 22.5 s (12.9 s CPU) / 1.11 GiB; 4,232 tokens, 58.5 s (43.9 s) / 1.53 GiB against
-45.6 s (34.8 s) / 3.00 GiB; 16,000 tokens, 469.0 s (198.1 s) / 3.72 GiB against 283.6 s
-(146.5 s) / 6.26 GiB. `--attention 8192`: 2.37 CPU seconds against 1.00.
+Measured on a 2-core CPU VM (AMD EPYC, AVX2; no GPU) shared with other work (load 2 to 8;
+docs/evaluate.md, "Long documents"; lmjax the mean of three runs, transformers one), with
+`--tokens 500 4232 8000 16000`: 500 tokens, lmjax 10.4 s (9.1 s CPU) / 1.06 GiB against
+transformers 25.0 s (22.2 s CPU) / 1.17 GiB; 4,232 tokens, 43.8 s (35.1 s) / 1.16 GiB against
+51.0 s (49.1 s) / 2.55 GiB; 8,000 tokens, 65.2 s (82.5 s) / 1.21 GiB against 79.8 s (95.7 s) /
+4.02 GiB; 16,000 tokens, 139.1 s (161.8 s) / 1.36 GiB against 173.1 s (181.6 s) / 6.21 GiB.
+`--attention 8192`: 1.24 CPU seconds (causal tiles) and 2.44 (dense) against 1.38.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ print(json.dumps({"nll": nll, "tokens": tokens, "load_s": loaded - start,
 
 # One layer's causal attention in SmolLM2-135M's shape (9 query heads, 3 KV heads, head_dim 64)
 # over `length` tokens, best of 3 calls after a first, in CPU seconds (user + system, all
-# threads): `python -c _ATTENTION_JAX LENGTH` is lmjax's dense XLA path (the one `eval` runs:
-# 512 queries at a time, each against the keys up to its own end), `_ATTENTION_TORCH` is
+# threads): `python -c _ATTENTION_JAX LENGTH ROWS` is lmjax's XLA path for rows of ROWS (an
+# attention.Rows value): "right_padded" the one `eval` runs (tiles masked by slot alone,
+# lmjax.model.causal), "any" the dense one packed or left-padded rows take (512 queries at a
+# time, each against the keys up to its own end, masked by segment); `_ATTENTION_TORCH` is
 # PyTorch's scaled_dot_product_attention(is_causal=True), which transformers' sdpa runs.
 _CPU = "import resource; cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])\n"
 _ATTENTION_JAX = _CPU + """
@@ -70,8 +74,9 @@ n = int(sys.argv[1])
 q, k, v = (jax.random.normal(jax.random.key(i), s) for i, s in
            enumerate([(1, n, 9, 64), (1, 3, n, 64), (1, 3, n, 64)]))
 segments = jnp.ones((1, n), jnp.int32)
+rows = attention.Rows(sys.argv[2])
 run = jax.jit(lambda q, k, v: attention.dot_product_attention(
-    q, k, v, attention.make_mask(segments, segments, causal=True), causal=True,
+    q, k, v, attention.make_mask(segments, segments, causal=True, rows=rows), causal=True,
     impl=attention.AttentionImpl.XLA))
 run(q, k, v).block_until_ready()
 times = []
@@ -141,13 +146,17 @@ def main() -> None:
   if args.attention:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
     env["JAX_PLATFORMS"] = "cpu"
-    seconds = {name: float(subprocess.run([sys.executable, "-c", code, str(args.attention)],
-                                          capture_output=True, text=True, env=env,
+    seconds = {name: float(subprocess.run([sys.executable, "-c", code, str(args.attention),
+                                           *extra], capture_output=True, text=True, env=env,
                                           check=True).stdout.split()[-1])
-               for name, code in [("lmjax", _ATTENTION_JAX), ("torch", _ATTENTION_TORCH)]}
+               for name, code, extra in [("tiles", _ATTENTION_JAX, ["right_padded"]),
+                                         ("dense", _ATTENTION_JAX, ["any"]),
+                                         ("torch", _ATTENTION_TORCH, [])]}
     print(f"one layer's causal attention over {args.attention} tokens, CPU seconds: lmjax (XLA) "
-          f"{seconds['lmjax']:.2f}, torch sdpa {seconds['torch']:.2f}, ratio "
-          f"{seconds['lmjax'] / seconds['torch']:.2f}x")
+          f"right-padded rows (causal tiles, as eval) {seconds['tiles']:.2f}, any rows (dense) "
+          f"{seconds['dense']:.2f}, torch sdpa {seconds['torch']:.2f}; ratios to torch "
+          f"{seconds['tiles'] / seconds['torch']:.2f}x and "
+          f"{seconds['dense'] / seconds['torch']:.2f}x")
     return
   from gguf_smollm2 import smollm2_file  # benchmarks/ (the script's directory)
   from lmjax.data.tokenize.tokenizer import Tokenizer

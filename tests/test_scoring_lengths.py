@@ -1,6 +1,7 @@
 """Scoring long windows: padded lengths a few percent above a batch's own, log-probabilities
 taken a chunk of positions at a time that equal log_softmax over the full logits, and causal
-attention read a block of queries at a time that equals attention in one pass."""
+attention read a block of queries at a time (or, for right-padded single-document rows, in tiles
+masked by slot alone) that equals attention in one pass."""
 
 import functools
 
@@ -12,7 +13,7 @@ import pytest
 from lmjax.infer import continuation_log_likelihoods, score
 from lmjax.infer import scoring
 from lmjax.infer.scoring import bucket_length, target_log_probs
-from lmjax.model import Transformer, attention, preset
+from lmjax.model import Transformer, attention, causal, preset
 
 VOCAB = 300
 # Long enough that rows pass several buckets, short enough to compile in seconds.
@@ -177,3 +178,53 @@ def test_a_model_reading_blocks_of_queries_gives_transformers_logits(monkeypatch
                                                                                    **kwargs))
   hf_models.assert_same_outputs(hf_model, model, params)
   assert set(blocks) == {4, 3}
+
+
+# -- right-padded single-document rows: causal tiles masked by slot alone --------------------------
+
+
+@pytest.mark.parametrize("softcap, window, tiled", [(None, None, True), (3.0, None, False),
+                                                    (None, 100, False)])
+def test_right_padded_rows_read_in_causal_tiles_equal_dense_attention(monkeypatch, softcap, window,
+                                                                      tiled):
+  rng = np.random.default_rng(11)
+  monkeypatch.setattr(causal, "BLOCK", 64)
+  n = 300  # 5 tiles of 64, the last one padded; grouped query heads
+  q = jnp.asarray(rng.normal(size=(2, n, 4, 8)), jnp.float32)       # [batch, len, heads, dim]
+  k, v = (jnp.asarray(rng.normal(size=(2, 2, n, 8)), jnp.float32) for _ in range(2))
+  segments = jnp.asarray([[1] * n, [1] * 190 + [0] * (n - 190)], jnp.int32)  # right padding
+  mask = attention.make_mask(segments, segments, causal=True)
+  if window is not None:
+    mask = attention.sliding_window_mask(mask, window, causal=True)
+  expected = attention._dense_attention(q, k, v, mask.dense, scale=0.3, softcap=softcap)
+  calls = []
+  real = causal.attention
+  monkeypatch.setattr(causal, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  got = attention.dot_product_attention(
+      q, k, v, mask._replace(rows=attention.Rows.RIGHT_PADDED), impl=attention.AttentionImpl.XLA,
+      causal=True, windowed=window is not None, scale=0.3, softcap=softcap)
+  # soft-capped or windowed rows keep the dense path, which masks every score
+  assert bool(calls) == tiled
+  real_rows = np.asarray(segments != 0)  # padded queries: any value
+  np.testing.assert_allclose(np.asarray(got)[real_rows], np.asarray(expected)[real_rows],
+                             atol=1e-6, rtol=0)
+
+
+def test_score_reads_right_padded_rows_in_causal_tiles_and_left_padded_ones_densely(monkeypatch):
+  model, params = llama()
+  monkeypatch.setattr(causal, "BLOCK", 8)  # 29 positions: 4 tiles, the last one padded
+  calls = []
+  real = causal.attention
+  monkeypatch.setattr(causal, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  row = np.random.default_rng(3).integers(0, VOCAB, 26).tolist()
+  expected, _ = reference_log_probs(model, params, np.asarray([row[:-1]]), np.asarray([row[1:]]))
+  right = np.asarray([row + [-100] * 3, row[:20] + [-100] * 9])
+  got = score(model, params, right, (right != -100).astype(np.int32))
+  assert calls  # traced through the tiles (once: the layers are scanned)
+  np.testing.assert_allclose(got[0], expected.sum(), rtol=1e-5)
+  np.testing.assert_allclose(got[1], expected[0, :19].sum(), rtol=1e-5)
+  calls.clear()
+  left = np.asarray([[-100] * 3 + row])
+  np.testing.assert_allclose(score(model, params, left, (left != -100).astype(np.int32)),
+                             [expected.sum()], rtol=1e-5)
+  assert not calls

@@ -4,7 +4,10 @@ Log-likelihoods project the final hidden states to the vocabulary a chunk of pos
 time (`target_log_probs`), keeping each position's log p(target) and never the whole
 [batch, length, vocab] logits or their log-softmax. Batches of continuations are padded to
 lengths a few percent above their own (`bucket_length`: under 1/8, and under 128 positions).
-Dense attention reads long rows a block of queries at a time (lmjax.model.attention).
+Dense attention reads long rows a block of queries at a time (lmjax.model.attention); the
+batches of continuations, and those of `score` whose rows are right-padded, tell the model their
+rows are one right-padded document each, so that long ones are read in causal tiles masked by
+slot alone (lmjax.model.causal).
 """
 
 from __future__ import annotations
@@ -66,10 +69,12 @@ def _chunked_pick(model: Transformer, params, hidden: jax.Array, targets: jax.Ar
 
 def _position_log_probs(model: Transformer, params, input_ids: jax.Array,
                         attention_mask: jax.Array | None, targets: jax.Array,
-                        positions: jax.Array | None, chunk: int
+                        positions: jax.Array | None, chunk: int, *, right_padded: bool = False
                         ) -> tuple[jax.Array, jax.Array]:
-  """Traced body of `target_log_probs` (positions: as Transformer takes them)."""
+  """Traced body of `target_log_probs` (positions, right_padded: as Transformer.features takes
+  them)."""
   hidden = model.apply({"params": params}, input_ids, attention_mask, positions=positions,
+                       right_padded=right_padded,
                        method=Transformer.features)  # [batch, len, embed]
   return _chunked_pick(model, params, hidden, targets, chunk)
 
@@ -98,13 +103,16 @@ def _top_k_probabilities(model: Transformer, params, input_ids: jax.Array,
   return jax.lax.top_k(jax.nn.softmax(logits[0], axis=-1), top_k)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "chunk"))
+@functools.partial(jax.jit, static_argnames=("model", "chunk", "right_padded"))
 def _sequence_log_likelihood(model: Transformer, params, input_ids: jax.Array,
-                             attention_mask: jax.Array, *, chunk: int) -> jax.Array:
-  """input_ids, attention_mask [batch, len] -> sum of log p(token | earlier tokens) [batch]."""
+                             attention_mask: jax.Array, *, chunk: int, right_padded: bool
+                             ) -> jax.Array:
+  """input_ids, attention_mask [batch, len] -> sum of log p(token | earlier tokens) [batch].
+  `right_padded`: every mask row is 1…1 0…0 (Transformer.features)."""
   targets = jnp.pad(input_ids[:, 1:], ((0, 0), (0, 1)))  # position t predicts token t + 1
   log_probs, _ = _position_log_probs(model, params, input_ids, attention_mask, targets,
-                                     left_padded_positions(attention_mask), chunk)
+                                     left_padded_positions(attention_mask), chunk,
+                                     right_padded=right_padded)
   # Token t counts when it and its predecessor are real: the first real token has no context.
   counted = (attention_mask[:, 1:] != 0) & (attention_mask[:, :-1] != 0)
   return jnp.sum(jnp.where(counted, log_probs[:, :-1], 0.0), axis=-1)
@@ -167,7 +175,12 @@ def score(model: Transformer, params, input_ids, attention_mask=None) -> jax.Arr
   check_length(model, int(attention_mask.sum(axis=-1).max(initial=0)), what="the longest sequence",
                 fix="score shorter pieces")
   chunk = _chunk_positions(*input_ids.shape, model.config.vocab_size)
-  return _sequence_log_likelihood(model, params, input_ids, attention_mask, chunk=chunk)
+  # Known here from the data, before tracing: rows of one document each, padded on the right
+  # only (never packed or left-padded ones), take the faster causal attention.
+  ones = np.arange(input_ids.shape[1]) < attention_mask.sum(axis=-1, keepdims=True)
+  right_padded = bool(np.array_equal(attention_mask, ones))
+  return _sequence_log_likelihood(model, params, input_ids, attention_mask, chunk=chunk,
+                                  right_padded=right_padded)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -239,10 +252,10 @@ def _rows_per_batch(model: Transformer, length: int, batch_size: int) -> int:
 def _continuation_sums(model: Transformer, params, input_ids: jax.Array,
                        attention_mask: jax.Array, targets: jax.Array, weights: jax.Array, *,
                        chunk: int) -> tuple[jax.Array, jax.Array]:
-  """Right-padded rows [batch, len] -> (sum of log p(target) where weights, [batch] float32;
-  whether every weighted target is the argmax, [batch] bool)."""
+  """Right-padded rows [batch, len], one document each -> (sum of log p(target) where weights,
+  [batch] float32; whether every weighted target is the argmax, [batch] bool)."""
   log_probs, greedy = _position_log_probs(model, params, input_ids, attention_mask, targets,
-                                         None, chunk)
+                                         None, chunk, right_padded=True)
   return (jnp.sum(jnp.where(weights != 0, log_probs, 0.0), axis=-1),
           jnp.all(greedy | (weights == 0), axis=-1))
 

@@ -10,19 +10,24 @@ prompt's real tokens, slots and positions advance together, and transformers' ma
 slots (cache positions) too. The splash kernel here has no window: `auto` then takes XLA.
 Neither kernel soft-caps the logits (Gemma 2), and splash scales them by head_dim ** -0.5 only:
 `auto` takes XLA for those too. XLA's dense attention reads a long causal sequence without a KV
-cache a block of queries at a time, each against the keys up to its own end (`QUERY_BLOCK`).
+cache a block of queries at a time, each against the keys up to its own end (`QUERY_BLOCK`);
+where the caller knows every row to be one right-padded document (`Rows.RIGHT_PADDED`: scoring),
+a CPU reads them in tiles masked by slot alone (lmjax.model.causal) unless soft-capped or
+windowed.
 Where the sequence is split across devices (context parallelism), attention runs in
 lmjax.model.ring instead, its masks built there from the segment ids and each token's slot.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmjax.model import causal as causal_tiles
 from lmjax.model import ring, splash
 from lmjax.model.config import AttentionImpl, ModelConfig, Positions
 from lmjax.model.context_parallel import context_split
@@ -56,6 +61,16 @@ def _slot_distance(query_offset: jax.Array | int, q_len: int, k_len: int) -> jax
   return q_slot[..., :, None] - jnp.arange(k_len)
 
 
+@jax.tree_util.register_static  # a static part of the mask: it picks code, it is not data
+class Rows(enum.Enum):
+  """What the caller knows of a batch's rows beyond their segment ids."""
+
+  ANY = "any"  # packed documents, padding on either side: the segment ids say it all
+  # Each row one document from slot 0, padded after it only (segment ids 1…1 0…0), no KV cache:
+  # no real query reaches a padding key, so causal attention may mask by slot alone.
+  RIGHT_PADDED = "right_padded"
+
+
 class Mask(NamedTuple):
   """Which keys each query may see, in the forms the implementations take."""
 
@@ -66,15 +81,20 @@ class Mask(NamedTuple):
   # [length] int32, each token's slot, where the sequence is split across devices (and maybe
   # reordered): lmjax.model.ring masks by these, and no dense mask is built.
   slots: jax.Array | None = None
+  rows: Rows = Rows.ANY
 
 
 def make_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *, causal: bool,
-              query_offset: jax.Array | int = 0, slots: jax.Array | None = None) -> Mask:
+              query_offset: jax.Array | int = 0, slots: jax.Array | None = None,
+              rows: Rows = Rows.ANY) -> Mask:
+  """The `Mask` of these segment ids. The dense form is built even for `Rows.RIGHT_PADDED`,
+  which other paths (soft-capping, windows, short rows, cuDNN) still read; where none does, XLA
+  drops it unbuilt."""
   if slots is not None:
     return Mask(None, query_segment_ids, key_segment_ids, query_offset, slots)
   return Mask(attention_mask(query_segment_ids, key_segment_ids, causal=causal,
                              query_offset=query_offset), query_segment_ids, key_segment_ids,
-              query_offset)
+              query_offset, rows=rows)
 
 
 def sliding_window_mask(mask: Mask, window: jax.Array | int, *, causal: bool) -> Mask:
@@ -114,7 +134,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask |
 
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads, kv_len, head_dim] (heads-major,
   as the KV cache stores them: a decoding step reads them without a transpose); mask: a `Mask`
-  (or its dense form, bool [batch, 1, q_len, kv_len], for the dense implementations);
+  (or its dense form, bool [batch, 1, q_len, kv_len], for the dense implementations; a Mask of
+  `Rows.RIGHT_PADDED` rows lets XLA read long causal rows in tiles, lmjax.model.causal);
   `causal`: the mask is causal (the splash kernel takes it as structure); `cached`: k and v come
   from a KV cache (slots past the query: splash does not apply); `windowed`: the dense mask has
   a sliding window, which splash's structure lacks; `scale`: the logits' factor (None:
@@ -133,10 +154,17 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask |
                        "sliding window and the head_dim ** -0.5 scale")
     return splash.splash_attention(q, k, v, mask.query_segment_ids, mask.key_segment_ids,
                                    causal=causal)
+  rows = mask.rows if isinstance(mask, Mask) else Rows.ANY
   mask = mask.dense if isinstance(mask, Mask) else mask
   if impl is AttentionImpl.CUDNN:
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # cuDNN takes [batch, len, heads, d]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+  if (rows is Rows.RIGHT_PADDED and causal and not cached and not windowed and softcap is None
+      and q.shape[1] > 2 * causal_tiles.BLOCK and jax.default_backend() == "cpu"):
+    # Over two tiles only: a shorter row padded to whole tiles would compute more scores than
+    # its dense square. Measured on CPUs only: on an accelerator, hundreds of small tiles a
+    # layer would each be a kernel launch, where the dense blocks are a few large ones.
+    return causal_tiles.attention(q, k, v, scale=scale)
   if causal and not cached and q.shape[1] > QUERY_BLOCK:
     # Dense attention computes, then masks, every score: [heads, length, length] float32 logits
     # and probabilities. Without a KV cache, query slot i sees keys up to slot i only, so a long

@@ -23,6 +23,7 @@ import pytest
 import lmjax
 from lmjax import storage  # before gcsfs: it sets what gcsfs reads on import
 from lmjax.cli import main
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
 from lmjax.run import orbax_buckets
 from lmjax.run.checkpointer import Checkpointer
@@ -167,6 +168,49 @@ def test_eval_and_plot_read_a_run_and_documents_on_gcs(rehearsal, capsys, tmp_pa
   pytest.importorskip("matplotlib")
   code, _, err = run_cli(capsys, "plot", killed, "--out", tmp_path / "curves.png")
   assert code == 0 and (tmp_path / "curves.png").stat().st_size > 0, err
+  curves = gs("plots/curves.png")  # the figure to the bucket: one upload of the same PNG
+  code, out, err = run_cli(capsys, "plot", killed, "--out", curves)
+  assert code == 0 and out.strip() == f"wrote {curves}", err
+  assert storage.read_bytes(curves) == (tmp_path / "curves.png").read_bytes()
+  code, _, err = run_cli(capsys, "plot", killed, "--out", curves)
+  assert code == 2 and f"--out {curves} exists" in err, err
+
+
+def test_generate_and_score_read_and_write_their_files_on_buckets(rehearsal, s3, capsys,
+                                                                  tmp_path):
+  """Prompts read from gs://, completions written to s3:// (once, at the end) as they are
+  written locally; an output that exists is refused there too; score's records likewise."""
+  killed, _ = rehearsal
+  prompts = gs("prompts.jsonl")
+  storage.as_path(prompts).write_text('{"prompt": "The"}\n{"prompt": "A cat"}\n')
+  generate = ["generate", "--run-dir", killed, "--input", prompts, "--max-new-tokens", "3",
+              "--temperature", "0", "--output"]
+  completions = f"{s3}/completions.jsonl"
+  code, out, err = run_cli(capsys, *generate, completions)
+  assert code == 0 and f"wrote 2 prompts' completions to {completions}" in out, err
+  assert run_cli(capsys, *generate, tmp_path / "completions.jsonl")[0] == 0
+  written = storage.as_path(completions).read_text()
+  assert written == (tmp_path / "completions.jsonl").read_text()
+  assert [json.loads(line)["prompt"] for line in written.splitlines()] == ["The", "A cat"]
+  code, _, err = run_cli(capsys, *generate, completions)
+  assert code == 2 and f"--output {completions} already exists" in err, err
+  scores = gs("scores.jsonl")
+  code, _, err = run_cli(capsys, "score", prompts, "--run-dir", killed, "--field", "prompt",
+                         "--output", scores)
+  assert code == 0 and "2 documents" in err, err
+  records = [json.loads(line) for line in storage.as_path(scores).read_text().splitlines()]
+  assert [r["prompt"] for r in records] == ["The", "A cat"] and "loss" in records[1], records
+
+
+def test_a_tokenizer_trained_on_gcs_data_is_written_to_the_bucket(rehearsal, capsys):
+  out = gs("tokenizer")
+  code, _, err = run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", out,
+                         "--vocab-size", "300", "--set", "data.source=text",
+                         data_paths(gs("data")))
+  assert code == 0, err
+  assert sorted(p.name for p in storage.as_path(out).iterdir()) == [
+      "tokenizer.json", "tokenizer_config.json"]  # and no lock left
+  assert Tokenizer.load(out).vocab_size == 300
 
 
 def test_a_step_without_its_commit_marker_is_never_resumed_from(rehearsal, capsys):

@@ -23,6 +23,7 @@ import pytest
 import lmjax
 from lmjax import storage  # before gcsfs: it sets what gcsfs reads on import
 from lmjax.cli import main
+from lmjax.data.examples.labelled import Fields, read_examples
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
 from lmjax.run import orbax_buckets
@@ -200,6 +201,8 @@ def test_generate_and_score_read_and_write_their_files_on_buckets(rehearsal, s3,
   assert code == 0 and "2 documents" in err, err
   records = [json.loads(line) for line in storage.as_path(scores).read_text().splitlines()]
   assert [r["prompt"] for r in records] == ["The", "A cat"] and "loss" in records[1], records
+  inputs = read_examples("jsonl", [prompts], fields=Fields(text="prompt", labels_required=False))
+  assert inputs.texts == ["The", "A cat"]  # what `predict --input` reads, through the same reader
 
 
 def test_a_tokenizer_trained_on_gcs_data_is_written_to_the_bucket(rehearsal, capsys):

@@ -201,7 +201,7 @@ def test_tokenizer_train_writes_a_tokenizer_that_training_then_uses(tmp_path, ca
 
 @pytest.mark.parametrize("argv, flag", [
     (["train", "tiny-gpt", "--set", "data.source=tfds", "data.paths=[mnist]",
-      "data.data_dir=gs://bucket/tfds"], "data.data_dir gs://bucket/tfds"),
+      "data.data_dir=s3://bucket/tfds"], "data.data_dir s3://bucket/tfds"),
     (["predict", "--run-dir", "run", "--input", "in.jsonl", "--output", "s3://bucket/out.jsonl"],
      "--output s3://bucket/out.jsonl"),
     (["data", "prepare", "tiny-gpt", "gs://bucket/prepared"], "OUT_DIR gs://bucket/prepared"),

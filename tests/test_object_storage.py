@@ -23,6 +23,7 @@ import pytest
 import lmjax
 from lmjax import storage  # before gcsfs: it sets what gcsfs reads on import
 from lmjax.cli import main
+from lmjax.errors import UserError
 from lmjax.data.examples.labelled import Fields, read_examples
 from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
@@ -214,6 +215,36 @@ def test_a_tokenizer_trained_on_gcs_data_is_written_to_the_bucket(rehearsal, cap
   assert sorted(p.name for p in storage.as_path(out).iterdir()) == [
       "tokenizer.json", "tokenizer_config.json"]  # and no lock left
   assert Tokenizer.load(out).vocab_size == 300
+
+
+def test_a_tfds_dataset_prepared_locally_reads_the_same_from_gcs_without_tensorflow(
+    gcs, tmp_path, monkeypatch):
+  """array_record's own GCS client reads the shards; lmjax points it at the emulator gcsfs
+  uses (without that, it retried the GCE metadata server for minutes)."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from lmjax.data.sources.documents import read_documents
+  from tests.test_tfds_source import TRAIN_TEXTS, LmjaxTinyText
+  local = tmp_path / "tfds"
+  LmjaxTinyText(data_dir=str(local), file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=2))
+  storage.filesystem(gs("")).put(f"{local}/", f"{BUCKET}/tfds/", recursive=True)
+  monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", "")  # lmjax sets it; removed after
+  read = lambda data_dir: read_documents(source="tfds", paths=["lmjax_tiny_text:1.0.0"],
+                                         split="train", data_dir=data_dir)
+  documents = read(gs("tfds"))
+  assert documents == read(str(local)) and sorted(documents) == sorted(TRAIN_TEXTS)
+
+
+def test_a_tfds_data_dir_on_gcs_without_credentials_is_one_message_not_a_hang(
+    tmp_path, monkeypatch):
+  from lmjax.data.sources import tfds as tfds_source
+  for name in ("CLOUD_STORAGE_EMULATOR_ENDPOINT", "STORAGE_EMULATOR_HOST",
+               "GOOGLE_APPLICATION_CREDENTIALS"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud credentials file
+  monkeypatch.setenv("NO_GCE_CHECK", "true")  # not on GCE: no metadata server
+  with pytest.raises(UserError, match="finds no credentials here .* `gcloud auth application-default login`"):
+    tfds_source._gcs_reader_ready("some_dataset", "gs://bucket/tfds")
 
 
 def test_a_step_without_its_commit_marker_is_never_resumed_from(rehearsal, capsys):

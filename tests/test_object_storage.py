@@ -222,15 +222,17 @@ def test_a_tfds_dataset_prepared_locally_reads_the_same_from_gcs_without_tensorf
   """array_record's own GCS client reads the shards; lmjax points it at the emulator gcsfs
   uses (without that, it retried the GCE metadata server for minutes)."""
   tfds = pytest.importorskip("tensorflow_datasets")
-  from lmjax.data.sources.documents import read_documents
+  from lmjax.data.config import DataConfig
+  from lmjax.data.sources.documents import iter_sources
   from tests.test_tfds_source import TRAIN_TEXTS, LmjaxTinyText
   local = tmp_path / "tfds"
   LmjaxTinyText(data_dir=str(local), file_format="array_record").download_and_prepare(
       download_config=tfds.download.DownloadConfig(num_shards=2))
   storage.filesystem(gs("")).put(f"{local}/", f"{BUCKET}/tfds/", recursive=True)
-  monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", "")  # lmjax sets it; removed after
-  read = lambda data_dir: read_documents(source="tfds", paths=["lmjax_tiny_text:1.0.0"],
-                                         split="train", data_dir=data_dir)
+  monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", "")  # lmjax sets it: removed after
+  monkeypatch.delenv("CLOUD_STORAGE_EMULATOR_ENDPOINT")
+  read = lambda data_dir: list(iter_sources(DataConfig(  # the config checks data_dir too
+      source="tfds", paths=("lmjax_tiny_text:1.0.0",), split="train", data_dir=data_dir)))
   documents = read(gs("tfds"))
   assert documents == read(str(local)) and sorted(documents) == sorted(TRAIN_TEXTS)
 

@@ -11,7 +11,9 @@ storage client built into it. That client reads neither gcsfs's settings nor
 STORAGE_EMULATOR_HOST, and where it finds no credentials it asks the GCE metadata server, retrying
 for many minutes (what looked like a hang): `_gcs_reader_ready` gives it the emulator
 (CLOUD_STORAGE_EMULATOR_ENDPOINT) or checks first, with google-auth, that credentials exist.
-s3:// is refused (lmjax.data.config): array_record opens local files and gs:// only.
+s3:// is refused (lmjax.data.config): array_record opens local files and gs:// only; so is a
+tfrecord dataset on gs:// (TensorFlow's own GCS file system would read it, which ignores the
+emulator's settings: untested here).
 """
 
 from __future__ import annotations
@@ -107,6 +109,13 @@ def _open(name: str, *, split: str, data_dir: str | None, fields: list[tuple[str
     _gcs_reader_ready(name, data_dir)
     source = builder.as_data_source(split=split)
     return (source[i] for i in range(len(source))), features
+  if is_remote(data_dir or ""):
+    raise UserError(
+        f"TFDS dataset {name!r} in data.data_dir {data_dir} is stored as {file_format}, which "
+        f"TensorFlow would read from the bucket through its own GCS file system (not gcsfs: it "
+        f"ignores STORAGE_EMULATOR_HOST, and lmjax does not test it): prepare it as "
+        f"array_record (tfds build --file_format=array_record), which lmjax reads from gs://, "
+        f"or copy it to a local data_dir (gcloud storage cp -r).")
   return _tfrecord_examples(tfds, builder, name=name, split=split, file_format=file_format), features
 
 

@@ -7,9 +7,11 @@ TENSORSTORE_GCS_HTTP_URL. The dress rehearsal trains a run whose data
 and run directory are on the bucket, kills it (-9) in a child process after a checkpoint,
 resumes it here, and compares it with an uninterrupted run; the export goes to the bucket and
 comes back, and a LoRA fine-tune starts from it there (model.init_from) and sends its PEFT
-adapter there and back. On S3 (moto's server; tensorstore writes the checkpoints, through
-lmjax.run.orbax_buckets), a run that resumes past a torn step, its export and import back, and the
-lock's conditional create. The rest is what a wrong remote path says.
+adapter there and back; plot, generate and score write their files there, a tokenizer trains
+into it, and a TFDS array_record dataset is read from it. On S3 (moto's server; tensorstore
+writes the checkpoints, through lmjax.run.orbax_buckets), a run that resumes past a torn step,
+its export and import back, and the lock's conditional create. The rest is what a wrong remote
+path says.
 """
 
 import json
@@ -245,7 +247,8 @@ def test_a_tfds_data_dir_on_gcs_without_credentials_is_one_message_not_a_hang(
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud credentials file
   monkeypatch.setenv("NO_GCE_CHECK", "true")  # not on GCE: no metadata server
-  with pytest.raises(UserError, match="finds no credentials here .* `gcloud auth application-default login`"):
+  with pytest.raises(UserError,
+                     match="finds no credentials here .* `gcloud auth application-default login`"):
     tfds_source._gcs_reader_ready("some_dataset", "gs://bucket/tfds")
 
 

@@ -7,9 +7,11 @@ TENSORSTORE_GCS_HTTP_URL. The dress rehearsal trains a run whose data
 and run directory are on the bucket, kills it (-9) in a child process after a checkpoint,
 resumes it here, and compares it with an uninterrupted run; the export goes to the bucket and
 comes back, and a LoRA fine-tune starts from it there (model.init_from) and sends its PEFT
-adapter there and back. On S3 (moto's server; tensorstore writes the checkpoints, through
-lmjax.run.orbax_buckets), a run that resumes past a torn step, its export and import back, and the
-lock's conditional create. The rest is what a wrong remote path says.
+adapter there and back; plot, generate and score write their files there, a tokenizer trains
+into it, and a TFDS array_record dataset is read from it. On S3 (moto's server; tensorstore
+writes the checkpoints, through lmjax.run.orbax_buckets), a run that resumes past a torn step,
+its export and import back, and the lock's conditional create. The rest is what a wrong remote
+path says.
 """
 
 import json
@@ -23,6 +25,9 @@ import pytest
 import lmjax
 from lmjax import storage  # before gcsfs: it sets what gcsfs reads on import
 from lmjax.cli import main
+from lmjax.errors import UserError
+from lmjax.data.examples.labelled import Fields, read_examples
+from lmjax.data.tokenize.tokenizer import Tokenizer
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
 from lmjax.run import orbax_buckets
 from lmjax.run.checkpointer import Checkpointer
@@ -167,6 +172,84 @@ def test_eval_and_plot_read_a_run_and_documents_on_gcs(rehearsal, capsys, tmp_pa
   pytest.importorskip("matplotlib")
   code, _, err = run_cli(capsys, "plot", killed, "--out", tmp_path / "curves.png")
   assert code == 0 and (tmp_path / "curves.png").stat().st_size > 0, err
+  curves = gs("plots/curves.png")  # the figure to the bucket: one upload of the same PNG
+  code, out, err = run_cli(capsys, "plot", killed, "--out", curves)
+  assert code == 0 and out.strip() == f"wrote {curves}", err
+  assert storage.read_bytes(curves) == (tmp_path / "curves.png").read_bytes()
+  code, _, err = run_cli(capsys, "plot", killed, "--out", curves)
+  assert code == 2 and f"--out {curves} exists" in err, err
+
+
+def test_generate_and_score_read_and_write_their_files_on_buckets(rehearsal, s3, capsys,
+                                                                  tmp_path):
+  """Prompts read from gs://, completions written to s3:// (once, at the end) as they are
+  written locally; an output that exists is refused there too; score's records likewise."""
+  killed, _ = rehearsal
+  prompts = gs("prompts.jsonl")
+  storage.as_path(prompts).write_text('{"prompt": "The"}\n{"prompt": "A cat"}\n')
+  generate = ["generate", "--run-dir", killed, "--input", prompts, "--max-new-tokens", "3",
+              "--temperature", "0", "--output"]
+  completions = f"{s3}/completions.jsonl"
+  code, out, err = run_cli(capsys, *generate, completions)
+  assert code == 0 and f"wrote 2 prompts' completions to {completions}" in out, err
+  assert run_cli(capsys, *generate, tmp_path / "completions.jsonl")[0] == 0
+  written = storage.as_path(completions).read_text()
+  assert written == (tmp_path / "completions.jsonl").read_text()
+  assert [json.loads(line)["prompt"] for line in written.splitlines()] == ["The", "A cat"]
+  code, _, err = run_cli(capsys, *generate, completions)
+  assert code == 2 and f"--output {completions} already exists" in err, err
+  scores = gs("scores.jsonl")
+  code, _, err = run_cli(capsys, "score", prompts, "--run-dir", killed, "--field", "prompt",
+                         "--output", scores)
+  assert code == 0 and "2 documents" in err, err
+  records = [json.loads(line) for line in storage.as_path(scores).read_text().splitlines()]
+  assert [r["prompt"] for r in records] == ["The", "A cat"] and "loss" in records[1], records
+  inputs = read_examples("jsonl", [prompts], fields=Fields(text="prompt", labels_required=False))
+  assert inputs.texts == ["The", "A cat"]  # what `predict --input` reads, through the same reader
+
+
+def test_a_tokenizer_trained_on_gcs_data_is_written_to_the_bucket(rehearsal, capsys):
+  out = gs("tokenizer")
+  code, _, err = run_cli(capsys, "tokenizer", "train", "tiny-gpt", "--out", out,
+                         "--vocab-size", "300", "--set", "data.source=text",
+                         data_paths(gs("data")))
+  assert code == 0, err
+  assert sorted(p.name for p in storage.as_path(out).iterdir()) == [
+      "tokenizer.json", "tokenizer_config.json"]  # and no lock left
+  assert Tokenizer.load(out).vocab_size == 300
+
+
+def test_a_tfds_dataset_prepared_locally_reads_the_same_from_gcs_without_tensorflow(
+    gcs, tmp_path, monkeypatch):
+  """array_record's own GCS client reads the shards; lmjax points it at the emulator gcsfs
+  uses (without that, it retried the GCE metadata server for minutes)."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from lmjax.data.config import DataConfig
+  from lmjax.data.sources.documents import iter_sources
+  from tests.test_tfds_source import TRAIN_TEXTS, LmjaxTinyText
+  local = tmp_path / "tfds"
+  LmjaxTinyText(data_dir=str(local), file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=2))
+  storage.filesystem(gs("")).put(f"{local}/", f"{BUCKET}/tfds/", recursive=True)
+  monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", "")  # lmjax sets it: removed after
+  monkeypatch.delenv("CLOUD_STORAGE_EMULATOR_ENDPOINT")
+  read = lambda data_dir: list(iter_sources(DataConfig(  # the config checks data_dir too
+      source="tfds", paths=("lmjax_tiny_text:1.0.0",), split="train", data_dir=data_dir)))
+  documents = read(gs("tfds"))
+  assert documents == read(str(local)) and sorted(documents) == sorted(TRAIN_TEXTS)
+
+
+def test_a_tfds_data_dir_on_gcs_without_credentials_is_one_message_not_a_hang(
+    tmp_path, monkeypatch):
+  from lmjax.data.sources import tfds as tfds_source
+  for name in ("CLOUD_STORAGE_EMULATOR_ENDPOINT", "STORAGE_EMULATOR_HOST",
+               "GOOGLE_APPLICATION_CREDENTIALS"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud credentials file
+  monkeypatch.setenv("NO_GCE_CHECK", "true")  # not on GCE: no metadata server
+  with pytest.raises(UserError,
+                     match="finds no credentials here .* `gcloud auth application-default login`"):
+    tfds_source._gcs_reader_ready("some_dataset", "gs://bucket/tfds")
 
 
 def test_a_step_without_its_commit_marker_is_never_resumed_from(rehearsal, capsys):

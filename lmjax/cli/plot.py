@@ -11,6 +11,7 @@ value is an error naming what there is.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from lmjax.errors import UserError
 from lmjax.extras import require
 from lmjax.run import RunDir
-from lmjax.storage import as_path, is_remote
+from lmjax.storage import Path, as_path, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,10 @@ def _names(run_dirs: Sequence[str]) -> list[str]:
 
 def plot_runs(run_dirs: Sequence[str], out: str | os.PathLike, *,
               metrics: Sequence[str] | None = None, smooth: float = 0.6, log_scale: bool = False,
-              overwrite: bool = False) -> pathlib.Path:
-  """Draws the runs' curves (module docstring) into the PNG `out`; returns its path."""
-  out = pathlib.Path(out)
+              overwrite: bool = False) -> Path:
+  """Draws the runs' curves (module docstring) into the PNG `out` (local, or gs://, s3://);
+  returns its path."""
+  out = as_path(out)
   if not run_dirs:
     raise UserError("give one or more run directories to plot.")
   if not 0.0 <= smooth < 1.0:
@@ -133,6 +135,22 @@ def plot_runs(run_dirs: Sequence[str], out: str | os.PathLike, *,
     axis.grid(alpha=0.3)
     axis.legend()
   figure.tight_layout()
+  try:
+    _save(figure, out)
+  finally:
+    pyplot.close(figure)
+  return out
+
+
+def _save(figure, out) -> None:
+  """Writes the figure to `out` whole or not at all: locally through a temporary file renamed
+  onto it; on a bucket rendered in memory (a PNG of a few hundred kB) and uploaded in one write,
+  which an object store makes whole or nothing."""
+  if is_remote(out):
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
+    out.write_bytes(image.getvalue())
+    return
   out.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as f:
     temporary = pathlib.Path(f.name)
@@ -141,5 +159,3 @@ def plot_runs(run_dirs: Sequence[str], out: str | os.PathLike, *,
     os.replace(temporary, out)
   finally:
     temporary.unlink(missing_ok=True)
-    pyplot.close(figure)
-  return out

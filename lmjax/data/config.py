@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Mapping
 
 from lmjax.errors import UserError
 from lmjax.ranges import POSITIVE, Range, check_ranges
-from lmjax.storage import check_local, check_path
+from lmjax.storage import check_path, url_scheme
 
 
 class Source(enum.Enum):
@@ -113,7 +113,13 @@ class DataConfig:
     for component in self.sources:  # TFDS and HF dataset names are not paths
       if component.source not in (Source.TFDS.value, Source.HF_DATASETS.value):
         check_path(component.paths, what="data.paths")
-      check_local(component.data_dir, what="data.data_dir")
+      if url_scheme(component.data_dir or "") == "s3":
+        raise UserError(
+            f"data.data_dir {component.data_dir}: TFDS's array_record shards are read by "
+            f"array_record's own reader, which opens local files and gs:// only: copy the "
+            f"prepared dataset to a local directory (aws s3 cp --recursive) or to gs://, or "
+            f"mount the bucket (mountpoint-s3 or s3fs-fuse) and pass the mounted path.")
+      check_path(component.data_dir, what="data.data_dir")
     check_path(self.eval_paths, what="data.eval_paths")
 
   @property

@@ -4,6 +4,16 @@ array_record datasets are read by random access through `tfds.data_source`, whic
 TensorFlow. tfrecord datasets can only be read through TensorFlow (`pip install
 'lmjax[tfrecord]'`); without it they are refused with that advice. Either way the examples come
 in their stored order (shard after shard), so both formats of a dataset give the same documents.
+
+A `data_dir` may be on gs://: TFDS lists it through etils.epath (fsspec's gcsfs, as lmjax.storage
+sets up), and array_record's C++ reader opens gs:// shards itself, through the Google Cloud C++
+storage client built into it. That client reads neither gcsfs's settings nor
+STORAGE_EMULATOR_HOST, and where it finds no credentials it asks the GCE metadata server, retrying
+for many minutes (what looked like a hang): `_gcs_reader_ready` gives it the emulator
+(CLOUD_STORAGE_EMULATOR_ENDPOINT) or checks first, with google-auth, that credentials exist.
+s3:// is refused (lmjax.data.config): array_record opens local files and gs:// only; so is a
+tfrecord dataset on gs:// (TensorFlow's own GCS file system would read it, which ignores the
+emulator's settings: untested here).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import pathlib
 
 from lmjax.errors import UserError
 from lmjax.extras import install_hint, require
+from lmjax.storage import as_path, is_remote, url_scheme
 
 
 def _tfds():
@@ -28,7 +39,8 @@ def _builder(tfds, name: str, data_dir: str | None):
   except Exception:  # not registered in this process: a dataset prepared elsewhere
     builder = None
     base, _, version = name.partition(":")
-    root = pathlib.Path(os.path.expanduser(data_dir or "~/tensorflow_datasets")) / base
+    root = (as_path(data_dir) if data_dir and is_remote(data_dir)
+            else pathlib.Path(os.path.expanduser(data_dir or "~/tensorflow_datasets"))) / base
     versions = sorted(p for p in root.glob(version or "*") if (p / "dataset_info.json").is_file())
     if versions:
       builder = tfds.builder_from_directory(str(versions[-1]))
@@ -94,9 +106,43 @@ def _open(name: str, *, split: str, data_dir: str | None, fields: list[tuple[str
                       f"{', '.join(features.keys())}). Set `{key}` to one of them.")
   file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
   if "array_record" in file_format:
+    _gcs_reader_ready(name, data_dir)
     source = builder.as_data_source(split=split)
     return (source[i] for i in range(len(source))), features
+  if is_remote(data_dir or ""):
+    raise UserError(
+        f"TFDS dataset {name!r} in data.data_dir {data_dir} is stored as {file_format}, which "
+        f"TensorFlow would read from the bucket through its own GCS file system (not gcsfs: it "
+        f"ignores STORAGE_EMULATOR_HOST, and lmjax does not test it): prepare it as "
+        f"array_record (tfds build --file_format=array_record), which lmjax reads from gs://, "
+        f"or copy it to a local data_dir (gcloud storage cp -r).")
   return _tfrecord_examples(tfds, builder, name=name, split=split, file_format=file_format), features
+
+
+def _gcs_reader_ready(name: str, data_dir: str | None) -> None:
+  """Before array_record's own GCS client opens shards under a gs:// `data_dir`: points it at
+  the emulator gcsfs uses (STORAGE_EMULATOR_HOST), if any; else UserError, in seconds, where
+  google-auth finds no credentials (that client would retry the GCE metadata server for
+  minutes). Both look in the same places: GOOGLE_APPLICATION_CREDENTIALS, gcloud's application
+  default credentials, the metadata server."""
+  if url_scheme(data_dir or "") != "gs" or os.environ.get("CLOUD_STORAGE_EMULATOR_ENDPOINT"):
+    return
+  emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+  if emulator:
+    os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = (
+        emulator if "://" in emulator else f"http://{emulator}")
+    return
+  import google.auth  # noqa: PLC0415 -- comes with gcsfs, which a gs:// data_dir needs
+  from google.auth.exceptions import DefaultCredentialsError  # noqa: PLC0415
+  try:
+    google.auth.default()
+  except DefaultCredentialsError:
+    raise UserError(
+        f"TFDS dataset {name!r} in data.data_dir {data_dir}: array_record reads gs:// shards "
+        f"through its own Google Cloud client, which finds no credentials here (and would retry "
+        f"the GCE metadata server for minutes): run `gcloud auth application-default login` or "
+        f"set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or copy the "
+        f"prepared dataset to a local data_dir (gcloud storage cp -r).") from None
 
 
 def _text(value, *, field: str, name: str, split: str, index: int, errors: str, skip):

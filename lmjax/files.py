@@ -51,9 +51,12 @@ def special_file(path: str | os.PathLike) -> str | None:
   return next((what for test, what in _SPECIAL if test(mode)), None)
 
 
-def check_new_file(path: str | os.PathLike, *, flag: str = "--output") -> pathlib.Path:
-  """`path` as a path; UserError if something is there already (outputs never overwrite)."""
-  path = pathlib.Path(path)
+def check_new_file(path: str | os.PathLike, *, flag: str = "--output") -> Path:
+  """`path` as a path object (lmjax.storage: gs:// and s3:// too); UserError if something is
+  there already (outputs never overwrite). Such a file is written whole at the end
+  (`write_text_atomic`): locally by a rename, on a bucket in one upload (an object appears whole
+  or not at all)."""
+  path = as_path(path)
   if path.exists():
     raise UserError(f"{flag} {path} already exists: choose a new file (lmjax never overwrites an "
                     f"output).")

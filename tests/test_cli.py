@@ -202,15 +202,15 @@ def test_tokenizer_train_writes_a_tokenizer_that_training_then_uses(tmp_path, ca
 @pytest.mark.parametrize("argv, flag", [
     (["train", "tiny-gpt", "--set", "data.source=tfds", "data.paths=[mnist]",
       "data.data_dir=s3://bucket/tfds"], "data.data_dir s3://bucket/tfds"),
-    (["predict", "--run-dir", "run", "--input", "in.jsonl", "--output", "s3://bucket/out.jsonl"],
-     "--output s3://bucket/out.jsonl"),
+    (["eval-harness", "--run-dir", "run", "--tasks", "mine", "--include-path",
+      "s3://bucket/tasks"], "--include-path s3://bucket/tasks"),
     (["data", "prepare", "tiny-gpt", "gs://bucket/prepared"], "OUT_DIR gs://bucket/prepared"),
 ])
 def test_a_bucket_url_where_only_local_paths_are_read_is_refused_with_how_to_mount_it(
     tmp_path, capsys, monkeypatch, argv, flag):
-  """Run directories, HF directories, data.paths, model.init_from, plot --out and generate's
-  and score's files may be on a bucket (test_object_storage); these paths are local only, for
-  now."""
+  """Run directories, HF directories, data.paths, model.init_from, plot --out and the input and
+  output files of generate, score, predict and eval-harness may be on a bucket
+  (test_object_storage); these paths are local only, for now."""
   monkeypatch.chdir(tmp_path)
   code, _, err = run_cli(capsys, *argv)
   assert code == 2 and f"error: {flag}: " in err, err

@@ -28,6 +28,7 @@ from lmjax.cli import main
 from lmjax.errors import UserError
 from lmjax.data.examples.labelled import Fields, read_examples
 from lmjax.data.tokenize.tokenizer import Tokenizer
+from lmjax.infer.predict import write_predictions
 from lmjax.lock import LOCK_FILE, DirectoryLock, DirectoryLocked
 from lmjax.run import orbax_buckets
 from lmjax.run.checkpointer import Checkpointer
@@ -183,7 +184,8 @@ def test_eval_and_plot_read_a_run_and_documents_on_gcs(rehearsal, capsys, tmp_pa
 def test_generate_and_score_read_and_write_their_files_on_buckets(rehearsal, s3, capsys,
                                                                   tmp_path):
   """Prompts read from gs://, completions written to s3:// (once, at the end) as they are
-  written locally; an output that exists is refused there too; score's records likewise."""
+  written locally; an output that exists is refused there too; score's records and predict's
+  predictions likewise."""
   killed, _ = rehearsal
   prompts = gs("prompts.jsonl")
   storage.as_path(prompts).write_text('{"prompt": "The"}\n{"prompt": "A cat"}\n')
@@ -206,6 +208,15 @@ def test_generate_and_score_read_and_write_their_files_on_buckets(rehearsal, s3,
   assert [r["prompt"] for r in records] == ["The", "A cat"] and "loss" in records[1], records
   inputs = read_examples("jsonl", [prompts], fields=Fields(text="prompt", labels_required=False))
   assert inputs.texts == ["The", "A cat"]  # what `predict --input` reads, through the same reader
+  # What `predict --output` writes (and eval-harness's --output, through the same two helpers).
+  predictions = f"{s3}/predictions.jsonl"
+  labelled = [{"text": "The", "label": "pos", "expected": "pos"}, {"text": "A cat", "label": "neg"}]
+  assert write_predictions(iter(labelled), predictions) == {"records": 2, "labelled": 1,
+                                                        "accuracy": 1.0}
+  assert [json.loads(line) for line in storage.as_path(predictions).read_text().splitlines()] \
+      == labelled
+  with pytest.raises(UserError, match=f"--output {predictions} already exists"):
+    write_predictions(iter(labelled), predictions)
 
 
 def test_a_tokenizer_trained_on_gcs_data_is_written_to_the_bucket(rehearsal, capsys):

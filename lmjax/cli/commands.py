@@ -35,7 +35,7 @@ from lmjax.infer.predict import (load_classifier, predict, read_inputs, texts_in
                                  write_predictions)
 from lmjax.run.inspection import format_table, inspect_checkpoints
 from lmjax.run.loader import Loaded, load
-from lmjax.storage import as_path, check_local, check_path, is_remote
+from lmjax.storage import as_path, check_local, check_path
 from lmjax.train.plan import resolve_auto_mesh
 from lmjax.train.compile import compile_train_step
 from lmjax.train.evaluate import evaluate_run
@@ -115,7 +115,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_score(args) -> int:
-  output = _new_output(args.output) if args.output else None
+  output = check_new_file(args.output) if args.output else None
   records = perplexity.read_records(args.input, field=args.field)
   loaded = _load(args, dtype=args.dtype)
   scores = perplexity.score_texts(loaded.model, loaded.params, loaded.tokenizer,
@@ -158,7 +158,7 @@ def _cmd_eval_harness(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-  output = _new_output(args.output) if args.output else None
+  output = check_new_file(args.output) if args.output else None
   texts = complete.read_prompts(args.input) if args.input else args.prompt
   loaded = _load(args, dtype=args.dtype)
   settings = complete.resolve_settings(vars(args), loaded)
@@ -321,13 +321,13 @@ _PATH_ARGUMENTS = {"config": "CONFIG", "run_dir": "--run-dir", "run_dirs": "RUN_
 # Those that may be on a bucket (gs://, s3://); the others are local only, for now. `convert`'s
 # adapter directories too (lmjax-to-peft's ADAPTER_DIR, which `data` calls OUT_DIR for its local
 # output, and hf-to-lmjax's --adapter), and the files of the commands below. Still local only:
-# `predict --output` and `eval-harness --output` (their writers, in lmjax.infer, take local paths),
 # `eval-harness --include-path` (lm-eval walks it with os.walk), and the OUT_DIR of `lmjax data`
 # (array_record's writer opens local files only; see docs/pod.md).
 _REMOTE_ARGUMENTS = {"run_dir", "run_dirs", "hf_dir", "hf", "data"}
 _REMOTE_IN_COMMAND = {"convert": {"out_dir", "adapter"}, "plot": {"out"},
                       "generate": {"input", "output"}, "score": {"input", "output"},
-                      "predict": {"input"}, "tokenizer": {"out"}}
+                      "predict": {"input", "output"}, "tokenizer": {"out"},
+                      "eval-harness": {"output"}}
 
 
 def _check_paths(args) -> None:
@@ -341,19 +341,6 @@ def _check_paths(args) -> None:
         check_local(value, what=flag)
       else:
         check_path(value, what=flag)
-
-
-def _new_output(path: str, flag: str = "--output"):
-  """`path` as a path object (lmjax.storage); UserError if something is there already (outputs
-  never overwrite). On a bucket the file is written whole at the end, in one upload: an object
-  appears whole or not at all, as the local file's rename does."""
-  if not is_remote(path):
-    return check_new_file(path, flag=flag)
-  output = as_path(path)
-  if output.exists():
-    raise UserError(f"{flag} {path} already exists: choose a new file (lmjax never overwrites an "
-                    f"output).")
-  return output
 
 
 # The errors of a write the storage refused (DESIGN.md's exit 4, and only these).

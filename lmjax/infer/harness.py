@@ -270,7 +270,7 @@ def run_harness(*, run_dir: str | None, hf_dir: str | None, step: int | None, ta
   its projections held quantized with `quantize` (int8, int4: --quantize)."""
   _offline(online)
   if output is not None:
-    check_new_file(output)
+    output = check_new_file(output)
   if num_fewshot is not None and num_fewshot < 0:
     raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}.")
   if limit is not None and not limit > 0:
@@ -298,7 +298,7 @@ def run_harness(*, run_dir: str | None, hf_dir: str | None, step: int | None, ta
         f"evaluate on a task of your own with --include-path.") from None
   if output is not None:
     from lm_eval.utils import handle_non_serializable  # noqa: PLC0415
-    write_text_atomic(pathlib.Path(output), json.dumps(
+    write_text_atomic(output, json.dumps(
         {k: results[k] for k in ("results", "versions", "n-shot", "configs") if k in results},
         indent=2, default=handle_non_serializable) + "\n")
   return results

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -136,7 +135,7 @@ def write_predictions(records: Iterator[dict[str, Any]], output: str | None) -> 
   """Writes the records as JSON Lines to `output` (a new file, written whole or not at all) or
   stdout; returns a summary: how many, and the accuracy over those with an expected label."""
   if output is not None:
-    check_new_file(output)
+    output = check_new_file(output)
   lines, count, right, labelled = [], 0, 0, 0
   for record in records:
     line = json.dumps(record, ensure_ascii=False)
@@ -149,7 +148,7 @@ def write_predictions(records: Iterator[dict[str, Any]], output: str | None) -> 
       labelled += 1
       right += record["expected"] == record["label"]
   if output is not None:
-    write_text_atomic(pathlib.Path(output), "".join(f"{line}\n" for line in lines))
+    write_text_atomic(output, "".join(f"{line}\n" for line in lines))
   sys.stdout.flush()
   summary = {"records": count, "labelled": labelled}
   if labelled:

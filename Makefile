@@ -137,10 +137,12 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder -q --durations=15 tests
 
 # The inner loop: the model, configs, data paths, conversion parity both ways and the config
-# round trip, refusals of bad configs and layering; the whole suite stays `make test`.
+# round trip, greedy decoding against transformers' for every family, refusals of bad configs
+# and layering (1 min 33 s from an empty compilation cache on 2 cores); the whole suite stays
+# `make test`.
 FAST := tests/test_model.py tests/test_config.py tests/test_data.py tests/test_convert.py \
   tests/test_config_round_trip.py tests/test_tokenizer_lengths.py tests/test_classification_data.py \
-  tests/test_layering.py tests/test_families.py
+  tests/test_layering.py tests/test_families.py tests/test_generation_parity.py
 test-fast: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q $(FAST)

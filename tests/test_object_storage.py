@@ -237,7 +237,7 @@ def test_a_tfds_dataset_prepared_locally_reads_the_same_from_gcs_without_tensorf
   tfds = pytest.importorskip("tensorflow_datasets")
   from lmjax.data.config import DataConfig
   from lmjax.data.sources.documents import iter_sources
-  from tests.test_tfds_source import TRAIN_TEXTS, LmjaxTinyText
+  from tests.tfds_tiny import TRAIN_TEXTS, LmjaxTinyText
   local = tmp_path / "tfds"
   LmjaxTinyText(data_dir=str(local), file_format="array_record").download_and_prepare(
       download_config=tfds.download.DownloadConfig(num_shards=2))

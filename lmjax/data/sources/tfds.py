@@ -19,7 +19,6 @@ emulator's settings: untested here).
 from __future__ import annotations
 
 import os
-import pathlib
 
 from lmjax.errors import UserError
 from lmjax.extras import install_hint, require
@@ -39,8 +38,7 @@ def _builder(tfds, name: str, data_dir: str | None):
   except Exception:  # not registered in this process: a dataset prepared elsewhere
     builder = None
     base, _, version = name.partition(":")
-    root = (as_path(data_dir) if data_dir and is_remote(data_dir)
-            else pathlib.Path(os.path.expanduser(data_dir or "~/tensorflow_datasets"))) / base
+    root = as_path(os.path.expanduser(data_dir or "~/tensorflow_datasets")) / base  # or gs://
     versions = sorted(p for p in root.glob(version or "*") if (p / "dataset_info.json").is_file())
     if versions:
       builder = tfds.builder_from_directory(str(versions[-1]))
